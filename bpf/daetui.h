@@ -1,0 +1,208 @@
+/* daetui: the layouts and constants shared by the kernel programs and user space.
+ *
+ * This header is the only description of the maps. Python reads the
+ * `#define`s below (daetui/dataplane/constants.py) and takes the structs'
+ * ctypes from BCC, so there is no second copy of a layout to keep in step.
+ * A constant meant for Python is a plain `#define NAME <integer>`.
+ */
+#ifndef DAETUI_H
+#define DAETUI_H
+
+/* Limits; the loader may override them with -D. */
+#ifndef MAX_MATCH_SETS
+#define MAX_MATCH_SETS 4096     /* per generation */
+#endif
+#ifndef MAX_RULES
+#define MAX_RULES 4096          /* rule indices per generation */
+#endif
+#ifndef MAX_FLOWS
+#define MAX_FLOWS 65536         /* routing_tuples (LRU) */
+#endif
+#ifndef MAX_IP_SET_ENTRIES
+#define MAX_IP_SET_ENTRIES 65536
+#endif
+#ifndef MAX_INTERFACES
+#define MAX_INTERFACES 256
+#endif
+/* Match sets evaluated per program before tail-calling the next chunk. The
+ * verifier explores each branch of every iteration, so a chunk must stay well
+ * below its 8192 pending-jump limit; 16 chunks cover 4096 match sets. */
+#define ROUTE_CHUNK 256
+#define GENERATIONS 2
+
+/* Outbounds as the kernel sees them. Every id from OUTBOUND_FIRST_GROUP up is
+ * a group: the flow goes to the control plane. */
+#define OUTBOUND_DIRECT 0
+#define OUTBOUND_BLOCK 1
+#define OUTBOUND_FIRST_GROUP 2
+
+/* rule_index of a decision taken by the fallback. */
+#define RULE_FALLBACK 65535
+
+/* Match set types: one function of a rule, or one value of it. */
+#define MATCH_DIP 1
+#define MATCH_SIP 2
+#define MATCH_DPORT 3
+#define MATCH_SPORT 4
+#define MATCH_L4PROTO 5
+#define MATCH_IPVERSION 6
+#define MATCH_MAC 7
+
+/* match_set.flags */
+#define MS_FUNC_END 1   /* last value of a function: the function's verdict is known */
+#define MS_RULE_END 2   /* last function of a rule: outbound applies if it matched */
+
+/* match_set.mask bits for l4proto and ipversion */
+#define L4_TCP 1
+#define L4_UDP 2
+#define IPV_4 1
+#define IPV_6 2
+
+/* flow.flags */
+#define FLOW_TCP_FIN 1
+#define FLOW_TCP_RST 2
+#define FLOW_ASSIGNED 4    /* handed to the control plane at least once */
+#define FLOW_FAIL_OPEN 8   /* wanted the control plane, found no listener, passed */
+
+/* Keys of the listeners sockmap. */
+#define LISTENER_TCP4 0
+#define LISTENER_TCP6 1
+#define LISTENER_UDP4 2
+#define LISTENER_UDP6 3
+#define N_LISTENERS 4
+
+/* Indices of the global counters. */
+#define CNT_PACKETS 0         /* seen by lan_ingress */
+#define CNT_NOT_IP 1          /* unknown ethertype: passed */
+#define CNT_FRAGMENT 2        /* IP fragment: passed */
+#define CNT_UNPARSED 3        /* truncated, or an IPv6 header not followed: passed */
+#define CNT_OTHER_L4 4        /* neither TCP nor UDP: passed */
+#define CNT_NON_UNICAST 5     /* broadcast or multicast frame: passed */
+#define CNT_UNTRACKED_TCP 6   /* mid-stream TCP with no decision (older than daetui): passed */
+#define CNT_NEW_FLOWS 7
+#define CNT_DECIDED_DIRECT 8
+#define CNT_DECIDED_BLOCK 9
+#define CNT_DECIDED_GROUP 10
+#define CNT_TO_CONTROL 11     /* packets handed to the control plane */
+#define CNT_FAIL_OPEN 12      /* packets for the control plane passed: no listener */
+#define CNT_ASSIGN_ERROR 13
+#define CNT_CHUNK_LIMIT 14    /* ran out of tail calls: fallback used */
+#define CNT_EGRESS_PACKETS 15
+#define N_COUNTERS 16
+
+/* A UDP decision older than this (idle) is taken again, with today's rules. */
+#define UDP_REDECIDE_NS 120000000000ULL
+
+/* The 5-tuple of a flow, from the LAN client's side. IPv4 addresses are
+ * stored v4-mapped (::ffff:a.b.c.d) so one key serves both families. */
+struct tuple_key {
+    __u8 sip[16];
+    __u8 dip[16];
+    __u16 sport;      /* host byte order */
+    __u16 dport;      /* host byte order */
+    __u8 l4proto;
+    __u8 pad[3];
+};
+
+/* The kernel's decision for a flow, and what it has seen of it. */
+struct flow {
+    __u64 first_seen_ns;  /* bpf_ktime_get_ns() */
+    __u64 last_seen_ns;
+    __u64 packets;        /* from the client (LAN ingress) */
+    __u64 bytes;
+    __u64 rx_packets;     /* to the client (LAN egress) */
+    __u64 rx_bytes;
+    __u32 ifindex;        /* LAN interface it came in on */
+    __u32 mark;
+    __u16 rule_index;
+    __u8 outbound;
+    __u8 flags;
+    __u8 mac[6];          /* client MAC */
+    __u8 generation;      /* rule generation that decided it */
+    __u8 ipversion;
+};
+
+/* One value of one function of one rule. Rules are laid out as runs of match
+ * sets: a function's values are OR-ed, a rule's functions AND-ed. */
+struct match_set {
+    __u8 type;
+    __u8 negate;          /* on the function's MS_FUNC_END entry */
+    __u8 flags;
+    __u8 outbound;        /* on the rule's MS_RULE_END entry */
+    __u16 rule_index;
+    __u16 next;           /* first match set of the next rule */
+    __u16 func_end;       /* last match set of this function */
+    __u16 port_lo;
+    __u16 port_hi;
+    __u8 mask;            /* L4_* or IPV_* bits */
+    __u8 pad;
+    __u8 mac[6];
+    __u16 pad2;
+    __u32 ip_set;         /* ip_sets id of a DIP/SIP function */
+    __u32 mark;           /* on the MS_RULE_END entry: mark to set */
+};
+
+/* Key of the ip set trie: the first 32 bits of the prefix are the set id
+ * times two, plus one for IPv6; IPv4 addresses are v4-mapped. */
+struct ip_set_key {
+    __u32 prefixlen;
+    __u32 set_id;
+    __u8 addr[16];
+};
+
+struct params {
+    __u32 active_gen;
+    __u32 tproxy_mark;    /* set on packets for the control plane: policy routing makes them local */
+    __u8 fail_open;       /* no listener: 1 pass the packet, 0 drop it */
+    __u8 pad[7];
+};
+
+struct gen_params {
+    __u32 n_match_sets;
+    __u32 fallback_mark;
+    __u8 fallback_outbound;
+    __u8 pad[7];
+};
+
+struct rule_stat {
+    __u64 hits;
+    __u64 last_hit_ns;
+};
+
+struct if_stat {
+    __u64 rx_packets;     /* LAN ingress */
+    __u64 rx_bytes;
+    __u64 tx_packets;     /* LAN egress */
+    __u64 tx_bytes;
+};
+
+/* Per-CPU scratch for one packet's routing; survives tail calls. */
+struct route_state {
+    struct tuple_key key;
+    struct ip_set_key ipk;
+    __u8 mac[6];
+    __u8 ipversion;
+    __u8 tcp_flags;
+    __u32 ifindex;
+    __u32 pkt_len;
+    __u32 i;              /* next match set, relative to the generation */
+    __u32 base;           /* first match set of the generation */
+    __u32 n;              /* match sets in the generation */
+    __u8 good;            /* the current function has matched */
+    __u8 gen;
+    __u8 pad[2];
+};
+
+BPF_TABLE("lru_hash", struct tuple_key, struct flow, routing_tuples, MAX_FLOWS);
+BPF_ARRAY(match_sets, struct match_set, GENERATIONS * MAX_MATCH_SETS);
+BPF_LPM_TRIE(ip_sets, struct ip_set_key, __u8, MAX_IP_SET_ENTRIES);
+BPF_ARRAY(params, struct params, 1);
+BPF_ARRAY(gen_params, struct gen_params, GENERATIONS);
+BPF_PERCPU_ARRAY(rule_stats, struct rule_stat, GENERATIONS * (MAX_RULES + 1));
+BPF_PERCPU_ARRAY(counters, __u64, N_COUNTERS);
+BPF_PERCPU_HASH(if_stats, __u32, struct if_stat, MAX_INTERFACES);
+BPF_PERCPU_ARRAY(scratch, struct route_state, 1);
+BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
+BPF_PROG_ARRAY(route_progs, 1);
+
+#endif /* DAETUI_H */

@@ -1,0 +1,450 @@
+/* daetui: the programs on a LAN interface.
+ *
+ * lan_ingress  decides every new flow from the LAN (kernel stage of routing)
+ *              and carries out the decision for every packet: direct flows
+ *              are passed and never reach user space, blocked ones dropped,
+ *              the rest handed to the control plane with bpf_sk_assign.
+ * route_chunk  evaluates ROUTE_CHUNK match sets per call and tail-calls
+ *              itself, so thousands of rules fit the verifier's limits.
+ * lan_egress   counts the replies of the flows lan_ingress knows.
+ *
+ * Anything the programs cannot parse passes untouched: a router must never
+ * lose traffic because daetui did not understand it.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+
+#include "daetui.h"
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+#define IPV4_FRAG_MASK 0x3fff  /* MF flag and fragment offset */
+#define IPV6_MAX_EXT_HEADERS 4
+
+enum parse_result { PARSED = 0, NOT_OURS = 1 };
+
+static __always_inline void count(__u32 index)
+{
+    __u64 *v = counters.lookup(&index);
+    if (v)
+        *v += 1;
+}
+
+/* parse() serves both directions; only ingress feeds the global counters. */
+static __always_inline void count_if(int cond, __u32 index)
+{
+    if (cond)
+        count(index);
+}
+
+static __always_inline void if_count(__u32 ifindex, __u32 len, int egress)
+{
+    struct if_stat *st = if_stats.lookup(&ifindex);
+    if (!st) {
+        struct if_stat zero = {};
+        if_stats.update(&ifindex, &zero);
+        st = if_stats.lookup(&ifindex);
+        if (!st)
+            return;
+    }
+    if (egress) {
+        st->tx_packets += 1;
+        st->tx_bytes += len;
+    } else {
+        st->rx_packets += 1;
+        st->rx_bytes += len;
+    }
+}
+
+/* Parse Ethernet, IPv4/IPv6 and the TCP/UDP ports into key. Counts and
+ * returns NOT_OURS for anything that is to pass untouched. */
+static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, __u8 *mac,
+                                 __u8 *ipversion, __u8 *tcp_flags, int egress)
+{
+    struct ethhdr eth;
+    __u32 off = sizeof(struct ethhdr);
+    __u8 proto;
+
+    if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+        goto unparsed;
+    /* Broadcast and multicast (ARP, DHCP, mDNS...) are never ours. */
+    if (!egress && (eth.h_dest[0] & 1)) {
+        count_if(!egress, CNT_NON_UNICAST);
+        return NOT_OURS;
+    }
+    __builtin_memcpy(mac, egress ? eth.h_dest : eth.h_source, 6);
+
+    if (eth.h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+            goto unparsed;
+        if (ip.ihl < 5)
+            goto unparsed;
+        if (ip.frag_off & bpf_htons(IPV4_FRAG_MASK)) {
+            count_if(!egress, CNT_FRAGMENT);
+            return NOT_OURS;
+        }
+        __builtin_memset(key->sip, 0, 10);
+        key->sip[10] = 0xff;
+        key->sip[11] = 0xff;
+        __builtin_memcpy(&key->sip[12], &ip.saddr, 4);
+        __builtin_memset(key->dip, 0, 10);
+        key->dip[10] = 0xff;
+        key->dip[11] = 0xff;
+        __builtin_memcpy(&key->dip[12], &ip.daddr, 4);
+        proto = ip.protocol;
+        off += ip.ihl * 4;
+        *ipversion = 4;
+    } else if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+            goto unparsed;
+        __builtin_memcpy(key->sip, &ip6.saddr, 16);
+        __builtin_memcpy(key->dip, &ip6.daddr, 16);
+        proto = ip6.nexthdr;
+        off += sizeof(ip6);
+        *ipversion = 6;
+        /* Follow hop-by-hop, routing and destination options headers. */
+#pragma unroll
+        for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+            if (proto != IPPROTO_HOPOPTS && proto != IPPROTO_ROUTING && proto != IPPROTO_DSTOPTS)
+                break;
+            __u8 ext[2];
+            if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+                goto unparsed;
+            proto = ext[0];
+            off += ((__u32)ext[1] + 1) * 8;
+        }
+        if (proto == IPPROTO_FRAGMENT) {
+            count_if(!egress, CNT_FRAGMENT);
+            return NOT_OURS;
+        }
+        if (proto == IPPROTO_HOPOPTS || proto == IPPROTO_ROUTING || proto == IPPROTO_DSTOPTS)
+            goto unparsed;
+    } else {
+        count_if(!egress, CNT_NOT_IP);
+        return NOT_OURS;
+    }
+
+    if (proto == IPPROTO_TCP) {
+        __u8 hdr[14];
+        if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+            goto unparsed;
+        key->sport = ((__u16)hdr[0] << 8) | hdr[1];
+        key->dport = ((__u16)hdr[2] << 8) | hdr[3];
+        *tcp_flags = hdr[13];
+    } else if (proto == IPPROTO_UDP) {
+        __u8 hdr[4];
+        if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+            goto unparsed;
+        key->sport = ((__u16)hdr[0] << 8) | hdr[1];
+        key->dport = ((__u16)hdr[2] << 8) | hdr[3];
+        *tcp_flags = 0;
+    } else {
+        count_if(!egress, CNT_OTHER_L4);
+        return NOT_OURS;
+    }
+    key->l4proto = proto;
+    key->pad[0] = key->pad[1] = key->pad[2] = 0;
+    return PARSED;
+
+unparsed:
+    count_if(!egress, CNT_UNPARSED);
+    return NOT_OURS;
+}
+
+/* Hand the packet to the control plane: the flow's own socket when it has
+ * one, else the transparent listener. No listener means the daemon is gone:
+ * fail open (pass) or closed, as configured. */
+static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, struct params *p)
+{
+    struct bpf_sock *sk = NULL;
+    __u32 lkey;
+
+    if (s->key.l4proto == IPPROTO_TCP) {
+        if (!(s->tcp_flags & TCP_FLAG_SYN) || (s->tcp_flags & TCP_FLAG_ACK)) {
+            struct bpf_sock_tuple t = {};
+            if (s->ipversion == 4) {
+                __builtin_memcpy(&t.ipv4.saddr, &s->key.sip[12], 4);
+                __builtin_memcpy(&t.ipv4.daddr, &s->key.dip[12], 4);
+                t.ipv4.sport = bpf_htons(s->key.sport);
+                t.ipv4.dport = bpf_htons(s->key.dport);
+                sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+            } else {
+                __builtin_memcpy(t.ipv6.saddr, s->key.sip, 16);
+                __builtin_memcpy(t.ipv6.daddr, s->key.dip, 16);
+                t.ipv6.sport = bpf_htons(s->key.sport);
+                t.ipv6.dport = bpf_htons(s->key.dport);
+                sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+            }
+            if (sk && sk->state == BPF_TCP_LISTEN) {
+                bpf_sk_release(sk);
+                sk = NULL;
+            }
+        }
+        if (!sk) {
+            lkey = s->ipversion == 4 ? LISTENER_TCP4 : LISTENER_TCP6;
+            sk = (struct bpf_sock *)listeners.lookup(&lkey);
+        }
+    } else {
+        lkey = s->ipversion == 4 ? LISTENER_UDP4 : LISTENER_UDP6;
+        sk = (struct bpf_sock *)listeners.lookup(&lkey);
+    }
+    if (!sk) {
+        count(CNT_FAIL_OPEN);
+        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+    }
+    skb->mark = p->tproxy_mark;
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        count(CNT_ASSIGN_ERROR);
+        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+    }
+    count(CNT_TO_CONTROL);
+    return TC_ACT_OK;
+}
+
+static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u8 outbound, __u32 mark)
+{
+    if (outbound == OUTBOUND_DIRECT) {
+        if (mark)
+            skb->mark = mark;
+        return TC_ACT_OK;
+    }
+    if (outbound == OUTBOUND_BLOCK)
+        return TC_ACT_SHOT;
+    __u32 zero = 0;
+    struct params *p = params.lookup(&zero);
+    if (!p)
+        return TC_ACT_OK;
+    return assign(skb, s, p);
+}
+
+/* Record a new flow's decision, count it, and carry it out. */
+static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, __u8 outbound,
+                                  __u16 rule_index, __u32 mark)
+{
+    __u64 now = bpf_ktime_get_ns();
+    struct flow f = {};
+    f.first_seen_ns = now;
+    f.last_seen_ns = now;
+    f.packets = 1;
+    f.bytes = s->pkt_len;
+    f.ifindex = s->ifindex;
+    f.mark = mark;
+    f.rule_index = rule_index;
+    f.outbound = outbound;
+    f.generation = s->gen;
+    f.ipversion = s->ipversion;
+    __builtin_memcpy(f.mac, s->mac, 6);
+    if (outbound >= OUTBOUND_FIRST_GROUP)
+        f.flags = FLOW_ASSIGNED;
+    routing_tuples.update(&s->key, &f);
+
+    __u32 ri = rule_index == RULE_FALLBACK ? MAX_RULES : rule_index;
+    if (ri > MAX_RULES)
+        ri = MAX_RULES;
+    __u32 si = (__u32)s->gen * (MAX_RULES + 1) + ri;
+    struct rule_stat *rs = rule_stats.lookup(&si);
+    if (rs) {
+        rs->hits += 1;
+        rs->last_hit_ns = now;
+    }
+    count(CNT_NEW_FLOWS);
+    if (outbound == OUTBOUND_DIRECT)
+        count(CNT_DECIDED_DIRECT);
+    else if (outbound == OUTBOUND_BLOCK)
+        count(CNT_DECIDED_BLOCK);
+    else
+        count(CNT_DECIDED_GROUP);
+    return act(skb, s, outbound, mark);
+}
+
+static __always_inline int decide_fallback(struct __sk_buff *skb, struct route_state *s)
+{
+    __u32 g = s->gen;
+    struct gen_params *gp = gen_params.lookup(&g);
+    if (!gp)
+        return TC_ACT_OK;
+    return decide(skb, s, gp->fallback_outbound, RULE_FALLBACK, gp->fallback_mark);
+}
+
+static __always_inline __u8 mac_equal(const __u8 *a, const __u8 *b)
+{
+    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+           a[5] == b[5];
+}
+
+/* Does one value of a function match this packet? */
+static __always_inline __u8 match_one(struct route_state *s, struct match_set *m)
+{
+    switch (m->type) {
+    case MATCH_DIP:
+    case MATCH_SIP:
+        s->ipk.prefixlen = 32 + 128;
+        /* Each family has its own half of a set: a v6 prefix never covers v4-mapped keys. */
+        s->ipk.set_id = (m->ip_set << 1) | (s->ipversion == 6 ? 1 : 0);
+        if (m->type == MATCH_DIP)
+            __builtin_memcpy(s->ipk.addr, s->key.dip, 16);
+        else
+            __builtin_memcpy(s->ipk.addr, s->key.sip, 16);
+        return ip_sets.lookup(&s->ipk) != NULL;
+    case MATCH_DPORT:
+        return s->key.dport >= m->port_lo && s->key.dport <= m->port_hi;
+    case MATCH_SPORT:
+        return s->key.sport >= m->port_lo && s->key.sport <= m->port_hi;
+    case MATCH_L4PROTO:
+        if (s->key.l4proto == IPPROTO_TCP)
+            return (m->mask & L4_TCP) != 0;
+        return (m->mask & L4_UDP) != 0;
+    case MATCH_IPVERSION:
+        if (s->ipversion == 4)
+            return (m->mask & IPV_4) != 0;
+        return (m->mask & IPV_6) != 0;
+    case MATCH_MAC:
+        return mac_equal(m->mac, s->mac);
+    }
+    return 0;
+}
+
+int route_chunk(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+
+    __u8 decided = 0, outbound = 0;
+    __u16 rule_index = 0;
+    __u32 mark = 0;
+    for (int k = 0; k < ROUTE_CHUNK; k++) {
+        __u32 idx = s->i;
+        if (idx >= s->n || idx >= MAX_MATCH_SETS)
+            return decide_fallback(skb, s);
+        __u32 mkey = s->base + idx;
+        struct match_set *m = match_sets.lookup(&mkey);
+        if (!m)
+            return decide_fallback(skb, s);
+        s->i = idx + 1;
+        __u8 hit = 0;
+        if (!s->good)
+            hit = match_one(s, m);
+        if (!(m->flags & MS_FUNC_END)) {
+            if (hit) {
+                /* One value matched: the function is true, skip its other values. */
+                s->good = 1;
+                s->i = m->func_end;
+            }
+            continue;
+        }
+        __u8 ok = (s->good | hit) ^ (m->negate & 1);
+        s->good = 0;
+        if (!ok) {
+            s->i = m->next;  /* this rule failed: on to the next one */
+            continue;
+        }
+        if (m->flags & MS_RULE_END) {
+            decided = 1;
+            outbound = m->outbound;
+            rule_index = m->rule_index;
+            mark = m->mark;
+            break;
+        }
+    }
+    if (decided)
+        return decide(skb, s, outbound, rule_index, mark);
+    route_progs.call(skb, 0);
+    /* Out of tail calls: more match sets than the build supports. */
+    count(CNT_CHUNK_LIMIT);
+    return decide_fallback(skb, s);
+}
+
+int lan_ingress(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    count(CNT_PACKETS);
+    if_count(skb->ifindex, skb->len, 0);
+    if (parse(skb, &s->key, s->mac, &s->ipversion, &s->tcp_flags, 0) != PARSED)
+        return TC_ACT_OK;
+    s->ifindex = skb->ifindex;
+    s->pkt_len = skb->len;
+
+    __u8 is_tcp = s->key.l4proto == IPPROTO_TCP;
+    __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
+    __u64 now = bpf_ktime_get_ns();
+    struct flow *f = routing_tuples.lookup(&s->key);
+    /* A new SYN on a known tuple is a new connection: decide it again. */
+    if (f && !is_syn && (is_tcp || now - f->last_seen_ns < UDP_REDECIDE_NS)) {
+        __sync_fetch_and_add(&f->packets, 1);
+        __sync_fetch_and_add(&f->bytes, skb->len);
+        f->last_seen_ns = now;
+        if (s->tcp_flags & TCP_FLAG_FIN)
+            f->flags |= FLOW_TCP_FIN;
+        if (s->tcp_flags & TCP_FLAG_RST)
+            f->flags |= FLOW_TCP_RST;
+        return act(skb, s, f->outbound, f->mark);
+    }
+    if (is_tcp && !is_syn) {
+        /* A connection older than daetui (or forgotten by the LRU): leave it be. */
+        count(CNT_UNTRACKED_TCP);
+        return TC_ACT_OK;
+    }
+
+    struct params *p = params.lookup(&zero);
+    if (!p)
+        return TC_ACT_OK;
+    __u32 gen = p->active_gen & 1;
+    struct gen_params *gp = gen_params.lookup(&gen);
+    if (!gp)
+        return TC_ACT_OK;
+    s->gen = gen;
+    s->base = gen * MAX_MATCH_SETS;
+    s->n = gp->n_match_sets;
+    s->i = 0;
+    s->good = 0;
+    route_progs.call(skb, 0);
+    /* route_chunk is not installed: decide by the fallback. */
+    count(CNT_CHUNK_LIMIT);
+    return decide_fallback(skb, s);
+}
+
+int lan_egress(struct __sk_buff *skb)
+{
+    struct tuple_key pkt = {}, key = {};
+    __u8 mac[6], ipversion = 0, tcp_flags = 0;
+
+    count(CNT_EGRESS_PACKETS);
+    if_count(skb->ifindex, skb->len, 1);
+    if (parse(skb, &pkt, mac, &ipversion, &tcp_flags, 1) != PARSED)
+        return TC_ACT_OK;
+    /* A reply: the client is the destination. */
+    __builtin_memcpy(key.sip, pkt.dip, 16);
+    __builtin_memcpy(key.dip, pkt.sip, 16);
+    key.sport = pkt.dport;
+    key.dport = pkt.sport;
+    key.l4proto = pkt.l4proto;
+    struct flow *f = routing_tuples.lookup(&key);
+    if (f) {
+        __sync_fetch_and_add(&f->rx_packets, 1);
+        __sync_fetch_and_add(&f->rx_bytes, skb->len);
+        f->last_seen_ns = bpf_ktime_get_ns();
+        if (tcp_flags & TCP_FLAG_FIN)
+            f->flags |= FLOW_TCP_FIN;
+        if (tcp_flags & TCP_FLAG_RST)
+            f->flags |= FLOW_TCP_RST;
+    }
+    return TC_ACT_OK;
+}

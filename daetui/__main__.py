@@ -1,0 +1,7 @@
+"""`python -m daetui` is the `daetui` command."""
+
+import sys
+
+from daetui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""The `daetui` command.
+
+    daetui [run] --no-ui [--config F] [--run-dir D]   the control plane, headless
+    daetui validate FILE                               check a config, touch nothing
+    daetui cleanup [--run-dir D]                       undo what a crashed daemon left
+    daetui lab up|down|status [--name N]               the namespace lab
+    daetui demo [--duration S]                         the lab, daetui in it, and traffic
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from daetui import aio
+from daetui.config.errors import ConfigError
+from daetui.config.load import Config, load_config
+from daetui.logsetup import setup_logging
+from daetui.paths import RunPaths
+
+DEFAULT_CONFIG = "/etc/daetui/config.toml"
+log = logging.getLogger("daetui")
+
+
+def _load(path: str) -> Config | None:
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(f"daetui: {e}", file=sys.stderr)
+        return None
+    for w in cfg.warnings:
+        print(f"daetui: warning: {w}", file=sys.stderr)
+    return cfg
+
+
+def _run_paths(args: argparse.Namespace) -> RunPaths:
+    return RunPaths.for_here(args.run_dir)
+
+
+async def _serve(config: Config, run: RunPaths) -> int:
+    from daetui.control.plane import ControlPlane, StartError
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    plane = ControlPlane(config, run)
+    try:
+        await plane.start()
+    except StartError as e:
+        log.error("could not start: %s", e)
+        return 1
+    await stop.wait()
+    await plane.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.no_ui:
+        print("daetui: the console is not built yet; run with --no-ui", file=sys.stderr)
+        return 2
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    setup_logging(cfg.global_.log_level)
+    return aio.run(_serve(cfg, _run_paths(args)))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
+        return 1
+    from daetui.routing.compile import CompileError, compile_rules
+
+    try:
+        kr = compile_rules(cfg.routing)
+    except CompileError as e:
+        print(f"daetui: {cfg.source}: {e}", file=sys.stderr)
+        return 1
+    r = cfg.routing
+    print(f"{cfg.source}: ok: {len(r.entries)} rules ({len(r.enabled)} enabled), "
+          f"{len(kr.match_sets)} kernel match sets, fallback {r.fallback}")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from daetui.dataplane.cleanup import cleanup_leftovers
+    from daetui.dataplane.journal import JournalError
+
+    setup_logging("info")
+    run = _run_paths(args)
+    try:
+        undone = cleanup_leftovers(run.state)
+    except JournalError as e:
+        print(f"daetui cleanup: {e}", file=sys.stderr)
+        return 1
+    if not undone:
+        print(f"daetui cleanup: nothing to undo ({run.state} is absent)")
+    for line in undone:
+        print(f"undone: {line}")
+    run.pid.unlink(missing_ok=True)
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from daetui.lab.topology import Lab, LabError
+
+    lab = Lab(args.name)
+    try:
+        if args.action == "up":
+            lab.up()
+            print(lab.status())
+        elif args.action == "down":
+            lab.down()
+            print(f"lab {args.name}: down")
+        else:
+            print(lab.status())
+    except LabError as e:
+        print(f"daetui lab: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daetui.lab.demo import run_demo
+
+    return run_demo(duration=args.duration, lab_name=args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="daetui", description="Transparent proxy for Linux routers, with a console.")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--no-ui", action="store_true", help="run headless (as a service)")
+    p.add_argument("--run-dir", help="runtime files (default /run/daetui, per network namespace)")
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="run the control plane (the default)")
+    r.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    r.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS)
+    r.add_argument("--run-dir", default=argparse.SUPPRESS)
+    v = sub.add_parser("validate", help="check a config file without touching the system")
+    v.add_argument("file")
+    c = sub.add_parser("cleanup", help="undo what a daemon that crashed left behind")
+    c.add_argument("--run-dir", default=argparse.SUPPRESS)
+    lab = sub.add_parser("lab", help="the namespace lab: up, down, status")
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("--name", default="dtlab")
+    d = sub.add_parser("demo", help="the lab, daetui in it, and traffic")
+    d.add_argument("--duration", type=float, default=0, help="seconds (default: until Ctrl-C)")
+    d.add_argument("--name", default="dtlab")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd = args.command or "run"
+    handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
+                "demo": cmd_demo}
+    return handlers[cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

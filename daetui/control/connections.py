@@ -1,0 +1,86 @@
+"""The connection table: every flow the control plane relays, open and recently closed."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+Endpoint = tuple[str, int]
+
+
+def format_endpoint(ep: Endpoint) -> str:
+    host, port = ep
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class Connection:
+    """One relayed flow. Byte counts grow while it is open."""
+
+    id: int
+    proto: str                 # "tcp" | "udp"
+    src: Endpoint              # the LAN client
+    dst: Endpoint              # the original destination
+    started: float
+    rule_index: int | None     # None: the fallback
+    rule: str                  # the rule's text (or "fallback")
+    outbound: str
+    stage: str                 # "kernel": decided by lan_ingress; "userspace": by the matcher here
+    mac: str | None = None
+    up: int = 0                # bytes client -> destination
+    down: int = 0              # bytes destination -> client
+    state: str = "open"        # "open" | "closed" | "failed"
+    ended: float | None = None
+    error: str | None = None
+    relay: str = ""            # "splice" | "copy" | "udp"
+
+    @property
+    def duration(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+    def describe(self) -> str:
+        """The log line of a connection: source, destination, rule, outbound (and bytes once closed)."""
+        rule = "fallback" if self.rule_index is None else f"rule #{self.rule_index + 1} '{self.rule}'"
+        text = (f"{self.proto} {format_endpoint(self.src)} -> {format_endpoint(self.dst)} {rule} "
+                f"outbound {self.outbound} ({self.stage})")
+        if self.state != "open":
+            text += f" {self.state}: up {self.up} B down {self.down} B in {self.duration:.2f}s"
+            if self.error:
+                text += f" ({self.error})"
+        return text
+
+
+@dataclass
+class ConnectionTable:
+    """Open connections by id, and a ring of closed ones."""
+
+    closed_keep: int = 2000
+    open: dict[int, Connection] = field(default_factory=dict)
+    closed: deque[Connection] = field(default_factory=deque)
+    total: int = 0
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.closed = deque(maxlen=self.closed_keep)
+
+    def add(self, **fields: object) -> Connection:
+        conn = Connection(id=next(self._ids), started=time.time(), **fields)  # type: ignore[arg-type]
+        self.open[conn.id] = conn
+        self.total += 1
+        return conn
+
+    def finish(self, conn: Connection, error: str | None = None) -> None:
+        """Move a connection to the closed ring (once)."""
+        if self.open.pop(conn.id, None) is None:
+            return
+        conn.ended = time.time()
+        conn.state = "failed" if error else "closed"
+        conn.error = error
+        self.closed.append(conn)
+
+    def snapshot(self) -> list[Connection]:
+        """Copies of every open and kept closed connection, newest last."""
+        return [replace(c) for c in itertools.chain(self.closed, self.open.values())]

@@ -1,0 +1,145 @@
+"""Relaying a TCP connection between two sockets.
+
+Between two plain sockets the bytes never enter Python: `os.splice` moves
+them socket -> pipe -> socket inside the kernel. Where splice is not
+available, a copy loop with one reused buffer per direction does the job.
+Half-close is kept: EOF from one side becomes shutdown(SHUT_WR) on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+from collections.abc import Callable
+
+PIPE_SIZE = 1 << 20
+COPY_CHUNK = 1 << 16
+F_SETPIPE_SZ = 1031
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+HAVE_SPLICE = hasattr(os, "splice")
+
+Counter = Callable[[int], None]
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
+    fut = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if write:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+def _make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # a smaller pipe still works, with more round trips
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    return r, w
+
+
+async def _splice_pump(src: socket.socket, dst: socket.socket, count: Counter) -> None:
+    loop = asyncio.get_running_loop()
+    sfd, dfd = src.fileno(), dst.fileno()
+    r, w = _make_pipe()
+    pending = 0
+    eof = False
+    try:
+        while not eof or pending:
+            if not eof:
+                try:
+                    n = os.splice(sfd, w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    n = -1
+                if n == 0:
+                    eof = True
+                elif n > 0:
+                    pending += n
+                elif not pending:
+                    await _wait(loop, sfd, write=False)
+                    continue
+            while pending:
+                try:
+                    m = os.splice(r, dfd, pending, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    await _wait(loop, dfd, write=True)
+                    continue
+                pending -= m
+                count(m)
+                if pending and not eof:
+                    break  # pull more while the destination drains
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+async def _copy_pump(src: socket.socket, dst: socket.socket, count: Counter) -> None:
+    loop = asyncio.get_running_loop()
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = await loop.sock_recv_into(src, buf)
+        if n == 0:
+            break
+        await loop.sock_sendall(dst, view[:n])
+        count(n)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _is_reset(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT,
+                                                  errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+async def relay(client: socket.socket, upstream: socket.socket, on_up: Counter, on_down: Counter,
+                use_splice: bool = HAVE_SPLICE) -> str | None:
+    """Relay until both directions are done; returns an error text or None.
+
+    A reset on either side ends both directions (and is passed on as a
+    reset, so the peer sees what happened).
+    """
+    pump = _splice_pump if use_splice else _copy_pump
+    up = asyncio.ensure_future(pump(client, upstream, on_up))
+    down = asyncio.ensure_future(pump(upstream, client, on_down))
+    error: str | None = None
+    try:
+        done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                exc = t.exception()
+                error = f"{'client' if t is up else 'destination'}: {exc}"
+                assert exc is not None
+                if not _is_reset(exc):
+                    raise exc
+        if pending:
+            if error:
+                for t in pending:
+                    t.cancel()
+                # Pass the reset on: abortive close of both sides.
+                for s in (client, upstream):
+                    with contextlib.suppress(OSError):
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        for t in (up, down):
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+    return error

@@ -1,0 +1,45 @@
+"""Socket options the transparent path needs, with their Linux numbers.
+
+Python's socket module lacks some of them; the values are from
+<linux/in.h> and <linux/in6.h>.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+IP_ORIGDSTADDR = IP_RECVORIGDSTADDR
+IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
+IPV6_RECVORIGDSTADDR = getattr(socket, "IPV6_RECVORIGDSTADDR", 74)
+IPV6_ORIGDSTADDR = IPV6_RECVORIGDSTADDR
+SO_MARK = getattr(socket, "SO_MARK", 36)
+SOL_IPV6 = getattr(socket, "SOL_IPV6", socket.IPPROTO_IPV6)
+
+
+def set_transparent(sock: socket.socket) -> None:
+    """Let the socket use an address that is not the router's (the original destination)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+
+
+def set_mark(sock: socket.socket, mark: int) -> None:
+    """Mark daetui's own outgoing traffic, so that it is never caught again."""
+    if mark:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+
+
+def parse_origdst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """The original destination from IP(V6)_ORIGDSTADDR ancillary data."""
+    for level, type_, data in ancdata:
+        if level == socket.SOL_IP and type_ == IP_ORIGDSTADDR and len(data) >= 8:
+            port = struct.unpack_from("!H", data, 2)[0]
+            return socket.inet_ntop(socket.AF_INET, data[4:8]), port
+        if level == SOL_IPV6 and type_ == IPV6_ORIGDSTADDR and len(data) >= 24:
+            port = struct.unpack_from("!H", data, 2)[0]
+            return socket.inet_ntop(socket.AF_INET6, data[8:24]), port
+    return None

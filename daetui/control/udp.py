@@ -1,0 +1,221 @@
+"""UDP through the control plane: the listener, the NAT table and the reply path.
+
+Each (client, original destination) pair is one NAT entry with its own
+upstream socket. Replies go back to the client from the original
+destination's address, through a transparent socket bound to it (shared by
+every client of that destination). Entries end after `idle_timeout`
+without traffic; the table holds at most `max_entries`, evicting the least
+recently used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from daetui.control.connections import Connection, Endpoint
+from daetui.control.sockopts import parse_origdst, set_transparent
+
+log = logging.getLogger("daetui.udp")
+
+MAX_DATAGRAM = 65535
+BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the loop
+
+
+@dataclass
+class _ReplySocket:
+    sock: socket.socket
+    users: int = 0
+
+
+@dataclass
+class NatEntry:
+    """One client talking to one destination."""
+
+    client: Endpoint
+    dst: Endpoint
+    upstream: socket.socket
+    reply: _ReplySocket
+    conn: Connection
+    last: float = field(default_factory=time.monotonic)
+
+
+# Opens a flow: returns the upstream socket and the connection record, or None to drop it.
+Opener = Callable[[Endpoint, Endpoint], Awaitable[tuple[socket.socket, Connection] | None]]
+Closer = Callable[[Connection, str | None], None]
+
+
+class UdpNat:
+    """The NAT table of relayed UDP flows."""
+
+    def __init__(self, opener: Opener, closer: Closer, idle_timeout: float = 30.0,
+                 max_entries: int = 16384) -> None:
+        self.opener = opener
+        self.closer = closer
+        self.idle_timeout = idle_timeout
+        self.max_entries = max_entries
+        self.entries: OrderedDict[tuple[Endpoint, Endpoint], NatEntry] = OrderedDict()
+        self._replies: dict[Endpoint, _ReplySocket] = {}
+        self._opening: dict[tuple[Endpoint, Endpoint], list[bytes]] = {}
+        self._listeners: list[socket.socket] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.dropped = 0
+        self.evicted = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self, listeners: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in listeners:
+            loop.add_reader(sock.fileno(), self._on_listener, sock)
+            self._listeners.append(sock)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+        self._listeners.clear()
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for key in list(self.entries):
+            self._close(key, None)
+
+    # -- client -> destination ------------------------------------------------------
+    def _on_listener(self, sock: socket.socket) -> None:
+        for _ in range(BATCH):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(MAX_DATAGRAM, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("udp listener: %s", e)
+                return
+            dst = parse_origdst(anc)
+            if dst is None:
+                self.dropped += 1  # not a handed-off datagram (no original destination)
+                continue
+            client: Endpoint = (addr[0], addr[1])
+            self._from_client(client, dst, data)
+
+    def _from_client(self, client: Endpoint, dst: Endpoint, data: bytes) -> None:
+        key = (client, dst)
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+            entry.last = time.monotonic()
+            try:
+                entry.upstream.send(data)
+                entry.conn.up += len(data)
+            except OSError as e:
+                log.debug("udp %s -> %s: %s", client, dst, e)
+            return
+        if key in self._opening:
+            # Held (a bounded few) until the flow's upstream is ready.
+            if len(self._opening[key]) < 64:
+                self._opening[key].append(data)
+            return
+        self._opening[key] = [data]
+        task = asyncio.ensure_future(self._open(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, key: tuple[Endpoint, Endpoint]) -> None:
+        client, dst = key
+        try:
+            opened = await self.opener(client, dst)
+        except Exception as e:
+            log.info("udp %s -> %s: %s", client, dst, e)
+            opened = None
+        queued = self._opening.pop(key, [])
+        if opened is None:
+            self.dropped += len(queued)
+            return
+        upstream, conn = opened
+        try:
+            reply = self._reply_socket(dst)
+        except OSError as e:
+            upstream.close()
+            self.closer(conn, f"reply socket: {e}")
+            return
+        while len(self.entries) >= self.max_entries:
+            oldest = next(iter(self.entries))
+            self.evicted += 1
+            self._close(oldest, None)
+        entry = NatEntry(client, dst, upstream, reply, conn)
+        self.entries[key] = entry
+        asyncio.get_running_loop().add_reader(upstream.fileno(), self._on_upstream, key)
+        for data in queued:
+            with contextlib.suppress(OSError):
+                upstream.send(data)
+                conn.up += len(data)
+
+    def _reply_socket(self, dst: Endpoint) -> _ReplySocket:
+        rs = self._replies.get(dst)
+        if rs is None:
+            family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                set_transparent(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
+                sock.bind(dst)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            rs = _ReplySocket(sock)
+            self._replies[dst] = rs
+        rs.users += 1
+        return rs
+
+    # -- destination -> client --------------------------------------------------------
+    def _on_upstream(self, key: tuple[Endpoint, Endpoint]) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        for _ in range(BATCH):
+            try:
+                data = entry.upstream.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                # ICMP unreachable and friends: the flow is over.
+                self._close(key, str(e))
+                return
+            entry.last = time.monotonic()
+            try:
+                entry.reply.sock.sendto(data, entry.client)
+                entry.conn.down += len(data)
+            except OSError as e:
+                log.debug("udp reply to %s: %s", entry.client, e)
+
+    # -- expiry --------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 2))
+            now = time.monotonic()
+            for key, entry in list(self.entries.items()):
+                if now - entry.last > self.idle_timeout:
+                    self._close(key, None)
+
+    def _close(self, key: tuple[Endpoint, Endpoint], error: str | None) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(entry.upstream.fileno())
+        entry.upstream.close()
+        entry.reply.users -= 1
+        if entry.reply.users <= 0:
+            entry.reply.sock.close()
+            self._replies.pop(entry.dst, None)
+        self.closer(entry.conn, error)

@@ -1,0 +1,267 @@
+"""The kernel programs, compiled by BCC, and typed access to their maps.
+
+The ctypes of every map come from BCC, derived from the structs in
+`bpf/daetui.h`; this module only moves values between them and Python.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daetui.bpfabi import ABI, BPF_DIR
+from daetui.routing.compile import KernelRules
+
+log = logging.getLogger("daetui.dataplane")
+
+PROGRAM_SOURCE = BPF_DIR / "lan.c"
+
+
+def _v6(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16 bytes as the kernel keys them: IPv4 v4-mapped."""
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+def _from_v6(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    a = ipaddress.IPv6Address(raw)
+    return a.ipv4_mapped or a
+
+
+def monotonic_to_wall(ns: int) -> float:
+    """A bpf_ktime_get_ns() timestamp as a Unix time."""
+    return time.time() - (time.monotonic_ns() - ns) / 1e9
+
+
+@dataclass(frozen=True)
+class FlowKey:
+    """A flow's 5-tuple from the LAN client's side."""
+
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    sport: int
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dport: int
+    proto: str                     # "tcp" | "udp"
+
+    def __str__(self) -> str:
+        def ep(a: Any, p: int) -> str:
+            return f"[{a}]:{p}" if a.version == 6 else f"{a}:{p}"
+        return f"{self.proto} {ep(self.src, self.sport)} -> {ep(self.dst, self.dport)}"
+
+
+@dataclass(frozen=True)
+class KernelFlow:
+    """A `routing_tuples` entry, decoded."""
+
+    key: FlowKey
+    outbound: int
+    rule_index: int | None         # None: the fallback decided
+    mac: bytes
+    ifindex: int
+    first_seen: float              # Unix time
+    last_seen: float
+    packets: int
+    bytes: int
+    rx_packets: int
+    rx_bytes: int
+    flags: int
+    generation: int
+    mark: int
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.flags & (ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST))
+
+
+_PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+_PROTO_NAME = {v: k for k, v in _PROTO.items()}
+
+
+class KernelProgram:
+    """lan_ingress, route_chunk and lan_egress, loaded, with their maps."""
+
+    def __init__(self, max_match_sets: int = ABI.MAX_MATCH_SETS, source: Path = PROGRAM_SOURCE) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc; imported late so tests without it can still import us
+
+        t0 = time.monotonic()
+        cflags = [f"-I{BPF_DIR}", f"-DMAX_MATCH_SETS={max_match_sets}", "-Wno-unused-value",
+                  "-Wno-pointer-sign", "-Wno-compare-distinct-pointer-types"]
+        self.bpf = BPF(src_file=str(source).encode(), cflags=cflags)
+        self.ingress = self.bpf.load_func(b"lan_ingress", BPF.SCHED_CLS)
+        self.egress = self.bpf.load_func(b"lan_egress", BPF.SCHED_CLS)
+        self.route = self.bpf.load_func(b"route_chunk", BPF.SCHED_CLS)
+        self.bpf[b"route_progs"][ct.c_int(0)] = ct.c_int(self.route.fd)
+        self.max_match_sets = max_match_sets
+        self.tuples = self.bpf[b"routing_tuples"]
+        self.match_sets = self.bpf[b"match_sets"]
+        self.ip_sets = self.bpf[b"ip_sets"]
+        self.params = self.bpf[b"params"]
+        self.gen_params = self.bpf[b"gen_params"]
+        self.rule_stats_map = self.bpf[b"rule_stats"]
+        self.counters_map = self.bpf[b"counters"]
+        self.if_stats_map = self.bpf[b"if_stats"]
+        from bcc.libbcc import lib
+
+        self._lib = lib
+        self._listeners_fd = lib.bpf_table_fd(self.bpf.module, b"listeners")
+        self.load_seconds = time.monotonic() - t0
+        self.loaded_at = time.time()
+        log.info("kernel programs compiled and loaded in %.1fs", self.load_seconds)
+
+    # -- params and rules -------------------------------------------------------
+    def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int) -> None:
+        p = self.params.Leaf()
+        p.active_gen = active_gen
+        p.tproxy_mark = tproxy_mark
+        p.fail_open = int(fail_open)
+        self.params[ct.c_int(0)] = p
+
+    @property
+    def active_generation(self) -> int:
+        return int(self.params[ct.c_int(0)].active_gen) & 1
+
+    def write_generation(self, gen: int, rules: KernelRules) -> None:
+        """Write rules into the inactive generation `gen` (packets do not see it yet)."""
+        base = gen * self.max_match_sets
+        leaf_t = self.match_sets.Leaf
+        for i, m in enumerate(rules.match_sets):
+            leaf = leaf_t()
+            for name in ("type", "negate", "flags", "outbound", "rule_index", "next", "func_end", "port_lo",
+                         "port_hi", "mask", "mark"):
+                setattr(leaf, name, getattr(m, name))
+            leaf.ip_set = self._global_set_id(gen, m.ip_set) if m.ip_set else 0
+            for j, b in enumerate(m.mac):
+                leaf.mac[j] = b
+            self.match_sets[ct.c_int(base + i)] = leaf
+        # Old entries of this generation's ip sets go first: ids are per generation.
+        self.clear_ip_sets(gen)
+        key_t = self.ip_sets.Key
+        one = ct.c_uint8(1)
+        for set_id, nets in rules.ip_sets.items():
+            for net in nets:
+                k = key_t()
+                v6 = net.version == 6
+                k.set_id = (self._global_set_id(gen, set_id) << 1) | int(v6)
+                k.prefixlen = 32 + (net.prefixlen if v6 else 96 + net.prefixlen)
+                raw = _v6(net.network_address)
+                for j in range(16):
+                    k.addr[j] = raw[j]
+                self.ip_sets[k] = one
+        gp = self.gen_params.Leaf()
+        gp.n_match_sets = len(rules.match_sets)
+        gp.fallback_outbound = rules.fallback_outbound
+        gp.fallback_mark = rules.fallback_mark
+        self.gen_params[ct.c_int(gen)] = gp
+
+    @staticmethod
+    def _global_set_id(gen: int, set_id: int) -> int:
+        """Set ids are per generation; the top bit of the trie key says which."""
+        return (gen << 30) | set_id
+
+    def clear_ip_sets(self, gen: int) -> None:
+        doomed = [k for k in self.ip_sets if (k.set_id >> 31) == gen]
+        for k in doomed:
+            del self.ip_sets[k]
+
+    def activate(self, gen: int) -> None:
+        """Flip to generation `gen`: one write, so a packet sees one whole generation."""
+        p = self.params[ct.c_int(0)]
+        p.active_gen = gen
+        self.params[ct.c_int(0)] = p
+
+    # -- listeners ---------------------------------------------------------------
+    def set_listener(self, slot: int, sock: socket.socket) -> None:
+        """Put a listener socket into the sockmap the programs hand flows to."""
+        k, v = ct.c_uint32(slot), ct.c_uint64(sock.fileno())
+        if self._lib.bpf_update_elem(self._listeners_fd, ct.byref(k), ct.byref(v), 0) != 0:
+            err = ct.get_errno()
+            raise OSError(err, f"sockmap update (slot {slot}): {os.strerror(err)}")
+
+    def clear_listener(self, slot: int) -> None:
+        k = ct.c_uint32(slot)
+        self._lib.bpf_delete_elem(self._listeners_fd, ct.byref(k))
+
+    # -- flows -------------------------------------------------------------------
+    def _decode(self, k: Any, v: Any) -> KernelFlow:
+        key = FlowKey(_from_v6(bytes(k.sip)), int(k.sport), _from_v6(bytes(k.dip)), int(k.dport),
+                      _PROTO_NAME.get(int(k.l4proto), str(k.l4proto)))
+        ri = int(v.rule_index)
+        return KernelFlow(
+            key=key, outbound=int(v.outbound), rule_index=None if ri == ABI.RULE_FALLBACK else ri,
+            mac=bytes(v.mac), ifindex=int(v.ifindex), first_seen=monotonic_to_wall(int(v.first_seen_ns)),
+            last_seen=monotonic_to_wall(int(v.last_seen_ns)), packets=int(v.packets), bytes=int(v.bytes),
+            rx_packets=int(v.rx_packets), rx_bytes=int(v.rx_bytes), flags=int(v.flags),
+            generation=int(v.generation), mark=int(v.mark))
+
+    def _key(self, key: FlowKey) -> Any:
+        k = self.tuples.Key()
+        for j, b in enumerate(_v6(key.src)):
+            k.sip[j] = b
+        for j, b in enumerate(_v6(key.dst)):
+            k.dip[j] = b
+        k.sport = key.sport
+        k.dport = key.dport
+        k.l4proto = _PROTO[key.proto]
+        return k
+
+    def flow(self, key: FlowKey) -> KernelFlow | None:
+        """The kernel's decision for one flow, if it has one."""
+        k = self._key(key)
+        try:
+            v = self.tuples[k]
+        except KeyError:
+            return None
+        return self._decode(k, v)
+
+    def flows(self) -> list[KernelFlow]:
+        """Every flow the kernel has decided (one batched read)."""
+        try:
+            items = list(self.tuples.items_lookup_batch())
+        except Exception:
+            items = list(self.tuples.items())
+        return [self._decode(k, v) for k, v in items]
+
+    def forget_flow(self, key: FlowKey) -> None:
+        try:
+            del self.tuples[self._key(key)]
+        except KeyError:
+            pass
+
+    # -- counters ------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Global counters by name (summed over CPUs): PACKETS, FRAGMENT, ..."""
+        names = {v: k for k, v in ABI.prefixed("CNT_").items()}
+        out = {}
+        for i in range(ABI.N_COUNTERS):
+            out[names.get(i, str(i))] = int(sum(self.counters_map[ct.c_int(i)]))
+        return out
+
+    def rule_hits(self, gen: int, n_rules: int) -> dict[int | None, tuple[int, float | None]]:
+        """Hits and last hit time of each rule index (None: the fallback) in a generation."""
+        out: dict[int | None, tuple[int, float | None]] = {}
+        stride = ABI.MAX_RULES + 1
+        for ri in [*range(min(n_rules, ABI.MAX_RULES)), ABI.MAX_RULES]:
+            per_cpu = self.rule_stats_map[ct.c_int(gen * stride + ri)]
+            hits = sum(int(x.hits) for x in per_cpu)
+            last = max(int(x.last_hit_ns) for x in per_cpu)
+            out[None if ri == ABI.MAX_RULES else ri] = (hits, monotonic_to_wall(last) if last else None)
+        return out
+
+    def interface_stats(self) -> dict[int, dict[str, int]]:
+        """Packets and bytes per interface index, summed over CPUs."""
+        out = {}
+        for k, per_cpu in self.if_stats_map.items():
+            out[int(k.value)] = {f: sum(int(getattr(x, f)) for x in per_cpu)
+                                 for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+        return out
+
+    def close(self) -> None:
+        self.bpf.cleanup()

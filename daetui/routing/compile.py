@@ -1,0 +1,141 @@
+"""Rules -> the kernel's match sets and ip sets.
+
+Layout, per rule: its functions in order, each function a run of match sets
+(one per value, or one for a whole set: an ip set, a protocol mask). The last
+match set of a function carries MS_FUNC_END and the negation; the last of the
+rule MS_RULE_END and the outbound. `next` lets the kernel jump past the rest
+of a rule as soon as one function fails; `func_end` past a function's other
+values as soon as one matches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from daetui.bpfabi import ABI
+from daetui.routing.functions import IPNetwork, PortRange
+from daetui.routing.ruleset import RuleSet
+
+
+@dataclass
+class MatchSet:
+    """The values of one `struct match_set` (field names as in bpf/daetui.h)."""
+
+    type: int
+    rule_index: int
+    negate: int = 0
+    flags: int = 0
+    outbound: int = 0
+    next: int = 0
+    func_end: int = 0
+    port_lo: int = 0
+    port_hi: int = 0
+    mask: int = 0
+    mac: bytes = b""
+    ip_set: int = 0
+    mark: int = 0
+
+
+@dataclass
+class KernelRules:
+    """One generation of rules, ready to be written to the maps."""
+
+    match_sets: list[MatchSet] = field(default_factory=list)
+    ip_sets: dict[int, tuple[IPNetwork, ...]] = field(default_factory=dict)  # id -> prefixes
+    fallback_outbound: int = 0
+    fallback_mark: int = 0
+
+    @property
+    def ip_set_entries(self) -> int:
+        return sum(len(v) for v in self.ip_sets.values())
+
+
+class CompileError(ValueError):
+    """The rules do not fit the kernel's limits."""
+
+
+_MATCH = {
+    "dip": ABI.MATCH_DIP,
+    "sip": ABI.MATCH_SIP,
+    "dport": ABI.MATCH_DPORT,
+    "sport": ABI.MATCH_SPORT,
+    "l4proto": ABI.MATCH_L4PROTO,
+    "ipversion": ABI.MATCH_IPVERSION,
+    "mac": ABI.MATCH_MAC,
+}
+_L4 = {"tcp": ABI.L4_TCP, "udp": ABI.L4_UDP}
+_IPV = {4: ABI.IPV_4, 6: ABI.IPV_6}
+
+
+def _merge_ports(ranges: tuple[PortRange, ...]) -> list[PortRange]:
+    """Overlapping and adjacent ranges as few ranges (dae merges them too)."""
+    out: list[PortRange] = []
+    for r in sorted(ranges, key=lambda r: r.lo):
+        if out and r.lo <= out[-1].hi + 1:
+            out[-1] = PortRange(out[-1].lo, max(out[-1].hi, r.hi))
+        else:
+            out.append(r)
+    return out
+
+
+def _collapse(nets: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+    v4 = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
+    v6 = ipaddress.collapse_addresses(n for n in nets if n.version == 6)
+    return (*v4, *v6)
+
+
+def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS) -> KernelRules:
+    """Lay the enabled rules out as match sets; identical ip sets are shared."""
+    ids = ruleset.outbound_ids()
+    out = KernelRules(fallback_outbound=ids[ruleset.fallback])
+    set_ids: dict[tuple[IPNetwork, ...], int] = {}
+    for entry in ruleset.enabled:
+        if entry.index >= ABI.MAX_RULES:
+            raise CompileError(f"rule {entry.label}: the kernel holds at most {ABI.MAX_RULES} rules")
+        first = len(out.match_sets)
+        for cc in entry.conditions:
+            func_first = len(out.match_sets)
+            mtype = _MATCH[cc.function]
+            if cc.function in ("dip", "sip"):
+                nets = _collapse(cc.values)
+                if nets not in set_ids:
+                    set_ids[nets] = len(set_ids) + 1
+                    out.ip_sets[set_ids[nets]] = nets
+                out.match_sets.append(MatchSet(mtype, entry.index, ip_set=set_ids[nets]))
+            elif cc.function in ("dport", "sport"):
+                for r in _merge_ports(cc.values):
+                    out.match_sets.append(MatchSet(mtype, entry.index, port_lo=r.lo, port_hi=r.hi))
+            elif cc.function == "l4proto":
+                mask = 0
+                for v in cc.values:
+                    mask |= _L4[v]
+                out.match_sets.append(MatchSet(mtype, entry.index, mask=mask))
+            elif cc.function == "ipversion":
+                mask = 0
+                for v in cc.values:
+                    mask |= _IPV[v]
+                out.match_sets.append(MatchSet(mtype, entry.index, mask=mask))
+            elif cc.function == "mac":
+                for mac in dict.fromkeys(cc.values):
+                    out.match_sets.append(MatchSet(mtype, entry.index, mac=mac))
+            else:  # pragma: no cover - typed_values admits only the functions above
+                raise CompileError(f"{cc.function}() cannot be compiled for the kernel")
+            end = len(out.match_sets) - 1
+            for ms in out.match_sets[func_first:]:
+                ms.func_end = end
+            out.match_sets[end].flags |= ABI.MS_FUNC_END
+            out.match_sets[end].negate = int(cc.condition.negate)
+        last = out.match_sets[-1]
+        last.flags |= ABI.MS_RULE_END
+        last.outbound = ids[entry.rule.outbound.target]
+        last.mark = entry.rule.outbound.mark
+        for ms in out.match_sets[first:]:
+            ms.next = len(out.match_sets)
+        if len(out.match_sets) > max_match_sets:
+            raise CompileError(f"the rules need more than {max_match_sets} match sets "
+                               f"(reached at rule {entry.label})")
+    if out.ip_set_entries > ABI.MAX_IP_SET_ENTRIES // 2:
+        raise CompileError(f"the rules hold {out.ip_set_entries} IP prefixes; "
+                           f"the kernel holds {ABI.MAX_IP_SET_ENTRIES // 2} per generation")
+    return out
