@@ -99,11 +99,12 @@ class ControlPlane:
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         """Claim the run dir (cleaning up after a crash), listen, load and attach."""
-        self._claim_run_dir()
+        loop = asyncio.get_running_loop()
+        # Netlink work (pyroute2) runs on its own thread, never on this loop.
+        await loop.run_in_executor(self._netlink, self._claim_run_dir)
         g = self.config.global_
         try:
             self.listeners = open_listeners(g.tproxy_port)
-            loop = asyncio.get_running_loop()
             if self.dataplane is not None:
                 await loop.run_in_executor(self._netlink, lambda: self.dataplane.start(  # type: ignore[union-attr]
                     self.ruleset, g.lan_interface, self.listeners.slots(),  # type: ignore[union-attr]

@@ -148,11 +148,17 @@ class Lab:
                 state.namespaces.append(ns)
                 self._save_state(state)
                 _run("ip", "netns", "add", ns)
+                # Addresses usable at once: duplicate address detection would hold
+                # IPv6 back for a second or two, and nothing here can collide. Set
+                # before the links exist, so that they inherit it.
+                self._sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
+                self._sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
             self._build_links()
             self._configure()
             if servers:
                 state.pids["servers"] = self._start_servers()
                 self._save_state(state)
+            self._wait_settled()
         except BaseException:
             self.down()
             raise
@@ -170,10 +176,6 @@ class Lab:
     def _configure(self) -> None:
         a = self.addr
         for ns in (self.lan, self.router, self.wan):
-            # Addresses usable at once: duplicate address detection would hold
-            # IPv6 back for a second or two, and nothing here can collide.
-            self._sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
-            self._sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
             _run("ip", "-n", ns, "link", "set", "lo", "up")
         # A router forwards; daetui checks this and does not own it here.
         self._sysctl(self.router, "net.ipv4.ip_forward", "1")
@@ -208,6 +210,31 @@ class Lab:
         # Routes back to the LAN only; the wan namespace has no default route.
         _run(*ip_w, "route", "add", "192.0.2.0/24", "via", a.router_wan4)
         _run(*ip_w, "-6", "route", "add", "2001:db8:1::/64", "via", a.router_wan6)
+
+    def _wait_settled(self, timeout: float = 10.0) -> None:
+        """Wait until IPv6 link-local addresses and their routes are in place.
+
+        The kernel adds them shortly after a link comes up; a test comparing
+        routing tables before and after must not see them arrive in between.
+        """
+        def snapshot() -> tuple[str, int]:
+            out, ready = [], 0
+            for ns in (self.lan, self.router, self.wan):
+                addrs = _run("ip", "-n", ns, "-6", "addr", "show", "scope", "link", check=False).stdout
+                ready += sum(1 for ln in addrs.splitlines() if "inet6 fe80" in ln and "tentative" not in ln)
+                out.append(addrs)
+                out.append(_run("ip", "-n", ns, "-6", "route", "show", "table", "all", check=False).stdout)
+            return "".join(out), ready
+
+        deadline = time.monotonic() + timeout
+        last, _ = snapshot()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now, ready = snapshot()
+            # Four links: lan veth0, router lan0 and wan0, wan veth0.
+            if now == last and ready >= 4:
+                return
+            last = now
 
     def _start_servers(self) -> int:
         hosts = [*self.addr.hosts4, *self.addr.hosts6]

@@ -1,0 +1,229 @@
+"""Clients in the lab's LAN, daemons in its router, and views of the router's state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from daetui.config.load import parse_config
+from daetui.control.plane import ControlPlane, Snapshot
+from daetui.control.runner import ControlPlaneThread
+from daetui.lab.netns import netns
+from daetui.lab.topology import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def lan_socket(lab: Lab, host: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+    """A socket created inside the lab's LAN namespace."""
+    with netns(lab.lan):
+        return socket.socket(family_of(host), kind)
+
+
+def _recv_all(s: socket.socket) -> bytes:
+    chunks = []
+    while data := s.recv(1 << 16):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0) -> bytes:
+    """GET from a lab host, as the LAN client; returns the body."""
+    s = lan_socket(lab, host)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        resp = _recv_all(s)
+    finally:
+        s.close()
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def tcp_echo(lab: Lab, host: str, payload: bytes, port: int = 7, timeout: float = 10.0,
+             sport: int = 0) -> bytes:
+    """Send `payload` to the echo server, half-close, and return what came back."""
+    s = lan_socket(lab, host)
+    s.settimeout(timeout)
+    try:
+        if sport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("::" if ":" in host else "0.0.0.0", sport))
+        s.connect((host, port))
+        sender = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
+        sender.start()
+        out = _recv_all(s)
+        sender.join(timeout)
+        return out
+    finally:
+        s.close()
+
+
+def tcp_connect_fails(lab: Lab, host: str, port: int = 80, timeout: float = 2.0) -> bool:
+    """True when a TCP connection from the LAN does not get through."""
+    s = lan_socket(lab, host)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+    except OSError:
+        return True
+    finally:
+        s.close()
+    return False
+
+
+def udp_exchange(lab: Lab, host: str, payload: bytes, port: int = 7, sport: int = 0, timeout: float = 2.0,
+                 count: int = 1) -> list[bytes]:
+    """Send `count` datagrams from one socket; return the replies that came back in time."""
+    s = lan_socket(lab, host, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    replies = []
+    try:
+        if sport:
+            s.bind(("::" if ":" in host else "0.0.0.0", sport))
+        for _ in range(count):
+            s.sendto(payload, (host, port))
+            try:
+                replies.append(s.recv(65535))
+            except TimeoutError:
+                pass
+    finally:
+        s.close()
+    return replies
+
+
+# -- the control plane, in the router namespace ------------------------------------
+
+@contextmanager
+def plane_in_lab(lab: Lab, config_text: str, run_dir: Path) -> Iterator[ControlPlaneThread]:
+    """A control plane on its own thread inside the router namespace."""
+    cfg = parse_config(config_text, "test.toml")
+    runner = ControlPlaneThread(cfg, run_dir=str(run_dir), netns=lab.router)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+def snapshot(runner: ControlPlaneThread) -> Snapshot:
+    plane: ControlPlane = runner.plane  # type: ignore[assignment]
+    return runner.call(plane.snapshot)
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 5.0, interval: float = 0.05) -> T:
+    """Poll `fn` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+# -- the daemon as a process, for what a thread cannot show (SIGKILL) --------------------
+
+class Daemon:
+    """`daetui --no-ui` as a process in the router namespace."""
+
+    def __init__(self, lab: Lab, config_path: Path, run_dir: Path) -> None:
+        self.lab = lab
+        self.config_path = config_path
+        self.run_dir = run_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        argv = ["ip", "netns", "exec", self.lab.router, sys.executable, "-m", "daetui", "--no-ui",
+                "--config", str(self.config_path), "--run-dir", str(self.run_dir)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_for(lambda: any("daetui started" in ln for ln in self.lines) or self.proc.poll() is not None,
+                 timeout)
+        if self.proc.poll() is not None:
+            raise RuntimeError("daemon exited:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout)
+        if self._reader:
+            self._reader.join(5)
+        return rc
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        return self.wait()
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+def run_in(lab_ns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", lab_ns, *argv], capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def router_state(lab: Lab) -> dict[str, Any]:
+    """What daetui may touch in the router namespace, as text to compare."""
+    ns = lab.router
+    links = run_in(ns, "ip", "-o", "link", "show")
+    names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()]
+    state: dict[str, Any] = {
+        "ip rule": run_in(ns, "ip", "rule"),
+        "ip -6 rule": run_in(ns, "ip", "-6", "rule"),
+        "ip route show table all": run_in(ns, "ip", "route", "show", "table", "all"),
+        "ip -6 route show table all": run_in(ns, "ip", "-6", "route", "show", "table", "all"),
+    }
+    for name in names:
+        for hook in ("ingress", "egress"):
+            state[f"tc filter {name} {hook}"] = run_in(ns, "tc", "filter", "show", "dev", name, hook)
+        state[f"tc qdisc {name}"] = run_in(ns, "tc", "qdisc", "show", "dev", name)
+    for key in ("net.ipv4.ip_forward", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.lan0.send_redirects",
+                "net.ipv6.conf.all.forwarding"):
+        state[key] = run_in(ns, "sysctl", "-n", key).strip()
+    return state
+
+
+def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Fail with a readable diff of what changed in the router namespace."""
+    import difflib
+
+    diffs = []
+    for k in sorted(set(before) | set(after)):
+        b, a = str(before.get(k, "")), str(after.get(k, ""))
+        if a != b:
+            diffs.append(f"== {k}\n" + "\n".join(difflib.unified_diff(b.splitlines(), a.splitlines(),
+                                                                       "before", "after", lineterm="")))
+    assert not diffs, "router state changed:\n" + "\n".join(diffs)

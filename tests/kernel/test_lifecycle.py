@@ -1,0 +1,146 @@
+"""Never leave the router broken: clean stop, SIGKILL (fail-open), cleanup, bad config."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, Daemon, assert_same_state, http_get, router_state, udp_exchange
+
+from daetui.lab.topology import ADDR
+
+pytestmark = pytest.mark.kernel
+
+CONFIG = """
+[global]
+lan_interface = ["lan0"]
+
+[routing]
+rules = ["dip(203.0.113.10, '2001:db8:3::10') -> proxy"]
+fallback = "direct"
+"""
+
+PROXIED4, PROXIED6 = ADDR.hosts4[0], ADDR.hosts6[0]
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    p = tmp_path / "daetui.toml"
+    p.write_text(CONFIG)
+    return p
+
+
+def whoami(lab, host: str) -> str:
+    return http_get(lab, host, "/whoami", timeout=3).decode().strip()
+
+
+def daetui_cli(lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui", *args],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_clean_stop_leaves_the_router_exactly_as_before(lab, config_file, tmp_path):
+    before = router_state(lab)
+    d = Daemon(lab, config_file, tmp_path / "run")
+    d.start()
+    try:
+        during = router_state(lab)
+        assert "lan_ingress" in during["tc filter lan0 ingress"]
+        assert "lan_egress" in during["tc filter lan0 egress"]
+        assert "lookup 2024" in during["ip rule"] and "lookup 2024" in during["ip -6 rule"]
+        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+    finally:
+        assert d.stop() == 0, d.log()
+    assert_same_state(before, router_state(lab))
+    assert "daetui stopped; system changes undone" in d.log()
+    assert not (tmp_path / "run" / "state.json").exists()
+    assert not (tmp_path / "run" / "daetui.pid").exists()
+
+
+def test_sigint_stops_cleanly_too(lab, config_file, tmp_path):
+    before = router_state(lab)
+    d = Daemon(lab, config_file, tmp_path / "run")
+    d.start()
+    d.signal(signal.SIGINT)
+    assert d.wait() == 0
+    assert_same_state(before, router_state(lab))
+
+
+def test_sigkill_fails_open_and_cleanup_undoes_the_rest(lab, config_file, tmp_path):
+    before = router_state(lab)
+    run = tmp_path / "run"
+    d = Daemon(lab, config_file, run)
+    d.start()
+    assert whoami(lab, PROXIED4) == ADDR.router_wan4  # relayed by the daemon
+    d.signal(signal.SIGKILL)
+    d.wait()
+    # The programs are still attached, but with no listener the flow passes as direct.
+    assert "lan_ingress" in router_state(lab)["tc filter lan0 ingress"]
+    assert whoami(lab, PROXIED4) == ADDR.client4
+    assert whoami(lab, PROXIED6) == ADDR.client6
+    assert udp_exchange(lab, PROXIED4, b"still there?") == [b"still there?"]
+    out = daetui_cli(lab, "cleanup", "--run-dir", str(run))
+    assert out.returncode == 0, out.stderr
+    assert "undone: tc filter ingress on lan0" in out.stdout
+    assert_same_state(before, router_state(lab))
+    # Nothing left to undo a second time.
+    again = daetui_cli(lab, "cleanup", "--run-dir", str(run))
+    assert again.returncode == 0 and "nothing to undo" in again.stdout
+
+
+def test_next_start_cleans_up_after_a_crash(lab, config_file, tmp_path):
+    before = router_state(lab)
+    run = tmp_path / "run"
+    d = Daemon(lab, config_file, run)
+    d.start()
+    d.signal(signal.SIGKILL)
+    d.wait()
+    d2 = Daemon(lab, config_file, run)
+    d2.start()
+    try:
+        assert "cleaned up after a daemon that did not stop" in d2.log()
+        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+        assert router_state(lab)["tc filter lan0 ingress"].count("handle 0xda7") == 1
+    finally:
+        assert d2.stop() == 0
+    assert_same_state(before, router_state(lab))
+
+
+def test_a_second_daemon_in_the_same_run_dir_is_refused(lab, config_file, tmp_path):
+    run = tmp_path / "run"
+    d = Daemon(lab, config_file, run)
+    d.start()
+    try:
+        out = daetui_cli(lab, "--no-ui", "--config", str(config_file), "--run-dir", str(run))
+        assert out.returncode == 1
+        assert "already running" in out.stderr
+        assert whoami(lab, PROXIED4) == ADDR.router_wan4  # the first one is untouched
+    finally:
+        assert d.stop() == 0
+
+
+def test_config_error_names_the_place_and_starts_nothing(lab, tmp_path):
+    before = router_state(lab)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG.replace("-> proxy", "-> proxy)"))
+    out = daetui_cli(lab, "--no-ui", "--config", str(bad), "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2
+    assert f"{bad}:6:" in out.stderr and "expected the end of the rule" in out.stderr
+    assert_same_state(before, router_state(lab))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_lan_interface_is_reported_and_the_rest_bound(lab, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.replace('["lan0"]', '["lan0", "nosuch0"]'))
+    before = router_state(lab)
+    d = Daemon(lab, cfg, tmp_path / "run")
+    d.start()
+    try:
+        assert "LAN interface nosuch0 does not exist" in d.log()
+        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+    finally:
+        assert d.stop() == 0
+    assert_same_state(before, router_state(lab))
