@@ -77,7 +77,7 @@ class _Loader:
         return self.error(f"unknown {what} {key!r}{hint}", path, at_key=True, width=len(key))
 
     def typed(self, spec: KeySpec, value: Any, path: Path_) -> Any:
-        name = ".".join(str(p) for p in path)
+        name = ".".join(f"rule #{p + 1}" if isinstance(p, int) else p for p in path)
         if spec.type == "bool":
             if not isinstance(value, bool):
                 raise self.error(f"{name}: expected true or false", path)
@@ -109,7 +109,7 @@ class _Loader:
             doc = tomlkit.parse(self.text)
         except tomlkit.exceptions.ParseError as e:
             line = getattr(e, "line", 0)
-            col = max(1, getattr(e, "col", 0))
+            col = getattr(e, "col", 0) + 1  # tomlkit counts columns from 0
             msg = str(e).split(" at line ")[0]
             src = self.text.splitlines()[line - 1] if 0 < line <= len(self.text.splitlines()) else None
             raise ConfigError(f"TOML syntax: {msg}", self.source, line, col, src) from None

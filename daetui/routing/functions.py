@@ -39,38 +39,38 @@ def _ip(p: Param) -> IPNetwork:
         return ipaddress.ip_network(p.value, strict=False)
     except ValueError:
         raise RuleError(f"{p.value!r} is not an IP address or CIDR prefix (e.g. 10.0.0.0/8, '2001:db8::/32')",
-                        p.start, p.end) from None
+                        p.value_start, p.end) from None
 
 
 def _port(p: Param) -> PortRange:
     m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", p.value)
     if not m:
-        raise RuleError(f"{p.value!r} is not a port or a port range (e.g. 443, 8000-9000)", p.start, p.end)
+        raise RuleError(f"{p.value!r} is not a port or a port range (e.g. 443, 8000-9000)", p.value_start, p.end)
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) else lo
     if hi > 65535 or lo > 65535:
-        raise RuleError(f"port {max(lo, hi)} is out of range 0-65535", p.start, p.end)
+        raise RuleError(f"port {max(lo, hi)} is out of range 0-65535", p.value_start, p.end)
     if lo > hi:
-        raise RuleError(f"port range {p.value!r} runs backwards", p.start, p.end)
+        raise RuleError(f"port range {p.value!r} runs backwards", p.value_start, p.end)
     return PortRange(lo, hi)
 
 
 def _l4proto(p: Param) -> str:
     v = p.value.lower()
     if v not in L4PROTOS:
-        raise RuleError(f"{p.value!r} is not an l4proto; expected tcp or udp", p.start, p.end)
+        raise RuleError(f"{p.value!r} is not an l4proto; expected tcp or udp", p.value_start, p.end)
     return v
 
 
 def _ipversion(p: Param) -> int:
     if p.value not in IPVERSIONS:
-        raise RuleError(f"{p.value!r} is not an ipversion; expected 4 or 6", p.start, p.end)
+        raise RuleError(f"{p.value!r} is not an ipversion; expected 4 or 6", p.value_start, p.end)
     return int(p.value)
 
 
 def _mac(p: Param) -> bytes:
     if not _MAC.match(p.value):
-        raise RuleError(f"{p.value!r} is not a MAC address; expected 'aa:bb:cc:dd:ee:ff'", p.start, p.end)
+        raise RuleError(f"{p.value!r} is not a MAC address; expected 'aa:bb:cc:dd:ee:ff'", p.value_start, p.end)
     return bytes(int(x, 16) for x in re.split("[:-]", p.value))
 
 

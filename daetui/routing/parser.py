@@ -122,22 +122,23 @@ def _param(raw: str, offset: int, keys: frozenset[str], where: str) -> Param:
     if not body:
         raise RuleError(f"empty parameter in {where}", start)
     key: str | None = None
+    value_start = start
     m = _KEY.match(body)
     if m and m.group(1) in keys:
         key = m.group(1)
         body = body[m.end():]
-        start += m.end()
+        value_start += m.end()
         if not body:
-            raise RuleError(f"missing value after '{key}:'", start)
+            raise RuleError(f"missing value after '{key}:'", value_start)
     if body[0] in "'\"":
-        value = _unquote(body, start)
+        value = _unquote(body, value_start)
     else:
         bad = re.search(r"[\s'\"]", body)
         if bad:
             raise RuleError(f"unexpected {bad.group(0)!r} in a value; quote values that contain it",
-                            start + bad.start())
+                            value_start + bad.start())
         value = body
-    return Param(value=value, key=key, start=start, end=end)
+    return Param(value=value, key=key, start=start, end=end, value_start=value_start)
 
 
 def parse_rule(text: str) -> Rule:
@@ -182,9 +183,9 @@ def parse_rule(text: str) -> Rule:
             try:
                 mark = int(p.value, 0)
             except ValueError:
-                raise RuleError(f"mark {p.value!r} is not an integer (e.g. 0x100)", p.start, p.end) from None
+                raise RuleError(f"mark {p.value!r} is not an integer (e.g. 0x100)", p.value_start, p.end) from None
             if not 0 < mark < 2**32:
-                raise RuleError("mark must be between 1 and 0xffffffff", p.start, p.end)
+                raise RuleError("mark must be between 1 and 0xffffffff", p.value_start, p.end)
     if not cur.at_end():
         raise cur.error("expected the end of the rule after the outbound")
     return Rule(conditions=tuple(conditions), outbound=Outbound(out_name, out_params), text=text)

@@ -30,9 +30,11 @@ class Param:
 
     value: str
     key: str | None = None
-    # Position of the parameter in the rule text, for error messages.
+    # Positions in the rule text, for error messages: the whole parameter
+    # (key included) and where its value begins.
     start: int = field(default=0, compare=False)
     end: int = field(default=0, compare=False)
+    value_start: int = field(default=0, compare=False)
 
     def __str__(self) -> str:
         v = format_value(self.value)

@@ -144,3 +144,35 @@ def test_missing_lan_interface_is_reported_and_the_rest_bound(lab, tmp_path):
     finally:
         assert d.stop() == 0
     assert_same_state(before, router_state(lab))
+
+
+def test_what_daetui_did_not_add_is_left_alone(lab, config_file, tmp_path):
+    """A clsact someone else made, their rules and routes: all still there after stop and cleanup."""
+    ns = lab.router
+    foreign = [
+        ["tc", "qdisc", "add", "dev", "lan0", "clsact"],
+        ["ip", "rule", "add", "fwmark", "0x1", "lookup", "100", "pref", "1000"],
+        ["ip", "route", "add", "local", "10.99.0.0/16", "dev", "lo", "table", "2024"],
+    ]
+    for argv in foreign:
+        subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
+    try:
+        before = router_state(lab)
+        d = Daemon(lab, config_file, tmp_path / "run")
+        d.start()
+        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+        assert d.stop() == 0
+        assert_same_state(before, router_state(lab))
+        # And after a crash, cleanup is just as careful.
+        d = Daemon(lab, config_file, tmp_path / "run")
+        d.start()
+        d.signal(signal.SIGKILL)
+        d.wait()
+        assert daetui_cli(lab, "cleanup", "--run-dir", str(tmp_path / "run")).returncode == 0
+        assert_same_state(before, router_state(lab))
+        assert "clsact" in before["tc qdisc lan0"]
+    finally:
+        for argv in (["tc", "qdisc", "del", "dev", "lan0", "clsact"],
+                     ["ip", "rule", "del", "pref", "1000", "fwmark", "0x1"],
+                     ["ip", "route", "del", "local", "10.99.0.0/16", "dev", "lo", "table", "2024"]):
+            subprocess.run(["ip", "netns", "exec", ns, *argv], check=False)
