@@ -7,6 +7,10 @@
  * route_chunk  evaluates ROUTE_CHUNK match sets per call and tail-calls
  *              itself, so thousands of rules fit the verifier's limits.
  * lan_egress   counts the replies of the flows lan_ingress knows.
+ * tproxy_lookup (sk_lookup, on the namespace) finds the listener for a new
+ *              connection whose 4-tuple is still in TIME_WAIT here: the kernel
+ *              then looks for a listener at the original address, and only
+ *              this program knows that daetui's listener stands in for it.
  *
  * Anything the programs cannot parse passes untouched: a router must never
  * lose traffic because daetui did not understand it.
@@ -20,6 +24,7 @@
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
+#include <linux/socket.h>
 
 #include "daetui.h"
 
@@ -171,25 +176,32 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
     __u32 lkey;
 
     if (s->key.l4proto == IPPROTO_TCP) {
-        if (!(s->tcp_flags & TCP_FLAG_SYN) || (s->tcp_flags & TCP_FLAG_ACK)) {
-            struct bpf_sock_tuple t = {};
-            if (s->ipversion == 4) {
-                __builtin_memcpy(&t.ipv4.saddr, &s->key.sip[12], 4);
-                __builtin_memcpy(&t.ipv4.daddr, &s->key.dip[12], 4);
-                t.ipv4.sport = bpf_htons(s->key.sport);
-                t.ipv4.dport = bpf_htons(s->key.dport);
-                sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-            } else {
-                __builtin_memcpy(t.ipv6.saddr, s->key.sip, 16);
-                __builtin_memcpy(t.ipv6.daddr, s->key.dip, 16);
-                t.ipv6.sport = bpf_htons(s->key.sport);
-                t.ipv6.dport = bpf_htons(s->key.dport);
-                sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-            }
-            if (sk && sk->state == BPF_TCP_LISTEN) {
-                bpf_sk_release(sk);
-                sk = NULL;
-            }
+        struct bpf_sock_tuple t = {};
+        if (s->ipversion == 4) {
+            __builtin_memcpy(&t.ipv4.saddr, &s->key.sip[12], 4);
+            __builtin_memcpy(&t.ipv4.daddr, &s->key.dip[12], 4);
+            t.ipv4.sport = bpf_htons(s->key.sport);
+            t.ipv4.dport = bpf_htons(s->key.dport);
+            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        } else {
+            __builtin_memcpy(t.ipv6.saddr, s->key.sip, 16);
+            __builtin_memcpy(t.ipv6.daddr, s->key.dip, 16);
+            t.ipv6.sport = bpf_htons(s->key.sport);
+            t.ipv6.dport = bpf_htons(s->key.dport);
+            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        }
+        if (sk && sk->state == BPF_TCP_LISTEN) {
+            bpf_sk_release(sk);
+            sk = NULL;
+        }
+        if (sk && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK)) {
+            /* A new connection on a 4-tuple this router still holds (TIME_WAIT
+             * from the last one): the kernel must retire the old socket itself,
+             * then tproxy_lookup hands it our listener. Route it here, unassigned. */
+            bpf_sk_release(sk);
+            skb->mark = p->tproxy_mark;
+            count(CNT_TO_CONTROL);
+            return TC_ACT_OK;
         }
         if (!sk) {
             lkey = s->ipversion == 4 ? LISTENER_TCP4 : LISTENER_TCP6;
@@ -447,4 +459,36 @@ int lan_egress(struct __sk_buff *skb)
             f->flags |= FLOW_TCP_RST;
     }
     return TC_ACT_OK;
+}
+
+/* The kernel's own listener lookup, in this namespace (BPF_SK_LOOKUP). Only
+ * reached by packets policy routing made local: for a TCP flow the kernel
+ * decided to hand to the control plane, answer with daetui's listener. */
+int tproxy_lookup(struct bpf_sk_lookup *ctx)
+{
+    struct tuple_key key = {};
+    if (ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    if (ctx->family == AF_INET) {
+        key.sip[10] = key.sip[11] = 0xff;
+        key.dip[10] = key.dip[11] = 0xff;
+        __builtin_memcpy(&key.sip[12], &ctx->remote_ip4, 4);
+        __builtin_memcpy(&key.dip[12], &ctx->local_ip4, 4);
+    } else {
+        __builtin_memcpy(key.sip, ctx->remote_ip6, 16);
+        __builtin_memcpy(key.dip, ctx->local_ip6, 16);
+    }
+    key.sport = bpf_ntohs(ctx->remote_port);
+    key.dport = ctx->local_port;
+    key.l4proto = IPPROTO_TCP;
+    struct flow *f = routing_tuples.lookup(&key);
+    if (!f || f->outbound < OUTBOUND_FIRST_GROUP)
+        return SK_PASS;
+    __u32 lkey = ctx->family == AF_INET ? LISTENER_TCP4 : LISTENER_TCP6;
+    struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
+    if (!sk)
+        return SK_PASS;
+    bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    return SK_PASS;
 }

@@ -72,6 +72,7 @@ class Dataplane:
             self.load_rules(ruleset, initial=True)
             for slot, sock in listeners.items():
                 self.program.set_listener(slot, sock)
+            self.program.attach_lookup()
             if auto_config:
                 self._kernel_parameters(lan_interfaces)
             for family in (4, 6):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daetui.bpfabi import ABI, BPF_DIR
+from daetui.dataplane.bpflink import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, attach_sk_lookup
 from daetui.routing.compile import KernelRules
 
 log = logging.getLogger("daetui.dataplane")
@@ -86,7 +87,7 @@ _PROTO_NAME = {v: k for k, v in _PROTO.items()}
 
 
 class KernelProgram:
-    """lan_ingress, route_chunk and lan_egress, loaded, with their maps."""
+    """lan_ingress, route_chunk, lan_egress and tproxy_lookup, loaded, with their maps."""
 
     def __init__(self, max_match_sets: int = ABI.MAX_MATCH_SETS, source: Path = PROGRAM_SOURCE) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so tests without it can still import us
@@ -98,6 +99,8 @@ class KernelProgram:
         self.ingress = self.bpf.load_func(b"lan_ingress", BPF.SCHED_CLS)
         self.egress = self.bpf.load_func(b"lan_egress", BPF.SCHED_CLS)
         self.route = self.bpf.load_func(b"route_chunk", BPF.SCHED_CLS)
+        self.lookup = self.bpf.load_func(b"tproxy_lookup", BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP)
+        self._lookup_link: int | None = None
         self.bpf[b"route_progs"][ct.c_int(0)] = ct.c_int(self.route.fd)
         self.max_match_sets = max_match_sets
         self.tuples = self.bpf[b"routing_tuples"]
@@ -263,5 +266,13 @@ class KernelProgram:
                                  for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
         return out
 
+    def attach_lookup(self) -> None:
+        """Attach tproxy_lookup to this network namespace (detached when we exit)."""
+        if self._lookup_link is None:
+            self._lookup_link = attach_sk_lookup(self.lookup.fd)
+
     def close(self) -> None:
+        if self._lookup_link is not None:
+            os.close(self._lookup_link)
+            self._lookup_link = None
         self.bpf.cleanup()

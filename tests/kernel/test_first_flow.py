@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 import pytest
-from helpers import http_get, plane_in_lab, snapshot, tcp_connect_fails, tcp_echo, udp_exchange, wait_for
+from helpers import (
+    http_get,
+    lan_socket,
+    plane_in_lab,
+    run_in,
+    snapshot,
+    tcp_connect_fails,
+    tcp_echo,
+    udp_exchange,
+    wait_for,
+)
 
 from daetui.bpfabi import ABI
 from daetui.lab.topology import ADDR, LAN_MAC
@@ -124,3 +135,41 @@ def test_interface_binding_is_reported(plane):
     snap = snapshot(plane)
     assert [b.ifname for b in snap.bindings] == ["lan0"]
     assert snap.missing_interfaces == []
+
+
+@pytest.mark.parametrize("v", [4, 6])
+def test_reusing_a_tuple_the_router_holds_in_time_wait(plane, lab, v):
+    """The server closes first, so the router (standing in for it) keeps the
+    4-tuple in TIME_WAIT; the client's next connection on the same source port
+    must reach the listener at once (tproxy_lookup). Without it the kernel
+    answers the SYN with an ACK, and only the client's retransmitted SYN, a
+    second later, gets through."""
+    sport = 47000 + v
+    retrans_before = syn_retransmits(lab)
+    for _ in range(3):
+        body = http_get_from(lab, PROXIED[v], "/whoami", sport)
+        assert body.decode().strip() == ROUTER_WAN[v]
+    assert syn_retransmits(lab) == retrans_before
+    state = run_in(lab.router, "ss", "-tan", "state", "time-wait", f"( sport = :80 and dport = :{sport} )")
+    assert f":{sport}" in state, "the router holds no TIME_WAIT for the tuple: the test proves nothing"
+
+
+def syn_retransmits(lab) -> int:
+    out = run_in(lab.lan, "nstat", "-asz", "TcpExtTCPSynRetrans")
+    return int(out.split("TcpExtTCPSynRetrans")[1].split()[0])
+
+
+def http_get_from(lab, host: str, path: str, sport: int) -> bytes:
+    s = lan_socket(lab, host)
+    s.settimeout(5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if ":" in host else "0.0.0.0", sport))
+    try:
+        s.connect((host, 80))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    finally:
+        s.close()
+    return data.partition(b"\r\n\r\n")[2]

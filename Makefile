@@ -1,0 +1,12 @@
+# The two commands of the README. Each installs what it needs first.
+.PHONY: demo test setup
+
+demo: setup
+	.venv/bin/daetui demo
+
+test: setup
+	.venv/bin/ruff check daetui tests bench
+	.venv/bin/python -m pytest -q
+
+setup:
+	./scripts/setup.sh

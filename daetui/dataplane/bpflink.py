@@ -1,0 +1,50 @@
+"""BPF links that libbcc does not create: one bpf(BPF_LINK_CREATE) syscall.
+
+The sk_lookup program is attached to a network namespace through a link.
+The link lives as long as its file descriptor: when daetui exits, however it
+exits, the kernel detaches the program. Nothing to journal, nothing to clean.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import platform
+
+BPF_LINK_CREATE = 28
+BPF_SK_LOOKUP = 36
+BPF_PROG_TYPE_SK_LOOKUP = 30
+
+# bpf(2)'s number per architecture (asm/unistd.h).
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "armv7l": 386, "armv6l": 386, "ppc64le": 361,
+            "mips": 4355, "mipsel": 4355, "mips64": 5315, "i686": 357, "i386": 357}
+
+_libc = ct.CDLL(None, use_errno=True)
+
+
+class _LinkCreateAttr(ct.Structure):
+    # union bpf_attr, link_create member; the rest of the union must be zero.
+    _fields_ = [("prog_fd", ct.c_uint32), ("target_fd", ct.c_uint32), ("attach_type", ct.c_uint32),
+                ("flags", ct.c_uint32), ("_zero", ct.c_uint8 * 48)]
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach `prog_fd` to `target_fd`; returns the link's file descriptor."""
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(f"bpf syscall number unknown for {platform.machine()}")
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type)
+    fd = _libc.syscall(nr, BPF_LINK_CREATE, ct.byref(attr), ct.sizeof(attr))
+    if fd < 0:
+        err = ct.get_errno()
+        raise OSError(err, f"BPF_LINK_CREATE: {os.strerror(err)}")
+    return fd
+
+
+def attach_sk_lookup(prog_fd: int) -> int:
+    """Attach an sk_lookup program to the calling thread's network namespace."""
+    ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return link_create(prog_fd, ns, BPF_SK_LOOKUP)
+    finally:
+        os.close(ns)
