@@ -42,31 +42,60 @@ def _run_paths(args: argparse.Namespace) -> RunPaths:
 
 async def _serve(config: Config, run: RunPaths) -> int:
     from daetui.control.plane import ControlPlane, StartError
+    from daetui.control.server import ControlServer
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A headless daemon outlives the terminal it was started from.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: daetui keeps running"))
     plane = ControlPlane(config, run)
+    plane.on_stop_request = stop.set
+    server = ControlServer(plane, run.control)
     try:
+        await plane.claim()
+        # Listening before the (slow) start: a console can watch it start.
+        await server.start()
         await plane.start()
     except StartError as e:
         log.error("could not start: %s", e)
+        await server.stop()
         return 1
     await stop.wait()
     await plane.stop()
+    await server.stop()
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not args.no_ui:
-        print("daetui: the console is not built yet; run with --no-ui", file=sys.stderr)
-        return 2
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    if not args.no_ui:
+        from daetui.ui.launch import run_console
+
+        return run_console(_run_paths(args), args.config, theme=args.theme)
     setup_logging(cfg.global_.log_level)
     return aio.run(_serve(cfg, _run_paths(args)))
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from daetui.ui.launch import run_console
+
+    return run_console(_run_paths(args), None, theme=args.theme)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daetui.ui.launch import status
+
+    return status(_run_paths(args), as_json=args.json)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from daetui.ui.launch import stop_daemon
+
+    return stop_daemon(_run_paths(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -135,11 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--no-ui", action="store_true", help="run headless (as a service)")
     p.add_argument("--run-dir", help="runtime files (default /run/daetui, per network namespace)")
+    p.add_argument("--theme", help="console theme: dark, light or basic (16 colours)")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="run the control plane (the default)")
     r.add_argument("--config", "-c", default=argparse.SUPPRESS)
     r.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS)
     r.add_argument("--run-dir", default=argparse.SUPPRESS)
+    r.add_argument("--theme", default=argparse.SUPPRESS)
+    a = sub.add_parser("attach", help="open the console on a running daemon")
+    a.add_argument("--run-dir", default=argparse.SUPPRESS)
+    a.add_argument("--theme", default=argparse.SUPPRESS)
+    st = sub.add_parser("status", help="print the running daemon's state")
+    st.add_argument("--run-dir", default=argparse.SUPPRESS)
+    st.add_argument("--json", action="store_true")
+    sp = sub.add_parser("stop", help="stop the running daemon (undoing its changes)")
+    sp.add_argument("--run-dir", default=argparse.SUPPRESS)
     v = sub.add_parser("validate", help="check a config file without touching the system")
     v.add_argument("file")
     c = sub.add_parser("cleanup", help="undo what a daemon that crashed left behind")
@@ -157,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command or "run"
     handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop}
     return handlers[cmd](args)
 
 

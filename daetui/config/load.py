@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from daetui.routing.ruleset import RuleEntry, RuleSet, check_rule, groups_of, ru
 # Sections of dae's config that later versions of daetui read.
 NOT_YET = ("node", "subscription", "group", "dns")
 RULE_TABLE_KEYS = ("rule", "enabled", "name")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # Sections that hold passwords: a file with them should not be world-readable.
 SECRET_SECTIONS = ("node", "subscription")
 
@@ -47,6 +50,7 @@ class Config:
     source: str
     global_: GlobalConfig
     routing: RuleSet
+    devices: dict[str, str] = field(default_factory=dict)   # MAC (aa:bb:..) -> label
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -115,6 +119,8 @@ class _Loader:
             raise ConfigError(f"TOML syntax: {msg}", self.source, line, col, src) from None
 
         for section in doc:
+            if section == "device":
+                continue
             if section in SECTIONS:
                 if not isinstance(doc[section], Table | InlineTable):
                     raise self.error(f"[{section}] must be a table", (section,))
@@ -122,14 +128,32 @@ class _Loader:
                 raise self.error(f"section [{section}] is not supported yet by this version of daetui",
                                  (section,), at_key=True, width=len(section) + 2)
             else:
-                raise self.unknown_key(section, [*SECTIONS, *NOT_YET], (section,), "section")
+                raise self.unknown_key(section, [*SECTIONS, "device", *NOT_YET], (section,), "section")
 
         glob = self.section(doc, "global", GLOBAL)
         routing = self.routing(doc)
         warnings = []
         if not glob.get("lan_interface"):
             warnings.append("global.lan_interface is empty: no LAN traffic will be routed")
-        return Config(self.source, GlobalConfig(**glob), routing, tuple(warnings))
+        return Config(self.source, GlobalConfig(**glob), routing, self.devices(doc), tuple(warnings))
+
+    def devices(self, doc: Any) -> dict[str, str]:
+        """`[device]`: labels for LAN clients by MAC, shown by the console."""
+        if "device" not in doc:
+            return {}
+        table = doc["device"]
+        if not isinstance(table, Table | InlineTable):
+            raise self.error("[device] must be a table of \"aa:bb:cc:dd:ee:ff\" = \"label\"", ("device",))
+        out = {}
+        for mac, label in table.items():
+            norm = mac.lower().replace("-", ":")
+            if not _MAC.match(norm):
+                raise self.error(f"device {mac!r}: expected a MAC address such as \"02:00:5e:00:02:10\"",
+                                 ("device", mac), at_key=True, width=len(mac) + 2)
+            if not isinstance(label, str):
+                raise self.error(f"device {mac}: expected a label (a string)", ("device", mac))
+            out[norm] = str(label)
+        return out
 
     def section(self, doc: Any, name: str, specs: dict[str, KeySpec]) -> dict[str, Any]:
         table = doc.get(name, {})
@@ -214,5 +238,5 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     holds_secrets = any(s in tomlkit.parse(text) for s in SECRET_SECTIONS)
     if holds_secrets and mode & (stat.S_IROTH | stat.S_IWOTH):
         extra = f"{p} is readable by every user; it may hold proxy passwords (chmod 600 {p})"
-        cfg = Config(cfg.source, cfg.global_, cfg.routing, (*cfg.warnings, extra))
+        cfg = dataclasses.replace(cfg, warnings=(*cfg.warnings, extra))
     return cfg

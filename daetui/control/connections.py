@@ -42,12 +42,14 @@ class Connection:
         return (self.ended or time.time()) - self.started
 
     def describe(self) -> str:
-        """The log line of a connection: source, destination, rule, outbound (and bytes once closed)."""
-        rule = "fallback" if self.rule_index is None else f"rule #{self.rule_index + 1} '{self.rule}'"
-        text = (f"{self.proto} {format_endpoint(self.src)} -> {format_endpoint(self.dst)} {rule} "
-                f"outbound {self.outbound} ({self.stage})")
+        """The log line of a connection: source, destination, rule and outbound (bytes once closed).
+
+        `tcp 192.0.2.10:40000 -> 203.0.113.10:80 by #3 dip(203.0.113.10) -> proxy [kernel]`
+        """
+        by = f"fallback -> {self.outbound}" if self.rule_index is None else f"#{self.rule_index + 1} {self.rule}"
+        text = f"{self.proto} {format_endpoint(self.src)} -> {format_endpoint(self.dst)} by {by} [{self.stage}]"
         if self.state != "open":
-            text += f" {self.state}: up {self.up} B down {self.down} B in {self.duration:.2f}s"
+            text += f" {self.state}: up {self.up} B, down {self.down} B, {self.duration:.2f}s"
             if self.error:
                 text += f" ({self.error})"
         return text

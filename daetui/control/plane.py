@@ -2,13 +2,16 @@
 
     plane = ControlPlane(config, RunPaths(run_dir))
     await plane.start()      # claims the run dir, loads the kernel side, listens
-    plane.snapshot()         # state for the console and `daetui status`
+    plane.snapshot()         # the state of every pane (cheap; see Snapshot)
     await plane.stop()       # undoes every system change
 
 A flow handed over by the kernel arrives on a transparent listener; its
 original destination is the accepted socket's own address. The kernel's
 decision is read from `routing_tuples`; if it is not there (evicted, or no
 kernel side), the user-space matcher decides with the same rules.
+
+Threads: relays run on the event loop; netlink and BCC work (blocking) on
+the single `daetui-netlink` thread; the interface monitor on its own.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
+from daetui.bpfabi import ABI
 from daetui.config.load import Config
 from daetui.control.connections import Connection, ConnectionTable, Endpoint
 from daetui.control.events import EventBus
 from daetui.control.listeners import Listeners, open_listeners
+from daetui.control.logbridge import EventLogHandler
 from daetui.control.relay import HAVE_SPLICE, relay
+from daetui.control.state import Health, InterfaceInfo, LogLine, MapEntries, MapInfo, RuleInfo, Snapshot
 from daetui.control.udp import UdpNat
 from daetui.dataplane.cleanup import cleanup_leftovers, pid_is_daetui
-from daetui.dataplane.dataplane import Binding, Dataplane
-from daetui.dataplane.program import FlowKey, KernelFlow
+from daetui.dataplane.dataplane import Dataplane
+from daetui.dataplane.mapview import MapView
+from daetui.dataplane.monitor import InterfaceMonitor, Link
+from daetui.flowrecord import FlowKey, RawFlows
 from daetui.outbound.direct import DirectDialer
 from daetui.paths import RunPaths
 from daetui.routing.matcher import FlowFacts, decide
@@ -44,31 +51,6 @@ conn_log = logging.getLogger("daetui.conn")
 
 class StartError(RuntimeError):
     """The control plane could not start; nothing it did is left behind."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The state of the control plane at one moment, in plain values."""
-
-    time: float
-    started: float
-    connections: list[Connection]
-    kernel_flows: list[KernelFlow]
-    counters: dict[str, int]
-    bindings: list[Binding]
-    missing_interfaces: list[str]
-    generation: int
-    udp_nat_entries: int = 0
-    totals: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Route:
-    rule_index: int | None
-    rule: str
-    outbound: str
-    stage: str
-    mac: str | None
 
 
 def _mac_text(mac: bytes) -> str | None:
@@ -86,29 +68,49 @@ class ControlPlane:
         self.dataplane: Dataplane | None = Dataplane(run.state) if kernel else None
         self.dialer = DirectDialer(mark=config.global_.so_mark_from_dae)
         self.ruleset: RuleSet = config.routing
-        self._rulesets: dict[int, RuleSet] = {0: config.routing}
+        self._rulesets: dict[int, RuleSet] = {0: config.routing, 1: config.routing}
         self.listeners: Listeners | None = None
         self.udp: UdpNat | None = None
+        self.monitor: InterfaceMonitor | None = None
+        self.log_handler: EventLogHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accept_tasks: list[asyncio.Task[None]] = []
+        self._conn_tasks: dict[int, asyncio.Task[None]] = {}
         self._netlink = ThreadPoolExecutor(1, thread_name_prefix="daetui-netlink")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.started = 0.0
         self.running = False
         self.use_splice = HAVE_SPLICE
+        self.on_stop_request: Callable[[], None] | None = None
+        self._claimed = False
 
     # -- lifecycle ------------------------------------------------------------------
-    async def start(self) -> None:
-        """Claim the run dir (cleaning up after a crash), listen, load and attach."""
-        loop = asyncio.get_running_loop()
+    async def claim(self) -> None:
+        """Take the run dir: refuse if a daemon runs there, clean up after one that crashed."""
+        if self._claimed:
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        if self.log_handler is None:
+            self.log_handler = EventLogHandler(self.events, loop)
+            logging.getLogger().addHandler(self.log_handler)
         # Netlink work (pyroute2) runs on its own thread, never on this loop.
         await loop.run_in_executor(self._netlink, self._claim_run_dir)
+        self._claimed = True
+
+    async def start(self) -> None:
+        """Claim the run dir (if not yet), listen, load and attach."""
+        await self.claim()
+        loop = asyncio.get_running_loop()
         g = self.config.global_
         try:
             self.listeners = open_listeners(g.tproxy_port)
             if self.dataplane is not None:
-                await loop.run_in_executor(self._netlink, lambda: self.dataplane.start(  # type: ignore[union-attr]
-                    self.ruleset, g.lan_interface, self.listeners.slots(),  # type: ignore[union-attr]
-                    fail_open=g.fail_open, auto_config=g.auto_config_kernel_parameter))
+                dp, slots = self.dataplane, self.listeners.slots()
+                await loop.run_in_executor(self._netlink, lambda: dp.start(
+                    self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
+                    auto_config=g.auto_config_kernel_parameter))
+                self.monitor = InterfaceMonitor(self._link_changed)
+                self.monitor.start()
             for sock in self.listeners.tcp.values():
                 self._accept_tasks.append(asyncio.ensure_future(self._accept_loop(sock)))
             self.udp = UdpNat(self._open_udp, self._finish)
@@ -146,10 +148,19 @@ class ControlPlane:
             return
         self.running = False
         log.info("daetui stopping")
+        self.events.publish("stopping")
         await self._teardown()
         log.info("daetui stopped; system changes undone")
 
+    def request_stop(self) -> None:
+        """Ask whoever runs this plane to stop it (the control socket's `stop`)."""
+        if self.on_stop_request is not None:
+            self.on_stop_request()
+
     async def _teardown(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
         # Detach first: from here on the LAN's traffic no longer comes to us.
         if self.dataplane is not None:
             loop = asyncio.get_running_loop()
@@ -171,9 +182,36 @@ class ControlPlane:
         with contextlib.suppress(OSError):
             if self.run.pid.read_text().strip() == str(os.getpid()):
                 self.run.pid.unlink()
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+
+    # -- interfaces appearing and going ---------------------------------------------------
+    def _link_changed(self, what: str, link: Link) -> None:
+        """From the monitor thread: bind a configured interface that appeared, forget one that went."""
+        if self._loop is None or link.name not in self.config.global_.lan_interface:
+            return
+        dp = self.dataplane
+        if dp is None:
+            return
+
+        def apply() -> None:
+            try:
+                if what == "new":
+                    dp.forget(link.name)  # a new index under a known name: the old binding is gone
+                    dp.bind(link.name)
+                else:
+                    dp.forget(link.name)
+            except Exception as e:
+                log.error("binding %s: %s", link.name, e)
+
+        def schedule() -> None:
+            if self.running:
+                self._loop.run_in_executor(self._netlink, apply)  # type: ignore[union-attr]
+        self._loop.call_soon_threadsafe(schedule)
 
     # -- routing lookups ------------------------------------------------------------------
-    def _route(self, proto: str, client: Endpoint, dst: Endpoint) -> _Route:
+    def _route(self, proto: str, client: Endpoint, dst: Endpoint) -> tuple[int | None, str, str, str, str | None]:
+        """(rule index, rule text, outbound, stage, client MAC) for a flow that reached us."""
         key = FlowKey(ipaddress.ip_address(client[0]), client[1], ipaddress.ip_address(dst[0]), dst[1], proto)
         kflow = None
         if self.dataplane is not None and self.dataplane.program is not None:
@@ -181,16 +219,16 @@ class ControlPlane:
         if kflow is not None:
             ruleset = self._rulesets.get(kflow.generation, self.ruleset)
             entry = ruleset.by_index(kflow.rule_index) if kflow.rule_index is not None else None
-            return _Route(kflow.rule_index, str(entry.rule) if entry else "fallback",
-                          ruleset.outbound_name(kflow.outbound), "kernel", _mac_text(kflow.mac))
+            return (kflow.rule_index, str(entry.rule) if entry else "fallback",
+                    ruleset.outbound_name(kflow.outbound), "kernel", _mac_text(kflow.mac))
         d = decide(self.ruleset, FlowFacts(key.src, key.dst, key.sport, key.dport, proto))
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
-        return _Route(d.rule_index, str(entry.rule) if entry else "fallback", d.outbound, "userspace", None)
+        return d.rule_index, str(entry.rule) if entry else "fallback", d.outbound, "userspace", None
 
     def _open_conn(self, proto: str, client: Endpoint, dst: Endpoint, relay_kind: str) -> Connection:
-        r = self._route(proto, client, dst)
-        conn = self.connections.add(proto=proto, src=client, dst=dst, rule_index=r.rule_index, rule=r.rule,
-                                    outbound=r.outbound, stage=r.stage, mac=r.mac, relay=relay_kind)
+        rule_index, rule, outbound, stage, mac = self._route(proto, client, dst)
+        conn = self.connections.add(proto=proto, src=client, dst=dst, rule_index=rule_index, rule=rule,
+                                    outbound=outbound, stage=stage, mac=mac, relay=relay_kind)
         conn_log.info("open %s", conn.describe())
         self.events.publish("conn.open", id=conn.id)
         return conn
@@ -226,8 +264,12 @@ class ControlPlane:
             return
         if conn.outbound == BLOCK:
             _reset(sock)
+            sock.close()
             self._finish(conn, "blocked")
             return
+        me = asyncio.current_task()
+        if me is not None:
+            self._conn_tasks[conn.id] = me  # type: ignore[assignment]
         upstream = None
         try:
             # Until proxy groups exist, every outbound (direct or a group) dials directly.
@@ -235,15 +277,33 @@ class ControlPlane:
             error = await relay(sock, upstream, _adder(conn, "up"), _adder(conn, "down"), self.use_splice)
             self._finish(conn, error)
         except asyncio.CancelledError:
-            self._finish(conn, "daetui stopped")
+            _reset(sock)
+            self._finish(conn, "closed from the console" if self.running else "daetui stopped")
+            if self.running and me is not None and me.cancelling():
+                me.uncancel()  # closed on request: the plane goes on
+                return
             raise
         except Exception as e:
             _reset(sock)
             self._finish(conn, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         finally:
+            self._conn_tasks.pop(conn.id, None)
             sock.close()
             if upstream is not None:
                 upstream.close()
+
+    def close_connections(self, ids: list[int]) -> int:
+        """Close relayed connections (with a reset to the client); returns how many were open."""
+        n = 0
+        for cid in ids:
+            task = self._conn_tasks.get(cid)
+            if task is not None and not task.done():
+                task.cancel()
+                n += 1
+                continue
+            if self.udp is not None and self.udp.close_conn(cid):
+                n += 1
+        return n
 
     # -- UDP ------------------------------------------------------------------------------------
     async def _open_udp(self, client: Endpoint, dst: Endpoint) -> tuple[socket.socket, Connection] | None:
@@ -259,18 +319,86 @@ class ControlPlane:
         return upstream, conn
 
     # -- state --------------------------------------------------------------------------------------
-    def snapshot(self, with_kernel_flows: bool = True) -> Snapshot:
-        """Everything the console shows, as plain values. Call on the plane's loop."""
+    def raw_flows(self) -> RawFlows | None:
+        """The kernel's flows as raw records (one batch syscall; safe from any thread)."""
         prog = self.dataplane.program if self.dataplane else None
-        flows = prog.flows() if (prog is not None and with_kernel_flows) else []
-        counters = prog.counters() if prog is not None else {}
-        dp = self.dataplane.state if self.dataplane else None
+        return prog.raw_flows() if prog is not None else None
+
+    def snapshot(self, raw_flows: RawFlows | None = None, with_kernel_flows: bool = True) -> Snapshot:
+        """Everything the console shows, as plain values. Call on the plane's loop.
+
+        The kernel flows are passed in when read elsewhere (the control server
+        reads them off the loop); otherwise they are read here.
+        """
+        dp = self.dataplane
+        prog = dp.program if dp else None
+        if raw_flows is None and with_kernel_flows:
+            raw_flows = self.raw_flows()
+        gen = dp.state.generation if dp else 0
+        rs = self._rulesets.get(gen, self.ruleset)
+        hits = prog.rule_hits(gen, len(rs.entries)) if prog is not None else {}
+        rules = tuple(RuleInfo(e.index, str(e.rule), e.enabled, e.name, e.id, *hits.get(e.index, (0, None)))
+                      for e in rs.entries)
+        slots = self.listeners.slots() if self.listeners else {}
+        names = {v: k.lower() for k, v in ABI.prefixed("LISTENER_").items()}
+        health = Health(
+            pid=os.getpid(), started=self.started, config=self.config.source,
+            tproxy_port=self.config.global_.tproxy_port, generation=gen, fallback=rs.fallback,
+            fail_open=self.config.global_.fail_open, listeners=tuple(names[s] for s in sorted(slots)),
+            match_sets=dp.state.match_sets if dp else 0,
+            kernel_load_seconds=prog.load_seconds if prog is not None else 0.0, kernel=dp is not None)
         return Snapshot(
-            time=time.time(), started=self.started, connections=self.connections.snapshot(),
-            kernel_flows=flows, counters=counters,
-            bindings=list(dp.bindings.values()) if dp else [], missing_interfaces=list(dp.missing) if dp else [],
-            generation=dp.generation if dp else 0, udp_nat_entries=len(self.udp.entries) if self.udp else 0,
-            totals={"connections": self.connections.total})
+            time=time.time(), health=health, rules=rules, fallback_hits=hits.get(None, (0, None))[0],
+            outbounds={i: n for n, i in rs.outbound_ids().items()}, interfaces=self._interfaces(),
+            missing_interfaces=tuple(dp.state.missing) if dp else (), connections=tuple(self.connections.snapshot()),
+            raw_flows=raw_flows, counters=prog.counters() if prog is not None else {},
+            udp_nat_entries=len(self.udp.entries) if self.udp else 0, total_connections=self.connections.total,
+            devices=dict(self.config.devices))
+
+    def _interfaces(self) -> tuple[InterfaceInfo, ...]:
+        dp = self.dataplane
+        if dp is None:
+            return ()
+        stats = dp.program.interface_stats() if dp.program is not None else {}
+        links = dict(self.monitor.links) if self.monitor else {}
+        bound = {b.ifindex: b for b in dp.state.bindings.values()}
+        wanted = set(self.config.global_.lan_interface)
+        out = []
+        for idx, link in sorted(links.items()):
+            b = bound.get(idx)
+            s = stats.get(idx, {})
+            out.append(InterfaceInfo(
+                index=idx, name=link.name, up=link.up, configured=link.name in wanted, bound=b is not None,
+                since=b.since if b else None,
+                programs=("lan_ingress (ingress)", "lan_egress (egress)") if b else (),
+                rx_packets=s.get("rx_packets", 0), rx_bytes=s.get("rx_bytes", 0),
+                tx_packets=s.get("tx_packets", 0), tx_bytes=s.get("tx_bytes", 0)))
+        return tuple(out)
+
+    def recent_logs(self) -> list[LogLine]:
+        return list(self.log_handler.recent) if self.log_handler else []
+
+    def _mapview(self) -> MapView | None:
+        dp = self.dataplane
+        if dp is None or dp.program is None:
+            return None
+        held = {slot: "{}:{}".format(*sock.getsockname()[:2])
+                for slot, sock in (self.listeners.slots().items() if self.listeners else [])}
+        links = self.monitor.links if self.monitor else {}
+        return MapView(dp.program, lambda g: self._rulesets.get(g, self.ruleset), lambda: held,
+                       lambda: {i: lk.name for i, lk in links.items()})
+
+    def maps_info(self) -> list[MapInfo]:
+        """Every map with type, size and fill. Blocking (syscalls): call off the loop."""
+        mv = self._mapview()
+        return mv.maps_info() if mv else []
+
+    def map_entries(self, name: str, search: str = "", limit: int = 5000) -> MapEntries:
+        """One map's entries, decoded. Blocking: call off the loop."""
+        mv = self._mapview()
+        if mv is None:
+            return MapEntries(name, ("note",), (("no kernel side",),), 0)
+        return mv.entries(name, search, limit)
 
 
 def _adder(conn: Connection, attr: str) -> Callable[[int], None]:
@@ -283,4 +411,3 @@ def _reset(sock: socket.socket) -> None:
     """Close with RST, so the client sees a refusal rather than a clean end."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-

@@ -198,6 +198,14 @@ class UdpNat:
             except OSError as e:
                 log.debug("udp reply to %s: %s", entry.client, e)
 
+    def close_conn(self, conn_id: int) -> bool:
+        """End the NAT entry of a connection (closed from the console)."""
+        for key, entry in list(self.entries.items()):
+            if entry.conn.id == conn_id:
+                self._close(key, "closed from the console")
+                return True
+        return False
+
     # -- expiry --------------------------------------------------------------------------
     async def _sweep(self) -> None:
         while True:

@@ -46,6 +46,7 @@ class DataplaneState:
     bindings: dict[str, Binding] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)   # configured, not present
     generation: int = 0
+    match_sets: int = 0
 
 
 class Dataplane:
@@ -159,6 +160,7 @@ class Dataplane:
         # still being routed on it must see it whole.
         self.program.activate(gen)
         self.state.generation = gen
+        self.state.match_sets = len(kernel_rules.match_sets)
         self.ruleset = ruleset
         log.info("rules: %d enabled, %d match sets, %d ip prefixes, generation %d",
                  len(ruleset.enabled), len(kernel_rules.match_sets), kernel_rules.ip_set_entries, gen)

@@ -7,17 +7,18 @@ The ctypes of every map come from BCC, derived from the structs in
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import ipaddress
 import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daetui.bpfabi import ABI, BPF_DIR
 from daetui.dataplane.bpflink import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, attach_sk_lookup
+from daetui.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, ctypes_layout
 from daetui.routing.compile import KernelRules
 
 log = logging.getLogger("daetui.dataplane")
@@ -32,58 +33,9 @@ def _v6(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     return addr.packed
 
 
-def _from_v6(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    a = ipaddress.IPv6Address(raw)
-    return a.ipv4_mapped or a
-
-
 def monotonic_to_wall(ns: int) -> float:
     """A bpf_ktime_get_ns() timestamp as a Unix time."""
     return time.time() - (time.monotonic_ns() - ns) / 1e9
-
-
-@dataclass(frozen=True)
-class FlowKey:
-    """A flow's 5-tuple from the LAN client's side."""
-
-    src: ipaddress.IPv4Address | ipaddress.IPv6Address
-    sport: int
-    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
-    dport: int
-    proto: str                     # "tcp" | "udp"
-
-    def __str__(self) -> str:
-        def ep(a: Any, p: int) -> str:
-            return f"[{a}]:{p}" if a.version == 6 else f"{a}:{p}"
-        return f"{self.proto} {ep(self.src, self.sport)} -> {ep(self.dst, self.dport)}"
-
-
-@dataclass(frozen=True)
-class KernelFlow:
-    """A `routing_tuples` entry, decoded."""
-
-    key: FlowKey
-    outbound: int
-    rule_index: int | None         # None: the fallback decided
-    mac: bytes
-    ifindex: int
-    first_seen: float              # Unix time
-    last_seen: float
-    packets: int
-    bytes: int
-    rx_packets: int
-    rx_bytes: int
-    flags: int
-    generation: int
-    mark: int
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.flags & (ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST))
-
-
-_PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
-_PROTO_NAME = {v: k for k, v in _PROTO.items()}
 
 
 class KernelProgram:
@@ -101,6 +53,7 @@ class KernelProgram:
         self.route = self.bpf.load_func(b"route_chunk", BPF.SCHED_CLS)
         self.lookup = self.bpf.load_func(b"tproxy_lookup", BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP)
         self._lookup_link: int | None = None
+        self._batch: tuple[Any, Any, int] | None = None
         self.bpf[b"route_progs"][ct.c_int(0)] = ct.c_int(self.route.fd)
         self.max_match_sets = max_match_sets
         self.tuples = self.bpf[b"routing_tuples"]
@@ -193,17 +146,6 @@ class KernelProgram:
         self._lib.bpf_delete_elem(self._listeners_fd, ct.byref(k))
 
     # -- flows -------------------------------------------------------------------
-    def _decode(self, k: Any, v: Any) -> KernelFlow:
-        key = FlowKey(_from_v6(bytes(k.sip)), int(k.sport), _from_v6(bytes(k.dip)), int(k.dport),
-                      _PROTO_NAME.get(int(k.l4proto), str(k.l4proto)))
-        ri = int(v.rule_index)
-        return KernelFlow(
-            key=key, outbound=int(v.outbound), rule_index=None if ri == ABI.RULE_FALLBACK else ri,
-            mac=bytes(v.mac), ifindex=int(v.ifindex), first_seen=monotonic_to_wall(int(v.first_seen_ns)),
-            last_seen=monotonic_to_wall(int(v.last_seen_ns)), packets=int(v.packets), bytes=int(v.bytes),
-            rx_packets=int(v.rx_packets), rx_bytes=int(v.rx_bytes), flags=int(v.flags),
-            generation=int(v.generation), mark=int(v.mark))
-
     def _key(self, key: FlowKey) -> Any:
         k = self.tuples.Key()
         for j, b in enumerate(_v6(key.src)):
@@ -212,8 +154,13 @@ class KernelProgram:
             k.dip[j] = b
         k.sport = key.sport
         k.dport = key.dport
-        k.l4proto = _PROTO[key.proto]
+        k.l4proto = PROTO_NUMBERS[key.proto]
         return k
+
+    def _raw(self, keys: bytes, values: bytes) -> RawFlows:
+        kl, ks = ctypes_layout(self.tuples.Key)
+        vl, vs = ctypes_layout(self.tuples.Leaf)
+        return RawFlows(kl, ks, vl, vs, keys, values)
 
     def flow(self, key: FlowKey) -> KernelFlow | None:
         """The kernel's decision for one flow, if it has one."""
@@ -222,15 +169,36 @@ class KernelProgram:
             v = self.tuples[k]
         except KeyError:
             return None
-        return self._decode(k, v)
+        return self._raw(bytes(k), bytes(v)).decode()[0]
+
+    def raw_flows(self) -> RawFlows:
+        """Every routing_tuples entry, as raw bytes, in as few syscalls as the kernel allows."""
+        key_t, leaf_t = self.tuples.Key, self.tuples.Leaf
+        if self._batch is None:
+            n = self.tuples.max_entries
+            self._batch = ((key_t * n)(), (leaf_t * n)(), n)
+        keys, values, cap = self._batch
+        ksz, vsz = ct.sizeof(key_t), ct.sizeof(leaf_t)
+        token, cnt = ct.c_uint32(0), ct.c_uint32(0)
+        total = 0
+        while total < cap:
+            cnt.value = cap - total
+            res = self._lib.bpf_lookup_batch(self.tuples.map_fd, ct.byref(token) if total else None,
+                                             ct.byref(token), ct.byref(keys, ksz * total),
+                                             ct.byref(values, vsz * total), ct.byref(cnt))
+            err = ct.get_errno()
+            total += cnt.value
+            if res != 0:
+                if err != errno.ENOENT:
+                    raise OSError(err, f"routing_tuples batch lookup: {os.strerror(err)}")
+                break  # ENOENT: the whole map has been read
+            if cnt.value == 0:
+                break
+        return self._raw(ct.string_at(keys, ksz * total), ct.string_at(values, vsz * total))
 
     def flows(self) -> list[KernelFlow]:
-        """Every flow the kernel has decided (one batched read)."""
-        try:
-            items = list(self.tuples.items_lookup_batch())
-        except Exception:
-            items = list(self.tuples.items())
-        return [self._decode(k, v) for k, v in items]
+        """Every flow the kernel has decided."""
+        return self.raw_flows().decode()
 
     def forget_flow(self, key: FlowKey) -> None:
         try:

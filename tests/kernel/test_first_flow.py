@@ -133,8 +133,10 @@ def test_block_rule_makes_tcp_and_udp_fail(plane, lab, v):
 
 def test_interface_binding_is_reported(plane):
     snap = snapshot(plane)
-    assert [b.ifname for b in snap.bindings] == ["lan0"]
-    assert snap.missing_interfaces == []
+    assert [b.name for b in snap.bindings] == ["lan0"]
+    lan0 = snap.bindings[0]
+    assert lan0.programs == ("lan_ingress (ingress)", "lan_egress (egress)") and lan0.rx_packets > 0
+    assert snap.missing_interfaces == ()
 
 
 @pytest.mark.parametrize("v", [4, 6])

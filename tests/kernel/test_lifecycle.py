@@ -176,3 +176,23 @@ def test_what_daetui_did_not_add_is_left_alone(lab, config_file, tmp_path):
                      ["ip", "rule", "del", "pref", "1000", "fwmark", "0x1"],
                      ["ip", "route", "del", "local", "10.99.0.0/16", "dev", "lo", "table", "2024"]):
             subprocess.run(["ip", "netns", "exec", ns, *argv], check=False)
+
+
+def test_an_interface_that_appears_later_is_bound_and_one_that_goes_is_forgotten(lab, tmp_path):
+    from helpers import plane_in_lab, snapshot, wait_for
+
+    before = router_state(lab)
+    text = CONFIG.replace('["lan0"]', '["lan0", "late0"]')
+    with plane_in_lab(lab, text, tmp_path / "run") as plane:
+        assert snapshot(plane).missing_interfaces == ("late0",)
+        subprocess.run(["ip", "-n", lab.router, "link", "add", "name", "late0", "type", "veth", "peer", "name",
+                        "late0p"], check=True)
+        subprocess.run(["ip", "-n", lab.router, "link", "set", "late0", "up"], check=True)
+        bound = wait_for(lambda: [i for i in snapshot(plane).bindings if i.name == "late0"], timeout=10)
+        assert bound[0].programs and "late0" not in snapshot(plane).missing_interfaces
+        assert "lan_ingress" in router_state(lab)["tc filter late0 ingress"]
+        subprocess.run(["ip", "-n", lab.router, "link", "del", "late0"], check=True)
+        wait_for(lambda: snapshot(plane).missing_interfaces == ("late0",), timeout=10)
+        assert [i.name for i in snapshot(plane).bindings] == ["lan0"]
+        assert whoami(lab, PROXIED4) == ADDR.router_wan4  # still routing
+    assert_same_state(before, router_state(lab))

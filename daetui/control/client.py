@@ -1,0 +1,150 @@
+"""A client of the control socket: what the console and `daetui status` use.
+
+All of the console's knowledge of the control plane comes through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from daetui.control import wire
+from daetui.control.events import Event
+from daetui.control.state import LogLine, MapEntries, MapInfo, Snapshot
+
+MAX_LINE = 256 << 20
+
+
+class ControlError(RuntimeError):
+    """The daemon answered with an error, or is not there."""
+
+
+class ControlClient:
+    """One connection to a daemon's control socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10000)
+        self._reader_task: asyncio.Task[None] | None = None
+        self._subscribed = False
+        self.connected = False
+
+    async def connect(self, timeout: float = 5.0) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path), limit=MAX_LINE), timeout)
+        except (OSError, TimeoutError) as e:
+            raise ControlError(f"no daetui answers on {self.path}: {e}") from None
+        self.connected = True
+        self._reader_task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self._reader is not None
+        try:
+            while line := await self._reader.readline():
+                msg = json.loads(line)
+                if "event" in msg:
+                    ev = wire.decode(Event, msg["event"])
+                    if self._events.full():
+                        self._events.get_nowait()
+                    self._events.put_nowait(ev)
+                    continue
+                fut = self._pending.pop(msg.get("id"), None)
+                if fut is not None and not fut.done():
+                    if "error" in msg:
+                        fut.set_exception(ControlError(msg["error"]))
+                    else:
+                        fut.set_result(msg.get("result"))
+        except (ConnectionError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.connected = False
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ControlError("the daemon went away"))
+            self._pending.clear()
+
+    async def call(self, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
+        """Send one request and wait for its result (raw JSON values)."""
+        if self._writer is None or not self.connected:
+            raise ControlError("not connected")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._writer.write(json.dumps({"id": rid, "cmd": cmd, "args": args}).encode() + b"\n")
+        await self._writer.drain()
+        return await asyncio.wait_for(fut, timeout)
+
+    # -- the API --------------------------------------------------------------------
+    async def ping(self) -> dict[str, Any]:
+        return await self.call("ping")
+
+    async def snapshot(self, flows: bool = True) -> Snapshot:
+        raw = await self.call("snapshot", flows=flows)
+        # Decoding thousands of rows is the console's work, off its event loop.
+        return await asyncio.to_thread(wire.decode, Snapshot, raw)
+
+    async def logs(self) -> list[LogLine]:
+        return wire.decode(list[LogLine], await self.call("logs"))
+
+    async def maps(self) -> list[MapInfo]:
+        return wire.decode(list[MapInfo], await self.call("maps"))
+
+    async def map_entries(self, name: str, search: str = "", limit: int = 5000) -> MapEntries:
+        return wire.decode(MapEntries, await self.call("map_entries", name=name, search=search, limit=limit))
+
+    async def close_connections(self, ids: list[int]) -> int:
+        return int(await self.call("close", ids=ids))
+
+    async def stop_daemon(self) -> None:
+        await self.call("stop")
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The daemon's events from now on (log lines, connections opened and closed)."""
+        if not self._subscribed:
+            await self.call("subscribe")
+            self._subscribed = True
+        while self.connected or not self._events.empty():
+            try:
+                yield await asyncio.wait_for(self._events.get(), 1.0)
+            except TimeoutError:
+                continue
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        self.connected = False
+
+
+async def wait_for_daemon(path: Path, timeout: float = 90.0, alive: Any = None) -> ControlClient:
+    """Connect as soon as a (starting) daemon answers; `alive()` False means it died."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        if alive is not None and not alive():
+            raise ControlError("the daemon exited before it answered")
+        client = ControlClient(path)
+        try:
+            await client.connect(timeout=1.0)
+            await client.ping()
+            return client
+        except ControlError as e:
+            last = e
+            await client.close()
+        await asyncio.sleep(0.2)
+    raise ControlError(f"daetui did not answer within {timeout:.0f}s: {last}")

@@ -1,0 +1,102 @@
+"""What the control plane tells the console: plain dataclasses, cheap to build.
+
+A `Snapshot` is the state of every pane at one moment. It crosses the control
+socket (see `wire.py`) and is the same object in-process; the console never
+sees anything else of the control plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from daetui.control.connections import Connection
+from daetui.dataplane.mapinfo import MapEntries, MapInfo
+from daetui.flowrecord import KernelFlow, RawFlows
+
+__all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "RuleInfo", "Snapshot"]
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """One routing rule as the console lists it."""
+
+    index: int
+    text: str
+    enabled: bool
+    name: str | None
+    id: str
+    hits: int = 0
+    last_hit: float | None = None
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    """An interface of the router's namespace and what daetui has bound to it."""
+
+    index: int
+    name: str
+    up: bool
+    configured: bool               # named in global.lan_interface
+    bound: bool
+    since: float | None = None     # when daetui bound it
+    programs: tuple[str, ...] = ()  # e.g. ("lan_ingress (ingress)", "lan_egress (egress)")
+    rx_packets: int = 0            # seen by lan_ingress
+    rx_bytes: int = 0
+    tx_packets: int = 0            # seen by lan_egress
+    tx_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Health:
+    """The daemon itself."""
+
+    pid: int
+    started: float
+    config: str
+    tproxy_port: int
+    generation: int
+    fallback: str
+    fail_open: bool
+    listeners: tuple[str, ...] = ()   # e.g. ("tcp4", "tcp6", "udp4", "udp6")
+    match_sets: int = 0
+    kernel_load_seconds: float = 0.0
+    kernel: bool = True
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of the control plane at one moment."""
+
+    time: float
+    health: Health
+    rules: tuple[RuleInfo, ...] = ()
+    fallback_hits: int = 0
+    outbounds: dict[int, str] = field(default_factory=dict)   # kernel outbound id -> name
+    interfaces: tuple[InterfaceInfo, ...] = ()
+    missing_interfaces: tuple[str, ...] = ()
+    connections: tuple[Connection, ...] = ()
+    raw_flows: RawFlows | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    udp_nat_entries: int = 0
+    total_connections: int = 0
+    devices: dict[str, str] = field(default_factory=dict)      # MAC -> label
+
+    @cached_property
+    def kernel_flows(self) -> list[KernelFlow]:
+        """The kernel's flows, decoded once per snapshot."""
+        return self.raw_flows.decode() if self.raw_flows is not None else []
+
+    @property
+    def bindings(self) -> list[InterfaceInfo]:
+        return [i for i in self.interfaces if i.bound]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of the daemon's log."""
+
+    time: float
+    level: str
+    logger: str
+    message: str

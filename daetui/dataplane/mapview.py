@@ -1,0 +1,221 @@
+"""Every eBPF map of the programs, described and decoded for people.
+
+`maps_info()` lists each map with its type, capacity and fill;
+`entries(name)` decodes one map's entries to text rows. Used by the Maps pane
+(through the control plane's API); the layouts come from BCC's ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daetui.bpfabi import ABI
+from daetui.dataplane.mapinfo import MapEntries, MapInfo
+from daetui.dataplane.program import KernelProgram
+from daetui.routing.ruleset import RuleSet
+
+MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 5: "percpu_hash", 6: "percpu_array", 9: "lru_hash",
+             11: "lpm_trie", 15: "sockmap"}
+
+PURPOSE = {
+    "routing_tuples": "each flow's decision and counters (LRU)",
+    "match_sets": "the rules, laid out per generation",
+    "ip_sets": "IP prefixes of dip/sip functions (LPM trie)",
+    "params": "active generation, tproxy mark, fail-open",
+    "gen_params": "per generation: match sets in use, fallback",
+    "rule_stats": "per rule and generation: hits and last hit (per CPU)",
+    "counters": "global packet counters (per CPU)",
+    "if_stats": "per interface: packets and bytes (per CPU)",
+    "scratch": "per-CPU scratch of one packet's routing",
+    "listeners": "the transparent listeners flows are handed to",
+    "route_progs": "route_chunk, tail-called per 256 match sets",
+}
+
+MATCH_NAMES = {v: k.lower() for k, v in ABI.prefixed("MATCH_").items()}
+
+
+def _mac(b: Any) -> str:
+    return ":".join(f"{x:02x}" for x in bytes(b))
+
+
+def _ip16(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped or a)
+
+
+def _ep(addr: object, port: int) -> str:
+    text = str(addr)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+class MapView:
+    """Descriptions and decoded entries of a loaded KernelProgram's maps."""
+
+    def __init__(self, program: KernelProgram, ruleset: Callable[[int], RuleSet],
+                 listeners: Callable[[], dict[int, str]], ifnames: Callable[[], dict[int, str]]) -> None:
+        self.p = program
+        self.ruleset = ruleset          # generation -> its rules
+        self.listeners = listeners      # sockmap slot -> what sits there
+        self.ifnames = ifnames
+
+    def _names(self) -> list[str]:
+        return list(PURPOSE)
+
+    def maps_info(self) -> list[MapInfo]:
+        lib, mod = self.p._lib, self.p.bpf.module
+        # BCC's libbcc.py leaves these two without a signature; without one
+        # ctypes would truncate the module pointer.
+        for fn in (lib.bpf_table_key_size_id, lib.bpf_table_leaf_size_id):
+            fn.restype = ct.c_size_t
+            fn.argtypes = [ct.c_void_p, ct.c_ulonglong]
+        out = []
+        for name in self._names():
+            tid = lib.bpf_table_id(mod, name.encode())
+            ttype = lib.bpf_table_type_id(mod, tid)
+            out.append(MapInfo(
+                name=name, type=MAP_TYPES.get(ttype, str(ttype)),
+                max_entries=int(lib.bpf_table_max_entries_id(mod, tid)),
+                key_size=int(lib.bpf_table_key_size_id(mod, tid)),
+                value_size=int(lib.bpf_table_leaf_size_id(mod, tid)),
+                entries=self._fill(name), purpose=PURPOSE[name]))
+        return out
+
+    def _fill(self, name: str) -> int:
+        p = self.p
+        if name == "routing_tuples":
+            return p.raw_flows().count
+        if name == "match_sets":
+            return sum(int(p.gen_params[ct.c_int(g)].n_match_sets) for g in range(ABI.GENERATIONS))
+        if name == "ip_sets":
+            return sum(1 for _ in p.ip_sets)
+        if name == "if_stats":
+            return sum(1 for _ in p.if_stats_map)
+        if name == "listeners":
+            return len(self.listeners())
+        if name == "route_progs":
+            return 1
+        if name in ("params",):
+            return 1
+        if name == "gen_params":
+            return ABI.GENERATIONS
+        if name == "counters":
+            return ABI.N_COUNTERS
+        if name == "rule_stats":
+            return sum(1 for g in range(ABI.GENERATIONS) for (h, _) in p.rule_hits(g, len(self.ruleset(g).entries))
+                       .values() if h)
+        return -1
+
+    # -- entries ----------------------------------------------------------------------
+    def entries(self, name: str, search: str = "", limit: int = 5000) -> MapEntries:
+        decoder = getattr(self, f"_rows_{name}", None)
+        if decoder is None:
+            return MapEntries(name, ("note",), (("this map holds no entries to decode",),), 0)
+        columns, rows = decoder()
+        total = len(rows)
+        if search:
+            s = search.lower()
+            rows = [r for r in rows if any(s in c.lower() for c in r)]
+        return MapEntries(name, tuple(columns), tuple(tuple(r) for r in rows[:limit]), total)
+
+    def _outbound(self, gen: int, ob: int) -> str:
+        return self.ruleset(gen).outbound_name(ob)
+
+    def _rows_routing_tuples(self) -> tuple[list[str], list[list[str]]]:
+        cols = ["proto", "source", "destination", "outbound", "rule", "mac", "if", "pkts", "bytes", "rx pkts",
+                "rx bytes", "flags", "gen", "last seen"]
+        ifn = self.ifnames()
+        rows = []
+        now = time.time()
+        for f in self.p.flows():
+            k = f.key
+            flags = "|".join(n.lower() for n, v in ABI.prefixed("FLOW_").items() if f.flags & v) or "-"
+            rule = "fallback" if f.rule_index is None else f"#{f.rule_index + 1}"
+            rows.append([k.proto, _ep(k.src, k.sport), _ep(k.dst, k.dport), self._outbound(f.generation, f.outbound),
+                         rule, _mac(f.mac), ifn.get(f.ifindex, str(f.ifindex)), str(f.packets), str(f.bytes),
+                         str(f.rx_packets), str(f.rx_bytes), flags, str(f.generation), f"{now - f.last_seen:.1f}s ago"])
+        return cols, rows
+
+    def _rows_match_sets(self) -> tuple[list[str], list[list[str]]]:
+        cols = ["gen", "index", "rule", "type", "value", "not", "ends", "next", "outbound"]
+        rows = []
+        for g in range(ABI.GENERATIONS):
+            n = int(self.p.gen_params[ct.c_int(g)].n_match_sets)
+            for i in range(n):
+                m = self.p.match_sets[ct.c_int(g * self.p.max_match_sets + i)]
+                t = MATCH_NAMES.get(int(m.type), str(m.type))
+                if t in ("dport", "sport"):
+                    value = f"{m.port_lo}" if m.port_lo == m.port_hi else f"{m.port_lo}-{m.port_hi}"
+                elif t in ("dip", "sip"):
+                    value = f"ip set {m.ip_set & 0x3FFFFFFF}"
+                elif t == "l4proto":
+                    value = ",".join(x for x, b in (("tcp", ABI.L4_TCP), ("udp", ABI.L4_UDP)) if m.mask & b)
+                elif t == "ipversion":
+                    value = ",".join(x for x, b in (("4", ABI.IPV_4), ("6", ABI.IPV_6)) if m.mask & b)
+                elif t == "mac":
+                    value = _mac(m.mac)
+                else:
+                    value = "?"
+                ends = ("func" if m.flags & ABI.MS_FUNC_END else "") + (
+                    "+rule" if m.flags & ABI.MS_RULE_END else "")
+                rows.append([str(g), str(i), f"#{m.rule_index + 1}", t, value, "!" if m.negate else "", ends or "-",
+                             str(m.next), self._outbound(g, int(m.outbound)) if m.flags & ABI.MS_RULE_END else ""])
+        return cols, rows
+
+    def _rows_ip_sets(self) -> tuple[list[str], list[list[str]]]:
+        rows = []
+        for k in self.p.ip_sets:
+            v6 = k.set_id & 1
+            gid = k.set_id >> 1
+            plen = k.prefixlen - 32 - (0 if v6 else 96)
+            rows.append([str(gid >> 30), str(gid & 0x3FFFFFFF), f"{_ip16(bytes(k.addr))}/{plen}"])
+        rows.sort(key=lambda r: (int(r[0]), int(r[1]), r[2]))
+        return ["gen", "set", "prefix"], rows
+
+    def _rows_params(self) -> tuple[list[str], list[list[str]]]:
+        v = self.p.params[ct.c_int(0)]
+        return ["field", "value"], [["active_gen", str(v.active_gen)], ["tproxy_mark", hex(v.tproxy_mark)],
+                                    ["fail_open", str(v.fail_open)]]
+
+    def _rows_gen_params(self) -> tuple[list[str], list[list[str]]]:
+        rows = []
+        for g in range(ABI.GENERATIONS):
+            v = self.p.gen_params[ct.c_int(g)]
+            rows.append([str(g), str(v.n_match_sets), self._outbound(g, int(v.fallback_outbound)),
+                         hex(v.fallback_mark)])
+        return ["gen", "match sets", "fallback", "fallback mark"], rows
+
+    def _rows_rule_stats(self) -> tuple[list[str], list[list[str]]]:
+        rows = []
+        for g in range(ABI.GENERATIONS):
+            rs = self.ruleset(g)
+            for ri, (hits, last) in self.p.rule_hits(g, len(rs.entries)).items():
+                if not hits:
+                    continue
+                label = "fallback" if ri is None else f"#{ri + 1}"
+                text = rs.fallback if ri is None else (str(rs.entries[ri].rule) if ri < len(rs.entries) else "?")
+                ago = f"{time.time() - last:.1f}s ago" if last else "-"
+                rows.append([str(g), label, str(hits), ago, text])
+        return ["gen", "rule", "hits", "last hit", "text"], rows
+
+    def _rows_counters(self) -> tuple[list[str], list[list[str]]]:
+        return ["counter", "value"], [[k.lower(), str(v)] for k, v in self.p.counters().items()]
+
+    def _rows_if_stats(self) -> tuple[list[str], list[list[str]]]:
+        ifn = self.ifnames()
+        rows = [[str(i), ifn.get(i, "?"), str(s["rx_packets"]), str(s["rx_bytes"]), str(s["tx_packets"]),
+                 str(s["tx_bytes"])] for i, s in sorted(self.p.interface_stats().items())]
+        return ["ifindex", "name", "ingress pkts", "ingress bytes", "egress pkts", "egress bytes"], rows
+
+    def _rows_listeners(self) -> tuple[list[str], list[list[str]]]:
+        names = {v: k.lower() for k, v in ABI.prefixed("LISTENER_").items()}
+        held = self.listeners()
+        return ["slot", "listener", "socket"], [[str(s), names.get(s, "?"), held.get(s, "empty")]
+                                                for s in range(ABI.N_LISTENERS)]
+
+    def _rows_route_progs(self) -> tuple[list[str], list[list[str]]]:
+        return ["slot", "program"], [["0", f"route_chunk (fd {self.p.route.fd})"]]
+

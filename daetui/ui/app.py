@@ -1,0 +1,289 @@
+"""daetui's console: the router, live, over the control socket.
+
+The app knows the control plane only as a `Source` (the control socket's
+client, or a fixed one for tests); it renders from snapshots at its own pace
+and never holds the daemon up: it is a separate process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Protocol
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.widgets import Footer, TabbedContent, TabPane
+
+from daetui.control import wire
+from daetui.control.client import ControlError
+from daetui.control.events import Event
+from daetui.control.state import LogLine, MapEntries, MapInfo, Snapshot
+from daetui.ui.flows import FlowRow
+from daetui.ui.panes.connections import ConnectionsPane
+from daetui.ui.panes.logs import LogsPane
+from daetui.ui.panes.maps import MapsPane
+from daetui.ui.panes.overview import OverviewPane
+from daetui.ui.screens.modals import ConfirmScreen, FlowScreen, HelpScreen, QuitScreen
+from daetui.ui.themes import CSS_PATH, load_themes, resolve
+from daetui.ui.widgets.statusbar import StatusBar
+
+PANES = ("overview", "connections", "maps", "logs")
+
+
+class Source(Protocol):
+    """What the console needs of a control plane (ControlClient provides it)."""
+
+    async def snapshot(self, flows: bool = True) -> Snapshot: ...
+    def events(self) -> AsyncIterator[Event]: ...
+    async def logs(self) -> list[LogLine]: ...
+    async def maps(self) -> list[MapInfo]: ...
+    async def map_entries(self, name: str, search: str = "", limit: int = 5000) -> MapEntries: ...
+    async def close_connections(self, ids: list[int]) -> int: ...
+    async def stop_daemon(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class DaetuiCommands(Provider):
+    """The command palette's daetui entries."""
+
+    def _commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        app: DaetuiApp = self.app  # type: ignore[assignment]
+        cmds: list[tuple[str, str, Callable[[], Any]]] = [
+            (f"Show {p.title()}", f"switch to the {p} pane", partial(app.action_pane, p)) for p in PANES]
+        for short in ("dark", "light", "basic"):
+            cmds.append((f"Theme: {short}", f"the {short} theme", partial(app.set_theme, short)))
+        cmds += [
+            ("Close all shown relayed connections", "as X in Connections",
+             lambda: app.query_one(ConnectionsPane).action_close_filtered()),
+            ("Pause or resume the log", "as p in Logs", lambda: app.query_one(LogsPane).action_pause()),
+            ("Stop daetui (stop routing) and quit", "undoes every change daetui made",
+             partial(app.finish, "stop")),
+            ("Leave daetui running and quit", "daetui attach comes back", partial(app.finish, "detach")),
+            ("Help", "keys of the current pane", app.action_help),
+        ]
+        return cmds
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, cb in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), cb, help=help_text)
+
+    async def discover(self) -> Hits:
+        for name, help_text, cb in self._commands():
+            yield DiscoveryHit(name, cb, help=help_text)
+
+
+class DaetuiApp(App[str | None]):
+    """The console. Returns "stop", "detach" or None (lost) when it exits."""
+
+    CSS_PATH = CSS_PATH
+    TITLE = "daetui"
+    COMMANDS = App.COMMANDS | {DaetuiCommands}
+    BINDINGS = [
+        Binding("1", "pane('overview')", "Overview", show=False),
+        Binding("2", "pane('connections')", "Connections", show=False),
+        Binding("3", "pane('maps')", "Maps", show=False),
+        Binding("4", "pane('logs')", "Logs", show=False),
+        Binding("question_mark,f1", "help", "Help"),
+        Binding("escape", "escape", "Back", show=False),
+        Binding("q", "quit_prompt", "Quit"),
+    ]
+
+    def __init__(self, connect: Callable[[], Awaitable[Source]], *, refresh: float = 1.0,
+                 theme: str | None = None, starting_text: str = "connecting to daetui…",
+                 initial_pane: str = "overview") -> None:
+        super().__init__()
+        self.connect_source = connect
+        self.refresh_interval = refresh
+        self.theme_name = resolve(theme)
+        self.starting_text = starting_text
+        self.initial_pane = initial_pane
+        self.source: Source | None = None
+        self.snapshot: Snapshot | None = None
+        self.refresh_count = 0
+        self._pending_logs: list[LogLine] = []
+        self._maps_busy = False
+
+    # -- layout --------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with TabbedContent(initial=self.initial_pane, id="panes"):
+            with TabPane("1 Overview", id="overview"):
+                yield OverviewPane()
+            with TabPane("2 Connections", id="connections"):
+                yield ConnectionsPane()
+            with TabPane("3 Maps", id="maps"):
+                yield MapsPane()
+            with TabPane("4 Logs", id="logs"):
+                yield LogsPane()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for theme in load_themes():
+            self.register_theme(theme)
+        self.theme = self.theme_name
+        self.query_one(StatusBar).show_connecting(self.starting_text)
+        self.set_interval(0.25, self._flush_logs)
+        self._poll()
+
+    def set_theme(self, short: str) -> None:
+        self.theme = resolve(short)
+
+    @property
+    def active_pane(self) -> str:
+        return self.query_one(TabbedContent).active or "overview"
+
+    # -- data ------------------------------------------------------------------------------
+    @work(exclusive=True, group="poll")
+    async def _poll(self) -> None:
+        """Fetch a snapshot every `refresh_interval`; reconnect when the daemon goes away."""
+        status = self.query_one(StatusBar)
+        while True:
+            if self.source is None:
+                try:
+                    self.source = await self.connect_source()
+                except ControlError as e:
+                    status.show_lost(str(e))
+                    await asyncio.sleep(2)
+                    continue
+                with contextlib.suppress(ControlError):
+                    self._pending_logs.extend(await self.source.logs())
+                self._listen(self.source)
+            try:
+                snap = await self.source.snapshot()
+            except (ControlError, OSError) as e:
+                status.show_lost(str(e) or "connection closed")
+                with contextlib.suppress(Exception):
+                    await self.source.close()
+                self.source = None
+                await asyncio.sleep(1)
+                continue
+            self._apply(snap)
+            if self.active_pane == "maps" and self.refresh_count % 2 == 0:
+                self.refresh_maps()
+            await asyncio.sleep(self.refresh_interval)
+
+    def _apply(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.refresh_count += 1
+        self.query_one(StatusBar).show(snap)
+        self.query_one(OverviewPane).update_snapshot(snap)
+        if self.active_pane == "connections":
+            self.query_one(ConnectionsPane).update_snapshot(snap)
+
+    @work(exclusive=True, group="events")
+    async def _listen(self, source: Source) -> None:
+        """The daemon's event stream: log lines now, the rest on the next snapshot."""
+        with contextlib.suppress(ControlError, OSError):
+            async for ev in source.events():
+                if ev.kind == "log":
+                    self._pending_logs.append(wire.decode(LogLine, ev.data["line"]))
+
+    def _flush_logs(self) -> None:
+        if self._pending_logs:
+            lines, self._pending_logs = self._pending_logs, []
+            self.query_one(LogsPane).add(lines)
+
+    def refresh_maps(self) -> None:
+        if not self._maps_busy:
+            self._load_maps()
+
+    @work(exclusive=True, group="maps")
+    async def _load_maps(self) -> None:
+        if self.source is None:
+            return
+        self._maps_busy = True
+        pane = self.query_one(MapsPane)
+        try:
+            pane.update_maps(await self.source.maps())
+            pane.update_entries(await self.source.map_entries(pane.selected, pane.search))
+        except ControlError as e:
+            self.notify(f"maps: {e}", severity="error")
+        finally:
+            self._maps_busy = False
+
+    # -- commands from the panes ----------------------------------------------------------------
+    def show_flow(self, row: FlowRow) -> None:
+        names = {i.index: i.name for i in self.snapshot.interfaces} if self.snapshot else {}
+        self.push_screen(FlowScreen(row, names))
+
+    def close_flows(self, ids: list[int]) -> None:
+        self._close(ids)
+
+    @work(group="close")
+    async def _close(self, ids: list[int]) -> None:
+        if self.source is None:
+            return
+        try:
+            n = await self.source.close_connections(ids)
+            self.notify(f"closed {n} connection{'s' if n != 1 else ''}")
+        except ControlError as e:
+            self.notify(f"close: {e}", severity="error")
+
+    def confirm_close(self, ids: list[int]) -> None:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.close_flows(ids)
+        self.push_screen(ConfirmScreen(f"Close the {len(ids)} relayed connection{'s' if len(ids) != 1 else ''} "
+                                       "the filter shows? Their clients see a reset."), answer)
+
+    # -- actions ------------------------------------------------------------------------------
+    def action_pane(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
+        self.on_tabbed_content_tab_activated()
+
+    def on_tabbed_content_tab_activated(self, event: object = None) -> None:
+        pane = self.active_pane
+        if pane == "connections" and self.snapshot is not None:
+            self.query_one(ConnectionsPane).update_snapshot(self.snapshot)
+            self.query_one(ConnectionsPane).table.focus()
+        elif pane == "maps":
+            self.query_one(MapsPane).maps.focus()
+            self.refresh_maps()
+        elif pane == "logs":
+            self.query_one("#log-view").focus()
+
+    def _pane_widget(self) -> Any:
+        return {"overview": OverviewPane, "connections": ConnectionsPane, "maps": MapsPane,
+                "logs": LogsPane}[self.active_pane]
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.query_one(self._pane_widget()).HELP))
+
+    def action_escape(self) -> None:
+        pane = self.query_one(self._pane_widget())
+        leave = getattr(pane, "leave_filter", None)
+        if leave is not None:
+            leave()
+
+    def action_quit_prompt(self) -> None:
+        if self.source is None:
+            self.exit(None)
+            return
+        pid = self.snapshot.health.pid if self.snapshot else None
+
+        def chosen(what: str | None) -> None:
+            if what:
+                self.finish(what)
+        self.push_screen(QuitScreen(pid), chosen)
+
+    def finish(self, what: str) -> None:
+        """Leave the console: "stop" stops the daemon first, "detach" leaves it running."""
+        self._finish(what)
+
+    @work(group="finish")
+    async def _finish(self, what: str) -> None:
+        if what == "stop" and self.source is not None:
+            try:
+                await self.source.stop_daemon()
+            except ControlError as e:
+                self.notify(f"could not stop daetui: {e}", severity="error")
+                return
+        self.exit(what)

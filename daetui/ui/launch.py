@@ -1,0 +1,152 @@
+"""Starting the console: attached to a running daemon, or with one of its own.
+
+`daetui` with no flags starts the control plane as a headless daemon of its
+own (its own session, its log in the run dir) and attaches the console to it.
+So the console and `daetui attach` are the same code, the daemon never shares
+a process (or a GIL) with the rendering, and when the SSH connection drops,
+only the console goes: the daemon keeps routing, ready for `daetui attach`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from daetui.control.client import ControlClient, ControlError, wait_for_daemon
+from daetui.dataplane.cleanup import pid_is_daetui
+from daetui.paths import RunPaths
+
+
+def daemon_pid(run: RunPaths) -> int | None:
+    """The pid of the daetui running in this run dir, if one is."""
+    try:
+        pid = int(run.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_is_daetui(pid) else None
+
+
+def spawn_daemon(config: str, run: RunPaths) -> subprocess.Popen[bytes]:
+    """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log."""
+    run.ensure()
+    log = open(run.root / "daetui.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    finally:
+        log.close()
+
+
+def run_console(run: RunPaths, config: str | None, theme: str | None = None, refresh: float = 1.0) -> int:
+    """Attach to the daemon of `run`, starting one with `config` if none runs (and config is given)."""
+    from daetui.ui.app import DaetuiApp
+
+    child: subprocess.Popen[bytes] | None = None
+    pid = daemon_pid(run)
+    if pid is None and config is not None:
+        child = spawn_daemon(config, run)
+        starting = f"starting daetui (pid {child.pid}): compiling the kernel programs…"
+    elif pid is None:
+        print(f"daetui attach: no daetui runs with run dir {run.root}", file=sys.stderr)
+        return 1
+    else:
+        starting = f"attaching to daetui (pid {pid})…"
+
+    async def connect() -> ControlClient:
+        if child is not None:
+            return await wait_for_daemon(run.control, 90, alive=lambda: child.poll() is None)
+        client = ControlClient(run.control)
+        await client.connect()
+        return client
+
+    app = DaetuiApp(connect, theme=theme, refresh=refresh, starting_text=starting)
+    result = app.run()
+    if child is not None and child.poll() is not None and child.returncode not in (0, None):
+        print(f"daetui: the daemon exited ({child.returncode}); see {run.root / 'daetui.log'}", file=sys.stderr)
+        return 1
+    if result == "detach":
+        now = daemon_pid(run) or (child.pid if child else pid)
+        print(f"daetui keeps routing headless (pid {now}). `daetui attach` comes back, `daetui stop` stops it.")
+    elif result == "stop":
+        print("daetui stopped; every change it made is undone.")
+    return 0
+
+
+def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
+    """Ask the daemon of `run` to stop, and wait until it has."""
+    import asyncio
+    import time
+
+    pid = daemon_pid(run)
+    if pid is None:
+        print(f"daetui stop: no daetui runs with run dir {run.root}", file=sys.stderr)
+        return 1
+
+    async def ask() -> None:
+        c = ControlClient(run.control)
+        await c.connect()
+        await c.stop_daemon()
+        await c.close()
+
+    try:
+        asyncio.run(ask())
+    except ControlError as e:
+        print(f"daetui stop: {e}; sending SIGTERM to {pid}", file=sys.stderr)
+        os.kill(pid, 15)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_is_daetui(pid):
+        time.sleep(0.1)
+    if pid_is_daetui(pid):
+        print(f"daetui stop: pid {pid} still runs after {timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"daetui (pid {pid}) stopped")
+    return 0
+
+
+def status(run: RunPaths, as_json: bool = False) -> int:
+    """Print the daemon's state (for scripts and people)."""
+    import asyncio
+    import json
+
+    from daetui.control import wire
+    from daetui.ui import fmt
+
+    async def get() -> object:
+        c = ControlClient(run.control)
+        await c.connect()
+        try:
+            return await c.snapshot(flows=True)
+        finally:
+            await c.close()
+
+    try:
+        snap = asyncio.run(get())
+    except ControlError as e:
+        print(f"daetui status: {e}", file=sys.stderr)
+        return 1
+    from daetui.control.state import Snapshot
+
+    assert isinstance(snap, Snapshot)
+    if as_json:
+        data = wire.encode(snap)
+        data.pop("raw_flows", None)
+        data["kernel_flows"] = len(snap.kernel_flows)
+        print(json.dumps(data, indent=1))
+        return 0
+    h = snap.health
+    print(f"daetui pid {h.pid}, up {fmt.duration(snap.time - h.started)}, config {h.config}")
+    for i in snap.interfaces:
+        if i.bound or i.configured:
+            print(f"  {i.name}: {'bound ' + ', '.join(i.programs) if i.bound else 'not bound'}")
+    for name in snap.missing_interfaces:
+        print(f"  {name}: configured, not present")
+    open_conns = sum(1 for c in snap.connections if c.state == "open")
+    print(f"  flows in the kernel: {len(snap.kernel_flows)}; relayed now: {open_conns}, "
+          f"in all: {snap.total_connections}")
+    print(f"  rules: {sum(1 for r in snap.rules if r.enabled)} enabled, generation {h.generation}")
+    return 0
+
+
+

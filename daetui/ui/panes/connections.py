@@ -1,0 +1,226 @@
+"""Connections: every flow, the kernel's and the relayed ones, live."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Input, Static
+
+from daetui.control.state import Snapshot
+from daetui.ui import fmt
+from daetui.ui.flows import SORT_KEYS, FilterError, FlowBook, FlowRow, apply_filter, parse_filter, sort_rows
+from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
+
+# At 80 columns: protocol, source, destination, rule, outbound, up, down (the
+# first four narrowed). Wider: the state, start, rates, time, stage, domain.
+COLUMNS = [
+    Column("start", "Start", 8, priority=4),
+    Column("proto", "L4", 4),
+    Column("src", "Source", 21, min_width=15),
+    Column("dst", "Destination", 24, min_width=19, flex=1),
+    Column("domain", "Domain", 16, priority=9),
+    Column("rule", "Rule", 30, min_width=14, flex=2),
+    Column("stage", "Stage", 6, priority=7),
+    Column("out", "Out", 7),
+    Column("up", "Up", 7, align="right"),
+    Column("down", "Down", 7, align="right"),
+    Column("up/s", "Up/s", 9, align="right", priority=5),
+    Column("down/s", "Down/s", 9, align="right", priority=5),
+    Column("time", "Time", 6, align="right", priority=6),
+    Column("state", "State", 7, priority=3),
+]
+SORTABLE = [c.key for c in COLUMNS if c.key in SORT_KEYS]
+
+STATE_STYLE = {"open": None, "closed": "dim", "idle": "dim", "blocked": "bad", "failed": "bad"}
+
+
+def flow_cell(r: FlowRow, key: str) -> Cell:
+    dim = "dim" if r.closed else None
+    if key == "start":
+        return fmt.clock(r.start), dim
+    if key == "proto":
+        return r.proto, dim
+    if key == "src":
+        return (r.device or fmt.endpoint(r.src, r.sport)), dim
+    if key == "dst":
+        return fmt.endpoint(r.dst, r.dport), dim
+    if key == "domain":
+        return r.domain, dim
+    if key == "rule":
+        return (f"{r.rule_label} {r.rule}" if r.rule else r.rule_label), dim
+    if key == "stage":
+        return r.stage, dim
+    if key == "out":
+        style = "bad" if r.outbound == "block" else ("accent" if r.path == "relay" else None)
+        return r.outbound, dim or style
+    if key == "up":
+        return fmt.size(r.up), dim
+    if key == "down":
+        return fmt.size(r.down), dim
+    if key == "up/s":
+        return fmt.rate(r.up_rate), "good"
+    if key == "down/s":
+        return fmt.rate(r.down_rate), "good"
+    if key == "time":
+        return fmt.duration(r.duration), dim
+    if key == "state":
+        return r.state, STATE_STYLE.get(r.state)
+    return "", None
+
+
+class ConnectionsPane(Vertical):
+    """The flow table with its filter line and status."""
+
+    HELP = """\
+### Connections
+
+Every flow through the router: those the kernel forwards or drops by itself
+(**kernel** path, never seen by user space) and those the control plane relays
+(**relay**). Stage says which routing stage decided.
+
+| key | |
+|---|---|
+| `j` `k` `↑` `↓` `PgUp` `PgDn` `g` `G` | move |
+| `enter` | details of the flow |
+| `/` | filter: `field:pattern`, `!` negates, terms AND-ed |
+| `esc` | leave the filter line (a second `esc` clears it) |
+| `s` / `S` | sort by the next column / reverse the order |
+| `c` | show or hide closed flows |
+| `x` | close the selected relayed flow |
+| `X` | close every relayed flow the filter shows |
+
+Filter fields: `proto src sport dst dport mac device domain rule out stage path state`;
+a bare word matches source, destination, device, rule, outbound, protocol or state.
+Example: `dst:443 !out:direct`.
+"""
+
+    BINDINGS = [
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort(1)", "Sort"),
+        Binding("S", "reverse", "Reverse", show=False),
+        Binding("c", "toggle_closed", "Closed"),
+        Binding("x", "close_one", "Close"),
+        Binding("X", "close_filtered", "Close all", show=False),
+    ]
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.book = FlowBook()
+        self.all_rows: list[FlowRow] = []
+        self.shown: list[FlowRow] = []
+        self.terms: list = []
+        self.filter_text = ""
+        self.sort_column = "start"
+        self.sort_descending = True
+        self.hide_closed = False
+        self.table = VirtualTable(COLUMNS, flow_cell, row_key=lambda r: r.key, id="flows")
+        self.table.sort_column = self.sort_column
+        self.table.sort_descending = True
+        self.table.empty_text = "no flows yet"
+
+    def compose(self) -> ComposeResult:
+        yield self.table
+        yield Input(placeholder="filter: dst:443 !proto:udp laptop   (esc to leave)", id="flow-filter",
+                    classes="hidden")
+        yield Static("", id="flow-status", classes="pane-status")
+
+    # -- data -----------------------------------------------------------------------------
+    def update_snapshot(self, snap: Snapshot) -> None:
+        """New data: rebuild rows, filter, sort; only visible lines are drawn."""
+        self.all_rows = self.book.rows(snap)
+        self._apply()
+
+    def _apply(self) -> None:
+        rows = apply_filter(self.all_rows, self.terms, self.hide_closed)
+        self.shown = sort_rows(rows, self.sort_column, self.sort_descending)
+        self.table.set_rows(self.shown)
+        relayed = sum(1 for r in self.all_rows if r.path == "relay" and not r.closed)
+        status = (f"{len(self.all_rows)} flows ({relayed} relayed open) · {len(self.shown)} shown · "
+                  f"sort {self.sort_column} {'▼' if self.sort_descending else '▲'}")
+        if self.filter_text:
+            status += f" · filter: {self.filter_text}"
+        if self.hide_closed:
+            status += " · closed hidden"
+        self.query_one("#flow-status", Static).update(status)
+
+    # -- actions ------------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#flow-filter", Input)
+        box.remove_class("hidden")
+        box.focus()
+
+    @on(Input.Changed, "#flow-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        try:
+            self.terms = parse_filter(event.value)
+        except FilterError as e:
+            self.query_one("#flow-status", Static).update(f"[b]filter:[/] {e}")
+            return
+        self.filter_text = event.value.strip()
+        self._apply()
+
+    @on(Input.Submitted, "#flow-filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def leave_filter(self) -> bool:
+        """esc: leave the filter line; a second esc clears it. True if handled."""
+        box = self.query_one("#flow-filter", Input)
+        if box.has_focus:
+            self.table.focus()
+            if not box.value:
+                box.add_class("hidden")
+            return True
+        if box.value:
+            box.value = ""
+            box.add_class("hidden")
+            return True
+        return False
+
+    def action_sort(self, step: int) -> None:
+        i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
+        self.sort_column = SORTABLE[(i + step) % len(SORTABLE)]
+        self.table.sort_column = self.sort_column
+        self._apply()
+
+    def action_reverse(self) -> None:
+        self.sort_descending = not self.sort_descending
+        self.table.sort_descending = self.sort_descending
+        self._apply()
+
+    @on(VirtualTable.HeaderClicked)
+    def _header(self, event: VirtualTable.HeaderClicked) -> None:
+        if event.column in SORT_KEYS:
+            if event.column == self.sort_column:
+                self.action_reverse()
+            else:
+                self.sort_column = event.column
+                self.table.sort_column = event.column
+                self._apply()
+
+    def action_toggle_closed(self) -> None:
+        self.hide_closed = not self.hide_closed
+        self._apply()
+
+    def action_close_one(self) -> None:
+        row = self.table.current
+        if row is None:
+            return
+        if row.conn_id is None or row.closed:
+            self.app.notify("Only open relayed flows can be closed: the kernel forwards the others by itself.",
+                            severity="warning")
+            return
+        self.app.close_flows([row.conn_id])  # type: ignore[attr-defined]
+
+    def action_close_filtered(self) -> None:
+        ids = [r.conn_id for r in self.shown if r.conn_id is not None and not r.closed]
+        if not ids:
+            self.app.notify("No open relayed flow among those shown.", severity="warning")
+            return
+        self.app.confirm_close(ids)  # type: ignore[attr-defined]
+
+    @on(VirtualTable.Selected, "#flows")
+    def _selected(self, event: VirtualTable.Selected) -> None:
+        self.app.show_flow(event.row)  # type: ignore[attr-defined]

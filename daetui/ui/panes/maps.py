@@ -1,0 +1,138 @@
+"""Maps: every eBPF map of the programs, and the decoded entries of the one selected."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Input, Static
+
+from daetui.control.state import MapEntries, MapInfo
+from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
+
+MAP_COLUMNS = [
+    Column("name", "Map", 14, flex=1),
+    Column("type", "Type", 12, priority=2),
+    Column("fill", "Fill", 12, align="right"),
+]
+
+
+def map_cell(m: MapInfo, key: str) -> Cell:
+    if key == "name":
+        return m.name, None
+    if key == "type":
+        return m.type, "dim"
+    if key == "fill":
+        if m.entries < 0:
+            return f"-/{m.max_entries}", "dim"
+        pct = 100 * m.entries / m.max_entries if m.max_entries else 0
+        # Arrays are always "full"; only a filling hash or trie is news.
+        full = pct > 90 and m.type in ("hash", "lru_hash", "percpu_hash", "lpm_trie")
+        return f"{m.entries}/{m.max_entries}", "warn" if full else None
+    return "", None
+
+
+class MapsPane(Horizontal):
+    """Map list on the left, entries on the right."""
+
+    HELP = """\
+### Maps
+
+The eBPF maps of daetui's programs, read from the kernel: type, capacity and how
+full each is. `enter` on a map shows its entries decoded (flows, rules laid out as
+match sets, IP prefixes, counters...); `/` searches them.
+
+| key | |
+|---|---|
+| `j` `k` `enter` | choose a map |
+| `tab` | between the map list and its entries |
+| `/` | search the entries |
+| `r` | read again now |
+"""
+    BINDINGS = [
+        Binding("slash", "search", "Search"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.maps = VirtualTable(MAP_COLUMNS, map_cell, row_key=lambda m: m.name, id="map-list")
+        self.entries = VirtualTable([Column("note", "", 20, flex=1)], self._entry_cell, id="map-entries")
+        self.entries.empty_text = "choose a map (enter)"
+        self.selected = "routing_tuples"
+        self.search = ""
+        self.last: MapEntries | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="maps-left"):
+            yield self.maps
+        with Vertical(id="maps-right"):
+            yield Static("", id="map-title", classes="pane-status")
+            yield self.entries
+            yield Input(placeholder="search entries", id="map-search", classes="hidden")
+
+    def _entry_cell(self, row: tuple[str, ...], key: str) -> Cell:
+        try:
+            i = int(key)
+        except ValueError:
+            return "", None
+        return (row[i] if i < len(row) else ""), None
+
+    def update_maps(self, maps: list[MapInfo]) -> None:
+        self.maps.set_rows(maps)
+        info = next((m for m in maps if m.name == self.selected), None)
+        if info is not None:
+            self.query_one("#map-title", Static).update(
+                f"[b]{info.name}[/] · {info.type} · key {info.key_size} B, value {info.value_size} B · "
+                f"{info.purpose}")
+
+    def update_entries(self, entries: MapEntries) -> None:
+        if entries.name != self.selected:
+            return
+        if self.last is None or self.last.columns != entries.columns:
+            widths = [max([len(c), *(len(r[i]) for r in entries.rows[:200])]) for i, c in
+                      enumerate(entries.columns)]
+            self.entries.columns = [Column(str(i), c, min(max(w, 3), 40), flex=int(i == len(widths) - 1))
+                                    for i, (c, w) in enumerate(zip(entries.columns, widths, strict=True))]
+            self.entries._layout_width = -1
+        self.last = entries
+        self.entries.empty_text = "no entries" + (" match the search" if self.search else "")
+        self.entries.set_rows(list(entries.rows))
+        shown = len(entries.rows)
+        note = f"{shown} of {entries.total} entries" + (f" matching {self.search!r}" if self.search else "")
+        self.entries.border_subtitle = note
+
+    @on(VirtualTable.Selected, "#map-list")
+    def _choose(self, event: VirtualTable.Selected) -> None:
+        self.selected = event.row.name
+        self.last = None
+        self.entries.set_rows([])
+        self.app.refresh_maps()  # type: ignore[attr-defined]
+        self.entries.focus()
+
+    def action_search(self) -> None:
+        box = self.query_one("#map-search", Input)
+        box.remove_class("hidden")
+        box.focus()
+
+    @on(Input.Submitted, "#map-search")
+    def _search(self, event: Input.Submitted) -> None:
+        self.search = event.value.strip()
+        self.entries.focus()
+        self.app.refresh_maps()  # type: ignore[attr-defined]
+
+    def leave_filter(self) -> bool:
+        box = self.query_one("#map-search", Input)
+        if box.has_focus or box.value:
+            box.value = ""
+            box.add_class("hidden")
+            if self.search:
+                self.search = ""
+                self.app.refresh_maps()  # type: ignore[attr-defined]
+            self.entries.focus()
+            return True
+        return False
+
+    def action_reload(self) -> None:
+        self.app.refresh_maps()  # type: ignore[attr-defined]

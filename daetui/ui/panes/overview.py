@@ -1,0 +1,140 @@
+"""Overview: interfaces and their programs, throughput, the daemon's health, kernel counters."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Sparkline, Static
+
+from daetui.control.state import Snapshot
+from daetui.ui import fmt
+
+COUNTER_ORDER = [
+    ("PACKETS", "packets in"), ("NEW_FLOWS", "new flows"), ("DECIDED_DIRECT", "→ direct"),
+    ("DECIDED_BLOCK", "→ block"), ("DECIDED_GROUP", "→ groups"), ("TO_CONTROL", "handed over"),
+    ("FAIL_OPEN", "fail-open"), ("UNTRACKED_TCP", "older TCP"), ("NON_UNICAST", "bcast/mcast"),
+    ("NOT_IP", "not IP"), ("FRAGMENT", "fragments"), ("UNPARSED", "unparsed"), ("OTHER_L4", "other L4"),
+    ("ASSIGN_ERROR", "assign err"), ("CHUNK_LIMIT", "rule limit"), ("EGRESS_PACKETS", "packets out"),
+]
+
+
+class OverviewPane(VerticalScroll):
+    """The router at a glance."""
+
+    HELP = """\
+### Overview
+
+**Interfaces**: every interface of daetui's network namespace, what is bound to it
+(`lan_ingress` on ingress, `lan_egress` on egress) and since when, the packets and
+bytes the programs saw, and interfaces named in the config that are not there
+(they are bound as soon as they appear).
+
+**Throughput**: bytes per second through the bound interfaces, one bar per refresh.
+
+**Daemon**: process, uptime, config, rules, kernel counters. Unparsed, fragments
+and the like are packets daetui passed untouched.
+"""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.history: deque[float] = deque(maxlen=120)
+        self._last: tuple[float, int] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="ov-interfaces", classes="box")
+        with Horizontal(id="ov-row"):
+            with VerticalScroll(id="ov-left", classes="box"):
+                yield Static("", id="ov-rate")
+                yield Sparkline([0.0], summary_function=max, id="ov-spark")
+            yield Static("", id="ov-health", classes="box")
+        yield Static("", id="ov-counters", classes="box")
+
+    def update_snapshot(self, snap: Snapshot) -> None:
+        self.query_one("#ov-interfaces", Static).update(self._interfaces(snap))
+        self.query_one("#ov-health", Static).update(self._health(snap))
+        self.query_one("#ov-counters", Static).update(self._counters(snap))
+        total = sum(i.rx_bytes + i.tx_bytes for i in snap.interfaces if i.bound)
+        if self._last is not None and snap.time > self._last[0]:
+            self.history.append(max(0.0, (total - self._last[1]) / (snap.time - self._last[0])))
+        self._last = (snap.time, total)
+        spark = self.query_one("#ov-spark", Sparkline)
+        # A sparkline of one flat value draws as a solid block: wait for two samples.
+        spark.display = len(self.history) >= 2
+        spark.data = list(self.history) or [0.0]
+        now_rate = self.history[-1] if self.history else 0.0
+        peak = max(self.history) if self.history else 0.0
+        if len(self.history) < 2:
+            rate_text = Text.assemble(("Throughput ", "bold"), "(gathering samples)")
+        else:
+            rate_text = Text.assemble(("Throughput ", "bold"), f"{fmt.rate(now_rate) or '0 B/s'} now, ",
+                                      f"peak {fmt.rate(peak) or '0 B/s'} over {len(self.history)} s")
+        self.query_one("#ov-rate", Static).update(rate_text)
+
+    def _interfaces(self, snap: Snapshot) -> Table:
+        wide = self.size.width >= 110  # packets and since only where they fit
+        t = Table(title="Interfaces", title_justify="left", expand=True, box=None, padding=(0, 1))
+        t.add_column("Name", no_wrap=True)
+        t.add_column("State", no_wrap=True)
+        t.add_column("Programs", ratio=1, overflow="fold")
+        if wide:
+            t.add_column("Since", no_wrap=True)
+            t.add_column("In pkts", justify="right", no_wrap=True)
+        t.add_column("In", justify="right", no_wrap=True)
+        if wide:
+            t.add_column("Out pkts", justify="right", no_wrap=True)
+        t.add_column("Out", justify="right", no_wrap=True)
+        for i in snap.interfaces:
+            if i.bound:
+                state = Text("bound", style="green")
+            elif i.configured:
+                state = Text("not bound", style="yellow")
+            else:
+                state = Text("—", style="dim")
+            programs = ", ".join(p.split(" ")[0] for p in i.programs) if not wide else ", ".join(i.programs)
+            if not i.programs:
+                programs = "" if i.configured else "not configured"
+            cells: list[str | Text] = [i.name + ("" if i.up else " (down)"), state, programs]
+            if wide:
+                cells += [fmt.clock(i.since) if i.since else "", fmt.count(i.rx_packets) if i.bound else ""]
+            cells.append(fmt.size(i.rx_bytes) if i.bound else "")
+            if wide:
+                cells.append(fmt.count(i.tx_packets) if i.bound else "")
+            cells.append(fmt.size(i.tx_bytes) if i.bound else "")
+            t.add_row(*cells)
+        for name in snap.missing_interfaces:
+            blank = [""] * (5 if wide else 2)
+            t.add_row(name, Text("missing", style="red"), "not present; bound when it appears",
+                      *blank)
+        return t
+
+    def _health(self, snap: Snapshot) -> Text:
+        h = snap.health
+        up = fmt.duration(snap.time - h.started) if h.started else "starting"
+        enabled = sum(1 for r in snap.rules if r.enabled)
+        lines = [
+            ("Daemon ", "bold"), f"pid {h.pid} · up {up}\n",
+            "config ", (h.config, "italic"), "\n",
+            f"rules {enabled}/{len(snap.rules)} on · {h.match_sets} match sets · gen {h.generation}\n",
+            f"fallback {h.fallback} ({fmt.count(snap.fallback_hits)} hits)\n",
+            f"tproxy :{h.tproxy_port} {'/'.join(h.listeners) or 'no listeners'}\n",
+            f"fail-{'open' if h.fail_open else 'closed'} · kernel programs loaded in {h.kernel_load_seconds:.1f}s\n",
+            f"relayed {fmt.count(snap.total_connections)} total · UDP NAT {snap.udp_nat_entries}",
+        ]
+        return Text.assemble(*lines)
+
+    def _counters(self, snap: Snapshot) -> Table:
+        t = Table(title="Kernel counters", title_justify="left", expand=True, box=None, padding=(0, 1),
+                  show_header=False)
+        for _ in range(4):
+            t.add_column(no_wrap=True)
+            t.add_column(justify="right", no_wrap=True)
+        cells: list[str] = []
+        for key, label in COUNTER_ORDER:
+            cells += [label, fmt.count(snap.counters.get(key, 0))]
+        for i in range(0, len(cells), 8):
+            t.add_row(*cells[i:i + 8])
+        return t

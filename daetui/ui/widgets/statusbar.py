@@ -1,0 +1,35 @@
+"""The line at the top: is daetui running, since when, how busy."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from daetui.control.state import Snapshot
+from daetui.ui import fmt
+
+
+class StatusBar(Static):
+    """One line of health."""
+
+    def show_connecting(self, what: str) -> None:
+        self.update(Text.assemble(("daetui ", "bold"), ("○ ", "yellow"), what))
+
+    def show_lost(self, why: str) -> None:
+        self.update(Text.assemble(("daetui ", "bold"), ("✕ ", "red"), f"no connection to the daemon: {why}"))
+
+    def show(self, snap: Snapshot) -> None:
+        h = snap.health
+        bound = [i.name for i in snap.bindings]
+        up = fmt.duration(snap.time - h.started) if h.started else "starting"
+        relayed = sum(1 for c in snap.connections if c.state == "open")
+        parts: list[str | tuple[str, str]] = [
+            ("daetui ", "bold"), ("● ", "green"), f"pid {h.pid} up {up} │ ",
+            (", ".join(bound) or "no LAN bound", "" if bound else "yellow"),
+        ]
+        if snap.missing_interfaces:
+            parts += [" ", (f"missing {', '.join(snap.missing_interfaces)}", "red")]
+        parts += [f" │ {fmt.count(len(snap.kernel_flows))} flows, {relayed} relayed │ gen {h.generation}"]
+        if snap.counters.get("FAIL_OPEN"):
+            parts += [" │ ", (f"fail-open {fmt.count(snap.counters['FAIL_OPEN'])}", "yellow")]
+        self.update(Text.assemble(*parts))

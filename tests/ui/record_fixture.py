@@ -1,0 +1,119 @@
+"""Record what a real daemon in the lab tells the console, for the snapshot tests.
+
+    sudo .venv/bin/python tests/ui/record_fixture.py
+
+Builds a lab of its own, runs daetui in it with FIXTURE_CONFIG, makes a known
+set of flows, and writes the control socket's answers (snapshot, logs, maps,
+map entries) to tests/ui/fixtures/lab.json. The snapshot tests replay them,
+so their pictures show real data and never change between runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import Daemon, http_get, tcp_echo, udp_exchange  # noqa: E402
+
+from daetui.control.client import ControlClient  # noqa: E402
+from daetui.lab.netns import netns  # noqa: E402
+from daetui.lab.topology import ADDR, LAN_MAC, Lab  # noqa: E402
+
+FIXTURE_CONFIG = f"""
+[global]
+lan_interface = ["lan0", "lan1"]
+
+[device]
+"{LAN_MAC}" = "lab-laptop"
+
+[routing]
+rules = [
+  "dip(224.0.0.0/3, 'ff00::/8') -> direct",
+  "dip(203.0.113.10, '2001:db8:3::10') -> proxy",
+  "dip(203.0.113.11, '2001:db8:3::11') && l4proto(tcp) && dport(80) -> proxy",
+  "dip(203.0.113.12, '2001:db8:3::12') -> block",
+  {{ rule = "dport(22) -> direct", name = "ssh", enabled = false }},
+]
+fallback = "direct"
+"""
+OUT = Path(__file__).resolve().parent / "fixtures" / "lab.json"
+
+
+def make_flows(lab: Lab) -> socket.socket:
+    a = ADDR
+    for v, hosts in ((4, a.hosts4), (6, a.hosts6)):
+        http_get(lab, hosts[0], "/whoami")
+        http_get(lab, hosts[0], "/bytes/300000")
+        http_get(lab, hosts[1], "/")
+        udp_exchange(lab, hosts[1], b"direct ping", count=2)
+        udp_exchange(lab, hosts[0], b"relayed ping", count=2)
+        tcp_echo(lab, hosts[0], b"x" * 5000)
+        with netns(lab.lan):
+            s = socket.socket(socket.AF_INET6 if v == 6 else socket.AF_INET)
+        s.settimeout(0.3)
+        try:
+            s.connect((hosts[2], 80))
+        except OSError:
+            pass
+        s.close()
+    # One relayed connection still open when the snapshot is taken.
+    with netns(lab.lan):
+        keep = socket.create_connection((a.hosts4[0], 7), timeout=3)
+    keep.sendall(b"still here")
+    keep.recv(100)
+    return keep
+
+
+async def record(run: Path) -> dict:
+    c = ControlClient(run / "control.sock")
+    await c.connect()
+    out = {
+        "snapshot": await c.call("snapshot"),
+        "logs": await c.call("logs"),
+        "maps": await c.call("maps"),
+        "entries": {name: await c.call("map_entries", name=name) for name in
+                    ("routing_tuples", "match_sets", "ip_sets", "rule_stats", "counters", "listeners")},
+    }
+    await c.close()
+    return out
+
+
+def main() -> int:
+    lab = Lab("dtrec")
+    lab.up()
+    # A fixed path: the config's name shows in the pictures.
+    tmp = Path("/tmp/daetui-fixture")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    cfg = tmp / "fixture.toml"
+    cfg.write_text(FIXTURE_CONFIG)
+    d = Daemon(lab, cfg, tmp / "run")
+    try:
+        d.start()
+        keep = make_flows(lab)
+        time.sleep(1.5)
+        data = asyncio.run(record(tmp / "run"))
+        keep.close()
+    finally:
+        d.stop()
+        lab.down()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("needs root (the lab)")
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Pictures of every pane at 80x24 and 160x48, from a recorded real snapshot.
+
+Regenerate after an intended change of the console's look:
+    .venv/bin/python -m pytest tests/ui/test_snapshots.py --snapshot-update
+and look at the SVGs in tests/ui/__snapshots__ before committing them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import frozen_app
+
+SIZES = [(80, 24), (160, 48)]
+PANES = ["overview", "connections", "maps", "logs"]
+
+
+async def settle(pilot) -> None:  # noqa: ANN001
+    app = pilot.app
+    for _ in range(50):
+        await pilot.pause(0.05)
+        if app.snapshot is not None:
+            break
+    await pilot.pause(0.2)
+    if app.active_pane == "maps":
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if app.query_one("MapsPane").last is not None:
+                break
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause(0.1)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("pane", PANES)
+def test_pane_snapshot(snap_compare, pane: str, size: tuple[int, int]) -> None:
+    app = frozen_app(pane)
+
+    async def before(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+        app.action_pane(pane)
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=before)
+
+
+def test_basic_theme_snapshot(snap_compare) -> None:
+    """The 16-colour theme for basic terminals."""
+    app = frozen_app("connections", theme="basic")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
