@@ -18,7 +18,7 @@ def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
-def frozen_app(pane: str = "overview", theme: str | None = None):  # noqa: ANN201
+def frozen_app(pane: str = "overview", theme: str | None = None):
     from frozen import FrozenSource
 
     from daetui.ui.app import DaetuiApp

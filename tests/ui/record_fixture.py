@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path

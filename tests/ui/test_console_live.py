@@ -58,7 +58,7 @@ def make_app(daemon: Daemon) -> DaetuiApp:
     return DaetuiApp(connect, refresh=0.3)
 
 
-async def until(pilot, fn, timeout: float = 10.0):  # noqa: ANN001, ANN201
+async def until(pilot, fn, timeout: float = 10.0):
     for _ in range(int(timeout / 0.1)):
         v = fn()
         if v:
@@ -67,7 +67,7 @@ async def until(pilot, fn, timeout: float = 10.0):  # noqa: ANN001, ANN201
     raise AssertionError("the console did not show it in time")
 
 
-def line_text(table: VirtualTable, row) -> str:  # noqa: ANN001
+def line_text(table: VirtualTable, row) -> str:
     """The text the table draws for a row."""
     i = table.rows.index(row)
     table.cursor = i

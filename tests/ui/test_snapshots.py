@@ -14,7 +14,7 @@ SIZES = [(80, 24), (160, 48)]
 PANES = ["overview", "connections", "maps", "logs"]
 
 
-async def settle(pilot) -> None:  # noqa: ANN001
+async def settle(pilot) -> None:
     app = pilot.app
     for _ in range(50):
         await pilot.pause(0.05)
@@ -35,7 +35,7 @@ async def settle(pilot) -> None:  # noqa: ANN001
 def test_pane_snapshot(snap_compare, pane: str, size: tuple[int, int]) -> None:
     app = frozen_app(pane)
 
-    async def before(pilot) -> None:  # noqa: ANN001
+    async def before(pilot) -> None:
         await settle(pilot)
         app.action_pane(pane)
         await settle(pilot)
