@@ -4,7 +4,9 @@
     daetui validate FILE                               check a config, touch nothing
     daetui cleanup [--run-dir D]                       undo what a crashed daemon left
     daetui lab up|down|status [--name N]               the namespace lab
-    daetui demo [--duration S]                         the lab, daetui in it, and traffic
+    daetui [--config F]                                the console, with a daemon of its own if none runs
+    daetui attach | status | stop [--run-dir D]        the console / state / stop, for a running daemon
+    daetui demo [--no-ui] [--down]                     the lab, daetui in it, traffic, and the console
 """
 
 from __future__ import annotations
@@ -154,9 +156,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daetui.lab.demo import run_demo
+    from daetui.lab.demo import demo_down, run_demo
 
-    return run_demo(duration=args.duration, lab_name=args.name)
+    if args.down:
+        return demo_down(args.name)
+    return run_demo(duration=args.duration, lab_name=args.name, ui=not args.no_ui, theme=args.theme)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,9 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the namespace lab: up, down, status")
     lab.add_argument("action", choices=["up", "down", "status"])
     lab.add_argument("--name", default="dtlab")
-    d = sub.add_parser("demo", help="the lab, daetui in it, and traffic")
-    d.add_argument("--duration", type=float, default=0, help="seconds (default: until Ctrl-C)")
+    d = sub.add_parser("demo", help="the lab, daetui in it, traffic, and the console on it")
+    d.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS,
+                   help="print the connection log instead of opening the console")
+    d.add_argument("--duration", type=float, default=0, help="with --no-ui: seconds (default: until Ctrl-C)")
+    d.add_argument("--down", action="store_true", help="stop a demo left running and take its lab down")
     d.add_argument("--name", default="dtlab")
+    d.add_argument("--theme", default=argparse.SUPPRESS)
     return p
 
 

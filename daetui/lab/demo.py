@@ -1,8 +1,11 @@
-"""`daetui demo`: the lab, daetui routing in it, and traffic flowing.
+"""`daetui demo`: the lab, daetui routing in it, traffic flowing, and the console on it.
 
-Brings the lab up (or uses the one that is up), runs the daemon in the
-router namespace with sample_configs/lab.toml, and makes traffic from the
-LAN client until Ctrl-C or --duration. Everything it started, it ends.
+Brings the lab up (or uses the one that is up), starts daetui in the router
+namespace with sample_configs/lab.toml, makes traffic from the LAN client,
+and opens the console. Quitting the console with "stop" ends everything the
+demo started; "leave running" keeps the lab and daetui (come back with
+`ip netns exec dtlab-router daetui attach`, end it all with
+`daetui demo --down`). `--no-ui` prints the connection log instead.
 """
 
 from __future__ import annotations
@@ -16,17 +19,64 @@ from pathlib import Path
 
 from daetui.lab.topology import Lab
 from daetui.lab.traffic import TrafficGenerator
+from daetui.paths import RUN_ROOT, RunPaths
 
 SAMPLE = Path(__file__).resolve().parent.parent.parent / "sample_configs" / "lab.toml"
 
 
-def run_demo(duration: float = 0, lab_name: str = "dtlab", config: Path = SAMPLE) -> int:
+def demo_run_paths(lab: Lab) -> RunPaths:
+    """The run dir daetui uses in the lab's router: its namespace's default."""
+    return RunPaths(RUN_ROOT / f"netns-{lab.router}", per_netns=True)
+
+
+def run_demo(duration: float = 0, lab_name: str = "dtlab", config: Path = SAMPLE, ui: bool = True,
+             theme: str | None = None) -> int:
     lab = Lab(lab_name)
     made_lab = not lab.is_up()
     print(f"daetui demo: {'building' if made_lab else 'using'} lab {lab_name} "
           f"(namespaces {lab.lan}, {lab.router}, {lab.wan})", flush=True)
     lab.up()
-    run_dir = Path("/run/daetui/demo") / lab_name
+    traffic = TrafficGenerator(lab)
+    if ui:
+        return _with_console(lab, config, traffic, made_lab, theme)
+    return _headless(lab, config, traffic, made_lab, duration)
+
+
+def _with_console(lab: Lab, config: Path, traffic: TrafficGenerator, made_lab: bool, theme: str | None) -> int:
+    from daetui.ui.launch import daemon_pid, run_console
+
+    run = demo_run_paths(lab)
+    traffic.start()
+    try:
+        rc = run_console(run, str(config), theme=theme, netns=lab.router, initial_pane="connections")
+    finally:
+        traffic.stop()
+    if daemon_pid(run) is not None:
+        print(f"daetui demo: the lab ({lab.name}) and daetui keep running. Come back with\n"
+              f"    ip netns exec {lab.router} {sys.executable} -m daetui attach\n"
+              f"and end it all with\n    {sys.executable} -m daetui demo --down")
+        return rc
+    if made_lab:
+        lab.down()
+        print("daetui demo: lab removed")
+    return rc
+
+
+def demo_down(lab_name: str = "dtlab") -> int:
+    """Stop the demo's daetui (if it runs) and take its lab down."""
+    from daetui.ui.launch import daemon_pid, stop_daemon
+
+    lab = Lab(lab_name)
+    run = demo_run_paths(lab)
+    if daemon_pid(run) is not None:
+        stop_daemon(run)
+    lab.down()
+    print(f"daetui demo: lab {lab_name} down")
+    return 0
+
+
+def _headless(lab: Lab, config: Path, traffic: TrafficGenerator, made_lab: bool, duration: float) -> int:
+    run_dir = Path("/run/daetui/demo") / lab.name
     argv = ["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui", "--no-ui",
             "--config", str(config), "--run-dir", str(run_dir)]
     print(f"daetui demo: starting daetui in {lab.router} with {config}", flush=True)
@@ -43,7 +93,6 @@ def run_demo(duration: float = 0, lab_name: str = "dtlab", config: Path = SAMPLE
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    traffic = TrafficGenerator(lab)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -53,6 +53,7 @@ class FlowRow:
     ifindex: int = 0
     flags: int = 0
     generation: int = 0
+    packets_seen: float = 0.0   # when the kernel last saw a packet of it
 
     @property
     def rule_label(self) -> str:
@@ -76,32 +77,60 @@ class FlowBook:
 
     def __init__(self) -> None:
         self._prev: dict[RowKey, tuple[float, int, int]] = {}
+        # Kernel entries by raw key: their raw value and the row made from it. An
+        # entry whose bytes did not change keeps its row: idle flows cost nothing.
+        self._kernel: dict[bytes, tuple[bytes, FlowRow]] = {}
 
     def rows(self, snap: Snapshot) -> list[FlowRow]:
         now = snap.time
         rules = {r.index: r.text for r in snap.rules}
         out: dict[RowKey, FlowRow] = {}
-        for f in snap.kernel_flows:
-            k = f.key
-            key: RowKey = (k.proto, str(k.src), k.sport, str(k.dst), k.dport)
-            outbound = snap.outbounds.get(f.outbound, f"#{f.outbound}")
-            if f.outbound == ABI.OUTBOUND_BLOCK:
+        closing = ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST
+        block, first_group = ABI.OUTBOUND_BLOCK, ABI.OUTBOUND_FIRST_GROUP
+        macs: dict[bytes, str] = {}
+        raw = snap.raw_flows
+        cache, fresh = self._kernel, {}
+        kb_of: dict[RowKey, bytes] = {}
+        decode = raw.decoder() if raw is not None else None
+        for kb, vb in (raw.raw_entries() if raw is not None else ()):
+            hit = cache.get(kb)
+            if hit is not None and hit[0] == vb:
+                row = hit[1]
+                # Unchanged in the kernel: only what depends on the clock moves.
+                if row.state == "open":
+                    if row.proto == "udp" and now - row.packets_seen > UDP_IDLE:
+                        row.state, row.last = "idle", row.packets_seen
+                    else:
+                        row.last = now
+                row.up_rate = row.down_rate = 0.0
+                row.conn_id, row.error = None, ""
+                out[row.key] = row
+                kb_of[row.key] = kb
+                fresh[kb] = hit
+                continue
+            assert decode is not None
+            f = decode(kb, vb)
+            key: RowKey = (f.proto, f.src, f.sport, f.dst, f.dport)
+            if f.outbound == block:
                 state = "blocked"
-            elif f.closed:
+            elif f.flags & closing:
                 state = "closed"
-            elif k.proto == "udp" and now - f.last_seen > UDP_IDLE:
+            elif f.proto == "udp" and now - f.last_seen > UDP_IDLE:
                 state = "idle"
             else:
                 state = "open"
-            mac = _mac(f.mac)
+            mac = macs.get(f.mac)
+            if mac is None:
+                mac = macs[f.mac] = _mac(f.mac)
             out[key] = FlowRow(
-                key=key, start=f.first_seen, proto=k.proto, src=str(k.src), sport=k.sport, mac=mac,
-                device=snap.devices.get(mac, ""), dst=str(k.dst), dport=k.dport, domain="",
-                rule_index=f.rule_index, rule=rules.get(f.rule_index, "") if f.rule_index is not None else "",
-                stage="kernel", outbound=outbound,
-                path="relay" if f.to_control_plane else "kernel", up=f.bytes, down=f.rx_bytes, state=state,
-                last=f.last_seen if state != "open" else now, packets=f.packets, rx_packets=f.rx_packets,
-                ifindex=f.ifindex, flags=f.flags, generation=f.generation)
+                key, f.first_seen, f.proto, f.src, f.sport, mac, snap.devices.get(mac, ""), f.dst, f.dport, "",
+                f.rule_index, rules.get(f.rule_index, "") if f.rule_index is not None else "", "kernel",
+                snap.outbounds.get(f.outbound, f"#{f.outbound}"),
+                "relay" if f.outbound >= first_group else "kernel", f.bytes, f.rx_bytes, state,
+                f.last_seen if state != "open" else now, None, "", 0.0, 0.0, f.packets, f.rx_packets,
+                f.ifindex, f.flags, f.generation, f.last_seen)
+            fresh[kb] = (vb, out[key])
+            kb_of[key] = kb
         for c in snap.connections:
             key = (c.proto, c.src[0], c.src[1], c.dst[0], c.dst[1])
             row = out.get(key)
@@ -115,6 +144,8 @@ class FlowBook:
                     outbound=c.outbound, path="relay",
                     up=0, down=0, state=state, last=now)
                 out[key] = row
+            # The relay's view goes over the kernel's: this row is not reusable as is.
+            fresh.pop(kb_of.get(key, b""), None)
             row.conn_id = c.id
             row.start = c.started
             row.stage = c.stage
@@ -123,6 +154,7 @@ class FlowBook:
             row.state = state
             row.error = c.error or ""
             row.last = c.ended if c.ended else now
+        self._kernel = fresh
         prev = self._prev
         cur: dict[RowKey, tuple[float, int, int]] = {}
         for key, row in out.items():

@@ -27,26 +27,28 @@ def daemon_pid(run: RunPaths) -> int | None:
     return pid if pid_is_daetui(pid) else None
 
 
-def spawn_daemon(config: str, run: RunPaths) -> subprocess.Popen[bytes]:
+def spawn_daemon(config: str, run: RunPaths, netns: str | None = None) -> subprocess.Popen[bytes]:
     """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log."""
     run.ensure()
     log = open(run.root / "daetui.log", "ab")  # noqa: SIM115 - handed to the child
+    prefix = ["ip", "netns", "exec", netns] if netns else []
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)],
+            [*prefix, sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()
 
 
-def run_console(run: RunPaths, config: str | None, theme: str | None = None, refresh: float = 1.0) -> int:
+def run_console(run: RunPaths, config: str | None, theme: str | None = None, refresh: float = 1.0,
+                netns: str | None = None, initial_pane: str = "overview") -> int:
     """Attach to the daemon of `run`, starting one with `config` if none runs (and config is given)."""
     from daetui.ui.app import DaetuiApp
 
     child: subprocess.Popen[bytes] | None = None
     pid = daemon_pid(run)
     if pid is None and config is not None:
-        child = spawn_daemon(config, run)
+        child = spawn_daemon(config, run, netns)
         starting = f"starting daetui (pid {child.pid}): compiling the kernel programs…"
     elif pid is None:
         print(f"daetui attach: no daetui runs with run dir {run.root}", file=sys.stderr)
@@ -61,8 +63,9 @@ def run_console(run: RunPaths, config: str | None, theme: str | None = None, ref
         await client.connect()
         return client
 
-    app = DaetuiApp(connect, theme=theme, refresh=refresh, starting_text=starting)
+    app = DaetuiApp(connect, theme=theme, refresh=refresh, starting_text=starting, initial_pane=initial_pane)
     result = app.run()
+    run_console.result = result  # type: ignore[attr-defined]
     if child is not None and child.poll() is not None and child.returncode not in (0, None):
         print(f"daetui: the daemon exited ({child.returncode}); see {run.root / 'daetui.log'}", file=sys.stderr)
         return 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -130,6 +132,11 @@ Example: `dst:443 !out:direct`.
     def update_snapshot(self, snap: Snapshot) -> None:
         """New data: rebuild rows, filter, sort; only visible lines are drawn."""
         self.all_rows = self.book.rows(snap)
+        self._apply()
+
+    async def refresh_from(self, snap: Snapshot) -> None:
+        """As update_snapshot, with the rows (the costly part) built off the UI's thread."""
+        self.all_rows = await asyncio.to_thread(self.book.rows, snap)
         self._apply()
 
     def _apply(self) -> None:

@@ -29,7 +29,8 @@ class StatusBar(Static):
         ]
         if snap.missing_interfaces:
             parts += [" ", (f"missing {', '.join(snap.missing_interfaces)}", "red")]
-        parts += [f" │ {fmt.count(len(snap.kernel_flows))} flows, {relayed} relayed │ gen {h.generation}"]
+        flows = snap.raw_flows.count if snap.raw_flows else 0
+        parts += [f" │ {fmt.count(flows)} flows, {relayed} relayed │ gen {h.generation}"]
         if snap.counters.get("FAIL_OPEN"):
             parts += [" │ ", (f"fail-open {fmt.count(snap.counters['FAIL_OPEN'])}", "yellow")]
         self.update(Text.assemble(*parts))

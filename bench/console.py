@@ -1,0 +1,192 @@
+"""Does the console cost the data path anything, and does it keep up with 10 000 flows?
+
+In the lab, with daetui running and about 10 000 live flows (kernel-direct UDP
+flows plus a thousand relayed TCP connections held open):
+  - the time to refresh the Connections pane: fetch the snapshot over the
+    control socket and decode it, rebuild, filter and sort the rows, draw the
+    screen (median of --refreshes);
+  - relay throughput (iperf3 through the control plane) headless, then with a
+    real console attached (`daetui attach` in tmux, on Connections, refreshing
+    every second), in the same run, and their ratio.
+
+    .venv/bin/python bench/console.py [--flows 10000] [--held 1000] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from daetui.control.client import ControlClient  # noqa: E402
+from daetui.lab.netns import netns  # noqa: E402
+from daetui.lab.topology import ADDR, Lab  # noqa: E402
+
+CONFIG = """
+[global]
+lan_interface = ["lan0"]
+log_level = "warn"
+
+[routing]
+rules = ["dip(203.0.113.10) -> proxy"]
+fallback = "direct"
+"""
+PROXIED, DIRECT = ADDR.hosts4[0], ADDR.hosts4[1]
+IPERF_PORT = 5201
+
+
+def ns_exec(ns: str, *argv: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
+
+
+def make_udp_flows(lab: Lab, n: int) -> None:
+    """n kernel-direct UDP flows: one datagram each from its own source port."""
+    for i in range(n):
+        with netns(lab.lan):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", 20000 + i))
+        s.sendto(b"x", (DIRECT, 7))
+        s.close()
+
+
+def hold_tcp(lab: Lab, n: int) -> list[socket.socket]:
+    """n relayed TCP connections, open for the rest of the run."""
+    out = []
+    for _ in range(n):
+        with netns(lab.lan):
+            s = socket.socket()
+        s.connect((PROXIED, 7))
+        out.append(s)
+    return out
+
+
+def iperf(lab: Lab, seconds: float) -> float:
+    out = ns_exec(lab.lan, "iperf3", "-c", PROXIED, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+                  timeout=seconds + 30)
+    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+async def refresh_cost(run: Path, refreshes: int) -> dict[str, float]:
+    """Time the console's own refresh of the Connections pane, step by step."""
+    from daetui.ui.app import DaetuiApp
+    from daetui.ui.panes.connections import ConnectionsPane
+
+    client = ControlClient(run / "control.sock")
+    await client.connect()
+
+    async def connect() -> ControlClient:
+        return client
+
+    app = DaetuiApp(connect, refresh=3600, initial_pane="connections")
+    fetch, model, draw = [], [], []
+    rows = 0
+    async with app.run_test(size=(160, 48)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if app.snapshot is not None:
+                break
+        pane = app.query_one(ConnectionsPane)
+        for _ in range(refreshes):
+            t0 = time.perf_counter()
+            snap = await client.snapshot()
+            t1 = time.perf_counter()
+            await pane.refresh_from(snap)
+            t2 = time.perf_counter()
+            await pilot.pause()  # the screen is drawn: only the visible rows
+            t3 = time.perf_counter()
+            fetch.append(t1 - t0)
+            model.append(t2 - t1)
+            draw.append(t3 - t2)
+            rows = len(pane.all_rows)
+            await asyncio.sleep(0.2)
+    await client.close()
+    return {"rows": rows, "fetch": statistics.median(fetch), "model": statistics.median(model),
+            "draw": statistics.median(draw)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flows", type=int, default=10000)
+    ap.add_argument("--held", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--refreshes", type=int, default=10)
+    ap.add_argument("--lab", default="dtbcon")
+    args = ap.parse_args()
+
+    lab = Lab(args.lab)
+    lab.up()
+    tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-console-"))
+    run = tmp / "run"
+    cfg = tmp / "bench.toml"
+    cfg.write_text(CONFIG)
+    tmux_sock = f"daetui-bench-{os.getpid()}"
+    procs: list[subprocess.Popen[str]] = []
+    daemon = None
+    held: list[socket.socket] = []
+    try:
+        procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", PROXIED, "-p",
+                                       str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        log = tmp / "daetui.log"
+        with open(log, "w") as logf:
+            daemon = subprocess.Popen(["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui",
+                                       "--no-ui", "--config", str(cfg), "--run-dir", str(run)], stderr=logf,
+                                      cwd=ROOT)
+        deadline = time.monotonic() + 90
+        while not (run / "control.sock").exists() or "daetui started" not in log.read_text():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                if "daetui started" in log.read_text() or (run / "daetui.pid").exists():
+                    break
+                raise RuntimeError("daetui did not start:\n" + log.read_text())
+            time.sleep(0.2)
+        time.sleep(1)
+        make_udp_flows(lab, args.flows)
+        held = hold_tcp(lab, args.held)
+        time.sleep(1)
+
+        cost = asyncio.run(refresh_cost(run, args.refreshes))
+        total = cost["fetch"] + cost["model"] + cost["draw"]
+        print(f"Connections pane with {cost['rows']} live flows (median of {args.refreshes} refreshes):")
+        print(f"  fetch + decode {cost['fetch'] * 1000:6.1f} ms   rows {cost['model'] * 1000:6.1f} ms   "
+              f"draw {cost['draw'] * 1000:6.1f} ms   total {total * 1000:6.1f} ms")
+
+        headless = statistics.median(iperf(lab, args.seconds) for _ in range(2))
+        subprocess.run(["tmux", "-L", tmux_sock, "new-session", "-d", "-x", "160", "-y", "48",
+                        f"env -u COLUMNS -u LINES ip netns exec {lab.router} {sys.executable} -m daetui attach "
+                        f"--run-dir {run}"], check=True, cwd=ROOT)
+        time.sleep(3)
+        subprocess.run(["tmux", "-L", tmux_sock, "send-keys", "2"], check=True)
+        time.sleep(2)
+        attached = statistics.median(iperf(lab, args.seconds) for _ in range(2))
+        print(f"relayed TCP throughput (iperf3 through the control plane, {args.seconds:g}s, median of 2):")
+        print(f"  headless {headless:6.2f} Gbit/s   console attached {attached:6.2f} Gbit/s   "
+              f"ratio {attached / headless:.2f}")
+    finally:
+        subprocess.run(["tmux", "-L", tmux_sock, "kill-server"], capture_output=True)
+        for s in held:
+            s.close()
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        lab.down()
+    return 0
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("bench/console.py needs root (network namespaces, BPF)")
+    sys.exit(main())
