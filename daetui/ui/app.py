@@ -17,6 +17,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.css.query import NoMatches
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from daetui.control import wire
@@ -155,6 +156,7 @@ class DaetuiApp(App[str | None]):
                     continue
                 with contextlib.suppress(ControlError):
                     self._pending_logs.extend(await self.source.logs())
+                self._flush_logs()
                 self._listen(self.source)
             try:
                 snap = await self.source.snapshot()
@@ -193,7 +195,8 @@ class DaetuiApp(App[str | None]):
     def _flush_logs(self) -> None:
         if self._pending_logs:
             lines, self._pending_logs = self._pending_logs, []
-            self.query_one(LogsPane).add(lines)
+            with contextlib.suppress(NoMatches):  # the app may be closing
+                self.query_one(LogsPane).add(lines)
 
     def refresh_maps(self) -> None:
         if not self._maps_busy:

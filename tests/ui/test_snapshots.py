@@ -21,6 +21,11 @@ async def settle(pilot) -> None:
         if app.snapshot is not None:
             break
     await pilot.pause(0.2)
+    if app.active_pane == "logs":
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if app.query_one("LogsPane").lines:
+                break
     if app.active_pane == "maps":
         for _ in range(50):
             await pilot.pause(0.05)
