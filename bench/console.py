@@ -18,21 +18,21 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daetui.control.client import ControlClient  # noqa: E402
-from daetui.lab.netns import netns  # noqa: E402
-from daetui.lab.topology import ADDR, Lab  # noqa: E402
+from _lab import ROOT, Daetui, end, ns_exec, require_root
+
+from daetui.control.client import ControlClient
+from daetui.lab.netns import netns
+from daetui.lab.topology import ADDR, Lab
 
 CONFIG = """
 [global]
@@ -45,10 +45,6 @@ fallback = "direct"
 """
 PROXIED, DIRECT = ADDR.hosts4[0], ADDR.hosts4[1]
 IPERF_PORT = 5201
-
-
-def ns_exec(ns: str, *argv: str, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
 
 
 def make_udp_flows(lab: Lab, n: int) -> None:
@@ -127,10 +123,6 @@ def main() -> int:
 
     lab = Lab(args.lab)
     lab.up()
-    tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-console-"))
-    run = tmp / "run"
-    cfg = tmp / "bench.toml"
-    cfg.write_text(CONFIG)
     tmux_sock = f"daetui-bench-{os.getpid()}"
     procs: list[subprocess.Popen[str]] = []
     daemon = None
@@ -138,18 +130,8 @@ def main() -> int:
     try:
         procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", PROXIED, "-p",
                                        str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        log = tmp / "daetui.log"
-        with open(log, "w") as logf:
-            daemon = subprocess.Popen(["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui",
-                                       "--no-ui", "--config", str(cfg), "--run-dir", str(run)], stderr=logf,
-                                      cwd=ROOT)
-        deadline = time.monotonic() + 90
-        while not (run / "control.sock").exists() or "daetui started" not in log.read_text():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                if "daetui started" in log.read_text() or (run / "daetui.pid").exists():
-                    break
-                raise RuntimeError("daetui did not start:\n" + log.read_text())
-            time.sleep(0.2)
+        daemon = Daetui(lab.router, CONFIG)
+        run = daemon.run
         time.sleep(1)
         make_udp_flows(lab, args.flows)
         held = hold_tcp(lab, args.held)
@@ -176,17 +158,13 @@ def main() -> int:
         subprocess.run(["tmux", "-L", tmux_sock, "kill-server"], capture_output=True)
         for s in held:
             s.close()
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(60)
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        if daemon is not None:
+            daemon.stop()
+        end(procs)
         lab.down()
     return 0
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:
-        sys.exit("bench/console.py needs root (network namespaces, BPF)")
+    require_root("bench/console.py")
     sys.exit(main())

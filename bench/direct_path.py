@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daetui.lab.topology import ADDR, Lab  # noqa: E402
+from _lab import ROOT, Daetui, end, ns_exec, require_root
+
+from daetui.lab.topology import ADDR, Lab
 
 CONFIG = """
 [global]
@@ -37,10 +36,6 @@ fallback = "direct"
 """
 DIRECT_HOST, PROXIED_HOST = ADDR.hosts4[1], ADDR.hosts4[0]
 IPERF_PORT, CPS_PORT = 5201, 5300
-
-
-def ns_exec(ns: str, *argv: str, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
 
 
 def iperf(lab: Lab, host: str, seconds: float) -> float:
@@ -91,19 +86,7 @@ def main() -> int:
         print("measuring: no daetui", flush=True)
         base = measure(lab, DIRECT_HOST, args.seconds, args.trials)
 
-        tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-"))
-        cfg = tmp / "bench.toml"
-        cfg.write_text(CONFIG)
-        log = tmp / "daetui.log"
-        with open(log, "w") as logf:  # a file, not a pipe: nobody must be able to stall the daemon
-            daemon = subprocess.Popen(["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui",
-                                       "--no-ui", "--config", str(cfg), "--run-dir", str(tmp / "run")],
-                                      stderr=logf, text=True, cwd=ROOT)
-        deadline = time.monotonic() + 90
-        while "daetui started" not in log.read_text():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daetui did not start:\n" + log.read_text())
-            time.sleep(0.2)
+        daemon = Daetui(lab.router, CONFIG)
         print("measuring: daetui attached", flush=True)
         with_daetui = measure(lab, DIRECT_HOST, args.seconds, args.trials)
         relayed = measure(lab, PROXIED_HOST, args.seconds, args.trials)
@@ -114,17 +97,13 @@ def main() -> int:
         for name, (g, c) in rows:
             print(f"{name:44} {g:11.2f} {g / base[0]:6.2f} {c:11.0f} {c / base[1]:6.2f}")
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        if daemon is not None:
+            daemon.stop()
+        end(procs)
         lab.down()
     return 0
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:
-        sys.exit("bench/direct_path.py needs root (network namespaces, BPF)")
+    require_root("bench/direct_path.py")
     sys.exit(main())

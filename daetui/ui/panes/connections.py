@@ -13,6 +13,7 @@ from textual.widgets import Input, Static
 from daetui.control.state import Snapshot
 from daetui.ui import fmt
 from daetui.ui.flows import SORT_KEYS, FilterError, FlowBook, FlowRow, apply_filter, parse_filter, sort_rows
+from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 # At 80 columns: protocol, source, destination, rule, outbound, up, down (the
@@ -154,9 +155,7 @@ Example: `dst:443 !out:direct`.
 
     # -- actions ------------------------------------------------------------------------------
     def action_filter(self) -> None:
-        box = self.query_one("#flow-filter", Input)
-        box.remove_class("hidden")
-        box.focus()
+        open_filter(self.query_one("#flow-filter", Input))
 
     @on(Input.Changed, "#flow-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -174,17 +173,7 @@ Example: `dst:443 !out:direct`.
 
     def leave_filter(self) -> bool:
         """esc: leave the filter line; a second esc clears it. True if handled."""
-        box = self.query_one("#flow-filter", Input)
-        if box.has_focus:
-            self.table.focus()
-            if not box.value:
-                box.add_class("hidden")
-            return True
-        if box.value:
-            box.value = ""
-            box.add_class("hidden")
-            return True
-        return False
+        return leave_filter(self.query_one("#flow-filter", Input), self.table)[0]
 
     def action_sort(self, step: int) -> None:
         i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0

@@ -13,6 +13,7 @@ from textual.widgets import Input, RichLog, Static
 
 from daetui.control.state import LogLine
 from daetui.ui import fmt
+from daetui.ui.widgets.filterline import leave_filter, open_filter
 
 LEVELS = ["debug", "info", "warn", "error"]
 LEVEL_STYLE = {"debug": "dim", "info": "", "warn": "yellow", "error": "bold red"}
@@ -109,9 +110,7 @@ closed, with its bytes), bindings, warnings.
         self._status()
 
     def action_filter(self) -> None:
-        box = self.query_one("#log-filter", Input)
-        box.remove_class("hidden")
-        box.focus()
+        open_filter(self.query_one("#log-filter", Input))
 
     @on(Input.Changed, "#log-filter")
     def _changed(self, event: Input.Changed) -> None:
@@ -123,14 +122,4 @@ closed, with its bytes), bindings, warnings.
         self.query_one("#log-view", RichLog).focus()
 
     def leave_filter(self) -> bool:
-        box = self.query_one("#log-filter", Input)
-        if box.has_focus:
-            self.query_one("#log-view", RichLog).focus()
-            if not box.value:
-                box.add_class("hidden")
-            return True
-        if box.value:
-            box.value = ""
-            box.add_class("hidden")
-            return True
-        return False
+        return leave_filter(self.query_one("#log-filter", Input), self.query_one("#log-view", RichLog))[0]

@@ -9,6 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Static
 
 from daetui.control.state import MapEntries, MapInfo
+from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 MAP_COLUMNS = [
@@ -112,9 +113,7 @@ match sets, IP prefixes, counters...); `/` searches them.
         self.entries.focus()
 
     def action_search(self) -> None:
-        box = self.query_one("#map-search", Input)
-        box.remove_class("hidden")
-        box.focus()
+        open_filter(self.query_one("#map-search", Input))
 
     @on(Input.Submitted, "#map-search")
     def _search(self, event: Input.Submitted) -> None:
@@ -123,16 +122,11 @@ match sets, IP prefixes, counters...); `/` searches them.
         self.app.refresh_maps()  # type: ignore[attr-defined]
 
     def leave_filter(self) -> bool:
-        box = self.query_one("#map-search", Input)
-        if box.has_focus or box.value:
-            box.value = ""
-            box.add_class("hidden")
-            if self.search:
-                self.search = ""
-                self.app.refresh_maps()  # type: ignore[attr-defined]
-            self.entries.focus()
-            return True
-        return False
+        handled, cleared = leave_filter(self.query_one("#map-search", Input), self.entries)
+        if cleared and self.search:
+            self.search = ""
+            self.app.refresh_maps()  # type: ignore[attr-defined]
+        return handled
 
     def action_reload(self) -> None:
         self.app.refresh_maps()  # type: ignore[attr-defined]
