@@ -118,6 +118,7 @@ def main() -> int:
     ap.add_argument("--held", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--refreshes", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lab", default="dtbcon")
     args = ap.parse_args()
 
@@ -143,17 +144,25 @@ def main() -> int:
         print(f"  fetch + decode {cost['fetch'] * 1000:6.1f} ms   rows {cost['model'] * 1000:6.1f} ms   "
               f"draw {cost['draw'] * 1000:6.1f} ms   total {total * 1000:6.1f} ms")
 
-        headless = statistics.median(iperf(lab, args.seconds) for _ in range(2))
-        subprocess.run(["tmux", "-L", tmux_sock, "new-session", "-d", "-x", "160", "-y", "48",
-                        f"env -u COLUMNS -u LINES ip netns exec {lab.router} {sys.executable} -m daetui attach "
-                        f"--run-dir {run}"], check=True, cwd=ROOT)
-        time.sleep(3)
-        subprocess.run(["tmux", "-L", tmux_sock, "send-keys", "2"], check=True)
-        time.sleep(2)
-        attached = statistics.median(iperf(lab, args.seconds) for _ in range(2))
-        print(f"relayed TCP throughput (iperf3 through the control plane, {args.seconds:g}s, median of 2):")
-        print(f"  headless {headless:6.2f} Gbit/s   console attached {attached:6.2f} Gbit/s   "
-              f"ratio {attached / headless:.2f}")
+        # Alternate: each round measures headless, then with a console attached,
+        # so that drift of the machine falls on both sides alike.
+        headless, attached = [], []
+        for _ in range(args.rounds):
+            headless.append(iperf(lab, args.seconds))
+            subprocess.run(["tmux", "-L", tmux_sock, "new-session", "-d", "-x", "160", "-y", "48",
+                            f"env -u COLUMNS -u LINES ip netns exec {lab.router} {sys.executable} -m daetui "
+                            f"attach --run-dir {run}"], check=True, cwd=ROOT)
+            time.sleep(3)
+            subprocess.run(["tmux", "-L", tmux_sock, "send-keys", "2"], check=True)  # Connections
+            time.sleep(2)
+            attached.append(iperf(lab, args.seconds))
+            subprocess.run(["tmux", "-L", tmux_sock, "kill-server"], capture_output=True)
+        h, a = statistics.median(headless), statistics.median(attached)
+        print(f"relayed TCP throughput (iperf3 through the control plane, {args.seconds:g}s, "
+              f"median of {args.rounds} alternating rounds):")
+        print(f"  headless {h:6.2f} Gbit/s   console attached {a:6.2f} Gbit/s   ratio {a / h:.2f}")
+        print(f"  (each round, headless/attached: "
+              f"{', '.join(f'{x:.1f}/{y:.1f}' for x, y in zip(headless, attached, strict=True))})")
     finally:
         subprocess.run(["tmux", "-L", tmux_sock, "kill-server"], capture_output=True)
         for s in held:

@@ -247,6 +247,7 @@ SORT_KEYS: dict[str, Callable[[FlowRow], object]] = {
     "start": lambda r: r.start,
     "proto": lambda r: r.proto,
     "src": lambda r: (r.device or r.src, r.sport),
+    "mac": lambda r: r.mac,
     "dst": lambda r: (r.dst, r.dport),
     "rule": lambda r: -1 if r.rule_index is None else r.rule_index,
     "out": lambda r: r.outbound,

@@ -17,21 +17,22 @@ from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 # At 80 columns: protocol, source, destination, rule, outbound, up, down (the
-# first four narrowed). Wider: the state, start, rates, time, stage, domain.
+# first four narrowed). Wider, in this order: state, start, rates, stage, time, MAC, domain.
 COLUMNS = [
     Column("start", "Start", 8, priority=4),
     Column("proto", "L4", 4),
     Column("src", "Source", 21, min_width=15),
+    Column("mac", "MAC", 17, priority=8),
     Column("dst", "Destination", 24, min_width=19, flex=1),
     Column("domain", "Domain", 16, priority=9),
     Column("rule", "Rule", 30, min_width=14, flex=2),
-    Column("stage", "Stage", 6, priority=7),
+    Column("stage", "Stage", 6, priority=6),
     Column("out", "Out", 7),
     Column("up", "Up", 7, align="right"),
     Column("down", "Down", 7, align="right"),
     Column("up/s", "Up/s", 9, align="right", priority=5),
     Column("down/s", "Down/s", 9, align="right", priority=5),
-    Column("time", "Time", 6, align="right", priority=6),
+    Column("time", "Time", 6, align="right", priority=7),
     Column("state", "State", 7, priority=3),
 ]
 SORTABLE = [c.key for c in COLUMNS if c.key in SORT_KEYS]
@@ -47,6 +48,8 @@ def flow_cell(r: FlowRow, key: str) -> Cell:
         return r.proto, dim
     if key == "src":
         return (r.device or fmt.endpoint(r.src, r.sport)), dim
+    if key == "mac":
+        return r.mac, "dim"
     if key == "dst":
         return fmt.endpoint(r.dst, r.dport), dim
     if key == "domain":
