@@ -279,6 +279,12 @@ class Lab:
                 # past `ip netns del`; its veths die with the last of them.
                 _run("ip", "netns", "del", ns, check=False)
         self.state_file.unlink(missing_ok=True)
+        (self.state_dir / f"{self.name}-servers.log").unlink(missing_ok=True)
+        # The default run dir of daetui in this lab's router went with the namespace,
+        # unless a daemon still runs there (it holds the namespace alive).
+        run_dir = self.state_dir.parent / f"netns-{self.router}"
+        if run_dir.is_dir() and not (run_dir / "daetui.pid").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     # -- inspection -------------------------------------------------------------
     def status(self) -> str:
