@@ -39,6 +39,9 @@ CONFIG = """
 lan_interface = ["lan0"]
 log_level = "warn"
 
+[group.proxy]
+# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
+
 [routing]
 rules = ["dip(203.0.113.10) -> proxy"]
 fallback = "direct"

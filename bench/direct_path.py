@@ -30,6 +30,9 @@ CONFIG = """
 [global]
 lan_interface = ["lan0"]
 
+[group.proxy]
+# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
+
 [routing]
 rules = ["dip(203.0.113.10) -> proxy"]
 fallback = "direct"

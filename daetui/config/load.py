@@ -1,4 +1,5 @@
-"""Read a config file into checked dataclasses, or fail saying where and why."""
+"""Read a config file (and the files it includes) into checked dataclasses,
+or fail saying where and why: file, line, column, and what was expected."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import difflib
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,48 +18,48 @@ from tomlkit.items import Array, InlineTable, Table
 
 from daetui.config.errors import ConfigError
 from daetui.config.locate import Path_, SourceIndex
-from daetui.config.schema import GLOBAL, ROUTING, SECTIONS, KeySpec
+from daetui.config.model import Config, DnsConfig, GlobalConfig, GroupSpec, Tagged
+from daetui.config.schema import (
+    DAE_ONLY,
+    DNS,
+    GLOBAL,
+    GROUP,
+    NODE_SCHEMES,
+    ROUTING,
+    SECTIONS,
+    SUBSCRIPTION_SCHEMES,
+    KeySpec,
+    parse_duration,
+)
 from daetui.routing.errors import RuleError
+from daetui.routing.functions import DNS_REQUEST_FUNCTIONS, DNS_RESPONSE_FUNCTIONS
 from daetui.routing.parser import parse_outbound_name, parse_rule
-from daetui.routing.ruleset import RuleEntry, RuleSet, check_rule, groups_of, rule_id
+from daetui.routing.ruleset import BLOCK, DIRECT, RuleEntry, RuleSet, check_rule, groups_of, rule_id
 
-# Sections of dae's config that later versions of daetui read.
-NOT_YET = ("node", "subscription", "group", "dns")
 RULE_TABLE_KEYS = ("rule", "enabled", "name")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
 # Sections that hold passwords: a file with them should not be world-readable.
 SECRET_SECTIONS = ("node", "subscription")
+MAX_INCLUDE_DEPTH = 8
 
 
-@dataclass(frozen=True)
-class GlobalConfig:
-    """The `[global]` section."""
+class _File:
+    """One file of the config: its text, its TOML document, and where everything is."""
 
-    lan_interface: tuple[str, ...] = ()
-    wan_interface: tuple[str, ...] = ()
-    tproxy_port: int = 12345
-    so_mark_from_dae: int = GLOBAL["so_mark_from_dae"].default
-    log_level: str = "info"
-    auto_config_kernel_parameter: bool = True
-    fail_open: bool = True
-
-
-@dataclass(frozen=True)
-class Config:
-    """A whole config, checked."""
-
-    source: str
-    global_: GlobalConfig
-    routing: RuleSet
-    devices: dict[str, str] = field(default_factory=dict)   # MAC (aa:bb:..) -> label
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-
-class _Loader:
     def __init__(self, text: str, source: str) -> None:
         self.text = text
         self.source = source
         self._index: SourceIndex | None = None
+        try:
+            self.doc = tomlkit.parse(text)
+        except tomlkit.exceptions.ParseError as e:
+            line = getattr(e, "line", 0)
+            col = getattr(e, "col", 0) + 1  # tomlkit counts columns from 0
+            msg = str(e).split(" at line ")[0]
+            lines = text.splitlines()
+            src = lines[line - 1] if 0 < line <= len(lines) else None
+            raise ConfigError(f"TOML syntax: {msg}", source, line, col, src) from None
 
     @property
     def index(self) -> SourceIndex:
@@ -80,8 +81,15 @@ class _Loader:
         hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
         return self.error(f"unknown {what} {key!r}{hint}", path, at_key=True, width=len(key))
 
+    def rule_error(self, e: RuleError, path: Path_) -> ConfigError:
+        start = self.index.values.get(tuple(path))
+        if start is None:
+            return self.error(str(e), path)
+        return self.error(str(e), path, offset=self.index.char_offset(start, e.start), width=e.end - e.start)
+
     def typed(self, spec: KeySpec, value: Any, path: Path_) -> Any:
         name = ".".join(f"rule #{p + 1}" if isinstance(p, int) else p for p in path)
+        value = value.unwrap() if hasattr(value, "unwrap") else value
         if spec.type == "bool":
             if not isinstance(value, bool):
                 raise self.error(f"{name}: expected true or false", path)
@@ -94,6 +102,13 @@ class _Loader:
             if not isinstance(value, str):
                 raise self.error(f"{name}: expected a string", path)
             out = str(value)
+        elif spec.type == "duration":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise self.error(f"{name}: expected a duration such as \"30s\" or \"100ms\"", path)
+            try:
+                out = parse_duration(value) if isinstance(value, str) else float(value)
+            except ValueError as e:
+                raise self.error(f"{name}: {e}", path) from None
         elif spec.type == "strlist":
             # dae writes lists as "eth0,eth1"; TOML users write ["eth0", "eth1"].
             if isinstance(value, str):
@@ -102,77 +117,219 @@ class _Loader:
                 out = tuple(str(v) for v in value)
             else:
                 raise self.error(f"{name}: expected a list of strings", path)
+        elif spec.type == "table":
+            if not isinstance(value, dict):
+                raise self.error(f"{name}: expected a table", path)
+            out = dict(value)
+        elif spec.type == "rulelist":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.error(f"{name}: expected a list of rules (strings)", path)
+            out = tuple(value)
         else:  # pragma: no cover - schema types are fixed
             raise AssertionError(spec.type)
         if spec.check and (problem := spec.check(out)):
             raise self.error(f"{name}: {problem}", path)
         return out
 
+
+@dataclass
+class _Part:
+    file: _File
+    table: Any
+
+
+class _Loader:
+    def __init__(self, text: str, source: str, path: Path | None = None,
+                 overrides: dict[str, str] | None = None) -> None:
+        self.main = _File(text, source)
+        self.path = path
+        self.files: list[_File] = [self.main]
+        self.warnings: list[str] = []
+        self.overrides = overrides or {}
+
+    # -- files -------------------------------------------------------------------------
+    def _includes(self, f: _File, depth: int, seen: set[str]) -> None:
+        if "include" not in f.doc:
+            return
+        inc = f.doc["include"]
+        items = [inc] if isinstance(inc, str) else (list(inc) if isinstance(inc, Array | list) else None)
+        if items is None or not all(isinstance(i, str) for i in items):
+            raise f.error("include: expected a file name or a list of them", ("include",))
+        if depth >= MAX_INCLUDE_DEPTH:
+            raise f.error(f"include: nested more than {MAX_INCLUDE_DEPTH} deep", ("include",))
+        base = Path(f.source).parent
+        for n, name in enumerate(items):
+            p = (base / str(name)).resolve()
+            where = ("include", n) if not isinstance(inc, str) else ("include",)
+            if str(p) in seen:
+                raise f.error(f"include: {name} is included twice (or includes itself)", where)
+            seen.add(str(p))
+            try:
+                text = self.overrides[str(p)] if str(p) in self.overrides else p.read_text(encoding="utf-8")
+            except OSError as e:
+                raise f.error(f"include: cannot read {p}: {e.strerror}", where) from None
+            child = _File(text, str(p))
+            self.files.append(child)
+            self._includes(child, depth + 1, seen)
+
+    def _sections(self) -> dict[str, list[_Part]]:
+        out: dict[str, list[_Part]] = {s: [] for s in SECTIONS}
+        for f in self.files:
+            for section in f.doc:
+                if section == "include":
+                    continue
+                if section not in SECTIONS:
+                    raise f.unknown_key(section, [*SECTIONS, "include"], (section,), "section")
+                table = f.doc[section]
+                if not isinstance(table, Table | InlineTable):
+                    raise f.error(f"[{section}] must be a table", (section,))
+                out[section].append(_Part(f, table))
+        return out
+
+    # -- sections ------------------------------------------------------------------------
     def load(self) -> Config:
-        try:
-            doc = tomlkit.parse(self.text)
-        except tomlkit.exceptions.ParseError as e:
-            line = getattr(e, "line", 0)
-            col = getattr(e, "col", 0) + 1  # tomlkit counts columns from 0
-            msg = str(e).split(" at line ")[0]
-            src = self.text.splitlines()[line - 1] if 0 < line <= len(self.text.splitlines()) else None
-            raise ConfigError(f"TOML syntax: {msg}", self.source, line, col, src) from None
-
-        for section in doc:
-            if section == "device":
-                continue
-            if section in SECTIONS:
-                if not isinstance(doc[section], Table | InlineTable):
-                    raise self.error(f"[{section}] must be a table", (section,))
-            elif section in NOT_YET:
-                raise self.error(f"section [{section}] is not supported yet by this version of daetui",
-                                 (section,), at_key=True, width=len(section) + 2)
-            else:
-                raise self.unknown_key(section, [*SECTIONS, "device", *NOT_YET], (section,), "section")
-
-        glob = self.section(doc, "global", GLOBAL)
-        routing = self.routing(doc)
-        warnings = []
+        seen = {str(self.path.resolve())} if self.path else set()
+        self._includes(self.main, 0, seen)
+        parts = self._sections()
+        glob = self._global(parts["global"])
+        nodes = self._tagged(parts["node"], "node", NODE_SCHEMES)
+        subs = self._tagged(parts["subscription"], "subscription", SUBSCRIPTION_SCHEMES)
+        groups = self._groups(parts["group"])
+        dns = self._dns(parts["dns"])
+        devices = self._devices(parts["device"])
+        if len(parts["routing"]) > 1:
+            other = parts["routing"][1].file
+            raise other.error(f"[routing] is in {parts['routing'][0].file.source} already: one file holds the rules",
+                              ("routing",), at_key=True)
+        routing_part = parts["routing"][0] if parts["routing"] else _Part(self.main, {})
+        routing = self._routing(routing_part, groups)
         if not glob.get("lan_interface"):
-            warnings.append("global.lan_interface is empty: no LAN traffic will be routed")
-        return Config(self.source, GlobalConfig(**glob), routing, self.devices(doc), tuple(warnings))
+            self.warnings.append("global.lan_interface is empty: no LAN traffic will be routed")
+        return Config(
+            source=self.main.source, global_=GlobalConfig(**glob), routing=routing, devices=devices, nodes=nodes,
+            subscriptions=subs, groups=groups, dns=dns, files=tuple(f.source for f in self.files),
+            routing_file=routing_part.file.source, text=self.main.text, warnings=tuple(self.warnings))
 
-    def devices(self, doc: Any) -> dict[str, str]:
-        """`[device]`: labels for LAN clients by MAC, shown by the console."""
-        if "device" not in doc:
-            return {}
-        table = doc["device"]
-        if not isinstance(table, Table | InlineTable):
-            raise self.error("[device] must be a table of \"aa:bb:cc:dd:ee:ff\" = \"label\"", ("device",))
-        out = {}
-        for mac, label in table.items():
-            norm = mac.lower().replace("-", ":")
-            if not _MAC.match(norm):
-                raise self.error(f"device {mac!r}: expected a MAC address such as \"02:00:5e:00:02:10\"",
-                                 ("device", mac), at_key=True, width=len(mac) + 2)
-            if not isinstance(label, str):
-                raise self.error(f"device {mac}: expected a label (a string)", ("device", mac))
-            out[norm] = str(label)
-        return out
-
-    def section(self, doc: Any, name: str, specs: dict[str, KeySpec]) -> dict[str, Any]:
-        table = doc.get(name, {})
+    def _global(self, parts: list[_Part]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in specs:
-                raise self.unknown_key(key, list(specs), (name, key), f"key in [{name}]:")
-            out[key] = self.typed(specs[key], value.unwrap() if hasattr(value, "unwrap") else value,
-                                  (name, key))
+        where: dict[str, str] = {}
+        for part in parts:
+            for key, value in part.table.items():
+                path = ("global", key)
+                if key in DAE_ONLY:
+                    self.warnings.append(f"{part.file.source}: global.{key} is ignored: {DAE_ONLY[key]}")
+                    continue
+                if key not in GLOBAL:
+                    raise part.file.unknown_key(key, list(GLOBAL), path, "key in [global]:")
+                if key in out:
+                    raise part.file.error(f"global.{key} is set in {where[key]} already", path, at_key=True)
+                out[key] = part.file.typed(GLOBAL[key], value, path)
+                where[key] = part.file.source
+        if out.get("tproxy_port_protect") is False:
+            self.warnings.append("global.tproxy_port_protect = false has no effect: daetui listens on loopback only")
         return out
 
-    def routing(self, doc: Any) -> RuleSet:
-        table = doc.get("routing", {})
+    def _tagged(self, parts: list[_Part], section: str, schemes: tuple[str, ...]) -> tuple[Tagged, ...]:
+        out: dict[str, Tagged] = {}
+        for part in parts:
+            for tag, link in part.table.items():
+                path = (section, tag)
+                if not _TAG.match(tag):
+                    raise part.file.error(f"{section} tag {tag!r}: letters, digits, _ . - @ only", path, at_key=True)
+                if tag in out:
+                    raise part.file.error(f"{section} {tag!r} is defined twice", path, at_key=True)
+                if not isinstance(link, str):
+                    raise part.file.error(f"{section}.{tag}: expected a link (a string)", path)
+                scheme = str(link).split("://", 1)[0].lower() if "://" in str(link) else ""
+                if scheme not in schemes:
+                    close = difflib.get_close_matches(scheme, schemes, n=1)
+                    hint = f" (did you mean {close[0]}://?)" if close else ""
+                    raise part.file.error(f"{section}.{tag}: expected a {'/'.join(schemes)} link{hint}", path)
+                out[tag] = Tagged(tag, str(link))
+        return tuple(out.values())
+
+    def _groups(self, parts: list[_Part]) -> tuple[GroupSpec, ...]:
+        out: dict[str, GroupSpec] = {}
+        for part in parts:
+            for name, table in part.table.items():
+                path = ("group", name)
+                if name in (DIRECT, BLOCK) or name.startswith("must_") or not re.match(r"^[A-Za-z_][\w\-]*$", name):
+                    raise part.file.error(f"group name {name!r}: a name of letters, digits, _ and -, not "
+                                          "direct, block or must_*", path, at_key=True)
+                if name in out:
+                    raise part.file.error(f"group {name!r} is defined twice", path, at_key=True)
+                if not isinstance(table, Table | InlineTable | dict):
+                    raise part.file.error(f"[group.{name}] must be a table (filter, policy)", path)
+                kw: dict[str, Any] = {}
+                for key, value in table.items():
+                    if key not in GROUP:
+                        raise part.file.unknown_key(key, list(GROUP), (*path, key), f"key in [group.{name}]:")
+                    kw["filters" if key == "filter" else key] = part.file.typed(GROUP[key], value, (*path, key))
+                out[name] = GroupSpec(name, **kw)
+        return tuple(out.values())
+
+    def _dns(self, parts: list[_Part]) -> DnsConfig:
+        kw: dict[str, Any] = {}
+        for part in parts:
+            for key, value in part.table.items():
+                path = ("dns", key)
+                if key not in DNS:
+                    raise part.file.unknown_key(key, list(DNS), path, "key in [dns]:")
+                if key in kw:
+                    raise part.file.error(f"dns.{key} is set twice", path, at_key=True)
+                kw[key] = part.file.typed(DNS[key], value, path)
+                if key in ("request", "response"):
+                    rules, fallback = self._dns_rules(part.file, key, kw[key], kw.get("upstream", {}))
+                    kw[key] = rules
+                    kw[f"{key}_fallback"] = fallback
+        for name, url in kw.get("upstream", {}).items():
+            if not isinstance(url, str) or "://" not in url:
+                raise parts[0].file.error(f"dns.upstream.{name}: expected scheme://host:port",
+                                          ("dns", "upstream", name))
+        return DnsConfig(**kw)
+
+    def _dns_rules(self, f: _File, key: str, rules: tuple[str, ...], upstreams: dict[str, str]
+                   ) -> tuple[tuple[str, ...], str]:
+        functions = DNS_REQUEST_FUNCTIONS if key == "request" else DNS_RESPONSE_FUNCTIONS
+        fallback = "asis" if key == "request" else "accept"
+        out = []
+        for i, text in enumerate(rules):
+            path = ("dns", key, i)
+            if text.strip().startswith("fallback:"):
+                if i != len(rules) - 1:
+                    raise f.error(f"dns.{key}: the fallback comes last", path)
+                fallback = text.split(":", 1)[1].strip()
+                continue
+            try:
+                parse_rule(text, functions)
+            except RuleError as e:
+                raise f.rule_error(e, path) from None
+            out.append(text)
+        return tuple(out), fallback
+
+    def _devices(self, parts: list[_Part]) -> dict[str, str]:
+        """`[device]`: labels for LAN clients by MAC, shown by the console."""
+        out: dict[str, str] = {}
+        for part in parts:
+            for mac, label in part.table.items():
+                norm = mac.lower().replace("-", ":")
+                if not _MAC.match(norm):
+                    raise part.file.error(f"device {mac!r}: expected a MAC address such as \"02:00:5e:00:02:10\"",
+                                          ("device", mac), at_key=True, width=len(mac) + 2)
+                if not isinstance(label, str):
+                    raise part.file.error(f"device {mac}: expected a label (a string)", ("device", mac))
+                out[norm] = str(label)
+        return out
+
+    def _routing(self, part: _Part, groups: tuple[GroupSpec, ...]) -> RuleSet:
+        f, table = part.file, part.table
         for key in table:
             if key not in ROUTING:
-                raise self.unknown_key(key, list(ROUTING), ("routing", key), "key in [routing]:")
+                raise f.unknown_key(key, list(ROUTING), ("routing", key), "key in [routing]:")
         raw_rules = table.get("rules", [])
         if not isinstance(raw_rules, Array | list):
-            raise self.error("routing.rules: expected a list of rules", ("routing", "rules"))
+            raise f.error("routing.rules: expected a list of rules", ("routing", "rules"))
+        declared = tuple(g.name for g in groups)
         entries: list[RuleEntry] = []
         seen: dict[str, int] = {}
         for i, item in enumerate(raw_rules):
@@ -184,39 +341,48 @@ class _Loader:
             elif isinstance(item, InlineTable | Table | dict):
                 for k in item:
                     if k not in RULE_TABLE_KEYS:
-                        raise self.unknown_key(k, list(RULE_TABLE_KEYS), (*path, k), "key in a rule table:")
+                        raise f.unknown_key(k, list(RULE_TABLE_KEYS), (*path, k), "key in a rule table:")
                 if "rule" not in item or not isinstance(item["rule"], str):
-                    raise self.error("a rule table needs rule = \"...\"", path)
+                    raise f.error("a rule table needs rule = \"...\"", path)
                 text = str(item["rule"])
                 text_path = (*path, "rule")
-                enabled = self.typed(KeySpec("bool", True, ""), item.get("enabled", True), (*path, "enabled"))
+                enabled = f.typed(KeySpec("bool", True, ""), item.get("enabled", True), (*path, "enabled"))
                 if "name" in item:
-                    name = self.typed(KeySpec("str", "", ""), item["name"], (*path, "name"))
+                    name = f.typed(KeySpec("str", "", ""), item["name"], (*path, "name"))
             else:
-                raise self.error("a rule is a string or a table { rule = \"...\", enabled = false }", path)
+                raise f.error("a rule is a string or a table { rule = \"...\", enabled = false }", path)
             try:
                 rule = parse_rule(text)
                 checked = check_rule(rule)
             except RuleError as e:
-                raise self.rule_error(e, text_path) from None
+                raise f.rule_error(e, text_path) from None
+            target = rule.outbound.target
+            if target not in (DIRECT, BLOCK) and target not in declared:
+                at = max(0, text.rfind(rule.outbound.name))
+                raise f.rule_error(RuleError(_no_group(target, declared), at, at + len(rule.outbound.name)),
+                                   text_path)
             entries.append(RuleEntry(i, rule, checked, enabled, name, rule_id(rule, name, seen)))
         fallback = table.get("fallback", ROUTING["fallback"].default)
         if not isinstance(fallback, str):
-            raise self.error("routing.fallback: expected an outbound name", ("routing", "fallback"))
+            raise f.error("routing.fallback: expected an outbound name", ("routing", "fallback"))
         try:
             fallback = parse_outbound_name(str(fallback))
         except RuleError as e:
-            raise self.rule_error(e, ("routing", "fallback")) from None
+            raise f.rule_error(e, ("routing", "fallback")) from None
         if fallback.startswith("must_"):
-            raise self.error("routing.fallback: a fallback cannot be must_*", ("routing", "fallback"))
-        return RuleSet(tuple(entries), fallback, groups_of(entries, fallback))
+            raise f.error("routing.fallback: a fallback cannot be must_*", ("routing", "fallback"))
+        if fallback not in (DIRECT, BLOCK) and fallback not in declared:
+            raise f.error(f"routing.fallback: {_no_group(fallback, declared)}", ("routing", "fallback"))
+        return RuleSet(tuple(entries), fallback, groups_of(entries, fallback, declared))
 
-    def rule_error(self, e: RuleError, path: Path_) -> ConfigError:
-        start = self.index.values.get(tuple(path))
-        if start is None:
-            return self.error(str(e), path)
-        offset = self.index.char_offset(start, e.start)
-        return self.error(str(e), path, offset=offset, width=e.end - e.start)
+
+def _no_group(name: str, declared: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+    if close:
+        return f"no group named {name!r}; did you mean {close[0]!r}?"
+    if declared:
+        return f"no group named {name!r}; the groups are {', '.join(declared)} (or direct, block)"
+    return f"no group named {name!r}; declare it with a [group.{name}] table (or use direct, block)"
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -224,19 +390,30 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return _Loader(text, source).load()
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and check a config file."""
+def load_config(path: str | os.PathLike[str], overrides: dict[str, str] | None = None) -> Config:
+    """Read and check a config file and the files it includes.
+
+    `overrides` maps resolved file paths to text to use instead of the file's
+    (to check an edit before writing it).
+    """
     p = Path(path)
+    overrides = overrides or {}
     try:
-        text = p.read_text(encoding="utf-8")
+        text = overrides.get(str(p.resolve())) or p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror}", str(p)) from None
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", str(p)) from None
-    cfg = _Loader(text, str(p)).load()
-    mode = p.stat().st_mode
-    holds_secrets = any(s in tomlkit.parse(text) for s in SECRET_SECTIONS)
-    if holds_secrets and mode & (stat.S_IROTH | stat.S_IWOTH):
-        extra = f"{p} is readable by every user; it may hold proxy passwords (chmod 600 {p})"
-        cfg = dataclasses.replace(cfg, warnings=(*cfg.warnings, extra))
+    loader = _Loader(text, str(p), p, overrides)
+    cfg = loader.load()
+    for f in loader.files:
+        holds_secrets = any(s in f.doc for s in SECRET_SECTIONS)
+        try:
+            mode = os.stat(f.source).st_mode
+        except OSError:
+            continue
+        if holds_secrets and mode & (stat.S_IROTH | stat.S_IWOTH):
+            cfg = dataclasses.replace(cfg, warnings=(
+                *cfg.warnings, f"{f.source} is readable by every user; it holds proxy links with passwords "
+                               f"(chmod 600 {f.source})"))
     return cfg

@@ -23,6 +23,7 @@ class SourceIndex:
     def __init__(self, text: str) -> None:
         self.text = text
         self.values: dict[Path_, int] = {}
+        self.ends: dict[Path_, int] = {}      # where each value's text ends (exclusive)
         self.keys: dict[Path_, int] = {}
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         try:
@@ -150,6 +151,11 @@ class SourceIndex:
                 i = self._value(self._skip_blank(i + 1, newlines=False), full)
 
     def _value(self, i: int, path: Path_) -> int:
+        end = self._value_end(i, path)
+        self.ends[path] = end
+        return end
+
+    def _value_end(self, i: int, path: Path_) -> int:
         t = self.text
         self.values[path] = i
         for q in ('"""', "'''"):
@@ -196,4 +202,7 @@ class SourceIndex:
                     i += 1
         m = re.compile(r"[^,\]}\n#]*").match(t, i)
         assert m is not None
-        return m.end()
+        end = m.end()
+        while end > i and t[end - 1] in " \t\r":  # a bare value ends before the spaces after it
+            end -= 1
+        return end

@@ -1,27 +1,50 @@
 """The keys a config file may hold, their types and defaults.
 
-dae's option names and defaults where dae has the option. A key not listed
-here is an error with a "did you mean".
+dae's option names and defaults where dae has the option (daetui's own
+defaults differ where noted). A key not listed here is an error with a
+"did you mean"; dae's options that mean nothing for daetui are accepted
+with a warning, so that a converted dae config loads.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
+DIAL_MODES = ("ip", "domain", "domain+", "domain++")
+HTTP_METHODS = ("HEAD", "GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH")
+GROUP_POLICY = re.compile(r"^(random|min|min_avg10|min_moving_avg|fixed\(\d+\))$")
+NODE_SCHEMES = ("ss", "ssr", "socks5", "socks4", "socks4a", "http", "https", "trojan", "trojan-go", "vless",
+                "vmess", "tuic", "hysteria2", "juicity")
+SUBSCRIPTION_SCHEMES = ("http", "https", "file")
 
 # Bits daetui uses for itself; so_mark_from_dae must stay clear of the first.
 TPROXY_MARK = 0x2000000          # packets for the control plane (policy routing -> local)
-DEFAULT_SO_MARK = 0x4000000      # daetui's own outgoing sockets
+DEFAULT_SO_MARK = 0x4000000      # daetui's own outgoing sockets (dae's default is 0)
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float:
+    """dae's (Go's) durations: "30s", "100ms", "1m30s", "0". Seconds as a float; ValueError if not one."""
+    text = text.strip()
+    if text in ("0", ""):
+        return 0.0
+    if not _DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration; expected e.g. 30s, 100ms, 1m30s")
+    return sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
 
 
 @dataclass(frozen=True)
 class KeySpec:
-    """One key: its TOML type, default and a check of its value."""
+    """One key: its type, default and a check of its value."""
 
-    type: str                              # "int" | "bool" | "str" | "strlist"
+    type: str                  # "int" | "bool" | "str" | "strlist" | "duration"
     default: Any
     doc: str
     check: Callable[[Any], str | None] | None = None   # returns an error message
@@ -39,26 +62,61 @@ def _mark(v: int) -> str | None:
     return None
 
 
-def _level(v: str) -> str | None:
-    return None if v in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}"
+def _one_of(values: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in values else f"expected one of {', '.join(values)}"
+    return check
 
 
-def _ifnames(v: list[str]) -> str | None:
-    for name in v:
-        if not name or len(name) > 15 or "/" in name or name.strip() != name:
-            return f"{name!r} is not an interface name"
-    return None
+def _ifnames(allow_auto: bool) -> Callable[[tuple[str, ...]], str | None]:
+    def check(v: tuple[str, ...]) -> str | None:
+        for name in v:
+            if allow_auto and name == "auto":
+                continue
+            if not name or len(name) > 15 or "/" in name or name.strip() != name:
+                return f"{name!r} is not an interface name"
+        return None
+    return check
+
+
+def _nonneg(v: float) -> str | None:
+    return None if v >= 0 else "expected a duration of zero or more"
 
 
 GLOBAL: dict[str, KeySpec] = {
-    "lan_interface": KeySpec("strlist", (), "LAN interfaces to bind lan_ingress/lan_egress to", _ifnames),
-    "wan_interface": KeySpec("strlist", (), "WAN interfaces (the router's own traffic; not bound yet)",
-                             _ifnames),
+    "lan_interface": KeySpec("strlist", (), "LAN interfaces to bind lan_ingress/lan_egress to", _ifnames(False)),
+    "wan_interface": KeySpec("strlist", (), "WAN interfaces, or auto (the router's own traffic: not steered yet)",
+                             _ifnames(True)),
     "tproxy_port": KeySpec("int", 12345, "port of the transparent listeners (loopback only)", _port),
+    "tproxy_port_protect": KeySpec("bool", True, "daetui's listeners are on loopback: always protected"),
     "so_mark_from_dae": KeySpec("int", DEFAULT_SO_MARK, "SO_MARK of daetui's own outgoing sockets", _mark),
-    "log_level": KeySpec("str", "info", "error, warn, info, debug or trace", _level),
+    "log_level": KeySpec("str", "info", "error, warn, info, debug or trace", _one_of(LOG_LEVELS)),
     "auto_config_kernel_parameter": KeySpec("bool", True, "enable forwarding and turn off send_redirects"),
     "fail_open": KeySpec("bool", True, "pass flows as direct while the control plane is down"),
+    "dial_mode": KeySpec("str", "domain", "ip, domain, domain+ or domain++ (as dae)", _one_of(DIAL_MODES)),
+    "sniffing_timeout": KeySpec("duration", 0.1, "how long to wait for the first bytes to sniff a name", _nonneg),
+    "check_interval": KeySpec("duration", 30.0, "health check interval of nodes", _nonneg),
+    "check_tolerance": KeySpec("duration", 0.0, "switch node only when it is this much faster", _nonneg),
+    "tcp_check_url": KeySpec("strlist", ("http://cp.cloudflare.com", "1.1.1.1", "2606:4700:4700::1111"),
+                             "URL (and its IPs) fetched through a node to check it"),
+    "tcp_check_http_method": KeySpec("str", "HEAD", "HTTP method of the TCP check", _one_of(HTTP_METHODS)),
+    "udp_check_dns": KeySpec("strlist", ("dns.google.com:53", "8.8.8.8", "2001:4860:4860::8888"),
+                             "DNS server (and its IPs) queried through a node to check UDP"),
+    "allow_insecure": KeySpec("bool", False, "accept invalid TLS certificates of nodes"),
+    "disable_waiting_network": KeySpec("bool", False, "do not wait for the network before fetching subscriptions"),
+    "fallback_resolver": KeySpec("str", "8.8.8.8:53", "resolver for the names of nodes and subscriptions"),
+    "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)", _nonneg),
+}
+
+# dae options with no meaning for daetui: accepted, with a warning saying why.
+DAE_ONLY: dict[str, str] = {
+    "pprof_port": "daetui has no pprof",
+    "tls_implementation": "daetui uses Python's TLS",
+    "utls_imitate": "daetui has no uTLS",
+    "mptcp": "daetui does not dial with MPTCP",
+    "bandwidth_max_tx": "daetui has no hysteria2 bandwidth settings",
+    "bandwidth_max_rx": "daetui has no hysteria2 bandwidth settings",
+    "enable_local_tcp_fast_redirect": "daetui has no local TCP fast redirect",
 }
 
 ROUTING: dict[str, KeySpec] = {
@@ -66,4 +124,21 @@ ROUTING: dict[str, KeySpec] = {
     "fallback": KeySpec("str", "direct", "outbound for flows no rule matches"),
 }
 
-SECTIONS: dict[str, dict[str, KeySpec]] = {"global": GLOBAL, "routing": ROUTING}
+GROUP: dict[str, KeySpec] = {
+    "filter": KeySpec("strlist", (), "which nodes: name(...)/subtag(...) expressions, OR-ed"),
+    "policy": KeySpec("str", "min_moving_avg", "random, fixed(N), min, min_avg10 or min_moving_avg",
+                      lambda v: None if GROUP_POLICY.match(v) else
+                      "expected random, fixed(N), min, min_avg10 or min_moving_avg"),
+}
+
+DNS: dict[str, KeySpec] = {
+    "upstream": KeySpec("table", {}, "name = \"scheme://host:port\""),
+    "request": KeySpec("rulelist", (), "request routing rules, last \"fallback: X\""),
+    "response": KeySpec("rulelist", (), "response routing rules, last \"fallback: X\""),
+    "ipversion_prefer": KeySpec("int", 0, "0 (both), 4 or 6",
+                                lambda v: None if v in (0, 4, 6) else "expected 0, 4 or 6"),
+    "fixed_domain_ttl": KeySpec("table", {}, "domain = seconds"),
+    "bind": KeySpec("str", "", "also serve DNS on this address:port"),
+}
+
+SECTIONS = ("global", "node", "subscription", "group", "dns", "routing", "device")

@@ -108,6 +108,22 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     )
 }
 
+# The functions of DNS rules (request: qname, qtype; response: those and ip, upstream).
+# Their values are checked for syntax here; the DNS controller gives them meaning.
+DNS_REQUEST_FUNCTIONS: dict[str, FunctionSpec] = {
+    s.name: s
+    for s in (
+        FunctionSpec("qname", _text, frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext"}),
+                     kernel=False, expects="domains"),
+        FunctionSpec("qtype", _text, kernel=False, expects="query types (a, aaaa, cname, ... or numbers)"),
+    )
+}
+DNS_RESPONSE_FUNCTIONS: dict[str, FunctionSpec] = {
+    **DNS_REQUEST_FUNCTIONS,
+    "ip": FunctionSpec("ip", _ip, frozenset({"geoip", "ext"}), kernel=False, expects="IP addresses"),
+    "upstream": FunctionSpec("upstream", _text, kernel=False, expects="upstream names"),
+}
+
 # dae's other spellings.
 ALIASES = {"ip": "dip", "port": "dport"}
 
@@ -115,8 +131,10 @@ OUTBOUND_KEYS = frozenset({"mark"})
 RESERVED_OUTBOUNDS = ("direct", "block", "must_rules")
 
 
-def lookup(name: str) -> FunctionSpec | None:
-    """The spec of a function by any of its names."""
+def lookup(name: str, table: dict[str, FunctionSpec] | None = None) -> FunctionSpec | None:
+    """The spec of a function by any of its names (routing's functions unless `table` is given)."""
+    if table is not None:
+        return table.get(name)
     return FUNCTIONS.get(ALIASES.get(name, name))
 
 

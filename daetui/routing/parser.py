@@ -18,7 +18,7 @@ import difflib
 import re
 
 from daetui.routing.errors import RuleError
-from daetui.routing.functions import ALIASES, FUNCTIONS, OUTBOUND_KEYS, lookup
+from daetui.routing.functions import ALIASES, FUNCTIONS, OUTBOUND_KEYS, FunctionSpec, lookup
 from daetui.routing.rule import Condition, Outbound, Param, Rule
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
@@ -141,8 +141,12 @@ def _param(raw: str, offset: int, keys: frozenset[str], where: str) -> Param:
     return Param(value=value, key=key, start=start, end=end, value_start=value_start)
 
 
-def parse_rule(text: str) -> Rule:
-    """Parse one rule, e.g. `dip(10.0.0.0/8) && !dport(53) -> direct`."""
+def parse_rule(text: str, functions: dict[str, FunctionSpec] | None = None) -> Rule:
+    """Parse one rule, e.g. `dip(10.0.0.0/8) && !dport(53) -> direct`.
+
+    `functions` names another language's functions (the DNS rules'); by default
+    routing's.
+    """
     cur = _Cursor(text)
     if cur.at_end():
         raise RuleError("empty rule; expected e.g. `dport(443) -> proxy`", 0)
@@ -154,12 +158,14 @@ def parse_rule(text: str) -> Rule:
         if cur.peek("!"):
             cur.pos += 1
             negate = True
-        name, name_pos = cur.name("a function name such as dip, dport or l4proto")
-        spec = lookup(name)
+        name, name_pos = cur.name("a function name such as dip, dport or l4proto" if functions is None
+                                  else f"a function name ({', '.join(functions)})")
+        spec = lookup(name, functions)
         if spec is None:
-            known = [*FUNCTIONS, *ALIASES]
+            known = [*FUNCTIONS, *ALIASES] if functions is None else list(functions)
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(FUNCTIONS)}"
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"expected one of {', '.join(FUNCTIONS if functions is None else functions)}"
             raise RuleError(f"unknown function {name!r}; {hint}", name_pos, name_pos + len(name))
         cur.expect("(", f"'(' after {name}")
         params = tuple(_param(raw, off, spec.keys, f"{name}()") for raw, off in _split_params(cur))

@@ -38,7 +38,10 @@ class Param:
 
     def __str__(self) -> str:
         v = format_value(self.value)
-        return f"{self.key}: {v}" if self.key else v
+        if not self.key:
+            return v
+        # dae's idiom: tag references glued (geosite:cn), the rest spaced (suffix: a.com).
+        return f"{self.key}:{v}" if self.key in ("geosite", "geoip", "ext") else f"{self.key}: {v}"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ CONFIG = """
 lan_interface = ["lan0"]
 tproxy_port = 12345
 
+[group.proxy]
+# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
+
 [routing]
 rules = [
   "dip(203.0.113.10, '2001:db8:3::10') -> proxy",

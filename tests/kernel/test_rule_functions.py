@@ -20,6 +20,19 @@ CONFIG = f"""
 [global]
 lan_interface = ["lan0"]
 
+[group.g_sport]
+[group.g_mac]
+[group.g_notmac]
+[group.g_v6]
+[group.g_v4udp]
+[group.g_notudp]
+[group.g_sip]
+[group.g_notsip]
+[group.g_dip]
+[group.g_range]
+[group.g_sport2]
+[group.g_disabled]
+
 [routing]
 rules = [
   "dport(40100) && sport(50100-50110) -> g_sport",

@@ -36,6 +36,9 @@ lan_interface = ["lan0", "lan1"]
 [device]
 "{LAN_MAC}" = "lab-laptop"
 
+[group.proxy]
+# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
+
 [routing]
 rules = [
   "dip(224.0.0.0/3, 'ff00::/8') -> direct",

@@ -30,6 +30,9 @@ lan_interface = ["lan0", "lan9"]
 [device]
 "02:00:5e:00:02:10" = "lab-laptop"
 
+[group.proxy]
+# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
+
 [routing]
 rules = [
   "dip(203.0.113.10, '2001:db8:3::10') -> proxy",

@@ -14,7 +14,9 @@ from daetui.routing.matcher import FlowFacts, decide
 
 def ruleset(*rules: str, fallback: str = "direct"):
     body = ", ".join(repr(r) for r in rules)
-    return parse_config(f"[routing]\nrules = [{body}]\nfallback = '{fallback}'\n").routing
+    names = {r.rsplit("->", 1)[1].strip().split("(")[0].removeprefix("must_") for r in rules} | {fallback}
+    groups = "".join(f"[group.{n}]\n" for n in sorted(names - {"direct", "block"}))
+    return parse_config(f"{groups}[routing]\nrules = [{body}]\nfallback = '{fallback}'\n").routing
 
 
 def test_layout_or_and_not():

@@ -15,6 +15,9 @@ GOOD = """\
 lan_interface = "br-lan, eth1"   # dae's comma form
 tproxy_port = 12346
 
+[group.proxy]
+policy = "min"
+
 [routing]
 rules = [
   'dip(224.0.0.0/3, "ff00::/8") -> direct',
@@ -39,6 +42,72 @@ def test_good_config():
     assert cfg.routing.outbound_ids() == {"direct": 0, "block": 1, "proxy": 2}
 
 
+def test_sections_durations_and_dae_options():
+    text = """
+[global]
+check_interval = "1m30s"
+sniffing_timeout = "150ms"
+dial_mode = "domain++"
+tcp_check_url = "http://cp.cloudflare.com,1.1.1.1"
+pprof_port = 0
+
+[node]
+hk1 = "ss://YWVzLTEyOC1nY206cGFzcw@198.51.100.7:8388#hk1"
+"us-2" = "trojan://secret@203.0.113.5:443"
+
+[subscription]
+mine = "https://example.com/sub"
+
+[group.proxy]
+filter = ["name(keyword: hk)", "subtag(mine)"]
+policy = "fixed(0)"
+
+[dns]
+upstream = { local = "udp://192.0.2.53:53", remote = "tcp+udp://198.51.100.53:53" }
+request = ["qname(geosite:cn) -> local", "fallback: remote"]
+response = ["upstream(remote) -> accept", "!qname(suffix: cn) && ip(10.0.0.0/8) -> remote", "fallback: accept"]
+ipversion_prefer = 4
+fixed_domain_ttl = { "ddns.example.org" = 10 }
+
+[routing]
+rules = ["dport(443) -> proxy"]
+fallback = "direct"
+"""
+    cfg = parse_config(text, "c.toml")
+    g = cfg.global_
+    assert (g.check_interval, g.sniffing_timeout, g.dial_mode) == (90.0, 0.15, "domain++")
+    assert g.tcp_check_url == ("http://cp.cloudflare.com", "1.1.1.1")
+    assert any("pprof_port is ignored" in w for w in cfg.warnings)
+    assert [(n.tag, n.link.split(":")[0]) for n in cfg.nodes] == [("hk1", "ss"), ("us-2", "trojan")]
+    assert cfg.subscriptions[0].tag == "mine"
+    assert cfg.groups[0].filters == ("name(keyword: hk)", "subtag(mine)") and cfg.groups[0].policy == "fixed(0)"
+    assert cfg.dns.upstream["remote"].startswith("tcp+udp://")
+    assert cfg.dns.request == ("qname(geosite:cn) -> local",) and cfg.dns.request_fallback == "remote"
+    assert cfg.dns.response_fallback == "accept" and cfg.dns.fixed_domain_ttl == {"ddns.example.org": 10}
+    assert cfg.routing.groups == ("proxy",)
+
+
+def test_include_merges_sections_and_errors_name_the_included_file(tmp_path):
+    (tmp_path / "nodes.toml").write_text('[node]\nhk = "ss://x@198.51.100.7:1"\n\n[group.proxy]\n')
+    main = tmp_path / "main.toml"
+    main.write_text('include = ["nodes.toml"]\n[global]\nlan_interface = ["lan0"]\n\n'
+                    '[routing]\nrules = ["dport(1) -> proxy"]\n')
+    cfg = load_config(main)
+    assert [n.tag for n in cfg.nodes] == ["hk"] and cfg.routing_file == str(main)
+    assert len(cfg.files) == 2
+    (tmp_path / "nodes.toml").write_text('[node]\nhk = "sss://x"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(main)
+    assert e.value.file == str((tmp_path / "nodes.toml").resolve()) and e.value.line == 2
+    assert "did you mean ss://" in e.value.message
+    (tmp_path / "nodes.toml").write_text('[global]\nlan_interface = ["lan1"]\n')
+    with pytest.raises(ConfigError, match=r"set in .*main\.toml already"):
+        load_config(main)
+    (tmp_path / "nodes.toml").write_text('include = ["main.toml"]\n')
+    with pytest.raises(ConfigError, match="included twice"):
+        load_config(main)
+
+
 def test_rule_ids_are_stable_and_distinct():
     text = '[routing]\nrules = ["dport(1) -> direct", "dport(1) -> direct", "dport(2) -> direct"]\n'
     a = [x.id for x in parse_config(text).routing.entries]
@@ -60,7 +129,6 @@ def err(text: str) -> ConfigError:
     ("[global]\nlog_level = 'loud'\n", 2, 13, "expected one of error"),
     ("[global]\nso_mark_from_dae = 0x2000000\n", 2, 20, "must not use bit"),
     ("[globl]\n", 1, 1, "did you mean 'global'"),
-    ("[dns]\n", 1, 1, "not supported yet"),
     ("[routing]\nrules = [\n  'dport(80) -> direct',\n  \"dport(8x) -> direct\",\n]\n", 4, 10, "not a port"),
     ("[routing]\nrules = [{ rule = 'dprt(1) -> direct' }]\n", 2, 20, "did you mean 'dport'"),
     ("[routing]\nrules = [{ rul = 'dport(1) -> direct' }]\n", 2, 12, "did you mean 'rule'"),
@@ -68,6 +136,15 @@ def err(text: str) -> ConfigError:
      "rules.rule #1.enabled: expected true or false"),
     ("[routing]\nrules = [1]\n", 2, 10, "a rule is a string or a table"),
     ("[routing]\nfallback = 'must_x'\n", 2, 12, "cannot be must_"),
+    ("[routing]\nrules = ['dport(1) -> porxy']\n[group.proxy]\n", 2, 23, "did you mean 'proxy'"),
+    ("[routing]\nfallback = 'proxy'\n", 2, 12, "declare it with a [group.proxy] table"),
+    ("[global]\ncheck_interval = '30 s'\n", 2, 18, "not a duration"),
+    ("[global]\ndial_mode = 'domain+++'\n", 2, 13, "expected one of ip, domain"),
+    ("[node]\na = 1\n", 2, 5, "expected a link"),
+    ("[group.direct]\n", 1, 1, "not direct, block or must_"),
+    ("[group.g]\npolicy = 'fastest'\n", 2, 10, "expected random, fixed(N)"),
+    ("[dns]\nrequest = ['qnam(a) -> x']\n", 2, 13, "did you mean 'qname'"),
+    ("[dns]\nrequest = ['fallback: a', 'qname(a) -> x']\n", 2, 12, "the fallback comes last"),
     ("[routing]\nfallback = 'a b'\n", 2, 15, "expected only an outbound name"),
     # \t is one character in the rule but two in the file: the column still lands on the error.
     ('[routing]\nrules = ["dport(1)\\t&& dport(x) -> direct"]\n', 2, 30, "not a port"),

@@ -1,0 +1,82 @@
+"""A config, checked: the dataclasses the rest of daetui reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from daetui.config.schema import DEFAULT_SO_MARK
+from daetui.routing.ruleset import RuleSet
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    """The `[global]` section (durations in seconds)."""
+
+    lan_interface: tuple[str, ...] = ()
+    wan_interface: tuple[str, ...] = ()
+    tproxy_port: int = 12345
+    tproxy_port_protect: bool = True
+    so_mark_from_dae: int = DEFAULT_SO_MARK
+    log_level: str = "info"
+    auto_config_kernel_parameter: bool = True
+    fail_open: bool = True
+    dial_mode: str = "domain"
+    sniffing_timeout: float = 0.1
+    check_interval: float = 30.0
+    check_tolerance: float = 0.0
+    tcp_check_url: tuple[str, ...] = ("http://cp.cloudflare.com", "1.1.1.1", "2606:4700:4700::1111")
+    tcp_check_http_method: str = "HEAD"
+    udp_check_dns: tuple[str, ...] = ("dns.google.com:53", "8.8.8.8", "2001:4860:4860::8888")
+    allow_insecure: bool = False
+    disable_waiting_network: bool = False
+    fallback_resolver: str = "8.8.8.8:53"
+    udp_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A node or subscription: its tag and its link."""
+
+    tag: str
+    link: str
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """`[group.NAME]`: which nodes, and how to pick one."""
+
+    name: str
+    filters: tuple[str, ...] = ()
+    policy: str = "min_moving_avg"
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """`[dns]` (its rules are checked for syntax here; the DNS controller gives them meaning)."""
+
+    upstream: dict[str, str] = field(default_factory=dict)
+    request: tuple[str, ...] = ()
+    request_fallback: str = "asis"
+    response: tuple[str, ...] = ()
+    response_fallback: str = "accept"
+    ipversion_prefer: int = 0
+    fixed_domain_ttl: dict[str, int] = field(default_factory=dict)
+    bind: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole config, checked."""
+
+    source: str
+    global_: GlobalConfig
+    routing: RuleSet
+    devices: dict[str, str] = field(default_factory=dict)      # MAC (aa:bb:..) -> label
+    nodes: tuple[Tagged, ...] = ()
+    subscriptions: tuple[Tagged, ...] = ()
+    groups: tuple[GroupSpec, ...] = ()
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    files: tuple[str, ...] = ()            # the main file and every included one
+    routing_file: str = ""                 # the file that holds [routing] (where rule edits go)
+    text: str = field(default="", compare=False, repr=False)   # the main file's text as read
+    warnings: tuple[str, ...] = field(default=(), compare=False)
