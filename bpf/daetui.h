@@ -24,6 +24,12 @@
 #ifndef MAX_INTERFACES
 #define MAX_INTERFACES 256
 #endif
+#ifndef MAX_DOMAIN_IPS
+#define MAX_DOMAIN_IPS 65536    /* domain_routing (LRU): addresses with a known name */
+#endif
+/* Domain functions per generation: one bit each in domain_routing's bitmaps. */
+#define MAX_DOMAIN_FUNCTIONS 256
+#define DOMAIN_WORDS 4
 /* Match sets evaluated per program before tail-calling the next chunk. The
  * verifier explores each branch of every iteration, so a chunk must stay well
  * below its 8192 pending-jump limit; 16 chunks cover 4096 match sets. */
@@ -35,6 +41,14 @@
 #define OUTBOUND_DIRECT 0
 #define OUTBOUND_BLOCK 1
 #define OUTBOUND_FIRST_GROUP 2
+/* A rule whose outbound is must_rules: when it matches, the flow is "must"
+ * (its DNS is not hijacked) and matching goes on with the next rule. */
+#define OUTBOUND_MUST_RULES 253
+/* The decision depends on a name the kernel does not know (a domain function
+ * on an address with no domain_routing entry): the control plane sniffs the
+ * name and decides, from rule_index on. */
+#define OUTBOUND_USERSPACE 254
+#define MAX_GROUPS 251
 
 /* rule_index of a decision taken by the fallback. */
 #define RULE_FALLBACK 65535
@@ -47,6 +61,11 @@
 #define MATCH_L4PROTO 5
 #define MATCH_IPVERSION 6
 #define MATCH_MAC 7
+#define MATCH_DSCP 8
+#define MATCH_IFACE_LAN 9   /* the LAN interface the flow came in on */
+#define MATCH_IFACE_WAN 10  /* the interface the router would send it out of (FIB lookup) */
+#define MATCH_DOMAIN 11     /* bit domain_bit of domain_routing[dip] */
+#define MATCH_NEVER 12      /* pname() on a LAN flow: it has no local process */
 
 /* match_set.flags */
 #define MS_FUNC_END 1   /* last value of a function: the function's verdict is known */
@@ -63,6 +82,7 @@
 #define FLOW_TCP_RST 2
 #define FLOW_ASSIGNED 4    /* handed to the control plane at least once */
 #define FLOW_FAIL_OPEN 8   /* wanted the control plane, found no listener, passed */
+#define FLOW_MUST 16       /* a must_* outbound or must_rules matched: DNS is not hijacked */
 
 /* Keys of the listeners sockmap. */
 #define LISTENER_TCP4 0
@@ -88,7 +108,8 @@
 #define CNT_ASSIGN_ERROR 13
 #define CNT_CHUNK_LIMIT 14    /* ran out of tail calls: fallback used */
 #define CNT_EGRESS_PACKETS 15
-#define N_COUNTERS 16
+#define CNT_UNDECIDED 16      /* flows whose rules need a name the kernel does not know */
+#define N_COUNTERS 17
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL
@@ -135,11 +156,26 @@ struct match_set {
     __u16 port_lo;
     __u16 port_hi;
     __u8 mask;            /* L4_* or IPV_* bits */
-    __u8 pad;
+    __u8 must;            /* on the MS_RULE_END entry: a must_* outbound */
     __u8 mac[6];
-    __u16 pad2;
+    __u8 dscp;
+    __u8 pad;
     __u32 ip_set;         /* ip_sets id of a DIP/SIP function */
     __u32 mark;           /* on the MS_RULE_END entry: mark to set */
+    __u32 ifindex;        /* IFACE_LAN / IFACE_WAN */
+    __u16 domain_bit;     /* DOMAIN */
+    __u16 pad3;
+};
+
+/* An address and what its name matched: bit i of bits[generation] is set when
+ * the address's name matches domain function i of that generation's rules.
+ * Written by the control plane (the DNS controller) before it answers a client. */
+struct ip_key {
+    __u8 addr[16];        /* IPv4 v4-mapped */
+};
+
+struct domain_entry {
+    __u64 bits[GENERATIONS][DOMAIN_WORDS];
 };
 
 /* Key of the ip set trie: the first 32 bits of the prefix are the set id
@@ -190,7 +226,12 @@ struct route_state {
     __u32 n;              /* match sets in the generation */
     __u8 good;            /* the current function has matched */
     __u8 gen;
-    __u8 pad[2];
+    __u8 dscp;
+    __u8 must;            /* a must_rules rule matched on the way */
+    __u8 undecided;       /* a domain function met an address with no known name */
+    __u8 pad[3];
+    __u32 wan_ifindex;    /* the FIB's answer, once asked: 0 not yet, ~0 none */
+    struct bpf_fib_lookup fib;
 };
 
 BPF_TABLE("lru_hash", struct tuple_key, struct flow, routing_tuples, MAX_FLOWS);
@@ -202,6 +243,7 @@ BPF_PERCPU_ARRAY(rule_stats, struct rule_stat, GENERATIONS * (MAX_RULES + 1));
 BPF_PERCPU_ARRAY(counters, __u64, N_COUNTERS);
 BPF_PERCPU_HASH(if_stats, __u32, struct if_stat, MAX_INTERFACES);
 BPF_PERCPU_ARRAY(scratch, struct route_state, 1);
+BPF_TABLE("lru_hash", struct ip_key, struct domain_entry, domain_routing, MAX_DOMAIN_IPS);
 BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
 BPF_PROG_ARRAY(route_progs, 1);
 

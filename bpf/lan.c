@@ -73,7 +73,7 @@ static __always_inline void if_count(__u32 ifindex, __u32 len, int egress)
 /* Parse Ethernet, IPv4/IPv6 and the TCP/UDP ports into key. Counts and
  * returns NOT_OURS for anything that is to pass untouched. */
 static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, __u8 *mac,
-                                 __u8 *ipversion, __u8 *tcp_flags, int egress)
+                                 __u8 *ipversion, __u8 *tcp_flags, __u8 *dscp, int egress)
 {
     struct ethhdr eth;
     __u32 off = sizeof(struct ethhdr);
@@ -109,6 +109,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, _
         proto = ip.protocol;
         off += ip.ihl * 4;
         *ipversion = 4;
+        *dscp = ip.tos >> 2;
     } else if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr ip6;
         if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
@@ -118,6 +119,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, _
         proto = ip6.nexthdr;
         off += sizeof(ip6);
         *ipversion = 6;
+        *dscp = (((__u8)ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
         /* Follow hop-by-hop, routing and destination options headers. */
 #pragma unroll
         for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
@@ -244,7 +246,7 @@ static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u
 
 /* Record a new flow's decision, count it, and carry it out. */
 static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, __u8 outbound,
-                                  __u16 rule_index, __u32 mark)
+                                  __u16 rule_index, __u32 mark, __u8 must)
 {
     __u64 now = bpf_ktime_get_ns();
     struct flow f = {};
@@ -261,6 +263,8 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     __builtin_memcpy(f.mac, s->mac, 6);
     if (outbound >= OUTBOUND_FIRST_GROUP)
         f.flags = FLOW_ASSIGNED;
+    if (must || s->must)
+        f.flags |= FLOW_MUST;
     routing_tuples.update(&s->key, &f);
 
     __u32 ri = rule_index == RULE_FALLBACK ? MAX_RULES : rule_index;
@@ -277,6 +281,8 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         count(CNT_DECIDED_DIRECT);
     else if (outbound == OUTBOUND_BLOCK)
         count(CNT_DECIDED_BLOCK);
+    else if (outbound == OUTBOUND_USERSPACE)
+        count(CNT_UNDECIDED);
     else
         count(CNT_DECIDED_GROUP);
     return act(skb, s, outbound, mark);
@@ -288,7 +294,7 @@ static __always_inline int decide_fallback(struct __sk_buff *skb, struct route_s
     struct gen_params *gp = gen_params.lookup(&g);
     if (!gp)
         return TC_ACT_OK;
-    return decide(skb, s, gp->fallback_outbound, RULE_FALLBACK, gp->fallback_mark);
+    return decide(skb, s, gp->fallback_outbound, RULE_FALLBACK, gp->fallback_mark, 0);
 }
 
 static __always_inline __u8 mac_equal(const __u8 *a, const __u8 *b)
@@ -297,8 +303,37 @@ static __always_inline __u8 mac_equal(const __u8 *a, const __u8 *b)
            a[5] == b[5];
 }
 
+/* The interface the router would send this flow out of, asked of the FIB once. */
+static __always_inline __u32 wan_ifindex(struct __sk_buff *skb, struct route_state *s)
+{
+    if (s->wan_ifindex)
+        return s->wan_ifindex;
+    __builtin_memset(&s->fib, 0, sizeof(s->fib));
+    if (s->ipversion == 4) {
+        s->fib.family = AF_INET;
+        __builtin_memcpy(&s->fib.ipv4_src, &s->key.sip[12], 4);
+        __builtin_memcpy(&s->fib.ipv4_dst, &s->key.dip[12], 4);
+    } else {
+        s->fib.family = AF_INET6;
+        __builtin_memcpy(s->fib.ipv6_src, s->key.sip, 16);
+        __builtin_memcpy(s->fib.ipv6_dst, s->key.dip, 16);
+    }
+    s->fib.l4_protocol = s->key.l4proto;
+    s->fib.sport = bpf_htons(s->key.sport);
+    s->fib.dport = bpf_htons(s->key.dport);
+    s->fib.tot_len = s->pkt_len;
+    s->fib.ifindex = s->ifindex;
+    long rc = bpf_fib_lookup(skb, &s->fib, sizeof(s->fib), 0);
+    /* No neighbour yet still names the interface; anything else: no route out. */
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+        s->wan_ifindex = s->fib.ifindex;
+    else
+        s->wan_ifindex = 0xffffffff;
+    return s->wan_ifindex;
+}
+
 /* Does one value of a function match this packet? */
-static __always_inline __u8 match_one(struct route_state *s, struct match_set *m)
+static __always_inline __u8 match_one(struct __sk_buff *skb, struct route_state *s, struct match_set *m)
 {
     switch (m->type) {
     case MATCH_DIP:
@@ -325,6 +360,23 @@ static __always_inline __u8 match_one(struct route_state *s, struct match_set *m
         return (m->mask & IPV_6) != 0;
     case MATCH_MAC:
         return mac_equal(m->mac, s->mac);
+    case MATCH_DSCP:
+        return s->dscp == m->dscp;
+    case MATCH_IFACE_LAN:
+        return s->ifindex == m->ifindex;
+    case MATCH_IFACE_WAN:
+        return wan_ifindex(skb, s) == m->ifindex;
+    case MATCH_DOMAIN: {
+        struct domain_entry *d = domain_routing.lookup((struct ip_key *)s->key.dip);
+        if (!d) {
+            s->undecided = 1;
+            return 0;
+        }
+        __u32 bit = m->domain_bit & (MAX_DOMAIN_FUNCTIONS - 1);
+        return (d->bits[s->gen & 1][(bit >> 6) & (DOMAIN_WORDS - 1)] >> (bit & 63)) & 1;
+    }
+    case MATCH_NEVER:
+        return 0;
     }
     return 0;
 }
@@ -336,7 +388,7 @@ int route_chunk(struct __sk_buff *skb)
     if (!s)
         return TC_ACT_OK;
 
-    __u8 decided = 0, outbound = 0;
+    __u8 decided = 0, outbound = 0, must = 0;
     __u16 rule_index = 0;
     __u32 mark = 0;
     for (int k = 0; k < ROUTE_CHUNK; k++) {
@@ -350,7 +402,14 @@ int route_chunk(struct __sk_buff *skb)
         s->i = idx + 1;
         __u8 hit = 0;
         if (!s->good)
-            hit = match_one(s, m);
+            hit = match_one(skb, s, m);
+        if (s->undecided) {
+            /* The rule needs the name of an address the kernel has no name for. */
+            decided = 1;
+            outbound = OUTBOUND_USERSPACE;
+            rule_index = m->rule_index;
+            break;
+        }
         if (!(m->flags & MS_FUNC_END)) {
             if (hit) {
                 /* One value matched: the function is true, skip its other values. */
@@ -366,15 +425,20 @@ int route_chunk(struct __sk_buff *skb)
             continue;
         }
         if (m->flags & MS_RULE_END) {
+            if (m->outbound == OUTBOUND_MUST_RULES) {
+                s->must = 1;  /* must_rules: note it and go on with the next rule */
+                continue;
+            }
             decided = 1;
             outbound = m->outbound;
             rule_index = m->rule_index;
             mark = m->mark;
+            must = m->must;
             break;
         }
     }
     if (decided)
-        return decide(skb, s, outbound, rule_index, mark);
+        return decide(skb, s, outbound, rule_index, mark, must);
     route_progs.call(skb, 0);
     /* Out of tail calls: more match sets than the build supports. */
     count(CNT_CHUNK_LIMIT);
@@ -389,7 +453,7 @@ int lan_ingress(struct __sk_buff *skb)
         return TC_ACT_OK;
     count(CNT_PACKETS);
     if_count(skb->ifindex, skb->len, 0);
-    if (parse(skb, &s->key, s->mac, &s->ipversion, &s->tcp_flags, 0) != PARSED)
+    if (parse(skb, &s->key, s->mac, &s->ipversion, &s->tcp_flags, &s->dscp, 0) != PARSED)
         return TC_ACT_OK;
     s->ifindex = skb->ifindex;
     s->pkt_len = skb->len;
@@ -427,6 +491,9 @@ int lan_ingress(struct __sk_buff *skb)
     s->n = gp->n_match_sets;
     s->i = 0;
     s->good = 0;
+    s->must = 0;
+    s->undecided = 0;
+    s->wan_ifindex = 0;
     route_progs.call(skb, 0);
     /* route_chunk is not installed: decide by the fallback. */
     count(CNT_CHUNK_LIMIT);
@@ -436,11 +503,11 @@ int lan_ingress(struct __sk_buff *skb)
 int lan_egress(struct __sk_buff *skb)
 {
     struct tuple_key pkt = {}, key = {};
-    __u8 mac[6], ipversion = 0, tcp_flags = 0;
+    __u8 mac[6], ipversion = 0, tcp_flags = 0, dscp = 0;
 
     count(CNT_EGRESS_PACKETS);
     if_count(skb->ifindex, skb->len, 1);
-    if (parse(skb, &pkt, mac, &ipversion, &tcp_flags, 1) != PARSED)
+    if (parse(skb, &pkt, mac, &ipversion, &tcp_flags, &dscp, 1) != PARSED)
         return TC_ACT_OK;
     /* A reply: the client is the destination. */
     __builtin_memcpy(key.sip, pkt.dip, 16);

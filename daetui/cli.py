@@ -53,6 +53,14 @@ async def _serve(config: Config, run: RunPaths) -> int:
     # A headless daemon outlives the terminal it was started from.
     loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: daetui keeps running"))
     plane = ControlPlane(config, run)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_usr1() -> None:
+        log.info("SIGUSR1: reloading %s", config.source)
+        t = asyncio.ensure_future(plane.reload_from_file())
+        reloads.add(t)
+        t.add_done_callback(reloads.discard)
+    loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     plane.on_stop_request = stop.set
     server = ControlServer(plane, run.control)
     try:
@@ -92,6 +100,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daetui.ui.launch import status
 
     return status(_run_paths(args), as_json=args.json)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from daetui.ui.launch import reload_daemon
+
+    return reload_daemon(_run_paths(args), abort=args.abort)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -183,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     sp = sub.add_parser("stop", help="stop the running daemon (undoing its changes)")
     sp.add_argument("--run-dir", default=argparse.SUPPRESS)
+    rl = sub.add_parser("reload", help="reload the running daemon's config file (flows keep their route)")
+    rl.add_argument("--abort", action="store_true", help="reset the flows whose route changes")
+    rl.add_argument("--run-dir", default=argparse.SUPPRESS)
     v = sub.add_parser("validate", help="check a config file without touching the system")
     v.add_argument("file")
     c = sub.add_parser("cleanup", help="undo what a daemon that crashed left behind")
@@ -204,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command or "run"
     handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
-                "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop}
+                "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop,
+                "reload": cmd_reload}
     return handlers[cmd](args)
 
 

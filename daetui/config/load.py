@@ -33,8 +33,9 @@ from daetui.config.schema import (
 )
 from daetui.routing.errors import RuleError
 from daetui.routing.functions import DNS_REQUEST_FUNCTIONS, DNS_RESPONSE_FUNCTIONS
+from daetui.routing.geodata import GeoData, default_search_path
 from daetui.routing.parser import parse_outbound_name, parse_rule
-from daetui.routing.ruleset import BLOCK, DIRECT, RuleEntry, RuleSet, check_rule, groups_of, rule_id
+from daetui.routing.ruleset import BLOCK, DIRECT, MUST_RULES, RuleEntry, RuleSet, check_rule, groups_of, rule_id
 
 RULE_TABLE_KEYS = ("rule", "enabled", "name")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -146,6 +147,8 @@ class _Loader:
         self.files: list[_File] = [self.main]
         self.warnings: list[str] = []
         self.overrides = overrides or {}
+        # geoip.dat/geosite.dat next to the config first, then the usual places.
+        self.geo = GeoData(default_search_path(Path(source).parent if path else None))
 
     # -- files -------------------------------------------------------------------------
     def _includes(self, f: _File, depth: int, seen: set[str]) -> None:
@@ -353,11 +356,11 @@ class _Loader:
                 raise f.error("a rule is a string or a table { rule = \"...\", enabled = false }", path)
             try:
                 rule = parse_rule(text)
-                checked = check_rule(rule)
+                checked = check_rule(rule, self.geo)
             except RuleError as e:
                 raise f.rule_error(e, text_path) from None
             target = rule.outbound.target
-            if target not in (DIRECT, BLOCK) and target not in declared:
+            if target not in (DIRECT, BLOCK, MUST_RULES) and target not in declared:
                 at = max(0, text.rfind(rule.outbound.name))
                 raise f.rule_error(RuleError(_no_group(target, declared), at, at + len(rule.outbound.name)),
                                    text_path)

@@ -36,6 +36,8 @@ class Connection:
     ended: float | None = None
     error: str | None = None
     relay: str = ""            # "splice" | "copy" | "udp"
+    domain: str | None = None  # the name sniffed from its first bytes (TLS, HTTP, QUIC)
+    sniffed: str | None = None  # which protocol it was sniffed from
 
     @property
     def duration(self) -> float:
@@ -47,7 +49,8 @@ class Connection:
         `tcp 192.0.2.10:40000 -> 203.0.113.10:80 by #3 dip(203.0.113.10) -> proxy [kernel]`
         """
         by = f"fallback -> {self.outbound}" if self.rule_index is None else f"#{self.rule_index + 1} {self.rule}"
-        text = f"{self.proto} {format_endpoint(self.src)} -> {format_endpoint(self.dst)} by {by} [{self.stage}]"
+        dst = format_endpoint(self.dst) + (f" ({self.domain})" if self.domain else "")
+        text = f"{self.proto} {format_endpoint(self.src)} -> {dst} by {by} [{self.stage}]"
         if self.state != "open":
             text += f" {self.state}: up {self.up} B, down {self.down} B, {self.duration:.2f}s"
             if self.error:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -25,15 +26,27 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from daetui.bpfabi import ABI
-from daetui.config.load import Config
+from daetui.config.errors import ConfigError
+from daetui.config.load import Config, load_config
 from daetui.control.connections import Connection, ConnectionTable, Endpoint
 from daetui.control.events import EventBus
 from daetui.control.listeners import Listeners, open_listeners
 from daetui.control.logbridge import EventLogHandler
+from daetui.control.names import NameBook
 from daetui.control.relay import HAVE_SPLICE, relay
-from daetui.control.state import Health, InterfaceInfo, LogLine, MapEntries, MapInfo, RuleInfo, Snapshot
+from daetui.control.state import (
+    Health,
+    InterfaceInfo,
+    LogLine,
+    MapEntries,
+    MapInfo,
+    ReloadResult,
+    RuleInfo,
+    Snapshot,
+)
 from daetui.control.udp import UdpNat
 from daetui.dataplane.cleanup import cleanup_leftovers, pid_is_daetui
 from daetui.dataplane.dataplane import Dataplane
@@ -42,6 +55,7 @@ from daetui.dataplane.monitor import InterfaceMonitor, Link
 from daetui.flowrecord import FlowKey, RawFlows
 from daetui.outbound.direct import DirectDialer
 from daetui.paths import RunPaths
+from daetui.routing.compile import CompileError, KernelRules
 from daetui.routing.matcher import FlowFacts, decide
 from daetui.routing.ruleset import BLOCK, RuleSet
 
@@ -83,6 +97,13 @@ class ControlPlane:
         self.use_splice = HAVE_SPLICE
         self.on_stop_request: Callable[[], None] | None = None
         self._claimed = False
+        self.names = NameBook()
+        self._kernel_rules: dict[int, KernelRules] = {}
+        # Rule hits of earlier generations, by rule id: a rule that survives a
+        # reload keeps its count.
+        self._hits_carry: dict[str, tuple[int, float | None]] = {}
+        self._reloading = asyncio.Lock()
+        self.reloads = 0
 
     # -- lifecycle ------------------------------------------------------------------
     async def claim(self) -> None:
@@ -109,6 +130,8 @@ class ControlPlane:
                 await loop.run_in_executor(self._netlink, lambda: dp.start(
                     self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
                     auto_config=g.auto_config_kernel_parameter))
+                if dp.kernel_rules is not None:
+                    self._kernel_rules[0] = dp.kernel_rules
                 self.monitor = InterfaceMonitor(self._link_changed)
                 self.monitor.start()
             for sock in self.listeners.tcp.values():
@@ -337,7 +360,8 @@ class ControlPlane:
         gen = dp.state.generation if dp else 0
         rs = self._rulesets.get(gen, self.ruleset)
         hits = prog.rule_hits(gen, len(rs.entries)) if prog is not None else {}
-        rules = tuple(RuleInfo(e.index, str(e.rule), e.enabled, e.name, e.id, *hits.get(e.index, (0, None)))
+        rules = tuple(RuleInfo(e.index, str(e.rule), e.enabled, e.name, e.id,
+                               *self._with_carry(e.id, hits.get(e.index, (0, None))))
                       for e in rs.entries)
         slots = self.listeners.slots() if self.listeners else {}
         names = {v: k.lower() for k, v in ABI.prefixed("LISTENER_").items()}
@@ -375,6 +399,158 @@ class ControlPlane:
                 tx_packets=s.get("tx_packets", 0), tx_bytes=s.get("tx_bytes", 0)))
         return tuple(out)
 
+    def _with_carry(self, rule_id: str, now: tuple[int, float | None]) -> tuple[int, float | None]:
+        carried = self._hits_carry.get(rule_id, (0, None))
+        return carried[0] + now[0], _later(carried[1], now[1])
+
+    # -- names (the DNS side's hook) ---------------------------------------------------------
+    def learn_name(self, addr: str, name: str) -> None:
+        """`addr` answers to `name`: from now on the kernel routes its flows by domain rules.
+
+        The DNS controller calls this for every answer before the client gets it.
+        """
+        ip = ipaddress.ip_address(addr)
+        for old in self.names.learn(ip, name):
+            self._forget_kernel_name(old)
+        self._write_bits(ip)
+
+    def _write_bits(self, ip: Any) -> None:
+        dp = self.dataplane
+        if dp is None or dp.program is None:
+            return
+        bits = {gen: self.names.bits(kr.domain_functions, ip) for gen, kr in self._kernel_rules.items()}
+        dp.program.set_domain_bits(ip, bits)
+
+    def _forget_kernel_name(self, ip: Any) -> None:
+        if self.dataplane is not None and self.dataplane.program is not None:
+            self.dataplane.program.forget_domain(ip)
+
+    # -- reload -----------------------------------------------------------------------------------
+    async def reload_from_file(self, abort: bool = False) -> ReloadResult:
+        """Read the config file again and reload it (SIGUSR1, `daetui reload`, the console)."""
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, load_config, self.config.source)
+        except ConfigError as e:
+            log.error("reload refused: %s", e)
+            self.events.publish("reload", ok=False, message=str(e))
+            return ReloadResult(False, str(e), self.generation)
+        return await self.reload(new, abort)
+
+    @property
+    def generation(self) -> int:
+        return self.dataplane.state.generation if self.dataplane else 0
+
+    async def reload(self, new: Config, abort: bool = False) -> ReloadResult:
+        """Apply a new config without dropping a flow; on any problem change nothing and say why.
+
+        The rules are compiled first, then written into the inactive generation,
+        the names' bitmaps recomputed for it, and one write flips the kernel to
+        it. Flows already decided keep their route; with `abort`, relayed flows
+        whose route changed are reset and UDP ones decided again.
+        """
+        async with self._reloading:
+            old = self.config
+            problem = self._reload_problem(old, new)
+            if problem:
+                log.error("reload refused: %s", problem)
+                self.events.publish("reload", ok=False, message=problem)
+                return ReloadResult(False, problem, self.generation)
+            dp = self.dataplane
+            loop = asyncio.get_running_loop()
+            compiled = None
+            if dp is not None and dp.program is not None:
+                try:
+                    compiled = await loop.run_in_executor(self._netlink, dp.compile, new.routing)
+                except CompileError as e:
+                    log.error("reload refused: %s", e)
+                    self.events.publish("reload", ok=False, message=str(e))
+                    return ReloadResult(False, str(e), self.generation)
+                old_gen = dp.state.generation
+                carry = dp.program.rule_hits(old_gen, len(old.routing.entries))
+                for e in old.routing.entries:
+                    self._hits_carry[e.id] = self._with_carry(e.id, carry.get(e.index, (0, None)))
+
+                def recompute(gen: int, kr: KernelRules) -> None:
+                    # Every known name's bits for the new generation, before packets see it.
+                    self._kernel_rules[gen] = kr
+                    for ip in self.names.addresses():
+                        self._write_bits(ip)
+
+                gen = await loop.run_in_executor(
+                    self._netlink, lambda: dp.load_rules(new.routing, compiled=compiled, before_flip=recompute))
+                self._rulesets[gen] = new.routing
+            self.config = new
+            self.ruleset = new.routing
+            self.dialer.mark = new.global_.so_mark_from_dae
+            await self._rebind(old.global_.lan_interface, new.global_.lan_interface)
+            self.reloads += 1
+            result = ReloadResult(True, "reloaded", self.generation, *_rule_diff(old.routing, new.routing))
+            if abort:
+                aborted, kept = self._abort_changed(old.routing, new.routing)
+                result = dataclasses.replace(result, aborted=aborted, kept=kept)
+            log.info("reloaded %s: generation %d, %d rules added, %d removed, %d toggled%s", new.source,
+                     result.generation, len(result.added), len(result.removed), len(result.toggled),
+                     f", {result.aborted} flows reset" if abort else "")
+            self.events.publish("reload", ok=True, message=result.message)
+            return result
+
+    @staticmethod
+    def _reload_problem(old: Config, new: Config) -> str | None:
+        if old.global_.tproxy_port != new.global_.tproxy_port:
+            return "global.tproxy_port cannot change while daetui runs: restart it"
+        if old.global_.fail_open != new.global_.fail_open:
+            return "global.fail_open cannot change while daetui runs: restart it"
+        return None
+
+    async def _rebind(self, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+        dp = self.dataplane
+        if dp is None or before == after:
+            return
+        loop = asyncio.get_running_loop()
+
+        def apply() -> None:
+            dp.wanted = after
+            for name in before:
+                if name not in after and name in dp.state.bindings:
+                    b = dp.state.bindings[name]
+                    assert dp.changes is not None
+                    dp.changes.detach_interface(b.ifindex)
+                    dp.state.bindings.pop(name, None)
+                    log.info("unbound %s (no longer a LAN interface)", name)
+            dp.state.missing = [m for m in dp.state.missing if m in after]
+            for name in after:
+                if name not in before:
+                    dp.bind(name)
+        await loop.run_in_executor(self._netlink, apply)
+
+    def _abort_changed(self, old: RuleSet, new: RuleSet) -> tuple[int, int]:
+        """Reset the flows whose route the new rules change; returns (reset, left running)."""
+        aborted = kept = 0
+        for conn in list(self.connections.open.values()):
+            facts = FlowFacts(ipaddress.ip_address(conn.src[0]), ipaddress.ip_address(conn.dst[0]), conn.src[1],
+                              conn.dst[1], conn.proto, bytes.fromhex(conn.mac.replace(":", "")) if conn.mac else None,
+                              domain=conn.domain)
+            d = decide(new, facts, unknown_name_matches=False)
+            if d.outbound != conn.outbound:
+                aborted += self.close_connections([conn.id])
+        prog = self.dataplane.program if self.dataplane else None
+        if prog is not None:
+            for f in prog.flows():
+                if f.to_control_plane:
+                    continue  # relayed: handled above
+                facts = FlowFacts(f.key.src, f.key.dst, f.key.sport, f.key.dport, f.key.proto, f.mac)
+                d = decide(new, facts, unknown_name_matches=False)
+                before = old.outbound_name(f.outbound)
+                if d.outbound == before:
+                    continue
+                if f.key.proto == "udp":
+                    prog.forget_flow(f.key)  # its next packet is decided again
+                    aborted += 1
+                elif not f.closed:
+                    kept += 1  # the kernel forwards it; nothing here can reset it
+        return aborted, kept
+
     def recent_logs(self) -> list[LogLine]:
         return list(self.log_handler.recent) if self.log_handler else []
 
@@ -399,6 +575,20 @@ class ControlPlane:
         if mv is None:
             return MapEntries(name, ("note",), (("no kernel side",),), 0)
         return mv.entries(name, search, limit)
+
+
+def _rule_diff(old: RuleSet, new: RuleSet) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Rules added, removed and toggled, by their stable ids."""
+    before = {e.id: e for e in old.entries}
+    after = {e.id: e for e in new.entries}
+    added = tuple(str(e.rule) for i, e in after.items() if i not in before)
+    removed = tuple(str(e.rule) for i, e in before.items() if i not in after)
+    toggled = tuple(str(e.rule) for i, e in after.items() if i in before and before[i].enabled != e.enabled)
+    return added, removed, toggled
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    return max(x for x in (a, b) if x is not None) if (a is not None or b is not None) else None
 
 
 def _adder(conn: Connection, attr: str) -> Callable[[int], None]:

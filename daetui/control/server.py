@@ -144,4 +144,12 @@ class ControlServer:
             log.info("stop requested over the control socket")
             loop.call_soon(plane.request_stop)
             return True
+        if cmd == "reload":
+            return await plane.reload_from_file(abort=bool(args.get("abort", False)))
+        if cmd == "learn_name":
+            plane.learn_name(str(args["addr"]), str(args["name"]))
+            return True
+        if cmd == "explain":
+            return plane.explain(**{k: args[k] for k in ("target", "port", "proto", "mac", "iface", "pname", "src")
+                                    if k in args})
         raise ValueError(f"unknown command {cmd!r}")

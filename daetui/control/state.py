@@ -14,7 +14,8 @@ from daetui.control.connections import Connection
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.flowrecord import KernelFlow, RawFlows
 
-__all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "RuleInfo", "Snapshot"]
+__all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult", "RuleInfo",
+           "Snapshot"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,20 @@ class Snapshot:
     @property
     def bindings(self) -> list[InterfaceInfo]:
         return [i for i in self.interfaces if i.bound]
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did, or why it did nothing."""
+
+    ok: bool
+    message: str
+    generation: int = 0
+    added: tuple[str, ...] = ()      # rules (text) new in this reload
+    removed: tuple[str, ...] = ()
+    toggled: tuple[str, ...] = ()    # rules whose enabled state changed
+    aborted: int = 0                 # flows reset because their route changed (--abort)
+    kept: int = 0                    # kernel-forwarded TCP flows whose route changed, left running
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from daetui.config.schema import TPROXY_MARK
 from daetui.dataplane.journal import Journal
 from daetui.dataplane.program import KernelProgram
 from daetui.dataplane.system import SystemChanges, read_sysctl
-from daetui.routing.compile import compile_rules
+from daetui.routing.compile import KernelRules, compile_rules
 from daetui.routing.ruleset import RuleSet
 
 log = logging.getLogger("daetui.dataplane")
@@ -60,6 +61,7 @@ class Dataplane:
         self.state = DataplaneState()
         self.wanted: tuple[str, ...] = ()
         self.ruleset: RuleSet | None = None
+        self.kernel_rules: KernelRules | None = None
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, ruleset: RuleSet, lan_interfaces: tuple[str, ...], listeners: dict[int, socket.socket],
@@ -150,20 +152,39 @@ class Dataplane:
         log.warning("LAN interface %s disappeared; it will be bound again if it returns", ifname)
 
     # -- rules ------------------------------------------------------------------------
-    def load_rules(self, ruleset: RuleSet, initial: bool = False) -> int:
-        """Compile and write the rules into the inactive generation, then flip to it."""
+    def compile(self, ruleset: RuleSet) -> KernelRules:
+        """Compile for this namespace (interface names resolved here). CompileError if it does not fit."""
         assert self.program is not None
-        kernel_rules = compile_rules(ruleset, self.program.max_match_sets)
+        return compile_rules(ruleset, self.program.max_match_sets)
+
+    def load_rules(self, ruleset: RuleSet, initial: bool = False, compiled: KernelRules | None = None,
+                   before_flip: Callable[[int, KernelRules], None] | None = None) -> int:
+        """Write the rules into the inactive generation, then flip to it.
+
+        `before_flip(gen, rules)` runs once the generation is written and before
+        packets see it (the control plane recomputes the names' bitmaps there).
+        A packet sees one whole generation or the other: the flip is one write.
+        """
+        assert self.program is not None
+        kernel_rules = compiled or self.compile(ruleset)
         gen = 0 if initial else 1 - self.program.active_generation
+        self.program.clear_rule_stats(gen)
         self.program.write_generation(gen, kernel_rules)
+        if before_flip is not None:
+            before_flip(gen, kernel_rules)
         # The old generation's ip sets stay until it is next written: a packet
         # still being routed on it must see it whole.
         self.program.activate(gen)
         self.state.generation = gen
         self.state.match_sets = len(kernel_rules.match_sets)
         self.ruleset = ruleset
-        log.info("rules: %d enabled, %d match sets, %d ip prefixes, generation %d",
-                 len(ruleset.enabled), len(kernel_rules.match_sets), kernel_rules.ip_set_entries, gen)
+        self.kernel_rules = kernel_rules
+        if kernel_rules.unresolved_interfaces:
+            log.warning("interface() names interfaces that are not here (yet): %s; those values match nothing "
+                        "until they appear", ", ".join(sorted(kernel_rules.unresolved_interfaces)))
+        log.info("rules: %d enabled, %d match sets, %d ip prefixes, %d domain functions, generation %d",
+                 len(ruleset.enabled), len(kernel_rules.match_sets), kernel_rules.ip_set_entries,
+                 len(kernel_rules.domain_functions), gen)
         return gen
 
 

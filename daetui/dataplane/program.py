@@ -91,7 +91,7 @@ class KernelProgram:
         for i, m in enumerate(rules.match_sets):
             leaf = leaf_t()
             for name in ("type", "negate", "flags", "outbound", "rule_index", "next", "func_end", "port_lo",
-                         "port_hi", "mask", "mark"):
+                         "port_hi", "mask", "mark", "must", "dscp", "ifindex", "domain_bit"):
                 setattr(leaf, name, getattr(m, name))
             leaf.ip_set = self._global_set_id(gen, m.ip_set) if m.ip_set else 0
             for j, b in enumerate(m.mac):
@@ -126,6 +126,61 @@ class KernelProgram:
         doomed = [k for k in self.ip_sets if (k.set_id >> 31) == gen]
         for k in doomed:
             del self.ip_sets[k]
+
+    def clear_rule_stats(self, gen: int) -> None:
+        """Zero a generation's rule counters before it is used again."""
+        stride = ABI.MAX_RULES + 1
+        zero = self.rule_stats_map.Leaf()
+        ncpu = len(self.rule_stats_map[ct.c_int(0)])
+        leaves = (self.rule_stats_map.Leaf * ncpu)(*([zero] * ncpu))
+        for ri in range(stride):
+            self.rule_stats_map[ct.c_int(gen * stride + ri)] = leaves
+
+    # -- names of addresses (domain_routing) ----------------------------------------------
+    def set_domain_bits(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: dict[int, int]) -> None:
+        """What `addr`'s name matched, per generation: bit i = domain function i of that generation."""
+        dr = self.bpf[b"domain_routing"]
+        k = dr.Key()
+        for j, b in enumerate(_v6(addr)):
+            k.addr[j] = b
+        v = dr.Leaf()
+        for gen, value in bits.items():
+            for w in range(ABI.DOMAIN_WORDS):
+                v.bits[gen][w] = (value >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+        dr[k] = v
+
+    def domain_bits(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[int, int] | None:
+        """The bits the kernel holds for `addr`, or None when it knows no name for it."""
+        dr = self.bpf[b"domain_routing"]
+        k = dr.Key()
+        for j, b in enumerate(_v6(addr)):
+            k.addr[j] = b
+        try:
+            v = dr[k]
+        except KeyError:
+            return None
+        return {gen: sum(int(v.bits[gen][w]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
+                for gen in range(ABI.GENERATIONS)}
+
+    def forget_domain(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        dr = self.bpf[b"domain_routing"]
+        k = dr.Key()
+        for j, b in enumerate(_v6(addr)):
+            k.addr[j] = b
+        try:
+            del dr[k]
+        except KeyError:
+            pass
+
+    def domain_entries(self) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, dict[int, int]]]:
+        """Every address with a known name and its bits per generation."""
+        out = []
+        for k, v in self.bpf[b"domain_routing"].items():
+            a = ipaddress.IPv6Address(bytes(k.addr))
+            addr = a.ipv4_mapped or a
+            out.append((addr, {gen: sum(int(v.bits[gen][w]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
+                               for gen in range(ABI.GENERATIONS)}))
+        return out
 
     def activate(self, gen: int) -> None:
         """Flip to generation `gen`: one write, so a packet sees one whole generation."""

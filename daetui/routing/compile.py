@@ -1,7 +1,8 @@
 """Rules -> the kernel's match sets and ip sets.
 
 Layout, per rule: its functions in order, each function a run of match sets
-(one per value, or one for a whole set: an ip set, a protocol mask). The last
+(one per value, or one for a whole set: an ip set, a protocol mask, a domain
+function's bit in domain_routing). The last
 match set of a function carries MS_FUNC_END and the negation; the last of the
 rule MS_RULE_END and the outbound. `next` lets the kernel jump past the rest
 of a rule as soon as one function fails; `func_end` past a function's other
@@ -11,11 +12,13 @@ values as soon as one matches.
 from __future__ import annotations
 
 import ipaddress
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daetui.bpfabi import ABI
 from daetui.routing.functions import IPNetwork, PortRange
-from daetui.routing.ruleset import RuleSet
+from daetui.routing.ruleset import CheckedCondition, RuleSet
 
 
 @dataclass
@@ -35,6 +38,10 @@ class MatchSet:
     mac: bytes = b""
     ip_set: int = 0
     mark: int = 0
+    must: int = 0
+    dscp: int = 0
+    ifindex: int = 0
+    domain_bit: int = 0
 
 
 @dataclass
@@ -45,6 +52,8 @@ class KernelRules:
     ip_sets: dict[int, tuple[IPNetwork, ...]] = field(default_factory=dict)  # id -> prefixes
     fallback_outbound: int = 0
     fallback_mark: int = 0
+    domain_functions: list[DomainFunction] = field(default_factory=list)    # bit i -> function
+    unresolved_interfaces: set[str] = field(default_factory=set)            # named, not present
 
     @property
     def ip_set_entries(self) -> int:
@@ -55,6 +64,42 @@ class CompileError(ValueError):
     """The rules do not fit the kernel's limits."""
 
 
+@dataclass(frozen=True)
+class DomainFunction:
+    """A domain() function of an enabled rule, and the bit it has in domain_routing."""
+
+    bit: int
+    rule_index: int
+    position: int            # which function of the rule
+    condition: CheckedCondition
+
+
+def domain_functions(ruleset: RuleSet) -> list[DomainFunction]:
+    """Every domain function of the enabled rules, numbered as the kernel numbers them."""
+    out = []
+    for entry in ruleset.enabled:
+        for pos, cc in enumerate(entry.conditions):
+            if cc.function == "domain":
+                out.append(DomainFunction(len(out), entry.index, pos, cc))
+    return out
+
+
+def domain_bitmap(functions: list[DomainFunction], name: str) -> int:
+    """Which domain functions a name matches: the bits the DNS side writes for its addresses."""
+    bits = 0
+    for f in functions:
+        if f.condition.values[0].matches(name):
+            bits |= 1 << f.bit
+    return bits
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
+
+
 _MATCH = {
     "dip": ABI.MATCH_DIP,
     "sip": ABI.MATCH_SIP,
@@ -63,6 +108,8 @@ _MATCH = {
     "l4proto": ABI.MATCH_L4PROTO,
     "ipversion": ABI.MATCH_IPVERSION,
     "mac": ABI.MATCH_MAC,
+    "dscp": ABI.MATCH_DSCP,
+    "domain": ABI.MATCH_DOMAIN,
 }
 _L4 = {"tcp": ABI.L4_TCP, "udp": ABI.L4_UDP}
 _IPV = {4: ABI.IPV_4, 6: ABI.IPV_6}
@@ -85,18 +132,30 @@ def _collapse(nets: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
     return (*v4, *v6)
 
 
-def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS) -> KernelRules:
-    """Lay the enabled rules out as match sets; identical ip sets are shared."""
+def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS,
+                  ifindex: Callable[[str], int] = _ifindex) -> KernelRules:
+    """Lay the enabled rules out as match sets; identical ip sets are shared.
+
+    `ifindex` turns interface() names into indices in the namespace the rules
+    run in (0, never matching, for one that is not there yet).
+    """
     ids = ruleset.outbound_ids()
     out = KernelRules(fallback_outbound=ids[ruleset.fallback])
+    out.domain_functions = domain_functions(ruleset)
+    if len(out.domain_functions) > ABI.MAX_DOMAIN_FUNCTIONS:
+        raise CompileError(f"the rules have {len(out.domain_functions)} domain() functions; the kernel holds "
+                           f"{ABI.MAX_DOMAIN_FUNCTIONS} (merge values into fewer functions)")
+    bits = {(f.rule_index, f.position): f.bit for f in out.domain_functions}
+    if len(ruleset.groups) > ABI.MAX_GROUPS:
+        raise CompileError(f"{len(ruleset.groups)} groups; the kernel holds {ABI.MAX_GROUPS}")
     set_ids: dict[tuple[IPNetwork, ...], int] = {}
     for entry in ruleset.enabled:
         if entry.index >= ABI.MAX_RULES:
             raise CompileError(f"rule {entry.label}: the kernel holds at most {ABI.MAX_RULES} rules")
         first = len(out.match_sets)
-        for cc in entry.conditions:
+        for pos, cc in enumerate(entry.conditions):
             func_first = len(out.match_sets)
-            mtype = _MATCH[cc.function]
+            mtype = _MATCH.get(cc.function, 0)
             if cc.function in ("dip", "sip"):
                 nets = _collapse(cc.values)
                 if nets not in set_ids:
@@ -119,6 +178,21 @@ def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS) ->
             elif cc.function == "mac":
                 for mac in dict.fromkeys(cc.values):
                     out.match_sets.append(MatchSet(mtype, entry.index, mac=mac))
+            elif cc.function == "dscp":
+                for v in dict.fromkeys(cc.values):
+                    out.match_sets.append(MatchSet(mtype, entry.index, dscp=v))
+            elif cc.function == "interface":
+                for iface in dict.fromkeys(cc.values):
+                    idx = ifindex(iface.name)
+                    if not idx:
+                        out.unresolved_interfaces.add(iface.name)
+                    kind = ABI.MATCH_IFACE_LAN if iface.side == "lan" else ABI.MATCH_IFACE_WAN
+                    out.match_sets.append(MatchSet(kind, entry.index, ifindex=idx))
+            elif cc.function == "domain":
+                out.match_sets.append(MatchSet(mtype, entry.index, domain_bit=bits[(entry.index, pos)]))
+            elif cc.function == "pname":
+                # A LAN flow has no process on the router: pname() is false for it.
+                out.match_sets.append(MatchSet(ABI.MATCH_NEVER, entry.index))
             else:  # pragma: no cover - typed_values admits only the functions above
                 raise CompileError(f"{cc.function}() cannot be compiled for the kernel")
             end = len(out.match_sets) - 1
@@ -130,6 +204,7 @@ def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS) ->
         last.flags |= ABI.MS_RULE_END
         last.outbound = ids[entry.rule.outbound.target]
         last.mark = entry.rule.outbound.mark
+        last.must = int(entry.rule.outbound.must)
         for ms in out.match_sets[first:]:
             ms.next = len(out.match_sets)
         if len(out.match_sets) > max_match_sets:

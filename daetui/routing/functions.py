@@ -10,10 +10,14 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daetui.routing.domains import DomainSet
 from daetui.routing.errors import RuleError
 from daetui.routing.rule import Condition, Param
+
+if TYPE_CHECKING:
+    from daetui.routing.geodata import GeoData
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -78,6 +82,30 @@ def _text(p: Param) -> str:
     return p.value
 
 
+def _dscp(p: Param) -> int:
+    try:
+        v = int(p.value, 0)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 63:
+        raise RuleError(f"{p.value!r} is not a DSCP value; expected 0 to 63 (e.g. 0x4 or 46)", p.value_start, p.end)
+    return v
+
+
+def _pname(p: Param) -> str:
+    if "/" in p.value:
+        raise RuleError(f"{p.value!r}: a process name, not a path (e.g. dnsmasq)", p.value_start, p.end)
+    return p.value
+
+
+@dataclass(frozen=True)
+class Interface:
+    """interface(lan: eth1) or interface(wan: eth0)."""
+
+    side: str      # "lan": the interface a flow came in on; "wan": the one it would leave by
+    name: str
+
+
 @dataclass(frozen=True)
 class FunctionSpec:
     """What one function of the language accepts."""
@@ -101,10 +129,10 @@ FUNCTIONS: dict[str, FunctionSpec] = {
         FunctionSpec("ipversion", _ipversion, expects="4, 6"),
         FunctionSpec("mac", _mac, expects="MAC addresses"),
         FunctionSpec("domain", _text, frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext"}),
-                     kernel=False, supported=False, expects="domains"),
-        FunctionSpec("pname", _text, kernel=False, supported=False, expects="process names"),
-        FunctionSpec("dscp", _text, supported=False, expects="DSCP values"),
-        FunctionSpec("interface", _text, frozenset({"lan", "wan"}), supported=False, expects="interface names"),
+                     expects="domains"),
+        FunctionSpec("pname", _pname, expects="process names"),
+        FunctionSpec("dscp", _dscp, expects="DSCP values (0-63)"),
+        FunctionSpec("interface", _text, frozenset({"lan", "wan"}), expects="lan: or wan: interface names"),
     )
 }
 
@@ -128,7 +156,8 @@ DNS_RESPONSE_FUNCTIONS: dict[str, FunctionSpec] = {
 ALIASES = {"ip": "dip", "port": "dport"}
 
 OUTBOUND_KEYS = frozenset({"mark"})
-RESERVED_OUTBOUNDS = ("direct", "block", "must_rules")
+OUTBOUND_FLAGS = frozenset({"must"})   # bare parameters of an outbound: direct(must)
+RESERVED_OUTBOUNDS = ("direct", "block", "must_rules")  # not group names
 
 
 def lookup(name: str, table: dict[str, FunctionSpec] | None = None) -> FunctionSpec | None:
@@ -138,9 +167,11 @@ def lookup(name: str, table: dict[str, FunctionSpec] | None = None) -> FunctionS
     return FUNCTIONS.get(ALIASES.get(name, name))
 
 
-def typed_values(cond: Condition) -> list[Any]:
+def typed_values(cond: Condition, geo: GeoData | None = None) -> list[Any]:
     """The condition's values as the types the matcher and compiler use.
 
+    dip/sip: networks (geoip: and ext: expanded); domain: one DomainSet;
+    interface: Interface values; dscp: ints; ports: PortRange; the rest: text.
     Raises RuleError for a value, key or function this version cannot use.
     """
     spec = lookup(cond.name)
@@ -148,11 +179,56 @@ def typed_values(cond: Condition) -> list[Any]:
         raise RuleError(f"unknown function {cond.name!r}", cond.start, cond.end)
     if not spec.supported:
         raise RuleError(f"{spec.name}() is not supported yet by this version of daetui", cond.start, cond.end)
-    out = []
+    if spec.name == "domain":
+        return [_domain_set(cond, geo)]
+    if spec.name == "interface":
+        return _interfaces(cond)
+    out: list[Any] = []
     for p in cond.params:
-        if p.key is not None:
-            # geoip:/geosite:/ext: need the .dat readers, which come with the full rule language.
-            raise RuleError(f"{spec.name}({p.key}: ...) is not supported yet by this version of daetui",
-                            p.start, p.end)
-        out.append(spec.value(p))
+        if p.key is None:
+            out.append(spec.value(p))
+        elif spec.name in ("dip", "sip"):
+            out.extend(_geo(geo, p, "ip"))
+        else:  # pragma: no cover - the parser only admits a function's own keys
+            raise RuleError(f"{spec.name}() takes no {p.key}:", p.start, p.end)
+    return out
+
+
+def _geo(geo: GeoData | None, p: Param, kind: str) -> tuple[Any, ...]:
+    from daetui.routing.geodata import GeoData, GeoDataError
+
+    try:
+        return (geo or GeoData()).resolve(p.key or "", p.value, kind)  # type: ignore[arg-type]
+    except GeoDataError as e:
+        raise RuleError(str(e), p.start, p.end) from None
+
+
+def _domain_set(cond: Condition, geo: GeoData | None) -> DomainSet:
+    entries: list[tuple[str, str]] = []
+    for p in cond.params:
+        key = p.key or "suffix"  # dae: a bare value is a suffix
+        if key in ("geosite", "ext"):
+            entries.extend((e.kind, e.value) for e in _geo(geo, p, "site"))
+        elif key == "regex":
+            try:
+                re.compile(p.value)
+            except re.error as e:
+                raise RuleError(f"bad regular expression {p.value!r}: {e}", p.value_start, p.end) from None
+            entries.append(("regex", p.value))
+        else:
+            if not p.value or any(c.isspace() for c in p.value):
+                raise RuleError(f"{p.value!r} is not a domain", p.value_start, p.end)
+            entries.append((key, p.value))
+    return DomainSet.build(entries)
+
+
+def _interfaces(cond: Condition) -> list[Interface]:
+    out, side = [], None
+    for p in cond.params:
+        side = p.key or side  # interface(lan: eth1, eth2): eth2 is a LAN interface too
+        if side is None:
+            raise RuleError("say which side: interface(lan: eth1) or interface(wan: eth0)", p.start, p.end)
+        if not p.value or len(p.value) > 15 or "/" in p.value:
+            raise RuleError(f"{p.value!r} is not an interface name", p.value_start, p.end)
+        out.append(Interface(side, p.value))
     return out

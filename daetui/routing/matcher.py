@@ -1,8 +1,10 @@
 """The user-space matcher: the same rules, evaluated in Python, with a trace.
 
-The control plane uses it when the kernel's decision is not available, and
-`explain` uses it to show why a flow goes where it goes. Tests hold it to the
-kernel: the same table of cases must give the same outbound in both.
+The control plane uses it where the kernel cannot decide (a domain rule for
+an address whose name the kernel does not know: it sniffs the name and
+decides here) or has no decision; `explain` uses it to show why a flow goes
+where it goes. Tests hold it to the kernel: the same table of cases must give
+the same outbound in both.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from daetui.routing.ruleset import CheckedCondition, RuleSet
+from daetui.routing.compile import domain_functions
+from daetui.routing.ruleset import MUST_RULES, CheckedCondition, RuleSet
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -19,22 +22,29 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class FlowFacts:
     """What is known of a flow when it is routed."""
 
-    sip: IPAddress
-    dip: IPAddress
-    sport: int
-    dport: int
+    sip: IPAddress | None        # None: not given (explain); a function on it is "unknown"
+    dip: IPAddress | None
+    sport: int | None
+    dport: int | None
     l4proto: str                 # "tcp" | "udp"
     mac: bytes | None = None
+    dscp: int = 0
+    iface_in: str | None = None  # the LAN interface it came in on
+    iface_out: str | None = None  # the interface the router would send it out of
+    pname: str | None = None     # a process on the router (never, for LAN flows)
+    domain: str | None = None    # its name: sniffed, or given to explain
+    domain_bits: int | None = None  # what DNS told the kernel of dip's name (bit per domain function)
 
     @property
-    def ipversion(self) -> int:
-        return self.dip.version
+    def ipversion(self) -> int | None:
+        return _plain(self.dip).version if self.dip is not None else None
 
 
 @dataclass(frozen=True)
 class ConditionTrace:
     text: str
-    matched: bool                # the condition's verdict, negation applied
+    matched: bool | None         # the condition's verdict, negation applied; None: unknown (no name)
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,17 +52,22 @@ class RuleTrace:
     index: int
     text: str
     conditions: tuple[ConditionTrace, ...]   # up to the first that failed
-    matched: bool
+    matched: bool | None
 
 
 @dataclass(frozen=True)
 class Decision:
     """Where a flow goes and why."""
 
-    outbound: str
-    rule_index: int | None       # None: the fallback
+    outbound: str | None         # None: undecided (a domain rule, and no name known)
+    rule_index: int | None       # the rule that decided (or where it stopped); None: the fallback
     mark: int
     trace: tuple[RuleTrace, ...]
+    must: bool = False
+
+    @property
+    def undecided(self) -> bool:
+        return self.outbound is None
 
 
 def _plain(ip: IPAddress) -> IPAddress:
@@ -62,41 +77,86 @@ def _plain(ip: IPAddress) -> IPAddress:
     return ip
 
 
-def condition_matches(cc: CheckedCondition, f: FlowFacts) -> bool:
-    """One function's verdict for the flow, negation applied."""
+def condition_matches(cc: CheckedCondition, f: FlowFacts, domain_bit: int | None = None) -> bool | None:
+    """One function's verdict for the flow, negation applied; None when it needs what is not known
+    (a name nobody knows, or, for explain, a fact not given)."""
     fn = cc.function
     if fn in ("dip", "sip"):
-        addr = _plain(f.dip if fn == "dip" else f.sip)
+        raw = f.dip if fn == "dip" else f.sip
+        if raw is None:
+            return None
+        addr = _plain(raw)
         hit = any(addr.version == n.version and addr in n for n in cc.values)
-    elif fn == "dport":
-        hit = any(f.dport in r for r in cc.values)
-    elif fn == "sport":
-        hit = any(f.sport in r for r in cc.values)
+    elif fn in ("dport", "sport"):
+        port = f.dport if fn == "dport" else f.sport
+        if port is None:
+            return None
+        hit = any(port in r for r in cc.values)
     elif fn == "l4proto":
         hit = f.l4proto in cc.values
     elif fn == "ipversion":
-        hit = _plain(f.dip).version in cc.values
+        if f.ipversion is None:
+            return None
+        hit = f.ipversion in cc.values
     elif fn == "mac":
         hit = f.mac is not None and f.mac in cc.values
+    elif fn == "dscp":
+        hit = f.dscp in cc.values
+    elif fn == "interface":
+        hit = any((f.iface_in if i.side == "lan" else f.iface_out) == i.name for i in cc.values)
+    elif fn == "pname":
+        hit = f.pname is not None and f.pname in cc.values
+    elif fn == "domain":
+        if f.domain is not None:
+            hit = cc.values[0].matches(f.domain)
+        elif f.domain_bits is not None and domain_bit is not None:
+            hit = bool(f.domain_bits >> domain_bit & 1)
+        else:
+            return None
     else:
         hit = False
     return hit != cc.condition.negate
 
 
-def decide(ruleset: RuleSet, facts: FlowFacts) -> Decision:
-    """First enabled rule whose every function matches; else the fallback."""
+def _needs(function: str) -> str:
+    return {"dip": "destination address", "sip": "source address", "dport": "destination port",
+            "sport": "source port", "ipversion": "address"}.get(function, function)
+
+
+def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matches: bool | None = None
+           ) -> Decision:
+    """First enabled rule (from index `start`) whose every function matches; else the fallback.
+
+    A domain function with no name known stops the evaluation (undecided), as
+    the kernel stops -- unless `unknown_name_matches` says what to assume (the
+    control plane, once sniffing found nothing, assumes False).
+    """
+    bits = {(d.rule_index, d.position): d.bit for d in domain_functions(ruleset)}
     trace: list[RuleTrace] = []
+    must = False
     for entry in ruleset.enabled:
+        if entry.index < start:
+            continue
         conds = []
-        ok = True
-        for cc in entry.conditions:
-            m = condition_matches(cc, facts)
-            conds.append(ConditionTrace(str(cc.condition), m))
+        ok: bool | None = True
+        for pos, cc in enumerate(entry.conditions):
+            m = condition_matches(cc, facts, bits.get((entry.index, pos)))
+            why = ""
+            if m is None:
+                why = "no name known" if cc.function == "domain" else f"{_needs(cc.function)} not given"
+                if unknown_name_matches is not None:
+                    m = unknown_name_matches != cc.condition.negate
+            conds.append(ConditionTrace(str(cc.condition), m, why))
             if not m:
-                ok = False
+                ok = m
                 break
         trace.append(RuleTrace(entry.index, str(entry.rule), tuple(conds), ok))
+        if ok is None:
+            return Decision(None, entry.index, 0, tuple(trace), must)
         if ok:
             out = entry.rule.outbound
-            return Decision(out.target, entry.index, out.mark, tuple(trace))
-    return Decision(ruleset.fallback, None, 0, tuple(trace))
+            if out.name == MUST_RULES:
+                must = True  # dae: keep DNS of such flows un-hijacked, and go on matching
+                continue
+            return Decision(out.target, entry.index, out.mark, tuple(trace), must or out.must)
+    return Decision(ruleset.fallback, None, 0, tuple(trace), must)

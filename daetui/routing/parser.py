@@ -18,7 +18,7 @@ import difflib
 import re
 
 from daetui.routing.errors import RuleError
-from daetui.routing.functions import ALIASES, FUNCTIONS, OUTBOUND_KEYS, FunctionSpec, lookup
+from daetui.routing.functions import ALIASES, FUNCTIONS, OUTBOUND_FLAGS, OUTBOUND_KEYS, FunctionSpec, lookup
 from daetui.routing.rule import Condition, Outbound, Param, Rule
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
@@ -183,9 +183,11 @@ def parse_rule(text: str, functions: dict[str, FunctionSpec] | None = None) -> R
         cur.pos += 1
         out_params = tuple(_param(raw, off, OUTBOUND_KEYS, f"{out_name}()") for raw, off in _split_params(cur))
         for p in out_params:
+            if p.key is None and p.value in OUTBOUND_FLAGS:
+                continue  # direct(must), proxy(must): dae's other spelling of must_direct, must_proxy
             if p.key != "mark" or out_name != "direct":
-                raise RuleError(f"{out_name}() takes no such parameter; only direct(mark: 0x..) has one",
-                                p.start, p.end)
+                raise RuleError(f"{out_name}() takes no such parameter; outbounds take `must`, and direct "
+                                "also mark: 0x..", p.start, p.end)
             try:
                 mark = int(p.value, 0)
             except ValueError:

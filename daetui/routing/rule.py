@@ -68,13 +68,17 @@ class Outbound:
 
     @property
     def must(self) -> bool:
-        """`must_x`: the flow goes to x even where x would otherwise be overridden."""
-        return self.name.startswith("must_") and self.name != "must_rules"
+        """`must_x` or `x(must)`: the flow's DNS is not hijacked (dae's meaning)."""
+        if self.name.startswith("must_") and self.name != "must_rules":
+            return True
+        return any(p.key is None and p.value == "must" for p in self.params)
 
     @property
     def target(self) -> str:
-        """The outbound without its `must_` prefix."""
-        return self.name[5:] if self.must else self.name
+        """The outbound without its `must_` prefix (must_rules is its own thing)."""
+        if self.name.startswith("must_") and self.name != "must_rules":
+            return self.name[5:]
+        return self.name
 
     @property
     def mark(self) -> int:

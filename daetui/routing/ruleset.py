@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daetui.routing.errors import RuleError
 from daetui.routing.functions import RESERVED_OUTBOUNDS, lookup, typed_values
 from daetui.routing.rule import Condition, Rule
 
+if TYPE_CHECKING:
+    from daetui.routing.geodata import GeoData
+
 DIRECT = "direct"
 BLOCK = "block"
+MUST_RULES = "must_rules"
+USERSPACE = "(user space)"   # the name of OUTBOUND_USERSPACE: the control plane decides
 
 
 @dataclass(frozen=True)
@@ -40,19 +45,19 @@ class RuleEntry:
         return f"#{self.index + 1}" + (f" {self.name}" if self.name else "")
 
 
-def check_rule(rule: Rule) -> tuple[CheckedCondition, ...]:
-    """Type every value of the rule; RuleError for anything unusable."""
+def check_rule(rule: Rule, geo: GeoData | None = None) -> tuple[CheckedCondition, ...]:
+    """Type every value of the rule (geoip/geosite read through `geo`); RuleError for anything unusable."""
     out = []
     for cond in rule.conditions:
         spec = lookup(cond.name)
         assert spec is not None  # the parser only admits known names
-        out.append(CheckedCondition(cond, spec.name, tuple(typed_values(cond))))
+        out.append(CheckedCondition(cond, spec.name, tuple(typed_values(cond, geo))))
     name = rule.outbound.name
     at = max(0, rule.text.rfind(name))
-    if name == "must_rules":
-        raise RuleError("must_rules is not supported yet by this version of daetui", at, at + len(name))
     if rule.outbound.target == BLOCK and rule.outbound.must:
-        raise RuleError("must_block is not an outbound; use block", at, at + len(name))
+        raise RuleError("block cannot be must: a blocked flow has no DNS to keep", at, at + len(name))
+    if name == MUST_RULES and rule.outbound.params:
+        raise RuleError("must_rules takes no parameters", at, at + len(name))
     return tuple(out)
 
 
@@ -84,8 +89,9 @@ class RuleSet:
         """Kernel ids: direct 0, block 1, then each group in order."""
         from daetui.bpfabi import ABI
 
-        ids = {DIRECT: ABI.OUTBOUND_DIRECT, BLOCK: ABI.OUTBOUND_BLOCK}
-        for i, g in enumerate(self.groups):
+        ids = {DIRECT: ABI.OUTBOUND_DIRECT, BLOCK: ABI.OUTBOUND_BLOCK, MUST_RULES: ABI.OUTBOUND_MUST_RULES,
+               USERSPACE: ABI.OUTBOUND_USERSPACE}
+        for i, g in enumerate(self.groups[:ABI.MAX_GROUPS]):
             ids[g] = ABI.OUTBOUND_FIRST_GROUP + i
         return ids
 

@@ -108,6 +108,39 @@ def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
     return 0
 
 
+def reload_daemon(run: RunPaths, abort: bool = False) -> int:
+    """`daetui reload`: the daemon reads its config again; prints what changed or why nothing did."""
+    import asyncio
+
+    from daetui.control import wire
+    from daetui.control.state import ReloadResult
+
+    async def ask() -> ReloadResult:
+        c = ControlClient(run.control)
+        await c.connect()
+        try:
+            return wire.decode(ReloadResult, await c.call("reload", timeout=120, abort=abort))
+        finally:
+            await c.close()
+
+    try:
+        r = asyncio.run(ask())
+    except ControlError as e:
+        print(f"daetui reload: {e}", file=sys.stderr)
+        return 1
+    if not r.ok:
+        print(f"daetui reload: nothing changed: {r.message}", file=sys.stderr)
+        return 1
+    print(f"reloaded: rule generation {r.generation}; {len(r.added)} rules added, {len(r.removed)} removed, "
+          f"{len(r.toggled)} toggled")
+    for label, rules in (("+", r.added), ("-", r.removed), ("~", r.toggled)):
+        for text in rules:
+            print(f"  {label} {text}")
+    if abort:
+        print(f"  {r.aborted} flows reset; {r.kept} kernel-forwarded TCP flows left running")
+    return 0
+
+
 def status(run: RunPaths, as_json: bool = False) -> int:
     """Print the daemon's state (for scripts and people)."""
     import asyncio

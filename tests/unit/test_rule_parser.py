@@ -83,9 +83,12 @@ def test_syntax_errors_point_at_the_problem(text, message, start):
     ("l4proto(icmp) -> direct", "expected tcp or udp", 8),
     ("ipversion(5) -> direct", "expected 4 or 6", 10),
     ("mac(02:42) -> direct", "not a MAC address", 4),
-    ("dport(80) && domain(suffix: a.com) -> direct", "not supported yet", 13),
-    ("dip(geoip:cn) -> direct", "not supported yet", 4),
-    ("dport(1) -> must_rules", "must_rules is not supported", 12),
+    ("dport(80) && domain(regex: 'a(') -> direct", "bad regular expression", 27),
+    ("dip(geoip:cn) -> direct", "geoip.dat", 4),
+    ("dscp(64) -> direct", "expected 0 to 63", 5),
+    ("interface(eth0) -> direct", "say which side", 10),
+    ("dport(1) -> must_rules(must)", "takes no parameters", 12),
+    ("dport(1) -> block(must)", "block cannot be must", 12),
 ])
 def test_value_errors_point_at_the_value(text, message, start):
     with pytest.raises(RuleError) as e:
