@@ -175,7 +175,9 @@ struct ip_key {
 };
 
 struct domain_entry {
-    __u64 bits[GENERATIONS][DOMAIN_WORDS];
+    /* [generation * DOMAIN_WORDS + word]: flat, because BCC's ctypes keep only
+     * the first dimension of a two-dimensional array. */
+    __u64 bits[GENERATIONS * DOMAIN_WORDS];
 };
 
 /* Key of the ip set trie: the first 32 bits of the prefix are the set id

@@ -373,7 +373,7 @@ static __always_inline __u8 match_one(struct __sk_buff *skb, struct route_state 
             return 0;
         }
         __u32 bit = m->domain_bit & (MAX_DOMAIN_FUNCTIONS - 1);
-        return (d->bits[s->gen & 1][(bit >> 6) & (DOMAIN_WORDS - 1)] >> (bit & 63)) & 1;
+        return (d->bits[(s->gen & 1) * DOMAIN_WORDS + ((bit >> 6) & (DOMAIN_WORDS - 1))] >> (bit & 63)) & 1;
     }
     case MATCH_NEVER:
         return 0;

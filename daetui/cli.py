@@ -16,6 +16,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from daetui import aio
 from daetui.config.errors import ConfigError
@@ -100,6 +101,83 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daetui.ui.launch import status
 
     return status(_run_paths(args), as_json=args.json)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Ask the running daemon (it knows what DNS said); without one, read the config file."""
+    import asyncio
+
+    from daetui.control import wire
+    from daetui.control.client import ControlClient, ControlError
+    from daetui.routing.explain import ExplainError, ExplainResult, Query, explain
+
+    q = Query(args.target, args.port, args.proto, args.mac, args.iface, args.wan, args.pname, args.src, args.dscp,
+              args.sport)
+    run = _run_paths(args)
+    if not args.offline and run.control.exists():
+        async def ask() -> ExplainResult:
+            c = ControlClient(run.control)
+            await c.connect()
+            try:
+                raw = await c.call("explain", target=q.target, port=q.port, proto=q.proto, mac=q.mac,
+                                   iface=q.iface, pname=q.pname, src=q.src, sport=q.sport, dscp=q.dscp, wan=q.wan)
+                return wire.decode(ExplainResult, raw)
+            finally:
+                await c.close()
+        try:
+            result = asyncio.run(ask())
+            print(f"(asked the running daetui, {run.control})")
+            print(result.text)
+            return 0
+        except ControlError as e:
+            if "ExplainError" in str(e):
+                print(f"daetui explain: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
+                return 2
+            print(f"daetui explain: no daemon answers ({e}); reading {args.config}", file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    try:
+        print(explain(cfg.routing, q).text)
+    except ExplainError as e:
+        print(f"daetui explain: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_import_dae(args: argparse.Namespace) -> int:
+    from daetui.config.dae_import import DaeImportError, convert_dae
+    from daetui.config.load import parse_config
+
+    src = Path(args.file)
+    try:
+        text = convert_dae(src.read_text(encoding="utf-8"), str(src))
+    except OSError as e:
+        print(f"daetui import-dae: {src}: {e.strerror}", file=sys.stderr)
+        return 1
+    except DaeImportError as e:
+        print(f"daetui import-dae: {e}", file=sys.stderr)
+        return 1
+    try:
+        cfg = parse_config(text, args.output or "<converted>")
+    except ConfigError as e:
+        print(f"daetui import-dae: converted, but the result does not validate:\n{e}", file=sys.stderr)
+        return 1
+    if args.output:
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            print(f"daetui import-dae: {out} exists (--force replaces it)", file=sys.stderr)
+            return 1
+        from daetui.config.edit import write_atomic
+
+        write_atomic(out, text, backup=out.exists())
+        out.chmod(0o600)  # it holds proxy links
+        print(f"wrote {out}: {len(cfg.routing.entries)} rules, {len(cfg.nodes)} nodes, {len(cfg.groups)} groups")
+    else:
+        sys.stdout.write(text)
+    for w in cfg.warnings:
+        print(f"daetui import-dae: warning: {w}", file=sys.stderr)
+    return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -197,6 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     sp = sub.add_parser("stop", help="stop the running daemon (undoing its changes)")
     sp.add_argument("--run-dir", default=argparse.SUPPRESS)
+    ex = sub.add_parser("explain", help="why a flow goes where it goes, rule by rule")
+    ex.add_argument("target", help="a domain, an address, or address:port / [v6]:port / domain:port")
+    ex.add_argument("--port", type=int, help="destination port")
+    ex.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
+    ex.add_argument("--mac", help="the LAN client's MAC")
+    ex.add_argument("--iface", help="the LAN interface it comes in on")
+    ex.add_argument("--pname", help="a process name (the router's own traffic)")
+    ex.add_argument("--src", help="the client's address")
+    ex.add_argument("--sport", type=int, help="the client's port")
+    ex.add_argument("--dscp", type=int, default=0, help="the packets' DSCP (0-63)")
+    ex.add_argument("--wan", help="the interface the flow would leave by")
+    ex.add_argument("--offline", action="store_true", help="read the config file, do not ask the daemon")
+    ex.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    ex.add_argument("--run-dir", default=argparse.SUPPRESS)
+    im = sub.add_parser("import-dae", help="convert a dae config to daetui's TOML")
+    im.add_argument("file")
+    im.add_argument("-o", "--output", help="write here (mode 600) instead of to stdout")
+    im.add_argument("--force", action="store_true", help="replace --output if it exists")
     rl = sub.add_parser("reload", help="reload the running daemon's config file (flows keep their route)")
     rl.add_argument("--abort", action="store_true", help="reset the flows whose route changes")
     rl.add_argument("--run-dir", default=argparse.SUPPRESS)
@@ -222,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command or "run"
     handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
                 "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop,
-                "reload": cmd_reload}
+                "reload": cmd_reload, "explain": cmd_explain, "import-dae": cmd_import_dae}
     return handlers[cmd](args)
 
 

@@ -37,6 +37,7 @@ from daetui.control.listeners import Listeners, open_listeners
 from daetui.control.logbridge import EventLogHandler
 from daetui.control.names import NameBook
 from daetui.control.relay import HAVE_SPLICE, relay
+from daetui.control.sniff import SniffResult, sniff
 from daetui.control.state import (
     Health,
     InterfaceInfo,
@@ -56,11 +57,15 @@ from daetui.flowrecord import FlowKey, RawFlows
 from daetui.outbound.direct import DirectDialer
 from daetui.paths import RunPaths
 from daetui.routing.compile import CompileError, KernelRules
+from daetui.routing.explain import ExplainResult, Query, split_target
+from daetui.routing.explain import explain as explain_rules
 from daetui.routing.matcher import FlowFacts, decide
-from daetui.routing.ruleset import BLOCK, RuleSet
+from daetui.routing.ruleset import BLOCK, DIRECT, USERSPACE, RuleSet
 
 log = logging.getLogger("daetui.control")
 conn_log = logging.getLogger("daetui.conn")
+
+SNIFF_MAX = 16384  # a ClientHello or a request head fits; more is not waited for
 
 
 class StartError(RuntimeError):
@@ -250,11 +255,57 @@ class ControlPlane:
 
     def _open_conn(self, proto: str, client: Endpoint, dst: Endpoint, relay_kind: str) -> Connection:
         rule_index, rule, outbound, stage, mac = self._route(proto, client, dst)
-        conn = self.connections.add(proto=proto, src=client, dst=dst, rule_index=rule_index, rule=rule,
+        return self.connections.add(proto=proto, src=client, dst=dst, rule_index=rule_index, rule=rule,
                                     outbound=outbound, stage=stage, mac=mac, relay=relay_kind)
+
+    def _announce(self, conn: Connection) -> None:
         conn_log.info("open %s", conn.describe())
         self.events.publish("conn.open", id=conn.id)
-        return conn
+
+    def _wants_name(self, conn: Connection) -> bool:
+        """Sniff this flow? When the kernel could not decide, or dial_mode wants the name of a proxied flow."""
+        if conn.outbound == USERSPACE:
+            return True
+        return conn.outbound not in (DIRECT, BLOCK) and self.config.global_.dial_mode != "ip"
+
+    def _decide_with_name(self, conn: Connection, result: SniffResult) -> None:
+        """Route a flow again with the name sniffed from it (user-space stage)."""
+        if result.name is not None and _is_address(result.name):
+            result = SniffResult(None, result.protocol)  # Host: 203.0.113.12 names nothing
+        conn.domain, conn.sniffed = result.name, result.protocol
+        undecided = conn.outbound == USERSPACE
+        if not undecided and not (self.config.global_.dial_mode == "domain++" and result.name):
+            return
+        facts = FlowFacts(ipaddress.ip_address(conn.src[0]), ipaddress.ip_address(conn.dst[0]), conn.src[1],
+                          conn.dst[1], conn.proto, bytes.fromhex(conn.mac.replace(":", "")) if conn.mac else None,
+                          domain=result.name)
+        # Undecided: from the rule the kernel stopped at, a name not found matching nothing.
+        d = decide(self.ruleset, facts, conn.rule_index or 0 if undecided else 0, unknown_name_matches=False)
+        entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
+        conn.rule_index = d.rule_index
+        conn.rule = str(entry.rule) if entry else "fallback"
+        conn.outbound = d.outbound or self.ruleset.fallback
+        conn.stage = "userspace"
+
+    async def _sniff_tcp(self, sock: socket.socket) -> tuple[bytes, SniffResult]:
+        """The client's first bytes (kept, to send on) and the name in them, within sniffing_timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.global_.sniffing_timeout
+        data = b""
+        result = SniffResult(need_more=True)
+        while result.need_more and len(data) < SNIFF_MAX:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, SNIFF_MAX - len(data)), left)
+            except TimeoutError:
+                break  # the client waits for the server (SSH, SMTP): no name to find
+            if not chunk:
+                break
+            data += chunk
+            result = sniff(data, "tcp")
+        return data, result
 
     def _finish(self, conn: Connection, error: str | None) -> None:
         self.connections.finish(conn, error)
@@ -285,18 +336,25 @@ class ControlPlane:
             log.error("tcp from %s: %s", client, e)
             sock.close()
             return
-        if conn.outbound == BLOCK:
-            _reset(sock)
-            sock.close()
-            self._finish(conn, "blocked")
-            return
         me = asyncio.current_task()
         if me is not None:
             self._conn_tasks[conn.id] = me  # type: ignore[assignment]
         upstream = None
         try:
+            first = b""
+            if self._wants_name(conn):
+                first, sniffed = await self._sniff_tcp(sock)
+                self._decide_with_name(conn, sniffed)
+            self._announce(conn)
+            if conn.outbound == BLOCK:
+                _reset(sock)
+                self._finish(conn, "blocked")
+                return
             # Until proxy groups exist, every outbound (direct or a group) dials directly.
             upstream = await self.dialer.connect_tcp(*dst)
+            if first:
+                await asyncio.get_running_loop().sock_sendall(upstream, first)
+                conn.up += len(first)
             error = await relay(sock, upstream, _adder(conn, "up"), _adder(conn, "down"), self.use_splice)
             self._finish(conn, error)
         except asyncio.CancelledError:
@@ -329,8 +387,11 @@ class ControlPlane:
         return n
 
     # -- UDP ------------------------------------------------------------------------------------
-    async def _open_udp(self, client: Endpoint, dst: Endpoint) -> tuple[socket.socket, Connection] | None:
+    async def _open_udp(self, client: Endpoint, dst: Endpoint, first: bytes) -> tuple[socket.socket, Connection] | None:
         conn = self._open_conn("udp", client, dst, "udp")
+        if self._wants_name(conn):
+            self._decide_with_name(conn, sniff(first, "udp"))  # a QUIC Initial names its server
+        self._announce(conn)
         if conn.outbound == BLOCK:
             self._finish(conn, "blocked")
             return None
@@ -424,6 +485,29 @@ class ControlPlane:
     def _forget_kernel_name(self, ip: Any) -> None:
         if self.dataplane is not None and self.dataplane.program is not None:
             self.dataplane.program.forget_domain(ip)
+
+    def explain(self, target: str, port: int | None = None, proto: str = "tcp", mac: str | None = None,
+                iface: str | None = None, pname: str | None = None, src: str | None = None,
+                sport: int | None = None, dscp: int = 0, wan: str | None = None) -> ExplainResult:
+        """explain, with what this daemon knows: the names DNS gave the address, the kernel's bits."""
+        q = Query(target, port, proto, mac, iface, wan, pname, src, dscp, sport)
+        addr, domain, _ = split_target(target)
+        names: list[str] = []
+        bits = None
+        if addr is None and domain is not None:
+            # A name: if DNS gave it an address, explain the flow to that address.
+            for ip in self.names.addresses():
+                if domain in self.names.names(ip):
+                    addr = str(ip)
+                    break
+        if addr is not None:
+            ip = ipaddress.ip_address(addr)
+            names = self.names.names(ip)
+            prog = self.dataplane.program if self.dataplane else None
+            if prog is not None:
+                per_gen = prog.domain_bits(ip)
+                bits = per_gen.get(self.generation) if per_gen else None
+        return explain_rules(self.ruleset, q, addr, names, bits)
 
     # -- reload -----------------------------------------------------------------------------------
     async def reload_from_file(self, abort: bool = False) -> ReloadResult:
@@ -534,6 +618,9 @@ class ControlPlane:
             d = decide(new, facts, unknown_name_matches=False)
             if d.outbound != conn.outbound:
                 aborted += self.close_connections([conn.id])
+                if conn.proto == "udp" and self.dataplane is not None and self.dataplane.program is not None:
+                    # Its next datagram is decided again by the new rules.
+                    self.dataplane.program.forget_flow(FlowKey(facts.sip, conn.src[1], facts.dip, conn.dst[1], "udp"))
         prog = self.dataplane.program if self.dataplane else None
         if prog is not None:
             for f in prog.flows():
@@ -575,6 +662,14 @@ class ControlPlane:
         if mv is None:
             return MapEntries(name, ("note",), (("no kernel side",),), 0)
         return mv.entries(name, search, limit)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _rule_diff(old: RuleSet, new: RuleSet) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:

@@ -150,6 +150,6 @@ class ControlServer:
             plane.learn_name(str(args["addr"]), str(args["name"]))
             return True
         if cmd == "explain":
-            return plane.explain(**{k: args[k] for k in ("target", "port", "proto", "mac", "iface", "pname", "src")
-                                    if k in args})
+            keys = ("target", "port", "proto", "mac", "iface", "pname", "src", "sport", "dscp", "wan")
+            return plane.explain(**{k: args[k] for k in keys if args.get(k) is not None})
         raise ValueError(f"unknown command {cmd!r}")

@@ -46,8 +46,9 @@ class NatEntry:
     last: float = field(default_factory=time.monotonic)
 
 
-# Opens a flow: returns the upstream socket and the connection record, or None to drop it.
-Opener = Callable[[Endpoint, Endpoint], Awaitable[tuple[socket.socket, Connection] | None]]
+# Opens a flow, given its first datagram: returns the upstream socket and the
+# connection record, or None to drop it.
+Opener = Callable[[Endpoint, Endpoint, bytes], Awaitable[tuple[socket.socket, Connection] | None]]
 Closer = Callable[[Connection, str | None], None]
 
 
@@ -131,7 +132,8 @@ class UdpNat:
     async def _open(self, key: tuple[Endpoint, Endpoint]) -> None:
         client, dst = key
         try:
-            opened = await self.opener(client, dst)
+            queued_first = self._opening.get(key, [b""])[0]
+            opened = await self.opener(client, dst, queued_first)
         except Exception as e:
             log.info("udp %s -> %s: %s", client, dst, e)
             opened = None

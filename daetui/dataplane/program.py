@@ -33,6 +33,11 @@ def _v6(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     return addr.packed
 
 
+def _word(gen: int, w: int) -> int:
+    """Where a generation's word sits in domain_entry.bits (flat: see bpf/daetui.h)."""
+    return gen * ABI.DOMAIN_WORDS + w
+
+
 def monotonic_to_wall(ns: int) -> float:
     """A bpf_ktime_get_ns() timestamp as a Unix time."""
     return time.time() - (time.monotonic_ns() - ns) / 1e9
@@ -146,7 +151,7 @@ class KernelProgram:
         v = dr.Leaf()
         for gen, value in bits.items():
             for w in range(ABI.DOMAIN_WORDS):
-                v.bits[gen][w] = (value >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+                v.bits[_word(gen, w)] = (value >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
         dr[k] = v
 
     def domain_bits(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[int, int] | None:
@@ -159,7 +164,7 @@ class KernelProgram:
             v = dr[k]
         except KeyError:
             return None
-        return {gen: sum(int(v.bits[gen][w]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
+        return {gen: sum(int(v.bits[_word(gen, w)]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
                 for gen in range(ABI.GENERATIONS)}
 
     def forget_domain(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
@@ -178,7 +183,7 @@ class KernelProgram:
         for k, v in self.bpf[b"domain_routing"].items():
             a = ipaddress.IPv6Address(bytes(k.addr))
             addr = a.ipv4_mapped or a
-            out.append((addr, {gen: sum(int(v.bits[gen][w]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
+            out.append((addr, {gen: sum(int(v.bits[_word(gen, w)]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
                                for gen in range(ABI.GENERATIONS)}))
         return out
 

@@ -84,6 +84,17 @@ def domain_functions(ruleset: RuleSet) -> list[DomainFunction]:
     return out
 
 
+def evaluation_order(conditions: tuple[CheckedCondition, ...]) -> list[tuple[int, CheckedCondition]]:
+    """A rule's functions in the order they are evaluated: (position as written, function).
+
+    AND does not care about order, so domain functions go last: a flow that
+    another function already rules out never needs its name, and the kernel
+    decides it without handing it to user space.
+    """
+    indexed = list(enumerate(conditions))
+    return [x for x in indexed if x[1].function != "domain"] + [x for x in indexed if x[1].function == "domain"]
+
+
 def domain_bitmap(functions: list[DomainFunction], name: str) -> int:
     """Which domain functions a name matches: the bits the DNS side writes for its addresses."""
     bits = 0
@@ -153,7 +164,7 @@ def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS,
         if entry.index >= ABI.MAX_RULES:
             raise CompileError(f"rule {entry.label}: the kernel holds at most {ABI.MAX_RULES} rules")
         first = len(out.match_sets)
-        for pos, cc in enumerate(entry.conditions):
+        for pos, cc in evaluation_order(entry.conditions):
             func_first = len(out.match_sets)
             mtype = _MATCH.get(cc.function, 0)
             if cc.function in ("dip", "sip"):

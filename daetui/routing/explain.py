@@ -33,6 +33,7 @@ class Query:
     pname: str | None = None
     src: str | None = None
     dscp: int = 0
+    sport: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,12 @@ def facts_for(q: Query, addr: str | None = None, names: list[str] | None = None,
         mac = bytes(int(x, 16) for x in re.split("[:-]", q.mac))
     dip = ipaddress.ip_address(ip or addr) if (ip or addr) else None
     sip = ipaddress.ip_address(q.src) if q.src else None
-    return FlowFacts(sip, dip, None, q.port or port, q.proto, mac, q.dscp, q.iface, q.wan, q.pname,
+    return FlowFacts(sip, dip, q.sport, q.port or port, q.proto, mac, q.dscp, q.iface, q.wan, q.pname,
                      domain or (names[0] if names else None), domain_bits)
 
 
-def render(ruleset: RuleSet, facts: FlowFacts, d: Decision, names: list[str] | None = None) -> str:
+def render(ruleset: RuleSet, facts: FlowFacts, d: Decision, names: list[str] | None = None,
+           without_name: Decision | None = None) -> str:
     """The trace, one line per rule considered, then the outcome."""
     dst = str(facts.dip) if facts.dip is not None else "(any address)"
     if facts.dport is not None:
@@ -99,23 +101,26 @@ def render(ruleset: RuleSet, facts: FlowFacts, d: Decision, names: list[str] | N
         lines.append(f"  DNS gave this address the name{'s' if len(names) > 1 else ''}: {', '.join(names)}")
     traced = {t.index: t for t in d.trace}
     for e in ruleset.entries:
+        if d.rule_index is not None and e.index > d.rule_index:
+            break
         label = f"#{e.index + 1}" + (f" {e.name}" if e.name else "")
         if not e.enabled:
             lines.append(f"  {label:6} {e.rule}\n           skipped: disabled")
             continue
         t = traced.get(e.index)
         if t is None:
-            if d.rule_index is not None and e.index > d.rule_index:
-                break
             continue
         lines.append(f"  {label:6} {e.rule}")
         for c in t.conditions:
             verdict = {True: "matches", False: "does not match", None: "unknown"}[c.matched]
             lines.append(f"           {c.text}: {verdict}" + (f" ({c.why})" if c.why else ""))
     if d.undecided:
-        lines.append(f"=> undecided at rule #{(d.rule_index or 0) + 1}: it needs "
-                     f"{'a name' if not facts.domain else 'a fact'} that is not known. The daemon sniffs the "
-                     "name from the flow's first bytes and decides from this rule on.")
+        lines.append(f"=> the kernel cannot decide at rule #{(d.rule_index or 0) + 1}: it has no name for this "
+                     "address. The flow goes to daetui, which sniffs the name from its first bytes (TLS, HTTP, "
+                     "QUIC) and decides from this rule on.")
+        if without_name is not None:
+            rule = "the fallback" if without_name.rule_index is None else f"rule #{without_name.rule_index + 1}"
+            lines.append(f"=> with no name found: {without_name.outbound} ({rule})")
     elif d.rule_index is None:
         lines.append(f"=> {d.outbound} (no rule matched: the fallback)")
     else:
@@ -125,6 +130,10 @@ def render(ruleset: RuleSet, facts: FlowFacts, d: Decision, names: list[str] | N
 
 def explain(ruleset: RuleSet, q: Query, addr: str | None = None, names: list[str] | None = None,
             domain_bits: int | None = None) -> ExplainResult:
+    """What the daemon would do with the flow `q` describes (facts not given are taken as not matching)."""
     facts = facts_for(q, addr, names, domain_bits)
-    d = decide(ruleset, facts)
-    return ExplainResult(d.outbound, d.rule_index, render(ruleset, facts, d, names))
+    d = decide(ruleset, facts, unknown_facts_match=False)
+    without = decide(ruleset, facts, d.rule_index or 0, unknown_name_matches=False, unknown_facts_match=False) \
+        if d.undecided else None
+    return ExplainResult(d.outbound if not d.undecided else None, d.rule_index,
+                         render(ruleset, facts, d, names, without))

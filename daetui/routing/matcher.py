@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from daetui.routing.compile import domain_functions
+from daetui.routing.compile import domain_functions, evaluation_order
 from daetui.routing.ruleset import MUST_RULES, CheckedCondition, RuleSet
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -123,13 +123,14 @@ def _needs(function: str) -> str:
             "sport": "source port", "ipversion": "address"}.get(function, function)
 
 
-def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matches: bool | None = None
-           ) -> Decision:
+def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matches: bool | None = None,
+           unknown_facts_match: bool | None = None) -> Decision:
     """First enabled rule (from index `start`) whose every function matches; else the fallback.
 
     A domain function with no name known stops the evaluation (undecided), as
     the kernel stops -- unless `unknown_name_matches` says what to assume (the
-    control plane, once sniffing found nothing, assumes False).
+    control plane, once sniffing found nothing, assumes False). A function on
+    a fact not given (explain) stops it too, unless `unknown_facts_match` says.
     """
     bits = {(d.rule_index, d.position): d.bit for d in domain_functions(ruleset)}
     trace: list[RuleTrace] = []
@@ -139,13 +140,15 @@ def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matc
             continue
         conds = []
         ok: bool | None = True
-        for pos, cc in enumerate(entry.conditions):
+        for pos, cc in evaluation_order(entry.conditions):
             m = condition_matches(cc, facts, bits.get((entry.index, pos)))
             why = ""
             if m is None:
+                assume = unknown_name_matches if cc.function == "domain" else unknown_facts_match
                 why = "no name known" if cc.function == "domain" else f"{_needs(cc.function)} not given"
-                if unknown_name_matches is not None:
-                    m = unknown_name_matches != cc.condition.negate
+                if assume is not None:
+                    m = assume != cc.condition.negate
+                    why += f"; taken as {'matching' if assume else 'not matching'}"
             conds.append(ConditionTrace(str(cc.condition), m, why))
             if not m:
                 ok = m

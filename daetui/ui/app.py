@@ -94,6 +94,7 @@ class DaetuiApp(App[str | None]):
         Binding("4", "pane('logs')", "Logs", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("escape", "escape", "Back", show=False),
+        Binding("slash", "filter", "Filter", show=False),
         Binding("q", "quit_prompt", "Quit"),
     ]
 
@@ -145,6 +146,10 @@ class DaetuiApp(App[str | None]):
     @work(exclusive=True, group="poll")
     async def _poll(self) -> None:
         """Fetch a snapshot every `refresh_interval`; reconnect when the daemon goes away."""
+        with contextlib.suppress(NoMatches):  # the app is closing: its widgets are gone
+            await self._poll_loop()
+
+    async def _poll_loop(self) -> None:
         status = self.query_one(StatusBar)
         while True:
             if self.source is None:
@@ -263,6 +268,14 @@ class DaetuiApp(App[str | None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.query_one(self._pane_widget()).HELP))
+
+    def action_filter(self) -> None:
+        """`/` opens the active pane's filter line, wherever the focus is."""
+        pane = self.query_one(self._pane_widget())
+        for name in ("action_filter", "action_search"):
+            if hasattr(pane, name):
+                getattr(pane, name)()
+                return
 
     def action_escape(self) -> None:
         pane = self.query_one(self._pane_widget())

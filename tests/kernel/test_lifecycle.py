@@ -130,7 +130,7 @@ def test_config_error_names_the_place_and_starts_nothing(lab, tmp_path):
     bad.write_text(CONFIG.replace("-> proxy", "-> proxy)"))
     out = daetui_cli(lab, "--no-ui", "--config", str(bad), "--run-dir", str(tmp_path / "run"))
     assert out.returncode == 2
-    assert f"{bad}:6:" in out.stderr and "expected the end of the rule" in out.stderr
+    assert f"{bad}:9:55:" in out.stderr and "expected the end of the rule" in out.stderr
     assert_same_state(before, router_state(lab))
     assert not (tmp_path / "run").exists()
 

@@ -39,7 +39,7 @@ async def echo():
 
 
 def make_nat(table: ConnectionTable, closed: list, server, **kw) -> UdpNat:
-    async def opener(client, dst):
+    async def opener(client, dst, first):
         up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         up.setblocking(False)
         up.connect(server)  # the "remote" end of the flow to dst
