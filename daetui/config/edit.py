@@ -44,6 +44,11 @@ def _literal(s: str) -> str:
     return tomlkit.string(s).as_string()
 
 
+def _inline(pairs: dict[str, object]) -> str:
+    """`{ rule = "...", enabled = false }`: an inline table as people write them (tomlkit drops the spaces)."""
+    return "{ " + ", ".join(f"{k} = {tomlkit.item(v).as_string()}" for k, v in pairs.items()) + " }"
+
+
 class RulesEditor:
     """Edits `routing.rules` in the file that holds them."""
 
@@ -116,10 +121,7 @@ class RulesEditor:
         """Replace rule #i's text, keeping its name and enabled state."""
         item = self._item(i)
         if isinstance(item, dict | InlineTable):
-            t = tomlkit.inline_table()
-            for k, v in item.items():
-                t[k] = rule_text if k == "rule" else v
-            self._replace_value(i, t.as_string())
+            self._replace_value(i, _inline({k: rule_text if k == "rule" else v for k, v in item.items()}))
         else:
             self._replace_value(i, _literal(rule_text))
 
@@ -129,22 +131,14 @@ class RulesEditor:
         if self.enabled(i) == enabled:
             return
         if isinstance(item, String | str) and not enabled:
-            t = tomlkit.inline_table()
-            t["rule"] = str(item)
-            t["enabled"] = False
-            self._replace_value(i, t.as_string())
+            self._replace_value(i, _inline({"rule": item, "enabled": False}))
             return
         assert isinstance(item, dict | InlineTable)
         rest = {k: v for k, v in item.items() if k != "enabled"}
         if list(rest) == ["rule"] and enabled:
             self._replace_value(i, _literal(str(rest["rule"])))  # back to the plain string it was
             return
-        t = tomlkit.inline_table()
-        for k, v in rest.items():
-            t[k] = v
-        if not enabled:
-            t["enabled"] = False
-        self._replace_value(i, t.as_string())
+        self._replace_value(i, _inline({**rest, "enabled": False} if not enabled else rest))
 
     def insert(self, i: int, rule_text: str) -> None:
         """A new rule at position i (0 = first; len = last)."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from daetui.control import wire
 from daetui.control.events import Event
-from daetui.control.state import LogLine, MapEntries, MapInfo, Snapshot
+from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.routing.explain import ExplainResult
 
 MAX_LINE = 256 << 20
 
@@ -107,6 +108,19 @@ class ControlClient:
 
     async def stop_daemon(self) -> None:
         await self.call("stop")
+
+    async def reload(self, abort: bool = False) -> ReloadResult:
+        return wire.decode(ReloadResult, await self.call("reload", timeout=120, abort=abort))
+
+    async def reload_preview(self) -> ReloadResult:
+        return wire.decode(ReloadResult, await self.call("reload_preview"))
+
+    async def edit_rules(self, op: str, index: int, **args: Any) -> ReloadResult:
+        """Edit a rule in the daemon's config file (and reload it): toggle, set, insert, remove, move."""
+        return wire.decode(ReloadResult, await self.call("edit_rules", timeout=120, op=op, index=index, **args))
+
+    async def explain(self, **query: Any) -> ExplainResult:
+        return wire.decode(ExplainResult, await self.call("explain", **query))
 
     async def events(self) -> AsyncIterator[Event]:
         """The daemon's events from now on (log lines, connections opened and closed)."""

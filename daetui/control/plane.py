@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from daetui.bpfabi import ABI
+from daetui.config.edit import EditError, RulesEditor
 from daetui.config.errors import ConfigError
 from daetui.config.load import Config, load_config
 from daetui.control.connections import Connection, ConnectionTable, Endpoint
@@ -578,6 +579,55 @@ class ControlPlane:
                      f", {result.aborted} flows reset" if abort else "")
             self.events.publish("reload", ok=True, message=result.message)
             return result
+
+    async def edit_rules(self, op: str, index: int = 0, text: str = "", to: int = 0, enabled: bool = True,
+                         expect: str | None = None) -> ReloadResult:
+        """Change a rule in the config file (comments kept), then reload it.
+
+        `expect` is the rule's text as the caller last saw it: if the file says
+        otherwise it was changed by someone else, and nothing is done. An edit
+        that would not give a valid config is refused and nothing is written.
+        """
+        loop = asyncio.get_running_loop()
+
+        def apply() -> Config:
+            ed = RulesEditor(self.config.routing_file)
+            if expect is not None and op != "insert" and ed.rule_text(index) != expect:
+                raise EditError(f"rule #{index + 1} in {ed.path} is now {ed.rule_text(index)!r}, not {expect!r}: "
+                                "the file changed; reload it (R) and try again")
+            if op == "toggle":
+                ed.set_enabled(index, enabled)
+            elif op == "set":
+                ed.set_rule(index, text)
+            elif op == "insert":
+                ed.insert(index, text)
+            elif op == "remove":
+                ed.remove(index)
+            elif op == "move":
+                ed.move(index, to)
+            else:
+                raise EditError(f"unknown edit {op!r}")
+            return ed.save(self.config.source)
+
+        try:
+            new = await loop.run_in_executor(None, apply)
+        except EditError as e:
+            log.error("rule edit refused: %s", e)
+            return ReloadResult(False, str(e), self.generation)
+        log.info("rule edit (%s #%d) written to %s", op, index + 1, self.config.routing_file)
+        return await self.reload(new)
+
+    async def preview_reload(self) -> ReloadResult:
+        """What reloading the file would change (nothing is applied)."""
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, load_config, self.config.source)
+        except ConfigError as e:
+            return ReloadResult(False, str(e), self.generation)
+        problem = self._reload_problem(self.config, new)
+        if problem:
+            return ReloadResult(False, problem, self.generation)
+        return ReloadResult(True, "preview", self.generation, *_rule_diff(self.config.routing, new.routing))
 
     @staticmethod
     def _reload_problem(old: Config, new: Config) -> str | None:

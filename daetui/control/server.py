@@ -146,6 +146,11 @@ class ControlServer:
             return True
         if cmd == "reload":
             return await plane.reload_from_file(abort=bool(args.get("abort", False)))
+        if cmd == "reload_preview":
+            return await plane.preview_reload()
+        if cmd == "edit_rules":
+            keys = ("op", "index", "text", "to", "enabled", "expect")
+            return await plane.edit_rules(**{k: args[k] for k in keys if k in args})
         if cmd == "learn_name":
             plane.learn_name(str(args["addr"]), str(args["name"]))
             return True

@@ -1,7 +1,8 @@
 """`daetui demo`: the lab, daetui routing in it, traffic flowing, and the console on it.
 
 Brings the lab up (or uses the one that is up), starts daetui in the router
-namespace with sample_configs/lab.toml, makes traffic from the LAN client,
+namespace with a copy of sample_configs/lab.toml (edits in the console
+change the copy), makes traffic from the LAN client,
 and opens the console. Quitting the console with "stop" ends everything the
 demo started; "leave running" keeps the lab and daetui (come back with
 `ip netns exec dtlab-router daetui attach`, end it all with
@@ -10,6 +11,7 @@ demo started; "leave running" keeps the lab and daetui (come back with
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -29,10 +31,33 @@ def demo_run_paths(lab: Lab) -> RunPaths:
     return RunPaths(RUN_ROOT / f"netns-{lab.router}", per_netns=True)
 
 
+def demo_config(lab: Lab, sample: Path) -> Path:
+    """The demo's own copy of the sample config: the console's rule edits go there, not into the repo.
+
+    A demo that is still running keeps its copy (and the edits made to it);
+    a new one starts from the sample again.
+    """
+    from daetui.ui.launch import daemon_pid
+
+    copy = RUN_ROOT / "demo" / f"{lab.name}.toml"
+    if daemon_pid(demo_run_paths(lab)) is None or not copy.exists():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(sample.read_text())
+    return copy
+
+
+def _forget_config(lab: Lab) -> None:
+    for leftover in (RUN_ROOT / "demo" / f"{lab.name}.toml", RUN_ROOT / "demo" / f"{lab.name}.toml.bak"):
+        leftover.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only when empty: the headless demo's run dir lives there too
+        (RUN_ROOT / "demo").rmdir()
+
+
 def run_demo(duration: float = 0, lab_name: str = "dtlab", config: Path = SAMPLE, ui: bool = True,
              theme: str | None = None) -> int:
     lab = Lab(lab_name)
     made_lab = not lab.is_up()
+    config = demo_config(lab, config)
     print(f"daetui demo: {'building' if made_lab else 'using'} lab {lab_name} "
           f"(namespaces {lab.lan}, {lab.router}, {lab.wan})", flush=True)
     lab.up()
@@ -56,6 +81,7 @@ def _with_console(lab: Lab, config: Path, traffic: TrafficGenerator, made_lab: b
               f"    ip netns exec {lab.router} {sys.executable} -m daetui attach\n"
               f"and end it all with\n    {sys.executable} -m daetui demo --down")
         return rc
+    _forget_config(lab)
     if made_lab:
         lab.down()
         print("daetui demo: lab removed")
@@ -71,6 +97,7 @@ def demo_down(lab_name: str = "dtlab") -> int:
     if daemon_pid(run) is not None:
         stop_daemon(run)
     lab.down()
+    _forget_config(lab)
     print(f"daetui demo: lab {lab_name} down")
     return 0
 
@@ -119,6 +146,7 @@ def _headless(lab: Lab, config: Path, traffic: TrafficGenerator, made_lab: bool,
                 daemon.kill()
                 rc = 1
         reader.join(5)
+        _forget_config(lab)
         if made_lab:
             lab.down()
         print(f"daetui demo: done ({traffic.rounds} rounds of traffic); "

@@ -23,17 +23,21 @@ from textual.widgets import Footer, TabbedContent, TabPane
 from daetui.control import wire
 from daetui.control.client import ControlError
 from daetui.control.events import Event
-from daetui.control.state import LogLine, MapEntries, MapInfo, Snapshot
+from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.routing.explain import ExplainResult
 from daetui.ui.flows import FlowRow
 from daetui.ui.panes.connections import ConnectionsPane
 from daetui.ui.panes.logs import LogsPane
 from daetui.ui.panes.maps import MapsPane
 from daetui.ui.panes.overview import OverviewPane
+from daetui.ui.panes.rules import RulesPane
 from daetui.ui.screens.modals import ConfirmScreen, FlowScreen, HelpScreen, QuitScreen
+from daetui.ui.screens.reload import ReloadPreviewScreen
+from daetui.ui.screens.rule_edit import RuleEditScreen
 from daetui.ui.themes import CSS_PATH, load_themes, resolve
 from daetui.ui.widgets.statusbar import StatusBar
 
-PANES = ("overview", "connections", "maps", "logs")
+PANES = ("overview", "connections", "rules", "maps", "logs")
 
 
 class Source(Protocol):
@@ -47,6 +51,10 @@ class Source(Protocol):
     async def close_connections(self, ids: list[int]) -> int: ...
     async def stop_daemon(self) -> None: ...
     async def close(self) -> None: ...
+    async def reload(self, abort: bool = False) -> ReloadResult: ...
+    async def reload_preview(self) -> ReloadResult: ...
+    async def edit_rules(self, op: str, index: int, **args: Any) -> ReloadResult: ...
+    async def explain(self, **query: Any) -> ExplainResult: ...
 
 
 class DaetuiCommands(Provider):
@@ -62,6 +70,7 @@ class DaetuiCommands(Provider):
             ("Close all shown relayed connections", "as X in Connections",
              lambda: app.query_one(ConnectionsPane).action_close_filtered()),
             ("Pause or resume the log", "as p in Logs", lambda: app.query_one(LogsPane).action_pause()),
+            ("Reload the config file", "as R in Rules: shows what changes first", app.preview_reload),
             ("Stop daetui (stop routing) and quit", "undoes every change daetui made",
              partial(app.finish, "stop")),
             ("Leave daetui running and quit", "daetui attach comes back", partial(app.finish, "detach")),
@@ -90,8 +99,9 @@ class DaetuiApp(App[str | None]):
     BINDINGS = [
         Binding("1", "pane('overview')", "Overview", show=False),
         Binding("2", "pane('connections')", "Connections", show=False),
-        Binding("3", "pane('maps')", "Maps", show=False),
-        Binding("4", "pane('logs')", "Logs", show=False),
+        Binding("3", "pane('rules')", "Rules", show=False),
+        Binding("4", "pane('maps')", "Maps", show=False),
+        Binding("5", "pane('logs')", "Logs", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("escape", "escape", "Back", show=False),
         Binding("slash", "filter", "Filter", show=False),
@@ -121,9 +131,11 @@ class DaetuiApp(App[str | None]):
                 yield OverviewPane()
             with TabPane("2 Connections", id="connections"):
                 yield ConnectionsPane()
-            with TabPane("3 Maps", id="maps"):
+            with TabPane("3 Rules", id="rules"):
+                yield RulesPane()
+            with TabPane("4 Maps", id="maps"):
                 yield MapsPane()
-            with TabPane("4 Logs", id="logs"):
+            with TabPane("5 Logs", id="logs"):
                 yield LogsPane()
         yield Footer()
 
@@ -188,6 +200,7 @@ class DaetuiApp(App[str | None]):
         self.refresh_count += 1
         self.query_one(StatusBar).show(snap)
         self.query_one(OverviewPane).update_snapshot(snap)
+        self.query_one(RulesPane).update_snapshot(snap)
 
     @work(exclusive=True, group="events")
     async def _listen(self, source: Source) -> None:
@@ -224,7 +237,98 @@ class DaetuiApp(App[str | None]):
     # -- commands from the panes ----------------------------------------------------------------
     def show_flow(self, row: FlowRow) -> None:
         names = {i.index: i.name for i in self.snapshot.interfaces} if self.snapshot else {}
-        self.push_screen(FlowScreen(row, names))
+        screen = FlowScreen(row, names)
+        self.push_screen(screen)
+        self._trace_flow(screen, row, names.get(row.ifindex) if row.ifindex else None)
+
+    @work(group="explain")
+    async def _trace_flow(self, screen: FlowScreen, row: FlowRow, iface: str | None) -> None:
+        """The rule trace of a flow like this one under the rules now (as `daetui explain`)."""
+        if self.source is None:
+            return
+        host = f"[{row.dst}]" if ":" in row.dst else row.dst
+        try:
+            result = await self.source.explain(target=f"{host}:{row.dport}", proto=row.proto.lower(),
+                                               mac=row.mac or None, src=row.src, sport=row.sport, iface=iface)
+        except ControlError as e:
+            screen.show_trace(f"explain failed: {e}")
+            return
+        screen.show_trace(result.text)
+
+    # -- rules: every edit goes through the daemon, which writes the file and reloads --------------
+    def edit_rule(self, op: str, index: int, **args: Any) -> None:
+        """toggle / set / insert / remove / move a rule (see ControlPlane.edit_rules)."""
+        self._edit_rule(op, index, args)
+
+    @work(group="rules")
+    async def _edit_rule(self, op: str, index: int, args: dict[str, Any]) -> None:
+        if self.source is None:
+            self.notify("not connected to daetui", severity="error")
+            return
+        try:
+            result = await self.source.edit_rules(op, index, **args)
+        except ControlError as e:
+            self.notify(f"rule edit failed: {e}", severity="error")
+            return
+        self._reloaded(result, f"rule #{index + 1}: {op}")
+
+    def _reloaded(self, result: ReloadResult, what: str) -> None:
+        if result.ok:
+            self.notify(f"{what} — saved and applied (generation {result.generation})")
+            self._refresh_now()
+        else:
+            self.notify(f"{what} refused, nothing changed:\n{result.message}", severity="error", timeout=12)
+
+    @work(group="refresh")
+    async def _refresh_now(self) -> None:
+        """A snapshot at once after a change, rather than at the next tick."""
+        if self.source is not None:
+            with contextlib.suppress(ControlError, OSError):
+                self._apply(await self.source.snapshot(flows=False))
+
+    def ask_rule(self, title: str, text: str, op: str, index: int, expect: str | None = None) -> None:
+        """The rule editor; what it returns is saved by the daemon (which checks it again)."""
+        snap = self.snapshot
+        outbounds = set(snap.outbounds.values()) if snap else set()
+        config = snap.health.config if snap else None
+
+        def done(new: str | None) -> None:
+            if new is not None and new != text:
+                args: dict[str, Any] = {"text": new}
+                if expect is not None:
+                    args["expect"] = expect
+                self.edit_rule(op, index, **args)
+        self.push_screen(RuleEditScreen(title, text, outbounds, config), done)
+
+    def confirm_remove(self, index: int, text: str) -> None:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.edit_rule("remove", index, expect=text)
+        self.push_screen(ConfirmScreen(f"Delete rule #{index + 1}?\n\n  {text}\n\n"
+                                       "It is removed from the config file (the old file is kept as .bak)."), answer)
+
+    def preview_reload(self) -> None:
+        """R: what reloading the file would change; apply it if the operator says so."""
+        self._preview_reload()
+
+    @work(group="rules")
+    async def _preview_reload(self) -> None:
+        if self.source is None:
+            return
+        try:
+            preview = await self.source.reload_preview()
+        except ControlError as e:
+            self.notify(f"reload: {e}", severity="error")
+            return
+        config = self.snapshot.health.config if self.snapshot else "the config"
+
+        async def apply(yes: bool | None) -> None:
+            if yes and self.source is not None:
+                try:
+                    self._reloaded(await self.source.reload(), "reload")
+                except ControlError as e:
+                    self.notify(f"reload: {e}", severity="error")
+        self.push_screen(ReloadPreviewScreen(preview, config), apply)
 
     def close_flows(self, ids: list[int]) -> None:
         self._close(ids)
@@ -256,6 +360,8 @@ class DaetuiApp(App[str | None]):
         if pane == "connections" and self.snapshot is not None:
             self.query_one(ConnectionsPane).update_snapshot(self.snapshot)
             self.query_one(ConnectionsPane).table.focus()
+        elif pane == "rules":
+            self.query_one(RulesPane).table.focus()
         elif pane == "maps":
             self.query_one(MapsPane).maps.focus()
             self.refresh_maps()
@@ -263,7 +369,7 @@ class DaetuiApp(App[str | None]):
             self.query_one("#log-view").focus()
 
     def _pane_widget(self) -> Any:
-        return {"overview": OverviewPane, "connections": ConnectionsPane, "maps": MapsPane,
+        return {"overview": OverviewPane, "connections": ConnectionsPane, "rules": RulesPane, "maps": MapsPane,
                 "logs": LogsPane}[self.active_pane]
 
     def action_help(self) -> None:

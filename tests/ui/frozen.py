@@ -13,7 +13,8 @@ from pathlib import Path
 
 from daetui.control import wire
 from daetui.control.events import Event
-from daetui.control.state import LogLine, MapEntries, MapInfo, Snapshot
+from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.routing.explain import ExplainResult
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lab.json"
 
@@ -23,6 +24,7 @@ class FrozenSource:
         self.data = json.loads(path.read_text())
         self.closed: list[int] = []
         self.stopped = False
+        self.edits: list[tuple[str, int, dict]] = []
 
     async def snapshot(self, flows: bool = True) -> Snapshot:
         return wire.decode(Snapshot, self.data["snapshot"])
@@ -54,3 +56,17 @@ class FrozenSource:
 
     async def close(self) -> None:
         pass
+
+    # A recording has no daemon to change: edits are kept for the test to look at.
+    async def reload(self, abort: bool = False) -> ReloadResult:
+        return ReloadResult(False, "frozen source: nothing to reload")
+
+    async def reload_preview(self) -> ReloadResult:
+        return ReloadResult(True, "preview", 1, added=("dport(8443) -> proxy",), toggled=("dport(22) -> direct",))
+
+    async def edit_rules(self, op: str, index: int, **args: object) -> ReloadResult:
+        self.edits.append((op, index, args))
+        return ReloadResult(False, "frozen source: nothing written")
+
+    async def explain(self, **query: object) -> ExplainResult:
+        return ExplainResult(None, None, "frozen source: no trace recorded")

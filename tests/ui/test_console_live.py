@@ -98,13 +98,13 @@ async def test_a_relayed_flow_shows_with_rule_stage_log_and_map_entry(daemon, la
         assert "proxy" in text and "kernel" in text
 
         # Its line in Logs.
-        await pilot.press("4")
+        await pilot.press("5")
         logs = app.query_one(LogsPane)
         await until(pilot, lambda: any(":45111 -> 203.0.113.10:7" in ln.message and "closed" in ln.message
                                        for ln in logs.lines))
 
         # Its routing_tuples entry, decoded, in Maps.
-        await pilot.press("3")
+        await pilot.press("4")
         maps = app.query_one(MapsPane)
         await until(pilot, lambda: maps.last is not None and maps.last.name == "routing_tuples")
         entry = await until(pilot, lambda: next((r for r in maps.last.rows if r[1] == "192.0.2.10:45111"), None))

@@ -11,7 +11,7 @@ import pytest
 from conftest import frozen_app
 
 SIZES = [(80, 24), (160, 48)]
-PANES = ["overview", "connections", "maps", "logs"]
+PANES = ["overview", "connections", "rules", "maps", "logs"]
 
 
 async def settle(pilot) -> None:
@@ -52,3 +52,29 @@ def test_basic_theme_snapshot(snap_compare) -> None:
     """The 16-colour theme for basic terminals."""
     app = frozen_app("connections", theme="basic")
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_rule_editor_marks_the_error(snap_compare) -> None:
+    """The rule editor, typed into: the faulty part of the rule marked, Save disabled."""
+    app = frozen_app("rules")
+
+    async def before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+        await pilot.press("home", "ctrl+k", *"l4proto(tcp) && dport(99999) -> proxy")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)
+
+
+def test_reload_preview(snap_compare) -> None:
+    """R in Rules: what reloading the file would change, before it is applied."""
+    app = frozen_app("rules")
+
+    async def before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("R")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)

@@ -119,7 +119,7 @@ def test_keys_and_screens_in_a_real_terminal(tmux, lab, setup):
     tmux.keys("ui", "Enter")
     tmux.wait_text("ui", "filter: dport:7")
 
-    tmux.keys("ui", "4")
+    tmux.keys("ui", "5")
     tmux.wait_text("ui", "192.0.2.10:45444 -> 203.0.113.10:7 by #1")
 
     tmux.keys("ui", "?")
@@ -127,7 +127,7 @@ def test_keys_and_screens_in_a_real_terminal(tmux, lab, setup):
     tmux.keys("ui", "Escape")
     time.sleep(0.3)  # ESC followed at once by a key reads as alt+key, as in any terminal app
 
-    tmux.keys("ui", "3")
+    tmux.keys("ui", "4")
     tmux.wait_text("ui", "routing_tuples")
 
     # Quit on purpose: the console asks; stopping stops the daemon and undoes its changes.

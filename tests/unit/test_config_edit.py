@@ -52,7 +52,7 @@ def test_toggle_writes_only_that_rule_and_keeps_every_comment(cfg):
     assert comments(new) == comments(ORIGINAL)
     diff = [(a, b) for a, b in zip(ORIGINAL.splitlines(), new.splitlines(), strict=True) if a != b]
     assert diff == [('  "dport(80, 443) -> proxy",  # the usual',
-                     '  {rule = "dport(80, 443) -> proxy", enabled = false},  # the usual')]
+                     '  { rule = "dport(80, 443) -> proxy", enabled = false },  # the usual')]
     assert [e.enabled for e in loaded.routing.entries] == [True, False, True, True]
     assert (cfg.with_name("config.toml.bak")).read_text() == ORIGINAL
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o640

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -17,7 +18,7 @@ GLOBAL_HELP = """\
 
 | key | |
 |---|---|
-| `1` `2` `3` `4` | Overview, Connections, Maps, Logs |
+| `1` … `5` | Overview, Connections, Rules, Maps, Logs |
 | `?` or `F1` | this help (for the pane you are on) |
 | `ctrl+p` | command palette: panes, themes, stop or detach |
 | `esc` | leave a filter line, close a dialog |
@@ -80,7 +81,14 @@ class FlowScreen(ModalScreen[None]):
         with Vertical(id="flow-box", classes="dialog"):
             yield Static("[b]Flow[/]")
             yield Static(t)
+            yield Static("[b]Why[/] [dim](the rules now, as daetui explain)[/]")
+            yield Static("[dim]asking the daemon…[/]", id="flow-trace")
             yield Static("[dim]esc closes[/]")
+
+    def show_trace(self, text: str) -> None:
+        """The rule trace for this flow, once the daemon has answered."""
+        if self.is_attached:
+            self.query_one("#flow-trace", Static).update(Text(text))
 
 
 class QuitScreen(ModalScreen[str | None]):
@@ -102,9 +110,9 @@ class QuitScreen(ModalScreen[str | None]):
             yield Static(f"[b]Quit the console[/]\n\n{who} routes this router's traffic. Stop it, or leave it "
                          "running headless (come back with [b]daetui attach[/])?")
             with Horizontal(classes="buttons"):
-                yield Button("Stop routing [s]", id="stop", variant="error")
-                yield Button("Leave running [d]", id="detach", variant="primary")
-                yield Button("Cancel [esc]", id="cancel")
+                yield Button("Stop routing (s)", id="stop", variant="error")
+                yield Button("Leave running (d)", id="detach", variant="primary")
+                yield Button("Cancel (esc)", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "cancel" else event.button.id)
@@ -126,8 +134,8 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="confirm-box", classes="dialog"):
             yield Static(self.question)
             with Horizontal(classes="buttons"):
-                yield Button("Yes [y]", id="yes", variant="error")
-                yield Button("No [esc]", id="no")
+                yield Button("Yes (y)", id="yes", variant="error")
+                yield Button("No (esc)", id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")
