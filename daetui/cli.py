@@ -147,9 +147,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_import_dae(args: argparse.Namespace) -> int:
     from daetui.config.dae_import import DaeImportError, convert_dae
-    from daetui.config.load import parse_config
+    from daetui.config.load import load_config
 
     src = Path(args.file)
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        print(f"daetui import-dae: {out} exists (--force replaces it)", file=sys.stderr)
+        return 1
     try:
         text = convert_dae(src.read_text(encoding="utf-8"), str(src))
     except OSError as e:
@@ -158,16 +162,14 @@ def cmd_import_dae(args: argparse.Namespace) -> int:
     except DaeImportError as e:
         print(f"daetui import-dae: {e}", file=sys.stderr)
         return 1
+    # Checked as the file it becomes, so geoip/geosite are looked for next to it.
+    target = Path(args.output) if args.output else src.with_suffix(".toml")
     try:
-        cfg = parse_config(text, args.output or "<converted>")
+        cfg = load_config(target, overrides={str(target.resolve()): text})
     except ConfigError as e:
         print(f"daetui import-dae: converted, but the result does not validate:\n{e}", file=sys.stderr)
         return 1
-    if args.output:
-        out = Path(args.output)
-        if out.exists() and not args.force:
-            print(f"daetui import-dae: {out} exists (--force replaces it)", file=sys.stderr)
-            return 1
+    if out is not None:
         from daetui.config.edit import write_atomic
 
         write_atomic(out, text, backup=out.exists())

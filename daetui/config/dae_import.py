@@ -108,13 +108,13 @@ _DNS_KEYS = ("ipversion_prefer", "fixed_domain_ttl", "upstream", "routing")
 
 # Go's time.ParseDuration: a sequence of decimal numbers with units, or a bare 0.
 _DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
-_INT = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|\d+)")
+# Go reads 0100 as octal, Python refuses it: a leading zero is left out rather than guessed at.
+_INT = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0|[1-9]\d*)")
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")       # Go's strconv.ParseBool
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 _RANGES = {"u16": (0, 2**16 - 1), "u32": (0, 2**32 - 1), "int": (-(2**63), 2**63 - 1)}
 
-# TOML forbids these in comments; dae does not.
-_BAD_COMMENT_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters: TOML forbids them in comments (dae does not) and needs them escaped in strings.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _MAX_DEPTH = 8        # dae's deepest is dns { routing { request { } } }
@@ -192,10 +192,10 @@ def _tokenize(src: _Source) -> tuple[list[_Tok], list[_Comment]]:
         toks.append(_Tok(kind, text[start:end], start, end, line, col, src.pos(end - 1)[0]))
 
     def comment(start: int, end: int, lines: list[str]) -> None:
-        bad = _BAD_COMMENT_CHAR.search(text, start, end)
+        bad = _CONTROL.search(text, start, end)
         # Newlines separate the lines of a block comment; anything else TOML refuses in a comment.
         while bad and bad.group() == "\n":
-            bad = _BAD_COMMENT_CHAR.search(text, bad.end(), end)
+            bad = _CONTROL.search(text, bad.end(), end)
         if bad:
             raise src.error(bad.start(), f"control character {bad.group()!r} in a comment: TOML does not allow it")
         comments.append(_Comment(lines, start, src.pos(start)[0], src.pos(max(start, end - 1))[0]))
@@ -729,7 +729,8 @@ class _Converter:
         v = tok.value
         if kind in _RANGES:
             if not _INT.fullmatch(v):
-                raise self.err(tok, f"`{key}` takes an integer, not `{v}`")
+                hint = ": write it without leading zeros" if re.fullmatch(r"[-+]?0\d+", v) else ""
+                raise self.err(tok, f"`{key}` takes an integer, not `{v}`{hint}")
             n = int(v, 0)
             lo, hi = _RANGES[kind]
             if not lo <= n <= hi:
@@ -844,7 +845,7 @@ class _Converter:
             if node.kind == "decl":
                 assert node.key is not None
                 link = self.single(node, "a link")
-                if link.value.startswith("//"):
+                if link.kind == "word" and link.text.startswith("//"):
                     raise self.err(node.key, f"`{node.key.text}:{link.text}` looks like a link without quotes, "
                                              f"which dae reads as tag `{node.key.text}`: quote the link")
                 self.dup(seen, node.key, "tag")

@@ -48,6 +48,12 @@ class GroupSpec:
     name: str
     filters: tuple[str, ...] = ()
     policy: str = "min_moving_avg"
+    # The group's own node checks (dae's per-group options); None: [global]'s.
+    tcp_check_url: tuple[str, ...] | None = None
+    tcp_check_http_method: str | None = None
+    udp_check_dns: tuple[str, ...] | None = None
+    check_interval: float | None = None
+    check_tolerance: float | None = None
 
 
 @dataclass(frozen=True)

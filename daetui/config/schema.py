@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
@@ -124,11 +124,17 @@ ROUTING: dict[str, KeySpec] = {
     "fallback": KeySpec("str", "direct", "outbound for flows no rule matches"),
 }
 
+GROUP_CHECK_KEYS = ("tcp_check_url", "tcp_check_http_method", "udp_check_dns", "check_interval",
+                    "check_tolerance")
+
 GROUP: dict[str, KeySpec] = {
     "filter": KeySpec("strlist", (), "which nodes: name(...)/subtag(...) expressions, OR-ed"),
     "policy": KeySpec("str", "min_moving_avg", "random, fixed(N), min, min_avg10 or min_moving_avg",
                       lambda v: None if GROUP_POLICY.match(v) else
                       "expected random, fixed(N), min, min_avg10 or min_moving_avg"),
+    # dae lets a group check its nodes its own way; unset, the [global] value holds.
+    **{k: replace(GLOBAL[k], default=None, doc=GLOBAL[k].doc + " (this group's; default: [global]'s)")
+       for k in GROUP_CHECK_KEYS},
 }
 
 DNS: dict[str, KeySpec] = {
