@@ -142,6 +142,7 @@ class MapView:
     def _rows_match_sets(self) -> tuple[list[str], list[list[str]]]:
         cols = ["gen", "index", "rule", "type", "value", "not", "ends", "next", "outbound"]
         rows = []
+        ifn = self.ifnames()
         for g in range(ABI.GENERATIONS):
             n = int(self.p.gen_params[ct.c_int(g)].n_match_sets)
             for i in range(n):
@@ -157,13 +158,26 @@ class MapView:
                     value = ",".join(x for x, b in (("4", ABI.IPV_4), ("6", ABI.IPV_6)) if m.mask & b)
                 elif t == "mac":
                     value = _mac(m.mac)
+                elif t == "dscp":
+                    value = str(m.dscp)
+                elif t in ("iface_lan", "iface_wan"):
+                    value = ifn.get(int(m.ifindex), "(not here)" if not m.ifindex else str(m.ifindex))
+                elif t == "domain":
+                    value = f"domain bit {m.domain_bit}"  # set per address by DNS: see domain_routing
+                elif t == "never":
+                    value = "pname(): no LAN flow has a process here"
                 else:
                     value = "?"
                 ends = ("func" if m.flags & ABI.MS_FUNC_END else "") + (
                     "+rule" if m.flags & ABI.MS_RULE_END else "")
                 rows.append([str(g), str(i), f"#{m.rule_index + 1}", t, value, "!" if m.negate else "", ends or "-",
-                             str(m.next), self._outbound(g, int(m.outbound)) if m.flags & ABI.MS_RULE_END else ""])
+                             str(m.next), self._rule_end(g, m) if m.flags & ABI.MS_RULE_END else ""])
         return cols, rows
+
+    def _rule_end(self, gen: int, m: Any) -> str:
+        """The outbound a rule's last match set names, with its must flag and mark."""
+        out = self._outbound(gen, int(m.outbound))
+        return out + (" (must)" if m.must else "") + (f" mark {int(m.mark):#x}" if m.mark else "")
 
     def _rows_ip_sets(self) -> tuple[list[str], list[list[str]]]:
         rows = []

@@ -183,3 +183,22 @@ def test_a_name_learned_later_moves_the_next_flow_into_the_kernel(plane, lab):
     send_udp(lab, host, 42400, 31998, 0)
     kf = kernel_flow(plane, host, 42400, 31998)
     assert plane.plane.ruleset.outbound_name(kf.outbound) == "g_domain" and kf.rule_index == 6
+
+
+def test_the_maps_pane_decodes_every_kind_of_match_set(plane):
+    """match_sets as the console's Maps pane shows them: each function's value, readable."""
+    p = plane.plane
+    e = plane.call(lambda: p.map_entries("match_sets"))
+    rows = [dict(zip(e.columns, r, strict=True)) for r in e.rows if r[0] == str(p.generation)]
+    by_rule = {}
+    for r in rows:
+        by_rule.setdefault(r["rule"], []).append((r["type"], r["value"], r["not"], r["outbound"]))
+    assert ("dscp", "46", "", "g_dscp") in by_rule["#1"]
+    assert ("dscp", "46", "!", "g_notdscp") in by_rule["#2"]
+    assert ("iface_lan", "lan0", "", "g_lan") in by_rule["#3"]
+    assert ("iface_lan", "(not here)", "", "g_nolan") in by_rule["#4"]
+    assert ("iface_wan", "wan0", "", "g_wan") in by_rule["#5"]
+    assert any(t == "domain" and v.startswith("domain bit ") for t, v, _, _ in by_rule["#7"])
+    assert by_rule["#8"][-1][:2] == ("never", "pname(): no LAN flow has a process here")
+    assert by_rule["#12"][-1][3] == "direct (must)"
+    assert all(r["value"] != "?" for r in rows)
