@@ -105,27 +105,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Ask the running daemon (it knows what DNS said); without one, read the config file."""
-    import asyncio
 
-    from daetui.control import wire
-    from daetui.control.client import ControlClient, ControlError
-    from daetui.routing.explain import ExplainError, ExplainResult, Query, explain
+    from daetui.control.client import ControlError, call_once
+    from daetui.routing.explain import ExplainError, Query, explain
 
     q = Query(args.target, args.port, args.proto, args.mac, args.iface, args.wan, args.pname, args.src, args.dscp,
               args.sport)
     run = _run_paths(args)
     if not args.offline and run.control.exists():
-        async def ask() -> ExplainResult:
-            c = ControlClient(run.control)
-            await c.connect()
-            try:
-                raw = await c.call("explain", target=q.target, port=q.port, proto=q.proto, mac=q.mac,
-                                   iface=q.iface, pname=q.pname, src=q.src, sport=q.sport, dscp=q.dscp, wan=q.wan)
-                return wire.decode(ExplainResult, raw)
-            finally:
-                await c.close()
         try:
-            result = asyncio.run(ask())
+            result = call_once(run.control, lambda c: c.explain(
+                target=q.target, port=q.port, proto=q.proto, mac=q.mac, iface=q.iface, pname=q.pname, src=q.src,
+                sport=q.sport, dscp=q.dscp, wan=q.wan))
             print(f"(asked the running daetui, {run.control})")
             print(result.text)
             return 0

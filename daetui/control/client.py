@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from daetui.control import wire
 from daetui.control.events import Event
@@ -19,6 +19,7 @@ from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Sna
 from daetui.routing.explain import ExplainResult
 
 MAX_LINE = 256 << 20
+T = TypeVar("T")
 
 
 class ControlError(RuntimeError):
@@ -143,6 +144,18 @@ class ControlClient:
             with contextlib.suppress(Exception):
                 await self._writer.wait_closed()
         self.connected = False
+
+
+def call_once(path: Path, fn: Callable[[ControlClient], Awaitable[T]]) -> T:
+    """Connect, run `fn` with the client, close: the one-shot commands (stop, status, reload, explain)."""
+    async def go() -> T:
+        c = ControlClient(path)
+        await c.connect()
+        try:
+            return await fn(c)
+        finally:
+            await c.close()
+    return asyncio.run(go())
 
 
 async def wait_for_daemon(path: Path, timeout: float = 90.0, alive: Any = None) -> ControlClient:

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from daetui.control.client import ControlClient, ControlError, wait_for_daemon
+from daetui.control.client import ControlClient, ControlError, call_once, wait_for_daemon
 from daetui.dataplane.cleanup import pid_is_daetui
 from daetui.paths import RunPaths
 
@@ -79,7 +79,6 @@ def run_console(run: RunPaths, config: str | None, theme: str | None = None, ref
 
 def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
     """Ask the daemon of `run` to stop, and wait until it has."""
-    import asyncio
     import time
 
     pid = daemon_pid(run)
@@ -87,14 +86,8 @@ def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
         print(f"daetui stop: no daetui runs with run dir {run.root}", file=sys.stderr)
         return 1
 
-    async def ask() -> None:
-        c = ControlClient(run.control)
-        await c.connect()
-        await c.stop_daemon()
-        await c.close()
-
     try:
-        asyncio.run(ask())
+        call_once(run.control, lambda c: c.stop_daemon())
     except ControlError as e:
         print(f"daetui stop: {e}; sending SIGTERM to {pid}", file=sys.stderr)
         os.kill(pid, 15)
@@ -110,21 +103,8 @@ def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
 
 def reload_daemon(run: RunPaths, abort: bool = False) -> int:
     """`daetui reload`: the daemon reads its config again; prints what changed or why nothing did."""
-    import asyncio
-
-    from daetui.control import wire
-    from daetui.control.state import ReloadResult
-
-    async def ask() -> ReloadResult:
-        c = ControlClient(run.control)
-        await c.connect()
-        try:
-            return wire.decode(ReloadResult, await c.call("reload", timeout=120, abort=abort))
-        finally:
-            await c.close()
-
     try:
-        r = asyncio.run(ask())
+        r = call_once(run.control, lambda c: c.reload(abort))
     except ControlError as e:
         print(f"daetui reload: {e}", file=sys.stderr)
         return 1
@@ -143,22 +123,13 @@ def reload_daemon(run: RunPaths, abort: bool = False) -> int:
 
 def status(run: RunPaths, as_json: bool = False) -> int:
     """Print the daemon's state (for scripts and people)."""
-    import asyncio
     import json
 
     from daetui.control import wire
     from daetui.ui import fmt
 
-    async def get() -> object:
-        c = ControlClient(run.control)
-        await c.connect()
-        try:
-            return await c.snapshot(flows=True)
-        finally:
-            await c.close()
-
     try:
-        snap = asyncio.run(get())
+        snap = call_once(run.control, lambda c: c.snapshot(flows=True))
     except ControlError as e:
         print(f"daetui status: {e}", file=sys.stderr)
         return 1

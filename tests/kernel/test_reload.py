@@ -213,6 +213,12 @@ def test_abort_resets_the_flows_whose_route_changed(lab, tmp_path):
         assert data.endswith(ADDR.client4.encode() + b"\n")
         for sock in (relayed, kept, s):
             sock.close()
+        # explain asks the daemon, which has the new rules.
+        out = daetui(lab, "explain", f"{ADDR.hosts4[0]}:80", "--run-dir", str(run))
+        assert out.returncode == 0 and out.stdout.startswith("(asked the running daetui"), out.stderr
+        assert out.stdout.rstrip().endswith("=> direct (no rule matched: the fallback)")
+        out = daetui(lab, "explain", f"[{ADDR.hosts6[0]}]:7", "--run-dir", str(run))
+        assert out.stdout.rstrip().endswith("=> proxy (rule #1)"), out.stdout
     finally:
         assert d.stop() == 0
     assert os.path.exists(cfg)
