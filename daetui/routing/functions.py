@@ -136,7 +136,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     )
 }
 
-# The functions of DNS rules (request: qname, qtype; response: those and ip, upstream).
+# The functions of DNS rules (request: qname, qtype, interface; response: those and ip, upstream).
 # Their values are checked for syntax here; the DNS controller gives them meaning.
 DNS_REQUEST_FUNCTIONS: dict[str, FunctionSpec] = {
     s.name: s
@@ -144,6 +144,9 @@ DNS_REQUEST_FUNCTIONS: dict[str, FunctionSpec] = {
         FunctionSpec("qname", _text, frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext"}),
                      kernel=False, expects="domains"),
         FunctionSpec("qtype", _text, kernel=False, expects="query types (a, aaaa, cname, ... or numbers)"),
+        # Where the query came in (lan:) or the router's own (wan:), as in routing rules.
+        FunctionSpec("interface", _text, frozenset({"lan", "wan"}), kernel=False,
+                     expects="lan: or wan: interface names"),
     )
 }
 DNS_RESPONSE_FUNCTIONS: dict[str, FunctionSpec] = {

@@ -182,3 +182,12 @@ def test_any_text_gives_a_config_or_a_located_error(text):
         assert e.file == "f.toml"
         if e.line:
             assert 1 <= e.line <= text.count("\n") + 2
+
+
+def test_dns_rules_take_interface_as_routing_rules_do():
+    base = ('[dns]\nupstream = {{ a = "udp://192.0.2.1:53" }}\nrequest = ["{} -> a", "fallback: asis"]\n'
+            '[routing]\nrules = []\n')
+    cfg = parse_config(base.format("interface(lan: lan0, br-guest) && qname(suffix: example.com)"))
+    assert cfg.dns.request == ("interface(lan: lan0, br-guest) && qname(suffix: example.com) -> a",)
+    with pytest.raises(ConfigError, match=r"3:13: unknown function 'dport'; expected one of qname, qtype, interface"):
+        parse_config(base.format("dport(53) && qname(example.com)"))   # not a DNS function
