@@ -51,6 +51,9 @@ class LabAddresses:
     wan_link6: str = "2001:db8:2::2"
     hosts4: tuple[str, ...] = ("203.0.113.10", "203.0.113.11", "203.0.113.12")
     hosts6: tuple[str, ...] = ("2001:db8:3::10", "2001:db8:3::11", "2001:db8:3::12")
+    # DNS servers of the "internet" (daetui.lab.dnspeers): first unbound, second dnsmasq.
+    dns4: tuple[str, ...] = ("203.0.113.53", "203.0.113.54")
+    dns6: tuple[str, ...] = ("2001:db8:3::53", "2001:db8:3::54")
     lan_ifname: str = "lan0"
     wan_ifname: str = "wan0"
     client_ifname: str = "veth0"
@@ -203,9 +206,9 @@ class Lab:
         _run(*ip_w, "addr", "add", f"{a.wan_link4}/24", "dev", "veth0")
         _run(*ip_w, "-6", "addr", "add", f"{a.wan_link6}/64", "dev", "veth0", "nodad")
         _run(*ip_w, "link", "set", "veth0", "up")
-        for h in a.hosts4:
+        for h in (*a.hosts4, *a.dns4):
             _run(*ip_w, "addr", "add", f"{h}/32", "dev", "lo")
-        for h in a.hosts6:
+        for h in (*a.hosts6, *a.dns6):
             _run(*ip_w, "-6", "addr", "add", f"{h}/128", "dev", "lo")
         # Routes back to the LAN only; the wan namespace has no default route.
         _run(*ip_w, "route", "add", "192.0.2.0/24", "via", a.router_wan4)
