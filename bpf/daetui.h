@@ -30,6 +30,8 @@
 /* Domain functions per generation: one bit each in domain_routing's bitmaps. */
 #define MAX_DOMAIN_FUNCTIONS 256
 #define DOMAIN_WORDS 4
+/* The port whose flows the DNS controller answers. */
+#define DNS_PORT 53
 /* Match sets evaluated per program before tail-calling the next chunk. The
  * verifier explores each branch of every iteration, so a chunk must stay well
  * below its 8192 pending-jump limit; 16 chunks cover 4096 match sets. */
@@ -48,7 +50,10 @@
  * on an address with no domain_routing entry): the control plane sniffs the
  * name and decides, from rule_index on. */
 #define OUTBOUND_USERSPACE 254
-#define MAX_GROUPS 251
+/* DNS from the LAN (port 53, UDP or TCP) that no must_* rule claimed: the
+ * control plane's DNS controller answers it, as dae hijacks DNS. */
+#define OUTBOUND_DNS 252
+#define MAX_GROUPS 250
 
 /* rule_index of a decision taken by the fallback. */
 #define RULE_FALLBACK 65535
@@ -89,7 +94,12 @@
 #define LISTENER_TCP6 1
 #define LISTENER_UDP4 2
 #define LISTENER_UDP6 3
-#define N_LISTENERS 4
+/* The DNS controller's own listeners: a flow handed to them is DNS. */
+#define LISTENER_DNS_TCP4 4
+#define LISTENER_DNS_TCP6 5
+#define LISTENER_DNS_UDP4 6
+#define LISTENER_DNS_UDP6 7
+#define N_LISTENERS 8
 
 /* Indices of the global counters. */
 #define CNT_PACKETS 0         /* seen by lan_ingress */
@@ -109,7 +119,8 @@
 #define CNT_CHUNK_LIMIT 14    /* ran out of tail calls: fallback used */
 #define CNT_EGRESS_PACKETS 15
 #define CNT_UNDECIDED 16      /* flows whose rules need a name the kernel does not know */
-#define N_COUNTERS 17
+#define CNT_DNS_HIJACKED 17   /* new DNS flows (port 53) handed to the DNS controller */
+#define N_COUNTERS 18
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL

@@ -172,7 +172,7 @@ unparsed:
 /* Hand the packet to the control plane: the flow's own socket when it has
  * one, else the transparent listener. No listener means the daemon is gone:
  * fail open (pass) or closed, as configured. */
-static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, struct params *p)
+static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, struct params *p, __u8 outbound)
 {
     struct bpf_sock *sk = NULL;
     __u32 lkey;
@@ -206,11 +206,17 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
             return TC_ACT_OK;
         }
         if (!sk) {
-            lkey = s->ipversion == 4 ? LISTENER_TCP4 : LISTENER_TCP6;
+            if (outbound == OUTBOUND_DNS)
+                lkey = s->ipversion == 4 ? LISTENER_DNS_TCP4 : LISTENER_DNS_TCP6;
+            else
+                lkey = s->ipversion == 4 ? LISTENER_TCP4 : LISTENER_TCP6;
             sk = (struct bpf_sock *)listeners.lookup(&lkey);
         }
     } else {
-        lkey = s->ipversion == 4 ? LISTENER_UDP4 : LISTENER_UDP6;
+        if (outbound == OUTBOUND_DNS)
+            lkey = s->ipversion == 4 ? LISTENER_DNS_UDP4 : LISTENER_DNS_UDP6;
+        else
+            lkey = s->ipversion == 4 ? LISTENER_UDP4 : LISTENER_UDP6;
         sk = (struct bpf_sock *)listeners.lookup(&lkey);
     }
     if (!sk) {
@@ -241,13 +247,17 @@ static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u
     struct params *p = params.lookup(&zero);
     if (!p)
         return TC_ACT_OK;
-    return assign(skb, s, p);
+    return assign(skb, s, p, outbound);
 }
 
 /* Record a new flow's decision, count it, and carry it out. */
 static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, __u8 outbound,
                                   __u16 rule_index, __u32 mark, __u8 must)
 {
+    /* DNS is answered by the controller whatever the rule said, unless a
+     * must_* rule matched or the rule blocks it (dae's hijack). */
+    if (s->key.dport == DNS_PORT && !(must || s->must) && outbound != OUTBOUND_BLOCK)
+        outbound = OUTBOUND_DNS;
     __u64 now = bpf_ktime_get_ns();
     struct flow f = {};
     f.first_seen_ns = now;
@@ -261,10 +271,10 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     f.generation = s->gen;
     f.ipversion = s->ipversion;
     __builtin_memcpy(f.mac, s->mac, 6);
-    if (outbound >= OUTBOUND_FIRST_GROUP)
-        f.flags = FLOW_ASSIGNED;
     if (must || s->must)
         f.flags |= FLOW_MUST;
+    if (outbound >= OUTBOUND_FIRST_GROUP)
+        f.flags |= FLOW_ASSIGNED;
     routing_tuples.update(&s->key, &f);
 
     __u32 ri = rule_index == RULE_FALLBACK ? MAX_RULES : rule_index;
@@ -283,6 +293,8 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         count(CNT_DECIDED_BLOCK);
     else if (outbound == OUTBOUND_USERSPACE)
         count(CNT_UNDECIDED);
+    else if (outbound == OUTBOUND_DNS)
+        count(CNT_DNS_HIJACKED);
     else
         count(CNT_DECIDED_GROUP);
     return act(skb, s, outbound, mark);
@@ -551,7 +563,11 @@ int tproxy_lookup(struct bpf_sk_lookup *ctx)
     struct flow *f = routing_tuples.lookup(&key);
     if (!f || f->outbound < OUTBOUND_FIRST_GROUP)
         return SK_PASS;
-    __u32 lkey = ctx->family == AF_INET ? LISTENER_TCP4 : LISTENER_TCP6;
+    __u32 lkey;
+    if (f->outbound == OUTBOUND_DNS)
+        lkey = ctx->family == AF_INET ? LISTENER_DNS_TCP4 : LISTENER_DNS_TCP6;
+    else
+        lkey = ctx->family == AF_INET ? LISTENER_TCP4 : LISTENER_TCP6;
     struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
     if (!sk)
         return SK_PASS;

@@ -8,7 +8,7 @@ import difflib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import Array, InlineTable, Table
 
+from daetui.config.dns_upstream import parse_upstream
 from daetui.config.errors import ConfigError
 from daetui.config.locate import Path_, SourceIndex
 from daetui.config.model import Config, DnsConfig, GlobalConfig, GroupSpec, Tagged
@@ -31,8 +32,8 @@ from daetui.config.schema import (
     KeySpec,
     parse_duration,
 )
+from daetui.routing.dns_rules import DnsRules, compile_list
 from daetui.routing.errors import RuleError
-from daetui.routing.functions import DNS_REQUEST_FUNCTIONS, DNS_RESPONSE_FUNCTIONS
 from daetui.routing.geodata import GeoData, default_search_path
 from daetui.routing.parser import parse_outbound_name, parse_rule
 from daetui.routing.ruleset import BLOCK, DIRECT, MUST_RULES, RuleEntry, RuleSet, check_rule, groups_of, rule_id
@@ -273,6 +274,7 @@ class _Loader:
 
     def _dns(self, parts: list[_Part]) -> DnsConfig:
         kw: dict[str, Any] = {}
+        where: dict[str, _File] = {}
         for part in parts:
             for key, value in part.table.items():
                 path = ("dns", key)
@@ -282,31 +284,47 @@ class _Loader:
                     raise part.file.error(f"dns.{key} is set twice", path, at_key=True)
                 kw[key] = part.file.typed(DNS[key], value, path)
                 if key in ("request", "response"):
-                    rules, fallback = self._dns_rules(part.file, key, kw[key], kw.get("upstream", {}))
+                    rules, fallback = self._dns_fallback(part.file, key, kw[key])
                     kw[key] = rules
                     kw[f"{key}_fallback"] = fallback
+                    where[key] = part.file
+                elif key == "upstream":
+                    where[key] = part.file
         for name, url in kw.get("upstream", {}).items():
-            if not isinstance(url, str) or "://" not in url:
-                raise parts[0].file.error(f"dns.upstream.{name}: expected scheme://host:port",
-                                          ("dns", "upstream", name))
-        return DnsConfig(**kw)
+            f = where["upstream"]
+            try:
+                if not isinstance(url, str):
+                    raise ValueError("expected a string such as \"udp://192.0.2.53:53\"")
+                parse_upstream(name, url)
+            except ValueError as e:
+                raise f.error(f"dns.upstream.{name}: {e}", ("dns", "upstream", name)) from None
+        for name, ttl in kw.get("fixed_domain_ttl", {}).items():
+            if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
+                raise parts[0].file.error(f"dns.fixed_domain_ttl.{name}: expected seconds (an integer, 0 or more)",
+                                          ("dns", "fixed_domain_ttl", name))
+        config = DnsConfig(**kw)
+        lists = {}
+        for key in ("request", "response"):
+            texts = getattr(config, key)
+            try:
+                lists[key] = compile_list(key, texts, getattr(config, f"{key}_fallback"), config.upstream, self.geo)
+            except RuleError as e:
+                f = where.get(key, parts[0].file if parts else self.files[0])
+                i = getattr(e, "rule_index", 0)
+                # The fallback is the list's last line as written.
+                raise f.rule_error(e, ("dns", key, i)) from None
+        return replace(config, compiled=DnsRules(lists["request"], lists["response"]))
 
-    def _dns_rules(self, f: _File, key: str, rules: tuple[str, ...], upstreams: dict[str, str]
-                   ) -> tuple[tuple[str, ...], str]:
-        functions = DNS_REQUEST_FUNCTIONS if key == "request" else DNS_RESPONSE_FUNCTIONS
+    def _dns_fallback(self, f: _File, key: str, rules: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+        """The rules, and the fallback their last line names (dae's defaults: asis, accept)."""
         fallback = "asis" if key == "request" else "accept"
         out = []
         for i, text in enumerate(rules):
-            path = ("dns", key, i)
             if text.strip().startswith("fallback:"):
                 if i != len(rules) - 1:
-                    raise f.error(f"dns.{key}: the fallback comes last", path)
+                    raise f.error(f"dns.{key}: the fallback comes last", ("dns", key, i))
                 fallback = text.split(":", 1)[1].strip()
                 continue
-            try:
-                parse_rule(text, functions)
-            except RuleError as e:
-                raise f.rule_error(e, path) from None
             out.append(text)
         return tuple(out), fallback
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from daetui.config.schema import DEFAULT_SO_MARK
 from daetui.routing.ruleset import RuleSet
@@ -58,7 +59,7 @@ class GroupSpec:
 
 @dataclass(frozen=True)
 class DnsConfig:
-    """`[dns]` (its rules are checked for syntax here; the DNS controller gives them meaning)."""
+    """`[dns]`: upstreams, request and response rules, the cache."""
 
     upstream: dict[str, str] = field(default_factory=dict)
     request: tuple[str, ...] = ()
@@ -68,6 +69,11 @@ class DnsConfig:
     ipversion_prefer: int = 0
     fixed_domain_ttl: dict[str, int] = field(default_factory=dict)
     bind: str = ""
+    cache_size: int = 4096
+    ca_file: str = ""
+    upstream_timeout: float = 2.0
+    # The rules compiled by the loader (daetui.dns.rules.DnsRules), so the controller never re-checks them.
+    compiled: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

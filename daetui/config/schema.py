@@ -144,7 +144,12 @@ DNS: dict[str, KeySpec] = {
     "ipversion_prefer": KeySpec("int", 0, "0 (both), 4 or 6",
                                 lambda v: None if v in (0, 4, 6) else "expected 0, 4 or 6"),
     "fixed_domain_ttl": KeySpec("table", {}, "domain = seconds"),
-    "bind": KeySpec("str", "", "also serve DNS on this address:port"),
+    "bind": KeySpec("str", "", "also serve DNS on this address:port (UDP and TCP)"),
+    "cache_size": KeySpec("int", 4096, "answers kept in the cache (least recently used go first)",
+                          lambda v: None if v > 0 else "expected a positive number"),
+    "ca_file": KeySpec("str", "", "CA certificates (PEM) for tls:// and https:// upstreams; default: the system's"),
+    "upstream_timeout": KeySpec("duration", 2.0, "how long one upstream gets to answer before the next is asked",
+                                lambda v: None if 0 < v <= 30 else "expected a duration between 0 and 30s"),
 }
 
 SECTIONS = ("global", "node", "subscription", "group", "dns", "routing", "device")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from daetui.control import wire
 from daetui.control.events import Event
 from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.dns.state import DnsTrace
 from daetui.routing.explain import ExplainResult
 
 MAX_LINE = 256 << 20
@@ -122,6 +123,13 @@ class ControlClient:
 
     async def explain(self, **query: Any) -> ExplainResult:
         return wire.decode(ExplainResult, await self.call("explain", **query))
+
+    async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace:
+        """Resolve through the daemon's DNS controller; the answer and the way it went."""
+        return wire.decode(DnsTrace, await self.call("dns_lookup", name=name, qtype=qtype))
+
+    async def dns_flush(self) -> int:
+        return int(await self.call("dns_flush"))
 
     async def events(self) -> AsyncIterator[Event]:
         """The daemon's events from now on (log lines, connections opened and closed)."""

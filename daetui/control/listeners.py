@@ -23,27 +23,33 @@ LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 
 @dataclass
 class Listeners:
-    """TCP and UDP listeners per IP version."""
+    """TCP and UDP listeners per IP version, for relayed flows and for DNS."""
 
     port: int
     tcp: dict[int, socket.socket] = field(default_factory=dict)
     udp: dict[int, socket.socket] = field(default_factory=dict)
+    # The DNS controller's: the kernel hands them the LAN's port-53 flows, so
+    # whatever arrives on them is DNS without asking the kernel (ephemeral ports).
+    dns_tcp: dict[int, socket.socket] = field(default_factory=dict)
+    dns_udp: dict[int, socket.socket] = field(default_factory=dict)
 
     def slots(self) -> dict[int, socket.socket]:
         """The sockmap slots the kernel programs look up."""
         out = {}
-        for v, s in self.tcp.items():
-            out[ABI.LISTENER_TCP4 if v == 4 else ABI.LISTENER_TCP6] = s
-        for v, s in self.udp.items():
-            out[ABI.LISTENER_UDP4 if v == 4 else ABI.LISTENER_UDP6] = s
+        for table, v4, v6 in ((self.tcp, ABI.LISTENER_TCP4, ABI.LISTENER_TCP6),
+                              (self.udp, ABI.LISTENER_UDP4, ABI.LISTENER_UDP6),
+                              (self.dns_tcp, ABI.LISTENER_DNS_TCP4, ABI.LISTENER_DNS_TCP6),
+                              (self.dns_udp, ABI.LISTENER_DNS_UDP4, ABI.LISTENER_DNS_UDP6)):
+            for v, s in table.items():
+                out[v4 if v == 4 else v6] = s
         return out
 
     def close(self) -> None:
-        for s in [*self.tcp.values(), *self.udp.values()]:
-            with contextlib.suppress(OSError):
-                s.close()
-        self.tcp.clear()
-        self.udp.clear()
+        for table in (self.tcp, self.udp, self.dns_tcp, self.dns_udp):
+            for s in table.values():
+                with contextlib.suppress(OSError):
+                    s.close()
+            table.clear()
 
 
 def _listener(version: int, kind: socket.SocketKind, port: int) -> socket.socket:
@@ -79,13 +85,20 @@ def open_listeners(port: int) -> Listeners:
         out.close()
         raise OSError(e.errno, f"tproxy_port {port}: {e.strerror}") from None
     try:
+        out.dns_tcp[4] = _listener(4, socket.SOCK_STREAM, 0)
+        out.dns_udp[4] = _listener(4, socket.SOCK_DGRAM, 0)
+    except OSError as e:
+        out.close()
+        raise OSError(e.errno, f"DNS listeners: {e.strerror}") from None
+    try:
         out.tcp[6] = _listener(6, socket.SOCK_STREAM, port)
         out.udp[6] = _listener(6, socket.SOCK_DGRAM, port)
+        out.dns_tcp[6] = _listener(6, socket.SOCK_STREAM, 0)
+        out.dns_udp[6] = _listener(6, socket.SOCK_DGRAM, 0)
     except OSError as e:
         log.warning("no IPv6 listeners (%s): IPv6 flows for the control plane will pass as direct", e)
-        for v in (6,):
-            for d in (out.tcp, out.udp):
-                s = d.pop(v, None)
-                if s is not None:
-                    s.close()
+        for d in (out.tcp, out.udp, out.dns_tcp, out.dns_udp):
+            s = d.pop(6, None)
+            if s is not None:
+                s.close()
     return out

@@ -54,6 +54,10 @@ from daetui.dataplane.cleanup import cleanup_leftovers, pid_is_daetui
 from daetui.dataplane.dataplane import Dataplane
 from daetui.dataplane.mapview import MapView
 from daetui.dataplane.monitor import InterfaceMonitor, Link
+from daetui.dns.controller import DnsController
+from daetui.dns.serve import DnsServer
+from daetui.dns.state import DnsState, DnsTrace
+from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
 from daetui.outbound.direct import DirectDialer
 from daetui.paths import RunPaths
@@ -104,6 +108,12 @@ class ControlPlane:
         self.on_stop_request: Callable[[], None] | None = None
         self._claimed = False
         self.names = NameBook()
+        self.dns = DnsController(config.dns, route=self._route_upstream, feed=self._dns_feed,
+                                 mark=config.global_.so_mark_from_dae,
+                                 bootstrap_resolver=config.global_.fallback_resolver,
+                                 timeout=config.dns.upstream_timeout, kernel_names=lambda: len(self.names))
+        self.dns_server: DnsServer | None = None
+        self._dns_bound: list[socket.socket] = []
         self._kernel_rules: dict[int, KernelRules] = {}
         # Rule hits of earlier generations, by rule id: a rule that survives a
         # reload keeps its count.
@@ -142,8 +152,9 @@ class ControlPlane:
                 self.monitor.start()
             for sock in self.listeners.tcp.values():
                 self._accept_tasks.append(asyncio.ensure_future(self._accept_loop(sock)))
-            self.udp = UdpNat(self._open_udp, self._finish)
+            self.udp = UdpNat(self._open_udp, self._finish, idle_timeout=g.udp_timeout)
             self.udp.start(list(self.listeners.udp.values()))
+            self._start_dns()
         except BaseException as e:
             await self._teardown()
             if isinstance(e, Exception):
@@ -154,6 +165,103 @@ class ControlPlane:
         bound = ", ".join(self.dataplane.state.bindings) if self.dataplane else "none (no kernel side)"
         log.info("daetui started: tproxy port %d, LAN interfaces bound: %s", g.tproxy_port, bound or "none")
         self.events.publish("started", port=g.tproxy_port)
+
+    def _start_dns(self) -> None:
+        assert self.listeners is not None
+        self.dns.start()
+        self.dns_server = DnsServer(self.dns, self._dns_ifname)
+        for sock in self.listeners.dns_udp.values():
+            self.dns_server.serve_udp(sock, hijacked=True)
+        for sock in self.listeners.dns_tcp.values():
+            self.dns_server.serve_tcp(sock, hijacked=True)
+        self._bind_dns(self.config.dns.bind)
+        self._tasks.add(asyncio.ensure_future(self._expire_names()))
+
+    def _bind_dns(self, bind: str) -> None:
+        """Serve plain DNS on `dns.bind` too ("" for none); a failure is logged, not fatal."""
+        for s in self._dns_bound:
+            s.close()
+        self._dns_bound.clear()
+        if not bind or self.dns_server is None:
+            return
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            u = socket.socket(family, socket.SOCK_DGRAM)
+            self._dns_bound.append(u)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            u.bind((host, int(port)))
+            t = socket.socket(family, socket.SOCK_STREAM)
+            self._dns_bound.append(t)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind((host, int(port)))
+            t.listen(128)
+        except (OSError, ValueError) as e:
+            log.error("dns.bind %s: %s", bind, e)
+            for s in self._dns_bound:
+                s.close()
+            self._dns_bound.clear()
+            return
+        self.dns_server.serve_udp(u, hijacked=False)
+        self.dns_server.serve_tcp(t, hijacked=False)
+        log.info("dns: serving on %s (UDP and TCP)", bind)
+
+    def _dns_ifname(self, client: Endpoint, server: Endpoint) -> str | None:
+        """The LAN interface of a DNS-over-TCP flow, from the kernel's record of it."""
+        prog = self.dataplane.program if self.dataplane else None
+        if prog is None:
+            return None
+        key = FlowKey(ipaddress.ip_address(client[0]), client[1], ipaddress.ip_address(server[0]), server[1], "tcp")
+        kflow = prog.flow(key)
+        if kflow is None:
+            return None
+        try:
+            return socket.if_indextoname(kflow.ifindex)
+        except OSError:
+            return None
+
+    def _route_upstream(self, ip: str, port: int, proto: str) -> UpstreamRoute:
+        """How the routing rules send the router's own connection to a DNS upstream."""
+        d = decide(self.ruleset, FlowFacts(None, ipaddress.ip_address(ip), None, port, proto),
+                   unknown_name_matches=False)
+        entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
+        rule = f"rule #{entry.index + 1} {entry.rule}" if entry else "fallback"
+        outbound = d.outbound or self.ruleset.fallback
+        # Until proxy groups exist, a group dials directly (as relayed flows do).
+        return UpstreamRoute(outbound, rule, blocked=outbound == BLOCK)
+
+    def _dns_feed(self, names: tuple[str, ...], ips: tuple[Any, ...], deadline: float) -> None:
+        """An answer's addresses and names, into the kernel before the reply leaves."""
+        for ip in ips:
+            changed = False
+            for name in names:
+                new, dropped = self.names.learn(ip, name, deadline)
+                changed |= new
+                for old in dropped:
+                    self._forget_kernel_name(old)
+            if changed:
+                self._write_bits(ip)
+
+    async def _expire_names(self) -> None:
+        """Names whose TTL ran out leave the kernel's domain map."""
+        while True:
+            await asyncio.sleep(1.0)
+            changed, emptied = self.names.expire(time.monotonic())
+            for ip in emptied:
+                self._forget_kernel_name(ip)
+            for ip in changed:
+                self._write_bits(ip)
+
+    def dns_state(self) -> DnsState:
+        return self.dns.state()
+
+    async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace:
+        """Resolve through the controller (the console's query box)."""
+        return await self.dns.lookup(name, qtype)
+
+    def dns_flush(self) -> int:
+        return self.dns.flush()
 
     def _claim_run_dir(self) -> None:
         self.run.ensure()
@@ -202,6 +310,12 @@ class ControlPlane:
         self._accept_tasks.clear()
         if self.udp is not None:
             await self.udp.stop()
+        if self.dns_server is not None:
+            await self.dns_server.stop()
+        for s in self._dns_bound:
+            s.close()
+        self._dns_bound.clear()
+        await self.dns.stop()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -409,7 +523,8 @@ class ControlPlane:
         prog = self.dataplane.program if self.dataplane else None
         return prog.raw_flows() if prog is not None else None
 
-    def snapshot(self, raw_flows: RawFlows | None = None, with_kernel_flows: bool = True) -> Snapshot:
+    def snapshot(self, raw_flows: RawFlows | None = None, with_kernel_flows: bool = True,
+                 with_dns: bool = True) -> Snapshot:
         """Everything the console shows, as plain values. Call on the plane's loop.
 
         The kernel flows are passed in when read elsewhere (the control server
@@ -439,7 +554,7 @@ class ControlPlane:
             missing_interfaces=tuple(dp.state.missing) if dp else (), connections=tuple(self.connections.snapshot()),
             raw_flows=raw_flows, counters=prog.counters() if prog is not None else {},
             udp_nat_entries=len(self.udp.entries) if self.udp else 0, total_connections=self.connections.total,
-            devices=dict(self.config.devices))
+            devices=dict(self.config.devices), dns=self.dns.state() if with_dns else None)
 
     def _interfaces(self) -> tuple[InterfaceInfo, ...]:
         dp = self.dataplane
@@ -568,6 +683,9 @@ class ControlPlane:
             self.config = new
             self.ruleset = new.routing
             self.dialer.mark = new.global_.so_mark_from_dae
+            self.dns.configure(new.dns)
+            if new.dns.bind != old.dns.bind:
+                self._bind_dns(new.dns.bind)
             await self._rebind(old.global_.lan_interface, new.global_.lan_interface)
             self.reloads += 1
             result = ReloadResult(True, "reloaded", self.generation, *_rule_diff(old.routing, new.routing))

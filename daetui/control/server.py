@@ -128,7 +128,7 @@ class ControlServer:
         if cmd == "snapshot":
             # The batch read is a syscall with the GIL released: off the loop.
             raw = await loop.run_in_executor(None, plane.raw_flows) if args.get("flows", True) else None
-            return plane.snapshot(raw_flows=raw, with_kernel_flows=False)
+            return plane.snapshot(raw_flows=raw, with_kernel_flows=False, with_dns=bool(args.get("dns", True)))
         if cmd == "logs":
             return plane.recent_logs()
         if cmd == "maps":
@@ -154,6 +154,10 @@ class ControlServer:
         if cmd == "learn_name":
             plane.learn_name(str(args["addr"]), str(args["name"]))
             return True
+        if cmd == "dns_lookup":
+            return await plane.dns_lookup(str(args["name"]), str(args.get("qtype", "A")))
+        if cmd == "dns_flush":
+            return plane.dns_flush()
         if cmd == "explain":
             keys = ("target", "port", "proto", "mac", "iface", "pname", "src", "sport", "dscp", "wan")
             return plane.explain(**{k: args[k] for k in keys if args.get(k) is not None})

@@ -12,6 +12,7 @@ from functools import cached_property
 
 from daetui.control.connections import Connection
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
+from daetui.dns.state import DnsState
 from daetui.flowrecord import KernelFlow, RawFlows
 
 __all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult", "RuleInfo",
@@ -82,6 +83,7 @@ class Snapshot:
     udp_nat_entries: int = 0
     total_connections: int = 0
     devices: dict[str, str] = field(default_factory=dict)      # MAC -> label
+    dns: DnsState | None = None                                # the DNS controller's cache and upstreams
 
     @cached_property
     def kernel_flows(self) -> list[KernelFlow]:

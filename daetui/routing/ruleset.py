@@ -17,6 +17,7 @@ DIRECT = "direct"
 BLOCK = "block"
 MUST_RULES = "must_rules"
 USERSPACE = "(user space)"   # the name of OUTBOUND_USERSPACE: the control plane decides
+DNS = "(dns)"                # the name of OUTBOUND_DNS: the DNS controller answers the flow
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class RuleSet:
         from daetui.bpfabi import ABI
 
         ids = {DIRECT: ABI.OUTBOUND_DIRECT, BLOCK: ABI.OUTBOUND_BLOCK, MUST_RULES: ABI.OUTBOUND_MUST_RULES,
-               USERSPACE: ABI.OUTBOUND_USERSPACE}
+               USERSPACE: ABI.OUTBOUND_USERSPACE, DNS: ABI.OUTBOUND_DNS}
         for i, g in enumerate(self.groups[:ABI.MAX_GROUPS]):
             ids[g] = ABI.OUTBOUND_FIRST_GROUP + i
         return ids

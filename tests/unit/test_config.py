@@ -65,7 +65,7 @@ policy = "fixed(0)"
 
 [dns]
 upstream = { local = "udp://192.0.2.53:53", remote = "tcp+udp://198.51.100.53:53" }
-request = ["qname(geosite:cn) -> local", "fallback: remote"]
+request = ["qname(suffix: cn) -> local", "fallback: remote"]
 response = ["upstream(remote) -> accept", "!qname(suffix: cn) && ip(10.0.0.0/8) -> remote", "fallback: accept"]
 ipversion_prefer = 4
 fixed_domain_ttl = { "ddns.example.org" = 10 }
@@ -83,7 +83,7 @@ fallback = "direct"
     assert cfg.subscriptions[0].tag == "mine"
     assert cfg.groups[0].filters == ("name(keyword: hk)", "subtag(mine)") and cfg.groups[0].policy == "fixed(0)"
     assert cfg.dns.upstream["remote"].startswith("tcp+udp://")
-    assert cfg.dns.request == ("qname(geosite:cn) -> local",) and cfg.dns.request_fallback == "remote"
+    assert cfg.dns.request == ("qname(suffix: cn) -> local",) and cfg.dns.request_fallback == "remote"
     assert cfg.dns.response_fallback == "accept" and cfg.dns.fixed_domain_ttl == {"ddns.example.org": 10}
     assert cfg.routing.groups == ("proxy",)
 

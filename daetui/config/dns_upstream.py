@@ -1,0 +1,57 @@
+"""DNS upstream URLs as the config writes them: `scheme://host[:port][/path]`.
+
+The schemes and their default ports; the transports live in daetui.dns.upstream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SCHEMES = {"udp": 53, "tcp": 53, "tcp+udp": 53, "tls": 853, "https": 443}
+# DoQ and DoH3 need aioquic, which this build does not carry.
+UNSUPPORTED = ("quic", "h3", "http3", "doq")
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """An upstream as configured."""
+
+    name: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str = "/dns-query"
+
+    @property
+    def host_is_address(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+            return True
+        except ValueError:
+            return False
+
+
+def parse_upstream(name: str, url: str) -> UpstreamSpec:
+    """`scheme://host[:port][/path]`; ValueError says what is wrong."""
+    if "://" not in url:
+        raise ValueError("expected scheme://host:port")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in UNSUPPORTED:
+        raise ValueError(f"{scheme}:// needs aioquic, which this build of daetui does not include")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}: expected {', '.join(SCHEMES)}")
+    parts = urlsplit(url)
+    try:
+        port = parts.port or SCHEMES[scheme]
+    except ValueError:
+        raise ValueError("bad port") from None
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError("no host")
+    path = parts.path or "/dns-query"
+    if scheme != "https" and parts.path not in ("", "/"):
+        raise ValueError(f"{scheme}:// takes no path")
+    return UpstreamSpec(name, url, scheme, host, port, path)

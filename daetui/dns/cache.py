@@ -1,0 +1,106 @@
+"""The DNS cache: answers by question, for their TTL, least recently used out first.
+
+An entry holds the answer as a wire template (no EDNS record, ID zero) and
+the offsets of its TTL fields, so serving it is a copy and a few patches.
+Negative answers (NXDOMAIN, or no record of the type) are cached too, for
+the SOA's negative TTL (RFC 2308) or NEGATIVE_TTL without one. The cache
+lives in the controller, not the config: it is kept across reloads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+NEGATIVE_TTL = 30     # seconds, for a negative answer that carries no SOA
+MAX_TTL = 86400 * 7   # no answer is kept longer than a week, whatever it says
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """One cached answer."""
+
+    key: bytes                   # the question as bytes (name lower-cased, type, class)
+    qname: str
+    qtype: int
+    template: bytes
+    offsets: list[int]
+    ttls: list[int]              # each record's TTL when stored (fixed_domain_ttl applied)
+    stored: float                # time.monotonic()
+    expires: float
+    upstream: str
+    rcode: int
+    negative: bool
+    addresses: tuple[str, ...] = ()   # A/AAAA answers, for the kernel
+    answers: tuple[str, ...] = ()     # every answer record of the question's type, as text (the console)
+    names: tuple[str, ...] = ()       # the question's name and its CNAME chain
+    route: str = ""                   # how the answer was reached (rules, upstream)
+    wall: float = field(default_factory=time.time)
+    hits: int = 0
+
+    def ttl_left(self, now: float) -> float:
+        return max(0.0, self.expires - now)
+
+
+class DnsCache:
+    """Bounded, LRU-evicting; expired entries are dropped when met and by `sweep`."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max(1, max_entries)
+        self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, now: float, count_miss: bool = True) -> CacheEntry | None:
+        """The live entry for `key` (counted as a hit), or None."""
+        e = self._entries.get(key)
+        if e is None or e.expires <= now:
+            if e is not None:
+                del self._entries[key]
+            self.misses += count_miss
+            return None
+        self._entries.move_to_end(key)
+        e.hits += 1
+        self.hits += 1
+        return e
+
+    def peek(self, key: bytes) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    def put(self, entry: CacheEntry) -> list[CacheEntry]:
+        """Store `entry`; returns the entries evicted to stay within the bound."""
+        self._entries[entry.key] = entry
+        self._entries.move_to_end(entry.key)
+        out = []
+        while len(self._entries) > self.max_entries:
+            _, old = self._entries.popitem(last=False)
+            self.evicted += 1
+            out.append(old)
+        return out
+
+    def resize(self, max_entries: int) -> list[CacheEntry]:
+        self.max_entries = max(1, max_entries)
+        out = []
+        while len(self._entries) > self.max_entries:
+            out.append(self._entries.popitem(last=False)[1])
+            self.evicted += 1
+        return out
+
+    def sweep(self, now: float) -> list[CacheEntry]:
+        """Drop and return the expired entries."""
+        gone = [k for k, e in self._entries.items() if e.expires <= now]
+        return [self._entries.pop(k) for k in gone]
+
+    def flush(self) -> int:
+        n = len(self._entries)
+        self._entries.clear()
+        return n
+
+    def entries(self) -> list[CacheEntry]:
+        """Most recently used first."""
+        return list(reversed(self._entries.values()))

@@ -1,0 +1,501 @@
+"""The DNS controller: answers the LAN's queries and tells the kernel which address is which name.
+
+A query is read (`wire.parse_query`), routed by the request rules, answered
+from the cache when it can be, else asked of an upstream; identical queries
+in flight share one upstream query. The answer goes through the response
+rules (accept, reject, or ask another upstream, at most MAX_DEPTH times).
+Before the reply leaves, every address in it is handed to `feed` with its
+names and lifetime: the control plane writes them into the kernel's
+domain map, so the client's next connection is routed by name in the kernel.
+
+An upstream that fails (error, timeout, unreadable answer) is followed by the
+next configured upstream while time is left (`total_timeout`); when none
+answers, the client gets SERVFAIL. Nothing a client or an upstream sends can
+make an entry in the cache without having been read whole by dnspython.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from daetui.config.dns_upstream import UpstreamSpec, parse_upstream
+from daetui.config.model import DnsConfig
+from daetui.dns.cache import MAX_TTL, NEGATIVE_TTL, CacheEntry, DnsCache
+from daetui.dns.state import DnsCacheRow, DnsCounters, DnsState, DnsTrace, DnsUpstreamRow
+from daetui.dns.upstream import RouteFn, Upstream, UpstreamError, bootstrap_resolve
+from daetui.dns.wire import (
+    CLASS_IN,
+    FLAG_QR,
+    FLAG_RA,
+    HEADER,
+    RCODE_NOERROR,
+    RCODE_SERVFAIL,
+    TYPE_A,
+    TYPE_AAAA,
+    Query,
+    WireError,
+    answer_from_template,
+    error_for,
+    parse_query,
+    reply,
+    ttl_offsets,
+)
+from daetui.routing.dns_rules import ACCEPT, ASIS, MAX_DEPTH, REJECT, Choice, DnsFacts, DnsRules, compile_rules
+from daetui.routing.domains import normalize
+
+log = logging.getLogger("daetui.dns")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# names, addresses, deadline (time.monotonic()) -> the kernel knows them until then
+NameFeed = Callable[[tuple[str, ...], tuple[IPAddress, ...], float], None]
+CACHEABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+MIN_FEED = 5.0     # an answer with TTL 0 still names its addresses in the kernel this long
+MAX_ASIS = 64      # servers asked on the clients' behalf (asis), kept with their figures
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Where a query came from."""
+
+    addr: str
+    port: int = 0
+    interface: str | None = None              # the interface it came in on
+    server: tuple[str, int] | None = None     # the server the client asked (None: dns.bind, console)
+    tcp: bool = False
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A query the cache could not answer: the slow path takes it from here."""
+
+    query: Query
+    choice: Choice
+
+
+class ResolveError(Exception):
+    """No answer could be had: the client gets SERVFAIL."""
+
+
+@dataclass
+class _Counters:
+    queries: int = 0
+    shared: int = 0
+    rejected: int = 0
+    servfail: int = 0
+    malformed: int = 0
+    bad_answers: int = 0
+
+
+@dataclass
+class _Answer:
+    rcode: int
+    template: bytes
+    offsets: list[int]
+    ttls: list[int]
+    lifetime: float
+    negative: bool
+    addresses: tuple[str, ...]
+    ips: tuple[IPAddress, ...]
+    names: tuple[str, ...]
+    texts: tuple[str, ...] = field(default=())
+
+
+def _qtype_text(qtype: int) -> str:
+    try:
+        return dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
+    except Exception:
+        return str(qtype)
+
+
+class DnsController:
+    """One per control plane; `configure` takes a new [dns] on reload and keeps the cache."""
+
+    def __init__(self, config: DnsConfig, route: RouteFn, feed: NameFeed, mark: int = 0,
+                 bootstrap_resolver: str = "", timeout: float = 2.0, total_timeout: float = 4.0,
+                 kernel_names: Callable[[], int] | None = None) -> None:
+        self.route = route
+        self.feed = feed
+        self.mark = mark
+        self.bootstrap_resolver = bootstrap_resolver
+        self.timeout = timeout
+        self.total_timeout = total_timeout
+        self.kernel_names = kernel_names or (lambda: 0)
+        self.cache = DnsCache(config.cache_size)
+        self.upstreams: dict[str, Upstream] = {}
+        self._asis: OrderedDict[tuple[str, int, bool], Upstream] = OrderedDict()
+        self._inflight: dict[tuple[object, ...], asyncio.Future[CacheEntry]] = {}
+        self._boot: dict[str, str] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.c = _Counters()
+        self.config = config
+        self.rules: DnsRules = config.compiled or compile_rules(config)
+        self.configure(config)
+
+    # -- configuration --------------------------------------------------------------------
+    def configure(self, config: DnsConfig) -> None:
+        """Take a new [dns] (already checked); upstreams that did not change keep their connections."""
+        rules = config.compiled or compile_rules(config)
+        fresh: dict[str, Upstream] = {}
+        for name, url in config.upstream.items():
+            spec = parse_upstream(name, url)
+            old = self.upstreams.get(name)
+            if old is not None and old.spec == spec and old.ca_file == config.ca_file:
+                fresh[name] = old
+            else:
+                fresh[name] = self._upstream(spec, config.ca_file)
+        for name, up in self.upstreams.items():
+            if fresh.get(name) is not up:
+                self._close_later(up)
+        self.upstreams = fresh
+        self.rules = rules
+        self.config = config
+        self.cache.resize(config.cache_size)
+        self.fixed_ttl = {normalize(k): int(v) for k, v in config.fixed_domain_ttl.items()}
+
+    def _upstream(self, spec: UpstreamSpec, ca_file: str) -> Upstream:
+        return Upstream(spec, self.route, mark=self.mark, ca_file=ca_file, bootstrap=self._bootstrap,
+                        timeout=self.timeout)
+
+    def _close_later(self, up: Upstream) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(up.close())
+        except RuntimeError:
+            return  # no loop (configured before start): nothing is open yet
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _bootstrap(self, host: str) -> str:
+        ip = self._boot.get(host)
+        if ip is None:
+            if not self.bootstrap_resolver:
+                raise ResolveError("no bootstrap resolver (global.fallback_resolver)")
+            ip = await bootstrap_resolve(self.bootstrap_resolver, host, self.mark, self.timeout)
+            self._boot[host] = ip
+            log.info("dns: upstream host %s is %s (bootstrap %s)", host, ip, self.bootstrap_resolver)
+        return ip
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for up in [*self.upstreams.values(), *self._asis.values()]:
+            await up.close()
+        for t in list(self._closing):
+            with contextlib.suppress(Exception):
+                await t
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.cache.sweep(time.monotonic())
+
+    # -- queries ----------------------------------------------------------------------------------
+    def begin(self, wire: bytes, client: ClientInfo) -> bytes | Pending | None:
+        """The fast path: the reply now (cache, reject, error), None to drop, or Pending for `complete`."""
+        self.c.queries += 1
+        try:
+            q = parse_query(wire)
+        except WireError as e:
+            self.c.malformed += 1
+            log.debug("dns from %s: %s", client.addr, e)
+            return error_for(wire, e.rcode) if e.rcode is not None else None
+        choice = self.rules.request.choose(DnsFacts(q.qname, q.qtype, client.interface))
+        if choice.target == REJECT:
+            self.c.rejected += 1
+            return reply(q, RCODE_NOERROR, udp=not client.tcp)
+        if self._other_family(q.qtype) is None:
+            now = time.monotonic()
+            e = self.cache.get(q.key, now)
+            if e is not None:
+                self._feed(e)
+                return self._serve(e, q, client, now)
+        return Pending(q, choice)
+
+    async def complete(self, p: Pending, client: ClientInfo) -> bytes:
+        """The slow path: upstreams, response rules, the cache and the kernel feed, then the reply."""
+        q = p.query
+        try:
+            other = self._other_family(q.qtype)
+            if other is not None:
+                # ipversion_prefer: a name with an address of the preferred family gets no other.
+                oq = q.wire[HEADER:q.question_end - 4] + struct.pack("!HH", other, q.qclass)
+                okey = oq[:-4].lower() + oq[-4:]
+                ochoice = self.rules.request.choose(DnsFacts(q.qname, other, client.interface))
+                if ochoice.target != REJECT:
+                    oe = await self._entry(okey, oq, q.qname, other, ochoice, client)
+                    if oe.addresses:
+                        return reply(q, RCODE_NOERROR, udp=not client.tcp)
+            e = await self._entry(q.key, q.question, q.qname, q.qtype, p.choice, client)
+        except (ResolveError, UpstreamError) as err:
+            self.c.servfail += 1
+            log.info("dns %s %s from %s: SERVFAIL: %s", q.qname, _qtype_text(q.qtype), client.addr, err)
+            return reply(q, RCODE_SERVFAIL, udp=not client.tcp)
+        return self._serve(e, q, client, time.monotonic())
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        """A reply for `wire`, or None when it gets none."""
+        r = self.begin(wire, client)
+        if isinstance(r, Pending):
+            return await self.complete(r, client)
+        return r
+
+    def _other_family(self, qtype: int) -> int | None:
+        prefer = self.config.ipversion_prefer
+        if prefer == 4 and qtype == TYPE_AAAA:
+            return TYPE_A
+        if prefer == 6 and qtype == TYPE_A:
+            return TYPE_AAAA
+        return None
+
+    def _serve(self, e: CacheEntry, q: Query, client: ClientInfo, now: float) -> bytes:
+        return answer_from_template(e.template, e.offsets, e.ttls, int(now - e.stored), q, udp=not client.tcp)
+
+    def _feed(self, e: CacheEntry) -> None:
+        if e.addresses:
+            self.feed(e.names, tuple(ipaddress.ip_address(a) for a in e.addresses),
+                      max(e.expires, e.stored + MIN_FEED))
+
+    async def _entry(self, key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
+                     client: ClientInfo) -> CacheEntry:
+        """The cached answer, the one being fetched, or a fresh one."""
+        e = self.cache.get(key, time.monotonic(), count_miss=False)  # filled while this one waited?
+        if e is not None:
+            self._feed(e)
+            return e
+        fkey = (key, choice.target, client.server if choice.target == ASIS else None, client.tcp)
+        fut = self._inflight.get(fkey)
+        if fut is not None:
+            self.c.shared += 1
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[fkey] = fut
+        try:
+            e = await self._resolve(key, question, qname, qtype, choice, client)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as err:
+            fut.set_exception(err)
+            fut.exception()  # retrieved: no warning when nobody else waited
+            raise
+        finally:
+            self._inflight.pop(fkey, None)
+        fut.set_result(e)
+        return e
+
+    def _upstream_for(self, target: str, client: ClientInfo) -> Upstream:
+        if target != ASIS:
+            return self.upstreams[target]
+        if client.server is None:
+            # dns.bind and the console have no server of their own: the first upstream.
+            if not self.upstreams:
+                raise ResolveError("asis: the query has no server of its own and no upstream is configured")
+            return next(iter(self.upstreams.values()))
+        ip, port = client.server
+        k = (ip, port, client.tcp)
+        up = self._asis.get(k)
+        if up is None:
+            host = f"[{ip}]" if ":" in ip else ip
+            scheme = "tcp" if client.tcp else "udp"
+            spec = UpstreamSpec(f"asis {host}:{port}", f"{scheme}://{host}:{port}", scheme, ip, port)
+            up = self._asis[k] = self._upstream(spec, "")
+            while len(self._asis) > MAX_ASIS:
+                self._close_later(self._asis.popitem(last=False)[1])
+        else:
+            self._asis.move_to_end(k)
+        return up
+
+    async def _ask(self, first: Upstream, question: bytes, qname: str, qtype: int, client: ClientInfo,
+                   deadline: float, steps: list[str]) -> tuple[_Answer, Upstream]:
+        """The first readable answer: `first`, then (if it is configured) the other upstreams in order."""
+        loop = asyncio.get_running_loop()
+        candidates = [first]
+        if first.name in self.upstreams:
+            candidates += [u for u in self.upstreams.values() if u is not first]
+        errors = []
+        for up in candidates:
+            left = deadline - loop.time()
+            if left <= 0.05:
+                break
+            t0 = loop.time()
+            try:
+                data = await asyncio.wait_for(up.query(question, tcp=client.tcp), left)
+                answer = self._read(data, qname, qtype)
+            except (UpstreamError, TimeoutError) as e:
+                errors.append(str(e) or f"{up.name}: no answer in time")
+                steps.append(f"{up.name} failed")
+                continue
+            except (dns.exception.DNSException, ValueError, struct.error) as e:
+                self.c.bad_answers += 1
+                up.stats.errors += 1
+                up.stats.last_error = f"unreadable answer: {e}"
+                errors.append(f"{up.name}: unreadable answer: {e}")
+                steps.append(f"{up.name} sent an unreadable answer")
+                continue
+            via = f" via {up.stats.route}" if up.stats.route else ""
+            steps.append(f"{up.name}{via}: {dns.rcode.to_text(answer.rcode)} in {(loop.time() - t0) * 1000:.1f} ms")
+            return answer, up
+        raise ResolveError("; ".join(errors) or "no time left to ask an upstream")
+
+    async def _resolve(self, key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
+                       client: ClientInfo) -> CacheEntry:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_timeout
+        steps = [choice.describe("request")]
+        up = self._upstream_for(choice.target, client)
+        for _depth in range(MAX_DEPTH + 1):
+            answer, up = await self._ask(up, question, qname, qtype, client, deadline, steps)
+            rc = self.rules.response.choose(DnsFacts(qname, qtype, client.interface, answer.ips, up.name))
+            steps.append(rc.describe("response"))
+            if rc.target == ACCEPT:
+                break
+            if rc.target == REJECT:
+                self.c.rejected += 1
+                return self._rejection(key, question, qname, qtype, up.name, " · ".join(steps))
+            up = self.upstreams[rc.target]
+        else:
+            raise ResolveError(f"the response rules asked again {MAX_DEPTH} times; giving up")
+        now = time.monotonic()
+        entry = CacheEntry(key, qname, qtype, answer.template, answer.offsets, answer.ttls, now,
+                           now + answer.lifetime, up.name, answer.rcode, answer.negative, answer.addresses,
+                           answer.texts, answer.names, " · ".join(steps))
+        if answer.rcode in CACHEABLE and answer.lifetime > 0:
+            self.cache.put(entry)
+        self._feed(entry)
+        return entry
+
+    def _rejection(self, key: bytes, question: bytes, qname: str, qtype: int, upstream: str,
+                   route: str) -> CacheEntry:
+        template = struct.pack("!HHHHHH", 0, FLAG_QR | FLAG_RA, 1, 0, 0, 0) + question
+        now = time.monotonic()
+        return CacheEntry(key, qname, qtype, template, [], [], now, now, upstream, RCODE_NOERROR, True,
+                          route=route)
+
+    def _read(self, data: bytes, qname: str, qtype: int) -> _Answer:
+        """An upstream's answer, read whole; raises DNSException or ValueError when it cannot be."""
+        msg = dns.message.from_wire(data)
+        rcode = msg.rcode()
+        chain = [dns.name.from_text(qname or ".")]
+        ips: list[IPAddress] = []
+        texts: list[str] = []
+        has_type = False
+        min_ttl = MAX_TTL
+        by_owner = {}
+        for rrset in msg.answer:
+            min_ttl = min(min_ttl, rrset.ttl)
+            by_owner.setdefault((rrset.name, rrset.rdtype), rrset)
+        for _ in range(16):  # follow the CNAME chain, boundedly
+            cname = by_owner.get((chain[-1], dns.rdatatype.CNAME))
+            if cname is None or qtype == dns.rdatatype.CNAME:
+                break
+            chain.append(next(iter(cname)).target)  # type: ignore[attr-defined]
+        for owner in chain:
+            rrset = by_owner.get((owner, qtype))
+            if rrset is not None:
+                has_type = True
+                for rd in rrset:
+                    if rrset.rdtype in (TYPE_A, TYPE_AAAA):
+                        ip = ipaddress.ip_address(rd.address)  # type: ignore[attr-defined]
+                        ips.append(ip)
+                        texts.append(str(ip))
+                    else:
+                        texts.append(rd.to_text())
+        negative = rcode == dns.rcode.NXDOMAIN or (rcode == dns.rcode.NOERROR and not has_type)
+        if negative:
+            soa = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
+            lifetime = min(soa.ttl, next(iter(soa)).minimum) if soa is not None else NEGATIVE_TTL  # type: ignore
+        else:
+            lifetime = min_ttl
+        fixed = self.fixed_ttl.get(qname)
+        if fixed is not None:
+            lifetime = fixed
+        lifetime = max(0, min(int(lifetime), MAX_TTL))
+        msg.id = 0
+        msg.use_edns(False)
+        template = msg.to_wire()
+        offsets = ttl_offsets(template)
+        ttls = [min(struct.unpack_from("!I", template, o)[0], MAX_TTL) if fixed is None else fixed for o in offsets]
+        names = tuple(dict.fromkeys(n.to_text(omit_final_dot=True).lower() for n in chain))
+        return _Answer(rcode, template, offsets, ttls, float(lifetime), negative,
+                       tuple(str(i) for i in ips), tuple(ips), names, tuple(texts))
+
+    # -- the console ------------------------------------------------------------------------------
+    async def lookup(self, name: str, qtype: str = "A") -> DnsTrace:
+        """Resolve through the controller as a client would; says the way it went."""
+        t0 = time.monotonic()
+        try:
+            rdtype = dns.rdatatype.from_text(qtype.upper())
+            qmsg = dns.message.make_query(name, rdtype, use_edns=True)
+        except Exception as e:
+            return DnsTrace(name, qtype, "", (), 0.0, "", "", False, 0.0, f"bad query: {e}")
+        client = ClientInfo("console")
+        q = parse_query(qmsg.to_wire())
+        cached = self.cache.peek(q.key)
+        was_cached = cached is not None and cached.expires > time.monotonic()
+        r = self.begin(q.wire, client)
+        if isinstance(r, Pending):
+            r = await self.complete(r, client)
+        elapsed = (time.monotonic() - t0) * 1000
+        e = self.cache.peek(q.key)
+        if r is None:
+            return DnsTrace(name, qtype.upper(), "", (), 0.0, "", "", False, elapsed, "no reply")
+        msg = dns.message.from_wire(r)
+        answers = tuple(rd.to_text() for rrset in msg.answer for rd in rrset)
+        route = e.route if e is not None else ""
+        if e is None or not route:
+            route = self.rules.request.choose(DnsFacts(q.qname, q.qtype)).describe("request")
+        return DnsTrace(name, qtype.upper(), dns.rcode.to_text(msg.rcode()), answers,
+                        e.ttl_left(time.monotonic()) if e is not None else 0.0,
+                        e.upstream if e is not None else "", route, was_cached, elapsed)
+
+    def flush(self) -> int:
+        """Empty the cache (the kernel's names stay until their TTL)."""
+        n = self.cache.flush()
+        log.info("dns: cache flushed (%d entries)", n)
+        return n
+
+    def state(self, limit: int = 2000) -> DnsState:
+        now = time.monotonic()
+        rows = []
+        for e in self.cache.entries()[:limit]:
+            if e.expires <= now:
+                continue
+            rows.append(DnsCacheRow(e.qname, _qtype_text(e.qtype), e.answers, e.ttl_left(now),
+                                    e.expires - e.stored, e.upstream, e.hits, dns.rcode.to_text(e.rcode),
+                                    e.negative, e.route, e.wall))
+        ups = []
+        for up in [*self.upstreams.values(), *self._asis.values()]:
+            st = up.stats
+            lat = list(st.latencies)
+            ups.append(DnsUpstreamRow(up.name, up.spec.url, st.address, st.route, st.queries, st.errors,
+                                      st.timeouts, st.mismatched, lat[-1] * 1000 if lat else None,
+                                      sum(lat) / len(lat) * 1000 if lat else None, st.last_error))
+        c = self.c
+        counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
+                               c.malformed, c.bad_answers, self.kernel_names())
+        return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache))
+
+
+def question_bytes(name: str, qtype: int, qclass: int = CLASS_IN) -> bytes:
+    """A question section for `name` (tests and tools)."""
+    return dns.name.from_text(name).to_wire() + struct.pack("!HH", qtype, qclass)

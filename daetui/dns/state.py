@@ -1,0 +1,81 @@
+"""What the DNS controller tells the console: plain dataclasses (they cross the control socket)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DnsCacheRow:
+    """One cached answer."""
+
+    name: str
+    qtype: str
+    answers: tuple[str, ...]     # addresses, or the records' text for other types
+    ttl_left: float              # seconds, at the snapshot's time
+    ttl: float                   # the lifetime it was stored with
+    upstream: str
+    hits: int
+    rcode: str                   # NOERROR, NXDOMAIN
+    negative: bool
+    route: str                   # how it was resolved
+    stored: float                # wall clock
+
+
+@dataclass(frozen=True)
+class DnsUpstreamRow:
+    """One upstream and how it has done."""
+
+    name: str
+    url: str
+    address: str                 # the address it is reached at ("" until known)
+    route: str                   # how the routing rules send the connection to it
+    queries: int
+    errors: int
+    timeouts: int
+    mismatched: int              # answers with the wrong ID or question
+    last_ms: float | None
+    avg_ms: float | None         # over the last 32 answers
+    last_error: str
+
+
+@dataclass(frozen=True)
+class DnsCounters:
+    """The controller's totals since start."""
+
+    queries: int = 0             # from clients (LAN, dns.bind, the console)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    shared: int = 0              # misses that joined an identical query in flight
+    rejected: int = 0
+    servfail: int = 0            # answered SERVFAIL: no upstream answered
+    malformed: int = 0           # queries that could not be read (dropped or FORMERR)
+    bad_answers: int = 0         # upstream answers that could not be read
+    kernel_names: int = 0        # addresses with a name in the kernel's domain map
+
+
+@dataclass(frozen=True)
+class DnsState:
+    """The DNS pane's data."""
+
+    cache: tuple[DnsCacheRow, ...] = ()
+    upstreams: tuple[DnsUpstreamRow, ...] = ()
+    counters: DnsCounters = DnsCounters()
+    cache_size: int = 0          # the bound
+    cached: int = 0              # entries now (cache may be cut for the snapshot)
+
+
+@dataclass(frozen=True)
+class DnsTrace:
+    """A query made from the console, and the way it went."""
+
+    name: str
+    qtype: str
+    rcode: str
+    answers: tuple[str, ...]
+    ttl: float
+    upstream: str
+    route: str                   # request rule, upstream and its route, response rule
+    cached: bool
+    elapsed_ms: float
+    error: str = ""

@@ -1,0 +1,332 @@
+"""DNS upstreams: where the controller asks, over UDP, TCP, TLS (DoT) or HTTPS (DoH).
+
+    udp://host:port       UDP; a truncated answer is asked again over TCP
+    tcp://host:port       TCP (connections kept and reused)
+    tcp+udp://host:port   the client's own transport: UDP for UDP queries, TCP for TCP
+    tls://host:port       DNS over TLS, port 853 by default
+    https://host:port/path  DNS over HTTPS (RFC 8484, POST), HTTP/2 when the server offers it
+
+A host that is a name is resolved once, by the bootstrap resolver
+(`global.fallback_resolver`). Every connection to an upstream is routed by
+the routing rules like any of the router's flows (`route`), and carries
+daetui's SO_MARK. Each query gets its own ID; an answer whose ID or question
+does not match is not the answer (counted, ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import ssl
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from daetui.config.dns_upstream import UpstreamSpec
+from daetui.dns.wire import CLASS_IN, FLAG_QR, FLAG_RD, FLAG_TC, HEADER, OUR_EDNS_PAYLOAD, TYPE_OPT
+
+IDLE_REUSE = 10.0   # a kept TCP/TLS connection idle longer than this is not reused
+MAX_MESSAGE = 65535
+
+
+class UpstreamError(Exception):
+    """A query that got no usable answer from this upstream."""
+
+
+@dataclass(frozen=True)
+class UpstreamRoute:
+    """How the routing rules send the connection to an upstream."""
+
+    outbound: str
+    rule: str            # the rule's text, or "fallback"
+    blocked: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.rule} -> {self.outbound}"
+
+
+RouteFn = Callable[[str, int, str], UpstreamRoute]          # (ip, port, "tcp"|"udp")
+Bootstrap = Callable[[str], Awaitable[str]]                  # hostname -> address
+
+
+@dataclass
+class UpstreamStats:
+    """What the console shows of an upstream."""
+
+    queries: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    mismatched: int = 0          # answers with the wrong ID or question
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=32))  # seconds
+    last_error: str = ""
+    last_error_at: float | None = None
+    address: str = ""
+    route: str = ""
+
+
+def make_query(question: bytes) -> tuple[int, bytes]:
+    """Our own query for a question: a fresh ID, RD, and an EDNS record of our size."""
+    qid = secrets.randbits(16)
+    head = struct.pack("!HHHHHH", qid, FLAG_RD, 1, 0, 0, 1)
+    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, OUR_EDNS_PAYLOAD, 0, 0)
+    return qid, head + question + opt
+
+
+def answers_question(data: bytes, qid: int, question: bytes) -> bool:
+    """Is `data` a response to our query `qid` for `question`?"""
+    if len(data) < HEADER + len(question):
+        return False
+    rid, flags, qd = struct.unpack_from("!HHH", data)
+    if rid != qid or not flags & FLAG_QR or qd != 1:
+        return False
+    n = len(question) - 4
+    got = data[HEADER:HEADER + len(question)]
+    return got[:n].lower() == question[:n].lower() and got[n:] == question[n:]
+
+
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+def _mark(sock: socket.socket, mark: int) -> None:
+    if mark:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+
+
+class _Stream:
+    """A kept TCP or TLS connection to an upstream."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.last = time.monotonic()
+
+    async def exchange(self, wire: bytes) -> bytes:
+        self.writer.write(struct.pack("!H", len(wire)) + wire)
+        await self.writer.drain()
+        n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        data = await self.reader.readexactly(n)
+        self.last = time.monotonic()
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class Upstream:
+    """One configured upstream: its transport, its connections and its figures."""
+
+    def __init__(self, spec: UpstreamSpec, route: RouteFn, mark: int = 0, ca_file: str = "",
+                 bootstrap: Bootstrap | None = None, timeout: float = 2.0) -> None:
+        self.spec = spec
+        self.route = route
+        self.mark = mark
+        self.timeout = timeout
+        self.bootstrap = bootstrap
+        self.ca_file = ca_file
+        self.stats = UpstreamStats()
+        self._ssl = _ssl_context(ca_file) if spec.scheme in ("tls", "https") else None
+        self._idle: list[_Stream] = []
+        self._address: str | None = spec.host if spec.host_is_address else None
+        self._http = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def address(self) -> str:
+        """The upstream's IP address, asking the bootstrap resolver once for a name."""
+        if self._address is None:
+            if self.bootstrap is None:
+                raise UpstreamError(f"{self.spec.host}: no bootstrap resolver to resolve it")
+            try:
+                self._address = await self.bootstrap(self.spec.host)
+            except Exception as e:
+                raise UpstreamError(f"bootstrap: {self.spec.host}: {e}") from None
+        self.stats.address = self._address
+        return self._address
+
+    async def query(self, question: bytes, tcp: bool = False) -> bytes:
+        """The upstream's answer (wire) to `question` (name, type, class as bytes)."""
+        st = self.stats
+        st.queries += 1
+        t0 = time.monotonic()
+        try:
+            data = await asyncio.wait_for(self._query(question, tcp), self.timeout)
+        except TimeoutError:
+            st.errors += 1
+            st.timeouts += 1
+            self._failed(f"no answer in {self.timeout:g}s")
+            raise UpstreamError(f"{self.name}: no answer in {self.timeout:g}s") from None
+        except UpstreamError as e:
+            st.errors += 1
+            self._failed(str(e))
+            raise
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, EOFError) as e:
+            st.errors += 1
+            text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            self._failed(text)
+            raise UpstreamError(f"{self.name}: {text}") from None
+        except Exception as e:  # httpx errors and the like: an upstream's failure, not ours
+            st.errors += 1
+            text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            self._failed(text)
+            raise UpstreamError(f"{self.name}: {text}") from None
+        st.latencies.append(time.monotonic() - t0)
+        return data
+
+    def _failed(self, text: str) -> None:
+        self.stats.last_error = text
+        self.stats.last_error_at = time.time()
+
+    async def _query(self, question: bytes, tcp: bool) -> bytes:
+        ip = await self.address()
+        scheme = self.spec.scheme
+        over_tcp = scheme in ("tcp", "tls") or (scheme == "tcp+udp" and tcp)
+        if scheme == "https":
+            return await self._https(ip, question)
+        proto = "tcp" if over_tcp else "udp"
+        r = self.route(ip, self.spec.port, proto)
+        self.stats.route = str(r)
+        if r.blocked:
+            raise UpstreamError(f"{self.name}: blocked by {r.rule}")
+        if over_tcp:
+            return await self._stream(ip, question)
+        data = await self._udp(ip, question)
+        if struct.unpack_from("!H", data, 2)[0] & FLAG_TC:
+            # Too big for UDP: the same server over TCP (as a stub resolver does).
+            r = self.route(ip, self.spec.port, "tcp")
+            if r.blocked:
+                return data
+            return await self._stream(ip, question)
+        return data
+
+    async def _udp(self, ip: str, question: bytes) -> bytes:
+        qid, wire = make_query(question)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            _mark(sock, self.mark)
+            sock.setblocking(False)
+            sock.connect((ip, self.spec.port))  # a fresh socket: a random source port per query
+            sock.send(wire)
+            while True:
+                data = await loop.sock_recv(sock, MAX_MESSAGE)
+                if answers_question(data, qid, question):
+                    return data
+                self.stats.mismatched += 1  # a stray or forged answer: keep waiting for ours
+        finally:
+            sock.close()
+
+    async def _open_stream(self, ip: str) -> _Stream:
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            _mark(sock, self.mark)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (ip, self.spec.port))
+        except BaseException:
+            sock.close()
+            raise
+        if self._ssl is not None:
+            reader, writer = await asyncio.open_connection(sock=sock, ssl=self._ssl,
+                                                           server_hostname=self.spec.host)
+        else:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        return _Stream(reader, writer)
+
+    async def _stream(self, ip: str, question: bytes) -> bytes:
+        qid, wire = make_query(question)
+        now = time.monotonic()
+        while self._idle:
+            s = self._idle.pop()
+            if now - s.last < IDLE_REUSE:
+                try:
+                    data = await s.exchange(wire)
+                except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
+                    s.close()  # the server closed it while idle: open a new one
+                    continue
+                return self._keep(s, data, qid, question)
+            s.close()
+        s = await self._open_stream(ip)
+        try:
+            data = await s.exchange(wire)
+        except BaseException:
+            s.close()
+            raise
+        return self._keep(s, data, qid, question)
+
+    def _keep(self, s: _Stream, data: bytes, qid: int, question: bytes) -> bytes:
+        if not answers_question(data, qid, question):
+            s.close()
+            self.stats.mismatched += 1
+            raise UpstreamError(f"{self.name}: answer with the wrong ID or question")
+        if len(self._idle) < 8:
+            self._idle.append(s)
+        else:
+            s.close()
+        return data
+
+    async def _https(self, ip: str, question: bytes) -> bytes:
+        import httpx2
+
+        r = self.route(ip, self.spec.port, "tcp")
+        self.stats.route = str(r)
+        if r.blocked:
+            raise UpstreamError(f"{self.name}: blocked by {r.rule}")
+        if self._http is None:
+            opts = [(socket.SOL_SOCKET, socket.SO_MARK, self.mark)] if self.mark else None
+            transport = httpx2.AsyncHTTPTransport(verify=self._ssl, http2=True, socket_options=opts)
+            self._http = httpx2.AsyncClient(transport=transport, timeout=self.timeout)
+        _, wire = make_query(question)
+        wire = b"\x00\x00" + wire[2:]  # RFC 8484: ID 0, for HTTP caches
+        host = f"[{ip}]" if ":" in ip else ip
+        headers = {"content-type": "application/dns-message", "accept": "application/dns-message"}
+        extensions = {}
+        if not self.spec.host_is_address:
+            headers["host"] = self.spec.host if self.spec.port == 443 else f"{self.spec.host}:{self.spec.port}"
+            extensions["sni_hostname"] = self.spec.host
+        resp = await self._http.post(f"https://{host}:{self.spec.port}{self.spec.path}", content=wire,
+                                     headers=headers, extensions=extensions)
+        if resp.status_code != 200:
+            raise UpstreamError(f"{self.name}: HTTP {resp.status_code}")
+        data = resp.content
+        if not answers_question(data, 0, question):
+            self.stats.mismatched += 1
+            raise UpstreamError(f"{self.name}: answer with the wrong ID or question")
+        return data
+
+    async def close(self) -> None:
+        for s in self._idle:
+            s.close()
+        self._idle.clear()
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.aclose()
+            self._http = None
+
+
+async def bootstrap_resolve(resolver: str, host: str, mark: int = 0, timeout: float = 2.0) -> str:
+    """Resolve `host` (A, then AAAA) through the plain DNS server `resolver` ("ip:port")."""
+    import dns.message
+    import dns.name
+    import dns.rdatatype
+
+    ip, _, port = resolver.rpartition(":")
+    if not ip:
+        ip, port = resolver, "53"
+    ip = ip.strip("[]")
+    spec = UpstreamSpec("bootstrap", f"udp://{resolver}", "udp", ip, int(port or 53))
+    up = Upstream(spec, lambda *_: UpstreamRoute("direct", "bootstrap"), mark=mark, timeout=timeout)
+    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        question = dns.name.from_text(host).to_wire() + struct.pack("!HH", rdtype, CLASS_IN)
+        data = await up.query(question)
+        msg = dns.message.from_wire(data)
+        for rrset in msg.answer:
+            if rrset.rdtype == rdtype:
+                return str(next(iter(rrset)))
+    raise UpstreamError(f"{host}: the bootstrap resolver {resolver} knows no address for it")
