@@ -111,7 +111,7 @@ class ControlPlane:
         self.dns = DnsController(config.dns, route=self._route_upstream, feed=self._dns_feed,
                                  mark=config.global_.so_mark_from_dae,
                                  bootstrap_resolver=config.global_.fallback_resolver,
-                                 timeout=config.dns.upstream_timeout, kernel_names=lambda: len(self.names))
+                                 kernel_names=lambda: len(self.names))
         self.dns_server: DnsServer | None = None
         self._dns_bound: list[socket.socket] = []
         self._kernel_rules: dict[int, KernelRules] = {}

@@ -125,14 +125,11 @@ class DnsController:
     """One per control plane; `configure` takes a new [dns] on reload and keeps the cache."""
 
     def __init__(self, config: DnsConfig, route: RouteFn, feed: NameFeed, mark: int = 0,
-                 bootstrap_resolver: str = "", timeout: float = 2.0, total_timeout: float = 4.0,
-                 kernel_names: Callable[[], int] | None = None) -> None:
+                 bootstrap_resolver: str = "", kernel_names: Callable[[], int] | None = None) -> None:
         self.route = route
         self.feed = feed
         self.mark = mark
         self.bootstrap_resolver = bootstrap_resolver
-        self.timeout = timeout
-        self.total_timeout = total_timeout
         self.kernel_names = kernel_names or (lambda: 0)
         self.cache = DnsCache(config.cache_size)
         self.upstreams: dict[str, Upstream] = {}
@@ -150,11 +147,15 @@ class DnsController:
     def configure(self, config: DnsConfig) -> None:
         """Take a new [dns] (already checked); upstreams that did not change keep their connections."""
         rules = config.compiled or compile_rules(config)
+        # One upstream's time, then the next one's; the client (glibc: 5 s) hears back before it gives up.
+        self.timeout = config.upstream_timeout
+        self.total_timeout = 2 * config.upstream_timeout + 0.5
         fresh: dict[str, Upstream] = {}
         for name, url in config.upstream.items():
             spec = parse_upstream(name, url)
             old = self.upstreams.get(name)
             if old is not None and old.spec == spec and old.ca_file == config.ca_file:
+                old.timeout = self.timeout
                 fresh[name] = old
             else:
                 fresh[name] = self._upstream(spec, config.ca_file)

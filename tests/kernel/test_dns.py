@@ -1,0 +1,272 @@
+"""The DNS controller in the lab, against real unbound and dnsmasq.
+
+The LAN client asks the lab's DNS servers as any client would; the kernel
+hands its port-53 traffic to daetui, which answers through the configured
+upstreams. The tests check the answers the client gets, which upstream was
+asked (the controller's own figures), and what reached the kernel: the
+domain bitmap of each answered address, and the decision of the client's
+next flow to it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+from helpers import http_get, lan_socket, plane_in_lab, snapshot, wait_for
+
+from daetui.control.plane import ControlPlane
+from daetui.control.runner import ControlPlaneThread
+from daetui.lab.dnspeers import Dnsmasq, Record, dns_peers
+from daetui.lab.topology import ADDR
+
+pytestmark = pytest.mark.kernel
+
+UNBOUND4, DNSMASQ4 = ADDR.dns4
+UNBOUND6, _ = ADDR.dns6
+
+
+@pytest.fixture(scope="module")
+def peers(lab):
+    with dns_peers(lab) as p:
+        yield p
+
+
+def ask(lab, server: str, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 5.0,
+        edns: bool = True) -> dns.message.Message:
+    """Ask `server` from the LAN client, as its stub resolver would."""
+    q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False)
+    s = lan_socket(lab, server, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    try:
+        if tcp:
+            s.settimeout(timeout)
+            s.connect((server, 53))
+        s.setblocking(False)
+        if tcp:
+            return dns.query.tcp(q, server, timeout, sock=s)
+        return dns.query.udp(q, server, timeout, sock=s)
+    finally:
+        s.close()
+
+
+def addresses(msg: dns.message.Message) -> list[str]:
+    return sorted(rd.address for rrset in msg.answer if rrset.rdtype in (1, 28) for rd in rrset)
+
+
+def upstream_rows(runner: ControlPlaneThread) -> dict[str, object]:
+    return {u.name: u for u in snapshot(runner).dns.upstreams}
+
+
+def cache_row(runner: ControlPlaneThread, name: str, qtype: str = "A"):
+    for row in snapshot(runner).dns.cache:
+        if row.name == name and row.qtype == qtype:
+            return row
+    return None
+
+
+def kernel_bits(runner: ControlPlaneThread, addr: str) -> dict[int, int] | None:
+    plane: ControlPlane = runner.plane  # type: ignore[assignment]
+    return runner.call(lambda: plane.dataplane.program.domain_bits(ipaddress.ip_address(addr)))
+
+
+def config(body: str, extra_global: str = "") -> str:
+    return f"""
+[global]
+lan_interface = ["lan0"]
+fallback_resolver = "{DNSMASQ4}:53"
+{extra_global}
+{body}
+"""
+
+
+def test_each_upstream_scheme_answers_the_lan(lab, peers, tmp_path: Path):
+    cfg = config(f"""
+[dns]
+upstream = {{ u = "udp://{UNBOUND4}:53", t = "tcp://{UNBOUND4}:53", tu = "tcp+udp://[{UNBOUND6}]:53",
+             dot = "tls://dns.lab.test:853", doh = "https://dns.lab.test/dns-query" }}
+ca_file = "{peers.ca.ca_file}"
+request = ["qname(full: www.example.test) -> u", "qname(full: api.example.test) -> t",
+           "qname(full: alias.example.test) -> tu", "qname(full: cn.lab.test) -> dot",
+           "qname(full: txt.example.test) -> doh", "fallback: u"]
+[routing]
+fallback = "direct"
+""")
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(ask(lab, UNBOUND4, "api.example.test")) == ["203.0.113.11"]
+        # Over TCP and IPv6 from the client: tcp+udp asks the upstream over TCP too.
+        alias = ask(lab, UNBOUND6, "alias.example.test", tcp=True)
+        assert addresses(alias) == ["203.0.113.10"]
+        assert any(r.rdtype == dns.rdatatype.CNAME for r in alias.answer)
+        assert addresses(ask(lab, UNBOUND4, "cn.lab.test")) == ["203.0.113.11"]
+        txt = ask(lab, UNBOUND4, "txt.example.test", "TXT")
+        assert [rd.to_text() for rr in txt.answer for rd in rr] == ['"hello"']
+
+        ups = upstream_rows(runner)
+        for name in ("u", "t", "tu", "dot", "doh"):
+            assert (ups[name].queries, ups[name].errors) == (1, 0), ups[name]
+            assert ups[name].last_ms is not None
+        # The names in the URLs were resolved by the bootstrap resolver (dnsmasq).
+        assert ups["dot"].address == ups["doh"].address == UNBOUND4
+        assert ups["tu"].address == UNBOUND6
+        row = cache_row(runner, "cn.lab.test")
+        assert row is not None and "request rule #4 -> dot" in row.route and row.upstream == "dot"
+        # The same question again is the cache's: no upstream is asked.
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert upstream_rows(runner)["u"].queries == 1
+        assert cache_row(runner, "www.example.test").hits == 1
+
+
+def test_request_and_response_rules_choose(lab, peers, tmp_path: Path):
+    # A second dnsmasq that knows other addresses, so each answer says who gave it.
+    other = [Record("www.example.test", "A", "203.0.113.12"), Record("api.example.test", "A", "203.0.113.12")]
+    with Dnsmasq(lab, records=other, port=5353):  # started on entry
+        cfg = config(f"""
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53", dm = "udp://{DNSMASQ4}:5353" }}
+request = ["qname(suffix: ads.example.test) -> reject", "qtype(txt) -> asis", "fallback: dm"]
+response = ["upstream(dm) && ip(203.0.113.12) && qname(full: www.example.test) -> ub",
+            "upstream(dm) && qname(full: api.example.test) -> reject", "fallback: accept"]
+[routing]
+fallback = "direct"
+""")
+        with plane_in_lab(lab, cfg, tmp_path) as runner:
+            # dm said .12; the response rule asked ub again, whose answer is the client's.
+            www = ask(lab, UNBOUND4, "www.example.test")
+            assert addresses(www) == ["203.0.113.10"]
+            row = cache_row(runner, "www.example.test")
+            assert row.upstream == "ub" and "response rule #1 -> ub" in row.route
+            # reject (request or response): NOERROR with no answer, as dae does.
+            for name in ("x.ads.example.test", "api.example.test"):
+                r = ask(lab, UNBOUND4, name)
+                assert (r.rcode(), r.answer) == (dns.rcode.NOERROR, []), name
+            # asis: the server the client asked (dnsmasq on .54), not a configured upstream.
+            txt = ask(lab, DNSMASQ4, "txt.example.test", "TXT")
+            assert [rd.to_text() for rr in txt.answer for rd in rr] == ['"hello"']
+            ups = upstream_rows(runner)
+            assert ups[f"asis {DNSMASQ4}:53"].queries == 1
+            assert ups["dm"].queries == 2 and ups["ub"].queries == 1  # www and api; www again
+            # A name nobody knows: dm's NXDOMAIN is accepted and cached as negative.
+            assert ask(lab, UNBOUND4, "nothing.example.test").rcode() == dns.rcode.NXDOMAIN
+            neg = cache_row(runner, "nothing.example.test")
+            assert neg is not None and neg.negative and neg.rcode == "NXDOMAIN"
+            counters = snapshot(runner).dns.counters
+            assert counters.rejected == 2
+
+
+def _flow(runner: ControlPlaneThread, dst: str, dport: int):
+    plane: ControlPlane = runner.plane  # type: ignore[assignment]
+    flows = runner.call(lambda: plane.dataplane.program.flows())
+    return next((f for f in flows if str(f.key.dst) == dst and f.key.dport == dport), None)
+
+
+def test_answered_address_is_routed_by_domain_in_the_kernel(lab, peers, tmp_path: Path):
+    cfg = config(f"""
+[group.proxy]
+
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53" }}
+request = ["fallback: ub"]
+
+[routing]
+rules = ["domain(suffix: example.test) -> proxy"]
+fallback = "direct"
+""", extra_global='dial_mode = "ip"')
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        plane: ControlPlane = runner.plane  # type: ignore[assignment]
+        # Before DNS named it, the kernel cannot decide a domain rule for 203.0.113.11.
+        assert kernel_bits(runner, "203.0.113.11") is None
+        http_get(lab, "203.0.113.11")
+        undecided = wait_for(lambda: _flow(runner, "203.0.113.11", 80))
+        assert undecided.outbound == plane.ruleset.outbound_ids()["(user space)"]
+
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        gen = plane.generation
+        bits = kernel_bits(runner, "203.0.113.10")
+        assert bits is not None and bits[gen] == 1  # domain function 0: suffix example.test
+        body = http_get(lab, "203.0.113.10")
+        assert body.startswith(b"daetui lab host 203.0.113.10")
+        f = wait_for(lambda: _flow(runner, "203.0.113.10", 80))
+        assert (f.outbound, f.rule_index) == (plane.ruleset.outbound_ids()["proxy"], 0)
+        conn = next(c for c in snapshot(runner).connections if c.dst == ("203.0.113.10", 80))
+        assert conn.stage == "kernel" and conn.sniffed is None  # decided in the kernel, nothing sniffed
+
+        # The TTL runs out (short.example.test: 3 s): the address leaves the kernel's map.
+        assert addresses(ask(lab, UNBOUND4, "short.example.test")) == ["203.0.113.12"]
+        assert kernel_bits(runner, "203.0.113.12") is not None
+        wait_for(lambda: kernel_bits(runner, "203.0.113.12") is None or None, timeout=8)
+        assert kernel_bits(runner, "203.0.113.10") is not None  # its 300 s are not over
+
+        # A reload recomputes the bitmaps for the new generation before the flip.
+        new = cfg.replace('rules = ["domain(suffix: example.test) -> proxy"]',
+                          'rules = ["domain(suffix: other.test) -> block", "domain(suffix: example.test) -> proxy"]')
+        from daetui.config.load import parse_config
+
+        result = runner.submit(plane.reload(parse_config(new, "test.toml"))).result(60)
+        assert result.ok, result.message
+        assert kernel_bits(runner, "203.0.113.10")[plane.generation] == 0b10
+        http_get(lab, "203.0.113.10", "/whoami")
+        flows = runner.call(lambda: plane.dataplane.program.flows())
+        newest = max((f for f in flows if str(f.key.dst) == "203.0.113.10"), key=lambda f: f.first_seen)
+        assert newest.rule_index == 1 and newest.generation == plane.generation
+
+
+def test_dns_over_ipv6_and_truncation(lab, peers, tmp_path: Path):
+    cfg = config(f"""
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53" }}
+request = ["fallback: ub"]
+[routing]
+fallback = "direct"
+""")
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        r = ask(lab, UNBOUND6, "www.example.test", "AAAA")
+        assert addresses(r) == ["2001:db8:3::10"]
+        # 40 addresses do not fit 512 bytes: TC over UDP without EDNS, whole over TCP.
+        small = ask(lab, UNBOUND4, "big.example.test", edns=False)
+        assert small.flags & dns.flags.TC and not small.answer
+        whole = ask(lab, UNBOUND4, "big.example.test", tcp=True)
+        assert len(addresses(whole)) == 40
+        # The kernel learnt every one of them.
+        assert all(kernel_bits(runner, f"203.0.113.{i}") is not None for i in range(100, 140))
+        assert snapshot(runner).dns.counters.kernel_names >= 41
+
+
+def test_identical_queries_in_flight_share_one_upstream_query(lab, peers, tmp_path: Path):
+    cfg = config(f"""
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53" }}
+request = ["fallback: ub"]
+[routing]
+fallback = "direct"
+""")
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        plane: ControlPlane = runner.plane  # type: ignore[assignment]
+
+        async def many() -> list[object]:
+            import asyncio
+            return await asyncio.gather(*(plane.dns_lookup("api.example.test") for _ in range(20)))
+
+        traces = runner.submit(many()).result(30)
+        assert all(t.answers == ("203.0.113.11",) for t in traces)
+        ups = upstream_rows(runner)
+        assert ups["ub"].queries == 1
+        assert snapshot(runner).dns.counters.shared == 19
+        # Flushed: the next one asks again.
+        assert runner.call(plane.dns_flush) == 1
+        t = runner.submit(plane.dns_lookup("api.example.test")).result(30)
+        assert not t.cached and "request fallback -> ub" in t.route
+        assert upstream_rows(runner)["ub"].queries == 2
+        t2 = runner.submit(plane.dns_lookup("api.example.test")).result(30)
+        assert t2.cached and t2.ttl <= 300
+        time.sleep(1.1)
+        t3 = runner.submit(plane.dns_lookup("api.example.test")).result(30)
+        assert t3.ttl < t2.ttl  # counting down
