@@ -61,10 +61,27 @@ def run_demo(duration: float = 0, lab_name: str = "dtlab", config: Path = SAMPLE
     print(f"daetui demo: {'building' if made_lab else 'using'} lab {lab_name} "
           f"(namespaces {lab.lan}, {lab.router}, {lab.wan})", flush=True)
     lab.up()
+    _start_dns(lab)
     traffic = TrafficGenerator(lab)
     if ui:
         return _with_console(lab, config, traffic, made_lab, theme)
     return _headless(lab, config, traffic, made_lab, duration)
+
+
+def _start_dns(lab: Lab) -> None:
+    """The lab's DNS server (unbound, the demo config's upstream), kept with the lab until it is taken down."""
+    from daetui.lab.dnspeers import DnsPeerError, Unbound
+
+    if lab.adopted("unbound") is not None:
+        return
+    unbound = Unbound(lab)
+    try:
+        unbound.start()
+    except DnsPeerError as e:
+        print(f"daetui demo: no DNS server in the lab ({e}); the DNS pane stays empty", file=sys.stderr)
+        return
+    assert unbound.pid is not None
+    lab.adopt("unbound", unbound.pid)
 
 
 def _with_console(lab: Lab, config: Path, traffic: TrafficGenerator, made_lab: bool, theme: str | None) -> int:

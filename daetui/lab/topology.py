@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -268,6 +269,20 @@ class Lab:
         proc.kill()
         raise LabError(f"lab servers did not start; see {self.state_dir / (self.name + '-servers.log')}")
 
+    def adopt(self, name: str, pid: int) -> None:
+        """Record a process started in the lab (a DNS peer of the demo): `down` ends it by pid."""
+        state = self._load_state()
+        if state is None:
+            raise LabError(f"lab {self.name} is not up")
+        state.pids[name] = pid
+        self._save_state(state)
+
+    def adopted(self, name: str) -> int | None:
+        """The pid recorded under `name`, if that process still runs."""
+        state = self._load_state()
+        pid = state.pids.get(name) if state is not None else None
+        return pid if pid is not None and _alive(pid) else None
+
     # -- teardown -------------------------------------------------------------
     def down(self) -> None:
         """End the recorded processes by pid and delete the recorded namespaces."""
@@ -283,6 +298,9 @@ class Lab:
                 _run("ip", "netns", "del", ns, check=False)
         self.state_file.unlink(missing_ok=True)
         (self.state_dir / f"{self.name}-servers.log").unlink(missing_ok=True)
+        # Directories of DNS peers adopted by the lab (daetui.lab.dnspeers names them so).
+        for d in Path(tempfile.gettempdir()).glob(f"daetui-{self.name}-*"):
+            shutil.rmtree(d, ignore_errors=True)
         # The default run dir of daetui in this lab's router went with the namespace,
         # unless a daemon still runs there (it holds the namespace alive).
         run_dir = self.state_dir.parent / f"netns-{self.router}"
@@ -327,7 +345,8 @@ def _stop_pid(pid: int, timeout: float = 5.0) -> None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return
-    if b"daetui.lab" not in cmdline and b"ip\x00netns" not in cmdline:
+    # Ours: the lab's servers, `ip netns exec` wrappers, and the DNS peers (their config is in a daetui- dir).
+    if b"daetui.lab" not in cmdline and b"ip\x00netns" not in cmdline and b"/daetui-" not in cmdline:
         return  # the pid was reused by something that is not ours
     try:
         os.kill(pid, signal.SIGTERM)

@@ -38,6 +38,22 @@ def http_get(lab: Lab, host: str, path: str) -> int:
     return got
 
 
+def resolve(lab: Lab, name: str, server: str = ADDR.dns4[0]) -> str | None:
+    """An address of `name` as the LAN client's resolver gets it (None without an answer)."""
+    import dns.message
+    import dns.query
+
+    s = _sock(lab, server, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    try:
+        r = dns.query.udp(dns.message.make_query(name, "A"), server, timeout=1.0, sock=s)
+    except Exception:
+        return None
+    finally:
+        s.close()
+    return next((rd.address for rrset in r.answer if rrset.rdtype == 1 for rd in rrset), None)
+
+
 def udp_echo(lab: Lab, host: str, n: int = 3) -> int:
     s = _sock(lab, host, socket.SOCK_DGRAM)
     s.settimeout(0.5)
@@ -81,6 +97,11 @@ class TrafficGenerator:
         http_get(self.lab, hosts[0], f"/bytes/{self.rng.randint(1, 4) * 256 * 1024}")  # a download
         udp_echo(self.lab, hosts[1])                                     # direct: the kernel only
         udp_echo(self.lab, hosts[0])                                     # UDP through the control plane
+        # A name, then a flow to it: the kernel routes it by the name DNS gave it.
+        name = self.rng.choice(["cn.lab.test", "www.example.test", "api.example.test", "short.example.test"])
+        addr = resolve(self.lab, name)
+        if addr is not None and name.endswith("lab.test"):
+            udp_echo(self.lab, addr)
         if self.rounds % 5 == 0:
             s = _sock(self.lab, hosts[2], socket.SOCK_STREAM)            # blocked: dropped in the kernel
             s.settimeout(0.3)

@@ -55,7 +55,8 @@ def test_minimal(beside_geo) -> None:
 
 def test_lab(beside_geo) -> None:
     cfg = load_config(beside_geo("lab.toml"))
-    assert len(cfg.routing.entries) == 5 and cfg.global_.lan_interface == ("lan0",)
+    assert len(cfg.routing.entries) == 6 and cfg.global_.lan_interface == ("lan0",)
+    assert cfg.dns.upstream == {"lab": "udp://203.0.113.53:53"} and cfg.dns.request_fallback == "lab"
 
 
 def test_home_router(beside_geo) -> None:
