@@ -270,3 +270,60 @@ fallback = "direct"
         time.sleep(1.1)
         t3 = runner.submit(plane.dns_lookup("api.example.test")).result(30)
         assert t3.ttl < t2.ttl  # counting down
+
+
+def test_prefer_fixed_ttl_bind_interface_and_must(lab, peers, tmp_path: Path):
+    cfg = config(f"""
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53", dm = "udp://{DNSMASQ4}:53" }}
+ipversion_prefer = 4
+fixed_domain_ttl = {{ "api.example.test" = 7 }}
+bind = "127.0.0.53:53"
+request = ["interface(lan: lan0) && qname(full: cn.lab.test) -> dm", "fallback: ub"]
+
+[routing]
+# DNS to dnsmasq is the client's own business: must_direct, not hijacked.
+rules = ["dip({DNSMASQ4}) -> must_direct"]
+fallback = "direct"
+""")
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        plane: ControlPlane = runner.plane  # type: ignore[assignment]
+        # ipversion_prefer = 4: a name with an IPv4 address gets no AAAA.
+        aaaa = ask(lab, UNBOUND4, "www.example.test", "AAAA")
+        assert aaaa.rcode() == dns.rcode.NOERROR and not aaaa.answer
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        # fixed_domain_ttl overrides the upstream's 300 s.
+        api = ask(lab, UNBOUND4, "api.example.test")
+        assert api.answer[0].ttl <= 7
+        # interface(lan: lan0): the LAN's query went to dm.
+        ask(lab, UNBOUND4, "cn.lab.test")
+        assert cache_row(runner, "cn.lab.test").upstream == "dm"
+        before = snapshot(runner).dns.counters.queries
+        # must_direct: the query reaches dnsmasq itself; the controller never sees it.
+        assert addresses(ask(lab, DNSMASQ4, "txt.example.test", "A")) == []
+        assert addresses(ask(lab, DNSMASQ4, "www.example.test")) == ["203.0.113.10"]
+        assert snapshot(runner).dns.counters.queries == before
+        # dns.bind: the router's own resolver address (not from the LAN: no interface, so ub answers).
+        q = dns.message.make_query("cn.lab.test", "A")
+        from daetui.lab.netns import netns
+
+        with netns(lab.router):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        try:
+            r = dns.query.udp(q, "127.0.0.53", timeout=3, sock=s)
+        finally:
+            s.close()
+        assert addresses(r) == ["203.0.113.11"]
+        # Cached from the LAN's query: the router's question was answered from it.
+        assert cache_row(runner, "cn.lab.test").hits >= 1
+        # The cache survives a reload.
+        from daetui.config.load import parse_config
+
+        result = runner.submit(plane.reload(parse_config(cfg.replace("fallback: ub", "fallback: dm"),
+                                                          "test.toml"))).result(60)
+        assert result.ok, result.message
+        assert cache_row(runner, "www.example.test") is not None
+        queries = upstream_rows(runner)["ub"].queries
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert upstream_rows(runner)["ub"].queries == queries
