@@ -119,7 +119,6 @@ class ControlPlane:
         # reload keeps its count.
         self._hits_carry: dict[str, tuple[int, float | None]] = {}
         self._reloading = asyncio.Lock()
-        self.reloads = 0
 
     # -- lifecycle ------------------------------------------------------------------
     async def claim(self) -> None:
@@ -687,7 +686,6 @@ class ControlPlane:
             if new.dns.bind != old.dns.bind:
                 self._bind_dns(new.dns.bind)
             await self._rebind(old.global_.lan_interface, new.global_.lan_interface)
-            self.reloads += 1
             result = ReloadResult(True, "reloaded", self.generation, *_rule_diff(old.routing, new.routing))
             if abort:
                 aborted, kept = self._abort_changed(old.routing, new.routing)

@@ -138,6 +138,3 @@ def dumps(obj: Any) -> bytes:
     """One line of the control protocol."""
     return json.dumps(encode(obj), separators=(",", ":")).encode() + b"\n"
 
-
-def loads(line: bytes) -> Any:
-    return json.loads(line)

@@ -62,6 +62,7 @@ class KernelProgram:
         self.bpf[b"route_progs"][ct.c_int(0)] = ct.c_int(self.route.fd)
         self.max_match_sets = max_match_sets
         self.tuples = self.bpf[b"routing_tuples"]
+        self._layouts: tuple[Any, ...] | None = None
         self.match_sets = self.bpf[b"match_sets"]
         self.ip_sets = self.bpf[b"ip_sets"]
         self.params = self.bpf[b"params"]
@@ -142,12 +143,20 @@ class KernelProgram:
             self.rule_stats_map[ct.c_int(gen * stride + ri)] = leaves
 
     # -- names of addresses (domain_routing) ----------------------------------------------
-    def set_domain_bits(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: dict[int, int]) -> None:
-        """What `addr`'s name matched, per generation: bit i = domain function i of that generation."""
+    def _domain_key(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Any, Any]:
         dr = self.bpf[b"domain_routing"]
         k = dr.Key()
-        for j, b in enumerate(_v6(addr)):
-            k.addr[j] = b
+        ct.memmove(k.addr, _v6(addr), 16)
+        return dr, k
+
+    @staticmethod
+    def _unpack_bits(v: Any) -> dict[int, int]:
+        return {gen: sum(int(v.bits[_word(gen, w)]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
+                for gen in range(ABI.GENERATIONS)}
+
+    def set_domain_bits(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: dict[int, int]) -> None:
+        """What `addr`'s name matched, per generation: bit i = domain function i of that generation."""
+        dr, k = self._domain_key(addr)
         v = dr.Leaf()
         for gen, value in bits.items():
             for w in range(ABI.DOMAIN_WORDS):
@@ -156,22 +165,14 @@ class KernelProgram:
 
     def domain_bits(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[int, int] | None:
         """The bits the kernel holds for `addr`, or None when it knows no name for it."""
-        dr = self.bpf[b"domain_routing"]
-        k = dr.Key()
-        for j, b in enumerate(_v6(addr)):
-            k.addr[j] = b
+        dr, k = self._domain_key(addr)
         try:
-            v = dr[k]
+            return self._unpack_bits(dr[k])
         except KeyError:
             return None
-        return {gen: sum(int(v.bits[_word(gen, w)]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
-                for gen in range(ABI.GENERATIONS)}
 
     def forget_domain(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-        dr = self.bpf[b"domain_routing"]
-        k = dr.Key()
-        for j, b in enumerate(_v6(addr)):
-            k.addr[j] = b
+        dr, k = self._domain_key(addr)
         try:
             del dr[k]
         except KeyError:
@@ -183,8 +184,7 @@ class KernelProgram:
         for k, v in self.bpf[b"domain_routing"].items():
             a = ipaddress.IPv6Address(bytes(k.addr))
             addr = a.ipv4_mapped or a
-            out.append((addr, {gen: sum(int(v.bits[_word(gen, w)]) << (64 * w) for w in range(ABI.DOMAIN_WORDS))
-                               for gen in range(ABI.GENERATIONS)}))
+            out.append((addr, self._unpack_bits(v)))
         return out
 
     def activate(self, gen: int) -> None:
@@ -218,9 +218,9 @@ class KernelProgram:
         return k
 
     def _raw(self, keys: bytes, values: bytes) -> RawFlows:
-        kl, ks = ctypes_layout(self.tuples.Key)
-        vl, vs = ctypes_layout(self.tuples.Leaf)
-        return RawFlows(kl, ks, vl, vs, keys, values)
+        if self._layouts is None:  # the same for the program's life: worked out once
+            self._layouts = (*ctypes_layout(self.tuples.Key), *ctypes_layout(self.tuples.Leaf))
+        return RawFlows(*self._layouts, keys, values)
 
     def flow(self, key: FlowKey) -> KernelFlow | None:
         """The kernel's decision for one flow, if it has one."""

@@ -16,8 +16,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-KINDS = ("suffix", "full", "keyword", "regex")
-
 
 def normalize(name: str) -> str:
     """Lower case, no trailing dot: how names are compared."""

@@ -113,8 +113,6 @@ class FunctionSpec:
     name: str
     value: Callable[[Param], Any]
     keys: frozenset[str] = frozenset()
-    kernel: bool = True        # the kernel program can evaluate it
-    supported: bool = True     # this version implements it
     expects: str = ""
 
 
@@ -142,17 +140,17 @@ DNS_REQUEST_FUNCTIONS: dict[str, FunctionSpec] = {
     s.name: s
     for s in (
         FunctionSpec("qname", _text, frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext"}),
-                     kernel=False, expects="domains"),
-        FunctionSpec("qtype", _text, kernel=False, expects="query types (a, aaaa, cname, ... or numbers)"),
+                     expects="domains"),
+        FunctionSpec("qtype", _text, expects="query types (a, aaaa, cname, ... or numbers)"),
         # Where the query came in (lan:) or the router's own (wan:), as in routing rules.
-        FunctionSpec("interface", _text, frozenset({"lan", "wan"}), kernel=False,
+        FunctionSpec("interface", _text, frozenset({"lan", "wan"}),
                      expects="lan: or wan: interface names"),
     )
 }
 DNS_RESPONSE_FUNCTIONS: dict[str, FunctionSpec] = {
     **DNS_REQUEST_FUNCTIONS,
-    "ip": FunctionSpec("ip", _ip, frozenset({"geoip", "ext"}), kernel=False, expects="IP addresses"),
-    "upstream": FunctionSpec("upstream", _text, kernel=False, expects="upstream names"),
+    "ip": FunctionSpec("ip", _ip, frozenset({"geoip", "ext"}), expects="IP addresses"),
+    "upstream": FunctionSpec("upstream", _text, expects="upstream names"),
 }
 
 # dae's other spellings.
@@ -180,8 +178,6 @@ def typed_values(cond: Condition, geo: GeoData | None = None) -> list[Any]:
     spec = lookup(cond.name)
     if spec is None:
         raise RuleError(f"unknown function {cond.name!r}", cond.start, cond.end)
-    if not spec.supported:
-        raise RuleError(f"{spec.name}() is not supported yet by this version of daetui", cond.start, cond.end)
     if spec.name == "domain":
         return [_domain_set(cond, geo)]
     if spec.name == "interface":
@@ -222,7 +218,11 @@ def _domain_set(cond: Condition, geo: GeoData | None) -> DomainSet:
             if not p.value or any(c.isspace() for c in p.value):
                 raise RuleError(f"{p.value!r} is not a domain", p.value_start, p.end)
             entries.append((key, p.value))
-    return DomainSet.build(entries)
+    try:
+        return DomainSet.build(entries)
+    except re.error as e:  # a regex from geosite data: the rule is wrong, not daetui
+        raise RuleError(f"{cond.name}(): geosite data holds a bad regular expression: {e}", cond.start, cond.end) \
+            from None
 
 
 def _interfaces(cond: Condition) -> list[Interface]:

@@ -506,3 +506,14 @@ def test_random_files_through_geodata(tmp_path, data):
             call()
         except GeoDataError:
             pass
+
+
+def test_a_bad_regex_in_geosite_is_a_rule_error_not_a_crash(tmp_path):
+    from daetui.routing.errors import RuleError
+    from daetui.routing.functions import typed_values
+    from daetui.routing.parser import parse_rule
+
+    write_geosite(tmp_path / GEOSITE_FILE, {"broken": [DomainEntry("regex", "(unclosed")]})
+    rule = parse_rule("domain(geosite:broken) -> direct")
+    with pytest.raises(RuleError, match="bad regular expression"):
+        typed_values(rule.conditions[0], GeoData([tmp_path]))
