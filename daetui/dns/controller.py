@@ -76,6 +76,7 @@ class ClientInfo:
     interface: str | None = None              # the interface it came in on
     server: tuple[str, int] | None = None     # the server the client asked (None: dns.bind, console)
     tcp: bool = False
+    scope: int = 0                            # IPv6 link-local addresses: the interface they are on
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ def _ifindex(anc: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+def _link_local(addr: str) -> bool:
+    return addr[:4].lower() == "fe80"
+
+
 class DnsServer:
     """Reads queries, hands them to the controller, sends the replies."""
 
@@ -61,7 +65,7 @@ class DnsServer:
         self._tcp: list[socket.socket] = []
         self._accepts: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._replies: OrderedDict[Endpoint, tuple[socket.socket, float]] = OrderedDict()
+        self._replies: OrderedDict[tuple[str, int, int], tuple[socket.socket, float]] = OrderedDict()
         self._ifnames: dict[int, str | None] = {}
         self.dropped = 0          # queries not taken: too many pending
         self.send_errors = 0
@@ -111,7 +115,9 @@ class DnsServer:
             server = parse_origdst(anc) if hijacked else None
             if hijacked and server is None:
                 continue  # not handed over by the kernel
-            client = ClientInfo(addr[0], addr[1], self._ifname(_ifindex(anc)), server)
+            index = _ifindex(anc)
+            scope = addr[3] if len(addr) > 3 and addr[3] else (index or 0)
+            client = ClientInfo(addr[0], addr[1], self._ifname(index), server, scope=scope)
             try:
                 r = self.dns.begin(data, client)
             except Exception:  # a bug must cost one query, never the listener
@@ -136,21 +142,27 @@ class DnsServer:
         self._send_udp(sock, client, r)
 
     def _send_udp(self, sock: socket.socket, client: ClientInfo, data: bytes) -> None:
+        to: tuple[str, int] | tuple[str, int, int, int] = (client.addr, client.port)
+        if ":" in client.addr:
+            to = (client.addr, client.port, 0, client.scope if _link_local(client.addr) else 0)
         try:
             if client.server is None:
-                sock.sendto(data, (client.addr, client.port))
+                sock.sendto(data, to)
             else:
-                self._reply_socket(client.server).sendto(data, (client.addr, client.port))
+                self._reply_socket(client.server, client.scope).sendto(data, to)
         except OSError as e:
             self.send_errors += 1
             log.debug("dns reply to %s: %s", client.addr, e)
 
-    def _reply_socket(self, server: Endpoint) -> socket.socket:
+    def _reply_socket(self, server: Endpoint, scope: int = 0) -> socket.socket:
         now = time.monotonic()
-        hit = self._replies.get(server)
+        # A link-local server address exists once per interface: the scope is part of it.
+        scope = scope if _link_local(server[0]) else 0
+        key = (server[0], server[1], scope)
+        hit = self._replies.get(key)
         if hit is not None:
-            self._replies[server] = (hit[0], now)
-            self._replies.move_to_end(server)
+            self._replies[key] = (hit[0], now)
+            self._replies.move_to_end(key)
             return hit[0]
         for key, (s, last) in list(self._replies.items()):
             if now - last > REPLY_IDLE or len(self._replies) >= MAX_REPLY_SOCKETS:
@@ -162,12 +174,12 @@ class DnsServer:
             set_transparent(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
-            s.bind(server)
+            s.bind((server[0], server[1], 0, scope) if family == socket.AF_INET6 else server)
             s.setblocking(False)
         except OSError:
             s.close()
             raise
-        self._replies[server] = (s, now)
+        self._replies[key] = (s, now)
         return s
 
     def _ifname(self, index: int | None) -> str | None:

@@ -134,8 +134,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     )
 }
 
-# The functions of DNS rules (request: qname, qtype, interface; response: those and ip, upstream).
-# Their values are checked for syntax here; the DNS controller gives them meaning.
+# The functions of DNS rules (request: qname, qtype, interface; response: those and ip, upstream),
+# compiled by daetui.routing.dns_rules.
 DNS_REQUEST_FUNCTIONS: dict[str, FunctionSpec] = {
     s.name: s
     for s in (

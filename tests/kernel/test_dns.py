@@ -230,6 +230,26 @@ fallback = "direct"
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         r = ask(lab, UNBOUND6, "www.example.test", "AAAA")
         assert addresses(r) == ["2001:db8:3::10"]
+        # The router's link-local address, as IPv6 clients learn it from router adverts (RDNSS).
+        import json
+        import subprocess
+
+        def ip_json(ns: str, *argv: str) -> list:
+            return json.loads(subprocess.run(["ip", "-j", "-n", ns, *argv], capture_output=True, text=True,
+                                             check=True).stdout)
+
+        ll = next(a["local"] for a in ip_json(lab.router, "-6", "addr", "show", "dev", ADDR.lan_ifname)[0]["addr_info"]
+                  if a["scope"] == "link")
+        scope = ip_json(lab.lan, "link", "show", "dev", ADDR.client_ifname)[0]["ifindex"]
+        s = lan_socket(lab, "::1", socket.SOCK_DGRAM)
+        s.settimeout(3)
+        try:
+            s.sendto(dns.message.make_query("www.example.test", "A").to_wire(), (ll, 53, 0, scope))
+            got, frm = s.recvfrom(4096)
+        finally:
+            s.close()
+        assert frm[0].split("%")[0] == ll  # from the address asked
+        assert addresses(dns.message.from_wire(got)) == ["203.0.113.10"]
         # 40 addresses do not fit 512 bytes: TC over UDP without EDNS, whole over TCP.
         small = ask(lab, UNBOUND4, "big.example.test", edns=False)
         assert small.flags & dns.flags.TC and not small.answer
