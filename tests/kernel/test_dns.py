@@ -347,3 +347,30 @@ fallback = "direct"
         queries = upstream_rows(runner)["ub"].queries
         assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
         assert upstream_rows(runner)["ub"].queries == queries
+
+
+def test_upstream_connections_follow_the_routing_rules_and_loops_end(lab, peers, tmp_path: Path):
+    cfg = config(f"""
+[dns]
+upstream = {{ dot = "tls://{UNBOUND4}:853", ub = "udp://{UNBOUND4}:53", dm = "udp://{DNSMASQ4}:53" }}
+ca_file = "{peers.ca.ca_file}"
+request = ["qname(full: loop.example.test) -> ub", "fallback: dot"]
+response = ["qname(full: loop.example.test) && upstream(ub) -> dm",
+            "qname(full: loop.example.test) && upstream(dm) -> ub", "fallback: accept"]
+
+[routing]
+# The router's own connection to DoT is blocked: that upstream fails, the next one answers.
+rules = ["dip({UNBOUND4}) && dport(853) -> block"]
+fallback = "direct"
+""")
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        ups = upstream_rows(runner)
+        assert ups["dot"].errors == 1 and "block" in ups["dot"].last_error
+        assert ups["dot"].route.startswith("rule #1") and ups["dot"].route.endswith("-> block")
+        assert ups["ub"].route == "fallback -> direct"
+        # Response rules that send a question back and forth give up after 3 more upstreams.
+        r = ask(lab, UNBOUND4, "loop.example.test")
+        assert r.rcode() == dns.rcode.SERVFAIL
+        ups = upstream_rows(runner)
+        assert ups["ub"].queries + ups["dm"].queries == 1 + 4  # www (ub); the loop: its first ask and 3 more
