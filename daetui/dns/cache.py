@@ -9,10 +9,12 @@ lives in the controller, not the config: it is kept across reloads.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NEGATIVE_TTL = 30     # seconds, for a negative answer that carries no SOA
 MAX_TTL = 86400 * 7   # no answer is kept longer than a week, whatever it says
 
@@ -32,7 +34,7 @@ class CacheEntry:
     upstream: str
     rcode: int
     negative: bool
-    addresses: tuple[str, ...] = ()   # A/AAAA answers, for the kernel
+    addresses: tuple[IPAddress, ...] = ()  # A/AAAA answers, for the kernel (parsed once)
     answers: tuple[str, ...] = ()     # every answer record of the question's type, as text (the console)
     names: tuple[str, ...] = ()       # the question's name and its CNAME chain
     route: str = ""                   # how the answer was reached (rules, upstream)

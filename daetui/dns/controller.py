@@ -64,6 +64,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NameFeed = Callable[[tuple[str, ...], tuple[IPAddress, ...], float], None]
 CACHEABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 MIN_FEED = 5.0     # an answer with TTL 0 still names its addresses in the kernel this long
+MAX_CHOICES = 8192  # request-rule verdicts remembered by question and interface
 MAX_ASIS = 64      # servers asked on the clients' behalf (asis), kept with their figures
 
 
@@ -109,7 +110,6 @@ class _Answer:
     ttls: list[int]
     lifetime: float
     negative: bool
-    addresses: tuple[str, ...]
     ips: tuple[IPAddress, ...]
     names: tuple[str, ...]
     texts: tuple[str, ...] = field(default=())
@@ -165,6 +165,7 @@ class DnsController:
                 self._close_later(up)
         self.upstreams = fresh
         self.rules = rules
+        self._choices: dict[tuple[bytes, str | None], Choice] = {}  # request rules' verdicts, until the next config
         self.config = config
         self.cache.resize(config.cache_size)
         self.fixed_ttl = {normalize(k): int(v) for k, v in config.fixed_domain_ttl.items()}
@@ -221,7 +222,12 @@ class DnsController:
             self.c.malformed += 1
             log.debug("dns from %s: %s", client.addr, e)
             return error_for(wire, e.rcode) if e.rcode is not None else None
-        choice = self.rules.request.choose(DnsFacts(q.qname, q.qtype, client.interface))
+        ck = (q.key, client.interface)
+        choice = self._choices.get(ck)
+        if choice is None:
+            if len(self._choices) >= MAX_CHOICES:
+                self._choices.clear()
+            choice = self._choices[ck] = self.rules.request.choose(DnsFacts(q.qname, q.qtype, client.interface))
         if choice.target == REJECT:
             self.c.rejected += 1
             return reply(q, RCODE_NOERROR, udp=not client.tcp)
@@ -274,8 +280,7 @@ class DnsController:
 
     def _feed(self, e: CacheEntry) -> None:
         if e.addresses:
-            self.feed(e.names, tuple(ipaddress.ip_address(a) for a in e.addresses),
-                      max(e.expires, e.stored + MIN_FEED))
+            self.feed(e.names, e.addresses, max(e.expires, e.stored + MIN_FEED))
 
     async def _entry(self, key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
                      client: ClientInfo) -> CacheEntry:
@@ -379,7 +384,7 @@ class DnsController:
             raise ResolveError(f"the response rules asked again {MAX_DEPTH} times; giving up")
         now = time.monotonic()
         entry = CacheEntry(key, qname, qtype, answer.template, answer.offsets, answer.ttls, now,
-                           now + answer.lifetime, up.name, answer.rcode, answer.negative, answer.addresses,
+                           now + answer.lifetime, up.name, answer.rcode, answer.negative, answer.ips,
                            answer.texts, answer.names, " · ".join(steps))
         if answer.rcode in CACHEABLE and answer.lifetime > 0:
             self.cache.put(entry)
@@ -438,8 +443,7 @@ class DnsController:
         offsets = ttl_offsets(template)
         ttls = [min(struct.unpack_from("!I", template, o)[0], MAX_TTL) if fixed is None else fixed for o in offsets]
         names = tuple(dict.fromkeys(n.to_text(omit_final_dot=True).lower() for n in chain))
-        return _Answer(rcode, template, offsets, ttls, float(lifetime), negative,
-                       tuple(str(i) for i in ips), tuple(ips), names, tuple(texts))
+        return _Answer(rcode, template, offsets, ttls, float(lifetime), negative, tuple(ips), names, tuple(texts))
 
     # -- the console ------------------------------------------------------------------------------
     async def lookup(self, name: str, qtype: str = "A") -> DnsTrace:

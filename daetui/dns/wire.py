@@ -11,7 +11,6 @@ Upstream answers are parsed fully by dnspython before they are trusted.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 HEADER = 12
 MAX_NAME = 255
@@ -50,18 +49,28 @@ class WireError(ValueError):
         self.rcode = rcode
 
 
-@dataclass(frozen=True, slots=True)
 class Query:
-    """What daetui reads of a client's query."""
+    """What daetui reads of a client's query. The name as text is worked out only when asked for."""
 
-    wire: bytes
-    id: int
-    flags: int
-    qname: str            # lower case, no trailing dot ("" for the root)
-    qtype: int
-    qclass: int
-    question_end: int     # offset just past the question
-    edns_payload: int     # 0 without EDNS, else the client's UDP size (at least 512)
+    __slots__ = ("_qname", "edns_payload", "flags", "id", "qclass", "qtype", "question_end", "wire")
+
+    def __init__(self, wire: bytes, qid: int, flags: int, qtype: int, qclass: int, question_end: int,
+                 edns_payload: int) -> None:
+        self.wire = wire
+        self.id = qid
+        self.flags = flags
+        self.qtype = qtype
+        self.qclass = qclass
+        self.question_end = question_end    # offset just past the question
+        self.edns_payload = edns_payload    # 0 without EDNS, else the client's UDP size (at least 512)
+        self._qname: str | None = None
+
+    @property
+    def qname(self) -> str:
+        """Lower case, no trailing dot ("" for the root)."""
+        if self._qname is None:
+            self._qname = label_text(_name_end(self.wire, HEADER, allow_pointers=False)[1])
+        return self._qname
 
     @property
     def key(self) -> bytes:
@@ -131,7 +140,7 @@ def parse_query(wire: bytes) -> Query:
         raise WireError(f"{qd} questions (one expected)")
     if an or ns:
         raise WireError("a query with answer or authority records")
-    end, labels = _name_end(wire, HEADER, allow_pointers=False)
+    end, _labels = _name_end(wire, HEADER, allow_pointers=False)
     if end + 4 > len(wire):
         raise WireError("question runs past the end")
     qtype, qclass = struct.unpack_from("!HH", wire, end)
@@ -150,7 +159,7 @@ def parse_query(wire: bytes) -> Query:
             payload = max(MAX_UDP, rclass)
     if ar > 4:
         raise WireError(f"{ar} additional records")
-    return Query(wire, qid, flags, label_text(labels), qtype, qclass, end, payload)
+    return Query(wire, qid, flags, qtype, qclass, end, payload)
 
 
 def ttl_offsets(wire: bytes) -> list[int]:
