@@ -164,10 +164,10 @@ class DnsServer:
             self._replies[key] = (hit[0], now)
             self._replies.move_to_end(key)
             return hit[0]
-        for key, (s, last) in list(self._replies.items()):
+        for old, (s, last) in list(self._replies.items()):
             if now - last > REPLY_IDLE or len(self._replies) >= MAX_REPLY_SOCKETS:
                 s.close()
-                del self._replies[key]
+                del self._replies[old]
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
