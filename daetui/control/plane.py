@@ -108,11 +108,13 @@ class ControlPlane:
         self.on_stop_request: Callable[[], None] | None = None
         self._claimed = False
         self.names = NameBook()
+        self._bits_written: dict[Any, dict[int, int]] = {}   # the kernel's domain bits, as last written
         self.dns = DnsController(config.dns, route=self._route_upstream, feed=self._dns_feed,
                                  mark=config.global_.so_mark_from_dae,
                                  bootstrap_resolver=config.global_.fallback_resolver,
                                  kernel_names=lambda: len(self.names))
         self.dns_server: DnsServer | None = None
+        self._upstream_routes: dict[tuple[str, int, str], UpstreamRoute] = {}  # emptied by each reload
         self._dns_bound: list[socket.socket] = []
         self._kernel_rules: dict[int, KernelRules] = {}
         # Rule hits of earlier generations, by rule id: a rule that survives a
@@ -221,7 +223,16 @@ class ControlPlane:
             return None
 
     def _route_upstream(self, ip: str, port: int, proto: str) -> UpstreamRoute:
-        """How the routing rules send the router's own connection to a DNS upstream."""
+        """How the routing rules send the router's own connection to a DNS upstream (kept until a reload)."""
+        key = (ip, port, proto)
+        hit = self._upstream_routes.get(key)
+        if hit is None:
+            if len(self._upstream_routes) > 256:
+                self._upstream_routes.clear()
+            hit = self._upstream_routes[key] = self._decide_upstream(ip, port, proto)
+        return hit
+
+    def _decide_upstream(self, ip: str, port: int, proto: str) -> UpstreamRoute:
         d = decide(self.ruleset, FlowFacts(None, ipaddress.ip_address(ip), None, port, proto),
                    unknown_name_matches=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
@@ -595,9 +606,13 @@ class ControlPlane:
         if dp is None or dp.program is None:
             return
         bits = {gen: self.names.bits(kr.domain_functions, ip) for gen, kr in self._kernel_rules.items()}
+        if self._bits_written.get(ip) == bits:
+            return  # a name that came and went again (CDNs): the kernel already holds these bits
         dp.program.set_domain_bits(ip, bits)
+        self._bits_written[ip] = bits
 
     def _forget_kernel_name(self, ip: Any) -> None:
+        self._bits_written.pop(ip, None)
         if self.dataplane is not None and self.dataplane.program is not None:
             self.dataplane.program.forget_domain(ip)
 
@@ -681,6 +696,7 @@ class ControlPlane:
                 self._rulesets[gen] = new.routing
             self.config = new
             self.ruleset = new.routing
+            self._upstream_routes.clear()
             self.dialer.mark = new.global_.so_mark_from_dae
             self.dns.configure(new.dns)
             if new.dns.bind != old.dns.bind:

@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import dns.exception
 import dns.message
@@ -49,6 +50,7 @@ from daetui.dns.wire import (
     Query,
     WireError,
     answer_from_template,
+    as_template,
     error_for,
     parse_query,
     reply,
@@ -68,9 +70,8 @@ MAX_CHOICES = 8192  # request-rule verdicts remembered by question and interface
 MAX_ASIS = 64      # servers asked on the clients' behalf (asis), kept with their figures
 
 
-@dataclass(frozen=True)
-class ClientInfo:
-    """Where a query came from."""
+class ClientInfo(NamedTuple):
+    """Where a query came from (a tuple: one is made per query)."""
 
     addr: str
     port: int = 0
@@ -346,7 +347,8 @@ class DnsController:
                 break
             t0 = loop.time()
             try:
-                data = await asyncio.wait_for(up.query(question, tcp=client.tcp), left)
+                async with asyncio.timeout(left):
+                    data = await up.query(question, tcp=client.tcp)
                 answer = self._read(data, qname, qtype)
             except (UpstreamError, TimeoutError) as e:
                 errors.append(str(e) or f"{up.name}: no answer in time")
@@ -437,9 +439,11 @@ class DnsController:
         if fixed is not None:
             lifetime = fixed
         lifetime = max(0, min(int(lifetime), MAX_TTL))
-        msg.id = 0
-        msg.use_edns(False)
-        template = msg.to_wire()
+        template = as_template(data)
+        if template is None:  # records after the OPT one: let dnspython render it without
+            msg.id = 0
+            msg.use_edns(False)
+            template = msg.to_wire()
         offsets = ttl_offsets(template)
         ttls = [min(struct.unpack_from("!I", template, o)[0], MAX_TTL) if fixed is None else fixed for o in offsets]
         names = tuple(dict.fromkeys(n.to_text(omit_final_dot=True).lower() for n in chain))

@@ -156,7 +156,8 @@ class Upstream:
         st.queries += 1
         t0 = time.monotonic()
         try:
-            data = await asyncio.wait_for(self._query(question, tcp), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                data = await self._query(question, tcp)
         except TimeoutError:
             st.errors += 1
             st.timeouts += 1

@@ -52,7 +52,7 @@ class WireError(ValueError):
 class Query:
     """What daetui reads of a client's query. The name as text is worked out only when asked for."""
 
-    __slots__ = ("_qname", "edns_payload", "flags", "id", "qclass", "qtype", "question_end", "wire")
+    __slots__ = ("_qname", "edns_payload", "flags", "id", "key", "qclass", "qtype", "question_end", "wire")
 
     def __init__(self, wire: bytes, qid: int, flags: int, qtype: int, qclass: int, question_end: int,
                  edns_payload: int) -> None:
@@ -64,6 +64,10 @@ class Query:
         self.question_end = question_end    # offset just past the question
         self.edns_payload = edns_payload    # 0 without EDNS, else the client's UDP size (at least 512)
         self._qname: str | None = None
+        # The cache key: the question's name (lower case), type and class, as bytes. Type and class
+        # are numbers: not case-folded.
+        end = question_end - 4
+        self.key = wire[HEADER:end].lower() + wire[end:question_end]
 
     @property
     def qname(self) -> str:
@@ -71,12 +75,6 @@ class Query:
         if self._qname is None:
             self._qname = label_text(_name_end(self.wire, HEADER, allow_pointers=False)[1])
         return self._qname
-
-    @property
-    def key(self) -> bytes:
-        """The cache key: the question's name (lower case), type and class, as bytes."""
-        end = self.question_end - 4  # type and class are numbers: not case-folded
-        return self.wire[HEADER:end].lower() + self.wire[end:self.question_end]
 
     @property
     def question(self) -> bytes:
@@ -181,6 +179,30 @@ def ttl_offsets(wire: bytes) -> list[int]:
         if off > len(wire):
             raise WireError("record data runs past the end")
     return out
+
+
+def as_template(wire: bytes) -> bytes | None:
+    """An upstream's (already validated) answer as a cache template: ID zero, its OPT record cut.
+
+    None when the OPT record is not the message's last record (then the caller renders one).
+    """
+    _qid, flags, qd, an, ns, ar = _H.unpack_from(wire)
+    off = HEADER
+    for _ in range(qd):
+        off, _ = _name_end(wire, off, allow_pointers=True)
+        off += 4
+    opt_at = None
+    for i in range(an + ns + ar):
+        start = off
+        off, _ = _name_end(wire, off, allow_pointers=True)
+        rtype = struct.unpack_from("!H", wire, off)[0]
+        off += 10 + struct.unpack_from("!H", wire, off + 8)[0]
+        if rtype == TYPE_OPT:
+            if i != an + ns + ar - 1:
+                return None
+            opt_at = start
+    body = wire[HEADER:opt_at] if opt_at is not None else wire[HEADER:off]
+    return _H.pack(0, flags, qd, an, ns, ar - (opt_at is not None)) + body
 
 
 def answer_from_template(template: bytes, offsets: list[int], ttls: list[int], elapsed: int,

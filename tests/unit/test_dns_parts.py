@@ -181,3 +181,19 @@ def test_dns_flags_of_a_reject_reply():
     q = parse_query(q_wire())
     m = dns.message.from_wire(reply(q, 0))
     assert m.rcode() == dns.rcode.NOERROR and not m.answer and m.flags & dns.flags.QR
+
+
+def test_an_upstream_answer_becomes_a_template_without_its_opt_record():
+    from daetui.dns.wire import as_template
+
+    q = dns.message.from_wire(q_wire("www.example.test"))
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("www.example.test.", 60, "IN", "A", "203.0.113.10"))
+    r.use_edns(0, payload=1232)
+    r.id = 999
+    t = as_template(r.to_wire())
+    m = dns.message.from_wire(t)
+    assert m.id == 0 and m.edns == -1 and m.answer[0].ttl == 60
+    r.id = 0
+    r.use_edns(False)
+    assert t == r.to_wire()  # the same bytes dnspython renders without EDNS
