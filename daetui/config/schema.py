@@ -117,6 +117,9 @@ DAE_ONLY: dict[str, str] = {
     "bandwidth_max_tx": "daetui has no hysteria2 bandwidth settings",
     "bandwidth_max_rx": "daetui has no hysteria2 bandwidth settings",
     "enable_local_tcp_fast_redirect": "daetui has no local TCP fast redirect",
+    "auto_config_firewall_rule": "daetui routes in TC and adds no firewall rules",
+    "dns_performance_level": "daetui's DNS controller has no performance levels",
+    "dns_ingress_manual": "daetui's DNS controller has no worker queue to size",
 }
 
 ROUTING: dict[str, KeySpec] = {

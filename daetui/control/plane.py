@@ -698,6 +698,8 @@ class ControlPlane:
             self.ruleset = new.routing
             self._upstream_routes.clear()
             self.dialer.mark = new.global_.so_mark_from_dae
+            self.dns.mark = new.global_.so_mark_from_dae
+            self.dns.bootstrap_resolver = new.global_.fallback_resolver
             self.dns.configure(new.dns)
             if new.dns.bind != old.dns.bind:
                 self._bind_dns(new.dns.bind)

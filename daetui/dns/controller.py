@@ -157,7 +157,7 @@ class DnsController:
             spec = parse_upstream(name, url)
             old = self.upstreams.get(name)
             if old is not None and old.spec == spec and old.ca_file == config.ca_file:
-                old.timeout = self.timeout
+                old.timeout, old.mark = self.timeout, self.mark
                 fresh[name] = old
             else:
                 fresh[name] = self._upstream(spec, config.ca_file)

@@ -81,3 +81,16 @@ def test_refuses_to_overwrite_and_names_the_line_of_what_it_cannot_convert(tmp_p
     r = daetui("import-dae", str(bad))
     assert r.returncode == 1
     assert f"{bad}:3:3:" in r.stderr and "no_such_option" in r.stderr
+
+
+def test_dae_options_daetui_has_no_use_for_import_and_load_with_a_warning(tmp_path: Path) -> None:
+    src = tmp_path / "small.dae"
+    src.write_text("global {\n  lan_interface: lan0\n  auto_config_firewall_rule: true\n"
+                   "  dns_performance_level: high\n  dns_ingress_manual {\n    workers: 4\n    queue: 100\n  }\n}\n"
+                   "routing {\n  fallback: direct\n}\n")
+    out = tmp_path / "small.toml"
+    r = daetui("import-dae", str(src), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    cfg = load_config(out)
+    for key in ("auto_config_firewall_rule", "dns_performance_level", "dns_ingress_manual"):
+        assert any(f"global.{key} is ignored" in w for w in cfg.warnings), (key, cfg.warnings)
