@@ -592,12 +592,13 @@ class ControlPlane:
 
     # -- names (the DNS side's hook) ---------------------------------------------------------
     def learn_name(self, addr: str, name: str) -> None:
-        """`addr` answers to `name`: from now on the kernel routes its flows by domain rules.
+        """`addr` answers to `name` (no expiry): from now on the kernel routes its flows by domain rules.
 
-        The DNS controller calls this for every answer before the client gets it.
+        For tests and the control socket; the DNS controller feeds answers through `_dns_feed`, with their TTL.
         """
         ip = ipaddress.ip_address(addr)
-        for old in self.names.learn(ip, name):
+        _, dropped = self.names.learn(ip, name)
+        for old in dropped:
             self._forget_kernel_name(old)
         self._write_bits(ip)
 
