@@ -43,3 +43,22 @@ def parse_origdst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | No
             port = struct.unpack_from("!H", data, 2)[0]
             return socket.inet_ntop(socket.AF_INET6, data[8:24]), port
     return None
+
+
+def reply_socket(addr: tuple[str, int], scope: int = 0) -> socket.socket:
+    """A transparent UDP socket bound to `addr` (an address not the router's): replies leave from it.
+
+    `scope` is the interface of an IPv6 link-local address. It is never read from.
+    """
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        set_transparent(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
+        sock.bind((addr[0], addr[1], 0, scope) if family == socket.AF_INET6 else addr)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

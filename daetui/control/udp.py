@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from daetui.control.connections import Connection, Endpoint
-from daetui.control.sockopts import parse_origdst, set_transparent
+from daetui.control.sockopts import parse_origdst, reply_socket
 
 log = logging.getLogger("daetui.udp")
 
@@ -163,18 +163,7 @@ class UdpNat:
     def _reply_socket(self, dst: Endpoint) -> _ReplySocket:
         rs = self._replies.get(dst)
         if rs is None:
-            family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                set_transparent(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
-                sock.bind(dst)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
-            rs = _ReplySocket(sock)
+            rs = _ReplySocket(reply_socket(dst))
             self._replies[dst] = rs
         rs.users += 1
         return rs

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from daetui.control.sockopts import SOL_IPV6, parse_origdst, set_transparent
+from daetui.control.sockopts import SOL_IPV6, parse_origdst, reply_socket
 from daetui.dns.controller import ClientInfo, DnsController, Pending
 
 log = logging.getLogger("daetui.dns")
@@ -168,17 +168,7 @@ class DnsServer:
             if now - last > REPLY_IDLE or len(self._replies) >= MAX_REPLY_SOCKETS:
                 s.close()
                 del self._replies[old]
-        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-        s = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            set_transparent(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
-            s.bind((server[0], server[1], 0, scope) if family == socket.AF_INET6 else server)
-            s.setblocking(False)
-        except OSError:
-            s.close()
-            raise
+        s = reply_socket(server, scope)
         self._replies[key] = (s, now)
         return s
 

@@ -87,6 +87,16 @@ fallback_resolver = "{DNSMASQ4}:53"
 """
 
 
+# unbound as the one upstream, everything direct.
+ONE_UPSTREAM = f"""
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53" }}
+request = ["fallback: ub"]
+[routing]
+fallback = "direct"
+"""
+
+
 def test_each_upstream_scheme_answers_the_lan(lab, peers, tmp_path: Path):
     cfg = config(f"""
 [dns]
@@ -220,13 +230,7 @@ fallback = "direct"
 
 
 def test_dns_over_ipv6_and_truncation(lab, peers, tmp_path: Path):
-    cfg = config(f"""
-[dns]
-upstream = {{ ub = "udp://{UNBOUND4}:53" }}
-request = ["fallback: ub"]
-[routing]
-fallback = "direct"
-""")
+    cfg = config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         r = ask(lab, UNBOUND6, "www.example.test", "AAAA")
         assert addresses(r) == ["2001:db8:3::10"]
@@ -261,13 +265,7 @@ fallback = "direct"
 
 
 def test_identical_queries_in_flight_share_one_upstream_query(lab, peers, tmp_path: Path):
-    cfg = config(f"""
-[dns]
-upstream = {{ ub = "udp://{UNBOUND4}:53" }}
-request = ["fallback: ub"]
-[routing]
-fallback = "direct"
-""")
+    cfg = config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         plane: ControlPlane = runner.plane  # type: ignore[assignment]
 

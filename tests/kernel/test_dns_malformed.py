@@ -21,7 +21,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 from helpers import lan_socket, plane_in_lab, snapshot
-from test_dns import UNBOUND4, addresses, ask, config, upstream_rows
+from test_dns import ONE_UPSTREAM, UNBOUND4, addresses, ask, config, upstream_rows
 
 from daetui.lab.dnspeers import dns_peers
 from daetui.lab.netns import netns
@@ -132,13 +132,7 @@ MALFORMED = {
 
 
 def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers, tmp_path: Path):
-    cfg = config(f"""
-[dns]
-upstream = {{ ub = "udp://{UNBOUND4}:53" }}
-request = ["fallback: ub"]
-[routing]
-fallback = "direct"
-""")
+    cfg = config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         for what, payload in MALFORMED.items():
             r = raw_udp(lab, payload)
