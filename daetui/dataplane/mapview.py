@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ctypes as ct
+import dataclasses
 import ipaddress
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 from daetui.bpfabi import ABI
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dataplane.program import KernelProgram
+from daetui.routing.compile import DomainFunction, domain_functions
 from daetui.routing.ruleset import RuleSet
 
 MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 5: "percpu_hash", 6: "percpu_array", 9: "lru_hash",
@@ -25,6 +27,7 @@ PURPOSE = {
     "routing_tuples": "each flow's decision and counters (LRU)",
     "match_sets": "the rules, laid out per generation",
     "ip_sets": "IP prefixes of dip/sip functions (LPM trie)",
+    "domain_routing": "per address named by DNS: which domain() functions its names match, per generation (LRU)",
     "params": "active generation, tproxy mark, fail-open",
     "gen_params": "per generation: match sets in use, fallback",
     "rule_stats": "per rule and generation: hits and last hit (per CPU)",
@@ -36,6 +39,8 @@ PURPOSE = {
 }
 
 MATCH_NAMES = {v: k.lower() for k, v in ABI.prefixed("MATCH_").items()}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _mac(b: Any) -> str:
@@ -56,11 +61,13 @@ class MapView:
     """Descriptions and decoded entries of a loaded KernelProgram's maps."""
 
     def __init__(self, program: KernelProgram, ruleset: Callable[[int], RuleSet],
-                 listeners: Callable[[], dict[int, str]], ifnames: Callable[[], dict[int, str]]) -> None:
+                 listeners: Callable[[], dict[int, str]], ifnames: Callable[[], dict[int, str]],
+                 names: Callable[[IPAddress], list[str]] | None = None) -> None:
         self.p = program
         self.ruleset = ruleset          # generation -> its rules
         self.listeners = listeners      # sockmap slot -> what sits there
         self.ifnames = ifnames
+        self.names = names              # address -> the names DNS gave it (the control plane's NameBook)
 
     def _names(self) -> list[str]:
         return list(PURPOSE)
@@ -92,6 +99,8 @@ class MapView:
             return sum(int(p.gen_params[ct.c_int(g)].n_match_sets) for g in range(ABI.GENERATIONS))
         if name == "ip_sets":
             return sum(1 for _ in p.ip_sets)
+        if name == "domain_routing":
+            return sum(1 for _ in p.bpf[b"domain_routing"])
         if name == "if_stats":
             return sum(1 for _ in p.if_stats_map)
         if name == "listeners":
@@ -189,6 +198,22 @@ class MapView:
         rows.sort(key=lambda r: (int(r[0]), int(r[1]), r[2]))
         return ["gen", "set", "prefix"], rows
 
+    def _rows_domain_routing(self) -> tuple[list[str], list[list[str]]]:
+        """Each named address with its bits of the active generation, as the domain functions they stand for."""
+        active = int(self.p.params[ct.c_int(0)].active_gen)
+        functions = {f.bit: f for f in domain_functions(self.ruleset(active))}
+        rows = []
+        for addr, per_gen in sorted(self.p.domain_entries(), key=lambda e: (e[0].version, e[0])):
+            bits = per_gen.get(active, 0)
+            names = ", ".join(self.names(addr)) if self.names is not None else ""
+            # 0 is news too: the kernel knows the name and it matches no domain
+            # function, so flows to it are decided in the kernel without one.
+            matched = ", ".join(_domain_function(functions.get(b), b) for b in _bits(bits)) or "none"
+            # The standby generation's bits: written before a reload flips to it.
+            others = " ".join(f"g{g}:{v:#x}" for g, v in sorted(per_gen.items()) if g != active and v)
+            rows.append([str(addr), str(active), f"{bits:#x}", matched, names, others])
+        return ["address", "gen", "bits", "matches", "names", "other gens"], rows
+
     def _rows_params(self) -> tuple[list[str], list[list[str]]]:
         v = self.p.params[ct.c_int(0)]
         return ["field", "value"], [["active_gen", str(v.active_gen)], ["tproxy_mark", hex(v.tproxy_mark)],
@@ -233,3 +258,15 @@ class MapView:
     def _rows_route_progs(self) -> tuple[list[str], list[list[str]]]:
         return ["slot", "program"], [["0", f"route_chunk (fd {self.p.route.fd})"]]
 
+
+def _bits(value: int) -> list[int]:
+    return [i for i in range(value.bit_length()) if value >> i & 1]
+
+
+def _domain_function(f: DomainFunction | None, bit: int) -> str:
+    """`#1 domain(suffix: example.test)`: the rule and the function a bit stands for."""
+    if f is None:
+        return f"bit {bit} (no such function)"
+    # The bit says whether the name matches; a `!` is the match set's business.
+    cond = dataclasses.replace(f.condition.condition, negate=False)
+    return f"#{f.rule_index + 1} {cond}"

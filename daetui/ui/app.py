@@ -24,9 +24,11 @@ from daetui.control import wire
 from daetui.control.client import ControlError
 from daetui.control.events import Event
 from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.dns.state import DnsTrace
 from daetui.routing.explain import ExplainResult
 from daetui.ui.flows import FlowRow
 from daetui.ui.panes.connections import ConnectionsPane
+from daetui.ui.panes.dns import DnsPane
 from daetui.ui.panes.logs import LogsPane
 from daetui.ui.panes.maps import MapsPane
 from daetui.ui.panes.overview import OverviewPane
@@ -37,7 +39,8 @@ from daetui.ui.screens.rule_edit import RuleEditScreen
 from daetui.ui.themes import CSS_PATH, load_themes, resolve
 from daetui.ui.widgets.statusbar import StatusBar
 
-PANES = ("overview", "connections", "rules", "maps", "logs")
+PANES = ("overview", "connections", "rules", "maps", "logs", "dns")
+PANE_TITLES = {p: p.title() for p in PANES} | {"dns": "DNS"}
 
 
 class Source(Protocol):
@@ -55,6 +58,8 @@ class Source(Protocol):
     async def reload_preview(self) -> ReloadResult: ...
     async def edit_rules(self, op: str, index: int, **args: Any) -> ReloadResult: ...
     async def explain(self, **query: Any) -> ExplainResult: ...
+    async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace: ...
+    async def dns_flush(self) -> int: ...
 
 
 class DaetuiCommands(Provider):
@@ -63,7 +68,7 @@ class DaetuiCommands(Provider):
     def _commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
         app: DaetuiApp = self.app  # type: ignore[assignment]
         cmds: list[tuple[str, str, Callable[[], Any]]] = [
-            (f"Show {p.title()}", f"switch to the {p} pane", partial(app.action_pane, p)) for p in PANES]
+            (f"Show {PANE_TITLES[p]}", f"switch to the {p} pane", partial(app.action_pane, p)) for p in PANES]
         for short in ("dark", "light", "basic"):
             cmds.append((f"Theme: {short}", f"the {short} theme", partial(app.set_theme, short)))
         cmds += [
@@ -71,6 +76,9 @@ class DaetuiCommands(Provider):
              lambda: app.query_one(ConnectionsPane).action_close_filtered()),
             ("Pause or resume the log", "as p in Logs", lambda: app.query_one(LogsPane).action_pause()),
             ("Reload the config file", "as R in Rules: shows what changes first", app.preview_reload),
+            ("Resolve a name through daetui's DNS", "as l in DNS", app.open_dns_query),
+            ("Flush the DNS cache", "as f in DNS: asks first",
+             lambda: app.confirm_dns_flush(app.snapshot.dns.cached if app.snapshot and app.snapshot.dns else 0)),
             ("Stop daetui (stop routing) and quit", "undoes every change daetui made",
              partial(app.finish, "stop")),
             ("Leave daetui running and quit", "daetui attach comes back", partial(app.finish, "detach")),
@@ -102,6 +110,7 @@ class DaetuiApp(App[str | None]):
         Binding("3", "pane('rules')", "Rules", show=False),
         Binding("4", "pane('maps')", "Maps", show=False),
         Binding("5", "pane('logs')", "Logs", show=False),
+        Binding("6", "pane('dns')", "DNS", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("escape", "escape", "Back", show=False),
         Binding("slash", "filter", "Filter", show=False),
@@ -137,6 +146,8 @@ class DaetuiApp(App[str | None]):
                 yield MapsPane()
             with TabPane("5 Logs", id="logs"):
                 yield LogsPane()
+            with TabPane("6 DNS", id="dns"):
+                yield DnsPane()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -201,6 +212,8 @@ class DaetuiApp(App[str | None]):
         self.query_one(StatusBar).show(snap)
         self.query_one(OverviewPane).update_snapshot(snap)
         self.query_one(RulesPane).update_snapshot(snap)
+        if self.active_pane == "dns":
+            self.query_one(DnsPane).update_state(snap.dns)
 
     @work(exclusive=True, group="events")
     async def _listen(self, source: Source) -> None:
@@ -228,7 +241,7 @@ class DaetuiApp(App[str | None]):
         pane = self.query_one(MapsPane)
         try:
             pane.update_maps(await self.source.maps())
-            pane.update_entries(await self.source.map_entries(pane.selected, pane.search))
+            pane.update_entries(await self.source.map_entries(pane.selected, pane.search), self.snapshot)
         except ControlError as e:
             self.notify(f"maps: {e}", severity="error")
         finally:
@@ -330,6 +343,50 @@ class DaetuiApp(App[str | None]):
                     self.notify(f"reload: {e}", severity="error")
         self.push_screen(ReloadPreviewScreen(preview, config), apply)
 
+    # -- DNS: lookups and flushes run as workers; the pane renders from the snapshot ---------------
+    def open_dns_query(self) -> None:
+        self.action_pane("dns")
+        self.query_one(DnsPane).action_query()
+
+    def dns_lookup(self, name: str, qtype: str = "A") -> None:
+        """Resolve through the daemon's DNS controller; the DNS pane shows the answer and its route."""
+        self._dns_lookup(name, qtype)
+
+    @work(exclusive=True, group="dns-lookup")
+    async def _dns_lookup(self, name: str, qtype: str) -> None:
+        pane = self.query_one(DnsPane)
+        if self.source is None:
+            pane.show_error("not connected to daetui")
+            return
+        try:
+            trace = await self.source.dns_lookup(name, qtype)
+        except (ControlError, OSError, TimeoutError) as e:
+            pane.show_error(f"lookup failed: {e or 'no answer in time'}")
+            return
+        pane.show_trace(trace)
+        self._refresh_now()  # its cache entry, now rather than at the next tick
+
+    def confirm_dns_flush(self, entries: int) -> None:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._dns_flush()
+        self.push_screen(ConfirmScreen(f"Flush the DNS cache ({entries} entr{'y' if entries == 1 else 'ies'})?\n\n"
+                                       "Every name is asked upstream again. The kernel keeps the names it "
+                                       "knows until their TTL."), answer)
+
+    @work(group="dns-flush")
+    async def _dns_flush(self) -> None:
+        if self.source is None:
+            self.notify("not connected to daetui", severity="error")
+            return
+        try:
+            n = await self.source.dns_flush()
+        except (ControlError, OSError, TimeoutError) as e:
+            self.notify(f"flush: {e}", severity="error")
+            return
+        self.notify(f"DNS cache flushed: {n} entr{'y' if n == 1 else 'ies'} dropped")
+        self._refresh_now()
+
     def close_flows(self, ids: list[int]) -> None:
         self._close(ids)
 
@@ -367,10 +424,15 @@ class DaetuiApp(App[str | None]):
             self.refresh_maps()
         elif pane == "logs":
             self.query_one("#log-view").focus()
+        elif pane == "dns":
+            dns = self.query_one(DnsPane)
+            if self.snapshot is not None:
+                dns.update_state(self.snapshot.dns)
+            dns.cache.focus()
 
     def _pane_widget(self) -> Any:
         return {"overview": OverviewPane, "connections": ConnectionsPane, "rules": RulesPane, "maps": MapsPane,
-                "logs": LogsPane}[self.active_pane]
+                "logs": LogsPane, "dns": DnsPane}[self.active_pane]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.query_one(self._pane_widget()).HELP))

@@ -56,3 +56,16 @@ def clock(t: float) -> str:
 
 def endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ttl(seconds: float) -> str:
+    """A TTL left, whole seconds as dig counts them: 59s, 4m59s, 1h05m."""
+    s = int(max(0.0, seconds))
+    return f"{s}s" if s < 60 else duration(s)
+
+
+def ms(value: float | None) -> str:
+    """A latency: 0.4 ms, 12.3 ms, 250 ms; — when there is none yet."""
+    if value is None:
+        return "—"
+    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"

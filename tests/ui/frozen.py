@@ -14,6 +14,7 @@ from pathlib import Path
 from daetui.control import wire
 from daetui.control.events import Event
 from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.dns.state import DnsTrace
 from daetui.routing.explain import ExplainResult
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lab.json"
@@ -25,6 +26,7 @@ class FrozenSource:
         self.closed: list[int] = []
         self.stopped = False
         self.edits: list[tuple[str, int, dict]] = []
+        self.flushed = False
 
     async def snapshot(self, flows: bool = True) -> Snapshot:
         return wire.decode(Snapshot, self.data["snapshot"])
@@ -70,3 +72,13 @@ class FrozenSource:
 
     async def explain(self, **query: object) -> ExplainResult:
         return ExplainResult(None, None, "frozen source: no trace recorded")
+
+    async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace:
+        raw = self.data.get("dns_lookups", {}).get(f"{name} {qtype.upper()}")
+        if raw is None:
+            return DnsTrace(name, qtype.upper(), "", (), 0.0, "", "", False, 0.0, "frozen source: not recorded")
+        return wire.decode(DnsTrace, raw)
+
+    async def dns_flush(self) -> int:
+        self.flushed = True
+        return 0

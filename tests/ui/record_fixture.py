@@ -2,10 +2,11 @@
 
     sudo .venv/bin/python tests/ui/record_fixture.py
 
-Builds a lab of its own, runs daetui in it with FIXTURE_CONFIG, makes a known
-set of flows, and writes the control socket's answers (snapshot, logs, maps,
-map entries) to tests/ui/fixtures/lab.json. The snapshot tests replay them,
-so their pictures show real data and never change between runs.
+Builds a lab of its own with real DNS servers (daetui.lab.dnspeers), runs
+daetui in it with FIXTURE_CONFIG, makes a known set of flows and LAN DNS
+queries, and writes the control socket's answers (snapshot, logs, maps, map
+entries, console lookups) to tests/ui/fixtures/lab.json. The snapshot tests
+replay them, so their pictures show real data and never change between runs.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ import shutil
 import socket
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+
+import dns.message
+import dns.query
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import Daemon, http_get, tcp_echo, udp_exchange  # noqa: E402
+from helpers import Daemon, http_get, lan_socket, tcp_echo, udp_exchange  # noqa: E402
 
 from daetui.control.client import ControlClient  # noqa: E402
+from daetui.lab.dnspeers import dns_peers  # noqa: E402
 from daetui.lab.netns import netns  # noqa: E402
 from daetui.lab.topology import ADDR, LAN_MAC, Lab  # noqa: E402
 
@@ -39,6 +45,12 @@ lan_interface = ["lan0", "lan1"]
 [group.proxy]
 # No nodes yet: a group relays through the direct dialer until proxy nodes exist.
 
+[dns]
+# unbound and dnsmasq of the lab, and one that never answers.
+upstream = {{ ub = "udp://203.0.113.53:53", dm = "tcp://203.0.113.54:53", dead = "udp://203.0.113.99:53" }}
+request = ["qname(suffix: lab.test) -> dm", "qname(suffix: broken.test) -> dead", "fallback: ub"]
+upstream_timeout = "1s"
+
 [routing]
 rules = [
   "dip(224.0.0.0/3, 'ff00::/8') -> direct",
@@ -46,10 +58,19 @@ rules = [
   "dip(203.0.113.11, '2001:db8:3::11') && l4proto(tcp) && dport(80) -> proxy",
   "dip(203.0.113.12, '2001:db8:3::12') -> block",
   {{ rule = "dport(22) -> direct", name = "ssh", enabled = false }},
+  "domain(suffix: example.test) && dport(443) -> proxy",
 ]
 fallback = "direct"
 """
 OUT = Path(__file__).resolve().parent / "fixtures" / "lab.json"
+
+# Asked by the LAN: answers, an alias, a text record, NXDOMAIN, one through
+# dnsmasq, one whose upstream times out, and a repeat (a cache hit).
+LAN_QUERIES = [("www.example.test", "A"), ("www.example.test", "AAAA"), ("api.example.test", "A"),
+               ("alias.example.test", "A"), ("txt.example.test", "TXT"), ("nope.example.test", "A"),
+               ("dns.lab.test", "A"), ("x.broken.test", "A"), ("www.example.test", "A")]
+# Asked from the console (the query box), replayed by FrozenSource.dns_lookup.
+LOOKUPS = [("alias.example.test", "A"), ("big.example.test", "A"), ("www.example.test", "A")]
 
 
 def make_flows(lab: Lab) -> socket.socket:
@@ -69,6 +90,11 @@ def make_flows(lab: Lab) -> socket.socket:
         except OSError:
             pass
         s.close()
+    for name, qtype in LAN_QUERIES:
+        s = lan_socket(lab, a.dns4[0], socket.SOCK_DGRAM)
+        s.setblocking(False)
+        dns.query.udp(dns.message.make_query(name, qtype), a.dns4[0], timeout=5, sock=s)
+        s.close()
     # One relayed connection still open when the snapshot is taken.
     with netns(lab.lan):
         keep = socket.create_connection((a.hosts4[0], 7), timeout=3)
@@ -80,12 +106,15 @@ def make_flows(lab: Lab) -> socket.socket:
 async def record(run: Path) -> dict:
     c = ControlClient(run / "control.sock")
     await c.connect()
+    lookups = {f"{name} {qtype}": await c.call("dns_lookup", name=name, qtype=qtype) for name, qtype in LOOKUPS}
     out = {
         "snapshot": await c.call("snapshot"),
         "logs": await c.call("logs"),
         "maps": await c.call("maps"),
         "entries": {name: await c.call("map_entries", name=name) for name in
-                    ("routing_tuples", "match_sets", "ip_sets", "rule_stats", "counters", "listeners")},
+                    ("routing_tuples", "match_sets", "ip_sets", "domain_routing", "rule_stats", "counters",
+                     "listeners")},
+        "dns_lookups": lookups,
     }
     await c.close()
     return out
@@ -94,6 +123,7 @@ async def record(run: Path) -> dict:
 def main() -> int:
     lab = Lab("dtrec")
     lab.up()
+    stack = ExitStack()
     # A fixed path: the config's name shows in the pictures.
     tmp = Path("/tmp/daetui-fixture")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -102,6 +132,7 @@ def main() -> int:
     cfg.write_text(FIXTURE_CONFIG)
     d = Daemon(lab, cfg, tmp / "run")
     try:
+        stack.enter_context(dns_peers(lab))
         d.start()
         keep = make_flows(lab)
         time.sleep(1.5)
@@ -109,6 +140,7 @@ def main() -> int:
         keep.close()
     finally:
         d.stop()
+        stack.close()
         lab.down()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(data, indent=1) + "\n")

@@ -11,7 +11,7 @@ import pytest
 from conftest import frozen_app
 
 SIZES = [(80, 24), (160, 48)]
-PANES = ["overview", "connections", "rules", "maps", "logs"]
+PANES = ["overview", "connections", "rules", "maps", "logs", "dns"]
 
 
 async def settle(pilot) -> None:
@@ -76,5 +76,34 @@ def test_reload_preview(snap_compare) -> None:
         await settle(pilot)
         await pilot.press("R")
         await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)
+
+
+def test_dns_lookup(snap_compare) -> None:
+    """The query box in DNS: a name resolved, its answers (40, cut short) and the route it took."""
+    app = frozen_app("dns")
+
+    async def before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("l", *"big.example.test", "enter")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)
+
+
+def test_maps_domain_routing(snap_compare) -> None:
+    """domain_routing in Maps: each named address, its names and the domain functions its bits stand for."""
+    app = frozen_app("maps")
+
+    async def before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("down", "down", "down", "enter")
+        for _ in range(50):
+            await pilot.pause(0.05)
+            last = app.query_one("MapsPane").last
+            if last is not None and last.name == "domain_routing":
+                break
+        await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=before)

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Static
 
-from daetui.control.state import MapEntries, MapInfo
+from daetui.control.state import MapEntries, MapInfo, Snapshot
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
@@ -43,6 +43,11 @@ class MapsPane(Horizontal):
 The eBPF maps of daetui's programs, read from the kernel: type, capacity and how
 full each is. `enter` on a map shows its entries decoded (flows, rules laid out as
 match sets, IP prefixes, counters...); `/` searches them.
+
+`domain_routing` is what DNS taught the kernel: per address, the names it
+answers to and which `domain()` functions of the active rules those names
+match (`#2 domain(suffix: example.com)`); "none" means the kernel knows the
+name and no domain rule wants it.
 
 | key | |
 |---|---|
@@ -88,13 +93,19 @@ match sets, IP prefixes, counters...); `/` searches them.
                 f"[b]{info.name}[/] · {info.type} · key {info.key_size} B, value {info.value_size} B · "
                 f"{info.purpose}")
 
-    def update_entries(self, entries: MapEntries) -> None:
+    def update_entries(self, entries: MapEntries, snap: Snapshot | None = None) -> None:
         if entries.name != self.selected:
             return
-        if self.last is None or self.last.columns != entries.columns:
-            widths = [max([len(c), *(len(r[i]) for r in entries.rows[:200])]) for i, c in
-                      enumerate(entries.columns)]
-            self.entries.columns = [Column(str(i), c, min(max(w, 3), 40), flex=int(i == len(widths) - 1))
+        if entries.name == "domain_routing" and snap is not None:
+            entries = with_cached_names(entries, snap)
+        widths = [min(max(len(c), 3, *(len(r[i]) for r in entries.rows[:200])), 40) for i, c in
+                  enumerate(entries.columns)]
+        same = self.last is not None and self.last.columns == entries.columns
+        if same:
+            # Columns only grow (a name learnt later), so they do not jump about.
+            widths = [max(w, c.width) for w, c in zip(widths, self.entries.columns, strict=True)]
+        if not same or widths != [c.width for c in self.entries.columns]:
+            self.entries.columns = [Column(str(i), c, w, flex=int(i == len(widths) - 1))
                                     for i, (c, w) in enumerate(zip(entries.columns, widths, strict=True))]
             self.entries._layout_width = -1
         self.last = entries
@@ -130,3 +141,23 @@ match sets, IP prefixes, counters...); `/` searches them.
 
     def action_reload(self) -> None:
         self.app.refresh_maps()  # type: ignore[attr-defined]
+
+
+def with_cached_names(entries: MapEntries, snap: Snapshot) -> MapEntries:
+    """domain_routing rows whose names the daemon left blank, named from the DNS cache the snapshot carries.
+
+    A daemon that does not hand the map view its NameBook leaves the names
+    column empty; the cache's answers name most addresses all the same.
+    """
+    if "names" not in entries.columns or snap.dns is None:
+        return entries
+    ai, ni = entries.columns.index("address"), entries.columns.index("names")
+    known: dict[str, list[str]] = {}
+    for row in snap.dns.cache:
+        for answer in row.answers:
+            names = known.setdefault(answer, [])
+            if row.name not in names:
+                names.append(row.name)
+    rows = tuple((*r[:ni], ", ".join(known.get(r[ai], ())), *r[ni + 1:]) if not r[ni] else r
+                 for r in entries.rows)
+    return MapEntries(entries.name, entries.columns, rows, entries.total)

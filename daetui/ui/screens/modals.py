@@ -18,7 +18,7 @@ GLOBAL_HELP = """\
 
 | key | |
 |---|---|
-| `1` … `5` | Overview, Connections, Rules, Maps, Logs |
+| `1` … `6` | Overview, Connections, Rules, Maps, Logs, DNS |
 | `?` or `F1` | this help (for the pane you are on) |
 | `ctrl+p` | command palette: panes, themes, stop or detach |
 | `esc` | leave a filter line, close a dialog |
