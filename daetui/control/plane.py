@@ -834,7 +834,7 @@ class ControlPlane:
                 for slot, sock in (self.listeners.slots().items() if self.listeners else [])}
         links = self.monitor.links if self.monitor else {}
         return MapView(dp.program, lambda g: self._rulesets.get(g, self.ruleset), lambda: held,
-                       lambda: {i: lk.name for i, lk in links.items()})
+                       lambda: {i: lk.name for i, lk in links.items()}, names=self.names.names)
 
     def maps_info(self) -> list[MapInfo]:
         """Every map with type, size and fill. Blocking (syscalls): call off the loop."""

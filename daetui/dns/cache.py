@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NEGATIVE_TTL = 30     # seconds, for a negative answer that carries no SOA
+MAX_NEGATIVE_TTL = 3600  # a name that did not exist may exist soon: at most an hour (unbound's default)
 MAX_TTL = 86400 * 7   # no answer is kept longer than a week, whatever it says
 
 

@@ -35,7 +35,7 @@ import dns.rdatatype
 
 from daetui.config.dns_upstream import UpstreamSpec, parse_upstream
 from daetui.config.model import DnsConfig
-from daetui.dns.cache import MAX_TTL, NEGATIVE_TTL, CacheEntry, DnsCache
+from daetui.dns.cache import MAX_NEGATIVE_TTL, MAX_TTL, NEGATIVE_TTL, CacheEntry, DnsCache
 from daetui.dns.state import DnsCacheRow, DnsCounters, DnsState, DnsTrace, DnsUpstreamRow
 from daetui.dns.upstream import RouteFn, Upstream, UpstreamError, bootstrap_resolve
 from daetui.dns.wire import (
@@ -433,6 +433,7 @@ class DnsController:
         if negative:
             soa = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
             lifetime = min(soa.ttl, next(iter(soa)).minimum) if soa is not None else NEGATIVE_TTL  # type: ignore
+            lifetime = min(lifetime, MAX_NEGATIVE_TTL)
         else:
             lifetime = min_ttl
         fixed = self.fixed_ttl.get(qname)
