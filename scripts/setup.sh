@@ -12,8 +12,10 @@ fi
 ARCH=$(dpkg --print-architecture)
 # python3-bpfcc: BCC for Debian's python3 (PyPI's "bcc" is something else).
 # iperf3, dnsperf: the benchmarks. dnsmasq-base, unbound: the DNS peers (run by the tests
-# in the lab, never as a system service). Other peers join with their issues.
-PKGS="python3-bpfcc python3-venv iproute2 linux-headers-$ARCH iperf3 bpftool tmux dnsmasq-base unbound dnsperf"
+# in the lab, never as a system service); shadowsocks-libev, v2ray, trojan, dante-server,
+# tinyproxy: the proxy peers (likewise).
+PKGS="python3-bpfcc python3-venv iproute2 linux-headers-$ARCH iperf3 bpftool tmux dnsmasq-base unbound dnsperf
+shadowsocks-libev v2ray trojan dante-server tinyproxy"
 
 missing=""
 for p in $PKGS; do

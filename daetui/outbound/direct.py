@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass
 
 from daetui.control.sockopts import set_mark
+from daetui.outbound.base import DialError, SocketStream
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -51,3 +52,34 @@ class DirectDialer:
         except BaseException:
             sock.close()
             raise
+
+    async def connect(self, host: str, port: int) -> SocketStream:
+        """The Dialer interface: a stream to host:port (an IP literal; a name is looked up first)."""
+        if not _is_address(host):
+            host = await _lookup(host, port)
+        try:
+            return SocketStream(await self.connect_tcp(host, port))
+        except TimeoutError:
+            raise DialError(f"connect to {host}:{port}: no answer in {self.connect_timeout:g}s") from None
+        except OSError as e:
+            raise DialError(f"connect to {host}:{port}: {e.strerror or e}") from None
+
+
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+async def _lookup(host: str, port: int) -> str:
+    """A name's first address, through the system's resolver (off the loop)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise DialError(f"{host}: {e.strerror}") from None
+    return str(infos[0][4][0])

@@ -1,0 +1,134 @@
+"""What every outbound offers: a TCP stream to a destination, and UDP datagrams to destinations.
+
+A destination is a host (an IP literal, or a domain name when dial_mode
+gives one) and a port. A dialer that needs a connection of its own (to a
+proxy server) makes it through `via`, another dialer: that is how chains
+`A -> B` work (B's server is reached through A), and how every socket ends
+up carrying daetui's SO_MARK (the chain starts at a DirectDialer).
+
+A stream whose bytes, after the handshake, are the destination's own bytes
+(direct, socks5, http CONNECT) exposes its socket as `raw`, so the relay can
+splice it; an encrypting one (shadowsocks, vmess, trojan's TLS) has
+`raw = None` and is copied through Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Protocol, runtime_checkable
+
+
+class DialError(Exception):
+    """A dial that failed, with the reason in words a log line can carry."""
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """A connected byte stream."""
+
+    raw: socket.socket | None
+
+    async def read(self, n: int) -> bytes:
+        """Up to n bytes; b"" at the end of the stream."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        ...
+
+    async def write_eof(self) -> None:
+        """Half-close: the peer reads the end of the stream, and may still answer."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class Datagrams(Protocol):
+    """A UDP association through an outbound: datagrams to and from any destination."""
+
+    async def send(self, data: bytes, host: str, port: int) -> None:
+        ...
+
+    async def recv(self) -> tuple[bytes, str, int]:
+        """The next datagram and who sent it (the destination, not the proxy)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class Dialer(Protocol):
+    """An outbound: direct, a proxy node, or a chain of them."""
+
+    name: str
+
+    async def connect(self, host: str, port: int) -> Stream:
+        ...
+
+    async def datagrams(self) -> Datagrams:
+        """Raises DialError when the protocol has no UDP."""
+        ...
+
+
+class SocketStream:
+    """A Stream over a plain connected socket (non-blocking)."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.raw: socket.socket | None = sock
+        self.sock = sock
+        self.loop = loop or asyncio.get_running_loop()
+
+    async def read(self, n: int) -> bytes:
+        return await self.loop.sock_recv(self.sock, n)
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Exactly n bytes (a handshake's fixed-size reply); DialError if the peer closes first."""
+        out = b""
+        while len(out) < n:
+            chunk = await self.loop.sock_recv(self.sock, n - len(out))
+            if not chunk:
+                raise DialError(f"closed after {len(out)} of {n} bytes")
+            out += chunk
+        return out
+
+    async def write(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class AsyncioStream:
+    """A Stream over asyncio's reader and writer (TLS, and streams with user-space framing)."""
+
+    raw = None
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def read(self, n: int) -> bytes:
+        return await self.reader.read(n)
+
+    async def read_exactly(self, n: int) -> bytes:
+        try:
+            return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            raise DialError(f"closed after {len(e.partial)} of {n} bytes") from None
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def write_eof(self) -> None:
+        if self.writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                self.writer.write_eof()
+
+    def close(self) -> None:
+        self.writer.close()
