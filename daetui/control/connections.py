@@ -38,6 +38,7 @@ class Connection:
     relay: str = ""            # "splice" | "copy" | "udp"
     domain: str | None = None  # the name sniffed from its first bytes (TLS, HTTP, QUIC)
     sniffed: str | None = None  # which protocol it was sniffed from
+    node: str | None = None    # the proxy node of its group it went through (None: direct)
 
     @property
     def duration(self) -> float:
@@ -50,7 +51,8 @@ class Connection:
         """
         by = f"fallback -> {self.outbound}" if self.rule_index is None else f"#{self.rule_index + 1} {self.rule}"
         dst = format_endpoint(self.dst) + (f" ({self.domain})" if self.domain else "")
-        text = f"{self.proto} {format_endpoint(self.src)} -> {dst} by {by} [{self.stage}]"
+        via = f" via {self.node}" if self.node else ""
+        text = f"{self.proto} {format_endpoint(self.src)} -> {dst} by {by}{via} [{self.stage}]"
         if self.state != "open":
             text += f" {self.state}: up {self.up} B, down {self.down} B, {self.duration:.2f}s"
             if self.error:

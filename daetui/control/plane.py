@@ -37,7 +37,7 @@ from daetui.control.events import EventBus
 from daetui.control.listeners import Listeners, open_listeners
 from daetui.control.logbridge import EventLogHandler
 from daetui.control.names import NameBook
-from daetui.control.relay import HAVE_SPLICE, relay
+from daetui.control.relay import HAVE_SPLICE, relay, relay_stream
 from daetui.control.sniff import SniffResult, sniff
 from daetui.control.state import (
     Health,
@@ -59,7 +59,9 @@ from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsState, DnsTrace
 from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
+from daetui.outbound.base import DialError
 from daetui.outbound.direct import DirectDialer
+from daetui.outbound.manager import Outbounds
 from daetui.paths import RunPaths
 from daetui.routing.compile import CompileError, KernelRules
 from daetui.routing.explain import ExplainResult, Query, split_target
@@ -91,6 +93,7 @@ class ControlPlane:
         self.connections = ConnectionTable()
         self.dataplane: Dataplane | None = Dataplane(run.state) if kernel else None
         self.dialer = DirectDialer(mark=config.global_.so_mark_from_dae)
+        self.outbounds = Outbounds(config, self.dialer)
         self.ruleset: RuleSet = config.routing
         self._rulesets: dict[int, RuleSet] = {0: config.routing, 1: config.routing}
         self.listeners: Listeners | None = None
@@ -156,6 +159,7 @@ class ControlPlane:
             self.udp = UdpNat(self._open_udp, self._finish, idle_timeout=g.udp_timeout)
             self.udp.start(list(self.listeners.udp.values()))
             self._start_dns()
+            self.outbounds.start()
         except BaseException as e:
             await self._teardown()
             if isinstance(e, Exception):
@@ -326,6 +330,7 @@ class ControlPlane:
             s.close()
         self._dns_bound.clear()
         await self.dns.stop()
+        await self.outbounds.stop()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -475,12 +480,22 @@ class ControlPlane:
                 _reset(sock)
                 self._finish(conn, "blocked")
                 return
-            # Until proxy groups exist, every outbound (direct or a group) dials directly.
-            upstream = await self.dialer.connect_tcp(*dst)
+            family = 6 if ":" in dst[0] else 4
+            dialer, node = self.outbounds.dialer(conn.outbound, family)
+            conn.node = node
+            try:
+                upstream = await dialer.connect(self._dial_host(conn, node), dst[1])
+            except DialError as e:
+                if node is not None:
+                    self.outbounds.failed(node, family, str(e))
+                raise
             if first:
-                await asyncio.get_running_loop().sock_sendall(upstream, first)
+                await upstream.write(first)
                 conn.up += len(first)
-            error = await relay(sock, upstream, _adder(conn, "up"), _adder(conn, "down"), self.use_splice)
+            if upstream.raw is not None:
+                error = await relay(sock, upstream.raw, _adder(conn, "up"), _adder(conn, "down"), self.use_splice)
+            else:
+                error = await relay_stream(sock, upstream, _adder(conn, "up"), _adder(conn, "down"))
             self._finish(conn, error)
         except asyncio.CancelledError:
             _reset(sock)
@@ -497,6 +512,19 @@ class ControlPlane:
             sock.close()
             if upstream is not None:
                 upstream.close()
+
+    def _dial_host(self, conn: Connection, node: str | None) -> str:
+        """What a proxied flow asks its node for: the address, or (dial_mode) the sniffed name.
+
+        `domain` dials the name only when DNS gave that name to the address (so a client cannot
+        send a flow elsewhere by lying in its SNI); `domain+` and `domain++` always do.
+        """
+        mode = self.config.global_.dial_mode
+        if node is None or not conn.domain or mode == "ip":
+            return conn.dst[0]
+        if mode == "domain" and conn.domain not in self.names.names(ipaddress.ip_address(conn.dst[0])):
+            return conn.dst[0]
+        return conn.domain
 
     def close_connections(self, ids: list[int]) -> int:
         """Close relayed connections (with a reset to the client); returns how many were open."""
@@ -702,6 +730,7 @@ class ControlPlane:
             self.dns.mark = new.global_.so_mark_from_dae
             self.dns.bootstrap_resolver = new.global_.fallback_resolver
             self.dns.configure(new.dns)
+            self.outbounds.configure(new)
             if new.dns.bind != old.dns.bind:
                 self._bind_dns(new.dns.bind)
             await self._rebind(old.global_.lan_interface, new.global_.lan_interface)

@@ -16,6 +16,8 @@ import os
 import socket
 from collections.abc import Callable
 
+from daetui.outbound.base import DialError, Stream
+
 PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 16
 F_SETPIPE_SZ = 1031
@@ -142,4 +144,54 @@ async def relay(client: socket.socket, upstream: socket.socket, on_up: Counter, 
             if not t.done():
                 t.cancel()
         await asyncio.gather(up, down, return_exceptions=True)
+    return error
+
+
+async def relay_stream(client: socket.socket, upstream: Stream, on_up: Counter, on_down: Counter) -> str | None:
+    """Relay between the client's socket and an outbound's stream (a proxy's, encrypted or framed).
+
+    Bytes go through Python here; half-close and resets are kept as `relay` keeps them.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def up() -> None:
+        buf = bytearray(COPY_CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = await loop.sock_recv_into(client, buf)
+            if n == 0:
+                break
+            await upstream.write(bytes(view[:n]))
+            on_up(n)
+        await upstream.write_eof()
+
+    async def down() -> None:
+        while data := await upstream.read(COPY_CHUNK):
+            await loop.sock_sendall(client, data)
+            on_down(len(data))
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+
+    tasks = {asyncio.ensure_future(up()): "client", asyncio.ensure_future(down()): "destination"}
+    error: str | None = None
+    try:
+        pending = set(tasks)
+        while pending and error is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                exc = t.exception()
+                if exc is None:
+                    continue
+                error = f"{tasks[t]}: {exc}" if str(exc) else f"{tasks[t]}: {type(exc).__name__}"
+                if not (_is_reset(exc) or isinstance(exc, (DialError, ConnectionError, EOFError))):
+                    raise exc
+        if error is not None:
+            # Pass the failure on to the client as a reset, as `relay` does.
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return error

@@ -1,0 +1,190 @@
+"""The outbounds of one config: the nodes, the groups over them, their health, and the dialer for a flow.
+
+A group with no node behaves as before nodes existed: it dials directly
+(the lab's sample config relies on it). A group whose nodes are all dead
+fails the dial (the connection is reset, and says why).
+Checks run every `check_interval` for every node in a group, over IPv4 and
+IPv6, TCP (an HTTP request) and, where the protocol has it, UDP (a DNS query);
+the TCP checks decide liveness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from daetui.config.model import Config, GroupSpec
+from daetui.outbound.base import Dialer, DialError
+from daetui.outbound.direct import DirectDialer
+from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
+from daetui.outbound.health import tcp_check, udp_check
+from daetui.outbound.links import LinkError, parse_link
+
+log = logging.getLogger("daetui.outbound")
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node as the console shows it."""
+
+    name: str
+    protocol: str
+    address: str
+    alive4: bool
+    alive6: bool
+    latencies4: tuple[float | None, ...]   # seconds; None a failed check; oldest first
+    latencies6: tuple[float | None, ...]
+    last_error: str
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A group as the console shows it."""
+
+    name: str
+    policy: str
+    members: tuple[str, ...]
+    selected4: str | None
+    selected6: str | None
+    pinned: str | None
+
+
+class Outbounds:
+    """Nodes, groups and health; `dialer()` answers which dialer a new flow uses."""
+
+    def __init__(self, config: Config, direct: DirectDialer) -> None:
+        self.direct = direct
+        self.nodes: dict[str, Any] = {}
+        self.health: dict[str, NodeHealth] = {}
+        self.groups: dict[str, Group] = {}
+        self._specs: dict[str, GroupSpec] = {}
+        self._dialers: dict[str, Dialer] = {}
+        self._checker: asyncio.Task[None] | None = None
+        self.config = config
+        self.configure(config)
+
+    # -- configuration ----------------------------------------------------------------
+    def configure(self, config: Config) -> None:
+        """Take a new config's nodes and groups; health and pins of what stays are kept."""
+        nodes: dict[str, Any] = {}
+        for tagged in config.nodes:
+            try:
+                nodes[tagged.tag] = parse_link(tagged.link, tagged.tag)
+            except LinkError as e:
+                log.error("node %s: %s (left out)", tagged.tag, e)
+        refs = [NodeRef(name) for name in nodes]
+        groups: dict[str, Group] = {}
+        for spec in config.groups:
+            old = self.groups.get(spec.name)
+            tolerance = spec.check_tolerance if spec.check_tolerance is not None else config.global_.check_tolerance
+            g = Group(spec.name, spec.policy, tolerance)
+            g.set_members([(n.name, add) for n, add in members(tuple(parse_filter(f) for f in spec.filters), refs)])
+            if old is not None and old.pinned in {m for m, _ in g.members}:
+                g.pinned = old.pinned
+            groups[spec.name] = g
+        self.nodes = nodes
+        self.health = {n: self.health.get(n) or NodeHealth(n) for n in nodes}
+        self._dialers = {}
+        self.groups = groups
+        self._specs = {s.name: s for s in config.groups}
+        self.config = config
+
+    def _dialer_of(self, node: str) -> Dialer:
+        d = self._dialers.get(node)
+        if d is None:
+            d = self._dialers[node] = self.nodes[node].dialer(self.direct)
+        return d
+
+    def dialer(self, outbound: str, family: int = 4) -> tuple[Dialer, str | None]:
+        """The dialer for a flow routed to `outbound`, and the node it goes through (None: direct)."""
+        g = self.groups.get(outbound)
+        if g is None or not g.members:
+            return self.direct, None
+        node = g.select(self.health, family)
+        if node is None:
+            raise DialError(f"group {outbound}: no live node over IPv{family}")
+        return self._dialer_of(node), node
+
+    def failed(self, node: str, family: int, error: str) -> None:
+        """A dial through `node` failed: it counts as a failed check, so the next flow picks another."""
+        h = self.health.get(node)
+        if h is not None:
+            h.families[family].record(None, error)
+            log.info("node %s: IPv%d dial failed: %s", node, family, error)
+
+    def pin(self, group: str, node: str | None) -> None:
+        """Make a group use `node` while it is alive (None: the policy again)."""
+        g = self.groups[group]
+        if node is not None and node not in {m for m, _ in g.members}:
+            raise KeyError(f"{node} is not in group {group}")
+        g.pinned = node
+
+    # -- health --------------------------------------------------------------------------
+    def _settings(self, node: str) -> tuple[tuple[str, ...], str, tuple[str, ...], float]:
+        """The check settings for a node: its first group's own, else [global]'s."""
+        gl = self.config.global_
+        for spec in self._specs.values():
+            if node in {m for m, _ in self.groups[spec.name].members}:
+                return (spec.tcp_check_url or gl.tcp_check_url, spec.tcp_check_http_method or gl.tcp_check_http_method,
+                        spec.udp_check_dns or gl.udp_check_dns, spec.check_interval or gl.check_interval)
+        return gl.tcp_check_url, gl.tcp_check_http_method, gl.udp_check_dns, gl.check_interval
+
+    def checked_nodes(self) -> list[str]:
+        return list(dict.fromkeys(m for g in self.groups.values() for m, _ in g.members))
+
+    async def check_node(self, node: str) -> None:
+        """Check one node now, both families, TCP (liveness) and UDP (recorded in the log)."""
+        url, method, dns_check, _ = self._settings(node)
+        dialer = self._dialer_of(node)
+        h = self.health[node]
+        for family in (4, 6):
+            try:
+                latency = await tcp_check(dialer, url, family, method)
+                h.families[family].record(latency)
+            except (DialError, OSError, TimeoutError) as e:
+                h.families[family].record(None, str(e) or type(e).__name__)
+                log.info("node %s: IPv%d check failed: %s", node, family, str(e) or type(e).__name__)
+            with contextlib.suppress(DialError, OSError, TimeoutError):
+                await udp_check(dialer, dns_check, family)
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check_node(n) for n in self.checked_nodes()), return_exceptions=True)
+
+    def start(self) -> None:
+        self._checker = asyncio.get_running_loop().create_task(self._check_loop())
+
+    async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+
+    async def _check_loop(self) -> None:
+        last: dict[str, float] = {}
+        while True:
+            now = time.monotonic()
+            due = [n for n in self.checked_nodes() if now - last.get(n, -1e9) >= self._settings(n)[3]]
+            for n in due:
+                last[n] = now
+            if due:
+                await asyncio.gather(*(self.check_node(n) for n in due), return_exceptions=True)
+            await asyncio.sleep(0.5)
+
+    # -- the console -------------------------------------------------------------------------
+    def state(self) -> tuple[tuple[GroupState, ...], tuple[NodeState, ...]]:
+        groups = tuple(GroupState(g.name, self._specs[g.name].policy, tuple(m for m, _ in g.members),
+                                  g._current.get(4) if g.policy != "fixed" else g.select(self.health, 4),
+                                  g._current.get(6) if g.policy != "fixed" else g.select(self.health, 6),
+                                  g.pinned) for g in self.groups.values())
+        nodes = []
+        for name, node in self.nodes.items():
+            h = self.health[name]
+            f4, f6 = h.families[4], h.families[6]
+            nodes.append(NodeState(name, type(node).__module__.rsplit(".", 1)[-1], f"{node.host}:{node.port}",
+                                   f4.alive, f6.alive, tuple(f4.latencies), tuple(f6.latencies),
+                                   f4.last_error or f6.last_error))
+        return groups, tuple(nodes)
