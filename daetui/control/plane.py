@@ -59,7 +59,7 @@ from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsState, DnsTrace
 from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
-from daetui.outbound.base import DialError
+from daetui.outbound.base import Datagrams, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
 from daetui.paths import RunPaths
@@ -540,7 +540,8 @@ class ControlPlane:
         return n
 
     # -- UDP ------------------------------------------------------------------------------------
-    async def _open_udp(self, client: Endpoint, dst: Endpoint, first: bytes) -> tuple[socket.socket, Connection] | None:
+    async def _open_udp(self, client: Endpoint, dst: Endpoint, first: bytes
+                        ) -> tuple[socket.socket | Datagrams, Connection] | None:
         conn = self._open_conn("udp", client, dst, "udp")
         if self._wants_name(conn):
             self._decide_with_name(conn, sniff(first, "udp"))  # a QUIC Initial names its server
@@ -548,12 +549,18 @@ class ControlPlane:
         if conn.outbound == BLOCK:
             self._finish(conn, "blocked")
             return None
+        family = 6 if ":" in dst[0] else 4
         try:
-            upstream = self.dialer.udp_socket(*dst)
-        except OSError as e:
+            dialer, node = self.outbounds.dialer(conn.outbound, family)
+            conn.node = node
+            if node is None:
+                return self.dialer.udp_socket(*dst), conn
+            return await dialer.datagrams(), conn
+        except (OSError, DialError) as e:
+            if conn.node is not None:
+                self.outbounds.failed(conn.node, family, str(e))
             self._finish(conn, str(e))
             return None
-        return upstream, conn
 
     # -- state --------------------------------------------------------------------------------------
     def raw_flows(self) -> RawFlows | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from daetui.control.connections import Connection, Endpoint
 from daetui.control.sockopts import parse_origdst, reply_socket
+from daetui.outbound.base import Datagrams, DialError
 
 log = logging.getLogger("daetui.udp")
 
@@ -36,19 +37,28 @@ class _ReplySocket:
 
 @dataclass
 class NatEntry:
-    """One client talking to one destination."""
+    """One client talking to one destination: through a socket of its own, or a proxy's datagrams."""
 
     client: Endpoint
     dst: Endpoint
-    upstream: socket.socket
+    upstream: socket.socket | None
     reply: _ReplySocket
     conn: Connection
     last: float = field(default_factory=time.monotonic)
+    datagrams: Datagrams | None = None
+    outbox: asyncio.Queue[bytes] | None = None     # to the proxy, in order
+    tasks: tuple[asyncio.Task[None], ...] = ()
+
+    def send(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.send(data)
+        elif self.outbox is not None:
+            self.outbox.put_nowait(data)
 
 
 # Opens a flow, given its first datagram: returns the upstream socket and the
 # connection record, or None to drop it.
-Opener = Callable[[Endpoint, Endpoint, bytes], Awaitable[tuple[socket.socket, Connection] | None]]
+Opener = Callable[[Endpoint, Endpoint, bytes], Awaitable[tuple[socket.socket | Datagrams, Connection] | None]]
 Closer = Callable[[Connection, str | None], None]
 
 
@@ -114,9 +124,9 @@ class UdpNat:
             self.entries.move_to_end(key)
             entry.last = time.monotonic()
             try:
-                entry.upstream.send(data)
+                entry.send(data)
                 entry.conn.up += len(data)
-            except OSError as e:
+            except (OSError, asyncio.QueueFull) as e:
                 log.debug("udp %s -> %s: %s", client, dst, e)
             return
         if key in self._opening:
@@ -152,12 +162,17 @@ class UdpNat:
             oldest = next(iter(self.entries))
             self.evicted += 1
             self._close(oldest, None)
-        entry = NatEntry(client, dst, upstream, reply, conn)
+        if isinstance(upstream, socket.socket):
+            entry = NatEntry(client, dst, upstream, reply, conn)
+            asyncio.get_running_loop().add_reader(upstream.fileno(), self._on_upstream, key)
+        else:
+            entry = NatEntry(client, dst, None, reply, conn, datagrams=upstream, outbox=asyncio.Queue(256))
+            entry.tasks = (asyncio.ensure_future(self._to_proxy(key, entry)),
+                           asyncio.ensure_future(self._from_proxy(key, entry)))
         self.entries[key] = entry
-        asyncio.get_running_loop().add_reader(upstream.fileno(), self._on_upstream, key)
         for data in queued:
-            with contextlib.suppress(OSError):
-                upstream.send(data)
+            with contextlib.suppress(OSError, asyncio.QueueFull):
+                entry.send(data)
                 conn.up += len(data)
 
     def _reply_socket(self, dst: Endpoint) -> _ReplySocket:
@@ -189,6 +204,29 @@ class UdpNat:
             except OSError as e:
                 log.debug("udp reply to %s: %s", entry.client, e)
 
+    async def _to_proxy(self, key: tuple[Endpoint, Endpoint], entry: NatEntry) -> None:
+        assert entry.outbox is not None and entry.datagrams is not None
+        try:
+            while True:
+                data = await entry.outbox.get()
+                await entry.datagrams.send(data, entry.dst[0], entry.dst[1])
+        except (OSError, DialError) as e:
+            self._close(key, str(e))
+
+    async def _from_proxy(self, key: tuple[Endpoint, Endpoint], entry: NatEntry) -> None:
+        assert entry.datagrams is not None
+        try:
+            while True:
+                data, _host, _port = await entry.datagrams.recv()
+                entry.last = time.monotonic()
+                try:
+                    entry.reply.sock.sendto(data, entry.client)
+                    entry.conn.down += len(data)
+                except OSError as e:
+                    log.debug("udp reply to %s: %s", entry.client, e)
+        except (OSError, DialError, EOFError) as e:
+            self._close(key, str(e) or type(e).__name__)
+
     def close_conn(self, conn_id: int) -> bool:
         """End the NAT entry of a connection (closed from the console)."""
         for key, entry in list(self.entries.items()):
@@ -210,9 +248,15 @@ class UdpNat:
         entry = self.entries.pop(key, None)
         if entry is None:
             return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(entry.upstream.fileno())
-        entry.upstream.close()
+        if entry.upstream is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(entry.upstream.fileno())
+            entry.upstream.close()
+        if entry.datagrams is not None:
+            entry.datagrams.close()
+        for t in entry.tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
         entry.reply.users -= 1
         if entry.reply.users <= 0:
             entry.reply.sock.close()
