@@ -131,6 +131,14 @@ class ControlClient:
     async def dns_flush(self) -> int:
         return int(await self.call("dns_flush"))
 
+    async def pin_node(self, group: str, node: str | None) -> None:
+        """Pin a group to a node (None: unpin)."""
+        await self.call("pin_node", group=group, node=node)
+
+    async def check_nodes(self, names: list[str]) -> None:
+        """Check nodes now (a group's name checks all of its nodes)."""
+        await self.call("check_nodes", timeout=60, names=names)
+
     async def events(self) -> AsyncIterator[Event]:
         """The daemon's events from now on (log lines, connections opened and closed)."""
         if not self._subscribed:

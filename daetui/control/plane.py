@@ -277,6 +277,19 @@ class ControlPlane:
     def dns_flush(self) -> int:
         return self.dns.flush()
 
+    def pin_node(self, group: str, node: str | None) -> None:
+        """Make `group` use `node` for new flows while it is alive (None: its policy again)."""
+        self.outbounds.pin(group, node)
+        log.info("group %s: %s", group, f"pinned to {node}" if node else "unpinned")
+
+    async def check_nodes(self, names: list[str]) -> None:
+        """Check these nodes now (all of a group's when a group is named)."""
+        todo = []
+        for n in names:
+            g = self.outbounds.groups.get(n)
+            todo += [m for m, _ in g.members] if g is not None else [n]
+        await asyncio.gather(*(self.outbounds.check_node(n) for n in dict.fromkeys(todo) if n in self.outbounds.nodes))
+
     def _claim_run_dir(self) -> None:
         self.run.ensure()
         try:
@@ -587,6 +600,7 @@ class ControlPlane:
                       for e in rs.entries)
         slots = self.listeners.slots() if self.listeners else {}
         names = {v: k.lower() for k, v in ABI.prefixed("LISTENER_").items()}
+        groups, nodes = self.outbounds.state()
         health = Health(
             pid=os.getpid(), started=self.started, config=self.config.source,
             tproxy_port=self.config.global_.tproxy_port, generation=gen, fallback=rs.fallback,
@@ -599,7 +613,8 @@ class ControlPlane:
             missing_interfaces=tuple(dp.state.missing) if dp else (), connections=tuple(self.connections.snapshot()),
             raw_flows=raw_flows, counters=prog.counters() if prog is not None else {},
             udp_nat_entries=len(self.udp.entries) if self.udp else 0, total_connections=self.connections.total,
-            devices=dict(self.config.devices), dns=self.dns.state() if with_dns else None)
+            devices=dict(self.config.devices), dns=self.dns.state() if with_dns else None,
+            groups=groups, nodes=nodes)
 
     def _interfaces(self) -> tuple[InterfaceInfo, ...]:
         dp = self.dataplane

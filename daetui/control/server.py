@@ -158,6 +158,12 @@ class ControlServer:
             return await plane.dns_lookup(str(args["name"]), str(args.get("qtype", "A")))
         if cmd == "dns_flush":
             return plane.dns_flush()
+        if cmd == "pin_node":
+            plane.pin_node(str(args["group"]), args.get("node"))
+            return True
+        if cmd == "check_nodes":
+            await plane.check_nodes([str(n) for n in args.get("names", [])])
+            return True
         if cmd == "explain":
             keys = ("target", "port", "proto", "mac", "iface", "pname", "src", "sport", "dscp", "wan")
             return plane.explain(**{k: args[k] for k in keys if args.get(k) is not None})

@@ -14,6 +14,7 @@ from daetui.control.connections import Connection
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dns.state import DnsState
 from daetui.flowrecord import KernelFlow, RawFlows
+from daetui.outbound.state import GroupState, NodeState
 
 __all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult", "RuleInfo",
            "Snapshot"]
@@ -84,6 +85,8 @@ class Snapshot:
     total_connections: int = 0
     devices: dict[str, str] = field(default_factory=dict)      # MAC -> label
     dns: DnsState | None = None                                # the DNS controller's cache and upstreams
+    groups: tuple[GroupState, ...] = ()                        # proxy groups and their choice
+    nodes: tuple[NodeState, ...] = ()                          # proxy nodes and their health
 
     @cached_property
     def kernel_flows(self) -> list[KernelFlow]:

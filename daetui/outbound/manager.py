@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from daetui.config.model import Config, GroupSpec
@@ -23,34 +22,9 @@ from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
 from daetui.outbound.health import tcp_check, udp_check
 from daetui.outbound.links import LinkError, parse_link
+from daetui.outbound.state import GroupState, NodeState
 
 log = logging.getLogger("daetui.outbound")
-
-
-@dataclass(frozen=True)
-class NodeState:
-    """A node as the console shows it."""
-
-    name: str
-    protocol: str
-    address: str
-    alive4: bool
-    alive6: bool
-    latencies4: tuple[float | None, ...]   # seconds; None a failed check; oldest first
-    latencies6: tuple[float | None, ...]
-    last_error: str
-
-
-@dataclass(frozen=True)
-class GroupState:
-    """A group as the console shows it."""
-
-    name: str
-    policy: str
-    members: tuple[str, ...]
-    selected4: str | None
-    selected6: str | None
-    pinned: str | None
 
 
 class Outbounds:
