@@ -35,6 +35,7 @@ from daetui.config.schema import (
 from daetui.routing.dns_rules import DnsRules, compile_list
 from daetui.routing.errors import RuleError
 from daetui.routing.geodata import GeoData, default_search_path
+from daetui.routing.node_filters import parse_filter
 from daetui.routing.parser import parse_outbound_name, parse_rule
 from daetui.routing.ruleset import BLOCK, DIRECT, MUST_RULES, RuleEntry, RuleSet, check_rule, groups_of, rule_id
 
@@ -269,6 +270,11 @@ class _Loader:
                     if key not in GROUP:
                         raise part.file.unknown_key(key, list(GROUP), (*path, key), f"key in [group.{name}]:")
                     kw["filters" if key == "filter" else key] = part.file.typed(GROUP[key], value, (*path, key))
+                for i, text in enumerate(kw.get("filters", ())):
+                    try:
+                        parse_filter(text)
+                    except RuleError as e:
+                        raise part.file.rule_error(e, (*path, "filter", i)) from None
                 out[name] = GroupSpec(name, **kw)
         return tuple(out.values())
 

@@ -94,3 +94,13 @@ def test_health_is_per_family():
     assert h.alive(4) and not h.alive(6)
     fh = FamilyHealth()
     assert fh.alive and fh.avg10() is None                          # unchecked: alive, no figure
+
+
+def test_a_bad_filter_in_the_config_names_its_place():
+    from daetui.config.errors import ConfigError
+    from daetui.config.load import parse_config
+
+    text = '[group.proxy]\nfilter = ["name(keyword: hk)", "name(hk) && nation(jp)"]\n[routing]\nfallback = "proxy"\n'
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "g.toml")
+    assert "g.toml:2:" in str(e.value) and "unknown function 'nation'" in str(e.value)
