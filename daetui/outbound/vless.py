@@ -1,0 +1,215 @@
+"""VLESS nodes over TCP, with or without TLS.
+
+    vless://UUID@HOST:PORT?encryption=none&security=tls&sni=NAME&type=tcp&allowInsecure=1#NAME
+
+Request (client -> server), then the payload:
+
+    version 0 | UUID (16) | addons length (0) | command | port (2) | ATYP | address
+
+with command 1 (TCP) or 2 (UDP; V2Ray-style address, ATYP 1 IPv4, 2 domain,
+3 IPv6). Response (server -> client), before the destination's bytes:
+
+    version 0 | addons length | addons
+
+The server sends its response together with the destination's first bytes,
+so it is read on the first `read()`, not in `connect()`; a wrong UUID shows
+there as the server closing (DialError). UDP datagrams travel as a 2-byte
+length and the payload, for the one destination in the request (so each
+destination gets its own connection; see _udp.py).
+
+Refused with a reason: other transports (ws, grpc, h2, ...), `flow`
+(XTLS), `security=reality`/`xtls`, `encryption` other than none.
+"""
+
+from __future__ import annotations
+
+import ssl
+import struct
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from daetui.outbound import _share
+from daetui.outbound._address import v2ray_address
+from daetui.outbound._buffered import Buffered
+from daetui.outbound._tls import client_context, server_name, start_tls
+from daetui.outbound._udp import PerDestination
+from daetui.outbound.base import Dialer, DialError, Stream
+
+VERSION = 0
+CMD_TCP = 1
+CMD_UDP = 2
+HANDSHAKE_TIMEOUT = 10.0
+MAX_DATAGRAM = 65535
+
+
+@dataclass(frozen=True)
+class VlessNode:
+    """A VLESS server (TCP transport) and how to reach it."""
+
+    name: str
+    host: str
+    port: int
+    uuid: str
+    tls: bool = False
+    sni: str = ""
+    allow_insecure: bool = False
+    alpn: tuple[str, ...] = ()
+
+    def link(self) -> str:
+        """The share link of this node (parse_link(link()) == self)."""
+        params = [("encryption", "none"), ("security", "tls" if self.tls else "none"), ("type", "tcp"),
+                  ("sni", self.sni), ("allowInsecure", "1" if self.allow_insecure else ""),
+                  ("alpn", ",".join(self.alpn))]
+        return (f"vless://{self.uuid}@{_share.netloc(self.host, self.port)}"
+                f"{_share.query_text(params)}{_share.fragment(self.name)}")
+
+    def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
+               handshake_timeout: float = HANDSHAKE_TIMEOUT) -> VlessDialer:
+        """A Dialer through this node, its connection made through `via`.
+
+        `allow_insecure` is daetui's global setting (either it or the link's
+        turns certificate checks off); `ca_file` trusts those CAs instead of
+        the system's (the lab's CA in tests). Both matter only with TLS.
+        """
+        ctx = None
+        if self.tls:
+            ctx = client_context(allow_insecure=allow_insecure or self.allow_insecure, ca_file=ca_file,
+                                 alpn=self.alpn)
+        return VlessDialer(self, via, ctx, handshake_timeout)
+
+
+def parse_link(link: str, name: str = "") -> VlessNode:
+    """The node a vless:// link describes; ValueError says what is wrong with it."""
+    parts = _share.split(link, "vless")
+    uid = _share.canonical_uuid(unquote(parts.netloc.rpartition("@")[0]))
+    params = _share.query(parts)
+    encryption = params.get("encryption", "none").lower() or "none"
+    if encryption != "none":
+        raise ValueError(f"encryption={encryption} is not supported (vless has none)")
+    transport = params.get("type", "tcp").lower() or "tcp"
+    if transport != "tcp":
+        raise ValueError(f"transport type={transport} is not supported (only tcp)")
+    header = params.get("headerType", "none").lower() or "none"
+    if header != "none":
+        raise ValueError(f"headerType={header} is not supported (only none)")
+    if params.get("flow"):
+        raise ValueError(f"flow={params['flow']} (XTLS) is not supported")
+    security = params.get("security", "none").lower() or "none"
+    if security not in ("none", "tls"):
+        raise ValueError(f"security={security} is not supported (none or tls)")
+    return VlessNode(
+        name=name or unquote(parts.fragment),
+        host=_share.host_of(parts),
+        port=parts.port or 0,
+        uuid=uid,
+        tls=security == "tls",
+        sni=params.get("sni") or params.get("peer", ""),
+        allow_insecure=_share.flag(params, "allowInsecure"),
+        alpn=_share.alpn_list(params.get("alpn", "")),
+    )
+
+
+def request(uid: str, command: int, host: str, port: int) -> bytes:
+    """The request header (no addons)."""
+    return bytes((VERSION,)) + uuidlib.UUID(uid).bytes + b"\x00" + bytes((command,)) + v2ray_address(host, port)
+
+
+async def read_response(reader: Buffered) -> None:
+    """Read and check the server's response header; DialError if it is not one."""
+    try:
+        head = await reader.read_exactly(2, "the vless response header")
+    except DialError:
+        raise DialError("vless: the server closed without a response (wrong id, not a vless server, "
+                        "or the destination closed at once)") from None
+    if head[0] != VERSION:
+        raise DialError(f"vless: response version {head[0]} (expected {VERSION}): not a vless server?")
+    if head[1]:
+        await reader.read_exactly(head[1], "the vless response addons")
+
+
+class VlessStream:
+    """A stream to the destination through a vless server; the response header is checked on the first read."""
+
+    raw = None
+
+    def __init__(self, inner: Stream) -> None:
+        self.inner = inner
+        self.reader = Buffered(inner)
+        self._replied = False
+
+    async def read(self, n: int) -> bytes:
+        if not self._replied:
+            await read_response(self.reader)
+            self._replied = True
+        return await self.reader.read_some(n)
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    async def write_eof(self) -> None:
+        await self.inner.write_eof()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class VlessPackets:
+    """Datagrams to one destination over a vless UDP session (length-prefixed)."""
+
+    def __init__(self, inner: Stream) -> None:
+        self.inner = inner
+        self.reader = Buffered(inner)
+        self._replied = False
+
+    async def send(self, data: bytes) -> None:
+        if len(data) > MAX_DATAGRAM:
+            raise DialError(f"datagram of {len(data)} bytes: too large for vless")
+        await self.inner.write(struct.pack("!H", len(data)) + data)
+
+    async def recv(self) -> bytes:
+        if not self._replied:
+            await read_response(self.reader)
+            self._replied = True
+        (length,) = struct.unpack("!H", await self.reader.read_exactly(2, "a vless datagram's length"))
+        return await self.reader.read_exactly(length, "a vless datagram")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class VlessDialer:
+    """Dials destinations through a vless server."""
+
+    def __init__(self, node: VlessNode, via: Dialer, ctx: ssl.SSLContext | None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.node = node
+        self.name = node.name
+        self.via = via
+        self.ctx = ctx
+        self.handshake_timeout = handshake_timeout
+
+    async def _session(self, command: int, host: str, port: int) -> Stream:
+        node = self.node
+        stream = await self.via.connect(node.host, node.port)
+        if self.ctx is not None:
+            # vless servers are v2ray/xray, which keep answering after close_notify: a real half-close.
+            stream = await start_tls(stream, self.ctx, server_name(node.host, node.sni), self.handshake_timeout)
+        try:
+            await stream.write(request(node.uuid, command, host, port))
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def connect(self, host: str, port: int) -> VlessStream:
+        """A stream to host:port through the server."""
+        return VlessStream(await self._session(CMD_TCP, host, port))
+
+    async def _packets(self, host: str, port: int) -> VlessPackets:
+        return VlessPackets(await self._session(CMD_UDP, host, port))
+
+    async def datagrams(self) -> PerDestination:
+        """Datagrams to any destination: a vless UDP session per destination."""
+        return PerDestination(self._packets, "vless")
