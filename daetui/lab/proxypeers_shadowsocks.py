@@ -1,0 +1,112 @@
+"""A real shadowsocks server on the lab's "internet": Debian's ss-server (shadowsocks-libev 3.3).
+
+    SsServer(lab, method, password, port)
+        ADDR.hosts4[2] / ADDR.hosts6[2] (203.0.113.12, 2001:db8:3::12), TCP and UDP on `port`
+
+One server speaks one cipher, so a test that covers several runs one per
+cipher, each on a port of its own. Domain targets are resolved by ss-server's
+own resolver (c-ares), which asks `nameserver` -- the lab has no other: give it
+the lab's unbound (daetui.lab.dnspeers) to resolve the lab's zone.
+
+Behaviours tests rely on (3.3.5): a connection it cannot decrypt is logged
+("authentication error") and then held open and silent, never closed; a UDP
+packet it cannot decrypt is logged ("suspicious UDP packet") and dropped;
+a client's half-close ends both directions (answers in flight are lost); a
+datagram much above 1400 bytes is dropped ("Message too long": no `--mtu`
+here). Measured here, its aes-128-gcm costs about 4x the CPU of its
+aes-256-gcm (which ss-libev takes from libsodium's AES-NI code, the other
+ciphers from mbedTLS): throughput runs should use aes-256-gcm or
+chacha20-ietf-poly1305, or they measure ss-server.
+The log (stdout and stderr, `-v`) is `console.log` in the server's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from daetui.lab.netns import netns
+from daetui.lab.peer import LabPeer
+from daetui.lab.topology import ADDR, Lab, LabError
+from daetui.outbound.shadowsocks import SsNode, method_of
+
+SS_SERVER = "/usr/bin/ss-server"
+DEFAULT_PORT = 8388
+
+
+class SsPeerError(LabError):
+    """ss-server could not be configured or did not come up."""
+
+
+class SsServer(LabPeer):
+    """ss-server with TCP and UDP relays on ADDR.hosts4[2] and ADDR.hosts6[2], at `port`."""
+
+    kind = "ss-server"
+    binary = SS_SERVER
+    error = SsPeerError
+
+    def __init__(self, lab: Lab, method: str, password: str, port: int = DEFAULT_PORT, *,
+                 nameserver: str | None = None, timeout: int = 60, verbose: bool = True) -> None:
+        super().__init__(lab, ADDR.hosts4[2], ADDR.hosts6[2], port)
+        self.method = method_of(method).name  # refuses what the client side cannot speak either
+        self.password = password
+        self.nameserver = nameserver
+        self.timeout = timeout
+        self.verbose = verbose
+
+    def node(self, family: int = 4, name: str = "") -> SsNode:
+        """The node a client dials to reach this server over IPv4 or IPv6."""
+        host = self.address4 if family == 4 else self.address6
+        return SsNode(name or f"ss-{self.method}-v{family}", host, self.port, self.method, self.password)
+
+    def config(self) -> dict[str, object]:
+        """ss-server's JSON config (the password stays out of the process list)."""
+        return {
+            "server": [self.address4, self.address6],
+            "server_port": self.port,
+            "password": self.password,
+            "method": self.method,
+            "timeout": self.timeout,
+            # As ss-redir in the benchmark is run: small writes go out at once on both sides.
+            "no_delay": True,
+            "fast_open": False,
+        }
+
+    def _write_config(self, directory: Path) -> list[str]:
+        conf = directory / "ss-server.json"
+        conf.write_text(json.dumps(self.config(), indent=1))
+        conf.chmod(0o600)
+        # -u: the UDP relay too. No --reuse-port: a leftover server on the port makes
+        # this one fail to bind and exit, rather than share the port unnoticed.
+        argv = [SS_SERVER, "-c", str(conf), "-u"]
+        if self.nameserver:
+            argv += ["-d", self.nameserver]
+        if self.verbose:
+            argv.append("-v")  # logs each target ("connect to host:port") and each failure
+        return argv
+
+    def log_text(self) -> str:
+        """Everything ss-server has logged so far."""
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _answers(self, address: str) -> bool:
+        # ss-server logs "... listening at ADDRESS:PORT" once bound and exits when a bind
+        # fails, so both lines plus an accepted connection mean this very process serves there.
+        text = self.log_text()
+        where = f"{address}:{self.port}"
+        if f"tcp server listening at {where}" not in text or f"udp server listening at {where}" not in text:
+            return False
+        with netns(self.lab.wan):
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.settimeout(0.5)
+            sock.connect((address, self.port))
+        return True
+
+    def __enter__(self) -> SsServer:
+        self.start()
+        return self

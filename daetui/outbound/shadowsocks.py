@@ -1,0 +1,681 @@
+"""Shadowsocks AEAD ("classic" AEAD, as shadowsocks-libev 3.3 speaks it): TCP and UDP.
+
+Keys (https://shadowsocks.org/doc/aead.html):
+  master key = EVP_BytesToKey(password) (MD5, no salt, one round)
+  subkey     = HKDF-SHA1(master key, salt, info="ss-subkey"), one per salt
+
+TCP: each direction starts with a random salt, then chunks
+  [encrypted 2-byte length + tag][encrypted payload + tag]
+with a 12-byte little-endian nonce counting up from 0, one step per
+encryption (so two per chunk); a payload is 1..0x3FFF bytes. The client's
+first chunk starts with the target address, SOCKS5-style (ATYP 1 IPv4,
+3 domain, 4 IPv6, then the port).
+UDP: each packet is salt + AEAD(address + payload) with an all-zero nonce; the
+address is the destination going out and the source coming back. (ss-server
+3.3.5 without `--mtu` drops datagrams much above 1400 bytes of payload.)
+
+Not here: SIP003 plugins, SIP022 (shadowsocks 2022), stream ciphers.
+
+Speed: this is the proxied path that is compared with ss-redir, so writes are
+cut into the largest chunks allowed and sealed straight into one output
+buffer (`encrypt_into` where `cryptography` has it), and reads open every
+whole chunk a read brought in one pass over a memoryview.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, quote, unquote
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from daetui.outbound.base import Dialer, DialError, Stream
+
+log = logging.getLogger("daetui.outbound")
+
+MAX_PAYLOAD = 0x3FFF
+TAG_SIZE = 16
+NONCE_SIZE = 12
+LEN_FRAME = 2 + TAG_SIZE
+ZERO_NONCE = bytes(NONCE_SIZE)
+SUBKEY_INFO = b"ss-subkey"
+# A whole chunk, so that a read of at least this much always makes progress.
+MIN_READ = LEN_FRAME + MAX_PAYLOAD + TAG_SIZE
+UDP_RECV = 65536
+
+ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 3, 4
+
+# cryptography >= 45 seals into a caller's buffer: one allocation and no join per write.
+_HAVE_INTO = hasattr(AESGCM, "encrypt_into")
+
+AEAD = AESGCM | ChaCha20Poly1305
+
+
+@dataclass(frozen=True)
+class Method:
+    """An AEAD cipher as shadowsocks names it."""
+
+    name: str
+    key_size: int
+    salt_size: int
+    aead: Callable[[bytes], AEAD]
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("aes-128-gcm", 16, 16, AESGCM),
+    Method("aes-192-gcm", 24, 24, AESGCM),
+    Method("aes-256-gcm", 32, 32, AESGCM),
+    Method("chacha20-ietf-poly1305", 32, 32, ChaCha20Poly1305),
+)}
+# Other names clients print for the same ciphers.
+ALIASES = {"chacha20-poly1305": "chacha20-ietf-poly1305"}
+
+_STREAM_CIPHERS = {"rc4-md5", "aes-128-cfb", "aes-192-cfb", "aes-256-cfb", "aes-128-ctr", "aes-192-ctr",
+                   "aes-256-ctr", "camellia-128-cfb", "camellia-192-cfb", "camellia-256-cfb", "bf-cfb",
+                   "salsa20", "chacha20", "chacha20-ietf", "rc4", "des-cfb", "table"}
+
+
+def method_of(name: str) -> Method:
+    """The AEAD method called `name`; ValueError says why one is not supported."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in METHODS:
+        return METHODS[key]
+    supported = ", ".join(METHODS)
+    if key.startswith("2022-"):
+        raise ValueError(f"method {name!r}: shadowsocks 2022 (SIP022) is not supported; use one of {supported}")
+    if key in _STREAM_CIPHERS:
+        raise ValueError(f"method {name!r} is a stream cipher (insecure, not supported); use one of {supported}")
+    if key == "xchacha20-ietf-poly1305":
+        raise ValueError(f"method {name!r} is not supported (no XChaCha20 here); use one of {supported}")
+    raise ValueError(f"unknown method {name!r}; supported: {supported}")
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+def master_key(password: str | bytes, key_size: int) -> bytes:
+    """OpenSSL's EVP_BytesToKey with MD5, no salt, one round: the key shadowsocks makes of a password."""
+    pw = password.encode() if isinstance(password, str) else password
+    out = b""
+    prev = b""
+    while len(out) < key_size:
+        prev = hashlib.md5(prev + pw).digest()
+        out += prev
+    return out[:key_size]
+
+
+def subkey(key: bytes, salt: bytes) -> bytes:
+    """The session key for one salt: HKDF-SHA1(key, salt, "ss-subkey")."""
+    return HKDF(algorithm=hashes.SHA1(), length=len(key), salt=salt, info=SUBKEY_INFO).derive(key)
+
+
+# -- addresses -----------------------------------------------------------------------------
+
+def encode_address(host: str, port: int) -> bytes:
+    """The SOCKS5-style address: ATYP, address, port (big-endian)."""
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} out of range")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return _encode_name(host) + port.to_bytes(2, "big")
+    atyp = ATYP_IPV4 if ip.version == 4 else ATYP_IPV6
+    return bytes((atyp,)) + ip.packed + port.to_bytes(2, "big")
+
+
+def _encode_name(host: str) -> bytes:
+    try:
+        name = host.rstrip(".").encode("ascii") if host.isascii() else host.encode("idna")
+    except UnicodeError as e:
+        raise ValueError(f"host {host!r}: {e}") from None
+    if not 0 < len(name) <= 255:
+        raise ValueError(f"host name of {len(name)} bytes (1 to 255 allowed)")
+    return bytes((ATYP_DOMAIN, len(name))) + name
+
+
+def decode_address(data: bytes | memoryview, offset: int = 0) -> tuple[str, int, int]:
+    """(host, port, end offset) of the address at `offset`; ValueError when malformed.
+
+    An IPv4-mapped IPv6 address comes back as the IPv4 address it maps: a
+    dual-stack server may report an IPv4 peer that way.
+    """
+    if len(data) <= offset:
+        raise ValueError("no address")
+    atyp = data[offset]
+    if atyp == ATYP_IPV4:
+        end = offset + 1 + 4
+        host = str(ipaddress.IPv4Address(bytes(data[offset + 1:end])))
+    elif atyp == ATYP_IPV6:
+        end = offset + 1 + 16
+        if len(data) < end:
+            raise ValueError("address cut short")
+        ip6 = ipaddress.IPv6Address(bytes(data[offset + 1:end]))
+        host = str(ip6.ipv4_mapped or ip6)
+    elif atyp == ATYP_DOMAIN:
+        if len(data) < offset + 2:
+            raise ValueError("address cut short")
+        n = data[offset + 1]
+        end = offset + 2 + n
+        if n == 0 or len(data) < end:
+            raise ValueError("domain name empty or cut short")
+        try:
+            host = bytes(data[offset + 2:end]).decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("domain name not ASCII") from None
+    else:
+        raise ValueError(f"unknown address type {atyp}")
+    if len(data) < end + 2:
+        raise ValueError("address cut short")
+    return host, int.from_bytes(data[end:end + 2], "big"), end + 2
+
+
+# -- TCP chunks ------------------------------------------------------------------------------
+
+class AuthError(ValueError):
+    """A chunk or packet that failed authentication or is malformed."""
+
+
+class Sealer:
+    """One direction's encryption: chunks of up to MAX_PAYLOAD bytes, nonces counting up."""
+
+    __slots__ = ("_aead", "_counter")
+
+    def __init__(self, aead: AEAD) -> None:
+        self._aead = aead
+        self._counter = 0
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """The chunks carrying `data` (empty data: nothing; a zero-length chunk is not allowed)."""
+        size = len(data)
+        if not size:
+            return b""
+        view = memoryview(data)
+        n = self._counter
+        if _HAVE_INTO:
+            chunks = -(-size // MAX_PAYLOAD)
+            out = bytearray(size + chunks * (LEN_FRAME + TAG_SIZE))
+            ov = memoryview(out)
+            seal_into = self._aead.encrypt_into
+            o = 0
+            for i in range(0, size, MAX_PAYLOAD):
+                p = view[i:i + MAX_PAYLOAD]
+                m = len(p)
+                seal_into(n.to_bytes(NONCE_SIZE, "little"), m.to_bytes(2, "big"), None, ov[o:o + LEN_FRAME])
+                o += LEN_FRAME
+                seal_into((n + 1).to_bytes(NONCE_SIZE, "little"), p, None, ov[o:o + m + TAG_SIZE])
+                o += m + TAG_SIZE
+                n += 2
+            self._counter = n
+            return out
+        parts = []
+        seal = self._aead.encrypt
+        for i in range(0, size, MAX_PAYLOAD):
+            p = view[i:i + MAX_PAYLOAD]
+            parts.append(seal(n.to_bytes(NONCE_SIZE, "little"), len(p).to_bytes(2, "big"), None))
+            parts.append(seal((n + 1).to_bytes(NONCE_SIZE, "little"), p, None))
+            n += 2
+        self._counter = n
+        return b"".join(parts)
+
+
+class Opener:
+    """One direction's decryption: feed it ciphertext as it comes, get back the payload of every whole chunk."""
+
+    __slots__ = ("_aead", "_buf", "_counter", "_length", "chunks", "failure")
+
+    def __init__(self, aead: AEAD) -> None:
+        self._aead = aead
+        self._counter = 0
+        self._buf = bytearray()  # the start of a frame (length or payload) that a read cut off
+        self._length = -1  # payload length of the chunk under way, once its length frame is opened
+        self.chunks = 0  # chunks opened so far
+        # A bad chunk after good ones in the same feed: the good payload is handed out
+        # first, and this is raised by the next feed.
+        self.failure: AuthError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received of a chunk that is not whole yet."""
+        return len(self._buf) + (LEN_FRAME if self._length >= 0 else 0)
+
+    def feed(self, data: bytes) -> bytes:
+        """Payload of the whole chunks now received; AuthError on a bad chunk (the stream is then unusable)."""
+        if self.failure is not None:
+            raise self.failure
+        out: list[bytes] = []
+        try:
+            self._feed(data, out)
+        except AuthError as e:
+            if not out:
+                raise
+            self.failure = e
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _feed(self, data: bytes, out: list[bytes]) -> None:
+        pos = 0
+        if self._buf:
+            # Complete the cut-off frame with just the bytes it lacks, so the rest of
+            # `data` is opened where it lies instead of being copied behind it.
+            frame = LEN_FRAME if self._length < 0 else self._length + TAG_SIZE
+            pos = frame - len(self._buf)
+            self._buf += data[:pos]
+            if len(self._buf) < frame:
+                return
+            with memoryview(self._buf) as view:
+                self._open(view, 0, frame, out)
+            self._buf.clear()
+        with memoryview(data) as view:
+            pos = self._open(view, pos, len(data), out)
+        if pos < len(data):
+            self._buf += data[pos:]
+
+    def _open(self, view: memoryview, pos: int, end: int, out: list[bytes]) -> int:
+        """Open the frames in view[pos:end]; returns where the first incomplete one starts."""
+        opened = self._aead.decrypt
+        n = self._counter
+        length = self._length
+        try:
+            while True:
+                if length < 0:
+                    if end - pos < LEN_FRAME:
+                        break
+                    length = int.from_bytes(opened(n.to_bytes(NONCE_SIZE, "little"),
+                                                   view[pos:pos + LEN_FRAME], None), "big")
+                    n += 1
+                    pos += LEN_FRAME
+                    if not 0 < length <= MAX_PAYLOAD:
+                        raise AuthError(f"chunk length {length} out of range (1 to {MAX_PAYLOAD})")
+                if end - pos < length + TAG_SIZE:
+                    break
+                out.append(opened(n.to_bytes(NONCE_SIZE, "little"), view[pos:pos + length + TAG_SIZE], None))
+                n += 1
+                pos += length + TAG_SIZE
+                length = -1
+                self.chunks += 1
+        except InvalidTag:
+            raise AuthError(f"chunk {self.chunks} failed authentication") from None
+        finally:
+            self._counter, self._length = n, length
+        return pos
+
+
+# -- the node ----------------------------------------------------------------------------------
+
+def _b64decode(text: str) -> str:
+    """Standard or URL-safe base64, padded or not, to text."""
+    s = text.strip().replace("-", "+").replace("_", "/")
+    s += "=" * (-len(s) % 4)
+    try:
+        return base64.b64decode(s, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("not valid base64") from None
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"bad server address {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"server address {text!r} has no port")
+    if not host or any(c in host for c in " \t/@?#"):
+        raise ValueError(f"bad server host {host!r}")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"bad server host {host!r}") from None
+    if not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
+        raise ValueError(f"bad server port {port_text!r}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class SsNode:
+    """A shadowsocks server: where it is, and its cipher and password."""
+
+    name: str
+    host: str
+    port: int
+    method: str
+    password: str
+
+    def link(self) -> str:
+        """The SIP002 share link: ss://base64url(method:password)@host:port#name."""
+        userinfo = base64.urlsafe_b64encode(f"{self.method}:{self.password}".encode()).decode().rstrip("=")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ss://{userinfo}@{host}:{self.port}#{quote(self.name, safe='')}"
+
+    def dialer(self, via: Dialer, frame_timeout: float = 30.0, answer_timeout: float | None = None) -> SsDialer:
+        """A Dialer through this node, its connections to the server made through `via` (see SsDialer)."""
+        return SsDialer(self, via, frame_timeout, answer_timeout)
+
+
+def parse_link(link: str, name: str = "") -> SsNode:
+    """The node of an `ss://` link: SIP002, or the older all-base64 form. `name` wins over the link's #tag."""
+    text = link.strip()
+    scheme, sep, body = text.partition("://")
+    if not sep or scheme.lower() != "ss":
+        raise ValueError("not an ss:// link")
+    body, _, tag = body.partition("#")
+    body, _, query = body.partition("?")
+    params = parse_qs(query, keep_blank_values=True)
+    plugin = next((v for v in params.get("plugin", []) if v), None)
+    if plugin is not None:
+        raise ValueError(f"plugin {plugin.split(';')[0]!r}: SIP003 plugins are not supported")
+    body = body.rstrip("/")
+    if "@" in body:  # SIP002: userinfo@host:port, userinfo base64url or percent-encoded method:password
+        userinfo, _, hostport = body.rpartition("@")
+        userinfo = unquote(userinfo)
+        if ":" not in userinfo:
+            userinfo = _b64decode(userinfo)
+    else:  # the older form: base64(method:password@host:port)
+        userinfo, at, hostport = _b64decode(body).rpartition("@")
+        if not at:
+            raise ValueError("no server address (expected method:password@host:port)")
+    method, colon, password = userinfo.partition(":")
+    if not colon:
+        raise ValueError("credentials are not method:password")
+    if not password:
+        raise ValueError("empty password")
+    host, port = _host_port(hostport)
+    m = method_of(method)
+    return SsNode(name=name or unquote(tag) or f"{host}:{port}", host=host, port=port, method=m.name,
+                  password=password)
+
+
+# -- streams -------------------------------------------------------------------------------------
+
+class SsStream:
+    """A TCP connection to a destination through a shadowsocks server.
+
+    The target address goes out in the first chunk together with the first
+    write's bytes; a read before any write (a server-first protocol) sends
+    it on its own first. Errors in what the server sends (authentication,
+    framing, a stall inside a chunk, an end before anything came) raise
+    DialError with the reason, and again on every later read.
+
+    `frame_timeout` bounds a wait inside a salt or chunk the server has
+    started; `answer_timeout` (None: no bound) the wait for the server's first
+    byte after ours went out. ss-server keeps a connection it cannot decrypt
+    (a wrong password or method) open and silent, so without the latter such
+    a connection hangs until the caller gives up.
+    """
+
+    raw = None
+
+    def __init__(self, inner: Stream, method: Method, key: bytes, header: bytes, where: str,
+                 frame_timeout: float = 30.0, answer_timeout: float | None = None) -> None:
+        self.inner = inner
+        self.method = method
+        self.key = key
+        self.where = where
+        self.frame_timeout = frame_timeout
+        self.answer_timeout = answer_timeout
+        self._sent_at = 0.0
+        salt = os.urandom(method.salt_size)
+        self._sealer = Sealer(method.aead(subkey(key, salt)))
+        self._first: bytes | None = salt  # the salt, sent before the first chunk
+        self._header: bytes | None = header
+        self._opener: Opener | None = None
+        self._salt = b""
+        self._plain = b""  # opened but not yet read
+        self._received = 0
+        self._error: DialError | None = None
+        self._eof = False
+        self._wlock = asyncio.Lock()
+
+    def _seal(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """Seal data, with the salt and the target address in front if they have not gone yet."""
+        if self._header is not None:
+            data = self._header + data
+            self._header = None
+        sealed = self._sealer.seal(data)
+        if self._first is not None:
+            sealed = self._first + sealed
+            self._first = None
+            self._sent_at = time.monotonic()
+        return sealed
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send data (cut into chunks of at most 0x3FFF bytes)."""
+        if not data and self._header is None:
+            return
+        async with self._wlock:
+            await self.inner.write(self._seal(data))
+
+    async def write_eof(self) -> None:
+        """Half-close towards the server (after the target address, if nothing was written).
+
+        The protocol carries it as TCP's own FIN. ss-server (libev) does not keep
+        a half-open connection: it ends both directions there, dropping answers
+        still on their way; shadowsocks-rust and v2ray keep the other direction.
+        """
+        async with self._wlock:
+            if self._header is not None:
+                await self.inner.write(self._seal(b""))
+        await self.inner.write_eof()
+
+    def _fail(self, reason: str) -> DialError:
+        self._error = DialError(f"shadowsocks {self.where}: {reason}")
+        return self._error
+
+    async def _read_inner(self, n: int) -> bytes:
+        # Inside a salt or a chunk the server owes us the rest: a stall there is an error.
+        if self._salt or (self._opener is not None and self._opener.pending):
+            try:
+                async with asyncio.timeout(self.frame_timeout):
+                    return await self.inner.read(n)
+            except TimeoutError:
+                raise self._fail(f"server stalled for {self.frame_timeout:g}s in the middle of a chunk") from None
+        if self._opener is None and self.answer_timeout is not None:
+            try:
+                async with asyncio.timeout(self._sent_at + self.answer_timeout - time.monotonic()):
+                    return await self.inner.read(n)
+            except TimeoutError:
+                raise self._fail(f"no answer within {self.answer_timeout:g}s: wrong password or method? "
+                                 "(a shadowsocks server keeps a connection it cannot decrypt open and silent)"
+                                 ) from None
+        return await self.inner.read(n)
+
+    async def read(self, n: int) -> bytes:
+        """Up to n bytes from the destination; b"" at its end."""
+        if self._error is not None:
+            raise self._error
+        if self._plain:
+            out, self._plain = self._plain[:n], self._plain[n:]
+            return out
+        if self._opener is not None and self._opener.failure is not None:
+            raise self._auth_failed(self._opener.failure)
+        if self._header is not None:
+            async with self._wlock:
+                if self._header is not None:
+                    await self.inner.write(self._seal(b""))
+        while not self._eof:
+            try:
+                data = await self._read_inner(max(n, MIN_READ))
+            except OSError as e:
+                if self._received:
+                    raise
+                raise self._fail(f"server reset the connection before answering ({e.strerror or e}): "
+                                 "wrong password or method, or the destination unreachable") from None
+            if not data:
+                self._eof = True
+                return self._at_eof()
+            self._received += len(data)
+            if self._opener is None:
+                self._salt += data
+                if len(self._salt) < self.method.salt_size:
+                    continue
+                data = self._salt[self.method.salt_size:]
+                self._opener = Opener(self.method.aead(subkey(self.key, self._salt[:self.method.salt_size])))
+                self._salt = b""
+            try:
+                plain = self._opener.feed(data)
+            except AuthError as e:
+                raise self._auth_failed(e) from None
+            if plain:
+                if len(plain) > n:
+                    plain, self._plain = plain[:n], plain[n:]
+                return plain
+        return b""
+
+    def _auth_failed(self, e: AuthError) -> DialError:
+        first = self._opener is not None and self._opener.chunks == 0
+        return self._fail(f"{e}" + (" (wrong password or method?)" if first else " (tampered?)"))
+
+    def _at_eof(self) -> bytes:
+        if self._opener is None:
+            if self._received:
+                raise self._fail(f"closed after {self._received} bytes of a {self.method.salt_size}-byte salt")
+            raise self._fail("server closed the connection without answering: wrong password or method, "
+                             "or the destination refused or could not be reached")
+        if self._opener.pending:
+            raise self._fail(f"closed in the middle of a chunk ({self._opener.pending} bytes of it came)")
+        return b""
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- datagrams -----------------------------------------------------------------------------------
+
+def seal_packet(method: Method, key: bytes, host: str, port: int, data: bytes, salt: bytes | None = None) -> bytes:
+    """One UDP packet: salt + AEAD(address + data), zero nonce, under the salt's own subkey."""
+    salt = os.urandom(method.salt_size) if salt is None else salt
+    return salt + method.aead(subkey(key, salt)).encrypt(ZERO_NONCE, encode_address(host, port) + data, None)
+
+
+def open_packet(method: Method, key: bytes, packet: bytes) -> tuple[bytes, str, int]:
+    """(data, source host, source port) of a UDP packet from the server; AuthError when it is not good."""
+    size = method.salt_size
+    if len(packet) < size + TAG_SIZE + 1:
+        raise AuthError(f"packet of {len(packet)} bytes is too short")
+    try:
+        plain = method.aead(subkey(key, packet[:size])).decrypt(ZERO_NONCE, memoryview(packet)[size:], None)
+    except InvalidTag:
+        raise AuthError("packet failed authentication") from None
+    try:
+        host, port, end = decode_address(plain)
+    except ValueError as e:
+        raise AuthError(f"packet address: {e}") from None
+    return plain[end:], host, port
+
+
+@dataclass
+class SsDatagrams:
+    """UDP through a shadowsocks server, over one UDP socket to it.
+
+    Packets from the server that fail authentication or are malformed are
+    dropped and counted (`dropped`, `last_drop`), never raised; an ICMP
+    error from the server raises DialError.
+    """
+
+    sock: socket.socket
+    method: Method
+    key: bytes
+    where: str
+    dropped: int = 0
+    last_drop: str = ""
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+
+    async def send(self, data: bytes, host: str, port: int) -> None:
+        """Send `data` to host:port."""
+        try:
+            packet = seal_packet(self.method, self.key, host, port, data)
+        except ValueError as e:
+            raise DialError(f"shadowsocks {self.where}: destination {host}:{port}: {e}") from None
+        try:
+            await self.loop.sock_sendall(self.sock, packet)
+        except OSError as e:
+            raise DialError(f"shadowsocks {self.where}: send: {e.strerror or e}") from None
+
+    async def recv(self) -> tuple[bytes, str, int]:
+        """The next good datagram and its source (the destination that answered)."""
+        while True:
+            try:
+                packet = await self.loop.sock_recv(self.sock, UDP_RECV)
+            except OSError as e:
+                raise DialError(f"shadowsocks {self.where}: {e.strerror or e} (no UDP relay there?)") from None
+            try:
+                return open_packet(self.method, self.key, packet)
+            except AuthError as e:
+                self.dropped += 1
+                self.last_drop = str(e)
+                log.debug("shadowsocks %s: UDP packet dropped: %s", self.where, e)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- the dialer -------------------------------------------------------------------------------------
+
+class SsDialer:
+    """Dials destinations through a shadowsocks node, reaching the server through `via`.
+
+    `frame_timeout` and `answer_timeout` go to every stream (see SsStream).
+    """
+
+    def __init__(self, node: SsNode, via: Dialer, frame_timeout: float = 30.0,
+                 answer_timeout: float | None = None) -> None:
+        self.node = node
+        self.via = via
+        self.name = node.name
+        self.frame_timeout = frame_timeout
+        self.answer_timeout = answer_timeout
+        self.method = method_of(node.method)
+        self.key = master_key(node.password, self.method.key_size)
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        self.where = f"{node.name} ({host}:{node.port})"
+
+    async def connect(self, host: str, port: int) -> SsStream:
+        """A stream to host:port (an address or a name the server resolves)."""
+        try:
+            header = encode_address(host, port)
+        except ValueError as e:
+            raise DialError(f"destination {host}:{port}: {e}") from None
+        try:
+            inner = await self.via.connect(self.node.host, self.node.port)
+        except DialError as e:
+            raise DialError(f"shadowsocks {self.where}: {e}") from None
+        return SsStream(inner, self.method, self.key, header, self.where, self.frame_timeout, self.answer_timeout)
+
+    async def datagrams(self) -> SsDatagrams:
+        """UDP through the server; needs `via` to be a direct dialer (a UDP socket of its own)."""
+        udp_socket = getattr(self.via, "udp_socket", None)
+        if udp_socket is None:
+            raise DialError(f"shadowsocks {self.where}: UDP through a chain ({self.via.name}) is not supported")
+        host = await _address_of(self.node.host, self.node.port)
+        try:
+            sock = udp_socket(host, self.node.port)
+        except OSError as e:
+            raise DialError(f"shadowsocks {self.where}: {e.strerror or e}") from None
+        return SsDatagrams(sock, self.method, self.key, self.where)
+
+
+async def _address_of(host: str, port: int) -> str:
+    """An IP literal for host (looked up off the loop when it is a name)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise DialError(f"{host}: {e.strerror}") from None
+    return str(infos[0][4][0])
