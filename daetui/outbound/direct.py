@@ -7,6 +7,7 @@ steered too, daetui's traffic is never caught a second time.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ class DirectDialer:
         except TimeoutError:
             raise DialError(f"connect to {host}:{port}: no answer in {self.connect_timeout:g}s") from None
         except OSError as e:
-            raise DialError(f"connect to {host}:{port}: {e.strerror or e}") from None
+            # uvloop words some errors as "Connect call failed": the errno says what happened.
+            raise DialError(f"connect to {host}:{port}: {os.strerror(e.errno) if e.errno else e}") from None
 
 
 def _is_address(host: str) -> bool:

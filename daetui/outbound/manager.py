@@ -20,7 +20,7 @@ from daetui.config.model import Config, GroupSpec
 from daetui.outbound.base import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
-from daetui.outbound.health import tcp_check, udp_check
+from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
 from daetui.outbound.links import LinkError, parse_link
 from daetui.outbound.state import GroupState, NodeState
 
@@ -38,6 +38,7 @@ class Outbounds:
         self._specs: dict[str, GroupSpec] = {}
         self._dialers: dict[str, Dialer] = {}
         self._checker: asyncio.Task[None] | None = None
+        self._checks: dict[str, asyncio.Task[None]] = {}
         self.config = config
         self.configure(config)
 
@@ -111,19 +112,29 @@ class Outbounds:
         return list(dict.fromkeys(m for g in self.groups.values() for m, _ in g.members))
 
     async def check_node(self, node: str) -> None:
-        """Check one node now, both families, TCP (liveness) and UDP (recorded in the log)."""
-        url, method, dns_check, _ = self._settings(node)
+        """Check one node now: TCP over both families (liveness), then UDP (its latency is logged).
+
+        Each check gets at most check_interval (and 5 s), so a dead node is seen within one interval.
+        """
+        url, method, dns_check, interval = self._settings(node)
+        timeout = min(CHECK_TIMEOUT, max(interval, 0.5))
         dialer = self._dialer_of(node)
         h = self.health[node]
-        for family in (4, 6):
+
+        async def tcp(family: int) -> None:
             try:
-                latency = await tcp_check(dialer, url, family, method)
-                h.families[family].record(latency)
+                h.families[family].record(await tcp_check(dialer, url, family, method, timeout))
             except (DialError, OSError, TimeoutError) as e:
                 h.families[family].record(None, str(e) or type(e).__name__)
                 log.info("node %s: IPv%d check failed: %s", node, family, str(e) or type(e).__name__)
+
+        async def udp(family: int) -> None:
             with contextlib.suppress(DialError, OSError, TimeoutError):
-                await udp_check(dialer, dns_check, family)
+                latency = await udp_check(dialer, dns_check, family, timeout)
+                log.debug("node %s: IPv%d UDP check %.1f ms", node, family, latency * 1000)
+
+        await asyncio.gather(tcp(4), tcp(6))
+        await asyncio.gather(udp(4), udp(6))
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check_node(n) for n in self.checked_nodes()), return_exceptions=True)
@@ -132,28 +143,31 @@ class Outbounds:
         self._checker = asyncio.get_running_loop().create_task(self._check_loop())
 
     async def stop(self) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
+        tasks = [t for t in (self._checker, *self._checks.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _check_loop(self) -> None:
+        """Every node in a group, every check_interval; one node's slow check never holds up another's."""
         last: dict[str, float] = {}
         while True:
             now = time.monotonic()
-            due = [n for n in self.checked_nodes() if now - last.get(n, -1e9) >= self._settings(n)[3]]
-            for n in due:
-                last[n] = now
-            if due:
-                await asyncio.gather(*(self.check_node(n) for n in due), return_exceptions=True)
-            await asyncio.sleep(0.5)
+            for n in self.checked_nodes():
+                running = self._checks.get(n)
+                if (running is None or running.done()) and now - last.get(n, -1e9) >= self._settings(n)[3]:
+                    last[n] = now
+                    self._checks[n] = asyncio.get_running_loop().create_task(self.check_node(n))
+            await asyncio.sleep(0.25)
 
     # -- the console -------------------------------------------------------------------------
     def state(self) -> tuple[tuple[GroupState, ...], tuple[NodeState, ...]]:
+        def chosen(g: Group, family: int) -> str | None:
+            # What the next flow gets (random has no one answer).
+            return None if g.policy == "random" else g.select(self.health, family)
+
         groups = tuple(GroupState(g.name, self._specs[g.name].policy, tuple(m for m, _ in g.members),
-                                  g._current.get(4) if g.policy != "fixed" else g.select(self.health, 4),
-                                  g._current.get(6) if g.policy != "fixed" else g.select(self.health, 6),
-                                  g.pinned) for g in self.groups.values())
+                                  chosen(g, 4), chosen(g, 6), g.pinned) for g in self.groups.values())
         nodes = []
         for name, node in self.nodes.items():
             h = self.health[name]
