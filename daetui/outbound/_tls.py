@@ -107,7 +107,7 @@ class TlsStream:
             raise DialError(f"TLS handshake: no answer in {timeout:g}s") from None
         except ssl.SSLCertVerificationError as e:
             raise DialError(f"TLS handshake: certificate not accepted: {e.verify_message}") from None
-        except ssl.SSLEOFError:
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
             raise DialError("TLS handshake: the server closed the connection") from None
         except ssl.SSLError as e:
             raise DialError(f"TLS handshake: {e.reason or e}") from None

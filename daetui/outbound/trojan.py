@@ -142,6 +142,9 @@ class TrojanDialer:
         try:
             # One write: trojan-gfw parses the request from the first record it reads.
             await tls.write(request(node.password, command, host, port))
+        except OSError as e:
+            tls.close()
+            raise DialError(f"trojan: sending the request: {e.strerror or e}") from None
         except BaseException:
             tls.close()
             raise

@@ -120,7 +120,7 @@ async def read_response(reader: Buffered) -> None:
     """Read and check the server's response header; DialError if it is not one."""
     try:
         head = await reader.read_exactly(2, "the vless response header")
-    except DialError:
+    except (DialError, ConnectionError):  # closed or reset
         raise DialError("vless: the server closed without a response (wrong id, not a vless server, "
                         "or the destination closed at once)") from None
     if head[0] != VERSION:
@@ -198,6 +198,9 @@ class VlessDialer:
             stream = await start_tls(stream, self.ctx, server_name(node.host, node.sni), self.handshake_timeout)
         try:
             await stream.write(request(node.uuid, command, host, port))
+        except OSError as e:
+            stream.close()
+            raise DialError(f"vless: sending the request: {e.strerror or e}") from None
         except BaseException:
             stream.close()
             raise

@@ -279,7 +279,7 @@ async def read_response(reader: Buffered, req: Request) -> None:
     key, iv = req.response_key, req.response_iv
     try:
         sealed_len = await reader.read_exactly(2 + TAG, "the vmess response header")
-    except DialError:
+    except (DialError, ConnectionError):  # closed or reset
         raise DialError("vmess: the server closed without a response (wrong id or clock, not a vmess server, "
                         "or the destination closed at once)") from None
     (length,) = struct.unpack("!H", _open_gcm(kdf(key, RESP_LEN_KEY)[:16], kdf(iv, RESP_LEN_IV)[:12],
@@ -544,6 +544,9 @@ class VmessDialer:
         req = Request.new(node.security_id, command, host, port)
         try:
             await stream.write(seal_header(self.key, req.header(os.urandom(os.urandom(1)[0] % 16))))
+        except OSError as e:
+            stream.close()
+            raise DialError(f"vmess: sending the request: {e.strerror or e}") from None
         except BaseException:
             stream.close()
             raise
