@@ -88,6 +88,17 @@
 #define FLOW_ASSIGNED 4    /* handed to the control plane at least once */
 #define FLOW_FAIL_OPEN 8   /* wanted the control plane, found no listener, passed */
 #define FLOW_MUST 16       /* a must_* outbound or must_rules matched: DNS is not hijacked */
+#define FLOW_GROUP_DEAD 32 /* its group had no live node: dropped or passed direct, as configured */
+
+/* group_health values (per generation and group): which families have no
+ * live node, and what to do with a new flow then. Written by the control
+ * plane from its health checks. */
+#define GROUP_DEAD4 1
+#define GROUP_DEAD6 2
+#define GROUP_ACTION_MASK 0x30
+#define GROUP_DEAD_REJECT 0x00   /* hand it over anyway: the control plane resets it, saying why */
+#define GROUP_DEAD_DROP 0x10
+#define GROUP_DEAD_DIRECT 0x20
 
 /* Keys of the listeners sockmap. */
 #define LISTENER_TCP4 0
@@ -120,7 +131,8 @@
 #define CNT_EGRESS_PACKETS 15
 #define CNT_UNDECIDED 16      /* flows whose rules need a name the kernel does not know */
 #define CNT_DNS_HIJACKED 17   /* new DNS flows (port 53) handed to the DNS controller */
-#define N_COUNTERS 18
+#define CNT_GROUP_DEAD 18     /* new flows whose group had no live node */
+#define N_COUNTERS 19
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL
@@ -258,6 +270,7 @@ BPF_PERCPU_HASH(if_stats, __u32, struct if_stat, MAX_INTERFACES);
 BPF_PERCPU_ARRAY(scratch, struct route_state, 1);
 BPF_TABLE("lru_hash", struct ip_key, struct domain_entry, domain_routing, MAX_DOMAIN_IPS);
 BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
+BPF_ARRAY(group_health, __u8, GENERATIONS * MAX_GROUPS);
 BPF_PROG_ARRAY(route_progs, 1);
 
 #endif /* DAETUI_H */

@@ -258,6 +258,19 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
      * must_* rule matched or the rule blocks it (dae's hijack). */
     if (s->key.dport == DNS_PORT && !(must || s->must) && outbound != OUTBOUND_BLOCK)
         outbound = OUTBOUND_DNS;
+    __u8 group_dead = 0;
+    if (outbound >= OUTBOUND_FIRST_GROUP && outbound < OUTBOUND_FIRST_GROUP + MAX_GROUPS) {
+        __u32 gk = (__u32)s->gen * MAX_GROUPS + (outbound - OUTBOUND_FIRST_GROUP);
+        __u8 *gh = group_health.lookup(&gk);
+        if (gh && (*gh & (s->ipversion == 4 ? GROUP_DEAD4 : GROUP_DEAD6))) {
+            group_dead = 1;
+            __u8 action = *gh & GROUP_ACTION_MASK;
+            if (action == GROUP_DEAD_DIRECT)
+                outbound = OUTBOUND_DIRECT;
+            else if (action == GROUP_DEAD_DROP)
+                outbound = OUTBOUND_BLOCK;
+        }
+    }
     __u64 now = bpf_ktime_get_ns();
     struct flow f = {};
     f.first_seen_ns = now;
@@ -275,6 +288,10 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         f.flags |= FLOW_MUST;
     if (outbound >= OUTBOUND_FIRST_GROUP)
         f.flags |= FLOW_ASSIGNED;
+    if (group_dead) {
+        f.flags |= FLOW_GROUP_DEAD;
+        count(CNT_GROUP_DEAD);
+    }
     routing_tuples.update(&s->key, &f);
 
     __u32 ri = rule_index == RULE_FALLBACK ? MAX_RULES : rule_index;

@@ -32,6 +32,7 @@ class GlobalConfig:
     disable_waiting_network: bool = False
     fallback_resolver: str = "8.8.8.8:53"
     udp_timeout: float = 30.0
+    dead_group: str = "reject"
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ GLOBAL: dict[str, KeySpec] = {
     "allow_insecure": KeySpec("bool", False, "accept invalid TLS certificates of nodes"),
     "disable_waiting_network": KeySpec("bool", False, "do not wait for the network before fetching subscriptions"),
     "fallback_resolver": KeySpec("str", "8.8.8.8:53", "resolver for the names of nodes and subscriptions"),
+    "dead_group": KeySpec("str", "reject", "a group with no live node: reject (reset by daetui), drop, or direct",
+                          _one_of(("reject", "drop", "direct"))),
     "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)", _nonneg),
 }
 

@@ -94,6 +94,8 @@ class ControlPlane:
         self.dataplane: Dataplane | None = Dataplane(run.state) if kernel else None
         self.dialer = DirectDialer(mark=config.global_.so_mark_from_dae)
         self.outbounds = Outbounds(config, self.dialer)
+        self.outbounds.on_health = self._write_group_health
+        self._group_health_written: dict[tuple[int, int], int] = {}
         self.ruleset: RuleSet = config.routing
         self._rulesets: dict[int, RuleSet] = {0: config.routing, 1: config.routing}
         self.listeners: Listeners | None = None
@@ -662,6 +664,28 @@ class ControlPlane:
         dp.program.set_domain_bits(ip, bits)
         self._bits_written[ip] = bits
 
+    def _write_group_health(self, gens: list[int] | None = None, dead_group: str | None = None) -> None:
+        """Tell the kernel which groups have no live node (per family), and what to do then."""
+        dp = self.dataplane
+        if dp is None or dp.program is None:
+            return
+        dead_group = dead_group or self.config.global_.dead_group
+        action = {"reject": ABI.GROUP_DEAD_REJECT, "drop": ABI.GROUP_DEAD_DROP,
+                  "direct": ABI.GROUP_DEAD_DIRECT}[dead_group]
+        for gen in gens if gens is not None else list(self._kernel_rules):
+            rs = self._rulesets.get(gen, self.ruleset)
+            for i, group in enumerate(rs.groups[:ABI.MAX_GROUPS]):
+                dead = self.outbounds.dead_families(group)
+                value = (ABI.GROUP_DEAD4 if 4 in dead else 0) | (ABI.GROUP_DEAD6 if 6 in dead else 0)
+                value |= action if value else 0
+                if self._group_health_written.get((gen, i)) != value:
+                    dp.program.set_group_health(gen, i, value)
+                    self._group_health_written[(gen, i)] = value
+                    if value:
+                        log.warning("group %s has no live node over IPv%s: new flows %s", group,
+                                    "/".join(str(f) for f in sorted(dead)),
+                                    {"reject": "are reset", "drop": "are dropped", "direct": "go direct"}[dead_group])
+
     def _forget_kernel_name(self, ip: Any) -> None:
         self._bits_written.pop(ip, None)
         if self.dataplane is not None and self.dataplane.program is not None:
@@ -737,11 +761,16 @@ class ControlPlane:
                     self._hits_carry[e.id] = self._with_carry(e.id, carry.get(e.index, (0, None)))
 
                 def recompute(gen: int, kr: KernelRules) -> None:
-                    # Every known name's bits for the new generation, before packets see it.
+                    # Every known name's bits, and the groups' health, for the new generation before packets see it.
                     self._kernel_rules[gen] = kr
+                    self._rulesets[gen] = new.routing
                     for ip in self.names.addresses():
                         self._write_bits(ip)
+                    for key in [k for k in self._group_health_written if k[0] == gen]:
+                        del self._group_health_written[key]
+                    self._write_group_health([gen], new.global_.dead_group)
 
+                self.outbounds.configure(new)  # the new generation's groups, before their health is written
                 gen = await loop.run_in_executor(
                     self._netlink, lambda: dp.load_rules(new.routing, compiled=compiled, before_flip=recompute))
                 self._rulesets[gen] = new.routing
@@ -752,7 +781,8 @@ class ControlPlane:
             self.dns.mark = new.global_.so_mark_from_dae
             self.dns.bootstrap_resolver = new.global_.fallback_resolver
             self.dns.configure(new.dns)
-            self.outbounds.configure(new)
+            if dp is None or dp.program is None:
+                self.outbounds.configure(new)
             if new.dns.bind != old.dns.bind:
                 self._bind_dns(new.dns.bind)
             await self._rebind(old.global_.lan_interface, new.global_.lan_interface)

@@ -187,6 +187,10 @@ class KernelProgram:
             out.append((addr, self._unpack_bits(v)))
         return out
 
+    def set_group_health(self, gen: int, index: int, value: int) -> None:
+        """group_health[gen][index]: GROUP_DEAD4/6 bits and the GROUP_DEAD_* action."""
+        self.bpf[b"group_health"][ct.c_int(gen * ABI.MAX_GROUPS + index)] = ct.c_uint8(value)
+
     def activate(self, gen: int) -> None:
         """Flip to generation `gen`: one write, so a packet sees one whole generation."""
         p = self.params[ct.c_int(0)]

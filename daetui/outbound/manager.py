@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from daetui.config.model import Config, GroupSpec
@@ -39,6 +40,7 @@ class Outbounds:
         self._dialers: dict[str, Dialer] = {}
         self._checker: asyncio.Task[None] | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self.on_health: Callable[[], None] | None = None   # told after checks: group liveness may have changed
         self.config = config
         self.configure(config)
 
@@ -90,6 +92,18 @@ class Outbounds:
         if h is not None:
             h.families[family].record(None, error)
             log.info("node %s: IPv%d dial failed: %s", node, family, error)
+            self._changed()
+
+    def dead_families(self, group: str) -> set[int]:
+        """The IP families over which `group` has nodes but none alive (a group of no node is never dead)."""
+        g = self.groups.get(group)
+        if g is None or not g.members:
+            return set()
+        return {f for f in (4, 6) if not any(self.health[m].alive(f) for m, _ in g.members if m in self.health)}
+
+    def _changed(self) -> None:
+        if self.on_health is not None:
+            self.on_health()
 
     def pin(self, group: str, node: str | None) -> None:
         """Make a group use `node` while it is alive (None: the policy again)."""
@@ -134,6 +148,7 @@ class Outbounds:
                 log.debug("node %s: IPv%d UDP check %.1f ms", node, family, latency * 1000)
 
         await asyncio.gather(tcp(4), tcp(6))
+        self._changed()
         await asyncio.gather(udp(4), udp(6))
 
     async def check_all(self) -> None:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, plane_in_lab, snapshot, udp_exchange, wait_for
+from helpers import http_get, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
 
+from daetui.bpfabi import ABI
 from daetui.config.load import parse_config
 from daetui.lab.netns import netns
 from daetui.lab.proxypeers_socks_http import Danted
@@ -187,3 +188,24 @@ def test_pinning_and_no_live_node(lab, nodes, tmp_path: Path):
             http_get(lab, ADDR.hosts4[0], "/", timeout=3)  # fast (:1099) refuses: the client is reset
         failed = [c for c in snapshot(runner).connections if c.node == "fast" and c.error]
         assert failed and "refused" in failed[-1].error.lower()
+
+
+def test_a_group_with_no_live_node_goes_direct_or_is_dropped_in_the_kernel(lab, tmp_path: Path):
+    dead = CONFIG.replace("POLICY", "min").replace(f"socks5://{PROXY4}:{FAST_PORT}", f"socks5://{PROXY4}:1099")
+    dead = dead.replace(f'slow = "socks5://{PROXY4}:{SLOW_PORT}"\n', "")
+    cfg = dead.replace('dial_mode = "ip"', 'dial_mode = "ip"\ndead_group = "direct"')
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        plane = runner.plane
+        wait_for(lambda: {n.name: n for n in snapshot(runner).nodes}["fast"].latencies4 or None, timeout=10)
+        # direct: the kernel passes the flow on itself; the server sees the LAN client.
+        assert http_get(lab, ADDR.hosts4[0], "/whoami").strip() == ADDR.client4.encode()
+        flows = runner.call(lambda: plane.dataplane.program.flows())
+        f = next(f for f in flows if str(f.key.dst) == ADDR.hosts4[0] and f.key.dport == 80)
+        assert f.outbound == ABI.OUTBOUND_DIRECT and f.flags & ABI.FLOW_GROUP_DEAD and f.rule_index == 0
+        assert snapshot(runner).counters["GROUP_DEAD"] >= 1
+        # drop: a reload says so, and the kernel drops the SYN.
+        result = runner.submit(plane.reload(parse_config(dead.replace('dial_mode = "ip"',
+                                                                      'dial_mode = "ip"\ndead_group = "drop"'),
+                                                         "t.toml"))).result(60)
+        assert result.ok, result.message
+        assert tcp_connect_fails(lab, ADDR.hosts4[0], timeout=1.5)
