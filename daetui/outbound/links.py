@@ -6,11 +6,16 @@ node`, where a node is a frozen dataclass with `name`, `host`, `port`,
 destinations through this node, its own connection made through `via`).
 This table says which module reads which scheme; modules are imported only
 when a link of theirs is met.
+
+A chain is written as dae writes it, `link1 -> link2`: the first hop is the
+one dialled from the router, each next hop is reached through the one
+before, and the last one reaches the destination.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 MODULES = {
@@ -32,8 +37,36 @@ def scheme_of(link: str) -> str:
     return link.split("://", 1)[0].lower() if "://" in link else ""
 
 
+@dataclass(frozen=True)
+class ChainNode:
+    """Nodes dialled one through the other: `hops[0]` from the router, the last to the destination."""
+
+    name: str
+    hops: tuple[Any, ...]
+
+    @property
+    def host(self) -> str:
+        return str(self.hops[0].host)
+
+    @property
+    def port(self) -> int:
+        return int(self.hops[0].port)
+
+    def link(self) -> str:
+        return " -> ".join(h.link() for h in self.hops)
+
+    def dialer(self, via: Any) -> Any:
+        d = via
+        for h in self.hops:
+            d = h.dialer(d)
+        return d
+
+
 def parse_link(link: str, name: str = "") -> Any:
-    """The node a share link describes; LinkError says what is wrong with it."""
+    """The node a share link (or a chain `a -> b`) describes; LinkError says what is wrong with it."""
+    if " -> " in link:
+        hops = tuple(parse_link(part.strip(), f"{name}#{i + 1}") for i, part in enumerate(link.split(" -> ")))
+        return ChainNode(name or hops[-1].name, hops)
     scheme = scheme_of(link)
     module = MODULES.get(scheme)
     if module is None:

@@ -209,3 +209,23 @@ def test_a_group_with_no_live_node_goes_direct_or_is_dropped_in_the_kernel(lab, 
                                                          "t.toml"))).result(60)
         assert result.ok, result.message
         assert tcp_connect_fails(lab, ADDR.hosts4[0], timeout=1.5)
+
+
+def test_a_chain_goes_through_each_hop_in_dae_order(lab, nodes, tmp_path: Path):
+    # fast (danted :1082) first, then the relay in front of the other danted (:1090): both must be up.
+    chain = f"socks5://{PROXY4}:{FAST_PORT} -> socks5://{PROXY4}:{SLOW_PORT}"
+    cfg = CONFIG.replace("POLICY", "fixed(0)").replace(f'fast = "socks5://{PROXY4}:{FAST_PORT}"',
+                                                       f'chain = "{chain}"')
+    cfg = cfg.replace(f'slow = "socks5://{PROXY4}:{SLOW_PORT}"\n', "")
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        assert [n.name for n in snapshot(runner).nodes] == ["chain"]
+        # Its check goes through both hops: the second one's relay adds its 150 ms.
+        node = wait_for(lambda: next((n for n in snapshot(runner).nodes if any(n.latencies4)), None), timeout=10)
+        assert min(x for x in node.latencies4 if x is not None) > DELAY * 0.8
+        assert http_get(lab, ADDR.hosts4[0], "/whoami").strip() == PROXY4.encode()
+        assert conn_to(runner, (ADDR.hosts4[0], 80)).node == "chain"
+        nodes.stop()  # the first hop: the chain cannot start
+        with pytest.raises((AssertionError, OSError)):
+            http_get(lab, ADDR.hosts4[0], "/", timeout=3)
+        failed = [c for c in snapshot(runner).connections if c.node == "chain" and c.error]
+        assert failed and f"{PROXY4}:{FAST_PORT}" in failed[-1].error
