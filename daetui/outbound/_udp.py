@@ -53,8 +53,15 @@ class PerDestination:
         self.protocol = protocol
         self.max_sessions = max_sessions
         self.sessions: OrderedDict[tuple[str, int], tuple[PacketSession, asyncio.Task[None]]] = OrderedDict()
-        self.queue: asyncio.Queue[tuple[bytes, str, int]] = asyncio.Queue(QUEUE_SIZE)
+        # Sessions being opened: datagrams sent meanwhile to the same destination wait for that one.
+        self.opening: dict[tuple[str, int], asyncio.Future[PacketSession]] = {}
+        # None wakes a waiting recv() when the association closes.
+        self.queue: asyncio.Queue[tuple[bytes, str, int] | None] = asyncio.Queue(QUEUE_SIZE)
         self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise DialError(f"{self.protocol}: UDP association closed")
 
     async def _pump(self, key: tuple[str, int], session: PacketSession) -> None:
         try:
@@ -71,37 +78,63 @@ class PerDestination:
                 del self.sessions[key]
             session.close()
 
+    async def _session(self, key: tuple[str, int]) -> PacketSession:
+        entry = self.sessions.get(key)
+        if entry is not None:
+            self.sessions.move_to_end(key)
+            return entry[0]
+        pending = self.opening.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[PacketSession] = asyncio.get_running_loop().create_future()
+        self.opening[key] = fut
+        try:
+            session = await self.opener(*key)
+        except Exception as e:
+            fut.set_exception(e)  # the same failure for the datagrams that waited
+            fut.exception()  # retrieved here: no warning when nobody waited
+            raise
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            del self.opening[key]
+        if self.closed:
+            session.close()
+            fut.cancel()
+            self._check_open()
+        while len(self.sessions) >= self.max_sessions:
+            _, (old, task) = self.sessions.popitem(last=False)
+            task.cancel()
+            old.close()
+        self.sessions[key] = (session, asyncio.ensure_future(self._pump(key, session)))
+        fut.set_result(session)
+        return session
+
     async def send(self, data: bytes, host: str, port: int) -> None:
         """Send to host:port, opening a session to it first if there is none."""
-        if self.closed:
-            raise DialError(f"{self.protocol}: UDP association closed")
-        key = (host, port)
-        entry = self.sessions.get(key)
-        if entry is None:
-            session = await self.opener(host, port)
-            if self.closed:
-                session.close()
-                raise DialError(f"{self.protocol}: UDP association closed")
-            while len(self.sessions) >= self.max_sessions:
-                _, (old, task) = self.sessions.popitem(last=False)
-                task.cancel()
-                old.close()
-            entry = (session, asyncio.ensure_future(self._pump(key, session)))
-            self.sessions[key] = entry
-        else:
-            self.sessions.move_to_end(key)
-        await entry[0].send(data)
+        self._check_open()
+        session = await self._session((host, port))
+        await session.send(data)
 
     async def recv(self) -> tuple[bytes, str, int]:
         """The next datagram from any destination, and which one."""
-        if self.closed:
+        self._check_open()
+        item = await self.queue.get()
+        if item is None:
+            self.queue.put_nowait(None)  # for any other waiter
             raise DialError(f"{self.protocol}: UDP association closed")
-        return await self.queue.get()
+        return item
 
     def close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
         for session, task in self.sessions.values():
             task.cancel()
             with contextlib.suppress(Exception):
                 session.close()
         self.sessions.clear()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound._address import parse_socks_address, socks_address, v2ray_address
 from daetui.outbound._buffered import Buffered
+from daetui.outbound._udp import PerDestination
 from daetui.outbound.base import DialError
 from daetui.outbound.links import LinkError, parse_link
 
@@ -502,3 +503,76 @@ def test_event_loop_free() -> None:
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
     assert parse_link(NODES[0].link()) == NODES[0]
+
+
+# -- UDP sessions per destination (vless, vmess) ---------------------------------------------------
+
+class EchoSession:
+    """A PacketSession whose server echoes every datagram, and can be made to end."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        self.queue.put_nowait(data)
+
+    async def recv(self) -> bytes:
+        data = await self.queue.get()
+        if data is None:
+            raise DialError("ended")
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_per_destination_sessions() -> None:
+    opened: list[tuple[str, int]] = []
+    sessions: list[EchoSession] = []
+
+    async def opener(host: str, port: int) -> EchoSession:
+        opened.append((host, port))
+        await asyncio.sleep(0.01)  # slow enough for the sends below to overlap
+        sessions.append(EchoSession())
+        return sessions[-1]
+
+    u = PerDestination(opener, "test", max_sessions=2)  # type: ignore[arg-type]
+    # Three datagrams to one new destination at once: one session.
+    await asyncio.gather(*(u.send(b"%d" % i, "a.test", 1) for i in range(3)))
+    assert opened == [("a.test", 1)]
+    assert sorted([await u.recv() for _ in range(3)]) == [(b"0", "a.test", 1), (b"1", "a.test", 1),
+                                                         (b"2", "a.test", 1)]
+    await u.send(b"b", "b.test", 2)
+    assert await u.recv() == (b"b", "b.test", 2)
+    # A third destination closes the least recently used session (a.test).
+    await u.send(b"c", "c.test", 3)
+    assert sessions[0].closed and not sessions[1].closed
+    assert await u.recv() == (b"c", "c.test", 3)
+    # A session that ends is dropped; the next datagram opens a new one.
+    sessions[1].queue.put_nowait(None)
+    await asyncio.sleep(0.01)
+    assert sessions[1].closed
+    await u.send(b"again", "b.test", 2)
+    assert opened[-1] == ("b.test", 2) and len(opened) == 4
+    assert await u.recv() == (b"again", "b.test", 2)
+    # close() wakes a waiting recv() with DialError and refuses sends.
+    waiter = asyncio.ensure_future(u.recv())
+    await asyncio.sleep(0)
+    u.close()
+    with pytest.raises(DialError, match="closed"):
+        await waiter
+    with pytest.raises(DialError, match="closed"):
+        await u.send(b"x", "a.test", 1)
+    assert all(s.closed for s in sessions)
+
+
+async def test_per_destination_open_failure() -> None:
+    async def opener(host: str, port: int) -> EchoSession:
+        await asyncio.sleep(0.01)
+        raise DialError("no server")
+
+    u = PerDestination(opener, "test")  # type: ignore[arg-type]
+    results = await asyncio.gather(u.send(b"1", "a.test", 1), u.send(b"2", "a.test", 1), return_exceptions=True)
+    assert [str(r) for r in results] == ["no server", "no server"]
+    assert not u.opening and not u.sessions
