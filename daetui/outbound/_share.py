@@ -61,6 +61,7 @@ def netloc(host: str, port: int) -> str:
 
 
 def fragment(name: str) -> str:
+    """`#name` for a link, percent-encoded; empty for no name."""
     return f"#{quote(name, safe='')}" if name else ""
 
 

@@ -146,6 +146,7 @@ def seal_header(key: bytes, header: bytes, *, timestamp: int | None = None, rand
 
 
 def fnv1a32(data: bytes) -> int:
+    """FNV-1a, 32 bits: the request header's checksum."""
     h = 0x811C9DC5
     for b in data:
         h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
@@ -167,6 +168,7 @@ class Request:
 
     @classmethod
     def new(cls, security: int, command: int, host: str, port: int) -> Request:
+        """A request with fresh random body key, IV and response check byte."""
         r = os.urandom(33)
         return cls(r[:16], r[16:32], r[32], security, command, host, port)
 
@@ -181,10 +183,12 @@ class Request:
 
     @property
     def response_key(self) -> bytes:
+        """The key of the server's answer: SHA-256 of the body key, first 16 bytes (AEAD header)."""
         return hashlib.sha256(self.body_key).digest()[:16]
 
     @property
     def response_iv(self) -> bytes:
+        """The IV of the server's answer: SHA-256 of the body IV, first 16 bytes."""
         return hashlib.sha256(self.body_iv).digest()[:16]
 
 
@@ -217,6 +221,7 @@ class Shake:
         return out
 
     def next(self) -> int:
+        """The next two bytes of the stream, big-endian."""
         if self.pos + 2 > len(self.pool):
             # Growing blocks keep hashlib's re-hashing linear overall.
             self.pool = self.pool[self.pos:] + self._squeeze(max(self.BLOCK, self.squeezed))
@@ -261,6 +266,7 @@ class ChunkCipher:
         return value ^ self.shake.next(), padding
 
     def open(self, sealed: bytes) -> bytes:
+        """A chunk's payload from its sealed part (padding cut off); DialError if it fails authentication."""
         try:
             return self.aead.decrypt(self._nonce(), sealed, None)
         except InvalidTag:
@@ -421,6 +427,7 @@ class VmessNode:
 
     @property
     def security_id(self) -> int:
+        """The security byte of the request header (auto: aes-128-gcm)."""
         return SECURITY_IDS["aes-128-gcm" if self.security == "auto" else self.security]
 
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
