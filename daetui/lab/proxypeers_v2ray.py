@@ -114,6 +114,9 @@ class V2ray(LabPeer):
                  address4: str = ADDR.hosts4[0], address6: str = ADDR.hosts6[0], loglevel: str = "warning") -> None:
         if not inbounds:
             raise ValueError("v2ray needs at least one inbound")
+        if loglevel not in ("debug", "info", "warning"):
+            # Readiness is read from the "started" line, which v2ray logs as a warning.
+            raise ValueError(f"loglevel {loglevel!r}: debug, info or warning")
         ports = [i.port for i in inbounds]
         if len(set(ports)) != len(ports):
             raise ValueError(f"inbound ports repeat: {ports}")
