@@ -64,16 +64,18 @@ class TrojanNode:
                 f"{_share.query_text(params)}{_share.fragment(self.name)}")
 
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
-               handshake_timeout: float = HANDSHAKE_TIMEOUT, half_close: bool = False) -> TrojanDialer:
+               ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+               half_close: bool = False) -> TrojanDialer:
         """A Dialer through this node, its TLS connection made through `via`.
 
         `allow_insecure` is daetui's global setting (either it or the link's
         turns certificate checks off); `ca_file` trusts those CAs instead of
-        the system's (the lab's CA in tests); `half_close`: see the module's
-        docstring.
+        the system's (the lab's CA in tests); `ssl_context`, when given, is
+        used as it is (as http_proxy's nodes take one); `half_close`: see the
+        module's docstring.
         """
-        ctx = client_context(allow_insecure=allow_insecure or self.allow_insecure, ca_file=ca_file,
-                             alpn=self.alpn)
+        ctx = ssl_context or client_context(allow_insecure=allow_insecure or self.allow_insecure,
+                                            ca_file=ca_file, alpn=self.alpn)
         return TrojanDialer(self, via, ctx, handshake_timeout, half_close)
 
 

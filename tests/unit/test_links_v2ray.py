@@ -576,3 +576,25 @@ async def test_per_destination_open_failure() -> None:
     results = await asyncio.gather(u.send(b"1", "a.test", 1), u.send(b"2", "a.test", 1), return_exceptions=True)
     assert [str(r) for r in results] == ["no server", "no server"]
     assert not u.opening and not u.sessions
+
+
+def test_dialer_trust_settings(tmp_path: Any) -> None:
+    """The link's allowInsecure or the global one turns checks off; ssl_context is taken as it is."""
+    import ssl
+
+    from daetui.outbound.direct import DirectDialer
+
+    direct = DirectDialer(mark=0)
+    strict = trojan.TrojanNode("t", "203.0.113.10", 443, "pw")
+    assert strict.dialer(direct).ctx.verify_mode == ssl.CERT_REQUIRED
+    assert strict.dialer(direct).ctx.check_hostname
+    for d in (strict.dialer(direct, allow_insecure=True),
+              trojan.TrojanNode("t", "203.0.113.10", 443, "pw", allow_insecure=True).dialer(direct)):
+        assert d.ctx.verify_mode == ssl.CERT_NONE and not d.ctx.check_hostname
+    mine = ssl.create_default_context()
+    assert strict.dialer(direct, ssl_context=mine).ctx is mine
+    assert vless.VlessNode("v", "h", 1, UID, tls=True).dialer(direct, ssl_context=mine).ctx is mine
+    assert vless.VlessNode("v", "h", 1, UID).dialer(direct).ctx is None  # no TLS, no context
+    assert vmess.VmessNode("m", "h", 1, UID, tls=True, alpn=("h2",)).dialer(direct).ctx is not None
+    with pytest.raises(DialError, match="CA file"):
+        strict.dialer(direct, ca_file=tmp_path / "missing.pem")
