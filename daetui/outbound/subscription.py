@@ -1,0 +1,750 @@
+"""Subscriptions: lists of share links fetched from a URL, kept, and refreshed.
+
+What a subscription URL may serve (the formats dae reads, checked in this order):
+  SIP008 JSON   {"version": 1, "servers": [{"server", "server_port", "password", "method", "remarks", ...}]},
+                each server turned into its SIP002 ss:// link
+  links         share links, one a line (blank lines and `#` comments skipped)
+  base64        the same list base64-encoded: standard or URL-safe alphabet, padding optional,
+                line breaks and other whitespace anywhere
+Clash YAML is not read: it is recognised and refused with a reason.
+
+URLs (dae's syntax; in daetui's config the tag is the key, `[subscription] TAG = "URL"`):
+  http://..., https://...          fetched with daetui's SO_MARK; a name is resolved by
+                                   `global.fallback_resolver` when the caller gives one
+  http-file://, https-file://      dae's "keep a copy" forms: the same as http(s), since daetui
+                                   always keeps one
+  file:///abs/path                 a file on the router
+  file://rel/path                  dae's form: relative to the config's directory, never outside it
+  tag:URL                          dae's `tag:` prefix on an untagged line (see split_tag)
+A file's first line is skipped when it starts with `@` (dae's "instruction line").
+
+Every fetch that gives at least one usable node is saved (atomically) as
+`<state dir>/<tag>.sub`: a first line `@daetui-saved ...` (the URL's hash and the
+fetch time), then the body as served -- so the copy is itself a file dae can
+read. When a fetch fails, or serves nothing usable, the saved copy is used and
+the result says so, with the fetch's error and the copy's age; a bad fetch never
+overwrites a good copy. Broken links are reported ("line N: reason") and
+skipped; the rest of the list is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+from daetui.control.sockopts import SO_MARK
+from daetui.outbound.links import parse_link, scheme_of
+
+log = logging.getLogger("daetui.outbound")
+
+MAX_BYTES = 4 * 1024 * 1024       # a subscription of thousands of nodes is well under 1 MiB
+FETCH_TIMEOUT = 30.0              # the whole fetch: resolving, connecting, redirects, body
+MAX_REDIRECTS = 5
+DEFAULT_INTERVAL = 12 * 3600.0
+DEFAULT_RETRY = 30.0              # first retry after a failed fetch; doubles up to the interval
+MAX_LOGGED_ERRORS = 20            # per fetch, so that a list of 5000 broken lines does not flood the log
+SAVED_MAGIC = "@daetui-saved"
+
+SCHEMES = ("http", "https", "http-file", "https-file", "file")
+Resolve = Callable[[str], Awaitable[str]]          # hostname -> address
+
+
+def _user_agent() -> str:
+    # Providers pick the format by User-Agent: looking like v2rayN gets the base64 list, not clash YAML.
+    try:
+        from importlib.metadata import version
+
+        ours = version("daetui")
+    except Exception:  # not installed as a package (run from a checkout)
+        ours = "dev"
+    return f"daetui/{ours} (like v2rayN/1.0 WebRequestHelper)"
+
+
+USER_AGENT = _user_agent()
+
+
+class FetchError(Exception):
+    """A fetch that gave no usable list, and why."""
+
+
+@dataclass
+class SubscriptionNodes:
+    """What one subscription text holds: its nodes (unique names) and the lines that could not be used."""
+
+    nodes: list[tuple[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    format: str = ""        # "sip008", "base64", "links", or "" when none was recognised
+
+
+@dataclass(frozen=True)
+class SubscriptionResult:
+    """One refresh of a subscription, as the console and the log show it.
+
+    `url` has its path and query hidden: they usually carry the account's token.
+    `fetched_at` is when the nodes in use were fetched (the saved copy's time
+    when `from_saved_copy`); None when there are none. Times are Unix times.
+    """
+
+    tag: str
+    url: str
+    attempted_at: float
+    fetched_at: float | None
+    from_saved_copy: bool
+    node_count: int
+    errors: tuple[str, ...] = ()          # broken lines, skipped: "line N: reason"
+    fetch_error: str | None = None        # why this fetch failed; None when it worked
+    format: str = ""
+    notes: tuple[str, ...] = ()           # worth knowing, not wrong (a file others can read, ...)
+    next_at: float | None = None          # the next refresh, when run() schedules one
+    nodes: tuple[tuple[str, Any], ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """The fetch worked (its nodes are fresh)."""
+        return self.fetch_error is None
+
+    @property
+    def saved_age(self) -> float | None:
+        """How old the saved copy in use is, in seconds; None when it is not in use."""
+        if not self.from_saved_copy or self.fetched_at is None:
+            return None
+        return max(0.0, self.attempted_at - self.fetched_at)
+
+    def summary(self) -> str:
+        """One line for the log and the console."""
+        if self.fetch_error is None:
+            text = f"subscription {self.tag}: {self.node_count} nodes ({self.format})"
+        elif self.from_saved_copy:
+            text = (f"subscription {self.tag}: fetch failed ({self.fetch_error}); using the saved copy of "
+                    f"{_age(self.saved_age or 0.0)} ago: {self.node_count} nodes")
+        else:
+            text = f"subscription {self.tag}: fetch failed ({self.fetch_error}); no saved copy: no nodes"
+        if self.errors:
+            text += f"; {len(self.errors)} broken {'entry' if len(self.errors) == 1 else 'entries'} skipped"
+        return text
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+# -- the URL --------------------------------------------------------------------------------------
+
+def split_tag(text: str) -> tuple[str, str]:
+    """dae's `tag:URL` form: ("tag", "URL"); ("", text) when the first colon starts `://`."""
+    colon = text.find(":")
+    if colon == -1 or text.startswith("://", colon):
+        return "", text
+    return text[:colon], text[colon + 1:]
+
+
+def redact_url(url: str) -> str:
+    """The URL without what usually holds the account's token (user, path, query)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("://", 1)[0] + "://…"
+    if parts.scheme == "file":
+        return url  # a path on the router: no secret in it
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if _port_or_none(parts) else ""
+    hidden = "/…" if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{hidden}"
+
+
+def _port_or_none(parts: Any) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+
+_B64_TEXT = re.compile(r"^[A-Za-z0-9+/\-_=\s]+$")
+_CLASH = re.compile(r"^(proxies|proxy-groups|proxy-providers)\s*:", re.MULTILINE)
+
+
+def parse_subscription(text: str | bytes, subtag: str, *, taken: Collection[str] = ()) -> SubscriptionNodes:
+    """The nodes a subscription's text holds, in order, with unique names; never raises.
+
+    A name met twice (or one in `taken`, such as the names of other
+    subscriptions' nodes and of [node]) gets " (2)", " (3)", ... A link that
+    cannot be used is reported as "line N: reason" (N counts the lines of the
+    list, after base64 decoding) or "server N: reason" for SIP008, and skipped.
+    A text that is no list at all gives one error and no nodes.
+    """
+    out = SubscriptionNodes()
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            out.errors.append(f"not UTF-8 text (byte {e.start}); read with the bad bytes replaced")
+            text = text.decode("utf-8-sig", errors="replace")
+    text = text.lstrip("\ufeff")
+    stripped = text.strip()
+    names = _Names(taken)
+    if not stripped:
+        out.errors.append("empty subscription")
+        return out
+    if stripped.startswith("{") or stripped.startswith("["):
+        _parse_sip008(stripped, subtag, names, out)
+        return out
+    if _CLASH.search(stripped):
+        out.errors.append("a clash YAML subscription: not supported (ask the provider for the base64 link list, "
+                          "the format v2rayN reads)")
+        return out
+    if "://" in stripped:
+        out.format = "links"
+        _parse_lines(stripped, subtag, names, out)
+        return out
+    decoded = _b64decode(stripped, out)
+    if decoded is None:
+        return out
+    out.format = "base64"
+    _parse_lines(decoded, subtag, names, out)
+    return out
+
+
+class _Names:
+    """Hands out unique node names."""
+
+    def __init__(self, taken: Collection[str]) -> None:
+        self.used = set(taken)
+
+    def unique(self, name: str) -> str:
+        if name not in self.used:
+            self.used.add(name)
+            return name
+        n = 2
+        while f"{name} ({n})" in self.used:
+            n += 1
+        self.used.add(f"{name} ({n})")
+        return f"{name} ({n})"
+
+
+def _b64decode(text: str, out: SubscriptionNodes) -> str | None:
+    """The base64 list decoded to text; None (with the error in `out`) when it is not base64 of text."""
+    compact = "".join(text.split())
+    if not _B64_TEXT.match(text):
+        bad = next((c for c in compact if not (c.isascii() and (c.isalnum() or c in "+/-_="))), "?")
+        out.errors.append(f"not a subscription: neither SIP008 JSON, a list of links, nor base64 "
+                          f"({bad!r} is not a base64 character)")
+        return None
+    # Base64 is wrapped at line ends, never cut by spaces inside a line: words with spaces between are prose.
+    prose = re.search(r"[^\s=][ \t]+[^\s=]", text) is not None
+    if prose:
+        out.errors.append(f"not a subscription: neither SIP008 JSON, a list of links, nor base64 "
+                          f"({_clip(text.strip())!r})")
+        return None
+    body = compact.rstrip("=")
+    if len(body) % 4 == 1:
+        out.errors.append(f"bad base64: {len(body)} characters cannot be base64 (a cut download?)")
+        return None
+    padded = body + "=" * (-len(body) % 4)
+    # Both alphabets are met in the wild; one text may even mix them (+ and _), so map to one first.
+    unified = padded.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(unified, validate=True)
+    except (binascii.Error, ValueError) as e:
+        out.errors.append(f"bad base64: {e}")
+        return None
+    try:
+        decoded = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        out.errors.append("bad base64: it decodes to binary data, not a list of links")
+        return None
+    if "://" not in decoded:
+        out.errors.append("base64 that holds no links")
+        return None
+    return decoded
+
+
+def _parse_lines(text: str, subtag: str, names: _Names, out: SubscriptionNodes) -> None:
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "://" not in line:
+            out.errors.append(f"line {number}: not a share link ({_clip(line)!r})")
+            continue
+        _add(line, f"line {number}", subtag, names, out)
+
+
+def _parse_sip008(text: str, subtag: str, names: _Names, out: SubscriptionNodes) -> None:
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        out.errors.append(f"bad JSON: {e}")
+        return
+    if not isinstance(doc, dict) or not isinstance(doc.get("servers"), list):
+        out.errors.append('JSON that is not SIP008 (expected {"version": 1, "servers": [...]})')
+        return
+    if doc.get("version") != 1:
+        out.errors.append(f"SIP008 version {doc.get('version')!r}: only version 1 is known")
+        return
+    out.format = "sip008"
+    for number, server in enumerate(doc["servers"], 1):
+        where = f"server {number}"
+        try:
+            link, name = _sip008_link(server)
+        except ValueError as e:
+            out.errors.append(f"{where}: {e}")
+            continue
+        _add(link, where, subtag, names, out, name)
+
+
+def _sip008_link(server: Any) -> tuple[str, str]:
+    """A SIP008 server as its SIP002 link (ss://base64url(method:password)@host:port/?plugin=...#remarks)."""
+    if not isinstance(server, dict):
+        raise ValueError("not an object")
+    missing = [k for k in ("server", "server_port", "password", "method") if server.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    host, port = str(server["server"]).strip(), server["server_port"]
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"bad server_port {server['server_port']!r}")
+    userinfo = base64.urlsafe_b64encode(f"{server['method']}:{server['password']}".encode()).decode().rstrip("=")
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    query = ""
+    if server.get("plugin"):
+        plugin = str(server["plugin"]) + (f";{server['plugin_opts']}" if server.get("plugin_opts") else "")
+        query = "/?plugin=" + quote(plugin, safe="")
+    remarks = str(server.get("remarks") or "").strip()
+    return f"ss://{userinfo}@{netloc}{query}#{quote(remarks, safe='')}", remarks
+
+
+def _add(link: str, where: str, subtag: str, names: _Names, out: SubscriptionNodes, name: str = "") -> None:
+    try:
+        node = parse_link(link, name)
+    except ValueError as e:  # LinkError and the modules' own ValueErrors: the link's fault
+        out.errors.append(f"{where}: {e}")
+        return
+    except Exception as e:
+        # A protocol module's bug on odd input must cost this one link, not the whole subscription.
+        log.debug("subscription %s: %s: %s link", subtag, where, scheme_of(link), exc_info=True)
+        out.errors.append(f"{where}: {scheme_of(link)}:// link not understood ({type(e).__name__}: {e})")
+        return
+    wanted = (getattr(node, "name", "") or "").strip() or f"{subtag} {where}"
+    unique = names.unique(wanted)
+    if unique != getattr(node, "name", None):
+        node = _renamed(node, link, unique)
+    out.nodes.append((unique, node))
+
+
+def _renamed(node: Any, link: str, name: str) -> Any:
+    if dataclasses.is_dataclass(node) and any(f.name == "name" for f in dataclasses.fields(node)):
+        return dataclasses.replace(node, name=name)
+    return parse_link(link, name)
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+# -- the saved copy ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SavedCopy:
+    """A subscription's body as last fetched with usable nodes."""
+
+    body: bytes
+    fetched_at: float
+    url_hash: str
+
+
+def _url_hash(url: str) -> str:
+    # A hash, not the URL: the URL's token need not be written down one more time.
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+def saved_path(state_dir: str | Path, tag: str) -> Path:
+    """Where a subscription's saved copy lives (`quote` keeps any tag one file name)."""
+    return Path(state_dir) / f"{quote(tag, safe='')}.sub"
+
+
+def write_saved(path: Path, url: str, body: bytes, fetched_at: float) -> None:
+    """Save atomically: a temporary file beside it, fsync, rename, fsync of the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    head = f"{SAVED_MAGIC} url-sha256={_url_hash(url)} fetched_at={fetched_at:.3f}\n".encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # 0600: the links hold the nodes' passwords.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)  # the rename itself survives a power cut
+    finally:
+        os.close(dirfd)
+
+
+def read_saved(path: Path, max_bytes: int = MAX_BYTES) -> SavedCopy | None:
+    """The saved copy at `path`; None when there is none. OSError/ValueError when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 4096)
+    except FileNotFoundError:
+        return None
+    head, nl, body = data.partition(b"\n")
+    fields = dict(p.split("=", 1) for p in head.decode("ascii", "replace").split()[1:] if "=" in p)
+    if not head.startswith(SAVED_MAGIC.encode()) or not nl or "fetched_at" not in fields:
+        raise ValueError("not a saved copy made by daetui")
+    return SavedCopy(body=body, fetched_at=float(fields["fetched_at"]), url_hash=fields.get("url-sha256", ""))
+
+
+# -- fetching ---------------------------------------------------------------------------------------
+
+class Subscription:
+    """One `[subscription]` entry: fetches its list, keeps a saved copy, refreshes it on an interval.
+
+    `state_dir` holds the saved copy. `mark` is put on the fetch's socket
+    (global.so_mark_from_dae) so daetui's own traffic is not caught again.
+    Names are resolved by `resolve` (hostname -> address) when given, else by
+    the plain DNS server `resolver` ("ip:port", global.fallback_resolver), else
+    by the system. `config_dir` is where dae's relative `file://` URLs point.
+    `taken`: node names in use elsewhere, which this subscription's nodes must
+    not take (see parse_subscription).
+    """
+
+    def __init__(self, tag: str, url: str, state_dir: str | Path, *, mark: int = 0, resolver: str | None = None,
+                 resolve: Resolve | None = None, verify: bool | ssl.SSLContext = True,
+                 config_dir: str | Path | None = None, interval: float = DEFAULT_INTERVAL,
+                 retry: float = DEFAULT_RETRY, timeout: float = FETCH_TIMEOUT, max_bytes: int = MAX_BYTES,
+                 taken: Collection[str] = ()) -> None:
+        prefix, rest = split_tag(url)
+        if prefix:  # dae's `tag:URL`; the config's key wins when both are there
+            url = rest
+            tag = tag or prefix
+        if not tag:
+            raise ValueError(f"subscription {redact_url(url)}: no tag")
+        scheme = scheme_of(url)
+        if scheme not in SCHEMES:
+            raise ValueError(f"subscription {tag}: expected a {'/'.join(s + '://' for s in SCHEMES)} URL")
+        self.tag = tag
+        self.url = url
+        self.state_dir = Path(state_dir)
+        self.mark = mark
+        self.verify = verify
+        self.config_dir = Path(config_dir) if config_dir is not None else None
+        self.interval = interval
+        self.retry = retry
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.taken: Collection[str] = taken
+        if resolve is None and resolver:
+            resolve = self._bootstrap(resolver)
+        self._resolve = resolve
+        self.result: SubscriptionResult | None = None
+        self._good: tuple[float, bytes] | None = None     # the last good body, in case the copy cannot be read
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    def _bootstrap(self, resolver: str) -> Resolve:
+        async def resolve(host: str) -> str:
+            from daetui.dns.upstream import bootstrap_resolve
+
+            return await bootstrap_resolve(resolver, host, self.mark, min(self.timeout, 5.0))
+        return resolve
+
+    @property
+    def saved_path(self) -> Path:
+        """This subscription's saved copy."""
+        return saved_path(self.state_dir, self.tag)
+
+    @property
+    def keeps_copy(self) -> bool:
+        """Fetched over the network (a file:// subscription is its own copy)."""
+        return scheme_of(self.url) != "file"
+
+    # -- one fetch ------------------------------------------------------------------------------
+    async def fetch(self) -> SubscriptionResult:
+        """Fetch and parse the list now; on failure, fall back to the saved copy. Never raises (but cancels)."""
+        attempted = time.time()
+        notes: list[str] = []
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._download(notes)
+            parsed = parse_subscription(body, self.tag, taken=self.taken)
+            if not parsed.nodes:
+                why = parsed.errors[0] if len(parsed.errors) == 1 else f"{len(parsed.errors)} broken entries"
+                raise FetchError(f"no usable nodes ({why})" if parsed.errors else "no nodes")
+        except Exception as e:  # FetchError, OSError, timeouts, httpx2's errors, TLS: all just a failed fetch
+            return self._failed(attempted, _describe(e, self.timeout), notes)
+        self._good = (attempted, body)
+        if self.keeps_copy:
+            try:
+                await asyncio.to_thread(write_saved, self.saved_path, self.url, body, attempted)
+            except OSError as e:
+                notes.append(f"the copy could not be saved: {e}")
+                log.warning("subscription %s: the copy could not be saved to %s: %s", self.tag, self.saved_path, e)
+        return self._done(self._result(attempted, attempted, False, parsed, None, notes))
+
+    def _failed(self, attempted: float, error: str, notes: list[str]) -> SubscriptionResult:
+        fallback = self._fallback(notes)
+        if fallback is None:
+            return self._done(SubscriptionResult(self.tag, redact_url(self.url), attempted, None, False, 0,
+                                                 fetch_error=error, notes=tuple(notes)))
+        fetched_at, body = fallback
+        parsed = parse_subscription(body, self.tag, taken=self.taken)
+        return self._done(self._result(attempted, fetched_at, True, parsed, error, notes))
+
+    def _fallback(self, notes: list[str]) -> tuple[float, bytes] | None:
+        """The newest good body: the saved copy on disk, or the last good fetch kept in memory."""
+        best = self._good
+        if self.keeps_copy:
+            try:
+                saved = read_saved(self.saved_path, self.max_bytes)
+            except (OSError, ValueError) as e:
+                notes.append(f"the saved copy cannot be read: {e}")
+                saved = None
+            if saved is not None and saved.url_hash != _url_hash(self.url):
+                notes.append("the saved copy is of another URL: not used")
+                saved = None
+            if saved is not None and (best is None or saved.fetched_at >= best[0]):
+                best = (saved.fetched_at, saved.body)
+        return best
+
+    def load_saved(self) -> SubscriptionResult | None:
+        """The saved copy's nodes without fetching (at start-up, before the network is there); None without one."""
+        notes: list[str] = []
+        fallback = self._fallback(notes) if self.keeps_copy else None
+        if fallback is None:
+            return None
+        fetched_at, body = fallback
+        parsed = parse_subscription(body, self.tag, taken=self.taken)
+        return self._done(self._result(time.time(), fetched_at, True, parsed, "not fetched yet", notes), log_it=False)
+
+    def _result(self, attempted: float, fetched_at: float, saved: bool, parsed: SubscriptionNodes,
+                error: str | None, notes: list[str]) -> SubscriptionResult:
+        return SubscriptionResult(
+            tag=self.tag, url=redact_url(self.url), attempted_at=attempted, fetched_at=fetched_at,
+            from_saved_copy=saved, node_count=len(parsed.nodes), errors=tuple(parsed.errors), fetch_error=error,
+            format=parsed.format, notes=tuple(notes), nodes=tuple(parsed.nodes))
+
+    def _done(self, result: SubscriptionResult, log_it: bool = True) -> SubscriptionResult:
+        self.result = result
+        if log_it:
+            (log.info if result.ok else log.warning)("%s", result.summary())
+            for err in result.errors[:MAX_LOGGED_ERRORS]:
+                log.warning("subscription %s: %s (skipped)", self.tag, err)
+            if len(result.errors) > MAX_LOGGED_ERRORS:
+                log.warning("subscription %s: and %d more broken entries", self.tag,
+                            len(result.errors) - MAX_LOGGED_ERRORS)
+            for note in result.notes:
+                log.warning("subscription %s: %s", self.tag, note)
+        return result
+
+    async def _download(self, notes: list[str]) -> bytes:
+        scheme = scheme_of(self.url)
+        if scheme == "file":
+            return await asyncio.to_thread(self._read_file, notes)
+        return await self._http_get(self.url.replace("-file://", "://", 1))
+
+    # -- file:// ----------------------------------------------------------------------------------
+    def _read_file(self, notes: list[str]) -> bytes:
+        path = self.file_path()
+        st = os.stat(path)
+        if not os.path.isfile(path):
+            raise FetchError(f"{path} is not a file")
+        if st.st_mode & 0o037:
+            # dae refuses such a file; daetui reads it and says why it should not be left so.
+            notes.append(f"{path} has mode {st.st_mode & 0o777:04o}: the links hold passwords; chmod 600 it")
+        with open(path, "rb") as f:
+            data = f.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise FetchError(f"{path} is larger than {self.max_bytes} bytes")
+        if data.startswith(b"@"):  # dae's instruction line (and our saved copies' head)
+            data = data.partition(b"\n")[2]
+        return data.strip()
+
+    def file_path(self) -> Path:
+        """The file a file:// URL names: `file:///abs` as is, dae's `file://rel/path` inside the config's directory."""
+        parts = urlsplit(self.url)
+        if not parts.netloc:
+            return Path(unquote(parts.path))
+        if self.config_dir is None:
+            raise FetchError("a relative file:// URL needs the config's directory")
+        base = self.config_dir.resolve()
+        path = (base / unquote(parts.netloc + parts.path)).resolve()
+        if not path.is_relative_to(base):
+            raise FetchError(f"file://{parts.netloc}{parts.path} is outside the config's directory {base}")
+        return path
+
+    # -- http(s):// -------------------------------------------------------------------------------
+    async def _http_get(self, url: str) -> bytes:
+        import httpx2
+
+        opts = [(socket.SOL_SOCKET, SO_MARK, self.mark)] if self.mark else None
+        transport = httpx2.AsyncHTTPTransport(verify=self.verify, socket_options=opts)
+        # trust_env off: an HTTP_PROXY in the daemon's environment must not carry the fetch elsewhere.
+        async with httpx2.AsyncClient(transport=transport, timeout=self.timeout, follow_redirects=False,
+                                      trust_env=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise FetchError(f"cannot fetch {redact_url(url)}")
+                status, location, body = await self._get_once(client, parts)
+                if location is None:
+                    if status != 200:
+                        raise FetchError(f"HTTP {status}")
+                    return body
+                new = urljoin(url, location)
+                if parts.scheme == "https" and not new.startswith("https://"):
+                    raise FetchError(f"HTTP {status}: redirected from https to {redact_url(new)}: refused")
+                url = new
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    async def _get_once(self, client: Any, parts: Any) -> tuple[int, str | None, bytes]:
+        host = parts.hostname
+        try:
+            port = parts.port
+        except ValueError:
+            raise FetchError("bad port in the URL") from None
+        default = 443 if parts.scheme == "https" else 80
+        port = port or default
+        headers = {"user-agent": USER_AGENT, "accept": "*/*", "accept-encoding": "identity"}
+        extensions: dict[str, Any] = {}
+        target = host
+        if not _is_address(host) and self._resolve is not None:
+            try:
+                target = await self._resolve(host)
+            except Exception as e:
+                raise FetchError(f"cannot resolve {host}: {e or _describe(e, self.timeout)}") from None
+            headers["host"] = host if port == default else f"{host}:{port}"
+            if parts.scheme == "https":
+                extensions["sni_hostname"] = host  # the certificate is checked against the name, not the address
+        shown = f"[{target}]" if ":" in target else target
+        url = f"{parts.scheme}://{shown}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+        async with client.stream("GET", url, headers=headers, extensions=extensions) as resp:
+            if 300 <= resp.status_code < 400 and resp.headers.get("location"):
+                return resp.status_code, resp.headers["location"], b""
+            if resp.status_code != 200:
+                return resp.status_code, None, b""
+            length = resp.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_bytes:
+                raise FetchError(f"larger than {self.max_bytes} bytes ({length} announced)")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise FetchError(f"larger than {self.max_bytes} bytes")
+                chunks.append(chunk)
+            return resp.status_code, None, b"".join(chunks)
+
+    # -- refreshing ---------------------------------------------------------------------------------
+    def next_delay(self, failures: int) -> float:
+        """Seconds to the next fetch: the interval after a success, else retry, 2 x retry, ... up to the interval."""
+        if failures <= 0:
+            return self.interval
+        return min(self.interval, self.retry * 2 ** min(failures - 1, 30))
+
+    async def run(self, on_result: Callable[[SubscriptionResult], Any]) -> None:
+        """Fetch now and then on the interval (sooner after a failure), handing each result to `on_result`.
+
+        Runs until cancelled. `on_result` may be a coroutine function. refresh_now() cuts a wait short.
+        """
+        self._wake = asyncio.Event()
+        failures = 0
+        while True:
+            result = await self.fetch()
+            failures = 0 if result.ok else failures + 1
+            delay = self.next_delay(failures)
+            result = dataclasses.replace(result, next_at=time.time() + delay)
+            self.result = result
+            try:
+                done = on_result(result)
+                if asyncio.iscoroutine(done):
+                    await done
+            except Exception:
+                log.exception("subscription %s: handling the result failed", self.tag)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def start(self, on_result: Callable[[SubscriptionResult], Any]) -> asyncio.Task[None]:
+        """run() as a task of the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self.run(on_result), name=f"subscription {self.tag}")
+        return self._task
+
+    def refresh_now(self) -> None:
+        """Fetch again at once (the console's "refresh"), when run() is waiting."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the task start() made."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(e: BaseException, timeout: float) -> str:
+    """A short reason for the console, without the URL (which holds the token)."""
+    if isinstance(e, TimeoutError) or type(e).__name__.endswith("Timeout"):
+        return f"timed out after {timeout:g} s"
+    if isinstance(e, FetchError):
+        return str(e)
+    if isinstance(e, FileNotFoundError):
+        return f"no such file: {e.filename}"
+    # httpx2 wraps the socket's error ("All connection attempts failed"): the innermost OSError says more.
+    inner: BaseException | None = e
+    for _ in range(8):
+        if inner is None or (isinstance(inner, OSError) and inner.strerror):
+            break
+        inner = inner.__cause__ or inner.__context__
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return f"TLS certificate: {inner.verify_message or inner.reason}"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS: {inner.reason or inner}"
+    if isinstance(inner, OSError) and inner.strerror:
+        # asyncio's own strerror is "Connect call failed (address)": the errno's words say why.
+        reason = os.strerror(inner.errno) if inner.errno else inner.strerror
+        return reason if inner is e else f"{type(e).__name__}: {reason}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
