@@ -196,9 +196,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except CompileError as e:
         print(f"daetui: {cfg.source}: {e}", file=sys.stderr)
         return 1
+    from daetui.outbound.links import LinkError, parse_link
+
+    bad = 0
+    for node in cfg.nodes:
+        try:
+            parse_link(node.link, node.tag)
+        except LinkError as e:
+            # The loader checks the scheme; the link itself is read by its protocol's module.
+            line = next((i + 1 for i, ln in enumerate(cfg.text.splitlines())
+                         if ln.strip().startswith((f"{node.tag} ", f"{node.tag}=", f'"{node.tag}"'))), 0)
+            print(f"daetui: {cfg.source}:{line}: node {node.tag}: {e}", file=sys.stderr)
+            bad += 1
+    if bad:
+        return 1
     r = cfg.routing
     print(f"{cfg.source}: ok: {len(r.entries)} rules ({len(r.enabled)} enabled), "
-          f"{len(kr.match_sets)} kernel match sets, fallback {r.fallback}")
+          f"{len(kr.match_sets)} kernel match sets, {len(cfg.nodes)} nodes, fallback {r.fallback}")
     return 0
 
 

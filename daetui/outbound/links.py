@@ -14,6 +14,7 @@ before, and the last one reaches the destination.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -82,3 +83,12 @@ def parse_link(link: str, name: str = "") -> Any:
         raise
     except ValueError as e:
         raise LinkError(f"{scheme}:// link: {e}") from None
+
+
+def with_allow_insecure(node: Any) -> Any:
+    """The node with invalid TLS certificates accepted (daetui's global `allow_insecure`), where it has TLS."""
+    if isinstance(node, ChainNode):
+        return ChainNode(node.name, tuple(with_allow_insecure(h) for h in node.hops))
+    if dataclasses.is_dataclass(node) and any(f.name == "allow_insecure" for f in dataclasses.fields(node)):
+        return dataclasses.replace(node, allow_insecure=True)
+    return node

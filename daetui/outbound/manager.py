@@ -22,7 +22,7 @@ from daetui.outbound.base import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
 from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
-from daetui.outbound.links import LinkError, parse_link
+from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
 from daetui.outbound.state import GroupState, NodeState
 
 log = logging.getLogger("daetui.outbound")
@@ -50,9 +50,11 @@ class Outbounds:
         nodes: dict[str, Any] = {}
         for tagged in config.nodes:
             try:
-                nodes[tagged.tag] = parse_link(tagged.link, tagged.tag)
+                node = parse_link(tagged.link, tagged.tag)
             except LinkError as e:
                 log.error("node %s: %s (left out)", tagged.tag, e)
+                continue
+            nodes[tagged.tag] = with_allow_insecure(node) if config.global_.allow_insecure else node
         refs = [NodeRef(name) for name in nodes]
         groups: dict[str, Group] = {}
         for spec in config.groups:

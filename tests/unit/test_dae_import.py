@@ -93,7 +93,7 @@ def test_rich_subscriptions_and_nodes_tagged_and_untagged(rich):
     assert d["node"] == {
         "node2": "socks5://localhost:1080",
         "hk1": "ss://YWVzLTI1Ni1nY206cGFzcw@hk1.example.com:8388",
-        "node1": "vmess://LINK",
+        "node1": "vmess://eyJ2IjogIjIiLCAicHMiOiAibm9kZTEiLCAiYWRkIjogInZtLmV4YW1wbGUuY29tIiwgInBvcnQiOiAiNDQzIiwgImlkIjogImI4MzEzODFkLTYzMjQtNGQ1My1hZDRmLThjZGE0OGIzMDgxMSIsICJhaWQiOiAiMCIsICJuZXQiOiAidGNwIiwgInR5cGUiOiAibm9uZSIsICJ0bHMiOiAidGxzIn0=",
         "node3": "trojan://secret@jp.example.com:443",
     }
     above(out, "untagged in the dae file: tag sub1", 'sub1 = "https://example.com/no_tag_link"')

@@ -94,3 +94,15 @@ def test_dae_options_daetui_has_no_use_for_import_and_load_with_a_warning(tmp_pa
     cfg = load_config(out)
     for key in ("auto_config_firewall_rule", "dns_performance_level", "dns_ingress_manual"):
         assert any(f"global.{key} is ignored" in w for w in cfg.warnings), (key, cfg.warnings)
+
+
+def test_validate_reads_every_node_link(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[node]\ngood = "socks5://192.0.2.9:1080"\n'
+                   'bad = "ss://bm90LWEtbWV0aG9kOnB3@192.0.2.9:8388"\n[routing]\nfallback = "direct"\n')
+    r = daetui("validate", str(cfg))
+    assert r.returncode == 1
+    assert f"{cfg}:3: node bad:" in r.stderr and "good" not in r.stderr
+    cfg.write_text('[node]\ngood = "socks5://192.0.2.9:1080"\n[routing]\nfallback = "direct"\n')
+    ok = daetui("validate", str(cfg))
+    assert ok.returncode == 0 and "1 nodes" in ok.stdout
