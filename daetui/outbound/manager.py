@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from daetui.config.model import Config, GroupSpec
@@ -24,6 +26,7 @@ from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_fil
 from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
 from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
 from daetui.outbound.state import GroupState, NodeState
+from daetui.outbound.subscription import Subscription, SubscriptionResult
 
 log = logging.getLogger("daetui.outbound")
 
@@ -40,22 +43,57 @@ class Outbounds:
         self._dialers: dict[str, Dialer] = {}
         self._checker: asyncio.Task[None] | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self._sub_nodes: dict[str, list[tuple[str, Any]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._started = False
         self.on_health: Callable[[], None] | None = None   # told after checks: group liveness may have changed
         self.config = config
         self.configure(config)
 
     # -- configuration ----------------------------------------------------------------
     def configure(self, config: Config) -> None:
-        """Take a new config's nodes and groups; health and pins of what stays are kept."""
+        """Take a new config's nodes, subscriptions and groups; health and pins of what stays are kept."""
+        self.config = config
+        wanted = {t.tag: t.link for t in config.subscriptions}
+        for tag in [t for t in self.subscriptions if t not in wanted or self.subscriptions[t].url != wanted[t]]:
+            self._stop_later(self.subscriptions.pop(tag))
+            self._sub_nodes.pop(tag, None)
+        for tag, url in wanted.items():
+            if tag not in self.subscriptions:
+                self.subscriptions[tag] = self._subscription(tag, url)
+                if self._started:
+                    self._start_subscription(self.subscriptions[tag])
+        self._rebuild()
+
+    def _subscription(self, tag: str, url: str) -> Subscription:
+        g = self.config.global_
+        source = Path(self.config.source)
+        # dae keeps subscription copies in persist.d beside its config; so does daetui (a config given
+        # as text, as tests do, keeps them in the temp dir).
+        config_dir = source.resolve().parent if source.is_file() else Path(tempfile.gettempdir())
+        state = config_dir / "persist.d" if source.is_file() else config_dir / "daetui-persist.d"
+        return Subscription(tag, url, state, mark=g.so_mark_from_dae, resolver=g.fallback_resolver,
+                            config_dir=config_dir, taken=[t.tag for t in self.config.nodes])
+
+    def _rebuild(self) -> None:
+        config = self.config
         nodes: dict[str, Any] = {}
+        refs = []
         for tagged in config.nodes:
             try:
-                node = parse_link(tagged.link, tagged.tag)
+                nodes[tagged.tag] = parse_link(tagged.link, tagged.tag)
             except LinkError as e:
                 log.error("node %s: %s (left out)", tagged.tag, e)
                 continue
-            nodes[tagged.tag] = with_allow_insecure(node) if config.global_.allow_insecure else node
-        refs = [NodeRef(name) for name in nodes]
+            refs.append(NodeRef(tagged.tag))
+        for tag, sub_nodes in self._sub_nodes.items():
+            for name, node in sub_nodes:
+                if name not in nodes:
+                    nodes[name] = node
+                    refs.append(NodeRef(name, tag))
+        if config.global_.allow_insecure:
+            nodes = {n: with_allow_insecure(node) for n, node in nodes.items()}
         groups: dict[str, Group] = {}
         for spec in config.groups:
             old = self.groups.get(spec.name)
@@ -70,7 +108,30 @@ class Outbounds:
         self._dialers = {}
         self.groups = groups
         self._specs = {s.name: s for s in config.groups}
-        self.config = config
+        self._changed()
+
+    def _take(self, result: SubscriptionResult) -> None:
+        """A subscription's nodes (fetched, or its saved copy): the groups are made again."""
+        if result.tag not in self.subscriptions:
+            return
+        log.info("subscription %s: %s", result.tag, result.summary())
+        for e in result.errors:
+            log.warning("subscription %s: %s (skipped)", result.tag, e)
+        if result.nodes or result.ok:
+            self._sub_nodes[result.tag] = list(result.nodes)
+            self._rebuild()
+
+    def _start_subscription(self, sub: Subscription) -> None:
+        saved = sub.load_saved()
+        if saved is not None:
+            self._take(saved)  # nodes before the network is up
+        sub.start(self._take)
+
+    def _stop_later(self, sub: Subscription) -> None:
+        with contextlib.suppress(RuntimeError):
+            task = asyncio.get_running_loop().create_task(sub.stop())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _dialer_of(self, node: str) -> Dialer:
         d = self._dialers.get(node)
@@ -157,10 +218,15 @@ class Outbounds:
         await asyncio.gather(*(self.check_node(n) for n in self.checked_nodes()), return_exceptions=True)
 
     def start(self) -> None:
+        self._started = True
+        for sub in self.subscriptions.values():
+            self._start_subscription(sub)
         self._checker = asyncio.get_running_loop().create_task(self._check_loop())
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._checker, *self._checks.values()) if t is not None]
+        for sub in self.subscriptions.values():
+            await sub.stop()
+        tasks = [t for t in (self._checker, *self._checks.values(), *self._closing) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -229,3 +229,21 @@ def test_a_chain_goes_through_each_hop_in_dae_order(lab, nodes, tmp_path: Path):
             http_get(lab, ADDR.hosts4[0], "/", timeout=3)
         failed = [c for c in snapshot(runner).connections if c.node == "chain" and c.error]
         assert failed and f"{PROXY4}:{FAST_PORT}" in failed[-1].error
+
+
+def test_a_subscription_brings_nodes_into_the_group_and_broken_links_are_skipped(lab, nodes, tmp_path: Path):
+    import base64
+
+    sub = tmp_path / "sub.txt"
+    links = [f"socks5://{PROXY4}:{FAST_PORT}#sub-fast", "vmess://not-base64-json", f"socks5://{PROXY4}:{SLOW_PORT}#sub-slow"]
+    sub.write_text(base64.b64encode("\n".join(links).encode()).decode())
+    cfg = CONFIG.replace("POLICY", "min").replace("[group.proxy]", f'[subscription]\nmine = "file://{sub}"\n\n'
+                                                                     '[group.proxy]\nfilter = ["subtag(mine)"]')
+    with plane_in_lab(lab, cfg, tmp_path) as runner:
+        group = wait_for(lambda: next((g for g in snapshot(runner).groups if len(g.members) == 2), None))
+        assert group.members == ("sub-fast", "sub-slow")  # the [node] entries are not in subtag(mine)
+        wait_for(lambda: snapshot(runner).groups[0].selected4 == "sub-fast" or None, timeout=15)
+        assert http_get(lab, ADDR.hosts4[0], "/whoami").strip() == PROXY4.encode()
+        assert conn_to(runner, (ADDR.hosts4[0], 80)).node == "sub-fast"
+        logs = "\n".join(line.message for line in runner.call(runner.plane.recent_logs))
+        assert "subscription mine" in logs and "line 2" in logs  # the broken link, reported and skipped
