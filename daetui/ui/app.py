@@ -28,6 +28,7 @@ from daetui.dns.state import DnsTrace
 from daetui.routing.explain import ExplainResult
 from daetui.ui.flows import FlowRow
 from daetui.ui.panes.connections import ConnectionsPane
+from daetui.ui.panes.dialers import DialersPane
 from daetui.ui.panes.dns import DnsPane
 from daetui.ui.panes.logs import LogsPane
 from daetui.ui.panes.maps import MapsPane
@@ -39,7 +40,7 @@ from daetui.ui.screens.rule_edit import RuleEditScreen
 from daetui.ui.themes import CSS_PATH, load_themes, resolve
 from daetui.ui.widgets.statusbar import StatusBar
 
-PANES = ("overview", "connections", "rules", "maps", "logs", "dns")
+PANES = ("overview", "connections", "rules", "maps", "logs", "dns", "dialers")
 PANE_TITLES = {p: p.title() for p in PANES} | {"dns": "DNS"}
 
 
@@ -60,6 +61,8 @@ class Source(Protocol):
     async def explain(self, **query: Any) -> ExplainResult: ...
     async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace: ...
     async def dns_flush(self) -> int: ...
+    async def pin_node(self, group: str, node: str | None) -> None: ...
+    async def check_nodes(self, names: list[str]) -> None: ...
 
 
 class DaetuiCommands(Provider):
@@ -79,6 +82,7 @@ class DaetuiCommands(Provider):
             ("Resolve a name through daetui's DNS", "as l in DNS", app.open_dns_query),
             ("Flush the DNS cache", "as f in DNS: asks first",
              lambda: app.confirm_dns_flush(app.snapshot.dns.cached if app.snapshot and app.snapshot.dns else 0)),
+            ("Check every group's nodes now", "as c on a group in Dialers", app.check_all_groups),
             ("Stop daetui (stop routing) and quit", "undoes every change daetui made",
              partial(app.finish, "stop")),
             ("Leave daetui running and quit", "daetui attach comes back", partial(app.finish, "detach")),
@@ -111,6 +115,7 @@ class DaetuiApp(App[str | None]):
         Binding("4", "pane('maps')", "Maps", show=False),
         Binding("5", "pane('logs')", "Logs", show=False),
         Binding("6", "pane('dns')", "DNS", show=False),
+        Binding("7", "pane('dialers')", "Dialers", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("escape", "escape", "Back", show=False),
         Binding("slash", "filter", "Filter", show=False),
@@ -148,6 +153,8 @@ class DaetuiApp(App[str | None]):
                 yield LogsPane()
             with TabPane("6 DNS", id="dns"):
                 yield DnsPane()
+            with TabPane("7 Dialers", id="dialers"):
+                yield DialersPane()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -212,6 +219,8 @@ class DaetuiApp(App[str | None]):
         self.query_one(StatusBar).show(snap)
         self.query_one(OverviewPane).update_snapshot(snap)
         self.query_one(RulesPane).update_snapshot(snap)
+        # A few groups and nodes: cheap, and a check's result is read from the pane whichever is shown.
+        self.query_one(DialersPane).update_state(snap.groups, snap.nodes)
         if self.active_pane == "dns":
             self.query_one(DnsPane).update_state(snap.dns)
 
@@ -387,6 +396,78 @@ class DaetuiApp(App[str | None]):
         self.notify(f"DNS cache flushed: {n} entr{'y' if n == 1 else 'ies'} dropped")
         self._refresh_now()
 
+    # -- dialers: checks and pins run as workers; the pane renders from the snapshot ------------------
+    def check_nodes(self, names: list[str]) -> None:
+        """Check nodes (a group: all its members) now; the Dialers pane marks them until it is done."""
+        pane = self.query_one(DialersPane)
+        for name in names:
+            pane.checks_started(name)
+        self._check_nodes(names)
+
+    def check_all_groups(self) -> None:
+        groups = [g.name for g in self.snapshot.groups] if self.snapshot else []
+        if not groups:
+            self.notify("no proxy groups in the config", severity="warning")
+            return
+        self.check_nodes(groups)
+
+    @work(group="dialers-check")
+    async def _check_nodes(self, names: list[str]) -> None:
+        pane = self.query_one(DialersPane)
+        try:
+            failed = await self._run_check(names)
+        finally:
+            for name in names:
+                pane.checks_done(name)
+        if failed:
+            self.notify(f"check {', '.join(names)}: {failed}", severity="error")
+        else:
+            self.notify("\n".join(pane.summary(n) for n in names))
+
+    async def _run_check(self, names: list[str]) -> str:
+        """Check `names` and take the snapshot that shows the results; why not, or ""."""
+        if self.source is None:
+            return "not connected to daetui"
+        # A check takes seconds (a dead node: its whole timeout), and the daemon answers one
+        # connection's requests in order: on a connection of its own, the snapshots keep coming.
+        try:
+            side = await self.connect_source()
+        except (ControlError, OSError) as e:
+            return str(e)
+        try:
+            await side.check_nodes(names)
+        except (ControlError, OSError, TimeoutError) as e:
+            return str(e) or "no answer in time"
+        finally:
+            if side is not self.source:
+                with contextlib.suppress(Exception):
+                    await side.close()
+        if self.source is not None:
+            # The results now, rather than at the next tick.
+            with contextlib.suppress(ControlError, OSError):
+                self._apply(await self.source.snapshot())
+        return ""
+
+    def pin_node(self, group: str, node: str | None) -> None:
+        """Pin `node` in `group` (None: unpin); new flows of the group go through it while it is alive."""
+        self._pin_node(group, node)
+
+    @work(group="dialers-pin")
+    async def _pin_node(self, group: str, node: str | None) -> None:
+        if self.source is None:
+            self.notify("not connected to daetui", severity="error")
+            return
+        try:
+            await self.source.pin_node(group, node)
+        except (ControlError, OSError, TimeoutError) as e:
+            self.notify(f"{'pin' if node else 'unpin'} {group}: {e}", severity="error")
+            return
+        if node:
+            self.notify(f"{group}: pinned to {node} — new flows go through it while it is alive")
+        else:
+            self.notify(f"{group}: unpinned — its policy picks the node again")
+        self._refresh_now()
+
     def close_flows(self, ids: list[int]) -> None:
         self._close(ids)
 
@@ -429,10 +510,15 @@ class DaetuiApp(App[str | None]):
             if self.snapshot is not None:
                 dns.update_state(self.snapshot.dns)
             dns.cache.focus()
+        elif pane == "dialers":
+            dialers = self.query_one(DialersPane)
+            if self.snapshot is not None:
+                dialers.update_state(self.snapshot.groups, self.snapshot.nodes)
+            dialers.table.focus()
 
     def _pane_widget(self) -> Any:
         return {"overview": OverviewPane, "connections": ConnectionsPane, "rules": RulesPane, "maps": MapsPane,
-                "logs": LogsPane, "dns": DnsPane}[self.active_pane]
+                "logs": LogsPane, "dns": DnsPane, "dialers": DialersPane}[self.active_pane]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.query_one(self._pane_widget()).HELP))

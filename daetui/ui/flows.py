@@ -54,6 +54,7 @@ class FlowRow:
     flags: int = 0
     generation: int = 0
     packets_seen: float = 0.0   # when the kernel last saw a packet of it
+    node: str = ""              # the proxy node its group dialed through ("" direct, or not relayed)
 
     @property
     def rule_label(self) -> str:
@@ -153,6 +154,7 @@ class FlowBook:
             row.path = "relay"
             row.state = state
             row.error = c.error or ""
+            row.node = c.node or ""
             row.last = c.ended if c.ended else now
         self._kernel = fresh
         prev = self._prev
@@ -181,6 +183,7 @@ FIELDS: dict[str, Callable[[FlowRow], str]] = {
     "domain": lambda r: r.domain,
     "rule": lambda r: f"{r.rule_label} {r.rule}",
     "out": lambda r: r.outbound,
+    "node": lambda r: r.node,
     "stage": lambda r: r.stage,
     "path": lambda r: r.path,
     "state": lambda r: r.state,
@@ -251,6 +254,7 @@ SORT_KEYS: dict[str, Callable[[FlowRow], object]] = {
     "dst": lambda r: (r.dst, r.dport),
     "rule": lambda r: -1 if r.rule_index is None else r.rule_index,
     "out": lambda r: r.outbound,
+    "node": lambda r: r.node,
     "stage": lambda r: r.stage,
     "up": lambda r: r.up,
     "down": lambda r: r.down,

@@ -27,6 +27,8 @@ class FrozenSource:
         self.stopped = False
         self.edits: list[tuple[str, int, dict]] = []
         self.flushed = False
+        self.pins: list[tuple[str, str | None]] = []
+        self.checks: list[list[str]] = []
 
     async def snapshot(self, flows: bool = True) -> Snapshot:
         return wire.decode(Snapshot, self.data["snapshot"])
@@ -82,3 +84,9 @@ class FrozenSource:
     async def dns_flush(self) -> int:
         self.flushed = True
         return 0
+
+    async def pin_node(self, group: str, node: str | None) -> None:
+        self.pins.append((group, node))
+
+    async def check_nodes(self, names: list[str]) -> None:
+        self.checks.append(list(names))

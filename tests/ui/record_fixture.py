@@ -2,10 +2,11 @@
 
     sudo .venv/bin/python tests/ui/record_fixture.py
 
-Builds a lab of its own with real DNS servers (daetui.lab.dnspeers), runs
-daetui in it with FIXTURE_CONFIG, makes a known set of flows and LAN DNS
-queries, and writes the control socket's answers (snapshot, logs, maps, map
-entries, console lookups) to tests/ui/fixtures/lab.json. The snapshot tests
+Builds a lab of its own with real DNS servers (daetui.lab.dnspeers) and two
+SOCKS5 proxies (danted) as the proxy group's nodes, runs daetui in it with
+FIXTURE_CONFIG, makes a known set of flows and LAN DNS queries, pins a node,
+and writes the control socket's answers (snapshot, logs, maps, map entries,
+console lookups) to tests/ui/fixtures/lab.json. The snapshot tests
 replay them, so their pictures show real data and never change between runs.
 """
 
@@ -33,6 +34,7 @@ from helpers import Daemon, http_get, lan_socket, tcp_echo, udp_exchange  # noqa
 from daetui.control.client import ControlClient  # noqa: E402
 from daetui.lab.dnspeers import dns_peers  # noqa: E402
 from daetui.lab.netns import netns  # noqa: E402
+from daetui.lab.proxypeers_socks_http import PROXY4, Danted  # noqa: E402
 from daetui.lab.topology import ADDR, LAN_MAC, Lab  # noqa: E402
 
 FIXTURE_CONFIG = f"""
@@ -42,8 +44,22 @@ lan_interface = ["lan0", "lan1"]
 [device]
 "{LAN_MAC}" = "lab-laptop"
 
+[node]
+lab-socks = "socks5://{PROXY4}:1080"
+lab-socks-2 = "socks5://{PROXY4}:1090"
+# Nothing listens there: every check fails.
+gone = "socks5://{PROXY4}:1099"
+
 [group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
+filter = ["name(lab-socks, gone)", "name(lab-socks-2) [add_latency: 50ms]"]
+policy = "min"
+tcp_check_url = ["http://203.0.113.10/", "203.0.113.10", "2001:db8:3::10"]
+udp_check_dns = ["dns.lab.test:53", "203.0.113.53", "2001:db8:3::53"]
+check_interval = "1s"
+
+[group.media]
+filter = ["name(keyword: socks-2)"]
+policy = "fixed(0)"
 
 [dns]
 # unbound and dnsmasq of the lab, and one that never answers.
@@ -63,6 +79,7 @@ rules = [
 fallback = "direct"
 """
 OUT = Path(__file__).resolve().parent / "fixtures" / "lab.json"
+PORTS = (1080, 1090)  # the two danted nodes
 
 # Asked by the LAN: answers, an alias, a text record, NXDOMAIN, one through
 # dnsmasq, one whose upstream times out, and a repeat (a cache hit).
@@ -106,6 +123,8 @@ def make_flows(lab: Lab) -> socket.socket:
 async def record(run: Path) -> dict:
     c = ControlClient(run / "control.sock")
     await c.connect()
+    # A pin, as the console's p makes it: the pictures show one.
+    await c.pin_node("proxy", "lab-socks-2")
     lookups = {f"{name} {qtype}": await c.call("dns_lookup", name=name, qtype=qtype) for name, qtype in LOOKUPS}
     out = {
         "snapshot": await c.call("snapshot"),
@@ -133,7 +152,11 @@ def main() -> int:
     d = Daemon(lab, cfg, tmp / "run")
     try:
         stack.enter_context(dns_peers(lab))
+        for port in PORTS:
+            stack.enter_context(Danted(lab, port))
         d.start()
+        # The first checks: the dead node known dead before a flow could pick it.
+        time.sleep(2)
         keep = make_flows(lab)
         time.sleep(1.5)
         data = asyncio.run(record(tmp / "run"))

@@ -11,7 +11,7 @@ import pytest
 from conftest import frozen_app
 
 SIZES = [(80, 24), (160, 48)]
-PANES = ["overview", "connections", "rules", "maps", "logs", "dns"]
+PANES = ["overview", "connections", "rules", "maps", "logs", "dns", "dialers"]
 
 
 async def settle(pilot) -> None:

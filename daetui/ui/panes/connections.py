@@ -17,7 +17,8 @@ from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 # At 80 columns: protocol, source, destination, rule, outbound, up, down (the
-# first four narrowed). Wider, in this order: state, start, rates, stage, time, MAC, domain.
+# first four narrowed). Wider, in this order: state, start, the proxy node (when there are nodes), rates,
+# stage, time, MAC, domain.
 COLUMNS = [
     Column("start", "Start", 8, priority=4),
     Column("proto", "L4", 4),
@@ -28,6 +29,7 @@ COLUMNS = [
     Column("rule", "Rule", 30, min_width=14, flex=2),
     Column("stage", "Stage", 6, priority=6),
     Column("out", "Out", 7),
+    Column("node", "Node", 12, priority=4),
     Column("up", "Up", 7, align="right"),
     Column("down", "Down", 7, align="right"),
     Column("up/s", "Up/s", 9, align="right", priority=5),
@@ -35,6 +37,8 @@ COLUMNS = [
     Column("time", "Time", 6, align="right", priority=7),
     Column("state", "State", 7, priority=3),
 ]
+# Without proxy nodes in the config no flow has one: the column would only take the place of others.
+COLUMNS_NO_NODES = [c for c in COLUMNS if c.key != "node"]
 SORTABLE = [c.key for c in COLUMNS if c.key in SORT_KEYS]
 
 STATE_STYLE = {"open": None, "closed": "dim", "idle": "dim", "blocked": "bad", "failed": "bad"}
@@ -61,6 +65,8 @@ def flow_cell(r: FlowRow, key: str) -> Cell:
     if key == "out":
         style = "bad" if r.outbound == "block" else ("accent" if r.path == "relay" else None)
         return r.outbound, dim or style
+    if key == "node":
+        return r.node, dim
     if key == "up":
         return fmt.size(r.up), dim
     if key == "down":
@@ -97,7 +103,7 @@ Every flow through the router: those the kernel forwards or drops by itself
 | `x` | close the selected relayed flow |
 | `X` | close every relayed flow the filter shows |
 
-Filter fields: `proto src sport dst dport mac device domain rule out stage path state`;
+Filter fields: `proto src sport dst dport mac device domain rule out node stage path state`;
 a bare word matches source, destination, device, rule, outbound, protocol or state.
 Example: `dst:443 !out:direct`.
 """
@@ -121,7 +127,7 @@ Example: `dst:443 !out:direct`.
         self.sort_column = "start"
         self.sort_descending = True
         self.hide_closed = False
-        self.table = VirtualTable(COLUMNS, flow_cell, row_key=lambda r: r.key, id="flows")
+        self.table = VirtualTable(COLUMNS_NO_NODES, flow_cell, row_key=lambda r: r.key, id="flows")
         self.table.sort_column = self.sort_column
         self.table.sort_descending = True
         self.table.empty_text = "no flows yet"
@@ -136,11 +142,13 @@ Example: `dst:443 !out:direct`.
     def update_snapshot(self, snap: Snapshot) -> None:
         """New data: rebuild rows, filter, sort; only visible lines are drawn."""
         self.all_rows = self.book.rows(snap)
+        self.table.set_columns(COLUMNS if snap.nodes else COLUMNS_NO_NODES)
         self._apply()
 
     async def refresh_from(self, snap: Snapshot) -> None:
         """As update_snapshot, with the rows (the costly part) built off the UI's thread."""
         self.all_rows = await asyncio.to_thread(self.book.rows, snap)
+        self.table.set_columns(COLUMNS if snap.nodes else COLUMNS_NO_NODES)
         self._apply()
 
     def _apply(self) -> None:

@@ -18,7 +18,7 @@ GLOBAL_HELP = """\
 
 | key | |
 |---|---|
-| `1` … `6` | Overview, Connections, Rules, Maps, Logs, DNS |
+| `1` … `7` | Overview, Connections, Rules, Maps, Logs, DNS, Dialers |
 | `?` or `F1` | this help (for the pane you are on) |
 | `ctrl+p` | command palette: panes, themes, stop or detach |
 | `esc` | leave a filter line, close a dialog |
@@ -65,7 +65,7 @@ class FlowScreen(ModalScreen[None]):
             ("rule", f"{r.rule_label} {r.rule}"),
             ("decided by", f"{r.stage} stage" + (f" (rule generation {r.generation})" if r.stage == "kernel"
                                                  else "")),
-            ("outbound", r.outbound),
+            ("outbound", r.outbound + (f" via node {r.node}" if r.node else "")),
             ("path", "kernel only: forwarded or dropped, never in user space" if r.path == "kernel"
              else "handed to the control plane and relayed" + (f" (connection {r.conn_id})" if r.conn_id
                                                                else "")),

@@ -1,9 +1,12 @@
 """A table that renders only the lines on screen, for tens of thousands of rows.
 
 Rows are any objects; a `cell(row, column_key)` function turns one into text
-and an optional style name. Columns have priorities: on a narrow terminal the
-least important go first, and one flexible column takes the spare width.
-The header stays on top while the rows scroll under it.
+and an optional style name, or into a list of such pieces when one cell needs
+several styles (a sparkline with its failed points marked). A `span(row)`
+function may draw a row across the whole width instead (a section heading).
+Columns have priorities: on a narrow terminal the least important go first,
+and one flexible column takes the spare width. The header stays on top while
+the rows scroll under it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 Cell = tuple[str, str | None]  # text, style name ("dim", "good", "warn", "bad", "accent") or None
+Pieces = list[Cell]            # one cell in several styles
 
 
 @dataclass(frozen=True)
@@ -37,24 +41,74 @@ class Column:
     flex: int = 0            # share of the spare width (0: fixed)
     priority: int = 0        # higher: dropped earlier on narrow screens; 0: never dropped
     min_width: int = 0       # may shrink to this before a column is dropped (0: width)
+    keep_end: bool = False   # too long: the start goes, not the end (a history's newest checks stay in sight)
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` cut to `width` cells, its last one an ellipsis."""
+    if width <= 1:
+        return "…"[:width]
+    out, used = [], 0
+    for ch in text:
+        w = cell_len(ch)
+        if used + w > width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…" + " " * (width - 1 - used)
 
 
 def fit(text: str, width: int, align: str) -> str:
     """Pad or cut `text` to exactly `width` cells."""
     n = cell_len(text)
     if n > width:
-        if width <= 1:
-            return text[:width]
-        out, used = [], 0
-        for ch in text:
-            w = cell_len(ch)
-            if used + w > width - 1:
-                break
-            out.append(ch)
-            used += w
-        return "".join(out) + "…" + " " * (width - 1 - used)
+        return text[:width] if width <= 1 else _cut(text, width)
     pad = " " * (width - n)
     return pad + text if align == "right" else text + pad
+
+
+def _tail(text: str, width: int) -> str:
+    """The end of `text` that fits in `width` cells."""
+    out, used = [], 0
+    for ch in reversed(text):
+        w = cell_len(ch)
+        if used + w > width:
+            break
+        out.append(ch)
+        used += w
+    return " " * (width - used) + "".join(reversed(out))
+
+
+def fit_pieces(pieces: Pieces, width: int, align: str, keep_end: bool = False) -> Pieces:
+    """Pad or cut styled pieces to exactly `width` cells, as `fit` does one text."""
+    n = sum(cell_len(t) for t, _ in pieces)
+    if n <= width:
+        pad = (" " * (width - n), None)
+        return [pad, *pieces] if align == "right" else [*pieces, pad]
+    if keep_end:
+        # The last pieces whole, the one before them cut from its start; no ellipsis (nothing is cut short).
+        tail: Pieces = []
+        room = width
+        for text, style in reversed(pieces):
+            if cell_len(text) <= room:
+                tail.append((text, style))
+                room -= cell_len(text)
+                continue
+            if room:
+                tail.append((_tail(text, room), style))
+            break
+        return tail[::-1]
+    # Too long: whole pieces while they leave a cell for the ellipsis, then the first that does not, cut.
+    out: Pieces = []
+    room = width
+    for text, style in pieces:
+        if cell_len(text) < room:
+            out.append((text, style))
+            room -= cell_len(text)
+            continue
+        out.append((_cut(text, room), style))
+        break
+    return out
 
 
 class VirtualTable(ScrollView, can_focus=True):
@@ -112,12 +166,13 @@ class VirtualTable(ScrollView, can_focus=True):
         def control(self) -> VirtualTable:
             return self.table
 
-    def __init__(self, columns: Sequence[Column], cell: Callable[[Any, str], Cell],
+    def __init__(self, columns: Sequence[Column], cell: Callable[[Any, str], Cell | Pieces],
                  row_key: Callable[[Any], Hashable] | None = None, *, id: str | None = None,
-                 classes: str | None = None) -> None:
+                 classes: str | None = None, span: Callable[[Any], Pieces | None] | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.columns = list(columns)
         self.cell = cell
+        self.span = span
         self.row_key = row_key
         self.rows: Sequence[Any] = ()
         self.sort_column: str | None = None
@@ -145,6 +200,14 @@ class VirtualTable(ScrollView, can_focus=True):
             self.cursor = min(self.cursor, max(0, len(rows) - 1))
         self._update_virtual_size()
         self.refresh()
+
+    def set_columns(self, columns: Sequence[Column]) -> None:
+        """Change the columns (nothing happens when they are the same)."""
+        if list(columns) != self.columns:
+            self.columns = list(columns)
+            self._layout_width = -1
+            self._update_virtual_size()
+            self.refresh()
 
     @property
     def current(self) -> Any | None:
@@ -232,13 +295,27 @@ class VirtualTable(ScrollView, can_focus=True):
         if index == self.cursor:
             base = base + self._style("cursor")
         segs = []
+        whole = self.span(row) if self.span is not None else None
+        if whole is not None:
+            for text, style_name in fit_pieces(whole, width, "left"):
+                segs.append(Segment(text, self._cell_style(base, style_name, index)))
+            return Strip(segs).crop_extend(scroll_x, scroll_x + width, base)
         for c, w in cols:
-            text, style_name = self.cell(row, c.key)
-            style = base + self._style(style_name) if style_name else base
-            if index == self.cursor:
-                style = style + self._style("cursor")
-            segs.append(Segment(fit(text, w, c.align) + " ", style))
+            out = self.cell(row, c.key)
+            if isinstance(out, list):
+                for text, style_name in fit_pieces(out, w, c.align, c.keep_end):
+                    segs.append(Segment(text, self._cell_style(base, style_name, index)))
+                segs.append(Segment(" ", base))
+                continue
+            text, style_name = out
+            segs.append(Segment(fit(text, w, c.align) + " ", self._cell_style(base, style_name, index)))
         return Strip(segs).crop_extend(scroll_x, scroll_x + width, base)
+
+    def _cell_style(self, base: Style, name: str | None, index: int) -> Style:
+        style = base + self._style(name) if name else base
+        if index == self.cursor:
+            style = style + self._style("cursor")
+        return style
 
     # -- cursor ---------------------------------------------------------------------------------
     def watch_cursor(self, old: int, new: int) -> None:
