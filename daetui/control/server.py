@@ -25,6 +25,7 @@ from daetui.control.plane import ControlPlane
 
 log = logging.getLogger("daetui.control")
 
+MAX_IN_FLIGHT = 16  # requests answered at once per connection
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 1 << 20            # a request line longer than this closes the connection
 MAX_CLIENT_BUFFER = 32 << 20     # events are dropped while a client has this much unread
@@ -68,6 +69,8 @@ class ControlServer:
             self._clients.add(me)  # type: ignore[arg-type]
         sub: Subscription | None = None
         forward: asyncio.Task[None] | None = None
+        answering: set[asyncio.Task[None]] = set()
+        busy = asyncio.Semaphore(MAX_IN_FLIGHT)
         try:
             while True:
                 try:
@@ -92,17 +95,18 @@ class ControlServer:
                         forward = asyncio.ensure_future(self._forward(sub, writer))
                     writer.write(wire.dumps({"id": rid, "result": True}))
                     continue
-                try:
-                    result = await self._dispatch(cmd, args)
-                    out = await asyncio.get_running_loop().run_in_executor(
-                        None, wire.dumps, {"id": rid, "result": result})
-                except Exception as e:
-                    out = wire.dumps({"id": rid, "error": f"{type(e).__name__}: {e}"})
-                writer.write(out)
-                await writer.drain()
+                # Each request is answered on its own, so a slow one (a DNS lookup, a node check)
+                # does not hold back the snapshots behind it; the client matches answers by id.
+                await busy.acquire()
+                task = asyncio.ensure_future(self._answer(rid, cmd, args, writer))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+                task.add_done_callback(lambda _: busy.release())
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            for t in answering:
+                t.cancel()
             if forward is not None:
                 forward.cancel()
             if sub is not None:
@@ -110,6 +114,16 @@ class ControlServer:
             writer.close()
             if me is not None:
                 self._clients.discard(me)  # type: ignore[arg-type]
+
+    async def _answer(self, rid: Any, cmd: str, args: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        try:
+            result = await self._dispatch(cmd, args)
+            out = await asyncio.get_running_loop().run_in_executor(None, wire.dumps, {"id": rid, "result": result})
+        except Exception as e:
+            out = wire.dumps({"id": rid, "error": f"{type(e).__name__}: {e}"})
+        with contextlib.suppress(ConnectionError):
+            writer.write(out)
+            await writer.drain()
 
     async def _forward(self, sub: Subscription, writer: asyncio.StreamWriter) -> None:
         while True:

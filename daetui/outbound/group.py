@@ -112,8 +112,6 @@ class Group:
         names = [m for m, _ in self.members]
         if not names:
             return None
-        if self.policy == "fixed":
-            return names[self.fixed] if self.fixed < len(names) else None
 
         def alive(n: str) -> bool:
             h = health.get(n)
@@ -121,6 +119,8 @@ class Group:
 
         if self.pinned is not None and alive(self.pinned):
             return self.pinned
+        if self.policy == "fixed":
+            return names[self.fixed] if self.fixed < len(names) else None
         live = [(n, add) for n, add in self.members if alive(n)]
         if not live:
             return None

@@ -83,6 +83,8 @@ def test_pin_fixed_random_and_no_live_node():
     f = Group("g", "fixed(1)")
     f.set_members([("a", 0.0), ("b", 0.0)])
     assert f.select(health(a=[0.1], b=[None])) == "b"                # fixed means fixed
+    f.pinned = "a"
+    assert f.select(health(a=[0.1], b=[0.1])) == "a"                 # but a live pin wins
     r = Group("g", "random")
     r.set_members([("a", 0.0), ("b", 0.0)])
     assert {r.select(health(a=[0.1], b=[0.1])) for _ in range(200)} == {"a", "b"}
