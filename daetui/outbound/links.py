@@ -89,6 +89,8 @@ def with_allow_insecure(node: Any) -> Any:
     """The node with invalid TLS certificates accepted (daetui's global `allow_insecure`), where it has TLS."""
     if isinstance(node, ChainNode):
         return ChainNode(node.name, tuple(with_allow_insecure(h) for h in node.hops))
+    if not getattr(node, "tls", True):
+        return node  # a node without TLS (http://, plain vless) has no certificate to accept
     if dataclasses.is_dataclass(node) and any(f.name == "allow_insecure" for f in dataclasses.fields(node)):
         return dataclasses.replace(node, allow_insecure=True)
     return node

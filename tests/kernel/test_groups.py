@@ -131,8 +131,9 @@ def checked(runner) -> dict[str, object]:
 
 
 def conn_to(runner, dst: tuple[str, int], proto: str = "tcp"):
-    return wait_for(lambda: next((c for c in reversed(snapshot(runner).connections)
-                                  if c.dst == dst and c.proto == proto), None))
+    """The newest connection to `dst` (open or closed)."""
+    return wait_for(lambda: max((c for c in snapshot(runner).connections if c.dst == dst and c.proto == proto),
+                                key=lambda c: c.id, default=None))
 
 
 @pytest.mark.parametrize("policy", ["min", "min_avg10", "min_moving_avg"])
@@ -177,7 +178,7 @@ def test_pinning_and_no_live_node(lab, nodes, tmp_path: Path):
         assert conn_to(runner, (ADDR.hosts4[0], 80)).node == "slow"
         runner.call(lambda: plane.pin_node("proxy", None))
         http_get(lab, ADDR.hosts4[0], "/whoami")
-        assert [c.node for c in snapshot(runner).connections if c.dst == (ADDR.hosts4[0], 80)][-1] == "fast"
+        assert conn_to(runner, (ADDR.hosts4[0], 80)).node == "fast"
         # A config whose group has only a dead node: the flow fails, and says why.
         cfg = parse_config(CONFIG.replace("POLICY", "min").replace(f"socks5://{PROXY4}:{FAST_PORT}",
                                                                    f"socks5://{PROXY4}:1099"), "t.toml")
