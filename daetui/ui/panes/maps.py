@@ -88,8 +88,9 @@ name and no domain rule wants it.
     def update_maps(self, maps: list[MapInfo]) -> None:
         self.maps.set_rows(maps)
         info = next((m for m in maps if m.name == self.selected), None)
-        if info is not None:
-            self.query_one("#map-title", Static).update(
+        titles = self.query("#map-title")  # gone when a late answer meets an app that is closing
+        if info is not None and titles:
+            titles.first(Static).update(
                 f"[b]{info.name}[/] · {info.type} · key {info.key_size} B, value {info.value_size} B · "
                 f"{info.purpose}")
 
