@@ -227,3 +227,42 @@ def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
             diffs.append(f"== {k}\n" + "\n".join(difflib.unified_diff(b.splitlines(), a.splitlines(),
                                                                        "before", "after", lineterm="")))
     assert not diffs, "router state changed:\n" + "\n".join(diffs)
+
+
+# -- outbounds -------------------------------------------------------------------------
+
+class OpaqueStream:
+    """A stream that hides its socket (raw is None), as an encrypting node in a chain gives."""
+
+    raw = None
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def read(self, n: int) -> bytes:
+        return await self.inner.read(n)
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    async def write_eof(self) -> None:
+        await self.inner.write_eof()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class OpaqueDialer:
+    """A `via` whose streams hide their socket: the dialer on top must not splice or peek."""
+
+    name = "opaque"
+
+    async def connect(self, host: str, port: int) -> OpaqueStream:
+        from daetui.outbound.direct import DirectDialer
+
+        return OpaqueStream(await DirectDialer(0).connect(host, port))
+
+    async def datagrams(self) -> Any:
+        from daetui.outbound.base import DialError
+
+        raise DialError("no UDP")

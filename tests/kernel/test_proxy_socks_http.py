@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import OpaqueDialer, OpaqueStream
 
 from daetui.lab.netns import netns
 from daetui.lab.proxypeers_socks_http import (
@@ -111,35 +112,6 @@ async def http_get(stream: Stream, path: str) -> tuple[bytes, bytes]:
     return head.split(b"\r\n", 1)[0], body
 
 
-class OpaqueDialer:
-    """A `via` whose streams hide their socket, as a chain through an encrypting node gives."""
-
-    name = "opaque"
-
-    async def connect(self, host: str, port: int) -> OpaqueStream:
-        return OpaqueStream(await DirectDialer(0).connect(host, port))
-
-    async def datagrams(self) -> Any:
-        raise DialError("no UDP")
-
-
-class OpaqueStream:
-    raw = None
-
-    def __init__(self, inner: Stream) -> None:
-        self.inner = inner
-
-    async def read(self, n: int) -> bytes:
-        return await self.inner.read(n)
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # -- real servers: TCP ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ import base64
 from collections.abc import Awaitable, Callable
 
 import pytest
+from helpers import OpaqueDialer
 
 from daetui.outbound.base import AsyncioStream, DialError, SocketStream
 from daetui.outbound.direct import DirectDialer
@@ -200,35 +201,6 @@ async def with_server(script: Script, use: Callable[[int], Awaitable[None]]) -> 
         server.close()
 
 
-class OpaqueDialer:
-    """Streams without their socket, like those of an encrypting node in a chain."""
-
-    name = "opaque"
-
-    async def connect(self, host: str, port: int) -> object:
-        return OpaqueStream(await DirectDialer(0).connect(host, port))
-
-    async def datagrams(self) -> object:
-        raise DialError("none")
-
-
-class OpaqueStream:
-    raw = None
-
-    def __init__(self, inner: SocketStream) -> None:
-        self.inner = inner
-
-    async def read(self, n: int) -> bytes:
-        return await self.inner.read(n)
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.mark.parametrize("opaque", [False, True], ids=["socket", "stream"])
