@@ -1,0 +1,532 @@
+"""How fast is daetui's proxied path, against the classic C router proxy, ss-redir?
+
+In the lab, in one run, the LAN client's TCP to 203.0.113.10 goes through a
+shadowsocks server (Debian's ss-server, 203.0.113.12, the same cipher and
+password throughout) by way of either
+  - daetui: the kernel hands the flow to the control plane, which relays it
+    through its shadowsocks dialer (a group with one node, `fixed(0)`); or
+  - ss-redir (shadowsocks-libev) in the router namespace, the LAN's TCP to
+    203.0.113.10 sent to it by a TPROXY rule (nftables, or iptables with
+    --firewall) and policy routing, as a classic router setup does it.
+The two never run at the same time: rounds alternate (daetui, then ss-redir),
+and each round starts its proxy, measures, and removes every process and rule
+it made. Per round, from the LAN:
+  - TCP throughput, one iperf3 stream, upload (LAN -> wan) and download (-R);
+  - new connections per second: one short connection after the other, each a
+    tiny request and its answer, the server closing (like HTTP/1.0);
+  - CPU the proxy (daetui's process, or ss-redir) and ss-server used while
+    iperf3 ran and while the connections were made, in % of one core; and
+    from it the proxy's CPU per Gbit/s and per connection, which other
+    processes on the machine disturb less than the rates themselves.
+Figures are medians over --rounds rounds; ratios are daetui / ss-redir. Both
+proxies log only warnings (daetui `log_level = "warn"`, ss-redir without -v)
+and dial by IP (daetui `dial_mode = "ip"`: no sniffing).
+
+After an ss-redir round its rules are checked gone by listing them, not by a
+direct connection: the router keeps ss-redir's TIME_WAIT sockets (it closes
+first towards the client) for a minute, and the kernel's early demux hands
+the LAN's next unproxied SYN on such a 4-tuple to one of them, so about half
+of direct connections fail meanwhile. Proxied rounds are not affected: BPF
+assigns daetui's flows at TC ingress, and TPROXY passes a SYN that hits a
+TIME_WAIT socket to the listener.
+
+    .venv/bin/python bench/proxy_path.py [--seconds 5] [--rounds 3] [--method aes-256-gcm]
+                                         [--firewall nft|iptables|iptables-legacy]
+                                         [--profile /path/to/py-spy]
+
+--profile adds one more daetui round, not counted, with py-spy sampling the
+daemon through an upload, a download and the new connections, and prints
+where its time goes.
+Needs iperf3, shadowsocks-libev, and nftables (or iptables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _lab import Daetui, end, ns_exec, require_root
+
+from daetui.lab.netns import netns
+from daetui.lab.topology import ADDR, Lab
+
+TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
+IPERF_PORT, RR_PORT = 5201, 5300
+PASSWORD = "daetui bench"
+SS_PORT = 8388
+REDIR_PORT = 12345               # ss-redir's listener in the router namespace (127.0.0.1)
+# The TPROXY peer's policy routing; clear of daetui's (mark 0x2000000, table 2024, pref 1000).
+REDIR_MARK, REDIR_TABLE, REDIR_PREF = 0x100, 2026, 1100
+NFT_TABLE = "daetui_bench_redir"
+SS_REDIR = "/usr/bin/ss-redir"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+CONFIG = """
+[global]
+lan_interface = ["lan0"]
+log_level = "warn"
+dial_mode = "ip"
+# Checks stay inside the lab; fixed(0) uses the node whatever they find.
+check_interval = "600s"
+tcp_check_url = ["http://{target}/", "{target}", "{target6}"]
+udp_check_dns = ["dns.lab.test:53", "{dns4}", "{dns6}"]
+
+[node]
+ss = "{link}"
+
+[group.proxy]
+policy = "fixed(0)"
+
+[routing]
+rules = ["dip({target}) -> proxy"]
+fallback = "direct"
+"""
+
+
+# -- request/answer: the server and client of the new-connections figure ---------------------------
+
+def rr_server(addr: str, port: int) -> None:
+    """Accept, read the request, answer with the peer's address, close (the server closes first)."""
+    ls = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, port))
+    ls.listen(4096)
+    print("ready", flush=True)
+    while True:
+        c, peer = ls.accept()
+        try:
+            c.settimeout(2)  # a connection that never sends must not stall the next ones
+            if c.recv(64):
+                c.sendall(f"{peer[0]}\n".encode())
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+def rr_client(addr: str, port: int, seconds: float) -> None:
+    """Connect, ask, read the answer to its end, close; as many times as fit in `seconds`. Prints the count."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    n = 0
+    end_at = time.monotonic() + seconds
+    while time.monotonic() < end_at:
+        s = socket.socket(family)
+        try:
+            s.settimeout(5)
+            s.connect((addr, port))
+            s.sendall(b"GET\n")
+            got = b""
+            while data := s.recv(256):
+                got += data
+            if got.endswith(b"\n"):
+                n += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    print(n)
+
+
+def ask_once(lab: Lab) -> str:
+    """The address the request/answer server saw this LAN client come from (ss-server's, when proxied)."""
+    with netns(lab.lan):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with s:
+        s.settimeout(5)
+        try:
+            s.connect((TARGET, RR_PORT))
+            s.sendall(b"GET\n")
+            return s.recv(256).decode().strip()
+        except OSError as e:
+            raise RuntimeError(f"a request from the LAN to {TARGET}:{RR_PORT} failed: {e}") from None
+
+
+# -- figures -------------------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def iperf(lab: Lab, seconds: float, reverse: bool) -> float:
+    argv = ["iperf3", "-c", TARGET, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"] + (["-R"] if reverse else [])
+    out = ns_exec(lab.lan, *argv, timeout=seconds + 30)
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise RuntimeError(f"iperf3: {data['error']}")
+    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def cps(lab: Lab, seconds: float) -> float:
+    out = ns_exec(lab.lan, sys.executable, str(Path(__file__).resolve()), "rr-client", TARGET, str(RR_PORT),
+                  f"{seconds:g}", timeout=seconds + 30)
+    return int(out.stdout.strip()) / seconds
+
+
+@dataclass
+class Round:
+    up: float = 0.0       # Gbit/s, LAN -> wan
+    down: float = 0.0     # Gbit/s, wan -> LAN
+    cps: float = 0.0      # new connections per second
+    # % of one core: "proxy", "ss-server" during iperf3; "proxy cps", "ss-server cps" during the connections
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def measure(lab: Lab, seconds: float, pids: dict[str, int]) -> Round:
+    """One round's figures. CPU is over the measured seconds (the tools' start and end cost the proxy nothing)."""
+    r = Round()
+    used = collections.Counter[str]()
+    for reverse in (False, True):
+        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        gbps = iperf(lab, seconds, reverse)
+        for k, p in pids.items():
+            used[k] += cpu_seconds(p) - before[k]
+        if reverse:
+            r.down = gbps
+        else:
+            r.up = gbps
+    r.cpu = {k: 100 * v / (2 * seconds) for k, v in used.items()}
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    r.cps = cps(lab, seconds)
+    r.cpu.update({f"{k} cps": 100 * (cpu_seconds(p) - before[k]) / seconds for k, p in pids.items()})
+    return r
+
+
+# -- the two proxies --------------------------------------------------------------------------------
+
+class Redir:
+    """ss-redir in the router namespace, and the TPROXY rule and policy routing that feed it the LAN's TCP.
+
+    Everything it adds it records, and `stop` deletes exactly that, then ends ss-redir by its pid.
+    """
+
+    def __init__(self, lab: Lab, method: str, firewall: str) -> None:
+        self.lab = lab
+        self.firewall = firewall
+        self.undo: list[list[str]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-redir-"))
+        conf = self.tmp / "ss-redir.json"
+        conf.write_text(json.dumps({
+            "server": ADDR.hosts4[2], "server_port": SS_PORT, "password": PASSWORD, "method": method,
+            "local_address": "127.0.0.1", "local_port": REDIR_PORT, "mode": "tcp_only", "timeout": 60,
+            "no_delay": True, "fast_open": False,
+        }))
+        conf.chmod(0o600)
+        self.log = self.tmp / "ss-redir.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            with open(self.log, "wb") as logf:
+                self.proc = subprocess.Popen(["ip", "netns", "exec", lab.router, SS_REDIR, "-c", str(conf), "-T"],
+                                             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+            self._wait_listening()
+            self._route()
+            self._tproxy()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _wait_listening(self, timeout: float = 5.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while f"listening at 127.0.0.1:{REDIR_PORT}" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ss-redir did not start:\n" + self.log.read_text(errors="replace"))
+            time.sleep(0.05)
+
+    def _do(self, argv: list[str], undo: list[str], stdin: str | None = None) -> None:
+        out = subprocess.run(["ip", "netns", "exec", self.lab.router, *argv], input=stdin, capture_output=True,
+                             text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {out.stderr.strip()}")
+        self.undo.append(undo)
+
+    def _route(self) -> None:
+        mark = f"{REDIR_MARK:#x}/{REDIR_MARK:#x}"
+        self._do(["ip", "rule", "add", "fwmark", mark, "lookup", str(REDIR_TABLE), "pref", str(REDIR_PREF)],
+                 ["ip", "rule", "del", "fwmark", mark, "lookup", str(REDIR_TABLE), "pref", str(REDIR_PREF)])
+        self._do(["ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", str(REDIR_TABLE)],
+                 ["ip", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", str(REDIR_TABLE)])
+
+    def _tproxy(self) -> None:
+        if self.firewall == "nft":
+            ruleset = (f"table ip {NFT_TABLE} {{\n"
+                       " chain prerouting {\n"
+                       "  type filter hook prerouting priority mangle; policy accept;\n"
+                       f"  ip daddr {TARGET} meta l4proto tcp"
+                       f" tproxy to 127.0.0.1:{REDIR_PORT} meta mark set {REDIR_MARK:#x} accept\n"
+                       " }\n}\n")
+            out = subprocess.run(["ip", "netns", "exec", self.lab.router, "nft", "list", "table", "ip", NFT_TABLE],
+                                 capture_output=True, text=True, timeout=30)
+            if out.returncode == 0:
+                raise RuntimeError(f"nft table ip {NFT_TABLE} exists already in {self.lab.router}; not touching it")
+            self._do(["nft", "-f", "-"], ["nft", "delete", "table", "ip", NFT_TABLE], stdin=ruleset)
+        else:
+            spec = ["PREROUTING", "-d", f"{TARGET}/32", "-p", "tcp", "-j", "TPROXY", "--on-ip", "127.0.0.1",
+                    "--on-port", str(REDIR_PORT), "--tproxy-mark", f"{REDIR_MARK:#x}/{REDIR_MARK:#x}"]
+            self._do([self.firewall, "-w", "-t", "mangle", "-A", *spec],
+                     [self.firewall, "-w", "-t", "mangle", "-D", *spec])
+
+    def stop(self) -> None:
+        errors = []
+        while self.undo:
+            argv = self.undo.pop()
+            out = subprocess.run(["ip", "netns", "exec", self.lab.router, *argv], capture_output=True, text=True,
+                                 timeout=30)
+            if out.returncode != 0:
+                errors.append(f"{' '.join(argv)}: {out.stderr.strip()}")
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:  # by its pid: `ip netns exec` execs ss-redir in place
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        errors += self.leftovers()
+        if errors:
+            raise RuntimeError("ss-redir's setup not undone: " + "; ".join(errors))
+
+    def leftovers(self) -> list[str]:
+        """What of this setup is still in the router namespace (nothing, after `stop`)."""
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["ip", "netns", "exec", self.lab.router, *argv], capture_output=True, text=True,
+                                  timeout=30)
+
+        out = []
+        if run("ip", "rule", "list", "pref", str(REDIR_PREF)).stdout.strip():
+            out.append(f"ip rule pref {REDIR_PREF}")
+        if run("ip", "route", "show", "table", str(REDIR_TABLE)).stdout.strip():
+            out.append(f"routes in table {REDIR_TABLE}")
+        if self.firewall == "nft":
+            if run("nft", "list", "table", "ip", NFT_TABLE).returncode == 0:
+                out.append(f"nft table ip {NFT_TABLE}")
+        elif f"--on-port {REDIR_PORT}" in run(self.firewall, "-w", "-t", "mangle", "-S", "PREROUTING").stdout:
+            out.append(f"{self.firewall} TPROXY rule")
+        return out
+
+
+def start_daetui(lab: Lab, link: str) -> Daetui:
+    config = CONFIG.format(target=TARGET, target6=ADDR.hosts6[0], dns4=ADDR.dns4[0], dns6=ADDR.dns6[0], link=link)
+    old = os.umask(0o077)  # the config holds the node's password: readable by root only
+    try:
+        return Daetui(lab.router, config)
+    finally:
+        os.umask(old)
+
+
+def stop_daetui(daemon: Daetui) -> None:
+    daemon.stop()
+    shutil.rmtree(daemon.tmp, ignore_errors=True)
+
+
+# -- profile --------------------------------------------------------------------------------------------
+
+def profile(lab: Lab, link: str, pyspy: str, seconds: float, native: bool = False) -> None:
+    """An extra daetui round with py-spy sampling the daemon during an upload, a download and new connections."""
+    daemon = start_daetui(lab, link)
+    try:
+        for what in ("upload", "download", "new connections"):
+            raw = Path(tempfile.mkstemp(prefix="daetui-bench-pyspy-", suffix=".txt")[1])
+            try:
+                spy = subprocess.Popen([pyspy, "record", "--format", "raw", "-r", "250", "-d", f"{seconds + 1:g}",
+                                        "-o", str(raw), "-p", str(daemon.proc.pid)]
+                                       + (["--native"] if native else ["--nonblocking"]),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                time.sleep(0.5)
+                if what == "new connections":
+                    figure = f"{cps(lab, seconds):.0f} conn/s"
+                else:
+                    figure = f"{iperf(lab, seconds, what == 'download'):.2f} Gbit/s"
+                _, err = spy.communicate(timeout=seconds + 30)
+                if spy.returncode != 0:
+                    raise RuntimeError(f"py-spy: {err.strip()}")
+                print(f"\nprofile of daetui, {what} ({figure} while sampled):")
+                print_profile(raw.read_text())
+            finally:
+                raw.unlink(missing_ok=True)
+    finally:
+        stop_daetui(daemon)
+
+
+def print_profile(collapsed: str, top: int = 18) -> None:
+    """Self and inclusive time per function, from py-spy's collapsed stacks ("frame;frame;... count")."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    if not total:
+        print("  (no samples: the daemon was idle)")
+        return
+    print(f"  {total} samples of the busy thread(s); self % | inclusive % | function (file)")
+    for f, n in own.most_common(top):
+        print(f"  {100 * n / total:5.1f} {100 * incl[f] / total:6.1f}  {f}")
+    print("  (Runner.run's self time is uvloop's C code: the loop, and the socket calls its sock_* make)")
+
+
+def _short(frame: str) -> str:
+    """py-spy's 'func (path/file.py:line)' with the path shortened to the package or the file name."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, colon, _line = where.rpartition(":")
+    if not colon:  # a native frame: the library
+        return f"{name} ({where})" if where else name
+    for marker in ("/daetui/", "/asyncio/", "/site-packages/"):
+        if not path.startswith("/"):  # relative to the daemon's directory: daetui/...
+            break
+        if marker in path:
+            path = marker.strip("/") + "/" + path.split(marker, 1)[1]
+            break
+    else:
+        path = Path(path).name
+    return f"{name} ({path})" if path else name
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall: str) -> None:
+    d, s = rounds["daetui"], rounds["ss-redir"]
+
+    def med(rs: list[Round], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in rs)
+
+    def cpu(rs: list[Round], who: str) -> float:
+        return statistics.median(r.cpu[who] for r in rs)
+
+    print(f"\nproxied path, {method}, ss-server on {ADDR.hosts4[2]}; median of {len(d)} alternating rounds, "
+          f"{seconds:g}s each figure")
+    print(f"{'':34} {'daetui':>9} {'ss-redir':>9} {'ratio':>6}")
+    for label, attr, fmt in (("TCP upload, Gbit/s", "up", "9.2f"), ("TCP download, Gbit/s", "down", "9.2f"),
+                             ("new connections/s", "cps", "9.0f")):
+        a, b = med(d, attr), med(s, attr)
+        print(f"{label:34} {a:{fmt}} {b:{fmt}} {a / b:6.2f}")
+    for label, key in (("proxy CPU % during iperf3", "proxy"), ("ss-server CPU % during iperf3", "ss-server"),
+                       ("proxy CPU % during connections", "proxy cps"),
+                       ("ss-server CPU % during connections", "ss-server cps")):
+        print(f"{label:34} {cpu(d, key):9.0f} {cpu(s, key):9.0f}")
+    # What each proxy spends for its bytes and connections: steadier than the rates when
+    # other processes share the machine's cores.
+    a, b = (statistics.median(r.cpu["proxy"] / ((r.up + r.down) / 2) for r in rs) for rs in (d, s))
+    print(f"{'proxy CPU % per Gbit/s (iperf3)':34} {a:9.1f} {b:9.1f} {a / b:6.2f}")
+    a, b = (statistics.median(1e4 * r.cpu["proxy cps"] / r.cps for r in rs) for rs in (d, s))
+    print(f"{'proxy CPU µs per connection':34} {a:9.0f} {b:9.0f} {a / b:6.2f}")
+    print(f"TPROXY rule for ss-redir: {firewall}")
+    print("each round (upload / download Gbit/s, conn/s):")
+    for i, (a, b) in enumerate(zip(d, s, strict=True)):
+        print(f"  round {i + 1}: daetui {a.up:.2f} / {a.down:.2f}, {a.cps:.0f}   "
+              f"ss-redir {b.up:.2f} / {b.down:.2f}, {b.cps:.0f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--method", default="aes-256-gcm", help="aes-256-gcm or chacha20-ietf-poly1305 "
+                    "(ss-server's aes-128-gcm is slow enough to be what is measured)")
+    ap.add_argument("--firewall", default="nft", choices=("nft", "iptables", "iptables-legacy"),
+                    help="what installs ss-redir's TPROXY rule")
+    ap.add_argument("--profile", metavar="PY_SPY", help="py-spy binary: profile the daemon in an extra round")
+    ap.add_argument("--native", action="store_true", help="with --profile: C frames too (py-spy --native)")
+    ap.add_argument("--lab", default="dtbenchpp")
+    args = ap.parse_args()
+    for tool in ("iperf3", SS_REDIR, args.firewall):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found")
+
+    from daetui.lab.proxypeers_shadowsocks import SsServer
+
+    lab = Lab(args.lab)
+    if lab.is_up():
+        sys.exit(f"lab {args.lab} is up already; take it down first (python -m daetui lab down?) or use --lab")
+    lab.up()
+    procs: list[subprocess.Popen[str]] = []
+    ss = SsServer(lab, args.method, PASSWORD, SS_PORT, verbose=False)
+    try:
+        ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+        procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", TARGET, "-p",
+                                       str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        p = subprocess.Popen(["ip", "netns", "exec", lab.wan, sys.executable, str(Path(__file__).resolve()),
+                              "rr-server", TARGET, str(RR_PORT)], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout is not None
+        p.stdout.readline()
+        ss.start()
+        link = ss.node(4).link()
+        time.sleep(0.3)
+        direct = ask_once(lab)
+        if direct != ADDR.client4:
+            raise RuntimeError(f"without a proxy the server saw {direct}, not the client {ADDR.client4}")
+
+        rounds: dict[str, list[Round]] = {"daetui": [], "ss-redir": []}
+        print(f"proxied path: {args.rounds} alternating rounds, {args.method}, iperf3 and connections "
+              f"{args.seconds:g}s each", flush=True)
+        for i in range(args.rounds):
+            for who in ("daetui", "ss-redir"):
+                t0 = time.monotonic()
+                proxy: Daetui | Redir = (start_daetui(lab, link) if who == "daetui"
+                                         else Redir(lab, args.method, args.firewall))
+                try:
+                    pid = proxy.proc.pid if isinstance(proxy, Daetui) else proxy.pid
+                    seen = ask_once(lab)
+                    if seen == ADDR.client4:
+                        raise RuntimeError(f"{who}: the flow was not proxied (the server saw the client itself)")
+                    r = measure(lab, args.seconds, {"proxy": pid, "ss-server": ss.pid or 0})
+                finally:
+                    if isinstance(proxy, Daetui):
+                        stop_daetui(proxy)
+                    else:
+                        proxy.stop()
+                rounds[who].append(r)
+                print(f"  round {i + 1} {who:8}: up {r.up:5.2f}  down {r.down:5.2f} Gbit/s  {r.cps:6.0f} conn/s  "
+                      f"CPU proxy {r.cpu['proxy']:3.0f}/{r.cpu['proxy cps']:3.0f}% ss-server {r.cpu['ss-server']:3.0f}/"
+                      f"{r.cpu['ss-server cps']:3.0f}%  "
+                      f"({time.monotonic() - t0:.0f}s)", flush=True)
+        if args.rounds:
+            report(rounds, args.seconds, args.method, args.firewall)
+        if args.profile:
+            profile(lab, link, args.profile, args.seconds, args.native)
+    finally:
+        ss.stop()
+        end(procs)
+        lab.down()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "rr-server":
+        rr_server(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "rr-client":
+        rr_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        require_root("bench/proxy_path.py")
+        sys.exit(main())
