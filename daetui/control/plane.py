@@ -404,7 +404,8 @@ class ControlPlane:
                                     outbound=outbound, stage=stage, mac=mac, relay=relay_kind)
 
     def _announce(self, conn: Connection) -> None:
-        conn_log.info("open %s", conn.describe())
+        if conn_log.isEnabledFor(logging.INFO):  # describe() is work: skipped when nobody reads it
+            conn_log.info("open %s", conn.describe())
         self.events.publish("conn.open", id=conn.id)
 
     def _wants_name(self, conn: Connection) -> bool:
@@ -454,7 +455,8 @@ class ControlPlane:
 
     def _finish(self, conn: Connection, error: str | None) -> None:
         self.connections.finish(conn, error)
-        conn_log.info("%s", conn.describe())
+        if conn_log.isEnabledFor(logging.INFO):
+            conn_log.info("%s", conn.describe())
         self.events.publish("conn.close", id=conn.id)
 
     # -- TCP ---------------------------------------------------------------------------------
