@@ -19,6 +19,7 @@ from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
 from daetui.lab.netns import netns
 from daetui.lab.topology import Lab
+from daetui.outbound.base import WrappedStream
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -127,6 +128,12 @@ def snapshot(runner: ControlPlaneThread) -> Snapshot:
     return runner.call(plane.snapshot)
 
 
+def newest_conn(runner: ControlPlaneThread, dst: tuple[str, int], proto: str = "tcp") -> Any:
+    """The newest relayed connection to `dst` (open or closed), waited for."""
+    return wait_for(lambda: max((c for c in snapshot(runner).connections if c.dst == dst and c.proto == proto),
+                                key=lambda c: c.id, default=None))
+
+
 def wait_for(fn: Callable[[], T | None], timeout: float = 5.0, interval: float = 0.05) -> T:
     """Poll `fn` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -231,25 +238,8 @@ def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 # -- outbounds -------------------------------------------------------------------------
 
-class OpaqueStream:
+class OpaqueStream(WrappedStream):
     """A stream that hides its socket (raw is None), as an encrypting node in a chain gives."""
-
-    raw = None
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    async def read(self, n: int) -> bytes:
-        return await self.inner.read(n)
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class OpaqueDialer:

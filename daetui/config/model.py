@@ -73,7 +73,7 @@ class DnsConfig:
     cache_size: int = 4096
     ca_file: str = ""
     upstream_timeout: float = 2.0
-    # The rules compiled by the loader (daetui.dns.rules.DnsRules), so the controller never re-checks them.
+    # The rules compiled by the loader (daetui.routing.dns_rules.DnsRules), so the controller never re-checks them.
     compiled: Any = field(default=None, compare=False, repr=False)
 
 

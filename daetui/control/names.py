@@ -78,9 +78,6 @@ class NameBook:
     def names(self, addr: IPAddress) -> list[str]:
         return list(self._names.get(addr, ()))
 
-    def deadline(self, addr: IPAddress, name: str) -> float | None:
-        return self._names.get(addr, {}).get(name)
-
     def addresses(self) -> list[IPAddress]:
         return list(self._names)
 

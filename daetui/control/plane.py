@@ -56,7 +56,7 @@ from daetui.dataplane.mapview import MapView
 from daetui.dataplane.monitor import InterfaceMonitor, Link
 from daetui.dns.controller import DnsController
 from daetui.dns.serve import DnsServer
-from daetui.dns.state import DnsState, DnsTrace
+from daetui.dns.state import DnsTrace
 from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
 from daetui.outbound.base import Datagrams, DialError
@@ -244,7 +244,8 @@ class ControlPlane:
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
         rule = f"rule #{entry.index + 1} {entry.rule}" if entry else "fallback"
         outbound = d.outbound or self.ruleset.fallback
-        # Until proxy groups exist, a group dials directly (as relayed flows do).
+        # The route is shown and a `block` refuses the upstream; a group's upstream is still dialled
+        # directly (DNS through proxy nodes is not built yet).
         return UpstreamRoute(outbound, rule, blocked=outbound == BLOCK)
 
     def _dns_feed(self, names: tuple[str, ...], ips: tuple[Any, ...], deadline: float) -> None:
@@ -268,9 +269,6 @@ class ControlPlane:
                 self._forget_kernel_name(ip)
             for ip in changed:
                 self._write_bits(ip)
-
-    def dns_state(self) -> DnsState:
-        return self.dns.state()
 
     async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace:
         """Resolve through the controller (the console's query box)."""

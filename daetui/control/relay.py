@@ -156,14 +156,10 @@ async def relay_stream(client: socket.socket, upstream: Stream, on_up: Counter, 
     loop = asyncio.get_running_loop()
 
     async def up() -> None:
-        buf = bytearray(COPY_CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = await loop.sock_recv_into(client, buf)
-            if n == 0:
-                break
-            await upstream.write(bytes(view[:n]))
-            on_up(n)
+        # A fresh bytes per read: the stream may keep it (TLS, queues), so no buffer is reused.
+        while data := await loop.sock_recv(client, COPY_CHUNK):
+            await upstream.write(data)
+            on_up(len(data))
         await upstream.write_eof()
 
     async def down() -> None:

@@ -141,9 +141,7 @@ class DnsController:
         self._closing: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.c = _Counters()
-        self.config = config
-        self.rules: DnsRules = config.compiled or compile_rules(config)
-        self.configure(config)
+        self.configure(config)  # sets config, rules, upstreams, timeouts
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, config: DnsConfig) -> None:
@@ -165,7 +163,7 @@ class DnsController:
             if fresh.get(name) is not up:
                 self._close_later(up)
         self.upstreams = fresh
-        self.rules = rules
+        self.rules: DnsRules = rules
         self._choices: dict[tuple[bytes, str | None], Choice] = {}  # request rules' verdicts, until the next config
         self.config = config
         self.cache.resize(config.cache_size)

@@ -62,7 +62,6 @@ class DnsServer:
         self.dns = controller
         self.ifname_of = ifname_of or (lambda c, s: None)
         self._udp: list[tuple[socket.socket, bool]] = []
-        self._tcp: list[socket.socket] = []
         self._accepts: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies: OrderedDict[tuple[str, int, int], tuple[socket.socket, float]] = OrderedDict()
@@ -83,7 +82,6 @@ class DnsServer:
 
     def serve_tcp(self, sock: socket.socket, hijacked: bool) -> None:
         sock.setblocking(False)
-        self._tcp.append(sock)
         self._accepts.append(asyncio.ensure_future(self._accept(sock, hijacked)))
 
     async def stop(self) -> None:

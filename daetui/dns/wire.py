@@ -38,7 +38,7 @@ RCODE_REFUSED = 5
 
 _H = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
-_OPT_RR = b"\x00" + struct.pack("!HHIH", TYPE_OPT, OUR_EDNS_PAYLOAD, 0, 0)
+OPT_RR = b"\x00" + struct.pack("!HHIH", TYPE_OPT, OUR_EDNS_PAYLOAD, 0, 0)
 
 
 class WireError(ValueError):
@@ -221,7 +221,7 @@ def answer_from_template(template: bytes, offsets: list[int], ttls: list[int], e
 def finish(out: bytearray, query: Query, udp: bool = True) -> bytes:
     """Add our OPT record when the client spoke EDNS; truncate (TC) what does not fit its UDP size."""
     if query.edns_payload:
-        out += _OPT_RR
+        out += OPT_RR
         struct.pack_into("!H", out, 10, struct.unpack_from("!H", out, 10)[0] + 1)
     if udp and len(out) > query.max_udp():
         return truncated(query)
@@ -234,7 +234,7 @@ def truncated(query: Query) -> bytes:
     out = bytearray(_H.pack(query.id, flags, 1, 0, 0, 1 if query.edns_payload else 0))
     out += query.question
     if query.edns_payload:
-        out += _OPT_RR
+        out += OPT_RR
     return bytes(out)
 
 

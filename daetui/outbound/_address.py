@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Awaitable, Callable
 
 from daetui.outbound.base import DialError
-
-ReadExactly = Callable[[int], Awaitable[bytes]]
 
 # (IPv4, domain, IPv6) type bytes of each layout.
 SOCKS_TYPES = (1, 3, 4)

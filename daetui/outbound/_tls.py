@@ -45,6 +45,17 @@ def client_context(*, allow_insecure: bool = False, ca_file: str | Path | None =
     return ctx
 
 
+def node_context(node: object, allow_insecure: bool, ca_file: str | Path | None,
+                 ssl_context: ssl.SSLContext | None) -> ssl.SSLContext:
+    """A TLS node's client context: `ssl_context` as given, else one from its link and daetui's settings.
+
+    `allow_insecure` is daetui's global setting (either it or the link's turns the
+    certificate check off); `ca_file` trusts those CAs instead of the system's.
+    """
+    return ssl_context or client_context(allow_insecure=allow_insecure or bool(getattr(node, "allow_insecure", False)),
+                                         ca_file=ca_file, alpn=getattr(node, "alpn", ()))
+
+
 def server_name(host: str, sni: str) -> str:
     """The name TLS sends (SNI) and checks the certificate against: `sni`, else the server's host.
 

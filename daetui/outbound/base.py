@@ -83,15 +83,6 @@ class SocketStream:
     async def read(self, n: int) -> bytes:
         return await self.loop.sock_recv(self.sock, n)
 
-    async def read_exactly(self, n: int) -> bytes:
-        """Exactly n bytes (a handshake's fixed-size reply); DialError if the peer closes first."""
-        out = b""
-        while len(out) < n:
-            chunk = await self.loop.sock_recv(self.sock, n - len(out))
-            if not chunk:
-                raise DialError(f"closed after {len(out)} of {n} bytes")
-            out += chunk
-        return out
 
     async def write(self, data: bytes) -> None:
         await self.loop.sock_sendall(self.sock, data)
@@ -115,11 +106,6 @@ class AsyncioStream:
     async def read(self, n: int) -> bytes:
         return await self.reader.read(n)
 
-    async def read_exactly(self, n: int) -> bytes:
-        try:
-            return await self.reader.readexactly(n)
-        except asyncio.IncompleteReadError as e:
-            raise DialError(f"closed after {len(e.partial)} of {n} bytes") from None
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -132,3 +118,27 @@ class AsyncioStream:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class WrappedStream:
+    """A Stream over another one: reads, writes, half-close and close pass through.
+
+    Subclasses change what they must (a prefix put back, a header read first).
+    """
+
+    raw: socket.socket | None = None  # bytes go through Python: never spliced
+
+    def __init__(self, inner: Stream) -> None:
+        self.inner = inner
+
+    async def read(self, n: int) -> bytes:
+        return await self.inner.read(n)
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    async def write_eof(self) -> None:
+        await self.inner.write_eof()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -26,7 +26,10 @@ import ssl
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from daetui.outbound.base import AsyncioStream, Datagrams, Dialer, DialError, Stream
+from daetui.outbound._tls import TlsStream, start_tls
+from daetui.outbound.base import AsyncioStream, Datagrams, Dialer, DialError, Stream, WrappedStream
+
+__all__ = ["HttpDialer", "HttpNode", "PrefixedStream", "TlsStream", "parse_link"]
 from daetui.outbound.socks5 import check_host, check_port, format_link, host_port, is_address, split_link
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -206,10 +209,9 @@ class HttpDialer:
             # asyncio's own TLS transport on the socket; the SocketStream is not used again.
             reader, writer = await asyncio.open_connection(sock=stream.raw, ssl=ctx, server_hostname=server_hostname)
             return AsyncioStream(reader, writer)
-        # Through a chain whose stream is not a socket: TLS over that stream.
-        tls = TlsStream(stream, ctx, server_hostname)
-        await tls.handshake()
-        return tls
+        # Through a chain whose stream is not a socket: TLS over that stream (no half-close, as
+        # asyncio's TLS transport has none either).
+        return await start_tls(stream, ctx, server_hostname, self.timeout, half_close=False)
 
     async def _answer(self, stream: Stream, target: str) -> Stream:
         """Read the proxy's answer to CONNECT; the stream positioned at the destination's first byte."""
@@ -368,13 +370,11 @@ def _check_head(head: bytes) -> None:
         raise DialError(str(e)) from None
 
 
-class PrefixedStream:
+class PrefixedStream(WrappedStream):
     """A stream with bytes already read from it put back in front."""
 
-    raw = None  # the socket's bytes are no longer the whole story: copy through Python
-
     def __init__(self, inner: Stream, prefix: bytes) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.prefix = prefix
 
     async def read(self, n: int) -> bytes:
@@ -383,79 +383,4 @@ class PrefixedStream:
             return out
         return await self.inner.read(n)
 
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
 
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-# -- TLS over any stream ---------------------------------------------------------------------
-
-class TlsStream:
-    """TLS over another Stream (a chain's), with OpenSSL's memory BIOs.
-
-    Reads and writes may run at once (the relay's two directions): every
-    write of TLS records to the inner stream goes through one lock, so
-    records leave in the order OpenSSL made them. Like asyncio's TLS
-    transport, it has no half-close: write_eof does nothing.
-    """
-
-    raw = None
-
-    def __init__(self, inner: Stream, ctx: ssl.SSLContext, server_hostname: str | None) -> None:
-        self.inner = inner
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=False, server_hostname=server_hostname)
-        self._send_lock = asyncio.Lock()
-
-    async def _flush(self) -> None:
-        async with self._send_lock:
-            data = self.outgoing.read()
-            if data:
-                await self.inner.write(data)
-
-    async def _fill(self) -> None:
-        data = await self.inner.read(1 << 16)
-        if data:
-            self.incoming.write(data)
-        else:
-            self.incoming.write_eof()
-
-    async def handshake(self) -> None:
-        """The TLS handshake; ssl.SSLError when it fails (a bad certificate), DialError when the peer leaves."""
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                await self._flush()
-                if self.incoming.eof:
-                    raise DialError("connection closed during the TLS handshake") from None
-                await self._fill()
-        await self._flush()
-
-    async def read(self, n: int) -> bytes:
-        while True:
-            try:
-                return self.tls.read(n)
-            except ssl.SSLWantReadError:
-                await self._flush()  # a post-handshake message may want an answer (key update)
-                if self.incoming.eof:
-                    return b""
-                await self._fill()
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""  # close_notify, or a TCP end without one: the end either way
-
-    async def write(self, data: bytes) -> None:
-        self.tls.write(data)
-        await self._flush()
-
-    async def write_eof(self) -> None:
-        return None
-
-    def close(self) -> None:
-        self.inner.close()

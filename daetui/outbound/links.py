@@ -75,7 +75,9 @@ def parse_link(link: str, name: str = "") -> Any:
         raise LinkError(f"unknown scheme {scheme + '://' if scheme else link[:16]!r}: expected {known}")
     try:
         mod = importlib.import_module(module)
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise  # a dependency of the module is missing: say that, not "unsupported"
         raise LinkError(f"{scheme}:// nodes are not supported by this version of daetui yet") from None
     try:
         return mod.parse_link(link, name)

@@ -108,6 +108,13 @@ class Outbounds:
         self._dialers = {}
         self.groups = groups
         self._specs = {s.name: s for s in config.groups}
+        gl = config.global_
+        self._node_settings: dict[str, tuple[tuple[str, ...], str, tuple[str, ...], float]] = {}
+        for spec in config.groups:  # a node in several groups is checked as its first group says
+            for m, _ in groups[spec.name].members:
+                self._node_settings.setdefault(m, (
+                    spec.tcp_check_url or gl.tcp_check_url, spec.tcp_check_http_method or gl.tcp_check_http_method,
+                    spec.udp_check_dns or gl.udp_check_dns, spec.check_interval or gl.check_interval))
         self._changed()
 
     def _take(self, result: SubscriptionResult) -> None:
@@ -177,16 +184,13 @@ class Outbounds:
 
     # -- health --------------------------------------------------------------------------
     def _settings(self, node: str) -> tuple[tuple[str, ...], str, tuple[str, ...], float]:
-        """The check settings for a node: its first group's own, else [global]'s."""
+        """The check settings for a node: its first group's own, else [global]'s (worked out per rebuild)."""
         gl = self.config.global_
-        for spec in self._specs.values():
-            if node in {m for m, _ in self.groups[spec.name].members}:
-                return (spec.tcp_check_url or gl.tcp_check_url, spec.tcp_check_http_method or gl.tcp_check_http_method,
-                        spec.udp_check_dns or gl.udp_check_dns, spec.check_interval or gl.check_interval)
-        return gl.tcp_check_url, gl.tcp_check_http_method, gl.udp_check_dns, gl.check_interval
+        return self._node_settings.get(node) or (gl.tcp_check_url, gl.tcp_check_http_method, gl.udp_check_dns,
+                                                 gl.check_interval)
 
     def checked_nodes(self) -> list[str]:
-        return list(dict.fromkeys(m for g in self.groups.values() for m, _ in g.members))
+        return list(self._node_settings)
 
     async def check_node(self, node: str) -> None:
         """Check one node now: TCP over both families (liveness), then UDP (its latency is logged).

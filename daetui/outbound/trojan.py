@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote
 from daetui.outbound import _share
 from daetui.outbound._address import parse_socks_address, socks_address
 from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import TlsStream, client_context, server_name, start_tls
+from daetui.outbound._tls import TlsStream, node_context, server_name, start_tls
 from daetui.outbound.base import Dialer, DialError, Stream
 
 CONNECT = 1
@@ -74,8 +74,7 @@ class TrojanNode:
         used as it is (as http_proxy's nodes take one); `half_close`: see the
         module's docstring.
         """
-        ctx = ssl_context or client_context(allow_insecure=allow_insecure or self.allow_insecure,
-                                            ca_file=ca_file, alpn=self.alpn)
+        ctx = node_context(self, allow_insecure, ca_file, ssl_context)
         return TrojanDialer(self, via, ctx, handshake_timeout, half_close)
 
 

@@ -33,9 +33,9 @@ from urllib.parse import unquote
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import client_context, server_name, start_tls
+from daetui.outbound._tls import node_context, server_name, start_tls
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Dialer, DialError, Stream
+from daetui.outbound.base import Dialer, DialError, Stream, WrappedStream
 
 VERSION = 0
 CMD_TCP = 1
@@ -75,10 +75,7 @@ class VlessNode:
         used as it is (as http_proxy's nodes take one). All three matter only
         with TLS.
         """
-        ctx = None
-        if self.tls:
-            ctx = ssl_context or client_context(allow_insecure=allow_insecure or self.allow_insecure,
-                                                ca_file=ca_file, alpn=self.alpn)
+        ctx = node_context(self, allow_insecure, ca_file, ssl_context) if self.tls else None
         return VlessDialer(self, via, ctx, handshake_timeout)
 
 
@@ -131,13 +128,11 @@ async def read_response(reader: Buffered) -> None:
         await reader.read_exactly(head[1], "the vless response addons")
 
 
-class VlessStream:
+class VlessStream(WrappedStream):
     """A stream to the destination through a vless server; the response header is checked on the first read."""
 
-    raw = None
-
     def __init__(self, inner: Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.reader = Buffered(inner)
         self._replied = False
 
@@ -146,15 +141,6 @@ class VlessStream:
             await read_response(self.reader)
             self._replied = True
         return await self.reader.read_some(n)
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class VlessPackets:

@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import client_context, server_name, start_tls
+from daetui.outbound._tls import node_context, server_name, start_tls
 from daetui.outbound._udp import PerDestination
 from daetui.outbound.base import Dialer, DialError, Stream
 
@@ -440,10 +440,7 @@ class VmessNode:
         used as it is (as http_proxy's nodes take one). All three matter only
         with TLS.
         """
-        ctx = None
-        if self.tls:
-            ctx = ssl_context or client_context(allow_insecure=allow_insecure or self.allow_insecure,
-                                                ca_file=ca_file, alpn=self.alpn)
+        ctx = node_context(self, allow_insecure, ca_file, ssl_context) if self.tls else None
         return VmessDialer(self, via, ctx, handshake_timeout)
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
+from helpers import http_get, newest_conn, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
 
 from daetui.bpfabi import ABI
 from daetui.config.load import parse_config
@@ -130,10 +130,7 @@ def checked(runner) -> dict[str, object]:
     return wait_for(ready, timeout=15)
 
 
-def conn_to(runner, dst: tuple[str, int], proto: str = "tcp"):
-    """The newest connection to `dst` (open or closed)."""
-    return wait_for(lambda: max((c for c in snapshot(runner).connections if c.dst == dst and c.proto == proto),
-                                key=lambda c: c.id, default=None))
+conn_to = newest_conn
 
 
 @pytest.mark.parametrize("policy", ["min", "min_avg10", "min_moving_avg"])
@@ -160,7 +157,7 @@ def test_udp_and_ipv6_through_the_node_and_a_dead_node_is_left(lab, nodes, tmp_p
 
         nodes.stop()  # the selected node dies
         t0 = time.monotonic()
-        wait_for(lambda: snapshot(runner).groups[0].selected4 == "slow" or None, timeout=CHECK_INTERVAL + 3)
+        wait_for(lambda: snapshot(runner).groups[0].selected4 == "slow", timeout=CHECK_INTERVAL + 3)
         moved = time.monotonic() - t0
         assert moved <= CHECK_INTERVAL + 1.0, moved
         dead = {n.name: n for n in snapshot(runner).nodes}["fast"]
@@ -243,7 +240,7 @@ def test_a_subscription_brings_nodes_into_the_group_and_broken_links_are_skipped
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         group = wait_for(lambda: next((g for g in snapshot(runner).groups if len(g.members) == 2), None))
         assert group.members == ("sub-fast", "sub-slow")  # the [node] entries are not in subtag(mine)
-        wait_for(lambda: snapshot(runner).groups[0].selected4 == "sub-fast" or None, timeout=15)
+        wait_for(lambda: snapshot(runner).groups[0].selected4 == "sub-fast", timeout=15)
         assert http_get(lab, ADDR.hosts4[0], "/whoami").strip() == PROXY4.encode()
         assert conn_to(runner, (ADDR.hosts4[0], 80)).node == "sub-fast"
         logs = "\n".join(line.message for line in runner.call(runner.plane.recent_logs))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from helpers import lan_socket, plane_in_lab, snapshot, udp_exchange, wait_for
+from helpers import http_get, lan_socket, newest_conn, plane_in_lab, udp_exchange
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.proxypeers_shadowsocks import SsServer
@@ -108,24 +108,11 @@ def echo_exact(lab, host: str, payload: bytes, timeout: float = 20.0) -> bytes:
         s.close()
 
 
-def download(lab, host: str, n: int, timeout: float = 20.0) -> bytes:
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
-    try:
-        s.connect((host, HTTP_PORT))
-        s.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = bytearray()
-        while chunk := s.recv(1 << 16):
-            data += chunk
-    finally:
-        s.close()
-    return bytes(data).partition(b"\r\n\r\n")[2]
+def download(lab, host: str, n: int) -> bytes:
+    return http_get(lab, host, f"/bytes/{n}", timeout=20.0)
 
 
-def last_conn(runner, dst: tuple[str, int], proto: str):
-    """The newest connection to `dst` (open or closed)."""
-    return wait_for(lambda: max((c for c in snapshot(runner).connections if c.dst == dst and c.proto == proto),
-                                key=lambda c: c.id, default=None))
+last_conn = newest_conn
 
 
 @pytest.mark.parametrize("name", list(PORTS))
