@@ -8,6 +8,7 @@ the daemon must keep routing, reachable by `daetui attach`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -38,11 +39,16 @@ fallback = "direct"
 """
 
 
+_servers = itertools.count()
+
+
 class Tmux:
     """A tmux server of the test's own (-L), so nothing else's sessions are touched."""
 
     def __init__(self, name: str) -> None:
-        self.sock = f"daetui-test-{os.getpid()}-{name}"
+        # A socket of its own per test: a client that reaches the previous test's server while
+        # it is still shutting down after kill-server fails with "server exited unexpectedly".
+        self.sock = f"daetui-test-{os.getpid()}-{name}-{next(_servers)}"
 
     def run(self, *args: str, check: bool = True) -> str:
         out = subprocess.run(["tmux", "-L", self.sock, *args], capture_output=True, text=True, timeout=20)
@@ -75,6 +81,10 @@ class Tmux:
 
     def kill(self) -> None:
         self.run("kill-server", check=False)
+        # Wait (bounded) for the server to be gone, so nothing of it outlives the test.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.run("list-sessions", check=False):
+            time.sleep(0.05)
 
 
 @pytest.fixture
