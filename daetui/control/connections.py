@@ -35,7 +35,7 @@ class Connection:
     state: str = "open"        # "open" | "closed" | "failed"
     ended: float | None = None
     error: str | None = None
-    relay: str = ""            # "splice" | "copy" | "udp"
+    relay: str = ""            # "splice" | "copy" | "udp"; through a proxy's stream: "framed" | "stream"
     domain: str | None = None  # the name sniffed from its first bytes (TLS, HTTP, QUIC)
     sniffed: str | None = None  # which protocol it was sniffed from
     node: str | None = None    # the proxy node of its group it went through (None: direct)

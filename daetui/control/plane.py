@@ -38,6 +38,7 @@ from daetui.control.listeners import Listeners, open_listeners
 from daetui.control.logbridge import EventLogHandler
 from daetui.control.names import NameBook
 from daetui.control.relay import HAVE_SPLICE, relay, relay_stream
+from daetui.control.relay_framed import relay_framed
 from daetui.control.sniff import SniffResult, sniff
 from daetui.control.state import (
     Health,
@@ -507,9 +508,15 @@ class ControlPlane:
             if first:
                 await upstream.write(first)
                 conn.up += len(first)
+            framed = getattr(upstream, "framed", None)
+            framing = framed() if framed is not None else None
             if upstream.raw is not None:
                 error = await relay(sock, upstream.raw, _adder(conn, "up"), _adder(conn, "down"), self.use_splice)
+            elif framing is not None:
+                conn.relay = "framed"
+                error = await relay_framed(sock, framing[0], framing[1], _adder(conn, "up"), _adder(conn, "down"))
             else:
+                conn.relay = "stream"
                 error = await relay_stream(sock, upstream, _adder(conn, "up"), _adder(conn, "down"))
             self._finish(conn, error)
         except asyncio.CancelledError:

@@ -9,7 +9,10 @@ up carrying daetui's SO_MARK (the chain starts at a DirectDialer).
 A stream whose bytes, after the handshake, are the destination's own bytes
 (direct, socks5, http CONNECT) exposes its socket as `raw`, so the relay can
 splice it; an encrypting one (shadowsocks, vmess, trojan's TLS) has
-`raw = None` and is copied through Python.
+`raw = None` and is copied through Python. One whose framing is plain calls
+over a socket (shadowsocks) also offers `framed()`: the socket and its
+`Codec`, so the relay can run both sockets on the loop's transports and
+frame each chunk in a callback, with no task or await per chunk.
 """
 
 from __future__ import annotations
@@ -42,6 +45,36 @@ class Stream(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+
+class Codec(Protocol):
+    """A stream's framing as plain calls, for a relay that moves the bytes on the socket below itself.
+
+    Errors are DialError, as the stream's read() raises them.
+    """
+
+    error: DialError | None  # set when a decode gave the good bytes before a bad frame: fail after them
+
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """What to send for `data`; b"" (nothing to send yet) for b"" unless a header is still owed."""
+        ...
+
+    def decode(self, data: bytes) -> bytes | bytearray:
+        """The destination's bytes in what the server sent (b"" while a frame is incomplete)."""
+        ...
+
+    def decode_eof(self) -> None:
+        """The server ended its side: raises when that cut a frame short or nothing came."""
+        ...
+
+    def overdue(self, now: float) -> str | None:
+        """Why the server is too late with bytes it owes at time.monotonic() `now`, or None."""
+        ...
+
+    @property
+    def watch_interval(self) -> float | None:
+        """How often overdue() is worth asking (None: never)."""
         ...
 
 

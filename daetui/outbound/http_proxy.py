@@ -141,14 +141,14 @@ class HttpDialer:
         return f"{self.node.protocol} proxy {host_port(self.node.host, self.node.port)}"
 
     def context(self) -> ssl.SSLContext:
-        """The TLS client context for an https node."""
-        if self.ssl_context is not None:
-            return self.ssl_context
-        ctx = ssl.create_default_context()
-        if self.node.allow_insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        """The TLS client context for an https node (made once: loading the CA store takes milliseconds)."""
+        if self.ssl_context is None:
+            ctx = ssl.create_default_context()
+            if self.node.allow_insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self.ssl_context = ctx
+        return self.ssl_context
 
     def request(self, host: str, port: int) -> bytes:
         """The CONNECT request for host:port."""

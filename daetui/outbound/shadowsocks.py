@@ -438,6 +438,7 @@ class SsStream:
         self._salt = b""
         self._plain = b""  # opened but not yet read
         self._received = 0
+        self._received_at = 0.0
         self._error: DialError | None = None
         self._eof = False
         self._wlock = asyncio.Lock()
@@ -478,32 +479,40 @@ class SsStream:
         return self._error
 
     async def _read_inner(self, n: int) -> bytes:
+        raw = self.inner.raw
+        if raw is not None:
+            # What has arrived already needs no wait, so no timeout to arm and cancel.
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                return raw.recv(n)
         # Inside a salt or a chunk the server owes us the rest: a stall there is an error.
         if self._salt or (self._opener is not None and self._opener.pending):
             try:
                 async with asyncio.timeout(self.frame_timeout):
                     return await self.inner.read(n)
             except TimeoutError:
-                raise self._fail(f"server stalled for {self.frame_timeout:g}s in the middle of a chunk") from None
+                raise self._fail(self._stalled()) from None
         if self._opener is None and self.answer_timeout is not None:
             try:
                 async with asyncio.timeout(self._sent_at + self.answer_timeout - time.monotonic()):
                     return await self.inner.read(n)
             except TimeoutError:
-                raise self._fail(f"no answer within {self.answer_timeout:g}s: wrong password or method? "
-                                 "(a shadowsocks server keeps a connection it cannot decrypt open and silent)"
-                                 ) from None
+                raise self._fail(self._unanswered()) from None
         return await self.inner.read(n)
+
+    def _stalled(self) -> str:
+        return f"server stalled for {self.frame_timeout:g}s in the middle of a chunk"
+
+    def _unanswered(self) -> str:
+        return (f"no answer within {self.answer_timeout:g}s: wrong password or method? "
+                "(a shadowsocks server keeps a connection it cannot decrypt open and silent)")
 
     async def read(self, n: int) -> bytes:
         """Up to n bytes from the destination; b"" at its end."""
-        if self._error is not None:
-            raise self._error
         if self._plain:
             out, self._plain = self._plain[:n], self._plain[n:]
             return out
-        if self._opener is not None and self._opener.failure is not None:
-            raise self._auth_failed(self._opener.failure)
+        if self._error is not None:
+            raise self._error
         if self._header is not None:
             async with self._wlock:
                 if self._header is not None:
@@ -517,25 +526,76 @@ class SsStream:
                 raise self._fail(f"server reset the connection before answering ({e.strerror or e}): "
                                  "wrong password or method, or the destination unreachable") from None
             if not data:
-                self._eof = True
-                return self._at_eof()
-            self._received += len(data)
-            if self._opener is None:
-                self._salt += data
-                if len(self._salt) < self.method.salt_size:
-                    continue
-                data = self._salt[self.method.salt_size:]
-                self._opener = Opener(self.method.aead(subkey(self.key, self._salt[:self.method.salt_size])))
-                self._salt = b""
-            try:
-                plain = self._opener.feed(data)
-            except AuthError as e:
-                raise self._auth_failed(e) from None
+                self.decode_eof()
+                return b""
+            plain = self.decode(data)
             if plain:
                 if len(plain) > n:
                     plain, self._plain = plain[:n], plain[n:]
                 return plain
+            if self._error is not None:
+                raise self._error
         return b""
+
+    # -- the Codec: the same framing as plain calls, for a relay that owns the server's socket ------
+    @property
+    def error(self) -> DialError | None:
+        """The failure a decode found after handing out the good bytes before it."""
+        return self._error
+
+    def framed(self) -> tuple[socket.socket, SsStream] | None:
+        """The socket to the server and this stream as its Codec, when the bytes on it are ours alone."""
+        raw = self.inner.raw
+        return None if raw is None or self._plain else (raw, self)
+
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """What to send to the server for `data` (salt and address first, if they have not gone)."""
+        if not data and self._header is None:
+            return b""
+        return self._seal(data)
+
+    def decode(self, data: bytes) -> bytes | bytearray:
+        """The destination's bytes in what the server sent."""
+        if self._error is not None:
+            raise self._error
+        self._received += len(data)
+        self._received_at = time.monotonic()
+        if self._opener is None:
+            self._salt += data
+            size = self.method.salt_size
+            if len(self._salt) < size:
+                return b""
+            data = self._salt[size:]
+            self._opener = Opener(self.method.aead(subkey(self.key, self._salt[:size])))
+            self._salt = b""
+        try:
+            plain = self._opener.feed(data)
+        except AuthError as e:
+            raise self._auth_failed(e) from None
+        if self._opener.failure is not None:
+            self._auth_failed(self._opener.failure)  # raised after the good bytes are handed on
+        return plain
+
+    def decode_eof(self) -> None:
+        """The server closed its side: DialError when that cut something short."""
+        self._eof = True
+        self._at_eof()
+
+    @property
+    def watch_interval(self) -> float | None:
+        """A quarter of the shorter bound: a stall is found within 1.25 times its bound."""
+        bounds = [t for t in (self.frame_timeout, self.answer_timeout) if t is not None]
+        return min(bounds) / 4 if bounds else None
+
+    def overdue(self, now: float) -> str | None:
+        """A stall inside a salt or chunk, or no first answer in time (as read() bounds them)."""
+        if self._salt or (self._opener is not None and self._opener.pending):
+            if now - self._received_at > self.frame_timeout:
+                return self._fail(self._stalled()).args[0]
+        elif (self._opener is None and self.answer_timeout is not None and self._first is None
+              and now - self._sent_at > self.answer_timeout):
+            return self._fail(self._unanswered()).args[0]
+        return None
 
     def _auth_failed(self, e: AuthError) -> DialError:
         first = self._opener is not None and self._opener.chunks == 0

@@ -24,6 +24,7 @@ Only the TCP transport is supported (`type=tcp`); ws/grpc links are refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 import struct
@@ -106,8 +107,9 @@ def parse_link(link: str, name: str = "") -> TrojanNode:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def password_hash(password: str) -> bytes:
-    """The 56 hex digits that stand for the password on the wire."""
+    """The 56 hex digits that stand for the password on the wire (worked out once per password)."""
     return hashlib.sha224(password.encode()).hexdigest().encode()
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -103,13 +104,17 @@ def cmd_key(uid: str) -> bytes:
     return hashlib.md5(uuidlib.UUID(uid).bytes + CMD_KEY_SALT).digest()
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
 def _nested_hmac(hash_fn: Callable[[bytes], bytes], key: bytes, message: bytes) -> bytes:
     """HMAC (RFC 2104, 64-byte blocks) over any hash function given as bytes -> digest."""
     if len(key) > 64:
         key = hash_fn(key)
     key = key.ljust(64, b"\0")
-    inner = hash_fn(bytes(b ^ 0x36 for b in key) + message)
-    return hash_fn(bytes(b ^ 0x5C for b in key) + inner)
+    inner = hash_fn(key.translate(_IPAD) + message)
+    return hash_fn(key.translate(_OPAD) + inner)
 
 
 def kdf(key: bytes, *path: bytes) -> bytes:
@@ -128,8 +133,14 @@ def auth_id(key: bytes, timestamp: int, rand4: bytes) -> bytes:
     """The 16-byte auth ID: time, 4 random bytes and their CRC32, AES-128-ECB'd under the KDF'd command key."""
     plain = struct.pack("!q", timestamp) + rand4
     plain += struct.pack("!I", zlib.crc32(plain))
-    enc = Cipher(algorithms.AES(kdf(key, AUTH_ID_KEY)[:16]), modes.ECB()).encryptor()
+    enc = Cipher(algorithms.AES(_auth_id_key(key)), modes.ECB()).encryptor()
     return enc.update(plain) + enc.finalize()
+
+
+@functools.lru_cache(maxsize=256)
+def _auth_id_key(key: bytes) -> bytes:
+    """The auth ID's AES key: the same for every request of a user, so worked out once."""
+    return kdf(key, AUTH_ID_KEY)[:16]
 
 
 def seal_header(key: bytes, header: bytes, *, timestamp: int | None = None, rand4: bytes | None = None,

@@ -126,6 +126,10 @@ def test_lan_flow_through_each_protocol(lab, daemon, name: str) -> None:
     assert echo_exact(lab, HOST4, payload) == payload
     conn = last_conn(runner, (HOST4, ECHO_PORT), "tcp")
     assert conn.node == name and conn.up == len(payload)
+    # How the bytes went: spliced where the proxy's stream is the destination's own bytes, framed
+    # on the loop's transports for shadowsocks, through the stream's reads and writes otherwise.
+    plain = "splice" if runner.plane.use_splice else "copy"
+    assert conn.relay == {"socks5": plain, "http": plain, "ss": "framed"}.get(name, "stream"), conn.relay
     if name in UDP:
         datagrams = [os.urandom(n) for n in (1, 700, 1400)]
         for d in datagrams:
