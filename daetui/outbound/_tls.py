@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from daetui.outbound.base import DialError, Stream
 
 READ_SIZE = 1 << 16
+DECODE_SIZE = 1 << 18  # a read asks for more than a record holds: OpenSSL hands out one record per call
 
 
 def client_context(*, allow_insecure: bool = False, ca_file: str | Path | None = None,
@@ -84,6 +86,7 @@ class TlsStream:
         # so records leave in the order the engine made them.
         self._send_lock = asyncio.Lock()
         self._eof_sent = False
+        self._server_ended = False
 
     async def _flush(self) -> None:
         if not self._outgoing.pending:
@@ -171,6 +174,76 @@ class TlsStream:
 
     def close(self) -> None:
         self.inner.close()
+
+    # -- the Codec: the session as plain calls, for a relay that owns the socket below --------------
+    error: DialError | None = None
+    watch_interval: float | None = None  # TLS owes nothing on a timer: a silent server is the destination's
+
+    def framed(self) -> tuple[socket.socket, TlsStream] | None:
+        """The socket to the server and this session as its Codec, when TLS runs right on that socket."""
+        raw = self.inner.raw
+        if raw is None or self._incoming.pending or self._outgoing.pending or self._tls.pending():
+            return None  # bytes in flight inside the session: the stream's own reads and writes finish them
+        return raw, self
+
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The records carrying `data`."""
+        if self._eof_sent:
+            raise DialError("TLS: write after the end of the stream was sent")
+        try:
+            view = memoryview(data)
+            while view:
+                n = self._tls.write(view)
+                view = view[n:]
+        except ssl.SSLError as e:
+            raise DialError(f"TLS: {e.reason or e}") from None
+        return self._outgoing.read()
+
+    def encode_eof(self) -> tuple[bytes, bool]:
+        """close_notify (with `half_close`), never TCP's FIN: the server may still answer."""
+        if self._eof_sent or not self.half_close:
+            return b"", False
+        self._eof_sent = True
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.unwrap()
+        return self._outgoing.read(), False
+
+    def decode(self, data: bytes) -> bytes:
+        """The plaintext of every whole record now received."""
+        self._incoming.write(data)
+        out = []
+        read = self._tls.read
+        while not self._server_ended:
+            try:
+                chunk = read(DECODE_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._server_ended = True  # close_notify: the destination's end, as read() takes it
+                break
+            except ssl.SSLError as e:
+                raise DialError(f"TLS: {e.reason or e}") from None
+            if not chunk:
+                self._server_ended = True
+                break
+            out.append(chunk)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def reply(self) -> bytes:
+        """Records the session made while reading (a key update's answer)."""
+        return self._outgoing.read() if self._outgoing.pending else b""
+
+    @property
+    def server_ended(self) -> bool:
+        """close_notify came: the destination's side is over."""
+        return self._server_ended
+
+    def decode_eof(self) -> None:
+        """TCP's end: the end of the stream, with or without close_notify (as read() takes it)."""
+        self._server_ended = True
+
+    def overdue(self, now: float) -> str | None:
+        return None
 
 
 async def start_tls(inner: Stream, ctx: ssl.SSLContext, hostname: str, timeout: float,

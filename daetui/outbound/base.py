@@ -10,7 +10,7 @@ A stream whose bytes, after the handshake, are the destination's own bytes
 (direct, socks5, http CONNECT) exposes its socket as `raw`, so the relay can
 splice it; an encrypting one (shadowsocks, vmess, trojan's TLS) has
 `raw = None` and is copied through Python. One whose framing is plain calls
-over a socket (shadowsocks) also offers `framed()`: the socket and its
+over a socket (shadowsocks, TLS as trojan uses it) also offers `framed()`: the socket and its
 `Codec`, so the relay can run both sockets on the loop's transports and
 frame each chunk in a callback, with no task or await per chunk.
 """
@@ -60,8 +60,21 @@ class Codec(Protocol):
         """What to send for `data`; b"" (nothing to send yet) for b"" unless a header is still owed."""
         ...
 
+    def encode_eof(self) -> tuple[bytes | bytearray, bool]:
+        """The client ended its side: what to send for that, and whether to end TCP towards the server."""
+        ...
+
     def decode(self, data: bytes) -> bytes | bytearray:
         """The destination's bytes in what the server sent (b"" while a frame is incomplete)."""
+        ...
+
+    def reply(self) -> bytes:
+        """What decoding made that goes back to the server (a TLS key update's answer); mostly b""."""
+        ...
+
+    @property
+    def server_ended(self) -> bool:
+        """The server ended the destination's side inside the stream (TLS close_notify), before TCP did."""
         ...
 
     def decode_eof(self) -> None:

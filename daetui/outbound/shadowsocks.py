@@ -554,6 +554,16 @@ class SsStream:
             return b""
         return self._seal(data)
 
+    def encode_eof(self) -> tuple[bytes | bytearray, bool]:
+        """The address if it has not gone yet; then TCP's own FIN (see write_eof)."""
+        return self.encode(b""), True
+
+    def reply(self) -> bytes:
+        """Nothing: shadowsocks never answers what it reads."""
+        return b""
+
+    server_ended = False  # the end of the destination's bytes is TCP's own
+
     def decode(self, data: bytes) -> bytes | bytearray:
         """The destination's bytes in what the server sent."""
         if self._error is not None:

@@ -1,8 +1,8 @@
-"""The framed relay (shadowsocks on the loop's transports), over real loopback sockets.
+"""The framed relay (shadowsocks, and TLS as trojan uses it, on the loop's transports), over loopback.
 
-The server side of each test speaks shadowsocks with the module's own
-Sealer and Opener (ss-server itself is the peer in the kernel tests); each
-test runs on both loops daetui can use, asyncio's own and uvloop.
+The server side speaks shadowsocks with the module's own Sealer and Opener
+(ss-server itself is the peer in the kernel tests), or TLS with Python's ssl
+module; each test runs on both loops daetui can use, asyncio's own and uvloop.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import os
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +21,7 @@ import pytest
 import uvloop
 
 from daetui.control.relay_framed import relay_framed
+from daetui.outbound._tls import start_tls
 from daetui.outbound.base import SocketStream
 from daetui.outbound.shadowsocks import (
     LEN_FRAME,
@@ -278,3 +281,114 @@ def test_closing_the_relay_resets_the_client(loop_factory):
             assert await asyncio.wait_for(read_all(server.sock), 5) == b""
 
     run_relay(loop_factory, scenario)
+
+
+# -- TLS (trojan's stream): the session as the codec ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ca():
+    from daetui.lab.dnspeers import LabCA
+
+    authority = LabCA("relay.test", ("127.0.0.1",))
+    yield authority
+    authority.close()
+
+
+def tls_server(ca, sock: socket.socket, expect: int, answer: bytes, got: list[bytes]) -> threading.Thread:
+    """A TLS server on `sock` (a thread, blocking): reads `expect` bytes, answers, then close_notify."""
+    def serve() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(ca.cert_file, ca.key_file)
+        sock.setblocking(True)
+        sock.settimeout(20)
+        with ctx.wrap_socket(sock, server_side=True) as tls:
+            data = bytearray()
+            while len(data) < expect:
+                chunk = tls.recv(1 << 16)
+                assert chunk, "the client's bytes stopped early"
+                data += chunk
+            got.append(bytes(data))
+            tls.sendall(answer)
+            tls.unwrap()  # close_notify: the destination's end, inside the TLS
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_tls_bytes_arrive_exactly_and_close_notify_ends_the_client_side(loop_factory, ca):
+    up_data, down_data = os.urandom(2_000_003), os.urandom(3_000_017)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client, relay_client_side = tcp_pair()
+        relay_server_side, server_sock = tcp_pair()
+        got: list[bytes] = []
+        server = tls_server(ca, server_sock, len(up_data), down_data, got)
+        ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+        stream = await start_tls(SocketStream(relay_server_side), ctx, "relay.test", 10, half_close=False)
+        framing = stream.framed()
+        assert framing is not None and framing[0] is relay_server_side
+        up, down = Counter(), Counter()
+        task = asyncio.ensure_future(relay_framed(relay_client_side, *framing, up, down))
+        try:
+            await loop.sock_sendall(client, up_data)
+            got_down = await asyncio.wait_for(read_all(client), 20)  # ends at the server's close_notify
+            client.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(task, 10) is None
+            assert got_down == down_data
+            assert got == [up_data]
+            assert (up.n, down.n) == (len(up_data), len(down_data))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            client.close()
+            await asyncio.to_thread(server.join, 20)
+            server_sock.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_tls_garbage_from_the_server_resets_the_client(loop_factory, ca):
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client, relay_client_side = tcp_pair()
+        relay_server_side, server_sock = tcp_pair()
+        ready = threading.Event()
+
+        def serve() -> None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(ca.cert_file, ca.key_file)
+            server_sock.setblocking(True)
+            server_sock.settimeout(20)
+            tls = ctx.wrap_socket(server_sock, server_side=True, do_handshake_on_connect=True)
+            ready.wait(20)
+            tls.recv(100)
+            os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + os.urandom(32))  # a record no key opens, under the TLS
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+        stream = await start_tls(SocketStream(relay_server_side), ctx, "relay.test", 10, half_close=False)
+        framing = stream.framed()
+        assert framing is not None
+        task = asyncio.ensure_future(relay_framed(relay_client_side, *framing, Counter(), Counter()))
+        try:
+            ready.set()
+            await loop.sock_sendall(client, b"hello")
+            error = await asyncio.wait_for(task, 10)
+            assert error is not None and error.startswith("destination: TLS: "), error
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(read_all(client), 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            client.close()
+            await asyncio.to_thread(server.join, 20)
+            server_sock.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
