@@ -460,17 +460,33 @@ class ControlPlane:
 
     # -- TCP ---------------------------------------------------------------------------------
     async def _accept_loop(self, lsock: socket.socket) -> None:
+        """Accept for as long as the listener has connections waiting; a task for each.
+
+        The listener stays registered with the loop, and a wake-up takes every waiting
+        connection: sock_accept registered and unregistered it (two epoll_ctl calls) and
+        made a future per connection.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, addr = await loop.sock_accept(lsock)
-            except OSError as e:
-                log.error("accept: %s", e)
-                await asyncio.sleep(0.1)  # e.g. EMFILE: do not spin
-                continue
-            task = asyncio.ensure_future(self._handle_tcp(sock, (addr[0], addr[1])))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        wake = asyncio.Event()
+        fd = lsock.fileno()
+        loop.add_reader(fd, wake.set)
+        try:
+            while True:
+                try:
+                    sock, addr = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                except OSError as e:
+                    log.error("accept: %s", e)
+                    await asyncio.sleep(0.1)  # e.g. EMFILE: do not spin
+                    continue
+                task = loop.create_task(self._handle_tcp(sock, (addr[0], addr[1])))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            loop.remove_reader(fd)
 
     async def _handle_tcp(self, sock: socket.socket, client: Endpoint) -> None:
         sock.setblocking(False)

@@ -107,7 +107,7 @@ class _Relay:
     def __init__(self, client: socket.socket, codec: Codec, on_up: Counter, on_down: Counter,
                  done: asyncio.Future[str | None]) -> None:
         self.client_sock = client
-        self.loop = asyncio.get_running_loop()
+        self.loop = done.get_loop()
         self.codec = codec
         self.on_up, self.on_down = on_up, on_down
         self.done = done

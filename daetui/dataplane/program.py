@@ -63,6 +63,7 @@ class KernelProgram:
         self.max_match_sets = max_match_sets
         self.tuples = self.bpf[b"routing_tuples"]
         self._layouts: tuple[Any, ...] | None = None
+        self._decode_one: tuple[float, Any] | None = None  # (rebuild after, decoder) for flow()
         self.match_sets = self.bpf[b"match_sets"]
         self.ip_sets = self.bpf[b"ip_sets"]
         self.params = self.bpf[b"params"]
@@ -232,7 +233,16 @@ class KernelProgram:
             v = self.tuples[k]
         except KeyError:
             return None
-        return self._raw(bytes(k), bytes(v)).decode()[0]
+        now = time.monotonic()
+        if self._decode_one is None or now > self._decode_one[0]:
+            # Built once a minute, not per flow (the profile's biggest cost of a routing lookup);
+            # the minute is for the wall clock's offset it carries (NTP moves it after boot).
+            self._decode_one = (now + 60.0, self._raw(b"", b"").decoder())
+        r = self._decode_one[1](bytes(k), bytes(v))
+        return KernelFlow(key=key, outbound=r.outbound, rule_index=r.rule_index, mac=r.mac, ifindex=r.ifindex,
+                          first_seen=r.first_seen, last_seen=r.last_seen, packets=r.packets, bytes=r.bytes,
+                          rx_packets=r.rx_packets, rx_bytes=r.rx_bytes, flags=r.flags, generation=r.generation,
+                          mark=r.mark)
 
     def raw_flows(self) -> RawFlows:
         """Every routing_tuples entry, as raw bytes, in as few syscalls as the kernel allows."""
