@@ -153,6 +153,9 @@ class Outbounds:
             return self.direct, None
         node = g.select(self.health, family)
         if node is None:
+            # As the kernel does for the flows it decides (global.dead_group): direct, or refused.
+            if self.config.global_.dead_group == "direct":
+                return self.direct, None
             raise DialError(f"group {outbound}: no live node over IPv{family}")
         return self._dialer_of(node), node
 
