@@ -42,13 +42,13 @@ def _recv_all(s: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0) -> bytes:
-    """GET from a lab host, as the LAN client; returns the body."""
+def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0, name: str = "") -> bytes:
+    """GET from a lab host, as the LAN client (Host: `name`, else the address); returns the body."""
     s = lan_socket(lab, host)
     s.settimeout(timeout)
     try:
         s.connect((host, port))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {name or host}\r\nConnection: close\r\n\r\n".encode())
         resp = _recv_all(s)
     finally:
         s.close()

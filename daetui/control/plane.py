@@ -60,7 +60,7 @@ from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsTrace
 from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
-from daetui.outbound.base import Datagrams, DialError
+from daetui.outbound.base import Datagrams, Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
 from daetui.paths import RunPaths
@@ -118,7 +118,7 @@ class ControlPlane:
         self.dns = DnsController(config.dns, route=self._route_upstream, feed=self._dns_feed,
                                  mark=config.global_.so_mark_from_dae,
                                  bootstrap_resolver=config.global_.fallback_resolver,
-                                 kernel_names=lambda: len(self.names))
+                                 kernel_names=lambda: len(self.names), dial=self._upstream_dialer)
         self.dns_server: DnsServer | None = None
         self._upstream_routes: dict[tuple[str, int, str], UpstreamRoute] = {}  # emptied by each reload
         self._dns_bound: list[socket.socket] = []
@@ -239,14 +239,18 @@ class ControlPlane:
             hit = self._upstream_routes[key] = self._decide_upstream(ip, port, proto)
         return hit
 
+    def _upstream_dialer(self, outbound: str, family: int) -> tuple[Dialer, str] | None:
+        """A DNS upstream routed to a proxy group: the group's node now (None: not a group of nodes)."""
+        dialer, node = self.outbounds.dialer(outbound, family)
+        return (dialer, node) if node is not None else None
+
     def _decide_upstream(self, ip: str, port: int, proto: str) -> UpstreamRoute:
         d = decide(self.ruleset, FlowFacts(None, ipaddress.ip_address(ip), None, port, proto),
                    unknown_name_matches=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
         rule = f"rule #{entry.index + 1} {entry.rule}" if entry else "fallback"
         outbound = d.outbound or self.ruleset.fallback
-        # The route is shown and a `block` refuses the upstream; a group's upstream is still dialled
-        # directly (DNS through proxy nodes is not built yet).
+        # The route is shown, a `block` refuses the upstream, and a group's node carries it (_upstream_dialer).
         return UpstreamRoute(outbound, rule, blocked=outbound == BLOCK)
 
     def _dns_feed(self, names: tuple[str, ...], ips: tuple[Any, ...], deadline: float) -> None:

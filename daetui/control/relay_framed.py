@@ -239,16 +239,24 @@ async def relay_framed(client: socket.socket, server: socket.socket, codec: Code
         on_up(len(first))
     try:
         await loop.connect_accepted_socket(lambda: relay.destination, server)
-        await loop.connect_accepted_socket(lambda: relay.client, client)
+        try:
+            await loop.connect_accepted_socket(lambda: relay.client, client)
+        except BaseException:
+            if relay.client.transport is None:
+                relay.lost_sides.add("client")  # never made: only the destination's transport has to end
+            raise
         if client_ended:
             relay.ended(relay.client)
         interval = codec.watch_interval
         if interval is not None:
             relay.watch_codec(interval)
         return await done
-    except asyncio.CancelledError:
-        relay.fail("relay", asyncio.CancelledError("closed"))
-        # The transports own the sockets: let them close them before the caller closes its objects.
+    except BaseException as e:
+        if relay.destination.transport is None:
+            raise  # no transport was made: the caller's sockets are still its own to close
+        relay.fail("relay", e if isinstance(e, Exception) else asyncio.CancelledError("closed"))
+        # The transports own the sockets: let them close them before the caller closes its objects
+        # (a socket closed twice could close another connection's descriptor).
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), LOST_WAIT)
         raise

@@ -37,7 +37,7 @@ from daetui.config.dns_upstream import UpstreamSpec, parse_upstream
 from daetui.config.model import DnsConfig
 from daetui.dns.cache import MAX_NEGATIVE_TTL, MAX_TTL, NEGATIVE_TTL, CacheEntry, DnsCache
 from daetui.dns.state import DnsCacheRow, DnsCounters, DnsState, DnsTrace, DnsUpstreamRow
-from daetui.dns.upstream import RouteFn, Upstream, UpstreamError, bootstrap_resolve
+from daetui.dns.upstream import DialFn, RouteFn, Upstream, UpstreamError, bootstrap_resolve
 from daetui.dns.wire import (
     CLASS_IN,
     FLAG_QR,
@@ -127,8 +127,10 @@ class DnsController:
     """One per control plane; `configure` takes a new [dns] on reload and keeps the cache."""
 
     def __init__(self, config: DnsConfig, route: RouteFn, feed: NameFeed, mark: int = 0,
-                 bootstrap_resolver: str = "", kernel_names: Callable[[], int] | None = None) -> None:
+                 bootstrap_resolver: str = "", kernel_names: Callable[[], int] | None = None,
+                 dial: DialFn | None = None) -> None:
         self.route = route
+        self.dial = dial
         self.feed = feed
         self.mark = mark
         self.bootstrap_resolver = bootstrap_resolver
@@ -170,7 +172,7 @@ class DnsController:
         self.fixed_ttl = {normalize(k): int(v) for k, v in config.fixed_domain_ttl.items()}
 
     def _upstream(self, spec: UpstreamSpec, ca_file: str) -> Upstream:
-        return Upstream(spec, self.route, mark=self.mark, ca_file=ca_file, bootstrap=self._bootstrap,
+        return Upstream(spec, self.route, mark=self.mark, ca_file=ca_file, bootstrap=self._bootstrap, dial=self.dial,
                         timeout=self.timeout)
 
     def _close_later(self, up: Upstream) -> None:

@@ -9,8 +9,12 @@
 A host that is a name is resolved once, by the bootstrap resolver
 (`global.fallback_resolver`). Every connection to an upstream is routed by
 the routing rules like any of the router's flows (`route`), and carries
-daetui's SO_MARK. Each query gets its own ID; an answer whose ID or question
-does not match is not the answer (counted, ignored).
+daetui's SO_MARK. Routed to a proxy group, the query goes through the
+group's node (`dial`): UDP by the node's datagrams (over TCP when the node
+has no UDP), TCP and TLS by a stream through the node per query; DNS over
+HTTPS through a node is refused with the reason. Each query gets its own ID;
+an answer whose ID or question does not match is not the answer (counted,
+ignored).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from dataclasses import dataclass, field
 
 from daetui.config.dns_upstream import UpstreamSpec
 from daetui.dns.wire import CLASS_IN, FLAG_QR, FLAG_RD, FLAG_TC, HEADER, OPT_RR
+from daetui.outbound._buffered import Buffered
+from daetui.outbound._tls import server_name, start_tls
+from daetui.outbound.base import Dialer, DialError
 
 IDLE_REUSE = 10.0   # a kept TCP/TLS connection idle longer than this is not reused
 MAX_MESSAGE = 65535
@@ -46,10 +53,13 @@ class UpstreamRoute:
     blocked: bool = False
 
     def __str__(self) -> str:
-        return f"{self.rule} -> {self.outbound}"
+        # A rule's own text ends in its outbound already ("rule #1 dip(...) -> proxy").
+        return self.rule if self.rule.endswith(f"-> {self.outbound}") else f"{self.rule} -> {self.outbound}"
 
 
 RouteFn = Callable[[str, int, str], UpstreamRoute]          # (ip, port, "tcp"|"udp")
+# (outbound, IP family) -> the proxy group's dialer and node now; None when the outbound is not a group.
+DialFn = Callable[[str, int], "tuple[Dialer, str] | None"]
 Bootstrap = Callable[[str], Awaitable[str]]                  # hostname -> address
 
 
@@ -119,9 +129,10 @@ class Upstream:
     """One configured upstream: its transport, its connections and its figures."""
 
     def __init__(self, spec: UpstreamSpec, route: RouteFn, mark: int = 0, ca_file: str = "",
-                 bootstrap: Bootstrap | None = None, timeout: float = 2.0) -> None:
+                 bootstrap: Bootstrap | None = None, timeout: float = 2.0, dial: DialFn | None = None) -> None:
         self.spec = spec
         self.route = route
+        self.dial = dial
         self.mark = mark
         self.timeout = timeout
         self.bootstrap = bootstrap
@@ -179,14 +190,17 @@ class Upstream:
     async def _query(self, question: bytes, tcp: bool) -> bytes:
         ip = await self.address()
         scheme = self.spec.scheme
-        over_tcp = scheme in ("tcp", "tls") or (scheme == "tcp+udp" and tcp)
+        over_tcp = scheme in ("tcp", "tls", "https") or (scheme == "tcp+udp" and tcp)
+        r = self.route(ip, self.spec.port, "tcp" if over_tcp else "udp")
+        if r.blocked:
+            self.stats.route = str(r)
+            raise UpstreamError(f"{self.name}: blocked by {r.rule}")
+        via = self.dial(r.outbound, 6 if ":" in ip else 4) if self.dial is not None else None
+        self.stats.route = f"{r} via {via[1]}" if via is not None else str(r)
+        if via is not None:
+            return await self._through(via[0], ip, question, over_tcp)
         if scheme == "https":
             return await self._https(ip, question)
-        proto = "tcp" if over_tcp else "udp"
-        r = self.route(ip, self.spec.port, proto)
-        self.stats.route = str(r)
-        if r.blocked:
-            raise UpstreamError(f"{self.name}: blocked by {r.rule}")
         if over_tcp:
             return await self._stream(ip, question)
         data = await self._udp(ip, question)
@@ -264,13 +278,49 @@ class Upstream:
             s.close()
         return data
 
+    async def _through(self, dialer: Dialer, ip: str, question: bytes, over_tcp: bool) -> bytes:
+        """The query through a proxy node (no connection is kept: a node's choice may change)."""
+        port = self.spec.port
+        if self.spec.scheme == "https":
+            raise UpstreamError(f"{self.name}: DNS over HTTPS through a proxy node is not supported; "
+                                "route this upstream direct, or use tls://")
+        qid, wire = make_query(question)
+        if not over_tcp:
+            try:
+                datagrams = await dialer.datagrams()
+            except DialError:
+                datagrams = None  # a node without UDP (an HTTP proxy): the same question over TCP
+            if datagrams is not None:
+                try:
+                    await datagrams.send(wire, ip, port)
+                    while True:
+                        data, _, _ = await datagrams.recv()
+                        if answers_question(data, qid, question):
+                            break
+                        self.stats.mismatched += 1
+                finally:
+                    datagrams.close()
+                if not struct.unpack_from("!H", data, 2)[0] & FLAG_TC:
+                    return data
+                qid, wire = make_query(question)  # truncated: again over TCP
+        stream = await dialer.connect(ip, port)
+        try:
+            if self._ssl is not None:
+                stream = await start_tls(stream, self._ssl, server_name(self.spec.host, ""), self.timeout)
+            await stream.write(struct.pack("!H", len(wire)) + wire)
+            reader = Buffered(stream)
+            n = struct.unpack("!H", await reader.read_exactly(2, "the answer's length"))[0]
+            data = await reader.read_exactly(n, "the answer")
+        finally:
+            stream.close()
+        if not answers_question(data, qid, question):
+            self.stats.mismatched += 1
+            raise UpstreamError(f"{self.name}: answer with the wrong ID or question")
+        return data
+
     async def _https(self, ip: str, question: bytes) -> bytes:
         import httpx2
 
-        r = self.route(ip, self.spec.port, "tcp")
-        self.stats.route = str(r)
-        if r.blocked:
-            raise UpstreamError(f"{self.name}: blocked by {r.rule}")
         if self._http is None:
             opts = [(socket.SOL_SOCKET, socket.SO_MARK, self.mark)] if self.mark else None
             transport = httpx2.AsyncHTTPTransport(verify=self._ssl, http2=True, socket_options=opts)

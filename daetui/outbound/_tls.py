@@ -148,6 +148,11 @@ class TlsStream:
             return data
 
     async def write(self, data: bytes) -> None:
+        self._seal(data)
+        await self._flush()
+
+    def _seal(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand `data` to the session: its records wait in the outgoing buffer."""
         if self._eof_sent:
             raise DialError("TLS: write after the end of the stream was sent")
         try:
@@ -157,7 +162,6 @@ class TlsStream:
                 view = view[n:]
         except ssl.SSLError as e:
             raise DialError(f"TLS: {e.reason or e}") from None
-        await self._flush()
 
     async def write_eof(self) -> None:
         """Send close_notify, after which a TLS 1.3 server may still answer (a half-close).
@@ -188,15 +192,7 @@ class TlsStream:
 
     def encode(self, data: bytes | bytearray | memoryview) -> bytes:
         """The records carrying `data`."""
-        if self._eof_sent:
-            raise DialError("TLS: write after the end of the stream was sent")
-        try:
-            view = memoryview(data)
-            while view:
-                n = self._tls.write(view)
-                view = view[n:]
-        except ssl.SSLError as e:
-            raise DialError(f"TLS: {e.reason or e}") from None
+        self._seal(data)
         return self._outgoing.read()
 
     def encode_eof(self) -> tuple[bytes, bool]:

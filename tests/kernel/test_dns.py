@@ -372,3 +372,48 @@ fallback = "direct"
         assert r.rcode() == dns.rcode.SERVFAIL
         ups = upstream_rows(runner)
         assert ups["ub"].queries + ups["dm"].queries == 1 + 4  # www (ub); the loop: its first ask and 3 more
+
+
+def test_an_upstream_routed_to_a_group_is_asked_through_its_node(lab, peers, tmp_path: Path):
+    from daetui.lab.proxypeers_socks_http import PROXY4, Danted, Tinyproxy
+
+    cfg = config(f"""
+[node]
+socks = "socks5://{PROXY4}:1086"
+web = "http://{PROXY4}:8891"
+
+[group.proxy]
+filter = ["name(socks)"]
+
+[group.web]
+filter = ["name(web)"]
+
+[dns]
+upstream = {{ ub = "udp://{UNBOUND4}:53", dot = "tls://{UNBOUND4}:853", dm = "udp://{DNSMASQ4}:53" }}
+ca_file = "{peers.ca.ca_file}"
+request = ["qname(full: short.example.test) -> dot", "qname(full: api.example.test) -> dm", "fallback: ub"]
+
+[routing]
+rules = ["dip({UNBOUND4}) -> proxy", "dip({DNSMASQ4}) -> web"]
+fallback = "direct"
+""", f"""tcp_check_url = ["http://{ADDR.hosts4[0]}/", "{ADDR.hosts4[0]}", "{ADDR.hosts6[0]}"]
+udp_check_dns = ["dns.lab.test:53", "{UNBOUND4}", "{UNBOUND6}"]""")
+    with Danted(lab, port=1086) as socks, Tinyproxy(lab, port=8891), plane_in_lab(lab, cfg, tmp_path) as runner:
+        # UDP through the socks node's UDP ASSOCIATE; DoT through a stream of the node.
+        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == [ADDR.hosts4[0]]
+        assert addresses(ask(lab, UNBOUND4, "short.example.test")) == [ADDR.hosts4[2]]
+        # The HTTP node has no UDP: the same question over TCP through CONNECT.
+        assert addresses(ask(lab, UNBOUND4, "api.example.test")) == [ADDR.hosts4[1]]
+        ups = upstream_rows(runner)
+        assert ups["ub"].route == "rule #1 dip(203.0.113.53) -> proxy via socks", ups["ub"].route
+        assert ups["dot"].route.endswith("-> proxy via socks") and ups["dm"].route.endswith("-> web via web")
+        assert all(ups[n].queries == 1 and ups[n].errors == 0 for n in ("ub", "dot", "dm"))
+        # Without the node, unbound cannot be reached (directly it would answer): both its
+        # upstreams fail, and the question goes on to the one through the web node.
+        socks.stop()
+        assert ADDR.hosts4[0] in addresses(ask(lab, UNBOUND4, "alias.example.test", timeout=8))
+        ups = upstream_rows(runner)
+        for name in ("ub", "dot"):
+            assert ups[name].errors == 1 and ("1086" in ups[name].last_error
+                                              or "no live node" in ups[name].last_error), ups[name].last_error
+        assert ups["dm"].queries == 2 and ups["dm"].errors == 0

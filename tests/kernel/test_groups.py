@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, lan_socket, newest_conn, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
+from helpers import http_get, newest_conn, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
 
 from daetui.bpfabi import ABI
 from daetui.config.load import parse_config
@@ -207,7 +207,7 @@ def test_a_group_with_no_live_node_goes_direct_or_is_dropped_in_the_kernel(lab, 
         # the router, so the server sees the router's address.
         named = cfg.replace("rules = [", "rules = [\"domain(suffix: dead.test) -> proxy\", ")
         assert runner.submit(plane.reload(parse_config(named, "t.toml"))).result(60).ok
-        assert http_get_named(lab, ADDR.hosts4[0], "www.dead.test").strip() == ADDR.router_wan4.encode()
+        assert http_get(lab, ADDR.hosts4[0], "/whoami", name="www.dead.test").strip() == ADDR.router_wan4.encode()
         conn = conn_to(runner, (ADDR.hosts4[0], 80))
         assert conn.stage == "userspace" and conn.outbound == "proxy" and conn.node is None and not conn.error
         # drop: a reload says so, and the kernel drops the SYN.
@@ -216,23 +216,6 @@ def test_a_group_with_no_live_node_goes_direct_or_is_dropped_in_the_kernel(lab, 
                                                          "t.toml"))).result(60)
         assert result.ok, result.message
         assert tcp_connect_fails(lab, ADDR.hosts4[0], timeout=1.5)
-
-
-def http_get_named(lab, host: str, name: str) -> bytes:
-    """GET /whoami from host, naming `name` in Host: (what the sniffer routes by)."""
-    s = lan_socket(lab, host)
-    s.settimeout(5)
-    try:
-        s.connect((host, 80))
-        s.sendall(f"GET /whoami HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-        resp = b""
-        while data := s.recv(65536):
-            resp += data
-    finally:
-        s.close()
-    head, _, body = resp.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
 
 
 def test_a_chain_goes_through_each_hop_in_dae_order(lab, nodes, tmp_path: Path):

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
+from test_relay import Counter, read_all, tcp_pair
 
 from daetui.control.relay_framed import relay_framed
 from daetui.outbound._tls import start_tls
@@ -39,25 +40,6 @@ METHOD = method_of("aes-256-gcm")
 KEY = master_key("framed relay test", METHOD.key_size)
 TARGET = ("203.0.113.7", 443)
 LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"), pytest.param(uvloop.new_event_loop, id="uvloop")]
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """Two connected non-blocking TCP sockets over loopback."""
-    ls = socket.create_server(("127.0.0.1", 0))
-    a = socket.create_connection(ls.getsockname())
-    b, _ = ls.accept()
-    ls.close()
-    for s in (a, b):
-        s.setblocking(False)
-    return a, b
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self, k: int) -> None:
-        self.n += k
 
 
 class Server:
@@ -108,14 +90,6 @@ class Server:
 
     async def send(self, data: bytes) -> None:
         await self.loop.sock_sendall(self.sock, self.frame(data))
-
-
-async def read_all(s: socket.socket) -> bytes:
-    loop = asyncio.get_running_loop()
-    out = bytearray()
-    while data := await loop.sock_recv(s, 1 << 16):
-        out += data
-    return bytes(out)
 
 
 Scenario = Callable[[socket.socket, Server, "asyncio.Task[str | None]", Counter, Counter], Awaitable[None]]
@@ -294,14 +268,18 @@ def ca():
     authority.close()
 
 
+def server_context(ca) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(ca.cert_file, ca.key_file)
+    return ctx
+
+
 def tls_server(ca, sock: socket.socket, expect: int, answer: bytes, got: list[bytes]) -> threading.Thread:
     """A TLS server on `sock` (a thread, blocking): reads `expect` bytes, answers, then close_notify."""
     def serve() -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(ca.cert_file, ca.key_file)
         sock.setblocking(True)
         sock.settimeout(20)
-        with ctx.wrap_socket(sock, server_side=True) as tls:
+        with server_context(ca).wrap_socket(sock, server_side=True) as tls:
             data = bytearray()
             while len(data) < expect:
                 chunk = tls.recv(1 << 16)
@@ -360,11 +338,9 @@ def test_tls_garbage_from_the_server_resets_the_client(loop_factory, ca):
         ready = threading.Event()
 
         def serve() -> None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(ca.cert_file, ca.key_file)
             server_sock.setblocking(True)
             server_sock.settimeout(20)
-            tls = ctx.wrap_socket(server_sock, server_side=True, do_handshake_on_connect=True)
+            tls = server_context(ca).wrap_socket(server_sock, server_side=True)
             ready.wait(20)
             tls.recv(100)
             os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + os.urandom(32))  # a record no key opens, under the TLS
