@@ -60,7 +60,7 @@ from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsTrace
 from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
-from daetui.outbound.base import Datagrams, Dialer, DialError
+from daetui.outbound.base import Datagrams, Dialer, DialError, framing_of
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
 from daetui.paths import RunPaths
@@ -528,8 +528,7 @@ class ControlPlane:
             if first:
                 await upstream.write(first)
                 conn.up += len(first)
-            framed = getattr(upstream, "framed", None)
-            framing = framed() if framed is not None else None
+            framing = framing_of(upstream) if upstream.raw is None else None
             if upstream.raw is not None:
                 error = await relay(sock, upstream.raw, _adder(conn, "up"), _adder(conn, "down"), self.use_splice)
             elif framing is not None:

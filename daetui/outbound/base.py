@@ -91,6 +91,40 @@ class Codec(Protocol):
         ...
 
 
+class PlainCodec:
+    """The Codec of a socket whose bytes are the destination's own: for a stream that only adds a header."""
+
+    error: DialError | None = None
+    watch_interval: float | None = None
+    server_ended = False
+
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        return data
+
+    def encode_eof(self) -> tuple[bytes, bool]:
+        return b"", True
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+    def reply(self) -> bytes:
+        return b""
+
+    def decode_eof(self) -> None:
+        pass
+
+    def overdue(self, now: float) -> str | None:
+        return None
+
+
+def framing_of(stream: Stream) -> tuple[socket.socket, Codec] | None:
+    """A stream's socket and Codec for the framed relay (see `Codec`), or None when it has none."""
+    framed = getattr(stream, "framed", None)
+    if framed is not None:
+        return framed()
+    return (stream.raw, PlainCodec()) if stream.raw is not None else None
+
+
 class Datagrams(Protocol):
     """A UDP association through an outbound: datagrams to and from any destination."""
 

@@ -24,6 +24,7 @@ Refused with a reason: other transports (ws, grpc, h2, ...), `flow`
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 import struct
 import uuid as uuidlib
@@ -36,7 +37,7 @@ from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
 from daetui.outbound._tls import node_context, server_name, start_tls
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Dialer, DialError, Stream, WrappedStream
+from daetui.outbound.base import Codec, Dialer, DialError, Stream, WrappedStream, framing_of
 
 VERSION = 0
 CMD_TCP = 1
@@ -122,17 +123,65 @@ def _uuid_bytes(uid: str) -> bytes:
     return uuidlib.UUID(uid).bytes
 
 
+_NO_RESPONSE = ("vless: the server closed without a response (wrong id, not a vless server, "
+                "or the destination closed at once)")
+
+
+def _addons_length(head: bytes) -> int:
+    """The response header's first two bytes checked: how many addon bytes follow."""
+    if head[0] != VERSION:
+        raise DialError(f"vless: response version {head[0]} (expected {VERSION}): not a vless server?")
+    return head[1]
+
+
 async def read_response(reader: Buffered) -> None:
     """Read and check the server's response header; DialError if it is not one."""
     try:
         head = await reader.read_exactly(2, "the vless response header")
     except (DialError, ConnectionError):  # closed or reset
-        raise DialError("vless: the server closed without a response (wrong id, not a vless server, "
-                        "or the destination closed at once)") from None
-    if head[0] != VERSION:
-        raise DialError(f"vless: response version {head[0]} (expected {VERSION}): not a vless server?")
-    if head[1]:
-        await reader.read_exactly(head[1], "the vless response addons")
+        raise DialError(_NO_RESPONSE) from None
+    if n := _addons_length(head):
+        await reader.read_exactly(n, "the vless response addons")
+
+
+class ResponseCodec:
+    """The Codec below a vless stream, with the server's response header checked and cut off first."""
+
+    def __init__(self, below: Codec) -> None:
+        self.below = below
+        self.head = b""  # the response header so far
+        self.answered = False
+        self.encode = below.encode
+        self.encode_eof = below.encode_eof
+        self.reply = below.reply
+        self.overdue = below.overdue
+        self.watch_interval = below.watch_interval
+
+    @property
+    def error(self) -> DialError | None:
+        return self.below.error
+
+    @property
+    def server_ended(self) -> bool:
+        return self.below.server_ended
+
+    def decode(self, data: bytes) -> bytes | bytearray:
+        plain = self.below.decode(data)
+        if self.answered:
+            return plain
+        self.head += plain
+        if len(self.head) < 2:
+            return b""
+        end = 2 + _addons_length(self.head[:2])
+        if len(self.head) < end:
+            return b""
+        out, self.head, self.answered = self.head[end:], b"", True
+        return out
+
+    def decode_eof(self) -> None:
+        self.below.decode_eof()
+        if not self.answered:
+            raise DialError(_NO_RESPONSE)
 
 
 class VlessStream(WrappedStream):
@@ -148,6 +197,13 @@ class VlessStream(WrappedStream):
             await read_response(self.reader)
             self._replied = True
         return await self.reader.read_some(n)
+
+    def framed(self) -> tuple[socket.socket, Codec] | None:
+        """The stream below's socket and Codec, the response header cut off by a ResponseCodec."""
+        below = None if self.reader.buf else framing_of(self.inner)
+        if below is None:
+            return None
+        return below if self._replied else (below[0], ResponseCodec(below[1]))
 
 
 class VlessPackets:
