@@ -50,6 +50,7 @@ import hmac
 import ipaddress
 import json
 import os
+import socket
 import ssl
 import struct
 import time
@@ -69,7 +70,7 @@ from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
 from daetui.outbound._tls import node_context, server_name, start_tls
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Dialer, DialError, Stream
+from daetui.outbound.base import Codec, Dialer, DialError, Stream, framing_of
 
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
 KDF_ROOT = b"VMess AEAD KDF"
@@ -291,20 +292,33 @@ def _open_gcm(key: bytes, iv: bytes, data: bytes, what: str) -> bytes:
         raise DialError(f"vmess: the response {what} failed authentication (not a vmess server?)") from None
 
 
+_NO_RESPONSE = ("vmess: the server closed without a response (wrong id or clock, not a vmess server, "
+                "or the destination closed at once)")
+
+
+def _response_length(req: Request, sealed_len: bytes | bytearray) -> int:
+    """The sealed response header's length, from its sealed 2-byte length field."""
+    (length,) = struct.unpack("!H", _open_gcm(kdf(req.response_key, RESP_LEN_KEY)[:16],
+                                               kdf(req.response_iv, RESP_LEN_IV)[:12], bytes(sealed_len),
+                                               "header length"))
+    return length
+
+
+def _check_response(req: Request, sealed: bytes | bytearray) -> None:
+    header = _open_gcm(kdf(req.response_key, RESP_KEY)[:16], kdf(req.response_iv, RESP_IV)[:12], bytes(sealed),
+                       "header")
+    if len(header) < 4 or header[0] != req.check:
+        raise DialError("vmess: the response header does not answer this request")
+
+
 async def read_response(reader: Buffered, req: Request) -> None:
     """Read, open and check the server's response header."""
-    key, iv = req.response_key, req.response_iv
     try:
         sealed_len = await reader.read_exactly(2 + TAG, "the vmess response header")
     except (DialError, ConnectionError):  # closed or reset
-        raise DialError("vmess: the server closed without a response (wrong id or clock, not a vmess server, "
-                        "or the destination closed at once)") from None
-    (length,) = struct.unpack("!H", _open_gcm(kdf(key, RESP_LEN_KEY)[:16], kdf(iv, RESP_LEN_IV)[:12],
-                                               sealed_len, "header length"))
-    sealed = await reader.read_exactly(length + TAG, "the vmess response header")
-    header = _open_gcm(kdf(key, RESP_KEY)[:16], kdf(iv, RESP_IV)[:12], sealed, "header")
-    if len(header) < 4 or header[0] != req.check:
-        raise DialError("vmess: the response header does not answer this request")
+        raise DialError(_NO_RESPONSE) from None
+    _check_response(req, await reader.read_exactly(_response_length(req, sealed_len) + TAG,
+                                                   "the vmess response header"))
 
 
 async def read_chunk(reader: Buffered, cipher: ChunkCipher) -> bytes | None:
@@ -366,14 +380,13 @@ class VmessStream:
         return out
 
     async def write(self, data: bytes) -> None:
-        if not data:
-            return  # an empty chunk would end the stream
-        if self.eof_sent:
-            raise DialError("vmess: write after the end of the stream was sent")
-        seal = self.s.sender.seal
-        view = memoryview(data)
-        await self.s.inner.write(b"".join(seal(bytes(view[i:i + CHUNK_PAYLOAD]))
-                                          for i in range(0, len(view), CHUNK_PAYLOAD)))
+        if data:  # an empty chunk would end the stream
+            await self.s.inner.write(seal_chunks(self.s.sender, data, self.eof_sent))
+
+    def framed(self) -> tuple[socket.socket, Codec] | None:
+        """The stream below's socket and Codec, under a ChunkCodec that carries this stream on."""
+        below = None if (self.pending or self.s.reader.buf) else framing_of(self.s.inner)
+        return None if below is None else (below[0], ChunkCodec(below[1], self))
 
     async def write_eof(self) -> None:
         """The empty chunk: the server ends its side towards the destination."""
@@ -383,6 +396,96 @@ class VmessStream:
 
     def close(self) -> None:
         self.s.inner.close()
+
+
+def seal_chunks(sender: ChunkCipher, data: bytes | bytearray | memoryview, eof_sent: bool) -> bytes:
+    """`data` as chunks of at most CHUNK_PAYLOAD bytes."""
+    if eof_sent:
+        raise DialError("vmess: write after the end of the stream was sent")
+    view = memoryview(data)
+    return b"".join(sender.seal(bytes(view[i:i + CHUNK_PAYLOAD])) for i in range(0, len(view), CHUNK_PAYLOAD))
+
+
+class ChunkCodec:
+    """A VmessStream's framing as plain calls over the Codec below (TLS, or PlainCodec for a socket).
+
+    The response header and the chunks are opened as their bytes arrive; the empty chunk is the
+    destination's end (server_ended); TCP's end between chunks is an end too, as read() takes it.
+    """
+
+    def __init__(self, below: Codec, stream: VmessStream) -> None:
+        self.below = below
+        self.req = stream.s.req
+        self.sender, self.receiver = stream.s.sender, stream.s.receiver
+        self.replied = stream.s.replied
+        self.ended = stream.eof
+        self.eof_sent = stream.eof_sent
+        self.buf = bytearray()
+        self.header_len = -1  # the response header's sealed length, once known
+        self.size = -1        # the chunk under way: its size and padding, once its length is opened
+        self.padding = 0
+        self.reply = below.reply
+        self.overdue = below.overdue
+        self.watch_interval = below.watch_interval
+
+    @property
+    def error(self) -> DialError | None:
+        return self.below.error
+
+    @property
+    def server_ended(self) -> bool:
+        return self.ended or self.below.server_ended
+
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        return self.below.encode(seal_chunks(self.sender, data, self.eof_sent)) if data else b""
+
+    def encode_eof(self) -> tuple[bytes | bytearray | memoryview, bool]:
+        """The empty chunk: the server ends its side towards the destination (TCP stays open)."""
+        if self.eof_sent:
+            return b"", False
+        self.eof_sent = True
+        return self.below.encode(self.sender.seal(b"")), False
+
+    def decode(self, data: bytes) -> bytes:
+        self.buf += self.below.decode(data)
+        buf, pos, out = self.buf, 0, []
+        while not self.ended:
+            if not self.replied:
+                if self.header_len < 0:
+                    if len(buf) - pos < 2 + TAG:
+                        break
+                    self.header_len = _response_length(self.req, buf[pos:pos + 2 + TAG]) + TAG
+                    pos += 2 + TAG
+                if len(buf) - pos < self.header_len:
+                    break
+                _check_response(self.req, buf[pos:pos + self.header_len])
+                pos += self.header_len
+                self.replied = True
+            if self.size < 0:
+                if len(buf) - pos < 2:
+                    break
+                self.size, self.padding = self.receiver.open_size(buf[pos:pos + 2])
+                pos += 2
+                if self.size == TAG + self.padding:
+                    self.ended = True
+                    break
+                if self.size < TAG + self.padding:
+                    raise DialError(f"vmess: chunk of {self.size} bytes, less than its tag and padding")
+            if len(buf) - pos < self.size:
+                break
+            out.append(self.receiver.open(bytes(buf[pos:pos + self.size - self.padding])))
+            pos += self.size
+            self.size = -1
+        del buf[:pos]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def decode_eof(self) -> None:
+        self.below.decode_eof()
+        if not self.replied:
+            raise DialError(_NO_RESPONSE)
+        if not self.ended and (self.size >= 0 or self.buf):
+            raise DialError(f"vmess: connection closed in a vmess chunk ({len(self.buf)} bytes of it came)")
+        self.ended = True
 
 
 class VmessPackets:

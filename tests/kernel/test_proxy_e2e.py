@@ -127,12 +127,10 @@ def test_lan_flow_through_each_protocol(lab, daemon, name: str) -> None:
     conn = last_conn(runner, (HOST4, ECHO_PORT), "tcp")
     assert conn.node == name and conn.up == len(payload)
     # How the bytes went: spliced where the proxy's stream is the destination's own bytes, framed
-    # on the loop's transports for shadowsocks, trojan's TLS and vless (its response header cut off
-    # by a codec), through the stream's reads and writes otherwise (vmess: chunks of its own;
-    # https: asyncio's TLS).
+    # on the loop's transports for the rest (their framing run as codecs), but for https, whose TLS
+    # is asyncio's own: through the stream's reads and writes.
     plain = "splice" if runner.plane.use_splice else "copy"
-    framed = {"ss", "trojan", "gfw", "vless", "vless-tls"}
-    assert conn.relay == {"socks5": plain, "http": plain}.get(name, "framed" if name in framed else "stream")
+    assert conn.relay == {"socks5": plain, "http": plain, "https": "stream"}.get(name, "framed")
     if name in UDP:
         datagrams = [os.urandom(n) for n in (1, 700, 1400)]
         for d in datagrams:
