@@ -484,7 +484,11 @@ class ControlPlane:
                     continue
                 except OSError as e:
                     log.error("accept: %s", e)
-                    await asyncio.sleep(0.1)  # e.g. EMFILE: do not spin
+                    # E.g. EMFILE: the waiting connections keep the listener readable, so it leaves
+                    # the loop for the pause, or the loop would spin on it.
+                    loop.remove_reader(fd)
+                    await asyncio.sleep(0.1)
+                    loop.add_reader(fd, wake.set)
                     continue
                 task = loop.create_task(self._handle_tcp(sock, (addr[0], addr[1])))
                 self._tasks.add(task)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import Callable
 
 from daetui.outbound.base import Codec, DialError
@@ -46,6 +45,7 @@ class _Side(asyncio.Protocol):
         self.eof_owed = False
         self.abort_owed = False
         self.reset_owed = False
+        self.paused = False  # its reading paused, for the other side's full send buffer
         self.peer: _Side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,10 +92,13 @@ class _Side(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.peer.transport is not None:
             self.peer.transport.pause_reading()
+            self.peer.paused = True
 
     def resume_writing(self) -> None:
         if self.peer.transport is not None and not self.peer.transport.is_closing():
             self.peer.transport.resume_reading()
+            self.peer.paused = False
+            self.relay.progress = self.relay.loop.time()  # a pause is not the server's silence
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.lost(self, exc)
@@ -118,6 +121,7 @@ class _Relay:
         self.lost_sides: set[str] = set()
         self.error: str | None = None
         self.watch: asyncio.TimerHandle | None = None
+        self.progress = self.loop.time()  # when the server last sent something, or reading resumed
 
     def received(self, side: _Side, data: bytes) -> None:
         try:
@@ -125,6 +129,7 @@ class _Relay:
                 self.destination.write(self.codec.encode(data))
                 self.on_up(len(data))
                 return
+            self.progress = self.loop.time()
             codec = self.codec
             plain = codec.decode(data)
             if plain:
@@ -175,6 +180,8 @@ class _Relay:
         t = self.client.transport
         if t is None:
             self.client.reset_owed = True  # done once the transport exists, after the bytes owed to it
+            with contextlib.suppress(OSError):  # and if it never does, the caller's close resets
+                self.client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             return
         if t.is_closing():
             self._reset_client(0)
@@ -205,9 +212,14 @@ class _Relay:
                 self.done.set_result(self.error)
 
     def watch_codec(self, interval: float) -> None:
-        """Ask the codec every `interval` seconds whether the server is overdue."""
+        """Ask the codec every `interval` seconds whether the server is overdue.
+
+        The server's silence counts only while its side is read: while the client's full
+        buffer holds reading back, the server is not late.
+        """
         def tick() -> None:
-            reason = self.codec.overdue(time.monotonic())
+            idle = 0.0 if self.destination.paused else self.loop.time() - self.progress
+            reason = self.codec.overdue(idle)
             if reason is not None:
                 self.fail("destination", DialError(reason))
             elif len(self.lost_sides) < 2:
@@ -238,25 +250,29 @@ async def relay_framed(client: socket.socket, server: socket.socket, codec: Code
     if first:
         on_up(len(first))
     try:
-        await loop.connect_accepted_socket(lambda: relay.destination, server)
+        made: list[_Side] = []
         try:
+            await loop.connect_accepted_socket(lambda: relay.destination, server)
+            made.append(relay.destination)
             await loop.connect_accepted_socket(lambda: relay.client, client)
+            made.append(relay.client)
         except BaseException:
-            if relay.client.transport is None:
-                relay.lost_sides.add("client")  # never made: only the destination's transport has to end
+            # A transport whose making failed or was cancelled may never report connection_lost
+            # (uvloop closes it quietly): every side not fully made counts as gone.
+            relay.lost_sides.update(side.name for side in (relay.destination, relay.client) if side not in made)
             raise
         if client_ended:
             relay.ended(relay.client)
         interval = codec.watch_interval
         if interval is not None:
             relay.watch_codec(interval)
-        return await done
+        # Shielded: cancelling this task must not cancel `done`, which the transports resolve.
+        return await asyncio.shield(done)
     except BaseException as e:
-        if relay.destination.transport is None:
-            raise  # no transport was made: the caller's sockets are still its own to close
         relay.fail("relay", e if isinstance(e, Exception) else asyncio.CancelledError("closed"))
-        # The transports own the sockets: let them close them before the caller closes its objects
-        # (a socket closed twice could close another connection's descriptor).
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(done), LOST_WAIT)
+        if len(relay.lost_sides) < 2:
+            # The transports own the sockets: they close them before the caller closes its objects
+            # (a descriptor closed under a live transport could be another connection's by then).
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), LOST_WAIT)
         raise

@@ -238,7 +238,7 @@ class TlsStream:
         """TCP's end: the end of the stream, with or without close_notify (as read() takes it)."""
         self._server_ended = True
 
-    def overdue(self, now: float) -> str | None:
+    def overdue(self, idle: float) -> str | None:
         return None
 
 

@@ -81,8 +81,8 @@ class Codec(Protocol):
         """The server ended its side: raises when that cut a frame short or nothing came."""
         ...
 
-    def overdue(self, now: float) -> str | None:
-        """Why the server is too late with bytes it owes at time.monotonic() `now`, or None."""
+    def overdue(self, idle: float) -> str | None:
+        """Why the server is too late, silent for `idle` seconds of being read, with bytes it owes; or None."""
         ...
 
     @property
@@ -113,7 +113,7 @@ class PlainCodec:
     def decode_eof(self) -> None:
         pass
 
-    def overdue(self, now: float) -> str | None:
+    def overdue(self, idle: float) -> str | None:
         return None
 
 

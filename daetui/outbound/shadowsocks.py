@@ -438,7 +438,6 @@ class SsStream:
         self._salt = b""
         self._plain = b""  # opened but not yet read
         self._received = 0
-        self._received_at = 0.0
         self._error: DialError | None = None
         self._eof = False
         self._wlock = asyncio.Lock()
@@ -569,7 +568,6 @@ class SsStream:
         if self._error is not None:
             raise self._error
         self._received += len(data)
-        self._received_at = time.monotonic()
         if self._opener is None:
             self._salt += data
             size = self.method.salt_size
@@ -597,13 +595,12 @@ class SsStream:
         bounds = [t for t in (self.frame_timeout, self.answer_timeout) if t is not None]
         return min(bounds) / 4 if bounds else None
 
-    def overdue(self, now: float) -> str | None:
+    def overdue(self, idle: float) -> str | None:
         """A stall inside a salt or chunk, or no first answer in time (as read() bounds them)."""
         if self._salt or (self._opener is not None and self._opener.pending):
-            if now - self._received_at > self.frame_timeout:
+            if idle > self.frame_timeout:
                 return self._fail(self._stalled()).args[0]
-        elif (self._opener is None and self.answer_timeout is not None and self._first is None
-              and now - self._sent_at > self.answer_timeout):
+        elif self._opener is None and self.answer_timeout is not None and idle > self.answer_timeout:
             return self._fail(self._unanswered()).args[0]
         return None
 

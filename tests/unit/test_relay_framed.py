@@ -21,9 +21,10 @@ import pytest
 import uvloop
 from test_relay import Counter, read_all, tcp_pair
 
+from daetui.control import relay_framed as relay_framed_module
 from daetui.control.relay_framed import relay_framed
 from daetui.outbound._tls import start_tls
-from daetui.outbound.base import SocketStream
+from daetui.outbound.base import PlainCodec, SocketStream
 from daetui.outbound.shadowsocks import (
     LEN_FRAME,
     Opener,
@@ -209,7 +210,9 @@ def test_a_server_stalling_inside_a_chunk_is_cut_off(loop_factory):
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
 def test_a_client_that_does_not_read_holds_the_server_back(loop_factory):
-    # Without backpressure the relay would read the server's 48 MiB into memory at once.
+    # Without backpressure the relay would read the server's 48 MiB into memory at once. And
+    # while the client holds the server back (a second, far past frame_timeout, in the middle
+    # of a chunk), the server is not stalling: nothing is cut off.
     total = 48 << 20
     payload = os.urandom(1 << 20) * 48
 
@@ -237,7 +240,7 @@ def test_a_client_that_does_not_read_holds_the_server_back(loop_factory):
         assert len(got) == total and got == payload
         assert await task is None
 
-    run_relay(loop_factory, scenario)
+    run_relay(loop_factory, scenario, frame_timeout=0.2)
 
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
@@ -255,6 +258,37 @@ def test_closing_the_relay_resets_the_client(loop_factory):
             assert await asyncio.wait_for(read_all(server.sock), 5) == b""
 
     run_relay(loop_factory, scenario)
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+@pytest.mark.parametrize("turns", range(6))
+def test_a_closed_relay_has_let_go_of_its_sockets_when_it_returns(loop_factory, turns, monkeypatch):
+    # Closed at any point of its set-up or after: when it returns, its transports have closed the
+    # sockets (the caller closes its own socket objects next: a descriptor closed under a live
+    # transport could be another connection's by then). Its safety wait is made long, so that
+    # waiting on a transport that never reports its end would show.
+    monkeypatch.setattr(relay_framed_module, "LOST_WAIT", 60.0)
+
+    async def main() -> None:
+        client, relay_client_side = tcp_pair()
+        relay_server_side, server_sock = tcp_pair()
+        task = asyncio.ensure_future(relay_framed(relay_client_side, relay_server_side, PlainCodec(),
+                                                  Counter(), Counter()))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        loop = asyncio.get_running_loop()
+        for s in (relay_client_side, relay_server_side):
+            if s.fileno() != -1:  # never handed to a transport: still the caller's, held by nothing else
+                loop.add_reader(s.fileno(), lambda: None)  # RuntimeError if a transport still uses it
+                loop.remove_reader(s.fileno())
+        for s in (client, server_sock, relay_client_side, relay_server_side):
+            s.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
 
 
 # -- TLS (trojan's stream): the session as the codec ------------------------------------------------
