@@ -11,8 +11,9 @@ A host that is a name is resolved once, by the bootstrap resolver
 the routing rules like any of the router's flows (`route`), and carries
 daetui's SO_MARK. Routed to a proxy group, the query goes through the
 group's node (`dial`): UDP by the node's datagrams (over TCP when the node
-has no UDP), TCP and TLS by a stream through the node per query; DNS over
-HTTPS through a node is refused with the reason. Each query gets its own ID;
+has no UDP, or its UDP goes unanswered), TCP and TLS by a stream through the
+node per query; DNS over HTTPS is not carried by nodes: it is dialled
+directly, and its route says so. Each query gets its own ID;
 an answer whose ID or question does not match is not the answer (counted,
 ignored).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import socket
 import ssl
@@ -37,7 +39,11 @@ from daetui.outbound._tls import server_name, start_tls
 from daetui.outbound.base import Dialer, DialError
 
 IDLE_REUSE = 10.0   # a kept TCP/TLS connection idle longer than this is not reused
+NO_UDP_FOR = 600.0  # a node whose UDP went unanswered is asked over TCP this long
+DOH_DIRECT = " (DoH: dialled direct, not through a node)"
 MAX_MESSAGE = 65535
+
+log = logging.getLogger("daetui.dns")
 
 
 class UpstreamError(Exception):
@@ -141,6 +147,7 @@ class Upstream:
         self._ssl = _ssl_context(ca_file) if spec.scheme in ("tls", "https") else None
         self._idle: list[_Stream] = []
         self._address: str | None = spec.host if spec.host_is_address else None
+        self._no_udp: dict[str, float] = {}  # node -> until when it is asked over TCP (its UDP went unanswered)
         self._http = None
 
     @property
@@ -196,9 +203,16 @@ class Upstream:
             self.stats.route = str(r)
             raise UpstreamError(f"{self.name}: blocked by {r.rule}")
         via = self.dial(r.outbound, 6 if ":" in ip else 4) if self.dial is not None else None
+        if via is not None and scheme == "https":
+            # Not through a node (yet): dialled directly, as before groups carried DNS, and said so.
+            if not self.stats.route.endswith(DOH_DIRECT):
+                log.warning("DNS upstream %s is routed to %s, but DNS over HTTPS is not carried through "
+                            "proxy nodes: it is dialled directly", self.name, r.outbound)
+            self.stats.route = f"{r}{DOH_DIRECT}"
+            return await self._https(ip, question)
         self.stats.route = f"{r} via {via[1]}" if via is not None else str(r)
         if via is not None:
-            return await self._through(via[0], ip, question, over_tcp)
+            return await self._through(via[0], via[1], ip, question, over_tcp)
         if scheme == "https":
             return await self._https(ip, question)
         if over_tcp:
@@ -278,31 +292,36 @@ class Upstream:
             s.close()
         return data
 
-    async def _through(self, dialer: Dialer, ip: str, question: bytes, over_tcp: bool) -> bytes:
-        """The query through a proxy node (no connection is kept: a node's choice may change)."""
+    async def _through(self, dialer: Dialer, node: str, ip: str, question: bytes, over_tcp: bool) -> bytes:
+        """The query through a proxy node (no connection is kept: a node's choice may change).
+
+        UDP gets half the upstream's time: a node whose server relays no UDP (ss-server without
+        -u) takes datagrams and answers none, so the question goes on over TCP through it, and
+        that node is asked over TCP for a while.
+        """
         port = self.spec.port
-        if self.spec.scheme == "https":
-            raise UpstreamError(f"{self.name}: DNS over HTTPS through a proxy node is not supported; "
-                                "route this upstream direct, or use tls://")
         qid, wire = make_query(question)
-        if not over_tcp:
+        if not over_tcp and self._no_udp.get(node, 0.0) < time.monotonic():
             try:
                 datagrams = await dialer.datagrams()
             except DialError:
                 datagrams = None  # a node without UDP (an HTTP proxy): the same question over TCP
             if datagrams is not None:
                 try:
-                    await datagrams.send(wire, ip, port)
-                    while True:
-                        data, _, _ = await datagrams.recv()
-                        if answers_question(data, qid, question):
-                            break
-                        self.stats.mismatched += 1
+                    async with asyncio.timeout(self.timeout / 2):
+                        await datagrams.send(wire, ip, port)
+                        while True:
+                            data, _, _ = await datagrams.recv()
+                            if answers_question(data, qid, question):
+                                break
+                            self.stats.mismatched += 1
+                    if not struct.unpack_from("!H", data, 2)[0] & FLAG_TC:
+                        return data
+                except (TimeoutError, DialError):
+                    self._no_udp[node] = time.monotonic() + NO_UDP_FOR
                 finally:
                     datagrams.close()
-                if not struct.unpack_from("!H", data, 2)[0] & FLAG_TC:
-                    return data
-                qid, wire = make_query(question)  # truncated: again over TCP
+                qid, wire = make_query(question)  # truncated, or no UDP answer: again over TCP
         stream = await dialer.connect(ip, port)
         try:
             if self._ssl is not None:

@@ -40,20 +40,21 @@ class SsPeerError(LabError):
 
 
 class SsServer(LabPeer):
-    """ss-server with TCP and UDP relays on ADDR.hosts4[2] and ADDR.hosts6[2], at `port`."""
+    """ss-server with TCP and (unless `udp` is False) UDP relays on ADDR.hosts4[2] and ADDR.hosts6[2], at `port`."""
 
     kind = "ss-server"
     binary = SS_SERVER
     error = SsPeerError
 
     def __init__(self, lab: Lab, method: str, password: str, port: int = DEFAULT_PORT, *,
-                 nameserver: str | None = None, timeout: int = 60, verbose: bool = True) -> None:
+                 nameserver: str | None = None, timeout: int = 60, verbose: bool = True, udp: bool = True) -> None:
         super().__init__(lab, ADDR.hosts4[2], ADDR.hosts6[2], port)
         self.method = method_of(method).name  # refuses what the client side cannot speak either
         self.password = password
         self.nameserver = nameserver
         self.timeout = timeout
         self.verbose = verbose
+        self.udp = udp  # False: no UDP relay (no -u), as many servers are run
 
     def node(self, family: int = 4, name: str = "") -> SsNode:
         """The node a client dials to reach this server over IPv4 or IPv6."""
@@ -79,7 +80,7 @@ class SsServer(LabPeer):
         conf.chmod(0o600)
         # -u: the UDP relay too. No --reuse-port: a leftover server on the port makes
         # this one fail to bind and exit, rather than share the port unnoticed.
-        argv = [SS_SERVER, "-c", str(conf), "-u"]
+        argv = [SS_SERVER, "-c", str(conf)] + (["-u"] if self.udp else [])
         if self.nameserver:
             argv += ["-d", self.nameserver]
         if self.verbose:
@@ -98,7 +99,8 @@ class SsServer(LabPeer):
         # fails, so both lines plus an accepted connection mean this very process serves there.
         text = self.log_text()
         where = f"{address}:{self.port}"
-        if f"tcp server listening at {where}" not in text or f"udp server listening at {where}" not in text:
+        if f"tcp server listening at {where}" not in text or (self.udp and f"udp server listening at {where}"
+                                                               not in text):
             return False
         with netns(self.lab.wan):
             sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)

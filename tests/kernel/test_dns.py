@@ -375,6 +375,7 @@ fallback = "direct"
 
 
 def test_an_upstream_routed_to_a_group_is_asked_through_its_node(lab, peers, tmp_path: Path):
+    from daetui.lab.proxypeers_shadowsocks import SsServer
     from daetui.lab.proxypeers_socks_http import PROXY4, Danted, Tinyproxy
 
     cfg = config(f"""
@@ -388,17 +389,25 @@ filter = ["name(socks)"]
 [group.web]
 filter = ["name(web)"]
 
+[group.ssg]
+filter = ["name(ss)"]
+
 [dns]
-upstream = {{ ub = "udp://{UNBOUND4}:53", dot = "tls://{UNBOUND4}:853", dm = "udp://{DNSMASQ4}:53" }}
+upstream = {{ ub = "udp://{UNBOUND4}:53", dot = "tls://{UNBOUND4}:853", dm = "udp://{DNSMASQ4}:53",
+             doh = "https://{UNBOUND4}/dns-query", ub6 = "udp://[{UNBOUND6}]:53" }}
 ca_file = "{peers.ca.ca_file}"
-request = ["qname(full: short.example.test) -> dot", "qname(full: api.example.test) -> dm", "fallback: ub"]
+request = ["qname(full: short.example.test) -> dot", "qname(full: api.example.test) -> dm",
+           "qname(full: txt.example.test) -> doh", "qname(suffix: ss.example.test) -> ub6", "fallback: ub"]
 
 [routing]
-rules = ["dip({UNBOUND4}) -> proxy", "dip({DNSMASQ4}) -> web"]
+rules = ["dip({UNBOUND4}) -> proxy", "dip({DNSMASQ4}) -> web", "dip('{UNBOUND6}') -> ssg"]
 fallback = "direct"
 """, f"""tcp_check_url = ["http://{ADDR.hosts4[0]}/", "{ADDR.hosts4[0]}", "{ADDR.hosts6[0]}"]
 udp_check_dns = ["dns.lab.test:53", "{UNBOUND4}", "{UNBOUND6}"]""")
-    with Danted(lab, port=1086) as socks, Tinyproxy(lab, port=8891), plane_in_lab(lab, cfg, tmp_path) as runner:
+    ss = SsServer(lab, "aes-128-gcm", "no udp here", port=8401, udp=False)
+    cfg = cfg.replace(f'web = "http://{PROXY4}:8891"', f'web = "http://{PROXY4}:8891"\nss = "{ss.node(4).link()}"')
+    with Danted(lab, port=1086) as socks, Tinyproxy(lab, port=8891), ss, \
+            plane_in_lab(lab, cfg, tmp_path) as runner:
         # UDP through the socks node's UDP ASSOCIATE; DoT through a stream of the node.
         assert addresses(ask(lab, UNBOUND4, "www.example.test")) == [ADDR.hosts4[0]]
         assert addresses(ask(lab, UNBOUND4, "short.example.test")) == [ADDR.hosts4[2]]
@@ -408,6 +417,14 @@ udp_check_dns = ["dns.lab.test:53", "{UNBOUND4}", "{UNBOUND6}"]""")
         assert ups["ub"].route == "rule #1 dip(203.0.113.53) -> proxy via socks", ups["ub"].route
         assert ups["dot"].route.endswith("-> proxy via socks") and ups["dm"].route.endswith("-> web via web")
         assert all(ups[n].queries == 1 and ups[n].errors == 0 for n in ("ub", "dot", "dm"))
+        # DNS over HTTPS is not carried by nodes: dialled directly, and its route says so.
+        assert ask(lab, UNBOUND4, "txt.example.test", "TXT").answer
+        assert upstream_rows(runner)["doh"].route.endswith("-> proxy (DoH: dialled direct, not through a node)")
+        # A node whose server relays no UDP takes the datagram and answers nothing: the question
+        # goes on over TCP through it (ss-server logs the connection to unbound's IPv6 address).
+        assert ask(lab, UNBOUND4, "a.ss.example.test").rcode() == dns.rcode.NXDOMAIN
+        assert f"connect to [{UNBOUND6}]:53" in ss.log_text() or f"connect to {UNBOUND6}:53" in ss.log_text()
+        assert upstream_rows(runner)["ub6"].route.endswith("-> ssg via ss") and upstream_rows(runner)["ub6"].errors == 0
         # Without the node, unbound cannot be reached (directly it would answer): both its
         # upstreams fail, and the question goes on to the one through the web node.
         socks.stop()
