@@ -246,7 +246,7 @@ class ControlPlane:
 
     def _decide_upstream(self, ip: str, port: int, proto: str) -> UpstreamRoute:
         d = decide(self.ruleset, FlowFacts(None, ipaddress.ip_address(ip), None, port, proto),
-                   unknown_name_matches=False)
+                   unknown_name_matches=False, with_trace=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
         rule = f"rule #{entry.index + 1} {entry.rule}" if entry else "fallback"
         outbound = d.outbound or self.ruleset.fallback
@@ -397,7 +397,7 @@ class ControlPlane:
             entry = ruleset.by_index(kflow.rule_index) if kflow.rule_index is not None else None
             return (kflow.rule_index, str(entry.rule) if entry else "fallback",
                     ruleset.outbound_name(kflow.outbound), "kernel", _mac_text(kflow.mac))
-        d = decide(self.ruleset, FlowFacts(key.src, key.dst, key.sport, key.dport, proto))
+        d = decide(self.ruleset, FlowFacts(key.src, key.dst, key.sport, key.dport, proto), with_trace=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
         return d.rule_index, str(entry.rule) if entry else "fallback", d.outbound, "userspace", None
 
@@ -429,7 +429,8 @@ class ControlPlane:
                           conn.dst[1], conn.proto, bytes.fromhex(conn.mac.replace(":", "")) if conn.mac else None,
                           domain=result.name)
         # Undecided: from the rule the kernel stopped at, a name not found matching nothing.
-        d = decide(self.ruleset, facts, conn.rule_index or 0 if undecided else 0, unknown_name_matches=False)
+        d = decide(self.ruleset, facts, conn.rule_index or 0 if undecided else 0, unknown_name_matches=False,
+                   with_trace=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
         conn.rule_index = d.rule_index
         conn.rule = str(entry.rule) if entry else "fallback"
@@ -911,7 +912,7 @@ class ControlPlane:
             facts = FlowFacts(ipaddress.ip_address(conn.src[0]), ipaddress.ip_address(conn.dst[0]), conn.src[1],
                               conn.dst[1], conn.proto, bytes.fromhex(conn.mac.replace(":", "")) if conn.mac else None,
                               domain=conn.domain)
-            d = decide(new, facts, unknown_name_matches=False)
+            d = decide(new, facts, unknown_name_matches=False, with_trace=False)
             if d.outbound != conn.outbound:
                 aborted += self.close_connections([conn.id])
                 if conn.proto == "udp" and self.dataplane is not None and self.dataplane.program is not None:
@@ -923,7 +924,7 @@ class ControlPlane:
                 if f.to_control_plane:
                     continue  # relayed: handled above
                 facts = FlowFacts(f.key.src, f.key.dst, f.key.sport, f.key.dport, f.key.proto, f.mac)
-                d = decide(new, facts, unknown_name_matches=False)
+                d = decide(new, facts, unknown_name_matches=False, with_trace=False)
                 before = old.outbound_name(f.outbound)
                 if d.outbound == before:
                     continue

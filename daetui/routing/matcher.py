@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from daetui.routing.compile import domain_functions, evaluation_order
+from daetui.routing.compile import domain_functions
 from daetui.routing.ruleset import MUST_RULES, CheckedCondition, RuleSet
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -124,15 +124,19 @@ def _needs(function: str) -> str:
 
 
 def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matches: bool | None = None,
-           unknown_facts_match: bool | None = None) -> Decision:
+           unknown_facts_match: bool | None = None, with_trace: bool = True) -> Decision:
     """First enabled rule (from index `start`) whose every function matches; else the fallback.
 
     A domain function with no name known stops the evaluation (undecided), as
     the kernel stops -- unless `unknown_name_matches` says what to assume (the
     control plane, once sniffing found nothing, assumes False). A function on
     a fact not given (explain) stops it too, unless `unknown_facts_match` says.
+    `with_trace` off (the daemon's own decisions) leaves out the why of every
+    rule passed: with thousands of rules, writing it out took milliseconds.
     """
-    bits = {(d.rule_index, d.position): d.bit for d in domain_functions(ruleset)}
+    # The kernel's domain bits matter only for a flow with bits and no name (explain).
+    bits = {(d.rule_index, d.position): d.bit for d in domain_functions(ruleset)} \
+        if facts.domain is None and facts.domain_bits is not None else {}
     trace: list[RuleTrace] = []
     must = False
     for entry in ruleset.enabled:
@@ -140,20 +144,24 @@ def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matc
             continue
         conds = []
         ok: bool | None = True
-        for pos, cc in evaluation_order(entry.conditions):
+        for pos, cc in entry.ordered:
             m = condition_matches(cc, facts, bits.get((entry.index, pos)))
             why = ""
             if m is None:
                 assume = unknown_name_matches if cc.function == "domain" else unknown_facts_match
-                why = "no name known" if cc.function == "domain" else f"{_needs(cc.function)} not given"
+                if with_trace:
+                    why = "no name known" if cc.function == "domain" else f"{_needs(cc.function)} not given"
                 if assume is not None:
                     m = assume != cc.condition.negate
-                    why += f"; taken as {'matching' if assume else 'not matching'}"
-            conds.append(ConditionTrace(str(cc.condition), m, why))
+                    if with_trace:
+                        why += f"; taken as {'matching' if assume else 'not matching'}"
+            if with_trace:
+                conds.append(ConditionTrace(str(cc.condition), m, why))
             if not m:
                 ok = m
                 break
-        trace.append(RuleTrace(entry.index, str(entry.rule), tuple(conds), ok))
+        if with_trace:
+            trace.append(RuleTrace(entry.index, str(entry.rule), tuple(conds), ok))
         if ok is None:
             return Decision(None, entry.index, 0, tuple(trace), must)
         if ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,13 @@ class RuleEntry:
         """How the console and the logs name the rule: `#3` or `#3 lan-games`."""
         return f"#{self.index + 1}" + (f" {self.name}" if self.name else "")
 
+    @functools.cached_property
+    def ordered(self) -> list[tuple[int, CheckedCondition]]:
+        """The functions in evaluation order (compile.evaluation_order), worked out once."""
+        from daetui.routing.compile import evaluation_order
+
+        return evaluation_order(self.conditions)
+
 
 def check_rule(rule: Rule, geo: GeoData | None = None) -> tuple[CheckedCondition, ...]:
     """Type every value of the rule (geoip/geosite read through `geo`); RuleError for anything unusable."""
@@ -82,12 +90,13 @@ class RuleSet:
     fallback: str
     groups: tuple[str, ...]   # group names in outbound-id order
 
-    @property
+    # Worked out once per rule set (it never changes): each connection decided asks for them.
+    @functools.cached_property
     def enabled(self) -> tuple[RuleEntry, ...]:
         return tuple(e for e in self.entries if e.enabled)
 
-    def outbound_ids(self) -> dict[str, int]:
-        """Kernel ids: direct 0, block 1, then each group in order."""
+    @functools.cached_property
+    def _ids(self) -> dict[str, int]:
         from daetui.bpfabi import ABI
 
         ids = {DIRECT: ABI.OUTBOUND_DIRECT, BLOCK: ABI.OUTBOUND_BLOCK, MUST_RULES: ABI.OUTBOUND_MUST_RULES,
@@ -96,12 +105,17 @@ class RuleSet:
             ids[g] = ABI.OUTBOUND_FIRST_GROUP + i
         return ids
 
+    @functools.cached_property
+    def _names(self) -> dict[int, str]:
+        return {i: name for name, i in self._ids.items()}
+
+    def outbound_ids(self) -> dict[str, int]:
+        """Kernel ids: direct 0, block 1, then each group in order (a copy: the rule set's stays as it is)."""
+        return dict(self._ids)
+
     def outbound_name(self, outbound_id: int) -> str:
         """The name behind a kernel outbound id (for decoding routing_tuples)."""
-        for name, i in self.outbound_ids().items():
-            if i == outbound_id:
-                return name
-        return f"outbound#{outbound_id}"
+        return self._names.get(outbound_id, f"outbound#{outbound_id}")
 
     def by_index(self, index: int) -> RuleEntry | None:
         if 0 <= index < len(self.entries):

@@ -72,6 +72,19 @@ def test_first_match_wins_with_a_trace():
     assert (d.outbound, d.rule_index) == ("f", None)
 
 
+def test_the_daemons_untraced_decisions_are_the_traced_ones():
+    rs = ruleset("dport(80) && l4proto(udp) -> a", "domain(suffix: example.com) && dport(443) -> d",
+                 "dport(1) -> must_b", "dport(80) -> b", "!dip(203.0.113.0/24) -> c", fallback="f")
+    cases = [(facts("203.0.113.1", 80), {}), (facts("203.0.113.1", 443), {}),
+             (facts("203.0.113.1", 443), {"unknown_name_matches": False}),
+             (facts("198.51.100.1", 1), {}), (facts("203.0.113.1", 1), {})]
+    for f, kw in cases:
+        traced, plain = decide(rs, f, **kw), decide(rs, f, **kw, with_trace=False)
+        assert traced.trace and not plain.trace
+        assert (plain.outbound, plain.rule_index, plain.mark, plain.must) == \
+            (traced.outbound, traced.rule_index, traced.mark, traced.must)
+
+
 def test_families_do_not_cross():
     rs = ruleset("dip('::/0') -> six", "dip(0.0.0.0/0) -> four")
     assert decide(rs, facts("203.0.113.1", 1)).outbound == "four"
