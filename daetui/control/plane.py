@@ -395,11 +395,11 @@ class ControlPlane:
         if kflow is not None:
             ruleset = self._rulesets.get(kflow.generation, self.ruleset)
             entry = ruleset.by_index(kflow.rule_index) if kflow.rule_index is not None else None
-            return (kflow.rule_index, str(entry.rule) if entry else "fallback",
+            return (kflow.rule_index, entry.text if entry else "fallback",
                     ruleset.outbound_name(kflow.outbound), "kernel", _mac_text(kflow.mac))
         d = decide(self.ruleset, FlowFacts(key.src, key.dst, key.sport, key.dport, proto), with_trace=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
-        return d.rule_index, str(entry.rule) if entry else "fallback", d.outbound, "userspace", None
+        return d.rule_index, entry.text if entry else "fallback", d.outbound, "userspace", None
 
     def _open_conn(self, proto: str, client: Endpoint, dst: Endpoint, relay_kind: str) -> Connection:
         rule_index, rule, outbound, stage, mac = self._route(proto, client, dst)
@@ -433,7 +433,7 @@ class ControlPlane:
                    with_trace=False)
         entry = self.ruleset.by_index(d.rule_index) if d.rule_index is not None else None
         conn.rule_index = d.rule_index
-        conn.rule = str(entry.rule) if entry else "fallback"
+        conn.rule = entry.text if entry else "fallback"
         conn.outbound = d.outbound or self.ruleset.fallback
         conn.stage = "userspace"
 
@@ -628,7 +628,7 @@ class ControlPlane:
         gen = dp.state.generation if dp else 0
         rs = self._rulesets.get(gen, self.ruleset)
         hits = prog.rule_hits(gen, len(rs.entries)) if prog is not None else {}
-        rules = tuple(RuleInfo(e.index, str(e.rule), e.enabled, e.name, e.id,
+        rules = tuple(RuleInfo(e.index, e.text, e.enabled, e.name, e.id,
                                *self._with_carry(e.id, hits.get(e.index, (0, None))))
                       for e in rs.entries)
         slots = self.listeners.slots() if self.listeners else {}
@@ -973,9 +973,9 @@ def _rule_diff(old: RuleSet, new: RuleSet) -> tuple[tuple[str, ...], tuple[str, 
     """Rules added, removed and toggled, by their stable ids."""
     before = {e.id: e for e in old.entries}
     after = {e.id: e for e in new.entries}
-    added = tuple(str(e.rule) for i, e in after.items() if i not in before)
-    removed = tuple(str(e.rule) for i, e in before.items() if i not in after)
-    toggled = tuple(str(e.rule) for i, e in after.items() if i in before and before[i].enabled != e.enabled)
+    added = tuple(e.text for i, e in after.items() if i not in before)
+    removed = tuple(e.text for i, e in before.items() if i not in after)
+    toggled = tuple(e.text for i, e in after.items() if i in before and before[i].enabled != e.enabled)
     return added, removed, toggled
 
 

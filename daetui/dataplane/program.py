@@ -64,6 +64,7 @@ class KernelProgram:
         self.tuples = self.bpf[b"routing_tuples"]
         self._layouts: tuple[Any, ...] | None = None
         self._decode_one: tuple[float, Any] | None = None  # (rebuild after, decoder) for flow()
+        self._ncpu: int | None = None  # possible CPUs: the per-CPU maps' values come in this many
         self.match_sets = self.bpf[b"match_sets"]
         self.ip_sets = self.bpf[b"ip_sets"]
         self.params = self.bpf[b"params"]
@@ -289,15 +290,43 @@ class KernelProgram:
         return out
 
     def rule_hits(self, gen: int, n_rules: int) -> dict[int | None, tuple[int, float | None]]:
-        """Hits and last hit time of each rule index (None: the fallback) in a generation."""
-        out: dict[int | None, tuple[int, float | None]] = {}
+        """Hits and last hit time of each rule index (None: the fallback) in a generation.
+
+        The rules' entries are read in one batch: one lookup each took 16 ms for 4000 rules, on
+        the control plane's loop, every time the console asked for a snapshot.
+        """
         stride = ABI.MAX_RULES + 1
-        for ri in [*range(min(n_rules, ABI.MAX_RULES)), ABI.MAX_RULES]:
-            per_cpu = self.rule_stats_map[ct.c_int(gen * stride + ri)]
-            hits = sum(int(x.hits) for x in per_cpu)
-            last = max(int(x.last_hit_ns) for x in per_cpu)
-            out[None if ri == ABI.MAX_RULES else ri] = (hits, monotonic_to_wall(last) if last else None)
+        n = min(n_rules, ABI.MAX_RULES)
+        stats = self._rule_stats_batch(gen * stride, n) if n else []
+        if len(stats) != n:  # no batch lookups for arrays in this kernel: one entry at a time
+            stats = [self._rule_stat(gen * stride + ri) for ri in range(n)]
+        stats.append(self._rule_stat(gen * stride + ABI.MAX_RULES))
+        out: dict[int | None, tuple[int, float | None]] = {}
+        for ri, (hits, last) in enumerate(stats):
+            out[None if ri == n else ri] = (hits, monotonic_to_wall(last) if last else None)
         return out
+
+    def _rule_stat(self, index: int) -> tuple[int, int]:
+        per_cpu = self.rule_stats_map[ct.c_int(index)]
+        return sum(int(x.hits) for x in per_cpu), max(int(x.last_hit_ns) for x in per_cpu)
+
+    def _rule_stats_batch(self, start: int, n: int) -> list[tuple[int, int]]:
+        """(hits, last hit ns) of entries start..start+n-1, summed over CPUs; [] when the kernel refuses."""
+        leaf_t = self.rule_stats_map.Leaf
+        if self._ncpu is None:
+            self._ncpu = len(self.rule_stats_map[ct.c_int(0)])
+        ncpu = self._ncpu
+        keys, values = (ct.c_uint32 * n)(), (leaf_t * (n * ncpu))()
+        # A batch starts after the key it is given: the one before `start` (none for 0).
+        before, token, cnt = ct.c_uint32(start - 1), ct.c_uint32(0), ct.c_uint32(n)
+        res = self._lib.bpf_lookup_batch(self.rule_stats_map.map_fd, ct.byref(before) if start else None,
+                                         ct.byref(token), keys, values, ct.byref(cnt))
+        if (res != 0 and ct.get_errno() != errno.ENOENT) or cnt.value != n:
+            return []
+        words = memoryview(values).cast("B").cast("Q")  # two u64 per CPU per entry: hits, last_hit_ns
+        per_entry = 2 * ncpu
+        return [(sum(words[i:i + per_entry:2]), max(words[i + 1:i + per_entry:2]))
+                for i in range(0, n * per_entry, per_entry)]
 
     def interface_stats(self) -> dict[int, dict[str, int]]:
         """Packets and bytes per interface index, summed over CPUs."""

@@ -161,7 +161,7 @@ def decide(ruleset: RuleSet, facts: FlowFacts, start: int = 0, unknown_name_matc
                 ok = m
                 break
         if with_trace:
-            trace.append(RuleTrace(entry.index, str(entry.rule), tuple(conds), ok))
+            trace.append(RuleTrace(entry.index, entry.text, tuple(conds), ok))
         if ok is None:
             return Decision(None, entry.index, 0, tuple(trace), must)
         if ok:

@@ -47,6 +47,11 @@ class RuleEntry:
         return f"#{self.index + 1}" + (f" {self.name}" if self.name else "")
 
     @functools.cached_property
+    def text(self) -> str:
+        """The rule as written (str(rule)), made once: every connection and snapshot shows it."""
+        return str(self.rule)
+
+    @functools.cached_property
     def ordered(self) -> list[tuple[int, CheckedCondition]]:
         """The functions in evaluation order (compile.evaluation_order), worked out once."""
         from daetui.routing.compile import evaluation_order

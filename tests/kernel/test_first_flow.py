@@ -142,6 +142,20 @@ def test_interface_binding_is_reported(plane):
     assert snap.missing_interfaces == ()
 
 
+def test_rule_hits_are_counted_and_read_in_one_batch(plane, lab):
+    for v in (4, 6):  # one flow per rule and family
+        tcp_echo(lab, PROXIED[v], b"counted")
+        assert tcp_connect_fails(lab, BLOCKED[v])
+    program = plane.plane.dataplane.program
+    gen = plane.plane.dataplane.state.generation
+    start = gen * (ABI.MAX_RULES + 1)
+    batch = plane.call(lambda: program._rule_stats_batch(start, 3))
+    assert batch == plane.call(lambda: [program._rule_stat(start + i) for i in range(3)])  # one at a time
+    assert batch[0][0] >= 2 and batch[1][0] >= 2 and batch[0][1] > 0
+    rules = {r.index: r for r in snapshot(plane).rules}
+    assert rules[0].hits == batch[0][0] and rules[1].hits == batch[1][0]
+
+
 @pytest.mark.parametrize("v", [4, 6])
 def test_reusing_a_tuple_the_router_holds_in_time_wait(plane, lab, v):
     """The server closes first, so the router (standing in for it) keeps the
