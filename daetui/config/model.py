@@ -33,6 +33,7 @@ class GlobalConfig:
     fallback_resolver: str = "8.8.8.8:53"
     udp_timeout: float = 30.0
     dead_group: str = "reject"
+    subscription_interval: float = 43200.0
 
 
 @dataclass(frozen=True)

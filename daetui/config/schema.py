@@ -83,6 +83,10 @@ def _nonneg(v: float) -> str | None:
     return None if v >= 0 else "expected a duration of zero or more"
 
 
+def _minute_or_more(v: float) -> str | None:
+    return None if v >= 60 else "expected a duration of a minute or more"
+
+
 GLOBAL: dict[str, KeySpec] = {
     "lan_interface": KeySpec("strlist", (), "LAN interfaces to bind lan_ingress/lan_egress to", _ifnames(False)),
     "wan_interface": KeySpec("strlist", (), "WAN interfaces, or auto (the router's own traffic: not steered yet)",
@@ -108,6 +112,8 @@ GLOBAL: dict[str, KeySpec] = {
     "dead_group": KeySpec("str", "reject", "a group with no live node: reject (reset by daetui), drop, or direct",
                           _one_of(("reject", "drop", "direct"))),
     "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)", _nonneg),
+    "subscription_interval": KeySpec("duration", 43200.0, "how often subscriptions are fetched again "
+                                     "(daetui; dae fetches them only at start)", _minute_or_more),
 }
 
 # dae options with no meaning for daetui: accepted, with a warning saying why.

@@ -64,6 +64,8 @@ class Outbounds:
                 self.subscriptions[tag] = self._subscription(tag, url)
                 if self._started:
                     self._start_subscription(self.subscriptions[tag])
+            else:
+                self.subscriptions[tag].interval = config.global_.subscription_interval  # from its next fetch
         self._rebuild()
 
     def _subscription(self, tag: str, url: str) -> Subscription:
@@ -74,7 +76,8 @@ class Outbounds:
         config_dir = source.resolve().parent if source.is_file() else Path(tempfile.gettempdir())
         state = config_dir / "persist.d" if source.is_file() else config_dir / "daetui-persist.d"
         return Subscription(tag, url, state, mark=g.so_mark_from_dae, resolver=g.fallback_resolver,
-                            config_dir=config_dir, taken=[t.tag for t in self.config.nodes])
+                            config_dir=config_dir, taken=[t.tag for t in self.config.nodes],
+                            interval=g.subscription_interval)
 
     def _rebuild(self) -> None:
         config = self.config

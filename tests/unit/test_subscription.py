@@ -684,3 +684,21 @@ def test_write_saved_leaves_the_old_copy_when_writing_fails(tmp_path: Path, monk
     saved = read_saved(path)
     assert saved is not None and saved.body == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["p.sub"]
+
+
+def test_the_refresh_interval_comes_from_the_config_and_follows_a_reload(tmp_path: Path) -> None:
+    from daetui.config.load import parse_config
+    from daetui.outbound.direct import DirectDialer
+    from daetui.outbound.manager import Outbounds
+
+    def config(interval: str) -> Any:
+        return parse_config(f'[global]\nlan_interface = ["lan0"]\nsubscription_interval = "{interval}"\n'
+                            f'[subscription]\nmine = "file://{tmp_path}/sub.txt"\n', "t.toml")
+
+    outbounds = Outbounds(config("6h"), DirectDialer(mark=0))
+    sub = outbounds.subscriptions["mine"]
+    assert sub.interval == 6 * 3600
+    outbounds.configure(config("30m"))
+    assert outbounds.subscriptions["mine"] is sub and sub.interval == 1800  # the same subscription, kept
+    assert Outbounds(parse_config('[global]\nlan_interface = ["lan0"]\n[subscription]\nmine = "file:///x"\n',
+                                  "t.toml"), DirectDialer(mark=0)).subscriptions["mine"].interval == 12 * 3600
