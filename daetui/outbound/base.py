@@ -117,6 +117,36 @@ class PlainCodec:
         return None
 
 
+class CodecOver:
+    """A Codec over another one: every call passes to the one below; subclasses change what they frame."""
+
+    def __init__(self, below: Codec) -> None:
+        self.below = below
+        self.reply = below.reply
+        self.overdue = below.overdue
+        self.watch_interval = below.watch_interval
+
+    @property
+    def error(self) -> DialError | None:
+        return self.below.error
+
+    @property
+    def server_ended(self) -> bool:
+        return self.below.server_ended
+
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        return self.below.encode(data)
+
+    def encode_eof(self) -> tuple[bytes | bytearray | memoryview, bool]:
+        return self.below.encode_eof()
+
+    def decode(self, data: bytes) -> bytes | bytearray:
+        return self.below.decode(data)
+
+    def decode_eof(self) -> None:
+        self.below.decode_eof()
+
+
 def framing_of(stream: Stream) -> tuple[socket.socket, Codec] | None:
     """A stream's socket and Codec for the framed relay (see `Codec`), or None when it has none."""
     framed = getattr(stream, "framed", None)

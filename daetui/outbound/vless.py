@@ -37,7 +37,7 @@ from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
 from daetui.outbound._tls import node_context, server_name, start_tls
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Codec, Dialer, DialError, Stream, WrappedStream, framing_of
+from daetui.outbound.base import Codec, CodecOver, Dialer, DialError, Stream, WrappedStream, framing_of
 
 VERSION = 0
 CMD_TCP = 1
@@ -144,26 +144,13 @@ async def read_response(reader: Buffered) -> None:
         await reader.read_exactly(n, "the vless response addons")
 
 
-class ResponseCodec:
+class ResponseCodec(CodecOver):
     """The Codec below a vless stream, with the server's response header checked and cut off first."""
 
     def __init__(self, below: Codec) -> None:
-        self.below = below
+        super().__init__(below)
         self.head = b""  # the response header so far
         self.answered = False
-        self.encode = below.encode
-        self.encode_eof = below.encode_eof
-        self.reply = below.reply
-        self.overdue = below.overdue
-        self.watch_interval = below.watch_interval
-
-    @property
-    def error(self) -> DialError | None:
-        return self.below.error
-
-    @property
-    def server_ended(self) -> bool:
-        return self.below.server_ended
 
     def decode(self, data: bytes) -> bytes | bytearray:
         plain = self.below.decode(data)

@@ -70,7 +70,7 @@ from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
 from daetui.outbound._tls import node_context, server_name, start_tls
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Codec, Dialer, DialError, Stream, framing_of
+from daetui.outbound.base import Codec, CodecOver, Dialer, DialError, Stream, framing_of
 
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
 KDF_ROOT = b"VMess AEAD KDF"
@@ -406,7 +406,7 @@ def seal_chunks(sender: ChunkCipher, data: bytes | bytearray | memoryview, eof_s
     return b"".join(sender.seal(bytes(view[i:i + CHUNK_PAYLOAD])) for i in range(0, len(view), CHUNK_PAYLOAD))
 
 
-class ChunkCodec:
+class ChunkCodec(CodecOver):
     """A VmessStream's framing as plain calls over the Codec below (TLS, or PlainCodec for a socket).
 
     The response header and the chunks are opened as their bytes arrive; the empty chunk is the
@@ -414,7 +414,7 @@ class ChunkCodec:
     """
 
     def __init__(self, below: Codec, stream: VmessStream) -> None:
-        self.below = below
+        super().__init__(below)
         self.req = stream.s.req
         self.sender, self.receiver = stream.s.sender, stream.s.receiver
         self.replied = stream.s.replied
@@ -424,13 +424,6 @@ class ChunkCodec:
         self.header_len = -1  # the response header's sealed length, once known
         self.size = -1        # the chunk under way: its size and padding, once its length is opened
         self.padding = 0
-        self.reply = below.reply
-        self.overdue = below.overdue
-        self.watch_interval = below.watch_interval
-
-    @property
-    def error(self) -> DialError | None:
-        return self.below.error
 
     @property
     def server_ended(self) -> bool:
