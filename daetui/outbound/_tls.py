@@ -103,8 +103,8 @@ class TlsStream:
         else:
             self._incoming.write_eof()
 
-    async def handshake(self, timeout: float) -> None:
-        """The TLS handshake, within `timeout` seconds; DialError says why it failed."""
+    async def handshake(self, timeout: float | None) -> None:
+        """The TLS handshake, within `timeout` seconds (None: the caller bounds it); DialError says why it failed."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -124,6 +124,8 @@ class TlsStream:
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
             raise DialError("TLS handshake: the server closed the connection") from None
         except ssl.SSLError as e:
+            if e.reason == "WRONG_VERSION_NUMBER":
+                raise DialError("TLS handshake: the server does not speak TLS (WRONG_VERSION_NUMBER)") from None
             raise DialError(f"TLS handshake: {e.reason or e}") from None
         except OSError as e:
             raise DialError(f"TLS handshake: {e.strerror or e}") from None
@@ -242,7 +244,7 @@ class TlsStream:
         return None
 
 
-async def start_tls(inner: Stream, ctx: ssl.SSLContext, hostname: str, timeout: float,
+async def start_tls(inner: Stream, ctx: ssl.SSLContext, hostname: str, timeout: float | None,
                     half_close: bool = True) -> TlsStream:
     """A TLS session over `inner`, handshake done; `inner` is closed if it fails."""
     tls = TlsStream(inner, ctx, hostname, half_close)

@@ -205,31 +205,6 @@ class SocketStream:
         self.sock.close()
 
 
-class AsyncioStream:
-    """A Stream over asyncio's reader and writer (TLS, and streams with user-space framing)."""
-
-    raw = None
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def read(self, n: int) -> bytes:
-        return await self.reader.read(n)
-
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def write_eof(self) -> None:
-        if self.writer.can_write_eof():
-            with contextlib.suppress(OSError):
-                self.writer.write_eof()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class WrappedStream:
     """A Stream over another one: reads, writes, half-close and close pass through.
 

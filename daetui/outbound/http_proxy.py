@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from daetui.outbound._tls import TlsStream, start_tls
-from daetui.outbound.base import AsyncioStream, Datagrams, Dialer, DialError, Stream, WrappedStream
+from daetui.outbound.base import Datagrams, Dialer, DialError, Stream, WrappedStream
 
 __all__ = ["HttpDialer", "HttpNode", "PrefixedStream", "TlsStream", "parse_link"]
 from daetui.outbound.socks5 import check_host, check_port, format_link, host_port, is_address, split_link
@@ -179,15 +179,6 @@ class HttpDialer:
         except TimeoutError:
             stream.close()
             raise DialError(f"{self.server}: no answer to {step} within {self.timeout:g}s") from None
-        except ssl.SSLError as e:
-            stream.close()
-            if isinstance(e, ssl.SSLCertVerificationError):
-                reason = f"certificate verify failed: {e.verify_message}"
-            elif e.reason == "WRONG_VERSION_NUMBER":
-                reason = "the proxy does not speak TLS (WRONG_VERSION_NUMBER)"
-            else:
-                reason = e.reason or str(e)
-            raise DialError(f"{self.server}: TLS: {reason}") from None
         except OSError as e:
             stream.close()
             raise DialError(f"{self.server}: connection lost during {step}: {e.strerror or e}") from None
@@ -203,15 +194,9 @@ class HttpDialer:
         raise DialError(f"{self.server}: HTTP proxies have no UDP")
 
     async def _tls(self, stream: Stream) -> Stream:
-        server_hostname = self.node.sni or self.node.host
-        ctx = self.context()
-        if stream.raw is not None:
-            # asyncio's own TLS transport on the socket; the SocketStream is not used again.
-            reader, writer = await asyncio.open_connection(sock=stream.raw, ssl=ctx, server_hostname=server_hostname)
-            return AsyncioStream(reader, writer)
-        # Through a chain whose stream is not a socket: TLS over that stream (no half-close, as
-        # asyncio's TLS transport has none either).
-        return await start_tls(stream, ctx, server_hostname, self.timeout, half_close=False)
+        # The one TLS client of the outbounds (as trojan's): over a socket, its session is a codec for
+        # the framed relay. No half-close (CONNECT tunnels end with TCP's); connect() bounds the time.
+        return await start_tls(stream, self.context(), self.node.sni or self.node.host, None, half_close=False)
 
     async def _answer(self, stream: Stream, target: str) -> Stream:
         """Read the proxy's answer to CONNECT; the stream positioned at the destination's first byte."""
@@ -270,14 +255,12 @@ def _head_end(buf: bytes, start: int) -> int:
 async def read_head(stream: Stream) -> tuple[bytes, Stream]:
     """The answer head (through its empty line) and the stream to read what follows from.
 
-    Three ways, so that no byte past the head is lost: a socket is peeked
-    first and only the head taken from the kernel; asyncio's reader keeps
-    the rest in its buffer; any other stream gets the rest put in front.
+    Two ways, so that no byte past the head is lost: a socket is peeked first
+    and only the head taken from the kernel; any other stream (TLS) gets the
+    rest put in front.
     """
     if stream.raw is not None and stream.raw.type == socket.SOCK_STREAM:
         return await _read_head_socket(stream.raw), stream
-    if isinstance(stream, AsyncioStream):
-        return await _read_head_reader(stream.reader), stream
     head, rest = await _read_head_stream(stream)
     return head, (PrefixedStream(stream, rest) if rest else stream)
 
@@ -332,19 +315,6 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     while len(out) < n:
         out += sock.recv(n - len(out))
     return out
-
-
-async def _read_head_reader(reader: asyncio.StreamReader) -> bytes:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        raise _early_end(len(e.partial)) from None
-    except asyncio.LimitOverrunError:
-        raise _too_long() from None
-    if len(head) > MAX_HEAD:
-        raise _too_long()
-    _check_head(head)
-    return head
 
 
 async def _read_head_stream(stream: Stream) -> tuple[bytes, bytes]:

@@ -127,10 +127,10 @@ def test_lan_flow_through_each_protocol(lab, daemon, name: str) -> None:
     conn = last_conn(runner, (HOST4, ECHO_PORT), "tcp")
     assert conn.node == name and conn.up == len(payload)
     # How the bytes went: spliced where the proxy's stream is the destination's own bytes, framed
-    # on the loop's transports for the rest (their framing run as codecs), but for https, whose TLS
-    # is asyncio's own: through the stream's reads and writes.
+    # on the loop's transports for the rest (their framing run as codecs: TLS, shadowsocks, vless's
+    # header, vmess's chunks).
     plain = "splice" if runner.plane.use_splice else "copy"
-    assert conn.relay == {"socks5": plain, "http": plain, "https": "stream"}.get(name, "framed")
+    assert conn.relay == {"socks5": plain, "http": plain}.get(name, "framed")
     if name in UDP:
         datagrams = [os.urandom(n) for n in (1, 700, 1400)]
         for d in datagrams:

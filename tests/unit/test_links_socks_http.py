@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from helpers import OpaqueDialer
 
-from daetui.outbound.base import AsyncioStream, DialError, SocketStream
+from daetui.outbound.base import DialError, SocketStream
 from daetui.outbound.direct import DirectDialer
-from daetui.outbound.http_proxy import HttpNode, PrefixedStream, parse_head, read_head
+from daetui.outbound.http_proxy import HttpNode, PrefixedStream, parse_head
 from daetui.outbound.links import LinkError, parse_link
 from daetui.outbound.socks5 import (
     Socks5Node,
@@ -227,16 +227,6 @@ async def test_http_bytes_after_the_head_are_kept(opaque: bool) -> None:
         assert got == b"HELLOping"
 
     await with_server(script, use)
-
-
-async def test_read_head_from_an_asyncio_reader_keeps_the_rest() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"HTTP/1.1 200 OK\r\n\r\nREST")
-    reader.feed_eof()
-    stream = AsyncioStream(reader, None)  # type: ignore[arg-type]
-    head, same = await read_head(stream)
-    assert head == b"HTTP/1.1 200 OK\r\n\r\n" and same is stream
-    assert await reader.read() == b"REST"
 
 
 async def test_socks5_method_refused_without_credentials() -> None:
