@@ -66,6 +66,7 @@ from daetui.lab.topology import ADDR, Lab
 
 TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
 IPERF_PORT, RR_PORT = 5201, 5300
+CPS = Path(__file__).resolve().parent / "_cps.py"  # its --answer server and --ask client: the connections figure
 PASSWORD = "daetui bench"
 SS_PORT = 8388
 REDIR_PORT = 12345               # ss-redir's listener in the router namespace (127.0.0.1)
@@ -95,50 +96,6 @@ policy = "fixed(0)"
 rules = ["dip({target}) -> proxy"]
 fallback = "direct"
 """
-
-
-# -- request/answer: the server and client of the new-connections figure ---------------------------
-
-def rr_server(addr: str, port: int) -> None:
-    """Accept, read the request, answer with the peer's address, close (the server closes first)."""
-    ls = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((addr, port))
-    ls.listen(4096)
-    print("ready", flush=True)
-    while True:
-        c, peer = ls.accept()
-        try:
-            c.settimeout(2)  # a connection that never sends must not stall the next ones
-            if c.recv(64):
-                c.sendall(f"{peer[0]}\n".encode())
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-
-def rr_client(addr: str, port: int, seconds: float) -> None:
-    """Connect, ask, read the answer to its end, close; as many times as fit in `seconds`. Prints the count."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    n = 0
-    end_at = time.monotonic() + seconds
-    while time.monotonic() < end_at:
-        s = socket.socket(family)
-        try:
-            s.settimeout(5)
-            s.connect((addr, port))
-            s.sendall(b"GET\n")
-            got = b""
-            while data := s.recv(256):
-                got += data
-            if got.endswith(b"\n"):
-                n += 1
-        except OSError:
-            pass
-        finally:
-            s.close()
-    print(n)
 
 
 def ask_once(lab: Lab) -> str:
@@ -174,8 +131,8 @@ def iperf(lab: Lab, seconds: float, reverse: bool) -> float:
 
 
 def cps(lab: Lab, seconds: float) -> float:
-    out = ns_exec(lab.lan, sys.executable, str(Path(__file__).resolve()), "rr-client", TARGET, str(RR_PORT),
-                  f"{seconds:g}", timeout=seconds + 30)
+    out = ns_exec(lab.lan, sys.executable, str(CPS), "client", TARGET, str(RR_PORT), f"{seconds:g}", "--ask",
+                  timeout=seconds + 30)
     return int(out.stdout.strip()) / seconds
 
 
@@ -475,8 +432,8 @@ def main() -> int:
         ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", TARGET, "-p",
                                        str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        p = subprocess.Popen(["ip", "netns", "exec", lab.wan, sys.executable, str(Path(__file__).resolve()),
-                              "rr-server", TARGET, str(RR_PORT)], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(["ip", "netns", "exec", lab.wan, sys.executable, str(CPS), "server", TARGET,
+                              str(RR_PORT), "--answer"], stdout=subprocess.PIPE, text=True)
         procs.append(p)
         assert p.stdout is not None
         p.stdout.readline()
@@ -523,10 +480,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "rr-server":
-        rr_server(sys.argv[2], int(sys.argv[3]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "rr-client":
-        rr_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
-    else:
-        require_root("bench/proxy_path.py")
-        sys.exit(main())
+    require_root("bench/proxy_path.py")
+    sys.exit(main())

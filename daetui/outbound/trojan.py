@@ -35,7 +35,7 @@ from urllib.parse import quote, unquote
 from daetui.outbound import _share
 from daetui.outbound._address import parse_socks_address, socks_address
 from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import TlsStream, node_context, server_name, start_tls
+from daetui.outbound._tls import node_context, open_session
 from daetui.outbound.base import Dialer, DialError, Stream
 
 CONNECT = 1
@@ -67,14 +67,8 @@ class TrojanNode:
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                half_close: bool = False) -> TrojanDialer:
-        """A Dialer through this node, its TLS connection made through `via`.
-
-        `allow_insecure` is daetui's global setting (either it or the link's
-        turns certificate checks off); `ca_file` trusts those CAs instead of
-        the system's (the lab's CA in tests); `ssl_context`, when given, is
-        used as it is (as http_proxy's nodes take one); `half_close`: see the
-        module's docstring.
-        """
+        """A Dialer through this node, its TLS connection made through `via` (the TLS settings:
+        node_context; `half_close`: see the module's docstring)."""
         ctx = node_context(self, allow_insecure, ca_file, ssl_context)
         return TrojanDialer(self, via, ctx, handshake_timeout, half_close)
 
@@ -137,21 +131,11 @@ class TrojanDialer:
         self.handshake_timeout = handshake_timeout
         self.half_close = half_close
 
-    async def _session(self, command: int, host: str, port: int) -> TlsStream:
+    async def _session(self, command: int, host: str, port: int) -> Stream:
         node = self.node
-        inner = await self.via.connect(node.host, node.port)
-        tls = await start_tls(inner, self.ctx, server_name(node.host, node.sni), self.handshake_timeout,
-                              self.half_close)
-        try:
-            # One write: trojan-gfw parses the request from the first record it reads.
-            await tls.write(request(node.password, command, host, port))
-        except OSError as e:
-            tls.close()
-            raise DialError(f"trojan: sending the request: {e.strerror or e}") from None
-        except BaseException:
-            tls.close()
-            raise
-        return tls
+        # One write: trojan-gfw parses the request from the first record it reads.
+        return await open_session(self.via, node.host, node.port, self.ctx, node.sni, self.handshake_timeout,
+                                  self.half_close, request(node.password, command, host, port), "trojan")
 
     async def connect(self, host: str, port: int) -> Stream:
         """A stream to host:port through the server (the TLS stream itself, after the request)."""
@@ -166,7 +150,7 @@ class TrojanDialer:
 class TrojanDatagrams:
     """Datagrams to and from any destination over one trojan UDP-associate stream."""
 
-    def __init__(self, stream: TlsStream) -> None:
+    def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.reader = Buffered(stream)
         self._send_lock = asyncio.Lock()

@@ -35,7 +35,7 @@ from urllib.parse import unquote
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import node_context, server_name, start_tls
+from daetui.outbound._tls import node_context, open_session
 from daetui.outbound._udp import PerDestination
 from daetui.outbound.base import Codec, CodecOver, Dialer, DialError, Stream, WrappedStream, framing_of
 
@@ -69,14 +69,7 @@ class VlessNode:
 
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> VlessDialer:
-        """A Dialer through this node, its connection made through `via`.
-
-        `allow_insecure` is daetui's global setting (either it or the link's
-        turns certificate checks off); `ca_file` trusts those CAs instead of
-        the system's (the lab's CA in tests); `ssl_context`, when given, is
-        used as it is (as http_proxy's nodes take one). All three matter only
-        with TLS.
-        """
+        """A Dialer through this node, its connection made through `via` (the TLS settings: node_context)."""
         ctx = node_context(self, allow_insecure, ca_file, ssl_context) if self.tls else None
         return VlessDialer(self, via, ctx, handshake_timeout)
 
@@ -230,19 +223,9 @@ class VlessDialer:
 
     async def _session(self, command: int, host: str, port: int) -> Stream:
         node = self.node
-        stream = await self.via.connect(node.host, node.port)
-        if self.ctx is not None:
-            # vless servers are v2ray/xray, which keep answering after close_notify: a real half-close.
-            stream = await start_tls(stream, self.ctx, server_name(node.host, node.sni), self.handshake_timeout)
-        try:
-            await stream.write(request(node.uuid, command, host, port))
-        except OSError as e:
-            stream.close()
-            raise DialError(f"vless: sending the request: {e.strerror or e}") from None
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        # vless servers are v2ray/xray, which keep answering after close_notify: a real half-close.
+        return await open_session(self.via, node.host, node.port, self.ctx, node.sni, self.handshake_timeout,
+                                  True, request(node.uuid, command, host, port), "vless")
 
     async def connect(self, host: str, port: int) -> VlessStream:
         """A stream to host:port through the server."""

@@ -68,7 +68,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import node_context, server_name, start_tls
+from daetui.outbound._tls import node_context, open_session
 from daetui.outbound._udp import PerDestination
 from daetui.outbound.base import Codec, CodecOver, Dialer, DialError, Stream, framing_of
 
@@ -539,14 +539,7 @@ class VmessNode:
 
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> VmessDialer:
-        """A Dialer through this node, its connection made through `via`.
-
-        `allow_insecure` is daetui's global setting (either it or the link's
-        turns certificate checks off); `ca_file` trusts those CAs instead of
-        the system's (the lab's CA in tests); `ssl_context`, when given, is
-        used as it is (as http_proxy's nodes take one). All three matter only
-        with TLS.
-        """
+        """A Dialer through this node, its connection made through `via` (the TLS settings: node_context)."""
         ctx = node_context(self, allow_insecure, ca_file, ssl_context) if self.tls else None
         return VmessDialer(self, via, ctx, handshake_timeout)
 
@@ -649,20 +642,11 @@ class VmessDialer:
 
     async def _session(self, command: int, host: str, port: int) -> tuple[Stream, Request]:
         node = self.node
-        stream = await self.via.connect(node.host, node.port)
-        if self.ctx is not None:
-            # vmess ends its stream with its own empty chunk: TLS need not carry a half-close.
-            stream = await start_tls(stream, self.ctx, server_name(node.host, node.sni), self.handshake_timeout,
-                                     half_close=False)
         req = Request.new(node.security_id, command, host, port)
-        try:
-            await stream.write(seal_header(self.key, req.header(os.urandom(os.urandom(1)[0] % 16))))
-        except OSError as e:
-            stream.close()
-            raise DialError(f"vmess: sending the request: {e.strerror or e}") from None
-        except BaseException:
-            stream.close()
-            raise
+        # vmess ends its stream with its own empty chunk: TLS need not carry a half-close.
+        stream = await open_session(self.via, node.host, node.port, self.ctx, node.sni, self.handshake_timeout,
+                                    False, seal_header(self.key, req.header(os.urandom(os.urandom(1)[0] % 16))),
+                                    "vmess")
         return stream, req
 
     async def connect(self, host: str, port: int) -> VmessStream:
