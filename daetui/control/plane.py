@@ -60,6 +60,7 @@ from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsTrace
 from daetui.dns.upstream import UpstreamRoute
 from daetui.flowrecord import FlowKey, RawFlows
+from daetui.outbound._address import is_address
 from daetui.outbound.base import Datagrams, Dialer, DialError, framing_of
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
@@ -419,7 +420,7 @@ class ControlPlane:
 
     def _decide_with_name(self, conn: Connection, result: SniffResult) -> None:
         """Route a flow again with the name sniffed from it (user-space stage)."""
-        if result.name is not None and _is_address(result.name):
+        if result.name is not None and is_address(result.name.strip("[]")):
             result = SniffResult(None, result.protocol)  # Host: 203.0.113.12 names nothing
         conn.domain, conn.sniffed = result.name, result.protocol
         undecided = conn.outbound == USERSPACE
@@ -959,14 +960,6 @@ class ControlPlane:
         if mv is None:
             return MapEntries(name, ("note",), (("no kernel side",),), 0)
         return mv.entries(name, search, limit)
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _rule_diff(old: RuleSet, new: RuleSet) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 
 from daetui.control.sockopts import set_mark
+from daetui.outbound._address import resolve
 from daetui.outbound.base import DialError, SocketStream
 
 
@@ -70,8 +71,7 @@ class DirectDialer:
 
     async def connect(self, host: str, port: int) -> SocketStream:
         """The Dialer interface: a stream to host:port (an IP literal; a name is looked up first)."""
-        if not _is_address(host):
-            host = await _lookup(host, port)
+        host = await resolve(host, port)
         try:
             return SocketStream(await self.connect_tcp(host, port))
         except TimeoutError:
@@ -79,23 +79,3 @@ class DirectDialer:
         except OSError as e:
             # uvloop words some errors as "Connect call failed": the errno says what happened.
             raise DialError(f"connect to {host}:{port}: {os.strerror(e.errno) if e.errno else e}") from None
-
-
-def _is_address(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-async def _lookup(host: str, port: int) -> str:
-    """A name's first address, through the system's resolver (off the loop)."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise DialError(f"{host}: {e.strerror}") from None
-    return str(infos[0][4][0])

@@ -30,7 +30,8 @@ from daetui.outbound._tls import TlsStream, start_tls
 from daetui.outbound.base import Datagrams, Dialer, DialError, Stream, WrappedStream
 
 __all__ = ["HttpDialer", "HttpNode", "PrefixedStream", "TlsStream", "parse_link"]
-from daetui.outbound.socks5 import check_host, check_port, format_link, host_port, is_address, split_link
+from daetui.outbound._address import is_address
+from daetui.outbound.socks5 import check_host, check_port, format_link, host_port, split_link
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 HANDSHAKE_TIMEOUT = 10.0  # seconds from the proxy's TCP connection to the end of its answer (TLS included)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from daetui.outbound._address import resolve
 from daetui.outbound.base import Dialer, DialError, Stream
 
 log = logging.getLogger("daetui.outbound")
@@ -729,20 +730,9 @@ class SsDialer:
         udp_socket = getattr(self.via, "udp_socket", None)
         if udp_socket is None:
             raise DialError(f"shadowsocks {self.where}: UDP through a chain ({self.via.name}) is not supported")
-        host = await _address_of(self.node.host, self.node.port)
+        host = await resolve(self.node.host, self.node.port, socket.SOCK_DGRAM)
         try:
             sock = udp_socket(host, self.node.port)
         except OSError as e:
             raise DialError(f"shadowsocks {self.where}: {e.strerror or e}") from None
         return SsDatagrams(sock, self.method, self.key, self.where)
-
-
-async def _address_of(host: str, port: int) -> str:
-    """An IP literal for host (looked up off the loop when it is a name)."""
-    with contextlib.suppress(ValueError):
-        return str(ipaddress.ip_address(host))
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise DialError(f"{host}: {e.strerror}") from None
-    return str(infos[0][4][0])

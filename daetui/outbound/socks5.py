@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import quote, unquote
 
+from daetui.outbound._address import is_address, resolve
 from daetui.outbound.base import Datagrams, Dialer, DialError, Stream
 from daetui.outbound.direct import DirectDialer
 
@@ -139,8 +140,10 @@ class Socks5Dialer:
             relay_host, relay_port = await self._negotiate(control, encode_request(CMD_UDP_ASSOCIATE, zero, 0),
                                                            "UDP ASSOCIATE")
             relay_host = _relay_address(relay_host, control, self.node.host)
-            if not is_address(relay_host):
-                relay_host = await _resolve(relay_host, relay_port, self.server)
+            try:
+                relay_host = await resolve(relay_host, relay_port, socket.SOCK_DGRAM)
+            except DialError as e:
+                raise DialError(f"{self.server}: UDP relay {e}") from None
             try:
                 sock = self.via.udp_socket(relay_host, relay_port)
             except OSError as e:
@@ -235,15 +238,6 @@ def _relay_address(bound: str, control: Stream, server_host: str) -> str:
         with contextlib.suppress(OSError):
             return str(control.raw.getpeername()[0])
     return server_host
-
-
-async def _resolve(host: str, port: int, who: str) -> str:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise DialError(f"{who}: UDP relay {host}: {e.strerror}") from None
-    return str(infos[0][4][0])
 
 
 # -- wire format ------------------------------------------------------------------------
@@ -407,15 +401,6 @@ _check: type[Datagrams] = Socks5Datagrams  # a type checker proves it offers the
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?"
                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?)*\.?$")
-
-
-def is_address(host: str) -> bool:
-    """True for an IPv4 or IPv6 literal."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def check_host(host: str) -> None:

@@ -35,7 +35,6 @@ import binascii
 import contextlib
 import dataclasses
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from daetui.control.sockopts import SO_MARK
+from daetui.outbound._address import is_address
 from daetui.outbound.links import parse_link, scheme_of
 
 log = logging.getLogger("daetui.outbound")
@@ -641,7 +641,7 @@ class Subscription:
         headers = {"user-agent": USER_AGENT, "accept": "*/*", "accept-encoding": "identity"}
         extensions: dict[str, Any] = {}
         target = host
-        if not _is_address(host) and self._resolve is not None:
+        if not is_address(host) and self._resolve is not None:
             try:
                 target = await self._resolve(host)
             except Exception as e:
@@ -715,14 +715,6 @@ class Subscription:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _describe(e: BaseException, timeout: float) -> str:
