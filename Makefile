@@ -5,7 +5,7 @@ demo: setup
 	.venv/bin/daetui demo
 
 test: setup
-	.venv/bin/ruff check daetui tests bench
+	.venv/bin/ruff check daetui testkit tests bench
 	.venv/bin/python -m pytest -q
 
 setup:
