@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lab import ROOT, Daetui, end, ns_exec, require_root
 
 from daetui.control.client import ControlClient
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
+from daetui.net.netns import netns
 
 CONFIG = """
 [global]

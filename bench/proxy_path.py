@@ -61,8 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _lab import Daetui, end, ns_exec, require_root
 
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
+from daetui.net.netns import netns
 
 TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
 IPERF_PORT, RR_PORT = 5201, 5300

@@ -19,7 +19,7 @@ RUN_ROOT = Path(os.environ.get("DAETUI_RUN_ROOT", "/run/daetui"))
 
 def default_run_dir() -> Path:
     """The run directory for a daemon in the calling thread's network namespace."""
-    from daetui.lab.netns import NETNS_RUN_DIR, current_netns_inode, init_netns_inode
+    from daetui.net.netns import NETNS_RUN_DIR, current_netns_inode, init_netns_inode
 
     here = current_netns_inode()
     try:

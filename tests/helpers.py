@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from daetui.config.load import parse_config
 from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
-from daetui.lab.netns import netns
 from daetui.lab.topology import Lab
-from daetui.outbound.base import WrappedStream
+from daetui.net.netns import netns
+from daetui.net.stream import WrappedStream
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -253,6 +253,6 @@ class OpaqueDialer:
         return OpaqueStream(await DirectDialer(0).connect(host, port))
 
     async def datagrams(self) -> Any:
-        from daetui.outbound.base import DialError
+        from daetui.net.stream import DialError
 
         raise DialError("no UDP")

@@ -13,8 +13,8 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from daetui.bpfabi import ABI
-from daetui.control.sockopts import IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR, SOL_IPV6, set_transparent
+from daetui.abi.constants import ABI
+from daetui.net.sockopts import IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR, SOL_IPV6, set_transparent
 
 log = logging.getLogger("daetui.control")
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import FlowKey, RawFlows
 from daetui.config.edit import EditError, RulesEditor
 from daetui.config.errors import ConfigError
 from daetui.config.load import Config, load_config
@@ -39,7 +40,6 @@ from daetui.control.logbridge import EventLogHandler
 from daetui.control.names import NameBook
 from daetui.control.relay import HAVE_SPLICE, relay, relay_stream
 from daetui.control.relay_framed import relay_framed
-from daetui.control.sniff import SniffResult, sniff
 from daetui.control.state import (
     Health,
     InterfaceInfo,
@@ -59,9 +59,8 @@ from daetui.dns.controller import DnsController
 from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsTrace
 from daetui.dns.upstream import UpstreamRoute
-from daetui.flowrecord import FlowKey, RawFlows
-from daetui.outbound._address import is_address
-from daetui.outbound.base import Datagrams, Dialer, DialError, framing_of
+from daetui.net.address import is_address
+from daetui.net.stream import Datagrams, Dialer, DialError, framing_of
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
 from daetui.paths import RunPaths
@@ -70,6 +69,7 @@ from daetui.routing.explain import ExplainResult, Query, split_target
 from daetui.routing.explain import explain as explain_rules
 from daetui.routing.matcher import FlowFacts, decide
 from daetui.routing.ruleset import BLOCK, DIRECT, USERSPACE, RuleSet
+from daetui.sniff import SniffResult, sniff
 
 log = logging.getLogger("daetui.control")
 conn_log = logging.getLogger("daetui.conn")

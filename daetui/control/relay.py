@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from daetui.outbound.base import DialError, Stream
+from daetui.net.stream import DialError, Stream
 
 PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 16

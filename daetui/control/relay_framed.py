@@ -22,7 +22,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-from daetui.outbound.base import Codec, DialError
+from daetui.net.stream import Codec, DialError
 
 Counter = Callable[[int], None]
 FIRST_READ = 1 << 16

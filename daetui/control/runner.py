@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from daetui import aio
 from daetui.config.load import Config
 from daetui.control.plane import ControlPlane
-from daetui.lab.netns import enter_netns
+from daetui.net.netns import enter_netns
 from daetui.paths import RunPaths
 
 T = TypeVar("T")

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from daetui.abi.flowrecord import KernelFlow, RawFlows
 from daetui.control.connections import Connection
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dns.state import DnsState
-from daetui.flowrecord import KernelFlow, RawFlows
 from daetui.outbound.state import GroupState, NodeState
 
 __all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult", "RuleInfo",

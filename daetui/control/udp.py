@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from daetui.control.connections import Connection, Endpoint
-from daetui.control.sockopts import parse_origdst, reply_socket
-from daetui.outbound.base import Datagrams, DialError
+from daetui.net.sockopts import parse_origdst, reply_socket
+from daetui.net.stream import Datagrams, DialError
 
 log = logging.getLogger("daetui.udp")
 

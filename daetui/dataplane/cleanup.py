@@ -8,7 +8,7 @@ from pathlib import Path
 
 from daetui.dataplane.journal import Journal, JournalError
 from daetui.dataplane.system import SystemChanges, describe
-from daetui.lab.netns import current_netns_inode
+from daetui.net.netns import current_netns_inode
 
 log = logging.getLogger("daetui.dataplane")
 

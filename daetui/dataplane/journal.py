@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daetui.lab.netns import current_netns_inode
+from daetui.net.netns import current_netns_inode
 
 Change = dict[str, Any]
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dataplane.program import KernelProgram
 from daetui.routing.compile import DomainFunction, domain_functions

@@ -16,14 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daetui.bpfabi import ABI, BPF_DIR
+from daetui.abi.constants import ABI
+from daetui.resources import bpf_dir
+from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, ctypes_layout
 from daetui.dataplane.bpflink import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, attach_sk_lookup
-from daetui.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, ctypes_layout
 from daetui.routing.compile import KernelRules
 
 log = logging.getLogger("daetui.dataplane")
 
-PROGRAM_SOURCE = BPF_DIR / "lan.c"
+PROGRAM_SOURCE = bpf_dir() / "lan.c"
 
 
 def _v6(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -50,7 +51,7 @@ class KernelProgram:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so tests without it can still import us
 
         t0 = time.monotonic()
-        cflags = [f"-I{BPF_DIR}", f"-DMAX_MATCH_SETS={max_match_sets}", "-Wno-unused-value",
+        cflags = [f"-I{source.parent}", f"-DMAX_MATCH_SETS={max_match_sets}", "-Wno-unused-value",
                   "-Wno-pointer-sign", "-Wno-compare-distinct-pointer-types"]
         self.bpf = BPF(src_file=str(source).encode(), cflags=cflags)
         self.ingress = self.bpf.load_func(b"lan_ingress", BPF.SCHED_CLS)

@@ -23,8 +23,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from daetui.control.sockopts import SOL_IPV6, parse_origdst, reply_socket
 from daetui.dns.controller import ClientInfo, DnsController, Pending
+from daetui.net.sockopts import SOL_IPV6, parse_origdst, reply_socket
 
 log = logging.getLogger("daetui.dns")
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 
 from daetui.config.dns_upstream import UpstreamSpec
 from daetui.dns.wire import CLASS_IN, FLAG_QR, FLAG_RD, FLAG_TC, HEADER, OPT_RR
-from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import server_name, start_tls
-from daetui.outbound.base import Dialer, DialError
+from daetui.net.buffered import Buffered
+from daetui.net.stream import Dialer, DialError
+from daetui.net.tls import server_name, start_tls
 
 IDLE_REUSE = 10.0   # a kept TCP/TLS connection idle longer than this is not reused
 NO_UDP_FOR = 600.0  # a node whose UDP went unanswered is asked over TCP this long

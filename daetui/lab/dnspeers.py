@@ -32,9 +32,9 @@ import dns.exception
 import dns.message
 import dns.query
 
-from daetui.lab.netns import netns
 from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, Lab, LabError
+from daetui.net.netns import netns
 
 UNBOUND = "/usr/sbin/unbound"
 DNSMASQ = "/usr/sbin/dnsmasq"

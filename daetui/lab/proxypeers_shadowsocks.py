@@ -26,9 +26,9 @@ import json
 import socket
 from pathlib import Path
 
-from daetui.lab.netns import netns
 from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, Lab, LabError
+from daetui.net.netns import netns
 from daetui.outbound.shadowsocks import SsNode, method_of
 
 SS_SERVER = "/usr/bin/ss-server"

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.netns import netns
 from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, Lab, LabError
+from daetui.net.netns import netns
 
 DANTED = "/usr/sbin/danted"
 TINYPROXY = "/usr/bin/tinyproxy"

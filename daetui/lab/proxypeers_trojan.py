@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.netns import netns
 from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, HTTP_PORT, Lab, LabError
+from daetui.net.netns import netns
 
 TROJAN = "/usr/bin/trojan"
 

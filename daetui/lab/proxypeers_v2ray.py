@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.netns import netns
 from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, Lab, LabError
+from daetui.net.netns import netns
 
 V2RAY = "/usr/bin/v2ray"
 TLS_NAME = "proxy.lab.test"  # the name in a LabCA made here, besides the addresses

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from daetui.lab.netns import netns_path
+from daetui.net.netns import netns_path
 from daetui.paths import lab_state_dir
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")

@@ -11,8 +11,8 @@ import random
 import socket
 import threading
 
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, Lab
+from daetui.net.netns import netns
 
 
 def _sock(lab: Lab, host: str, kind: socket.SocketKind) -> socket.socket:

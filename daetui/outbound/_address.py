@@ -6,39 +6,14 @@ V2Ray style (vmess, vless): port, ATYP, address.
     ATYP 1: IPv4; 2: domain; 3: IPv6.
 
 Shared by trojan.py, vless.py and vmess.py (other outbounds keep their own);
-and for every outbound: whether a host is an IP literal, and a name's address.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 import struct
 
-from daetui.outbound.base import DialError
-
-
-def is_address(host: str) -> bool:
-    """True for an IPv4 or IPv6 literal."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-async def resolve(host: str, port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> str:
-    """An IP literal for host: itself when it is one, else its first address from the system's
-    resolver (off the loop); DialError "host: reason" when it has none."""
-    if is_address(host):
-        return host
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
-    except socket.gaierror as e:
-        raise DialError(f"{host}: {e.strerror}") from None
-    return str(infos[0][4][0])
-
+from daetui.net.stream import DialError
 
 # (IPv4, domain, IPv6) type bytes of each layout.
 SOCKS_TYPES = (1, 3, 4)

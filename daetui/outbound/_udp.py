@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from daetui.outbound.base import DialError
+from daetui.net.stream import DialError
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import os
 import socket
 from dataclasses import dataclass
 
-from daetui.control.sockopts import set_mark
-from daetui.outbound._address import resolve
-from daetui.outbound.base import DialError, SocketStream
+from daetui.net.address import resolve
+from daetui.net.sockopts import set_mark
+from daetui.net.stream import DialError, SocketStream
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import dns.message
 
-from daetui.outbound.base import Dialer, DialError
+from daetui.net.stream import Dialer, DialError
 
 CHECK_TIMEOUT = 5.0
 

@@ -26,11 +26,11 @@ import ssl
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from daetui.outbound._tls import TlsStream, start_tls
-from daetui.outbound.base import Datagrams, Dialer, DialError, Stream, WrappedStream
+from daetui.net.stream import Datagrams, Dialer, DialError, Stream, WrappedStream
+from daetui.net.tls import TlsStream, start_tls
 
 __all__ = ["HttpDialer", "HttpNode", "PrefixedStream", "TlsStream", "parse_link"]
-from daetui.outbound._address import is_address
+from daetui.net.address import is_address
 from daetui.outbound.socks5 import check_host, check_port, format_link, host_port, split_link
 
 DEFAULT_PORTS = {"http": 80, "https": 443}

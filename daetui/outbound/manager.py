@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daetui.config.model import Config, GroupSpec
-from daetui.outbound.base import Dialer, DialError
+from daetui.net.stream import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
 from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check

@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from daetui.outbound._address import resolve
-from daetui.outbound.base import Dialer, DialError, Stream
+from daetui.net.address import resolve
+from daetui.net.stream import Dialer, DialError, Stream
 
 log = logging.getLogger("daetui.outbound")
 

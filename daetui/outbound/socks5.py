@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import quote, unquote
 
-from daetui.outbound._address import is_address, resolve
-from daetui.outbound.base import Datagrams, Dialer, DialError, Stream
+from daetui.net.address import is_address, resolve
+from daetui.net.stream import Datagrams, Dialer, DialError, Stream
 from daetui.outbound.direct import DirectDialer
 
 DEFAULT_PORT = 1080

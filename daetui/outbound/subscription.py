@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from daetui.control.sockopts import SO_MARK
-from daetui.outbound._address import is_address
+from daetui.net.address import is_address
+from daetui.net.sockopts import SO_MARK
 from daetui.outbound.links import parse_link, scheme_of
 
 log = logging.getLogger("daetui.outbound")

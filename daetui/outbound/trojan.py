@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from daetui.net.buffered import Buffered
+from daetui.net.stream import Dialer, DialError, Stream
 from daetui.outbound import _share
 from daetui.outbound._address import parse_socks_address, socks_address
-from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import node_context, open_session
-from daetui.outbound.base import Dialer, DialError, Stream
+from daetui.outbound.session import node_context, open_session
 
 CONNECT = 1
 UDP_ASSOCIATE = 3

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from daetui.net.buffered import Buffered
+from daetui.net.stream import Codec, CodecOver, Dialer, DialError, Stream, WrappedStream, framing_of
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
-from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import node_context, open_session
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Codec, CodecOver, Dialer, DialError, Stream, WrappedStream, framing_of
+from daetui.outbound.session import node_context, open_session
 
 VERSION = 0
 CMD_TCP = 1

@@ -65,12 +65,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from daetui.net.buffered import Buffered
+from daetui.net.stream import Codec, CodecOver, Dialer, DialError, Stream, framing_of
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
-from daetui.outbound._buffered import Buffered
-from daetui.outbound._tls import node_context, open_session
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import Codec, CodecOver, Dialer, DialError, Stream, framing_of
+from daetui.outbound.session import node_context, open_session
 
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
 KDF_ROOT = b"VMess AEAD KDF"

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.routing.functions import IPNetwork, PortRange
 from daetui.routing.ruleset import CheckedCondition, RuleSet
 

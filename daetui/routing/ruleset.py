@@ -102,7 +102,7 @@ class RuleSet:
 
     @functools.cached_property
     def _ids(self) -> dict[str, int]:
-        from daetui.bpfabi import ABI
+        from daetui.abi.constants import ABI
 
         ids = {DIRECT: ABI.OUTBOUND_DIRECT, BLOCK: ABI.OUTBOUND_BLOCK, MUST_RULES: ABI.OUTBOUND_MUST_RULES,
                USERSPACE: ABI.OUTBOUND_USERSPACE, DNS: ABI.OUTBOUND_DNS}

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.control.state import Snapshot
 
 UDP_IDLE = 60.0  # a UDP flow with no packet for this long shows as idle

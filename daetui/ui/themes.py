@@ -7,7 +7,9 @@ from pathlib import Path
 
 from textual.theme import Theme
 
-THEMES_DIR = Path(__file__).resolve().parent.parent.parent / "themes"
+from daetui.resources import themes_dir
+
+THEMES_DIR = themes_dir()
 CSS_PATH = THEMES_DIR / "daetui.tcss"
 DEFAULT = "daetui-dark"
 SHORT_NAMES = {"dark": "daetui-dark", "light": "daetui-light", "basic": "daetui-basic"}

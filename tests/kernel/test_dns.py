@@ -323,7 +323,7 @@ fallback = "direct"
         assert snapshot(runner).dns.counters.queries == before
         # dns.bind: the router's own resolver address (not from the LAN: no interface, so ub answers).
         q = dns.message.make_query("cn.lab.test", "A")
-        from daetui.lab.netns import netns
+        from daetui.net.netns import netns
 
         with netns(lab.router):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

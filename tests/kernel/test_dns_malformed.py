@@ -24,8 +24,8 @@ from helpers import lan_socket, plane_in_lab, snapshot
 from test_dns import ONE_UPSTREAM, UNBOUND4, addresses, ask, config, upstream_rows
 
 from daetui.lab.dnspeers import dns_peers
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR
+from daetui.net.netns import netns
 
 pytestmark = pytest.mark.kernel
 

@@ -37,8 +37,8 @@ from daetui.lab.dnspeers import (
     dns_peers,
     query,
 )
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
+from daetui.net.netns import netns
 
 pytestmark = pytest.mark.kernel
 

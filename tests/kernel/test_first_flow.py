@@ -23,7 +23,7 @@ from helpers import (
     wait_for,
 )
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.lab.topology import ADDR, LAN_MAC
 
 pytestmark = pytest.mark.kernel

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from helpers import http_get, newest_conn, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.config.load import parse_config
-from daetui.lab.netns import netns
 from daetui.lab.proxypeers_socks_http import Danted
 from daetui.lab.topology import ADDR
+from daetui.net.netns import netns
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 

@@ -9,8 +9,8 @@ import struct
 import pytest
 from helpers import plane_in_lab, snapshot, tcp_echo, udp_exchange, wait_for
 
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, LAN_MAC, ROUTER_LAN_MAC
+from daetui.net.netns import netns
 
 pytestmark = pytest.mark.kernel
 

@@ -6,7 +6,7 @@ import pytest
 from helpers import plane_in_lab, snapshot
 from test_rule_language import kernel_flow, send_udp
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.config.load import parse_config
 from daetui.lab.topology import ADDR
 

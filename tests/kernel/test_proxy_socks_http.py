@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from helpers import OpaqueDialer, OpaqueStream
 
-from daetui.lab.netns import netns
 from daetui.lab.proxypeers_socks_http import (
     BLOCKED,
     HTTP_PORT,
@@ -40,7 +39,8 @@ from daetui.lab.proxypeers_socks_http import (
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.lab.topology import HTTP_PORT as WEB_PORT
-from daetui.outbound.base import DialError, SocketStream, Stream
+from daetui.net.netns import netns
+from daetui.net.stream import DialError, SocketStream, Stream
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.http_proxy import PrefixedStream, TlsStream
 from daetui.outbound.links import parse_link

@@ -16,7 +16,7 @@ import ssl
 import pytest
 from helpers import http_get, lan_socket, plane_in_lab, snapshot, wait_for
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.lab.topology import ADDR, LAN_MAC
 from daetui.routing.matcher import FlowFacts, decide
 

@@ -33,9 +33,9 @@ from helpers import Daemon, http_get, lan_socket, tcp_echo, udp_exchange  # noqa
 
 from daetui.control.client import ControlClient  # noqa: E402
 from daetui.lab.dnspeers import dns_peers  # noqa: E402
-from daetui.lab.netns import netns  # noqa: E402
 from daetui.lab.proxypeers_socks_http import PROXY4, Danted  # noqa: E402
 from daetui.lab.topology import ADDR, LAN_MAC, Lab  # noqa: E402
+from daetui.net.netns import netns  # noqa: E402
 
 FIXTURE_CONFIG = f"""
 [global]

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.config.load import parse_config
 from daetui.routing.compile import CompileError, compile_rules
 from daetui.routing.matcher import FlowFacts, decide

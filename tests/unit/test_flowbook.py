@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from daetui.abi.flowrecord import struct_for
 from daetui.control import wire
 from daetui.control.state import Snapshot
-from daetui.flowrecord import struct_for
 from daetui.ui.flows import FilterError, FlowBook, apply_filter, parse_filter, sort_rows
 
 FIXTURE = Path(__file__).resolve().parents[1] / "ui" / "fixtures" / "lab.json"

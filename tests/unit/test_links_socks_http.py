@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from helpers import OpaqueDialer
 
-from daetui.outbound.base import DialError, SocketStream
+from daetui.net.stream import DialError, SocketStream
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.http_proxy import HttpNode, PrefixedStream, parse_head
 from daetui.outbound.links import LinkError, parse_link

@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daetui.net.buffered import Buffered
+from daetui.net.stream import DialError
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound._address import parse_socks_address, socks_address, v2ray_address
-from daetui.outbound._buffered import Buffered
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.base import DialError
 from daetui.outbound.links import LinkError, parse_link
 
 UID = "b831381d-6324-4d53-ad4f-8cda48b30811"

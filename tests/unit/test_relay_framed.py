@@ -23,8 +23,8 @@ from test_relay import Counter, read_all, tcp_pair
 
 from daetui.control import relay_framed as relay_framed_module
 from daetui.control.relay_framed import relay_framed
-from daetui.outbound._tls import start_tls
-from daetui.outbound.base import PlainCodec, SocketStream
+from daetui.net.stream import PlainCodec, SocketStream
+from daetui.net.tls import start_tls
 from daetui.outbound.shadowsocks import (
     LEN_FRAME,
     Opener,

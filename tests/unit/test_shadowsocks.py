@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daetui.net.stream import DialError, SocketStream
 from daetui.outbound import shadowsocks as ss
-from daetui.outbound.base import DialError, SocketStream
 from daetui.outbound.links import LinkError
 from daetui.outbound.links import parse_link as parse_any_link
 from daetui.outbound.shadowsocks import (

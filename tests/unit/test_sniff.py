@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daetui.control import sniff as sniff_mod
-from daetui.control.sniff import (
+from daetui.sniff import (
     MAX_HTTP_FIELDS,
     MAX_HTTP_HEAD,
     MAX_HTTP_LINE,
@@ -39,6 +38,9 @@ from daetui.control.sniff import (
     sniff_quic_sni,
     sniff_tls_sni,
 )
+from daetui.sniff import http as sniff_http
+from daetui.sniff import quic as sniff_quic
+from daetui.sniff import tls as sniff_tls
 
 HOST = "www.example.test"
 
@@ -789,17 +791,17 @@ def test_no_datagrams() -> None:
     failed(sniff_quic_datagrams([]), "no QUIC Initial", None)
 
 
-@pytest.mark.parametrize(("parser", "public", "data"), [
-    ("_sniff_tls", sniff_tls_sni, b"\x16"),
-    ("_sniff_http", sniff_http_host, b"GET"),
-    ("_sniff_quic", sniff_quic_sni, b"\xc0"),
+@pytest.mark.parametrize(("module", "parser", "public", "data"), [
+    (sniff_tls, "_sniff_tls", sniff_tls_sni, b"\x16"),
+    (sniff_http, "_sniff_http", sniff_http_host, b"GET"),
+    (sniff_quic, "_sniff_quic", sniff_quic_sni, b"\xc0"),
 ])
-def test_parser_bug_is_an_error_not_an_exception(monkeypatch: pytest.MonkeyPatch, parser: str,
+def test_parser_bug_is_an_error_not_an_exception(monkeypatch: pytest.MonkeyPatch, module: object, parser: str,
                                                  public: Callable[[bytes], SniffResult], data: bytes) -> None:
     def broken(_: object) -> SniffResult:
         raise IndexError("a bug")
 
-    monkeypatch.setattr(sniff_mod, parser, broken)
+    monkeypatch.setattr(module, parser, broken)
     result = public(data)
     assert result.error == "internal error: IndexError" and not result.need_more and result.name is None
 
@@ -846,10 +848,10 @@ def mutations(draw: st.DrawFn, base: bytes, hot: int = 160) -> bytes:
 def unguarded(kind: str, data: bytes) -> SniffResult:
     """The parser behind each public sniffer, without its last-resort exception guard."""
     if kind == "tls":
-        return sniff_mod._sniff_tls(data)
+        return sniff_tls._sniff_tls(data)
     if kind == "http":
-        return sniff_mod._sniff_http(data)
-    return sniff_mod._sniff_quic([data])
+        return sniff_http._sniff_http(data)
+    return sniff_quic._sniff_quic([data])
 
 
 @PROPERTY
@@ -918,5 +920,5 @@ def test_property_random_frames_in_valid_initial(payload: bytes) -> None:
 @PROPERTY
 @given(st.lists(st.binary(max_size=200) | mutations(RFC9001_CLIENT_INITIAL, hot=64), max_size=4))
 def test_property_quic_datagram_lists(datagrams: list[bytes]) -> None:
-    check(sniff_mod._sniff_quic([RFC9001_CLIENT_INITIAL[:1200], *datagrams]))
+    check(sniff_quic._sniff_quic([RFC9001_CLIENT_INITIAL[:1200], *datagrams]))
     check(sniff_quic_datagrams(datagrams))

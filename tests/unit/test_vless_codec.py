@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daetui.outbound.base import DialError, PlainCodec
+from daetui.net.stream import DialError, PlainCodec
 from daetui.outbound.vless import ResponseCodec
 
 

@@ -12,7 +12,7 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from daetui.outbound.base import DialError, PlainCodec
+from daetui.net.stream import DialError, PlainCodec
 from daetui.outbound.vmess import (
     CMD_TCP,
     RESP_IV,

@@ -6,7 +6,7 @@ parsed from a stream whose `read(n)` returns whatever arrived.
 
 from __future__ import annotations
 
-from daetui.outbound.base import DialError, Stream
+from daetui.net.stream import DialError, Stream
 
 READ_SIZE = 1 << 16
 

@@ -10,8 +10,9 @@ import re
 from functools import cache
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-HEADER = BPF_DIR / "daetui.h"
+from daetui.resources import bpf_dir
+
+HEADER = bpf_dir() / "daetui.h"
 
 _DEFINE = re.compile(r"^#define\s+([A-Z][A-Z0-9_]*)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL|UL|U)?\b", re.M)
 

@@ -10,7 +10,7 @@ must chain to `ca_file` when given (a PEM bundle, e.g. the lab's CA), else to
 the system's CAs, and must name the SNI (or the server's address when the
 node has no SNI and is given by address).
 
-Shared by trojan.py, vless.py and vmess.py.
+Used by the nodes that speak TLS (trojan, vless, vmess, https proxies) and by DNS over TLS.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-from daetui.outbound.base import Dialer, DialError, Stream
+from daetui.net.stream import DialError, Stream
 
 READ_SIZE = 1 << 16
 DECODE_SIZE = 1 << 18  # a read asks for more than a record holds: OpenSSL hands out one record per call
@@ -45,19 +45,6 @@ def client_context(*, allow_insecure: bool = False, ca_file: str | Path | None =
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
-
-
-def node_context(node: object, allow_insecure: bool, ca_file: str | Path | None,
-                 ssl_context: ssl.SSLContext | None) -> ssl.SSLContext:
-    """A TLS node's client context: `ssl_context` as given, else one from its link and daetui's settings.
-
-    `allow_insecure` is daetui's global setting (either it or the link's turns the
-    certificate check off); `ca_file` trusts those CAs instead of the system's (the
-    lab's CA in tests); `ssl_context`, when given, is used as it is. All three
-    matter only for a node with TLS.
-    """
-    return ssl_context or client_context(allow_insecure=allow_insecure or bool(getattr(node, "allow_insecure", False)),
-                                         ca_file=ca_file, alpn=getattr(node, "alpn", ()))
 
 
 def server_name(host: str, sni: str) -> str:
@@ -256,21 +243,3 @@ async def start_tls(inner: Stream, ctx: ssl.SSLContext, hostname: str, timeout: 
         inner.close()
         raise
     return tls
-
-
-async def open_session(via: Dialer, host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
-                       timeout: float, half_close: bool, request: bytes, protocol: str) -> Stream:
-    """A proxy server's connection for one request: through `via`, in TLS when `ctx` is given, and
-    `request` sent first; closed again if any of it fails (trojan, vless and vmess open theirs so)."""
-    stream = await via.connect(host, port)
-    if ctx is not None:
-        stream = await start_tls(stream, ctx, server_name(host, sni), timeout, half_close)
-    try:
-        await stream.write(request)
-    except OSError as e:
-        stream.close()
-        raise DialError(f"{protocol}: sending the request: {e.strerror or e}") from None
-    except BaseException:
-        stream.close()
-        raise
-    return stream

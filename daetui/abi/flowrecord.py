@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PROTO_NAMES = {6: "tcp", 17: "udp"}
