@@ -1,4 +1,5 @@
 # The two commands of the README. Each installs what it needs first.
+# `make test`: ruff, the import contracts (pyproject.toml: [tool.importlinter]), then the suite.
 .PHONY: demo test setup
 
 demo: setup
@@ -6,6 +7,7 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check daetui testkit tests bench
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/python -m pytest -q
 
 setup:

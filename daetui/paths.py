@@ -14,13 +14,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from daetui.net.netns import NETNS_RUN_DIR, current_netns_inode, init_netns_inode
+
 RUN_ROOT = Path(os.environ.get("DAETUI_RUN_ROOT", "/run/daetui"))
 
 
 def default_run_dir() -> Path:
     """The run directory for a daemon in the calling thread's network namespace."""
-    from daetui.net.netns import NETNS_RUN_DIR, current_netns_inode, init_netns_inode
-
     here = current_netns_inode()
     try:
         for entry in sorted(NETNS_RUN_DIR.iterdir()):
@@ -37,6 +37,17 @@ def default_run_dir() -> Path:
     except OSError:
         pass  # pid 1's namespace is not ours to look at (a sandbox): assume the host's
     return RUN_ROOT
+
+
+def pid_is_daetui(pid: int) -> bool:
+    """True when `pid` is alive and is a daetui process."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"daetui" in cmdline
 
 
 def lab_state_dir() -> Path:

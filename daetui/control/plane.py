@@ -51,19 +51,19 @@ from daetui.control.state import (
     Snapshot,
 )
 from daetui.control.udp import UdpNat
-from daetui.dataplane.cleanup import cleanup_leftovers, pid_is_daetui
+from daetui.dataplane.cleanup import cleanup_leftovers
 from daetui.dataplane.dataplane import Dataplane
 from daetui.dataplane.mapview import MapView
 from daetui.dataplane.monitor import InterfaceMonitor, Link
 from daetui.dns.controller import DnsController
 from daetui.dns.serve import DnsServer
 from daetui.dns.state import DnsTrace
-from daetui.dns.upstream import UpstreamRoute
+from daetui.dns.upstream import UpstreamRoute, bootstrap_resolve
 from daetui.net.address import is_address
 from daetui.net.stream import Datagrams, Dialer, DialError, framing_of
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
-from daetui.paths import RunPaths
+from daetui.paths import RunPaths, pid_is_daetui
 from daetui.routing.compile import CompileError, KernelRules
 from daetui.routing.explain import ExplainResult, Query, split_target
 from daetui.routing.explain import explain as explain_rules
@@ -95,7 +95,7 @@ class ControlPlane:
         self.connections = ConnectionTable()
         self.dataplane: Dataplane | None = Dataplane(run.state) if kernel else None
         self.dialer = DirectDialer(mark=config.global_.so_mark_from_dae)
-        self.outbounds = Outbounds(config, self.dialer)
+        self.outbounds = Outbounds(config, self.dialer, resolve=self._bootstrap_resolve)
         self.outbounds.on_health = self._write_group_health
         self._group_health_written: dict[tuple[int, int], int] = {}
         self.ruleset: RuleSet = config.routing
@@ -239,6 +239,11 @@ class ControlPlane:
                 self._upstream_routes.clear()
             hit = self._upstream_routes[key] = self._decide_upstream(ip, port, proto)
         return hit
+
+    async def _bootstrap_resolve(self, host: str) -> str:
+        """A name's address from global.fallback_resolver (subscriptions' servers)."""
+        g = self.config.global_
+        return await bootstrap_resolve(g.fallback_resolver, host, g.so_mark_from_dae, 5.0)
 
     def _upstream_dialer(self, outbound: str, family: int) -> tuple[Dialer, str] | None:
         """A DNS upstream routed to a proxy group: the group's node now (None: not a group of nodes)."""

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from daetui.dataplane.journal import Journal, JournalError
 from daetui.dataplane.system import SystemChanges, describe
 from daetui.net.netns import current_netns_inode
+from daetui.paths import pid_is_daetui
 
 log = logging.getLogger("daetui.dataplane")
-
-
-def pid_is_daetui(pid: int) -> bool:
-    """True when `pid` is alive and is a daetui process."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"daetui" in cmdline
 
 
 def cleanup_leftovers(state_file: Path, discard_foreign: bool = False) -> list[str]:

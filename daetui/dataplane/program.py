@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from daetui.abi.constants import ABI
-from daetui.resources import bpf_dir
 from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, ctypes_layout
 from daetui.dataplane.bpflink import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, attach_sk_lookup
+from daetui.resources import bpf_dir
 from daetui.routing.compile import KernelRules
 
 log = logging.getLogger("daetui.dataplane")

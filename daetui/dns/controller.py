@@ -56,7 +56,7 @@ from daetui.dns.wire import (
     reply,
     ttl_offsets,
 )
-from daetui.routing.dns_rules import ACCEPT, ASIS, MAX_DEPTH, REJECT, Choice, DnsFacts, DnsRules, compile_rules
+from daetui.routing.dns_rules import ACCEPT, ASIS, MAX_DEPTH, REJECT, Choice, DnsFacts, DnsRules, compile_list
 from daetui.routing.domains import normalize
 
 log = logging.getLogger("daetui.dns")
@@ -148,7 +148,9 @@ class DnsController:
     # -- configuration --------------------------------------------------------------------
     def configure(self, config: DnsConfig) -> None:
         """Take a new [dns] (already checked); upstreams that did not change keep their connections."""
-        rules = config.compiled or compile_rules(config)
+        rules = config.compiled or DnsRules(
+            compile_list("request", config.request, config.request_fallback, config.upstream),
+            compile_list("response", config.response, config.response_fallback, config.upstream))
         # One upstream's time, then the next one's; the client (glibc: 5 s) hears back before it gives up.
         self.timeout = config.upstream_timeout
         self.total_timeout = 2 * config.upstream_timeout + 0.5

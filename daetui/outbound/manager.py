@@ -26,7 +26,7 @@ from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_fil
 from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
 from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
 from daetui.outbound.state import GroupState, NodeState
-from daetui.outbound.subscription import Subscription, SubscriptionResult
+from daetui.outbound.subscription import Resolve, Subscription, SubscriptionResult
 
 log = logging.getLogger("daetui.outbound")
 
@@ -34,8 +34,9 @@ log = logging.getLogger("daetui.outbound")
 class Outbounds:
     """Nodes, groups and health; `dialer()` answers which dialer a new flow uses."""
 
-    def __init__(self, config: Config, direct: DirectDialer) -> None:
+    def __init__(self, config: Config, direct: DirectDialer, resolve: Resolve | None = None) -> None:
         self.direct = direct
+        self.resolve = resolve  # how subscriptions find their server's address (None: the system's resolver)
         self.nodes: dict[str, Any] = {}
         self.health: dict[str, NodeHealth] = {}
         self.groups: dict[str, Group] = {}
@@ -75,7 +76,8 @@ class Outbounds:
         # as text, as tests do, keeps them in the temp dir).
         config_dir = source.resolve().parent if source.is_file() else Path(tempfile.gettempdir())
         state = config_dir / "persist.d" if source.is_file() else config_dir / "daetui-persist.d"
-        return Subscription(tag, url, state, mark=g.so_mark_from_dae, resolver=g.fallback_resolver,
+        return Subscription(tag, url, state, mark=g.so_mark_from_dae,
+                            resolve=self.resolve if g.fallback_resolver else None,
                             config_dir=config_dir, taken=[t.tag for t in self.config.nodes],
                             interval=g.subscription_interval)
 

@@ -10,7 +10,7 @@ Clash YAML is not read: it is recognised and refused with a reason.
 
 URLs (dae's syntax; in daetui's config the tag is the key, `[subscription] TAG = "URL"`):
   http://..., https://...          fetched with daetui's SO_MARK; a name is resolved by
-                                   `global.fallback_resolver` when the caller gives one
+                                   the caller's resolver (the daemon's: global.fallback_resolver)
   http-file://, https-file://      dae's "keep a copy" forms: the same as http(s), since daetui
                                    always keeps one
   file:///abs/path                 a file on the router
@@ -435,15 +435,15 @@ class Subscription:
 
     `state_dir` holds the saved copy. `mark` is put on the fetch's socket
     (global.so_mark_from_dae) so daetui's own traffic is not caught again.
-    Names are resolved by `resolve` (hostname -> address) when given, else by
-    the plain DNS server `resolver` ("ip:port", global.fallback_resolver), else
-    by the system. `config_dir` is where dae's relative `file://` URLs point.
+    Names are resolved by `resolve` (hostname -> address) when given (the control
+    plane's asks global.fallback_resolver), else by the system. `config_dir` is
+    where dae's relative `file://` URLs point.
     `taken`: node names in use elsewhere, which this subscription's nodes must
     not take (see parse_subscription).
     """
 
-    def __init__(self, tag: str, url: str, state_dir: str | Path, *, mark: int = 0, resolver: str | None = None,
-                 resolve: Resolve | None = None, verify: bool | ssl.SSLContext = True,
+    def __init__(self, tag: str, url: str, state_dir: str | Path, *, mark: int = 0, resolve: Resolve | None = None,
+                 verify: bool | ssl.SSLContext = True,
                  config_dir: str | Path | None = None, interval: float = DEFAULT_INTERVAL,
                  retry: float = DEFAULT_RETRY, timeout: float = FETCH_TIMEOUT, max_bytes: int = MAX_BYTES,
                  taken: Collection[str] = ()) -> None:
@@ -467,20 +467,11 @@ class Subscription:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.taken: Collection[str] = taken
-        if resolve is None and resolver:
-            resolve = self._bootstrap(resolver)
         self._resolve = resolve
         self.result: SubscriptionResult | None = None
         self._good: tuple[float, bytes] | None = None     # the last good body, in case the copy cannot be read
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
-
-    def _bootstrap(self, resolver: str) -> Resolve:
-        async def resolve(host: str) -> str:
-            from daetui.dns.upstream import bootstrap_resolve
-
-            return await bootstrap_resolve(resolver, host, self.mark, min(self.timeout, 5.0))
-        return resolve
 
     @property
     def saved_path(self) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from daetui.abi.constants import ABI
 from daetui.routing.functions import IPNetwork, PortRange
-from daetui.routing.ruleset import CheckedCondition, RuleSet
+from daetui.routing.ruleset import CheckedCondition, RuleSet, evaluation_order
 
 
 @dataclass
@@ -82,17 +82,6 @@ def domain_functions(ruleset: RuleSet) -> list[DomainFunction]:
             if cc.function == "domain":
                 out.append(DomainFunction(len(out), entry.index, pos, cc))
     return out
-
-
-def evaluation_order(conditions: tuple[CheckedCondition, ...]) -> list[tuple[int, CheckedCondition]]:
-    """A rule's functions in the order they are evaluated: (position as written, function).
-
-    AND does not care about order, so domain functions go last: a flow that
-    another function already rules out never needs its name, and the kernel
-    decides it without handing it to user space.
-    """
-    indexed = list(enumerate(conditions))
-    return [x for x in indexed if x[1].function != "domain"] + [x for x in indexed if x[1].function == "domain"]
 
 
 def domain_bitmap(functions: list[DomainFunction], name: str) -> int:

@@ -31,7 +31,6 @@ from daetui.routing.parser import parse_rule
 from daetui.routing.rule import Condition, Rule
 
 if TYPE_CHECKING:
-    from daetui.config.model import DnsConfig
     from daetui.routing.geodata import GeoData
 
 ASIS = "asis"
@@ -194,9 +193,3 @@ def compile_list(kind: str, texts: tuple[str, ...], fallback: str, upstreams: di
         e.rule_index = len(texts)  # type: ignore[attr-defined]
         raise e
     return DnsRuleList(tuple(out), fallback)
-
-
-def compile_rules(config: DnsConfig, geo: GeoData | None = None) -> DnsRules:
-    """Both lists of a [dns] section (RuleError when one is wrong)."""
-    return DnsRules(compile_list("request", config.request, config.request_fallback, config.upstream, geo),
-                    compile_list("response", config.response, config.response_fallback, config.upstream, geo))

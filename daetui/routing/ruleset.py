@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daetui.abi.constants import ABI
 from daetui.routing.errors import RuleError
 from daetui.routing.functions import RESERVED_OUTBOUNDS, lookup, typed_values
 from daetui.routing.rule import Condition, Rule
@@ -53,10 +54,19 @@ class RuleEntry:
 
     @functools.cached_property
     def ordered(self) -> list[tuple[int, CheckedCondition]]:
-        """The functions in evaluation order (compile.evaluation_order), worked out once."""
-        from daetui.routing.compile import evaluation_order
-
+        """The functions in evaluation order (see evaluation_order), worked out once."""
         return evaluation_order(self.conditions)
+
+
+def evaluation_order(conditions: tuple[CheckedCondition, ...]) -> list[tuple[int, CheckedCondition]]:
+    """A rule's functions in the order they are evaluated: (position as written, function).
+
+    AND does not care about order, so domain functions go last: a flow that
+    another function already rules out never needs its name, and the kernel
+    decides it without handing it to user space.
+    """
+    indexed = list(enumerate(conditions))
+    return [x for x in indexed if x[1].function != "domain"] + [x for x in indexed if x[1].function == "domain"]
 
 
 def check_rule(rule: Rule, geo: GeoData | None = None) -> tuple[CheckedCondition, ...]:
@@ -102,8 +112,6 @@ class RuleSet:
 
     @functools.cached_property
     def _ids(self) -> dict[str, int]:
-        from daetui.abi.constants import ABI
-
         ids = {DIRECT: ABI.OUTBOUND_DIRECT, BLOCK: ABI.OUTBOUND_BLOCK, MUST_RULES: ABI.OUTBOUND_MUST_RULES,
                USERSPACE: ABI.OUTBOUND_USERSPACE, DNS: ABI.OUTBOUND_DNS}
         for i, g in enumerate(self.groups[:ABI.MAX_GROUPS]):

@@ -14,8 +14,7 @@ import subprocess
 import sys
 
 from daetui.control.client import ControlClient, ControlError, call_once, wait_for_daemon
-from daetui.dataplane.cleanup import pid_is_daetui
-from daetui.paths import RunPaths
+from daetui.paths import RunPaths, pid_is_daetui
 
 
 def daemon_pid(run: RunPaths) -> int | None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, http_get, tcp_echo, wait_for
 
-from daetui.dataplane.cleanup import pid_is_daetui
 from daetui.lab.topology import ADDR
+from daetui.paths import pid_is_daetui
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(shutil.which("tmux") is None and
                                                      os.environ.get("DAETUI_REQUIRE_KERNEL") != "1",
