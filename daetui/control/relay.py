@@ -1,9 +1,16 @@
-"""Relaying a TCP connection between two sockets.
+"""Relaying a TCP connection: `relay()` picks the way the upstream allows.
 
-Between two plain sockets the bytes never enter Python: `os.splice` moves
-them socket -> pipe -> socket inside the kernel. Where splice is not
-available, a copy loop with one reused buffer per direction does the job.
-Half-close is kept: EOF from one side becomes shutdown(SHUT_WR) on the other.
+Where the upstream's bytes are the destination's own (direct, socks5, http
+CONNECT: the stream shows its socket as `raw`), the two sockets are relayed
+by `relay_sockets`: the bytes never enter Python, `os.splice` moves them
+socket -> pipe -> socket inside the kernel (where splice is not available, a
+copy loop with one reused buffer per direction). Where the upstream frames
+them as plain calls over a socket (shadowsocks, trojan's TLS, vless, vmess:
+`framed()`), both sockets run on the loop's transports (relay_framed.py).
+Any other stream is copied by two tasks (`relay_stream`).
+
+Kept by all three: half-close (EOF from one side becomes shutdown(SHUT_WR) on
+the other), and a failure on either side ends both with a reset to the client.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import os
 import socket
 from collections.abc import Callable
 
-from daetui.net.stream import DialError, Stream
+from daetui.control.connections import Connection
+from daetui.control.relay_framed import relay_framed
+from daetui.net.sockopts import reset_on_close
+from daetui.net.stream import DialError, Stream, framing_of
 
 PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 16
@@ -111,9 +121,31 @@ def _is_reset(e: BaseException) -> bool:
                                                   errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 
-async def relay(client: socket.socket, upstream: socket.socket, on_up: Counter, on_down: Counter,
+async def relay(client: socket.socket, upstream: Stream, conn: Connection,
                 use_splice: bool = HAVE_SPLICE) -> str | None:
-    """Relay until both directions are done; returns an error text or None.
+    """Relay a flow's client and upstream until both directions are done, the fastest way the upstream
+    allows; `conn.relay` says which way, and its byte counts grow as bytes pass. An error text, or None."""
+    up, down = _adder(conn, "up"), _adder(conn, "down")
+    if upstream.raw is not None:
+        conn.relay = "splice" if use_splice else "copy"
+        return await relay_sockets(client, upstream.raw, up, down, use_splice)
+    framing = framing_of(upstream)
+    if framing is not None:
+        conn.relay = "framed"
+        return await relay_framed(client, framing[0], framing[1], up, down)
+    conn.relay = "stream"
+    return await relay_stream(client, upstream, up, down)
+
+
+def _adder(conn: Connection, attr: str) -> Counter:
+    def add(n: int) -> None:
+        setattr(conn, attr, getattr(conn, attr) + n)
+    return add
+
+
+async def relay_sockets(client: socket.socket, upstream: socket.socket, on_up: Counter, on_down: Counter,
+                        use_splice: bool = HAVE_SPLICE) -> str | None:
+    """Relay two sockets until both directions are done; returns an error text or None.
 
     A reset on either side ends both directions (and is passed on as a
     reset, so the peer sees what happened).
@@ -136,9 +168,8 @@ async def relay(client: socket.socket, upstream: socket.socket, on_up: Counter, 
                 for t in pending:
                     t.cancel()
                 # Pass the reset on: abortive close of both sides.
-                for s in (client, upstream):
-                    with contextlib.suppress(OSError):
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                reset_on_close(client)
+                reset_on_close(upstream)
             await asyncio.gather(*pending, return_exceptions=True)
     finally:
         for t in (up, down):
@@ -184,9 +215,8 @@ async def relay_stream(client: socket.socket, upstream: Stream, on_up: Counter, 
                 if not (_is_reset(exc) or isinstance(exc, (DialError, ConnectionError, EOFError))):
                     raise exc
         if error is not None:
-            # Pass the failure on to the client as a reset, as `relay` does.
-            with contextlib.suppress(OSError):
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            # Pass the failure on to the client as a reset, as `relay_sockets` does.
+            reset_on_close(client)
     finally:
         for t in tasks:
             if not t.done():

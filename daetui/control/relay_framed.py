@@ -22,6 +22,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+from daetui.net.sockopts import reset_on_close
 from daetui.net.stream import Codec, DialError
 
 Counter = Callable[[int], None]
@@ -31,7 +32,6 @@ LOST_WAIT = 5.0
 # Before a reset, what the client's transport still holds may drain for up to DRAIN_STEPS * DRAIN_STEP s.
 DRAIN_STEP = 0.01
 DRAIN_STEPS = 100
-_LINGER_RESET = b"\x01\0\0\0\0\0\0\0"
 
 
 class _Side(asyncio.Protocol):
@@ -180,8 +180,7 @@ class _Relay:
         t = self.client.transport
         if t is None:
             self.client.reset_owed = True  # done once the transport exists, after the bytes owed to it
-            with contextlib.suppress(OSError):  # and if it never does, the caller's close resets
-                self.client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            reset_on_close(self.client_sock)  # and if it never does, the caller's close resets
             return
         if t.is_closing():
             self._reset_client(0)
@@ -195,8 +194,7 @@ class _Relay:
         if t is not None and steps > 0 and not t.is_closing() and t.get_write_buffer_size():
             self.loop.call_later(DRAIN_STEP, self._reset_client, steps - 1)
             return
-        with contextlib.suppress(OSError):  # once its transport has closed it, there is nothing to reset
-            self.client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        reset_on_close(self.client_sock)  # once its transport has closed it, there is nothing to reset
         self.client.abort()
 
     def lost(self, side: _Side, exc: Exception | None) -> None:

@@ -151,6 +151,36 @@ class Dataplane:
             self.state.missing.append(ifname)
         log.warning("LAN interface %s disappeared; it will be bound again if it returns", ifname)
 
+    def unbind(self, ifname: str) -> None:
+        """Detach from an interface that is no longer a LAN interface (its filters removed, the journal told)."""
+        b = self.state.bindings.pop(ifname, None)
+        if b is None:
+            return
+        assert self.changes is not None
+        self.changes.detach_interface(b.ifindex)
+        log.info("unbound %s (no longer a LAN interface)", ifname)
+
+    def rebind(self, lan_interfaces: tuple[str, ...]) -> None:
+        """Take a new list of LAN interfaces: unbind the ones left out, bind the new ones (or note them missing)."""
+        before, self.wanted = self.wanted, lan_interfaces
+        if before == lan_interfaces:
+            return
+        for name in before:
+            if name not in lan_interfaces:
+                self.unbind(name)
+        self.state.missing = [m for m in self.state.missing if m in lan_interfaces]
+        for name in lan_interfaces:
+            if name not in before:
+                self.bind(name)
+
+    def link_changed(self, ifname: str, appeared: bool) -> None:
+        """The interface monitor saw `ifname` appear (perhaps under a new index) or go."""
+        if ifname not in self.wanted:
+            return
+        self.forget(ifname)  # a new index under a known name: the old binding is gone
+        if appeared:
+            self.bind(ifname)
+
     # -- rules ------------------------------------------------------------------------
     def compile(self, ruleset: RuleSet) -> KernelRules:
         """Compile for this namespace (interface names resolved here). CompileError if it does not fit."""

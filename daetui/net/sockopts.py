@@ -6,6 +6,7 @@ Python's socket module lacks some of them; the values are from
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 
@@ -62,3 +63,13 @@ def reply_socket(addr: tuple[str, int], scope: int = 0) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make the socket's close send RST rather than FIN, so the peer sees a refusal or a failure
+    passed on, not a clean end. A socket already gone is left alone."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)

@@ -129,7 +129,7 @@ def test_lan_flow_through_each_protocol(lab, daemon, name: str) -> None:
     # How the bytes went: spliced where the proxy's stream is the destination's own bytes, framed
     # on the loop's transports for the rest (their framing run as codecs: TLS, shadowsocks, vless's
     # header, vmess's chunks).
-    plain = "splice" if runner.plane.use_splice else "copy"
+    plain = "splice" if runner.plane.pipeline.use_splice else "copy"
     assert conn.relay == {"socks5": plain, "http": plain}.get(name, "framed")
     if name in UDP:
         datagrams = [os.urandom(n) for n in (1, 700, 1400)]

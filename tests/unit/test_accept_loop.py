@@ -16,7 +16,7 @@ import pytest
 CHILD = textwrap.dedent("""
     import asyncio, logging, os, resource, socket, sys
     import uvloop
-    from daetui.control.plane import ControlPlane
+    from daetui.control.pipeline import Pipeline
 
     logging.disable(logging.CRITICAL)
     wakes = 0
@@ -29,11 +29,11 @@ CHILD = textwrap.dedent("""
 
     asyncio.Event.set = counted
 
-    class Plane:  # what _accept_loop uses of the plane: a task per connection, held open here
+    class Flows:  # what _accept_loop uses of the pipeline: a task per connection, held open here
         def __init__(self):
-            self._tasks, self.held = set(), []
+            self._flows, self.held = set(), []
 
-        async def _handle_tcp(self, sock, addr):
+        async def handle_tcp(self, sock, addr):
             self.held.append(sock)
             await asyncio.sleep(3600)
 
@@ -43,8 +43,8 @@ CHILD = textwrap.dedent("""
         clients = [socket.create_connection(listener.getsockname()) for _ in range(60)]
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 20, hard))
-        plane = Plane()
-        task = asyncio.ensure_future(ControlPlane._accept_loop(plane, listener))
+        plane = Flows()
+        task = asyncio.ensure_future(Pipeline._accept_loop(plane, listener))
         await asyncio.sleep(0.5)  # accepted what fits, then EMFILE with connections still waiting
         global wakes
         wakes = 0
@@ -52,7 +52,7 @@ CHILD = textwrap.dedent("""
         print(len(plane.held), wakes)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        for t in plane._tasks:
+        for t in plane._flows:
             t.cancel()
         for s in plane.held + clients:
             s.close()

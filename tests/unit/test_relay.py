@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from daetui.control.relay import HAVE_SPLICE, relay
+from daetui.control.relay import HAVE_SPLICE, relay_sockets
 
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice")),
          pytest.param(False, id="copy")]
@@ -49,7 +49,7 @@ async def test_bytes_arrive_exactly_both_ways_with_half_close(use_splice):
     relay_server_side, server = tcp_pair()
     up_data, down_data = os.urandom(5_000_003), os.urandom(2_000_001)
     up, down = Counter(), Counter()
-    task = asyncio.ensure_future(relay(relay_client_side, relay_server_side, up, down, use_splice))
+    task = asyncio.ensure_future(relay_sockets(relay_client_side, relay_server_side, up, down, use_splice))
 
     async def serve() -> bytes:
         got = await read_all(server)          # the client's EOF arrives as EOF here
@@ -76,7 +76,7 @@ async def test_a_reset_ends_both_directions(use_splice):
     loop = asyncio.get_running_loop()
     client, relay_client_side = tcp_pair()
     relay_server_side, server = tcp_pair()
-    task = asyncio.ensure_future(relay(relay_client_side, relay_server_side, Counter(), Counter(), use_splice))
+    task = asyncio.ensure_future(relay_sockets(relay_client_side, relay_server_side, Counter(), Counter(), use_splice))
     await loop.sock_sendall(client, b"hello")
     assert await loop.sock_recv(server, 5) == b"hello"
     server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")

@@ -1,0 +1,252 @@
+"""Every relayed flow from accept to finish: one object per TCP connection, owning its sockets.
+
+    accept -> route (the kernel's record, decision.Decider) -> sniff its first bytes when the
+    route calls for a name -> route again by the name -> announce -> block, or dial (the group's
+    node, or direct) -> relay (relay.relay picks how) -> finish
+
+A UDP flow takes the same steps in `Pipeline.open_udp`, which the NAT table
+(udp.py) calls for a flow's first datagram. Each step lands in the connection
+table, which the console shows, and its opening and end on the event bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from daetui.control.connections import Connection, ConnectionTable, Endpoint
+from daetui.control.decision import Decider
+from daetui.control.events import EventBus
+from daetui.control.relay import HAVE_SPLICE, relay
+from daetui.control.udp import UdpNat
+from daetui.net.sockopts import reset_on_close
+from daetui.net.stream import Datagrams, DialError, Stream
+from daetui.outbound.direct import DirectDialer
+from daetui.outbound.manager import Outbounds
+from daetui.routing.ruleset import BLOCK
+from daetui.sniff import SniffResult, sniff
+
+log = logging.getLogger("daetui.control")
+conn_log = logging.getLogger("daetui.conn")
+
+SNIFF_MAX = 16384  # a ClientHello or a request head fits; more is not waited for
+
+
+class Pipeline:
+    """What every flow shares: the decider, the outbounds, the connection table and the event bus.
+
+    It runs the accept loops and keeps each TCP flow's task, so that a flow can
+    be closed from the console (`close`) and all of them ended on stop.
+    """
+
+    def __init__(self, decider: Decider, outbounds: Outbounds, direct: DirectDialer, connections: ConnectionTable,
+                 events: EventBus, sniffing_timeout: float, use_splice: bool = HAVE_SPLICE) -> None:
+        self.decider = decider
+        self.outbounds = outbounds
+        self.direct = direct
+        self.connections = connections
+        self.events = events
+        self.sniffing_timeout = sniffing_timeout
+        self.use_splice = use_splice
+        self.running = False            # while True, a cancelled flow was closed on request (the plane goes on)
+        self.udp: UdpNat | None = None  # the NAT table whose flows `close` may end too
+        self._accepting: list[asyncio.Task[None]] = []
+        self._flows: set[asyncio.Task[None]] = set()
+        self._by_conn: dict[int, asyncio.Task[None]] = {}
+
+    # -- accepting ------------------------------------------------------------------------------
+    def accept(self, listeners: list[socket.socket]) -> None:
+        """Accept on these TCP listeners until stopped."""
+        for sock in listeners:
+            self._accepting.append(asyncio.ensure_future(self._accept_loop(sock)))
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        """Accept for as long as the listener has connections waiting; a task for each.
+
+        The listener stays registered with the loop, and a wake-up takes every waiting
+        connection: sock_accept registered and unregistered it (two epoll_ctl calls) and
+        made a future per connection.
+        """
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        fd = lsock.fileno()
+        loop.add_reader(fd, wake.set)
+        try:
+            while True:
+                try:
+                    sock, addr = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                except OSError as e:
+                    log.error("accept: %s", e)
+                    # E.g. EMFILE: the waiting connections keep the listener readable, so it leaves
+                    # the loop for the pause, or the loop would spin on it.
+                    loop.remove_reader(fd)
+                    await asyncio.sleep(0.1)
+                    loop.add_reader(fd, wake.set)
+                    continue
+                task = loop.create_task(self.handle_tcp(sock, (addr[0], addr[1])))
+                self._flows.add(task)
+                task.add_done_callback(self._flows.discard)
+        finally:
+            loop.remove_reader(fd)
+
+    async def handle_tcp(self, sock: socket.socket, client: Endpoint) -> None:
+        """One accepted connection, to its end."""
+        await TcpFlow(self, sock, client).run()
+
+    async def stop_accepting(self) -> None:
+        for t in self._accepting:
+            t.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        self._accepting.clear()
+
+    async def stop(self) -> None:
+        """End every TCP flow (their clients see a reset)."""
+        await self.stop_accepting()
+        for t in list(self._flows):
+            t.cancel()
+        await asyncio.gather(*self._flows, return_exceptions=True)
+
+    def close(self, ids: list[int]) -> int:
+        """Close relayed connections (with a reset to the client); returns how many were open."""
+        n = 0
+        for cid in ids:
+            task = self._by_conn.get(cid)
+            if task is not None and not task.done():
+                task.cancel()
+                n += 1
+                continue
+            if self.udp is not None and self.udp.close_conn(cid):
+                n += 1
+        return n
+
+    # -- the steps every flow takes -----------------------------------------------------------------
+    def open_conn(self, proto: str, client: Endpoint, dst: Endpoint, relay_kind: str) -> Connection:
+        """The flow's row in the connection table, with its route as the kernel (or the rules) gave it."""
+        r = self.decider.first(proto, client, dst)
+        return self.connections.add(proto=proto, src=client, dst=dst, rule_index=r.rule_index, rule=r.rule,
+                                    outbound=r.outbound, stage=r.stage, mac=r.mac, relay=relay_kind)
+
+    def announce(self, conn: Connection) -> None:
+        if conn_log.isEnabledFor(logging.INFO):  # describe() is work: skipped when nobody reads it
+            conn_log.info("open %s", conn.describe())
+        self.events.publish("conn.open", id=conn.id)
+
+    def finish(self, conn: Connection, error: str | None) -> None:
+        self.connections.finish(conn, error)
+        if conn_log.isEnabledFor(logging.INFO):
+            conn_log.info("%s", conn.describe())
+        self.events.publish("conn.close", id=conn.id)
+
+    async def open_udp(self, client: Endpoint, dst: Endpoint, first: bytes
+                       ) -> tuple[socket.socket | Datagrams, Connection] | None:
+        """A UDP flow's first datagram: its route, and the socket or proxy datagrams to relay it through."""
+        conn = self.open_conn("udp", client, dst, "udp")
+        if self.decider.wants_name(conn):
+            self.decider.with_name(conn, sniff(first, "udp"))  # a QUIC Initial names its server
+        self.announce(conn)
+        if conn.outbound == BLOCK:
+            self.finish(conn, "blocked")
+            return None
+        family = 6 if ":" in dst[0] else 4
+        try:
+            dialer, node = self.outbounds.dialer(conn.outbound, family)
+            conn.node = node
+            if node is None:
+                return self.direct.udp_socket(*dst), conn
+            return await dialer.datagrams(), conn
+        except (OSError, DialError) as e:
+            if conn.node is not None:
+                self.outbounds.failed(conn.node, family, str(e))
+            self.finish(conn, str(e))
+            return None
+
+
+class TcpFlow:
+    """One relayed TCP connection: owns the client's socket and the upstream stream from accept to finish."""
+
+    def __init__(self, pipeline: Pipeline, sock: socket.socket, client: Endpoint) -> None:
+        self.p = pipeline
+        self.sock = sock
+        self.client = client
+        self.upstream: Stream | None = None
+
+    async def run(self) -> None:
+        p, sock = self.p, self.sock
+        sock.setblocking(False)
+        try:
+            name = sock.getsockname()
+            conn = p.open_conn("tcp", self.client, (name[0], name[1]), "splice" if p.use_splice else "copy")
+        except Exception as e:
+            log.error("tcp from %s: %s", self.client, e)
+            sock.close()
+            return
+        me = asyncio.current_task()
+        if me is not None:
+            p._by_conn[conn.id] = me  # type: ignore[assignment]
+        try:
+            first = b""
+            if p.decider.wants_name(conn):
+                first, sniffed = await self._sniff()
+                p.decider.with_name(conn, sniffed)
+            p.announce(conn)
+            if conn.outbound == BLOCK:
+                reset_on_close(sock)
+                p.finish(conn, "blocked")
+                return
+            self.upstream = await self._dial(conn)
+            if first:
+                await self.upstream.write(first)
+                conn.up += len(first)
+            p.finish(conn, await relay(sock, self.upstream, conn, p.use_splice))
+        except asyncio.CancelledError:
+            reset_on_close(sock)
+            p.finish(conn, "closed from the console" if p.running else "daetui stopped")
+            if p.running and me is not None and me.cancelling():
+                me.uncancel()  # closed on request: the plane goes on
+                return
+            raise
+        except Exception as e:
+            reset_on_close(sock)
+            p.finish(conn, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        finally:
+            p._by_conn.pop(conn.id, None)
+            sock.close()
+            if self.upstream is not None:
+                self.upstream.close()
+
+    async def _sniff(self) -> tuple[bytes, SniffResult]:
+        """The client's first bytes (kept, to send on) and the name in them, within sniffing_timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.p.sniffing_timeout
+        data = b""
+        result = SniffResult(need_more=True)
+        while result.need_more and len(data) < SNIFF_MAX:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, SNIFF_MAX - len(data)), left)
+            except TimeoutError:
+                break  # the client waits for the server (SSH, SMTP): no name to find
+            if not chunk:
+                break
+            data += chunk
+            result = sniff(data, "tcp")
+        return data, result
+
+    async def _dial(self, conn: Connection) -> Stream:
+        """The upstream: the group's node for the flow's family (noting a failure), or direct."""
+        family = 6 if ":" in conn.dst[0] else 4
+        dialer, node = self.p.outbounds.dialer(conn.outbound, family)
+        conn.node = node
+        try:
+            return await dialer.connect(self.p.decider.dial_host(conn, node), conn.dst[1])
+        except DialError as e:
+            if node is not None:
+                self.p.outbounds.failed(node, family, str(e))
+            raise

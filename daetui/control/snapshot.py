@@ -1,0 +1,83 @@
+"""What the console shows of a control plane, as plain values: the Snapshot, and the maps' view.
+
+Built on the plane's loop from what its parts hold; cheap enough for every
+refresh (the kernel's flows are read once, as raw bytes, and decoded by the
+reader). The maps are read on request only, off the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import RawFlows
+from daetui.control.state import Health, InterfaceInfo, RuleInfo, Snapshot
+from daetui.dataplane.mapview import MapView
+
+if TYPE_CHECKING:
+    from daetui.control.plane import ControlPlane
+
+_LISTENER_NAMES = {v: k.lower() for k, v in ABI.prefixed("LISTENER_").items()}
+
+
+def build_snapshot(plane: ControlPlane, raw_flows: RawFlows | None, with_dns: bool = True) -> Snapshot:
+    """Everything the console shows of `plane` now."""
+    dp, sync, g = plane.dataplane, plane.sync, plane.config.global_
+    prog = sync.program
+    gen = sync.generation
+    rs = sync.ruleset(gen)
+    hits = sync.rule_hits()
+    rules = tuple(RuleInfo(e.index, e.text, e.enabled, e.name, e.id, *hits[e.index]) for e in rs.entries)
+    slots = plane.listeners.slots() if plane.listeners else {}
+    groups, nodes = plane.outbounds.state()
+    health = Health(
+        pid=os.getpid(), started=plane.started, config=plane.config.source,
+        tproxy_port=g.tproxy_port, generation=gen, fallback=rs.fallback,
+        fail_open=g.fail_open, listeners=tuple(_LISTENER_NAMES[s] for s in sorted(slots)),
+        match_sets=dp.state.match_sets if dp else 0,
+        kernel_load_seconds=prog.load_seconds if prog is not None else 0.0, kernel=dp is not None)
+    return Snapshot(
+        time=time.time(), health=health, rules=rules, fallback_hits=hits[None][0],
+        outbounds={i: n for n, i in rs.outbound_ids().items()}, interfaces=interfaces(plane),
+        missing_interfaces=tuple(dp.state.missing) if dp else (),
+        connections=tuple(plane.connections.snapshot()),
+        raw_flows=raw_flows, counters=prog.counters() if prog is not None else {},
+        udp_nat_entries=len(plane.udp.entries) if plane.udp else 0, total_connections=plane.connections.total,
+        devices=dict(plane.config.devices), dns=plane.dns.controller.state() if with_dns else None,
+        groups=groups, nodes=nodes)
+
+
+def interfaces(plane: ControlPlane) -> tuple[InterfaceInfo, ...]:
+    """Every interface of the namespace, with what is bound to it and its counters."""
+    dp = plane.dataplane
+    if dp is None:
+        return ()
+    stats = dp.program.interface_stats() if dp.program is not None else {}
+    links = dict(plane.monitor.links) if plane.monitor else {}
+    bound = {b.ifindex: b for b in dp.state.bindings.values()}
+    wanted = set(plane.config.global_.lan_interface)
+    out = []
+    for idx, link in sorted(links.items()):
+        b = bound.get(idx)
+        s = stats.get(idx, {})
+        out.append(InterfaceInfo(
+            index=idx, name=link.name, up=link.up, configured=link.name in wanted, bound=b is not None,
+            since=b.since if b else None,
+            programs=("lan_ingress (ingress)", "lan_egress (egress)") if b else (),
+            rx_packets=s.get("rx_packets", 0), rx_bytes=s.get("rx_bytes", 0),
+            tx_packets=s.get("tx_packets", 0), tx_bytes=s.get("tx_bytes", 0)))
+    return tuple(out)
+
+
+def map_view(plane: ControlPlane) -> MapView | None:
+    """The kernel's maps, decoded with what the plane knows (rule sets, listeners, interfaces, names)."""
+    prog = plane.sync.program
+    if prog is None:
+        return None
+    held = {slot: "{}:{}".format(*sock.getsockname()[:2])
+            for slot, sock in (plane.listeners.slots().items() if plane.listeners else [])}
+    links = plane.monitor.links if plane.monitor else {}
+    return MapView(prog, plane.sync.ruleset, lambda: held, lambda: {i: lk.name for i, lk in links.items()},
+                   names=plane.names.names)
