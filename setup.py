@@ -1,19 +1,21 @@
 """The package list, which pyproject.toml cannot say alone.
 
-The kernel programs' sources (`bpf/`) and the console's themes (`themes/`)
-stay top-level folders of the checkout, where a reader of the design looks for
-them, and are installed inside the package as `daetui.bpf` and
-`daetui.themes`, so that daetui finds them through importlib.resources wherever
+The kernel programs' sources (`bpf/`), the console's themes (`themes/`) and
+the example configs (`sample_configs/`, the demo's among them) stay top-level
+folders of the checkout, where a reader of the design looks for them, and are
+installed inside the package as `daetui.bpf`, `daetui.themes` and
+`daetui.sample_configs`, so that daetui finds them through importlib.resources wherever
 it is installed (daetui/resources.py). testkit/, tests/ and bench/ are not
 installed.
 """
 
 from setuptools import find_packages, setup
 
-DATA = {"daetui.bpf": "bpf", "daetui.themes": "themes"}
+DATA = {"daetui.bpf": "bpf", "daetui.themes": "themes", "daetui.sample_configs": "sample_configs"}
 
 setup(
     packages=[*find_packages(include=["daetui", "daetui.*"]), *DATA],
     package_dir=DATA,
-    package_data={"daetui.bpf": ["*.c", "*.h"], "daetui.themes": ["*.tcss", "*.toml"]},
+    package_data={"daetui.bpf": ["*.c", "*.h"], "daetui.themes": ["*.tcss", "*.toml"],
+                  "daetui.sample_configs": ["*.toml", "*.dae"]},
 )

@@ -1,8 +1,9 @@
-"""Where the files daetui ships beside its code are: the kernel programs' C sources and the console's themes.
+"""Where the files daetui ships beside its code are: the kernel programs' C sources, the console's themes
+and the example configs.
 
-The checkout keeps them in the top-level `bpf/` and `themes/` folders (the
-source of truth); the build installs them as the packages `daetui.bpf` and
-`daetui.themes` (see setup.py), and an editable install maps those names back
+The checkout keeps them in the top-level `bpf/`, `themes/` and `sample_configs/`
+folders (the source of truth); the build installs them as the packages
+`daetui.bpf`, `daetui.themes` and `daetui.sample_configs` (see setup.py), and an editable install maps those names back
 to the folders. So they are found the same way installed or not, from any
 working directory: through importlib.resources, never by walking up from a
 module's own path.
@@ -33,3 +34,8 @@ def bpf_dir() -> Path:
 def themes_dir() -> Path:
     """The console's stylesheet (`daetui.tcss`) and themes (`*.toml`)."""
     return _directory("daetui.themes")
+
+
+def sample_configs_dir() -> Path:
+    """The example configs (`lab.toml` is the demo's)."""
+    return _directory("daetui.sample_configs")

@@ -49,9 +49,14 @@ def facts_of(conn: Connection, domain: str | None = None) -> FlowFacts:
                      domain=domain)
 
 
+def key_facts(key: FlowKey, mac: bytes | None = None) -> FlowFacts:
+    """What the rules see of a flow known by its 5-tuple (and the MAC it came from)."""
+    return FlowFacts(key.src, key.dst, key.sport, key.dport, key.proto, mac)
+
+
 def kernel_facts(flow: KernelFlow) -> FlowFacts:
     """What the rules see of a flow the kernel recorded."""
-    return FlowFacts(flow.key.src, flow.key.dst, flow.key.sport, flow.key.dport, flow.key.proto, flow.mac)
+    return key_facts(flow.key, flow.mac)
 
 
 def _mac_text(mac: bytes) -> str | None:
@@ -90,7 +95,7 @@ class Decider:
             ruleset = self.sync.ruleset(kflow.generation)
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",
                                _mac_text(kflow.mac))
-        d = decide(self.ruleset, FlowFacts(key.src, key.dst, key.sport, key.dport, proto), with_trace=False)
+        d = decide(self.ruleset, key_facts(key), with_trace=False)
         # Undecided (a domain rule, and no name for the address) as the kernel leaves it: sniffed, then
         # decided from that rule (with_name).
         return self._route(self.ruleset, d.rule_index, USERSPACE if d.outbound is None else d.outbound, "userspace")

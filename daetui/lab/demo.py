@@ -22,8 +22,9 @@ from pathlib import Path
 from daetui.lab.topology import Lab
 from daetui.lab.traffic import TrafficGenerator
 from daetui.paths import RUN_ROOT, RunPaths
+from daetui.resources import sample_configs_dir
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "sample_configs" / "lab.toml"
+SAMPLE = sample_configs_dir() / "lab.toml"
 
 
 def demo_run_paths(lab: Lab) -> RunPaths:
