@@ -420,7 +420,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found")
 
-    from daetui.lab.proxypeers_shadowsocks import SsServer
+    from testkit.peers.shadowsocks import SsServer
 
     lab = Lab(args.lab)
     if lab.is_up():

@@ -375,8 +375,8 @@ fallback = "direct"
 
 
 def test_an_upstream_routed_to_a_group_is_asked_through_its_node(lab, peers, tmp_path: Path):
-    from daetui.lab.proxypeers_shadowsocks import SsServer
-    from daetui.lab.proxypeers_socks_http import PROXY4, Danted, Tinyproxy
+    from testkit.peers.shadowsocks import SsServer
+    from testkit.peers.socks_http import PROXY4, Danted, Tinyproxy
 
     cfg = config(f"""
 [node]

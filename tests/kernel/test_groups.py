@@ -19,8 +19,8 @@ from helpers import http_get, newest_conn, plane_in_lab, snapshot, tcp_connect_f
 from daetui.bpfabi import ABI
 from daetui.config.load import parse_config
 from daetui.lab.netns import netns
-from daetui.lab.proxypeers_socks_http import Danted
 from daetui.lab.topology import ADDR
+from testkit.peers.socks_http import Danted
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 

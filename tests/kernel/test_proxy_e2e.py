@@ -16,13 +16,13 @@ import pytest
 from helpers import http_get, lan_socket, newest_conn, plane_in_lab, udp_exchange
 
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.proxypeers_shadowsocks import SsServer
-from daetui.lab.proxypeers_socks_http import Danted, Tinyproxy, V2rayHttps
-from daetui.lab.proxypeers_trojan import TrojanGfw
-from daetui.lab.proxypeers_v2ray import V2ray, trojan_inbound, vless_inbound, vmess_inbound
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT
 from daetui.outbound import http_proxy, socks5, trojan, vless, vmess
+from testkit.peers.shadowsocks import SsServer
+from testkit.peers.socks_http import Danted, Tinyproxy, V2rayHttps
+from testkit.peers.trojan import TrojanGfw
+from testkit.peers.v2ray import V2ray, trojan_inbound, vless_inbound, vmess_inbound
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 

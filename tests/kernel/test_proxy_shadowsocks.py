@@ -27,12 +27,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from daetui import aio
 from daetui.lab.dnspeers import Unbound
 from daetui.lab.netns import netns
-from daetui.lab.proxypeers_shadowsocks import SsServer
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
 from daetui.outbound.base import DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.shadowsocks import METHODS, Sealer, SsNode, SsStream, master_key, subkey
+from testkit.peers.shadowsocks import SsServer
 
 pytestmark = pytest.mark.kernel
 

@@ -22,7 +22,15 @@ import pytest
 from helpers import OpaqueDialer, OpaqueStream
 
 from daetui.lab.netns import netns
-from daetui.lab.proxypeers_socks_http import (
+from daetui.lab.servers import pattern_bytes
+from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
+from daetui.lab.topology import HTTP_PORT as WEB_PORT
+from daetui.outbound.base import DialError, SocketStream, Stream
+from daetui.outbound.direct import DirectDialer
+from daetui.outbound.http_proxy import PrefixedStream, TlsStream
+from daetui.outbound.links import parse_link
+from daetui.outbound.socks5 import decode_udp, encode_udp
+from testkit.peers.socks_http import (
     BLOCKED,
     HTTP_PORT,
     HTTPS_PORT,
@@ -37,14 +45,6 @@ from daetui.lab.proxypeers_socks_http import (
     ProxyPeers,
     proxy_peers,
 )
-from daetui.lab.servers import pattern_bytes
-from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
-from daetui.lab.topology import HTTP_PORT as WEB_PORT
-from daetui.outbound.base import DialError, SocketStream, Stream
-from daetui.outbound.direct import DirectDialer
-from daetui.outbound.http_proxy import PrefixedStream, TlsStream
-from daetui.outbound.links import parse_link
-from daetui.outbound.socks5 import decode_udp, encode_udp
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 

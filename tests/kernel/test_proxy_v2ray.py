@@ -25,13 +25,13 @@ import pytest
 from daetui import aio
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.netns import netns
-from daetui.lab.proxypeers_trojan import TrojanGfw
-from daetui.lab.proxypeers_v2ray import TLS_NAME, V2ray, trojan_inbound, vless_inbound, vmess_inbound
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound.base import Datagrams, Dialer, DialError, Stream
 from daetui.outbound.direct import DirectDialer
+from testkit.peers.trojan import TrojanGfw
+from testkit.peers.v2ray import TLS_NAME, V2ray, trojan_inbound, vless_inbound, vmess_inbound
 
 pytestmark = pytest.mark.kernel
 
