@@ -52,9 +52,10 @@ from _lab import Daetui, ns_exec, require_root
 
 from daetui.control.client import ControlClient
 from daetui.dns.state import DnsCounters
-from daetui.lab.dnspeers import LAB_ZONE, Dnsmasq, Record, Unbound
+from daetui.lab.dnspeers import LAB_ZONE, Record, Unbound
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
+from testkit.peers.dnsmasq import Dnsmasq
 
 UNBOUND_IP, DNSMASQ_IP = ADDR.dns4[0], ADDR.dns4[1]
 CONFIG = f"""

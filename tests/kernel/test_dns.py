@@ -25,8 +25,9 @@ from helpers import http_get, lan_socket, plane_in_lab, snapshot, wait_for
 
 from daetui.control.plane import ControlPlane
 from daetui.control.runner import ControlPlaneThread
-from daetui.lab.dnspeers import Dnsmasq, Record, dns_peers
+from daetui.lab.dnspeers import Record
 from daetui.lab.topology import ADDR
+from testkit.peers.dnsmasq import Dnsmasq, dns_peers
 
 pytestmark = pytest.mark.kernel
 

@@ -23,9 +23,9 @@ import pytest
 from helpers import lan_socket, plane_in_lab, snapshot
 from test_dns import ONE_UPSTREAM, UNBOUND4, addresses, ask, config, upstream_rows
 
-from daetui.lab.dnspeers import dns_peers
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR
+from testkit.peers.dnsmasq import dns_peers
 
 pytestmark = pytest.mark.kernel
 
