@@ -22,9 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import ROOT, Daetui, end, ns_exec, require_root
+from _lab import end, require_root
 
 from daetui.lab.topology import ADDR, Lab
+from testkit.daemon import ROOT, Daemon, ns_exec
 
 CONFIG = """
 [global]
@@ -89,7 +90,7 @@ def main() -> int:
         print("measuring: no daetui", flush=True)
         base = measure(lab, DIRECT_HOST, args.seconds, args.trials)
 
-        daemon = Daetui(lab.router, CONFIG)
+        daemon = Daemon.from_text(lab.router, CONFIG).start(timeout=90)
         print("measuring: daetui attached", flush=True)
         with_daetui = measure(lab, DIRECT_HOST, args.seconds, args.trials)
         relayed = measure(lab, PROXIED_HOST, args.seconds, args.trials)

@@ -59,10 +59,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import Daetui, end, ns_exec, require_root
+from _lab import end, require_root
 
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
+from testkit.daemon import Daemon, ns_exec
 
 TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
 IPERF_PORT, RR_PORT = 5201, 5300
@@ -284,18 +285,19 @@ class Redir:
         return out
 
 
-def start_daetui(lab: Lab, link: str) -> Daetui:
+def start_daetui(lab: Lab, link: str) -> Daemon:
     config = CONFIG.format(target=TARGET, target6=ADDR.hosts6[0], dns4=ADDR.dns4[0], dns6=ADDR.dns6[0], link=link)
     old = os.umask(0o077)  # the config holds the node's password: readable by root only
     try:
-        return Daetui(lab.router, config)
+        return Daemon.from_text(lab.router, config).start(timeout=90)
     finally:
         os.umask(old)
 
 
-def stop_daetui(daemon: Daetui) -> None:
+def stop_daetui(daemon: Daemon) -> None:
     daemon.stop()
-    shutil.rmtree(daemon.tmp, ignore_errors=True)
+    assert daemon.directory is not None
+    shutil.rmtree(daemon.directory, ignore_errors=True)  # the config holds the node's password
 
 
 # -- profile --------------------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def profile(lab: Lab, link: str, pyspy: str, seconds: float, native: bool = Fals
             raw = Path(tempfile.mkstemp(prefix="daetui-bench-pyspy-", suffix=".txt")[1])
             try:
                 spy = subprocess.Popen([pyspy, "record", "--format", "raw", "-r", "250", "-d", f"{seconds + 1:g}",
-                                        "-o", str(raw), "-p", str(daemon.proc.pid)]
+                                        "-o", str(raw), "-p", str(daemon.pid)]
                                        + (["--native"] if native else ["--nonblocking"]),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 time.sleep(0.5)
@@ -450,16 +452,16 @@ def main() -> int:
         for i in range(args.rounds):
             for who in ("daetui", "ss-redir"):
                 t0 = time.monotonic()
-                proxy: Daetui | Redir = (start_daetui(lab, link) if who == "daetui"
+                proxy: Daemon | Redir = (start_daetui(lab, link) if who == "daetui"
                                          else Redir(lab, args.method, args.firewall))
                 try:
-                    pid = proxy.proc.pid if isinstance(proxy, Daetui) else proxy.pid
+                    pid = proxy.pid
                     seen = ask_once(lab)
                     if seen == ADDR.client4:
                         raise RuntimeError(f"{who}: the flow was not proxied (the server saw the client itself)")
                     r = measure(lab, args.seconds, {"proxy": pid, "ss-server": ss.pid or 0})
                 finally:
-                    if isinstance(proxy, Daetui):
+                    if isinstance(proxy, Daemon):
                         stop_daetui(proxy)
                     else:
                         proxy.stop()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import testkit.daemon
 from daetui.config.load import parse_config
 from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
@@ -21,7 +18,7 @@ from daetui.lab.netns import netns
 from daetui.lab.topology import Lab
 from daetui.outbound.base import WrappedStream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.daemon.ROOT  # the checkout
 T = TypeVar("T")
 
 
@@ -148,58 +145,17 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 5.0, interval: float =
 
 # -- the daemon as a process, for what a thread cannot show (SIGKILL) --------------------
 
-class Daemon:
-    """`daetui --no-ui` as a process in the router namespace."""
+class Daemon(testkit.daemon.Daemon):
+    """`daetui --no-ui` as a process in the lab's router namespace (testkit.daemon.Daemon); its log is `log()`."""
 
     def __init__(self, lab: Lab, config_path: Path, run_dir: Path) -> None:
+        super().__init__(lab.router, config_path, run_dir)
         self.lab = lab
-        self.config_path = config_path
-        self.run_dir = run_dir
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._reader: threading.Thread | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        argv = ["ip", "netns", "exec", self.lab.router, sys.executable, "-m", "daetui", "--no-ui",
-                "--config", str(self.config_path), "--run-dir", str(self.run_dir)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        wait_for(lambda: any("daetui started" in ln for ln in self.lines) or self.proc.poll() is not None,
-                 timeout)
-        if self.proc.poll() is not None:
-            raise RuntimeError("daemon exited:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        rc = self.proc.wait(timeout)
-        if self._reader:
-            self._reader.join(5)
-        return rc
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.signal(signal.SIGTERM)
-        return self.wait()
-
-    def log(self) -> str:
-        return "".join(self.lines)
 
 
 def run_in(lab_ns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", lab_ns, *argv], capture_output=True, text=True,
-                          timeout=30).stdout
+    """The output of `argv` run in namespace `lab_ns`."""
+    return testkit.daemon.ns_exec(lab_ns, *argv, timeout=30).stdout
 
 
 def router_state(lab: Lab) -> dict[str, Any]:
