@@ -106,6 +106,10 @@ class Daemon:
             time.sleep(0.1)
         return self
 
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`daetui ARGS --run-dir RUN_DIR` in the daemon's namespace: reload, status, explain, cleanup..."""
+        return daetui_cli(self.ns, *args, "--run-dir", str(self.run_dir), timeout=timeout)
+
     def ping(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The daemon's answer to `ping` on its control socket (None while nothing answers there).
 
