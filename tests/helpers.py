@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -9,6 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+import dns.message
+import dns.query
 
 import testkit.daemon
 from daetui.config.load import parse_config
@@ -106,6 +110,43 @@ def udp_exchange(lab: Lab, host: str, payload: bytes, port: int = 7, sport: int 
     return replies
 
 
+def send_udp(lab: Lab, host: str, dport: int, sport: int, dscp: int = 0) -> None:
+    """One datagram from the LAN's source port `sport`, marked with `dscp`; no answer awaited."""
+    s = lan_socket(lab, host, socket.SOCK_DGRAM)
+    try:
+        if ":" in host:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, dscp << 2)
+            s.bind(("::", sport))
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
+            s.bind(("0.0.0.0", sport))
+        s.sendto(b"not quic", (host, dport))
+    finally:
+        s.close()
+
+
+def lan_query(lab: Lab, server: str, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 5.0,
+              edns: bool = True) -> dns.message.Message:
+    """Ask `server` from the LAN client, as its stub resolver would."""
+    q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False)
+    s = lan_socket(lab, server, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    try:
+        if tcp:
+            s.settimeout(timeout)
+            s.connect((server, 53))
+        s.setblocking(False)
+        if tcp:
+            return dns.query.tcp(q, server, timeout, sock=s)
+        return dns.query.udp(q, server, timeout, sock=s)
+    finally:
+        s.close()
+
+
+def addresses(msg: dns.message.Message) -> list[str]:
+    """The A and AAAA addresses of an answer, sorted."""
+    return sorted(rd.address for rrset in msg.answer if rrset.rdtype in (1, 28) for rd in rrset)
+
+
 # -- the control plane, in the router namespace ------------------------------------
 
 @contextmanager
@@ -129,6 +170,18 @@ def newest_conn(runner: ControlPlaneThread, dst: tuple[str, int], proto: str = "
     """The newest relayed connection to `dst` (open or closed), waited for."""
     return wait_for(lambda: max((c for c in snapshot(runner).connections if c.dst == dst and c.proto == proto),
                                 key=lambda c: c.id, default=None))
+
+
+def kernel_flow(runner: ControlPlaneThread, host: str, dport: int, sport: int, proto: str = "udp") -> Any:
+    """The kernel's record (routing_tuples) of the LAN's flow from `sport` to host:dport, waited for."""
+    dst = ipaddress.ip_address(host)
+    return wait_for(lambda: next((f for f in snapshot(runner).kernel_flows if f.key.dst == dst
+                                  and f.key.dport == dport and f.key.sport == sport and f.key.proto == proto), None))
+
+
+def upstream_rows(runner: ControlPlaneThread) -> dict[str, Any]:
+    """The DNS upstreams as the controller reports them, by name."""
+    return {u.name: u for u in snapshot(runner).dns.upstreams}
 
 
 def wait_for(fn: Callable[[], T | None], timeout: float = 5.0, interval: float = 0.05) -> T:

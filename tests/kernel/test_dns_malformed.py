@@ -20,15 +20,16 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from helpers import lan_socket, plane_in_lab, snapshot
-from test_dns import ONE_UPSTREAM, UNBOUND4, addresses, ask, config, upstream_rows
+from helpers import addresses, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows
 
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR
+from testkit.configs import ONE_UPSTREAM, dns_config
 from testkit.peers.dnsmasq import dns_peers
 
 pytestmark = pytest.mark.kernel
 
+UNBOUND4 = ADDR.dns4[0]
 LIAR = ADDR.hosts4[2]  # a "DNS server" of this test's own, in the wan namespace
 
 
@@ -132,7 +133,7 @@ MALFORMED = {
 
 
 def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers, tmp_path: Path):
-    cfg = config(ONE_UPSTREAM)
+    cfg = dns_config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         for what, payload in MALFORMED.items():
             r = raw_udp(lab, payload)
@@ -164,13 +165,13 @@ def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers,
 
         counters = snapshot(runner).dns.counters
         assert counters.malformed >= len(MALFORMED) + 1
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
-        assert addresses(ask(lab, UNBOUND4, "www.example.test", tcp=True)) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test", tcp=True)) == ["203.0.113.10"]
         assert [r.name for r in snapshot(runner).dns.cache] == ["www.example.test"]
 
 
 def test_lying_upstream_is_passed_over_and_counted(lab, peers, liar, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ liar = "udp://{LIAR}:53", ub = "udp://{UNBOUND4}:53" }}
 upstream_timeout = "1s"
@@ -187,7 +188,7 @@ fallback = "direct"
         for mode, name in names.items():
             liar.mode = mode
             t0 = time.monotonic()
-            r = ask(lab, UNBOUND4, name)
+            r = lan_query(lab, UNBOUND4, name)
             took = time.monotonic() - t0
             # The liar's answer never reaches the client: the next upstream's does.
             assert addresses(r) == want[name], mode
@@ -199,11 +200,11 @@ fallback = "direct"
         assert snapshot(runner).dns.counters.bad_answers == 2  # garbage and cut
         assert all("198.51.100.99" not in r.answers for r in snapshot(runner).dns.cache)
         liar.mode = "good"
-        assert addresses(ask(lab, UNBOUND4, "short.example.test")) == ["198.51.100.99"]
+        assert addresses(lan_query(lab, UNBOUND4, "short.example.test")) == ["198.51.100.99"]
 
 
 def test_no_upstream_answers_servfail_in_bounded_time(lab, peers, liar, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ liar = "udp://{LIAR}:53" }}
 upstream_timeout = "1s"
@@ -214,11 +215,11 @@ fallback = "direct"
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         liar.mode = "silent"
         t0 = time.monotonic()
-        r = ask(lab, UNBOUND4, "www.example.test")
+        r = lan_query(lab, UNBOUND4, "www.example.test")
         took = time.monotonic() - t0
         assert r.rcode() == dns.rcode.SERVFAIL
         assert 0.9 < took < 4.0, took  # upstream_timeout, then SERVFAIL
         assert snapshot(runner).dns.counters.servfail == 1
         assert not snapshot(runner).dns.cache  # a failure is not cached
         liar.mode = "good"
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["198.51.100.99"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["198.51.100.99"]

@@ -10,11 +10,10 @@ space, which sniffs the name.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import ssl
 
 import pytest
-from helpers import http_get, lan_socket, plane_in_lab, snapshot, wait_for
+from helpers import http_get, kernel_flow, lan_socket, plane_in_lab, send_udp, snapshot, wait_for
 
 from daetui.bpfabi import ABI
 from daetui.lab.topology import ADDR, LAN_MAC
@@ -73,26 +72,6 @@ def plane(lab, tmp_path_factory):
                 runner.call(lambda i=i, name=name: runner.plane.learn_name(ADDR.hosts4[i], name))
                 runner.call(lambda i=i, name=name: runner.plane.learn_name(ADDR.hosts6[i], name))
         yield runner
-
-
-def send_udp(lab, host: str, dport: int, sport: int, dscp: int) -> None:
-    s = lan_socket(lab, host, socket.SOCK_DGRAM)
-    try:
-        if ":" in host:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, dscp << 2)
-            s.bind(("::", sport))
-        else:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
-            s.bind(("0.0.0.0", sport))
-        s.sendto(b"not quic", (host, dport))
-    finally:
-        s.close()
-
-
-def kernel_flow(plane, host: str, dport: int, sport: int, proto: str = "udp"):
-    dst = ipaddress.ip_address(host)
-    return wait_for(lambda: next((f for f in snapshot(plane).kernel_flows if f.key.dst == dst
-                                  and f.key.dport == dport and f.key.sport == sport and f.key.proto == proto), None))
 
 
 @pytest.mark.parametrize(("dport", "h", "dscp", "v"), CASES)
