@@ -25,20 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lab import end, require_root
 
 from daetui.lab.topology import ADDR, Lab
+from testkit.configs import RELAY_CONFIG, RELAYED4
 from testkit.daemon import ROOT, Daemon, ns_exec
 
-CONFIG = """
-[global]
-lan_interface = ["lan0"]
-
-[group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
-
-[routing]
-rules = ["dip(203.0.113.10) -> proxy"]
-fallback = "direct"
-"""
-DIRECT_HOST, PROXIED_HOST = ADDR.hosts4[1], ADDR.hosts4[0]
+DIRECT_HOST, PROXIED_HOST = ADDR.hosts4[1], RELAYED4
 IPERF_PORT, CPS_PORT = 5201, 5300
 
 
@@ -90,7 +80,7 @@ def main() -> int:
         print("measuring: no daetui", flush=True)
         base = measure(lab, DIRECT_HOST, args.seconds, args.trials)
 
-        daemon = Daemon.from_text(lab.router, CONFIG).start(timeout=90)
+        daemon = Daemon.from_text(lab.router, RELAY_CONFIG).start(timeout=90)
         print("measuring: daetui attached", flush=True)
         with_daetui = measure(lab, DIRECT_HOST, args.seconds, args.trials)
         relayed = measure(lab, PROXIED_HOST, args.seconds, args.trials)

@@ -63,6 +63,7 @@ from _lab import end, require_root
 
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
+from testkit.configs import LAB_CHECKS
 from testkit.daemon import Daemon, ns_exec
 
 TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
@@ -84,8 +85,7 @@ log_level = "warn"
 dial_mode = "ip"
 # Checks stay inside the lab; fixed(0) uses the node whatever they find.
 check_interval = "600s"
-tcp_check_url = ["http://{target}/", "{target}", "{target6}"]
-udp_check_dns = ["dns.lab.test:53", "{dns4}", "{dns6}"]
+{checks}
 
 [node]
 ss = "{link}"
@@ -286,7 +286,7 @@ class Redir:
 
 
 def start_daetui(lab: Lab, link: str) -> Daemon:
-    config = CONFIG.format(target=TARGET, target6=ADDR.hosts6[0], dns4=ADDR.dns4[0], dns6=ADDR.dns6[0], link=link)
+    config = CONFIG.format(target=TARGET, checks=LAB_CHECKS, link=link)
     old = os.umask(0o077)  # the config holds the node's password: readable by root only
     try:
         return Daemon.from_text(lab.router, config).start(timeout=90)

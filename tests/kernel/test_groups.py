@@ -20,6 +20,7 @@ from daetui.bpfabi import ABI
 from daetui.config.load import parse_config
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR
+from testkit.configs import LAB_CHECKS
 from testkit.peers.socks_http import Danted
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
@@ -90,8 +91,7 @@ CONFIG = f"""
 lan_interface = ["lan0"]
 dial_mode = "ip"
 check_interval = "{CHECK_INTERVAL:g}s"
-tcp_check_url = ["http://{ADDR.hosts4[0]}/", "{ADDR.hosts4[0]}", "{ADDR.hosts6[0]}"]
-udp_check_dns = ["dns.lab.test:53", "{ADDR.dns4[0]}", "{ADDR.dns6[0]}"]
+{LAB_CHECKS}
 
 [node]
 fast = "socks5://{PROXY4}:{FAST_PORT}"

@@ -9,28 +9,15 @@ import pytest
 from helpers import Daemon, assert_same_state, http_get, plane_in_lab, router_state, snapshot, udp_exchange, wait_for
 
 from daetui.lab.topology import ADDR
+from testkit.configs import RELAY_CONFIG, RELAYED4, RELAYED6
 
 pytestmark = pytest.mark.kernel
-
-CONFIG = """
-[global]
-lan_interface = ["lan0"]
-
-[group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
-
-[routing]
-rules = ["dip(203.0.113.10, '2001:db8:3::10') -> proxy"]
-fallback = "direct"
-"""
-
-PROXIED4, PROXIED6 = ADDR.hosts4[0], ADDR.hosts6[0]
 
 
 @pytest.fixture
 def config_file(daemon):
-    """CONFIG, as the daemon fixture's config file."""
-    daemon.config_path.write_text(CONFIG)
+    """RELAY_CONFIG, as the daemon fixture's config file."""
+    daemon.config_path.write_text(RELAY_CONFIG)
     return daemon.config_path
 
 
@@ -45,7 +32,7 @@ def test_clean_stop_leaves_the_router_exactly_as_before(lab, daemon, config_file
     assert "lan_ingress" in during["tc filter lan0 ingress"]
     assert "lan_egress" in during["tc filter lan0 egress"]
     assert "lookup 2024" in during["ip rule"] and "lookup 2024" in during["ip -6 rule"]
-    assert whoami(lab, PROXIED4) == ADDR.router_wan4
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4
     assert daemon.stop() == 0, daemon.log()
     assert_same_state(before, router_state(lab))
     assert "daetui stopped; system changes undone" in daemon.log()
@@ -64,14 +51,14 @@ def test_sigint_stops_cleanly_too(lab, daemon, config_file):
 def test_sigkill_fails_open_and_cleanup_undoes_the_rest(lab, daemon, config_file):
     before = router_state(lab)
     daemon.start()
-    assert whoami(lab, PROXIED4) == ADDR.router_wan4  # relayed by the daemon
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4  # relayed by the daemon
     daemon.signal(signal.SIGKILL)
     daemon.wait()
     # The programs are still attached, but with no listener the flow passes as direct.
     assert "lan_ingress" in router_state(lab)["tc filter lan0 ingress"]
-    assert whoami(lab, PROXIED4) == ADDR.client4
-    assert whoami(lab, PROXIED6) == ADDR.client6
-    assert udp_exchange(lab, PROXIED4, b"still there?") == [b"still there?"]
+    assert whoami(lab, RELAYED4) == ADDR.client4
+    assert whoami(lab, RELAYED6) == ADDR.client6
+    assert udp_exchange(lab, RELAYED4, b"still there?") == [b"still there?"]
     out = daemon.cli("cleanup")
     assert out.returncode == 0, out.stderr
     assert "undone: tc filter ingress on lan0" in out.stdout
@@ -89,7 +76,7 @@ def test_next_start_cleans_up_after_a_crash(lab, daemon, config_file):
     d2 = Daemon(lab, config_file, daemon.run_dir).start()
     try:
         assert "cleaned up after a daemon that did not stop" in d2.log()
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+        assert whoami(lab, RELAYED4) == ADDR.router_wan4
         assert router_state(lab)["tc filter lan0 ingress"].count("handle 0xda7") == 1
     finally:
         assert d2.stop() == 0
@@ -101,27 +88,29 @@ def test_a_second_daemon_in_the_same_run_dir_is_refused(lab, daemon, config_file
     out = daemon.cli("--no-ui", "--config", str(config_file))  # a second one, same run dir
     assert out.returncode == 1
     assert "already running" in out.stderr
-    assert whoami(lab, PROXIED4) == ADDR.router_wan4  # the first one is untouched
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4  # the first one is untouched
     assert daemon.stop() == 0
 
 
 def test_config_error_names_the_place_and_starts_nothing(lab, daemon):
     before = router_state(lab)
     bad = daemon.config_path
-    bad.write_text(CONFIG.replace("-> proxy", "-> proxy)"))
+    bad.write_text(RELAY_CONFIG.replace("-> proxy", "-> proxy)"))
+    line, text = next((n, ln) for n, ln in enumerate(bad.read_text().splitlines(), 1) if "proxy)" in ln)
+    column = text.index("proxy)") + len("proxy)")  # the stray parenthesis, counted from 1
     out = daemon.cli("--no-ui", "--config", str(bad))
     assert out.returncode == 2
-    assert f"{bad}:9:55:" in out.stderr and "expected the end of the rule" in out.stderr
+    assert f"{bad}:{line}:{column}:" in out.stderr and "expected the end of the rule" in out.stderr
     assert_same_state(before, router_state(lab))
     assert not daemon.run_dir.exists()
 
 
 def test_missing_lan_interface_is_reported_and_the_rest_bound(lab, daemon):
-    daemon.config_path.write_text(CONFIG.replace('["lan0"]', '["lan0", "nosuch0"]'))
+    daemon.config_path.write_text(RELAY_CONFIG.replace('["lan0"]', '["lan0", "nosuch0"]'))
     before = router_state(lab)
     daemon.start()
     assert "LAN interface nosuch0 does not exist" in daemon.log()
-    assert whoami(lab, PROXIED4) == ADDR.router_wan4
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4
     assert daemon.stop() == 0
     assert_same_state(before, router_state(lab))
 
@@ -139,7 +128,7 @@ def test_what_daetui_did_not_add_is_left_alone(lab, daemon, config_file):
     try:
         before = router_state(lab)
         daemon.start()
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+        assert whoami(lab, RELAYED4) == ADDR.router_wan4
         assert daemon.stop() == 0
         assert_same_state(before, router_state(lab))
         # And after a crash, cleanup is just as careful.
@@ -158,7 +147,7 @@ def test_what_daetui_did_not_add_is_left_alone(lab, daemon, config_file):
 
 def test_an_interface_that_appears_later_is_bound_and_one_that_goes_is_forgotten(lab, tmp_path):
     before = router_state(lab)
-    text = CONFIG.replace('["lan0"]', '["lan0", "late0"]')
+    text = RELAY_CONFIG.replace('["lan0"]', '["lan0", "late0"]')
     with plane_in_lab(lab, text, tmp_path / "run") as plane:
         assert snapshot(plane).missing_interfaces == ("late0",)
         subprocess.run(["ip", "-n", lab.router, "link", "add", "name", "late0", "type", "veth", "peer", "name",
@@ -170,5 +159,5 @@ def test_an_interface_that_appears_later_is_bound_and_one_that_goes_is_forgotten
         subprocess.run(["ip", "-n", lab.router, "link", "del", "late0"], check=True)
         wait_for(lambda: snapshot(plane).missing_interfaces == ("late0",), timeout=10)
         assert [i.name for i in snapshot(plane).bindings] == ["lan0"]
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4  # still routing
+        assert whoami(lab, RELAYED4) == ADDR.router_wan4  # still routing
     assert_same_state(before, router_state(lab))

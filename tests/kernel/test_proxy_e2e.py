@@ -19,6 +19,7 @@ from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT
 from daetui.outbound import http_proxy, socks5, trojan, vless, vmess
+from testkit.configs import LAB_CHECKS
 from testkit.peers.shadowsocks import SsServer
 from testkit.peers.socks_http import Danted, Tinyproxy, V2rayHttps
 from testkit.peers.trojan import TrojanGfw
@@ -74,7 +75,7 @@ lan_interface = ["lan0"]
 dial_mode = "ip"
 allow_insecure = true   # the lab's CA is not the system's; the dialers' own tests check verification
 check_interval = "10m"
-tcp_check_url = ["http://{HOST4}/", "{HOST4}", "{ADDR.hosts6[0]}"]
+{LAB_CHECKS}
 
 [node]
 {node_lines}
