@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,12 +16,13 @@ import dns.message
 import dns.query
 
 import testkit.daemon
+from daetui import aio
 from daetui.config.load import parse_config
 from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
 from daetui.lab.netns import netns
 from daetui.lab.topology import Lab
-from daetui.outbound.base import WrappedStream
+from daetui.outbound.base import Stream, WrappedStream
 
 ROOT = testkit.daemon.ROOT  # the checkout
 T = TypeVar("T")
@@ -246,6 +248,30 @@ def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 
 # -- outbounds -------------------------------------------------------------------------
+
+def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0,
+              loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> T:
+    """Run `coro` with its sockets made in the router namespace, bounded by `timeout`.
+
+    On daetui's own event loop (uvloop), unless `loop_factory` gives another.
+    """
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    with netns(lab.router), asyncio.Runner(loop_factory=loop_factory or aio.loop_factory()) as runner:
+        return runner.run(bounded())
+
+
+async def read_to_end(stream: Stream, limit: int = 4 << 20) -> bytes:
+    """What a dialer's stream gives until its end; more than `limit` bytes fails the test."""
+    out = bytearray()
+    while data := await stream.read(1 << 16):
+        out += data
+        assert len(out) <= limit, "more bytes than were asked for"
+    return bytes(out)
+
+
 
 class OpaqueStream(WrappedStream):
     """A stream that hides its socket (raw is None), as an encrypting node in a chain gives."""

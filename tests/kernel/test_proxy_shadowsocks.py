@@ -17,14 +17,14 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from helpers import in_router, read_to_end
 
-from daetui import aio
 from daetui.lab.dnspeers import Unbound
 from daetui.lab.netns import netns
 from daetui.lab.servers import pattern_bytes
@@ -41,7 +41,6 @@ PASSWORD = "lab pässword:@/#?"  # the separators a link must carry, and UTF-8
 BASE_PORT = 8388
 UNUSED_PORT = 8399
 DIRECT = DirectDialer(mark=0, connect_timeout=3.0)
-T = TypeVar("T")
 
 BY_CIPHER = pytest.mark.parametrize("method", CIPHERS)
 BY_FAMILY = pytest.mark.parametrize("v", [4, 6])
@@ -67,28 +66,11 @@ def servers(lab: Lab) -> Iterator[dict[str, SsServer]]:
         yield out
 
 
-def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0) -> T:
-    """Run `coro` on daetui's event loop, its sockets made in the router namespace, bounded in time."""
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    with netns(lab.router):
-        return aio.run(bounded())
-
-
-async def read_all(stream: Any) -> bytes:
-    out = bytearray()
-    while data := await stream.read(1 << 16):
-        out += data
-    return bytes(out)
-
-
 async def http_get(dialer: Any, host: str, path: str) -> tuple[bytes, bytes]:
     stream = await dialer.connect(host, HTTP_PORT)
     try:
         await stream.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        head, _, body = (await read_all(stream)).partition(b"\r\n\r\n")
+        head, _, body = (await read_to_end(stream)).partition(b"\r\n\r\n")
     finally:
         stream.close()
     return head, body
@@ -145,7 +127,7 @@ def test_megabyte_both_ways(lab: Lab, servers: dict[str, SsServer], method: str)
         stream = await dialer.connect(target(4, 1), SOURCE_PORT)
         try:
             await stream.write(b"%d\n" % (1 << 20))
-            return await read_all(stream)
+            return await read_to_end(stream)
         finally:
             stream.close()
 

@@ -17,25 +17,24 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+from helpers import in_router, read_to_end
 
-from daetui import aio
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.netns import netns
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
 from daetui.outbound import trojan, vless, vmess
-from daetui.outbound.base import Datagrams, Dialer, DialError, Stream
+from daetui.outbound.base import Datagrams, Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from testkit.peers.trojan import TrojanGfw
 from testkit.peers.v2ray import TLS_NAME, V2ray, trojan_inbound, vless_inbound, vmess_inbound
 
 pytestmark = pytest.mark.kernel
 
-T = TypeVar("T")
 
 SERVER = {4: ADDR.hosts4[0], 6: ADDR.hosts6[0]}
 DEST = {4: ADDR.hosts4[0], 6: ADDR.hosts6[0]}
@@ -99,23 +98,6 @@ V4V6 = pytest.mark.parametrize("v", [4, 6])
 def dialer_of(p: Peers, node: Any, **kw: Any) -> Dialer:
     """The node's dialer, its own connections made directly from the router."""
     return node.dialer(DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file, **kw)
-
-
-def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0) -> T:
-    """Run a coroutine on daetui's event loop with its sockets in the router namespace."""
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    with netns(lab.router):
-        return aio.run(bounded())
-
-
-async def read_to_end(stream: Stream, limit: int = 4 * MB) -> bytes:
-    out = bytearray()
-    while data := await stream.read(1 << 16):
-        out += data
-        assert len(out) <= limit, "more bytes than were asked for"
-    return bytes(out)
 
 
 async def http_bytes(d: Dialer, dest: str, n: int) -> bytes:
