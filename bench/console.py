@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -28,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import end, require_root
+from _lab import end, iperf, iperf_server, require_root
 
 from daetui.control.client import ControlClient
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
-from testkit.daemon import ROOT, Daemon, ns_exec
+from testkit.daemon import ROOT, Daemon
 
 CONFIG = """
 [global]
@@ -70,12 +69,6 @@ def hold_tcp(lab: Lab, n: int) -> list[socket.socket]:
         s.connect((PROXIED, 7))
         out.append(s)
     return out
-
-
-def iperf(lab: Lab, seconds: float) -> float:
-    out = ns_exec(lab.lan, "iperf3", "-c", PROXIED, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-                  timeout=seconds + 30)
-    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
 async def refresh_cost(control: Path, refreshes: int) -> dict[str, float]:
@@ -133,8 +126,7 @@ def main() -> int:
     daemon = None
     held: list[socket.socket] = []
     try:
-        procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", PROXIED, "-p",
-                                       str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(iperf_server(lab.wan, PROXIED, IPERF_PORT))
         daemon = Daemon.from_text(lab.router, CONFIG).start(timeout=90)
         time.sleep(1)
         make_udp_flows(lab, args.flows)
@@ -151,14 +143,14 @@ def main() -> int:
         # so that drift of the machine falls on both sides alike.
         headless, attached = [], []
         for _ in range(args.rounds):
-            headless.append(iperf(lab, args.seconds))
+            headless.append(iperf(lab.lan, PROXIED, IPERF_PORT, args.seconds))
             subprocess.run(["tmux", "-L", tmux_sock, "new-session", "-d", "-x", "160", "-y", "48",
                             f"env -u COLUMNS -u LINES ip netns exec {lab.router} {sys.executable} -m daetui "
                             f"attach --run-dir {daemon.run_dir}"], check=True, cwd=ROOT)
             time.sleep(3)
             subprocess.run(["tmux", "-L", tmux_sock, "send-keys", "2"], check=True)  # Connections
             time.sleep(2)
-            attached.append(iperf(lab, args.seconds))
+            attached.append(iperf(lab.lan, PROXIED, IPERF_PORT, args.seconds))
             subprocess.run(["tmux", "-L", tmux_sock, "kill-server"], capture_output=True)
         h, a = statistics.median(headless), statistics.median(attached)
         print(f"relayed TCP throughput (iperf3 through the control plane, {args.seconds:g}s, "

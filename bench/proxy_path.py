@@ -59,7 +59,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import end, require_root
+import _lab
+from _lab import cps_server, end, iperf_server, require_root
 
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR, Lab
@@ -68,7 +69,6 @@ from testkit.daemon import Daemon, ns_exec
 
 TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
 IPERF_PORT, RR_PORT = 5201, 5300
-CPS = Path(__file__).resolve().parent / "_cps.py"  # its --answer server and --ask client: the connections figure
 PASSWORD = "daetui bench"
 SS_PORT = 8388
 REDIR_PORT = 12345               # ss-redir's listener in the router namespace (127.0.0.1)
@@ -123,18 +123,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def iperf(lab: Lab, seconds: float, reverse: bool) -> float:
-    argv = ["iperf3", "-c", TARGET, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"] + (["-R"] if reverse else [])
-    out = ns_exec(lab.lan, *argv, timeout=seconds + 30)
-    data = json.loads(out.stdout)
-    if "error" in data:
-        raise RuntimeError(f"iperf3: {data['error']}")
-    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+    return _lab.iperf(lab.lan, TARGET, IPERF_PORT, seconds, reverse)
 
 
 def cps(lab: Lab, seconds: float) -> float:
-    out = ns_exec(lab.lan, sys.executable, str(CPS), "client", TARGET, str(RR_PORT), f"{seconds:g}", "--ask",
-                  timeout=seconds + 30)
-    return int(out.stdout.strip()) / seconds
+    """Short request/answer connections (_cps.py --ask): what a proxy must carry, not only accept."""
+    return _lab.cps(lab.lan, TARGET, RR_PORT, seconds, ask=True)
 
 
 @dataclass
@@ -432,13 +426,7 @@ def main() -> int:
     ss = SsServer(lab, args.method, PASSWORD, SS_PORT, verbose=False)
     try:
         ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
-        procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", TARGET, "-p",
-                                       str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        p = subprocess.Popen(["ip", "netns", "exec", lab.wan, sys.executable, str(CPS), "server", TARGET,
-                              str(RR_PORT), "--answer"], stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        assert p.stdout is not None
-        p.stdout.readline()
+        procs += [iperf_server(lab.wan, TARGET, IPERF_PORT), cps_server(lab.wan, TARGET, RR_PORT, answer=True)]
         ss.start()
         link = ss.node(4).link()
         time.sleep(0.3)
