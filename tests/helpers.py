@@ -21,8 +21,8 @@ from daetui.config.load import parse_config
 from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
 from daetui.lab.netns import netns
-from daetui.lab.topology import Lab
-from daetui.outbound.base import Stream, WrappedStream
+from daetui.lab.topology import HTTP_PORT, Lab
+from daetui.outbound.base import Dialer, Stream, WrappedStream
 
 ROOT = testkit.daemon.ROOT  # the checkout
 T = TypeVar("T")
@@ -261,6 +261,17 @@ def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0,
 
     with netns(lab.router), asyncio.Runner(loop_factory=loop_factory or aio.loop_factory()) as runner:
         return runner.run(bounded())
+
+
+async def dial_http_get(dialer: Dialer, host: str, path: str, port: int = HTTP_PORT) -> tuple[bytes, bytes]:
+    """GET `path` from the lab's web server `host` through `dialer` (the connection closed after): (head, body)."""
+    stream = await dialer.connect(host, port)
+    try:
+        await stream.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head, _, body = (await read_to_end(stream)).partition(b"\r\n\r\n")
+    finally:
+        stream.close()
+    return head, body
 
 
 async def read_to_end(stream: Stream, limit: int = 4 << 20) -> bytes:

@@ -17,13 +17,12 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from helpers import in_router, read_to_end
+from helpers import dial_http_get, in_router, read_to_end
 
 from daetui.lab.dnspeers import Unbound
 from daetui.lab.netns import netns
@@ -66,16 +65,6 @@ def servers(lab: Lab) -> Iterator[dict[str, SsServer]]:
         yield out
 
 
-async def http_get(dialer: Any, host: str, path: str) -> tuple[bytes, bytes]:
-    stream = await dialer.connect(host, HTTP_PORT)
-    try:
-        await stream.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        head, _, body = (await read_to_end(stream)).partition(b"\r\n\r\n")
-    finally:
-        stream.close()
-    return head, body
-
-
 def wait_for_log(server: SsServer, pattern: str, timeout: float = 3.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,7 +82,7 @@ def wait_for_log(server: SsServer, pattern: str, timeout: float = 3.0) -> str:
 def test_http(lab: Lab, servers: dict[str, SsServer], method: str, v: int) -> None:
     """An HTTP download from the wan's server, the ss-server dialled over IPv4 / IPv6."""
     dialer = servers[method].node(v).dialer(DIRECT)
-    head, body = in_router(lab, http_get(dialer, target(v), "/bytes/100000"))
+    head, body = in_router(lab, dial_http_get(dialer, target(v), "/bytes/100000"))
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body == pattern_bytes(100000)
 
@@ -139,7 +128,7 @@ def test_megabyte_both_ways(lab: Lab, servers: dict[str, SsServer], method: str)
 def test_domain_target(lab: Lab, servers: dict[str, SsServer]) -> None:
     """A name goes to ss-server as a name (ATYP 3): it resolves it through the lab's unbound."""
     server = servers["chacha20-ietf-poly1305"]
-    head, body = in_router(lab, http_get(server.node(4).dialer(DIRECT), "www.example.test", "/"))
+    head, body = in_router(lab, dial_http_get(server.node(4).dialer(DIRECT), "www.example.test", "/"))
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body in (f"daetui lab host {ADDR.hosts4[0]}\n".encode(), f"daetui lab host {ADDR.hosts6[0]}\n".encode())
     wait_for_log(server, r"connect to www\.example\.test:80")
@@ -150,7 +139,7 @@ def test_unresolvable_domain_fails_cleanly(lab: Lab, servers: dict[str, SsServer
     server = servers["aes-128-gcm"]
     t0 = time.monotonic()
     with pytest.raises(DialError, match="closed the connection without answering"):
-        in_router(lab, http_get(server.node(4).dialer(DIRECT), "nx.example.test", "/"))
+        in_router(lab, dial_http_get(server.node(4).dialer(DIRECT), "nx.example.test", "/"))
     assert time.monotonic() - t0 < 3
     wait_for_log(server, r"unable to resolve nx\.example\.test")
 
@@ -235,7 +224,7 @@ def test_wrong_password_tcp(lab: Lab, servers: dict[str, SsServer]) -> None:
     node = SsNode("wrong", ADDR.hosts4[2], server.port, "aes-256-gcm", "not the password")
     t0 = time.monotonic()
     with pytest.raises(DialError, match=r"^shadowsocks wrong \(.*\): no answer within 1.5s: wrong password or method"):
-        in_router(lab, http_get(node.dialer(DIRECT, answer_timeout=1.5), target(4), "/"))
+        in_router(lab, dial_http_get(node.dialer(DIRECT, answer_timeout=1.5), target(4), "/"))
     assert 1.4 < time.monotonic() - t0 < 4
     wait_for_log(server, "authentication error")
 

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from helpers import in_router, read_to_end
+from helpers import dial_http_get, in_router, read_to_end
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.netns import netns
@@ -102,12 +102,7 @@ def dialer_of(p: Peers, node: Any, **kw: Any) -> Dialer:
 
 async def http_bytes(d: Dialer, dest: str, n: int) -> bytes:
     """GET /bytes/n from the wan's HTTP server through the dialer; the body, status and length checked."""
-    s = await d.connect(dest, HTTP_PORT)
-    try:
-        await s.write(f"GET /bytes/{n} HTTP/1.1\r\nHost: {dest}\r\nConnection: close\r\n\r\n".encode())
-        head, _, body = (await read_to_end(s)).partition(b"\r\n\r\n")
-    finally:
-        s.close()
+    head, body = await dial_http_get(d, dest, f"/bytes/{n}")
     assert head.startswith(b"HTTP/1.1 200 "), head[:80]
     assert f"Content-Length: {n}".encode() in head
     return body
