@@ -38,6 +38,21 @@ def lan_socket(lab: Lab, host: str, kind: socket.SocketKind = socket.SOCK_STREAM
         return socket.socket(family_of(host), kind)
 
 
+def lan_connect(lab: Lab, host: str, port: int, timeout: float = 5.0, sport: int = 0) -> socket.socket:
+    """A TCP connection from the LAN client to host:port (from port `sport` if given), blocking with `timeout`."""
+    s = lan_socket(lab, host)
+    try:
+        s.settimeout(timeout)
+        if sport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("::" if ":" in host else "0.0.0.0", sport))
+        s.connect((host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def _recv_all(s: socket.socket) -> bytes:
     chunks = []
     while data := s.recv(1 << 16):
@@ -45,12 +60,11 @@ def _recv_all(s: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0, name: str = "") -> bytes:
+def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0, name: str = "",
+             sport: int = 0) -> bytes:
     """GET from a lab host, as the LAN client (Host: `name`, else the address); returns the body."""
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
+    s = lan_connect(lab, host, port, timeout, sport)
     try:
-        s.connect((host, port))
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: {name or host}\r\nConnection: close\r\n\r\n".encode())
         resp = _recv_all(s)
     finally:
@@ -63,13 +77,8 @@ def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: floa
 def tcp_echo(lab: Lab, host: str, payload: bytes, port: int = 7, timeout: float = 10.0,
              sport: int = 0) -> bytes:
     """Send `payload` to the echo server, half-close, and return what came back."""
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
+    s = lan_connect(lab, host, port, timeout, sport)
     try:
-        if sport:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::" if ":" in host else "0.0.0.0", sport))
-        s.connect((host, port))
         sender = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
         sender.start()
         out = _recv_all(s)

@@ -20,7 +20,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from helpers import addresses, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows
+from helpers import addresses, lan_connect, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows
 
 from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR
@@ -145,18 +145,14 @@ def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers,
         assert struct.unpack("!H", raw_udp(lab, MALFORMED["opcode update"])[2:4])[0] & 0xF == dns.rcode.NOTIMP
         assert raw_udp(lab, MALFORMED["two questions"])[3] & 0xF == dns.rcode.FORMERR
         # Over TCP: a bad message ends the connection; the next connection is served.
-        s = lan_socket(lab, UNBOUND4)
-        s.settimeout(3)
-        s.connect((UNBOUND4, 53))
+        s = lan_connect(lab, UNBOUND4, 53, timeout=3)
         bad = MALFORMED["name over 255 bytes"]
         s.sendall(struct.pack("!H", len(bad)) + bad)
         got = s.recv(4096)
         assert got == b"" or got[5] & 0xF == dns.rcode.FORMERR
         s.close()
         # A length prefix promising more than comes, then silence: closed, not waited on forever.
-        s = lan_socket(lab, UNBOUND4)
-        s.settimeout(15)
-        s.connect((UNBOUND4, 53))
+        s = lan_connect(lab, UNBOUND4, 53, timeout=15)
         s.sendall(b"\x10\x00" + b"abc")
         t0 = time.monotonic()
         assert s.recv(4096) == b""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from helpers import http_get, lan_socket, newest_conn, plane_in_lab, udp_exchange
+from helpers import http_get, lan_connect, newest_conn, plane_in_lab, udp_exchange
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
@@ -93,10 +93,8 @@ fallback = "direct"
 
 def echo_exact(lab, host: str, payload: bytes, timeout: float = 20.0) -> bytes:
     """Send `payload` to the echo server and read as many bytes back (no half-close: not every server keeps it)."""
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
+    s = lan_connect(lab, host, ECHO_PORT, timeout)
     try:
-        s.connect((host, ECHO_PORT))
         s.sendall(payload)
         got = bytearray()
         while len(got) < len(payload):
