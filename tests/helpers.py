@@ -158,6 +158,23 @@ def addresses(msg: dns.message.Message) -> list[str]:
     return sorted(rd.address for rrset in msg.answer if rrset.rdtype in (1, 28) for rd in rrset)
 
 
+# -- servers a test plays itself, in the wan namespace -------------------------------
+
+def wan_listener(lab: Lab, host: str, port: int = 0) -> socket.socket:
+    """A TCP listener of the lab's wan namespace on host:port (0: a free one; see getsockname)."""
+    with netns(lab.wan):
+        return socket.create_server((host, port), family=family_of(host))
+
+
+def wan_udp(lab: Lab, host: str, port: int = 0) -> socket.socket:
+    """A UDP socket of the lab's wan namespace bound to host:port (0: a free one)."""
+    with netns(lab.wan):
+        s = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    return s
+
+
 # -- the control plane, in the router namespace ------------------------------------
 
 @contextmanager

@@ -20,9 +20,8 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from helpers import addresses, lan_connect, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows
+from helpers import addresses, lan_connect, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows, wan_udp
 
-from daetui.lab.netns import netns
 from daetui.lab.topology import ADDR
 from testkit.configs import ONE_UPSTREAM, dns_config
 from testkit.peers.dnsmasq import dns_peers
@@ -43,10 +42,7 @@ class Liar:
     """A UDP DNS server that answers each query in the way `mode` says."""
 
     def __init__(self, lab) -> None:
-        with netns(lab.wan):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LIAR, 53))
+        self.sock = wan_udp(lab, LIAR, 53)
         self.sock.settimeout(0.2)
         self.mode = "silent"
         self.seen = 0

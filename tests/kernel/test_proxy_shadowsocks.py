@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from helpers import dial_http_get, in_router, read_to_end
+from helpers import dial_http_get, in_router, read_to_end, wan_listener, wan_udp
 
 from daetui.lab.dnspeers import Unbound
 from daetui.lab.netns import netns
@@ -346,21 +346,11 @@ BROKEN: list[tuple[Callable[[asyncio.StreamWriter], Awaitable[None]], bytes, str
 ]
 
 
-def wan_socket(lab: Lab, kind: socket.SocketKind) -> socket.socket:
-    """A socket of the wan namespace on 203.0.113.12, at a free port."""
-    with netns(lab.wan):
-        sock = socket.socket(socket.AF_INET, kind)
-    sock.bind((ADDR.hosts4[2], 0))
-    sock.setblocking(False)
-    return sock
-
-
 @pytest.mark.parametrize(("behaviour", "before", "reason"), BROKEN, ids=[b[0].__name__.strip("_") for b in BROKEN])
 def test_broken_server(lab: Lab, behaviour: Callable[[asyncio.StreamWriter], Awaitable[None]], before: bytes,
                        reason: str) -> None:
     """Garbage, an early close or reset, a stall, a cut or forged chunk: a DialError with the reason, soon."""
-    listener = wan_socket(lab, socket.SOCK_STREAM)
-    listener.listen()
+    listener = wan_listener(lab, ADDR.hosts4[2])
     port = listener.getsockname()[1]
     node = SsNode("fake", ADDR.hosts4[2], port, FAKE, PASSWORD)
 
@@ -393,7 +383,7 @@ def test_broken_server(lab: Lab, behaviour: Callable[[asyncio.StreamWriter], Awa
 
 def test_broken_udp_replies_dropped_and_counted(lab: Lab) -> None:
     """Replies that are short, garbage or under another key are dropped and counted; the good one comes through."""
-    server = wan_socket(lab, socket.SOCK_DGRAM)
+    server = wan_udp(lab, ADDR.hosts4[2])
     server.settimeout(3)
     node = SsNode("fake", ADDR.hosts4[2], server.getsockname()[1], FAKE, PASSWORD)
 

@@ -13,15 +13,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import OpaqueDialer, OpaqueStream, in_router, read_to_end
+from helpers import OpaqueDialer, OpaqueStream, in_router, read_to_end, wan_listener, wan_udp
 
-from daetui.lab.netns import netns
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.lab.topology import HTTP_PORT as WEB_PORT
@@ -294,8 +292,7 @@ class Fake:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[int]:
-        with netns(self.lab.wan):
-            sock = socket.create_server((PROXY4, 0))
+        sock = wan_listener(self.lab, PROXY4)
         server = await asyncio.start_server(self._handle, sock=sock)
         try:
             yield sock.getsockname()[1]
@@ -393,9 +390,7 @@ def test_socks5_udp_association_with_a_scripted_server(lab: Lab) -> None:
     """The wire format both ways, malformed datagrams dropped, and the association ends with its control connection."""
     async def go() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        with netns(lab.wan):
-            relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            relay.bind((PROXY4, 0))
+        relay = wan_udp(lab, PROXY4)
         relay.setblocking(False)
         close_control = asyncio.Event()
         out: dict[str, Any] = {}

@@ -11,7 +11,6 @@ the wan namespace on the same event loop as the client.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,10 +20,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from helpers import dial_http_get, in_router, read_to_end
+from helpers import dial_http_get, in_router, read_to_end, wan_listener
 
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.netns import netns
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
 from daetui.outbound import trojan, vless, vmess
@@ -302,8 +300,7 @@ def test_misbehaving_server(peers: Peers, protocol: str, kind: str) -> None:
     plain_stall = kind == "stall" and not getattr(node, "tls", True)
 
     async def run() -> str:
-        with netns(peers.lab.wan):
-            sock = socket.create_server((SERVER[4], port), reuse_port=False)
+        sock = wan_listener(peers.lab, SERVER[4], port)
         server = await asyncio.start_server(FAKES[kind], sock=sock)
         try:
             s = await d.connect(DEST[4], ECHO_PORT)
