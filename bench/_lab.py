@@ -1,22 +1,20 @@
-"""What the benchmarks share: daetui as a process in a lab's router, and the processes around it."""
+"""What the benchmarks share besides testkit (the daemon harness, the peers): load generators, ending processes.
+
+iperf3 and bench/_cps.py run as servers in the lab's wan and as clients in
+its LAN; every process started here is the caller's to `end`, by pid.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from testkit.daemon import ns_exec
 
-
-def ns_exec(ns: str, *argv: str, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
+CPS = Path(__file__).resolve().parent / "_cps.py"
 
 
 def require_root(name: str) -> None:
@@ -24,44 +22,36 @@ def require_root(name: str) -> None:
         sys.exit(f"{name} needs root (network namespaces, BPF)")
 
 
-class Daetui:
-    """`daetui --no-ui` with a given config in a lab's router; its log goes to a file.
+def iperf_server(ns: str, host: str, port: int) -> subprocess.Popen[str]:
+    """iperf3 -s on host:port in namespace `ns`."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-s", "-B", host, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    A file, not a pipe: a pipe nobody reads would fill up and stall the daemon.
-    """
 
-    def __init__(self, router_ns: str, config_text: str) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-"))
-        self.run = self.tmp / "run"
-        self.log = self.tmp / "daetui.log"
-        config = self.tmp / "bench.toml"
-        config.write_text(config_text)
-        with open(self.log, "w") as logf:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", router_ns, sys.executable, "-m", "daetui",
-                                          "--no-ui", "--config", str(config), "--run-dir", str(self.run)],
-                                         stderr=logf, cwd=ROOT)
-        deadline = time.monotonic() + 90
-        while not self._running():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daetui did not start:\n" + self.log.read_text())
-            time.sleep(0.2)
+def iperf(ns: str, host: str, port: int, seconds: float, reverse: bool = False) -> float:
+    """One iperf3 stream from namespace `ns` to host:port (-R: the other way); Gbit/s received."""
+    out = ns_exec(ns, "iperf3", "-c", host, "-p", str(port), "-t", f"{seconds:g}", "-J", *(["-R"] if reverse else []),
+                  timeout=seconds + 30)
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise RuntimeError(f"iperf3: {data['error']}")
+    return data["end"]["sum_received"]["bits_per_second"] / 1e9
 
-    def _running(self) -> bool:
-        """Ask the daemon: it answers on its socket while starting, and says when it runs."""
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(2)
-                s.connect(str(self.run / "control.sock"))
-                s.sendall(b'{"id": 1, "cmd": "ping"}\n')
-                line = s.makefile().readline()
-        except OSError:
-            return False
-        return bool(line) and json.loads(line).get("result", {}).get("running", False)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
+def cps_server(ns: str, host: str, port: int, answer: bool = False) -> subprocess.Popen[str]:
+    """bench/_cps.py's server on host:port in namespace `ns`, returned once it listens."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(CPS), "server", host, str(port),
+                          *(["--answer"] if answer else [])], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    p.stdout.readline()  # "ready"
+    return p
+
+
+def cps(ns: str, host: str, port: int, seconds: float, ask: bool = False) -> float:
+    """New connections per second from namespace `ns` to a cps_server, for `seconds`."""
+    out = ns_exec(ns, sys.executable, str(CPS), "client", host, str(port), f"{seconds:g}", *(["--ask"] if ask else []),
+                  timeout=seconds + 30)
+    return int(out.stdout.strip()) / seconds
 
 
 def end(procs: list[subprocess.Popen[str]]) -> None:

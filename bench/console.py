@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -28,11 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import ROOT, Daetui, end, ns_exec, require_root
+from _lab import end, iperf, iperf_server, require_root
 
 from daetui.control.client import ControlClient
 from daetui.lab.topology import ADDR, Lab
 from daetui.net.netns import netns
+from testkit.daemon import ROOT, Daemon
 
 CONFIG = """
 [global]
@@ -71,18 +71,12 @@ def hold_tcp(lab: Lab, n: int) -> list[socket.socket]:
     return out
 
 
-def iperf(lab: Lab, seconds: float) -> float:
-    out = ns_exec(lab.lan, "iperf3", "-c", PROXIED, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-                  timeout=seconds + 30)
-    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-
-
-async def refresh_cost(run: Path, refreshes: int) -> dict[str, float]:
+async def refresh_cost(control: Path, refreshes: int) -> dict[str, float]:
     """Time the console's own refresh of the Connections pane, step by step."""
     from daetui.ui.app import DaetuiApp
     from daetui.ui.panes.connections import ConnectionsPane
 
-    client = ControlClient(run / "control.sock")
+    client = ControlClient(control)
     await client.connect()
 
     async def connect() -> ControlClient:
@@ -132,16 +126,14 @@ def main() -> int:
     daemon = None
     held: list[socket.socket] = []
     try:
-        procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", PROXIED, "-p",
-                                       str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        daemon = Daetui(lab.router, CONFIG)
-        run = daemon.run
+        procs.append(iperf_server(lab.wan, PROXIED, IPERF_PORT))
+        daemon = Daemon.from_text(lab.router, CONFIG).start(timeout=90)
         time.sleep(1)
         make_udp_flows(lab, args.flows)
         held = hold_tcp(lab, args.held)
         time.sleep(1)
 
-        cost = asyncio.run(refresh_cost(run, args.refreshes))
+        cost = asyncio.run(refresh_cost(daemon.control_path, args.refreshes))
         total = cost["fetch"] + cost["model"] + cost["draw"]
         print(f"Connections pane with {cost['rows']} live flows (median of {args.refreshes} refreshes):")
         print(f"  fetch + decode {cost['fetch'] * 1000:6.1f} ms   rows {cost['model'] * 1000:6.1f} ms   "
@@ -151,14 +143,14 @@ def main() -> int:
         # so that drift of the machine falls on both sides alike.
         headless, attached = [], []
         for _ in range(args.rounds):
-            headless.append(iperf(lab, args.seconds))
+            headless.append(iperf(lab.lan, PROXIED, IPERF_PORT, args.seconds))
             subprocess.run(["tmux", "-L", tmux_sock, "new-session", "-d", "-x", "160", "-y", "48",
                             f"env -u COLUMNS -u LINES ip netns exec {lab.router} {sys.executable} -m daetui "
-                            f"attach --run-dir {run}"], check=True, cwd=ROOT)
+                            f"attach --run-dir {daemon.run_dir}"], check=True, cwd=ROOT)
             time.sleep(3)
             subprocess.run(["tmux", "-L", tmux_sock, "send-keys", "2"], check=True)  # Connections
             time.sleep(2)
-            attached.append(iperf(lab, args.seconds))
+            attached.append(iperf(lab.lan, PROXIED, IPERF_PORT, args.seconds))
             subprocess.run(["tmux", "-L", tmux_sock, "kill-server"], capture_output=True)
         h, a = statistics.median(headless), statistics.median(attached)
         print(f"relayed TCP throughput (iperf3 through the control plane, {args.seconds:g}s, "

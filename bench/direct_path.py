@@ -12,7 +12,6 @@ Each figure is the median of --trials runs; ratios are against no daetui.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,43 +21,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import ROOT, Daetui, end, ns_exec, require_root
+from _lab import cps, cps_server, end, iperf, iperf_server, require_root
 
 from daetui.lab.topology import ADDR, Lab
+from testkit.configs import RELAY_CONFIG, RELAYED4
+from testkit.daemon import Daemon, ns_exec
 
-CONFIG = """
-[global]
-lan_interface = ["lan0"]
-
-[group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
-
-[routing]
-rules = ["dip(203.0.113.10) -> proxy"]
-fallback = "direct"
-"""
-DIRECT_HOST, PROXIED_HOST = ADDR.hosts4[1], ADDR.hosts4[0]
+DIRECT_HOST, PROXIED_HOST = ADDR.hosts4[1], RELAYED4
 IPERF_PORT, CPS_PORT = 5201, 5300
 
 
-def iperf(lab: Lab, host: str, seconds: float) -> float:
-    out = ns_exec(lab.lan, "iperf3", "-c", host, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-                  timeout=seconds + 30)
-    data = json.loads(out.stdout)
-    if "error" in data:
-        raise RuntimeError(data["error"])
-    return data["end"]["sum_received"]["bits_per_second"] / 1e9
-
-
-def cps(lab: Lab, host: str, seconds: float) -> float:
-    out = ns_exec(lab.lan, sys.executable, str(ROOT / "bench" / "_cps.py"), "client", host, str(CPS_PORT),
-                  str(seconds), timeout=seconds + 30)
-    return int(out.stdout.strip()) / seconds
-
-
 def measure(lab: Lab, host: str, seconds: float, trials: int) -> tuple[float, float]:
-    gbps = statistics.median(iperf(lab, host, seconds) for _ in range(trials))
-    rate = statistics.median(cps(lab, host, seconds) for _ in range(trials))
+    gbps = statistics.median(iperf(lab.lan, host, IPERF_PORT, seconds) for _ in range(trials))
+    rate = statistics.median(cps(lab.lan, host, CPS_PORT, seconds) for _ in range(trials))
     return gbps, rate
 
 
@@ -76,20 +51,14 @@ def main() -> int:
     try:
         ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         for host in (DIRECT_HOST, PROXIED_HOST):
-            procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", host, "-p",
-                                           str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            p = subprocess.Popen(["ip", "netns", "exec", lab.wan, sys.executable, str(ROOT / "bench" / "_cps.py"),
-                                  "server", host, str(CPS_PORT)], stdout=subprocess.PIPE, text=True)
-            assert p.stdout is not None
-            p.stdout.readline()
-            procs.append(p)
+            procs += [iperf_server(lab.wan, host, IPERF_PORT), cps_server(lab.wan, host, CPS_PORT)]
         time.sleep(0.5)
 
         print(f"direct path, {args.trials} trials of {args.seconds:g}s each (median)", flush=True)
         print("measuring: no daetui", flush=True)
         base = measure(lab, DIRECT_HOST, args.seconds, args.trials)
 
-        daemon = Daetui(lab.router, CONFIG)
+        daemon = Daemon.from_text(lab.router, RELAY_CONFIG).start(timeout=90)
         print("measuring: daetui attached", flush=True)
         with_daetui = measure(lab, DIRECT_HOST, args.seconds, args.trials)
         relayed = measure(lab, PROXIED_HOST, args.seconds, args.trials)

@@ -48,13 +48,15 @@ sys.path.remove(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _lab import Daetui, ns_exec, require_root
+from _lab import require_root
 
 from daetui.control.client import ControlClient
 from daetui.dns.state import DnsCounters
-from daetui.lab.dnspeers import LAB_ZONE, Dnsmasq, Record, Unbound
+from daetui.lab.dnspeers import LAB_ZONE, Record, Unbound
 from daetui.lab.topology import ADDR, Lab
 from daetui.net.netns import netns
+from testkit.daemon import Daemon, ns_exec
+from testkit.peers.dnsmasq import Dnsmasq
 
 UNBOUND_IP, DNSMASQ_IP = ADDR.dns4[0], ADDR.dns4[1]
 CONFIG = f"""
@@ -164,8 +166,8 @@ def pct(values: list[float], p: float) -> float:
 
 # -- counters, to show who answered -----------------------------------------------------------
 
-async def _daetui_counters(run: Path) -> DnsCounters:
-    client = ControlClient(run / "control.sock")
+async def _daetui_counters(control: Path) -> DnsCounters:
+    client = ControlClient(control)
     await client.connect()
     try:
         snap = await client.snapshot(flows=False)
@@ -175,8 +177,8 @@ async def _daetui_counters(run: Path) -> DnsCounters:
     return snap.dns.counters
 
 
-def daetui_counters(daemon: Daetui) -> DnsCounters:
-    return asyncio.run(_daetui_counters(daemon.run))
+def daetui_counters(daemon: Daemon) -> DnsCounters:
+    return asyncio.run(_daetui_counters(daemon.control_path))
 
 
 def dnsmasq_counter(lab: Lab, name: str) -> int:
@@ -227,7 +229,7 @@ def main() -> int:
     try:
         unbound.start()
         dnsmasq.start()
-        daemon = Daetui(lab.router, CONFIG)
+        daemon = Daemon.from_text(lab.router, CONFIG).start(timeout=90)
 
         # Warm both caches; from here on every cached name is a hit for both.
         for server in servers.values():

@@ -59,14 +59,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lab import Daetui, end, ns_exec, require_root
+import _lab
+from _lab import cps_server, end, iperf_server, require_root
 
 from daetui.lab.topology import ADDR, Lab
 from daetui.net.netns import netns
+from testkit.configs import LAB_CHECKS
+from testkit.daemon import Daemon, ns_exec
 
 TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer server, in wan
 IPERF_PORT, RR_PORT = 5201, 5300
-CPS = Path(__file__).resolve().parent / "_cps.py"  # its --answer server and --ask client: the connections figure
 PASSWORD = "daetui bench"
 SS_PORT = 8388
 REDIR_PORT = 12345               # ss-redir's listener in the router namespace (127.0.0.1)
@@ -83,8 +85,7 @@ log_level = "warn"
 dial_mode = "ip"
 # Checks stay inside the lab; fixed(0) uses the node whatever they find.
 check_interval = "600s"
-tcp_check_url = ["http://{target}/", "{target}", "{target6}"]
-udp_check_dns = ["dns.lab.test:53", "{dns4}", "{dns6}"]
+{checks}
 
 [node]
 ss = "{link}"
@@ -122,18 +123,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def iperf(lab: Lab, seconds: float, reverse: bool) -> float:
-    argv = ["iperf3", "-c", TARGET, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"] + (["-R"] if reverse else [])
-    out = ns_exec(lab.lan, *argv, timeout=seconds + 30)
-    data = json.loads(out.stdout)
-    if "error" in data:
-        raise RuntimeError(f"iperf3: {data['error']}")
-    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+    return _lab.iperf(lab.lan, TARGET, IPERF_PORT, seconds, reverse)
 
 
 def cps(lab: Lab, seconds: float) -> float:
-    out = ns_exec(lab.lan, sys.executable, str(CPS), "client", TARGET, str(RR_PORT), f"{seconds:g}", "--ask",
-                  timeout=seconds + 30)
-    return int(out.stdout.strip()) / seconds
+    """Short request/answer connections (_cps.py --ask): what a proxy must carry, not only accept."""
+    return _lab.cps(lab.lan, TARGET, RR_PORT, seconds, ask=True)
 
 
 @dataclass
@@ -284,18 +279,19 @@ class Redir:
         return out
 
 
-def start_daetui(lab: Lab, link: str) -> Daetui:
-    config = CONFIG.format(target=TARGET, target6=ADDR.hosts6[0], dns4=ADDR.dns4[0], dns6=ADDR.dns6[0], link=link)
+def start_daetui(lab: Lab, link: str) -> Daemon:
+    config = CONFIG.format(target=TARGET, checks=LAB_CHECKS, link=link)
     old = os.umask(0o077)  # the config holds the node's password: readable by root only
     try:
-        return Daetui(lab.router, config)
+        return Daemon.from_text(lab.router, config).start(timeout=90)
     finally:
         os.umask(old)
 
 
-def stop_daetui(daemon: Daetui) -> None:
+def stop_daetui(daemon: Daemon) -> None:
     daemon.stop()
-    shutil.rmtree(daemon.tmp, ignore_errors=True)
+    assert daemon.directory is not None
+    shutil.rmtree(daemon.directory, ignore_errors=True)  # the config holds the node's password
 
 
 # -- profile --------------------------------------------------------------------------------------------
@@ -308,7 +304,7 @@ def profile(lab: Lab, link: str, pyspy: str, seconds: float, native: bool = Fals
             raw = Path(tempfile.mkstemp(prefix="daetui-bench-pyspy-", suffix=".txt")[1])
             try:
                 spy = subprocess.Popen([pyspy, "record", "--format", "raw", "-r", "250", "-d", f"{seconds + 1:g}",
-                                        "-o", str(raw), "-p", str(daemon.proc.pid)]
+                                        "-o", str(raw), "-p", str(daemon.pid)]
                                        + (["--native"] if native else ["--nonblocking"]),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 time.sleep(0.5)
@@ -420,7 +416,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found")
 
-    from daetui.lab.proxypeers_shadowsocks import SsServer
+    from testkit.peers.shadowsocks import SsServer
 
     lab = Lab(args.lab)
     if lab.is_up():
@@ -430,13 +426,7 @@ def main() -> int:
     ss = SsServer(lab, args.method, PASSWORD, SS_PORT, verbose=False)
     try:
         ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
-        procs.append(subprocess.Popen(["ip", "netns", "exec", lab.wan, "iperf3", "-s", "-B", TARGET, "-p",
-                                       str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        p = subprocess.Popen(["ip", "netns", "exec", lab.wan, sys.executable, str(CPS), "server", TARGET,
-                              str(RR_PORT), "--answer"], stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        assert p.stdout is not None
-        p.stdout.readline()
+        procs += [iperf_server(lab.wan, TARGET, IPERF_PORT), cps_server(lab.wan, TARGET, RR_PORT, answer=True)]
         ss.start()
         link = ss.node(4).link()
         time.sleep(0.3)
@@ -450,16 +440,16 @@ def main() -> int:
         for i in range(args.rounds):
             for who in ("daetui", "ss-redir"):
                 t0 = time.monotonic()
-                proxy: Daetui | Redir = (start_daetui(lab, link) if who == "daetui"
+                proxy: Daemon | Redir = (start_daetui(lab, link) if who == "daetui"
                                          else Redir(lab, args.method, args.firewall))
                 try:
-                    pid = proxy.proc.pid if isinstance(proxy, Daetui) else proxy.pid
+                    pid = proxy.pid
                     seen = ask_once(lab)
                     if seen == ADDR.client4:
                         raise RuntimeError(f"{who}: the flow was not proxied (the server saw the client itself)")
                     r = measure(lab, args.seconds, {"proxy": pid, "ss-server": ss.pid or 0})
                 finally:
-                    if isinstance(proxy, Daetui):
+                    if isinstance(proxy, Daemon):
                         stop_daetui(proxy)
                     else:
                         proxy.stop()

@@ -1,4 +1,4 @@
-"""Fixtures shared by the suite: capability checks, the lab, a control plane in it.
+"""Fixtures shared by the suite: capability checks, the lab, a daemon in it.
 
 Tests marked `kernel` need root, BPF (BCC with kernel headers) and network
 namespaces. Without them they skip -- unless DAETUI_REQUIRE_KERNEL=1 (set by
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# `from helpers import ...` in every directory of tests/ (testkit/ comes from pytest's pythonpath).
 sys.path.insert(0, str(ROOT / "tests"))
 
 REQUIRE_KERNEL = os.environ.get("DAETUI_REQUIRE_KERNEL") == "1"
@@ -65,3 +66,17 @@ def lab() -> Iterator[object]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture
+def daemon(lab, tmp_path: Path) -> Iterator[object]:
+    """`daetui --no-ui` in the lab's router for this test, not started yet (helpers.Daemon).
+
+    Its config is `daemon.config_path` (tmp_path/daetui.toml: write it, then
+    `start()`), its run dir tmp_path/run. Stopped at the end, whatever happened.
+    """
+    from helpers import Daemon
+
+    d = Daemon(lab, tmp_path / "daetui.toml", tmp_path / "run")
+    yield d
+    d.stop()

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import asyncio
+import ipaddress
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dns.message
+import dns.query
+
+import testkit.daemon
+from daetui import aio
 from daetui.config.load import parse_config
 from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
-from daetui.lab.topology import Lab
+from daetui.lab.topology import HTTP_PORT, Lab
 from daetui.net.netns import netns
-from daetui.net.stream import WrappedStream
+from daetui.net.stream import Dialer, Stream, WrappedStream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.daemon.ROOT  # the checkout
 T = TypeVar("T")
 
 
@@ -35,6 +38,21 @@ def lan_socket(lab: Lab, host: str, kind: socket.SocketKind = socket.SOCK_STREAM
         return socket.socket(family_of(host), kind)
 
 
+def lan_connect(lab: Lab, host: str, port: int, timeout: float = 5.0, sport: int = 0) -> socket.socket:
+    """A TCP connection from the LAN client to host:port (from port `sport` if given), blocking with `timeout`."""
+    s = lan_socket(lab, host)
+    try:
+        s.settimeout(timeout)
+        if sport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("::" if ":" in host else "0.0.0.0", sport))
+        s.connect((host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def _recv_all(s: socket.socket) -> bytes:
     chunks = []
     while data := s.recv(1 << 16):
@@ -42,12 +60,11 @@ def _recv_all(s: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0, name: str = "") -> bytes:
+def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: float = 5.0, name: str = "",
+             sport: int = 0) -> bytes:
     """GET from a lab host, as the LAN client (Host: `name`, else the address); returns the body."""
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
+    s = lan_connect(lab, host, port, timeout, sport)
     try:
-        s.connect((host, port))
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: {name or host}\r\nConnection: close\r\n\r\n".encode())
         resp = _recv_all(s)
     finally:
@@ -60,13 +77,8 @@ def http_get(lab: Lab, host: str, path: str = "/", port: int = 80, timeout: floa
 def tcp_echo(lab: Lab, host: str, payload: bytes, port: int = 7, timeout: float = 10.0,
              sport: int = 0) -> bytes:
     """Send `payload` to the echo server, half-close, and return what came back."""
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
+    s = lan_connect(lab, host, port, timeout, sport)
     try:
-        if sport:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::" if ":" in host else "0.0.0.0", sport))
-        s.connect((host, port))
         sender = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
         sender.start()
         out = _recv_all(s)
@@ -109,6 +121,60 @@ def udp_exchange(lab: Lab, host: str, payload: bytes, port: int = 7, sport: int 
     return replies
 
 
+def send_udp(lab: Lab, host: str, dport: int, sport: int, dscp: int = 0) -> None:
+    """One datagram from the LAN's source port `sport`, marked with `dscp`; no answer awaited."""
+    s = lan_socket(lab, host, socket.SOCK_DGRAM)
+    try:
+        if ":" in host:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, dscp << 2)
+            s.bind(("::", sport))
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
+            s.bind(("0.0.0.0", sport))
+        s.sendto(b"not quic", (host, dport))
+    finally:
+        s.close()
+
+
+def lan_query(lab: Lab, server: str, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 5.0,
+              edns: bool = True) -> dns.message.Message:
+    """Ask `server` from the LAN client, as its stub resolver would."""
+    q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False)
+    s = lan_socket(lab, server, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    try:
+        if tcp:
+            s.settimeout(timeout)
+            s.connect((server, 53))
+        s.setblocking(False)
+        if tcp:
+            return dns.query.tcp(q, server, timeout, sock=s)
+        return dns.query.udp(q, server, timeout, sock=s)
+    finally:
+        s.close()
+
+
+def addresses(msg: dns.message.Message) -> list[str]:
+    """The A and AAAA addresses of an answer, sorted."""
+    return sorted(rd.address for rrset in msg.answer if rrset.rdtype in (1, 28) for rd in rrset)
+
+
+# -- servers a test plays itself, in the wan namespace -------------------------------
+
+def wan_listener(lab: Lab, host: str, port: int = 0) -> socket.socket:
+    """A TCP listener of the lab's wan namespace on host:port (0: a free one; see getsockname)."""
+    with netns(lab.wan):
+        return socket.create_server((host, port), family=family_of(host))
+
+
+def wan_udp(lab: Lab, host: str, port: int = 0) -> socket.socket:
+    """A UDP socket of the lab's wan namespace bound to host:port (0: a free one)."""
+    with netns(lab.wan):
+        s = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    return s
+
+
 # -- the control plane, in the router namespace ------------------------------------
 
 @contextmanager
@@ -134,6 +200,18 @@ def newest_conn(runner: ControlPlaneThread, dst: tuple[str, int], proto: str = "
                                 key=lambda c: c.id, default=None))
 
 
+def kernel_flow(runner: ControlPlaneThread, host: str, dport: int, sport: int, proto: str = "udp") -> Any:
+    """The kernel's record (routing_tuples) of the LAN's flow from `sport` to host:dport, waited for."""
+    dst = ipaddress.ip_address(host)
+    return wait_for(lambda: next((f for f in snapshot(runner).kernel_flows if f.key.dst == dst
+                                  and f.key.dport == dport and f.key.sport == sport and f.key.proto == proto), None))
+
+
+def upstream_rows(runner: ControlPlaneThread) -> dict[str, Any]:
+    """The DNS upstreams as the controller reports them, by name."""
+    return {u.name: u for u in snapshot(runner).dns.upstreams}
+
+
 def wait_for(fn: Callable[[], T | None], timeout: float = 5.0, interval: float = 0.05) -> T:
     """Poll `fn` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -148,58 +226,17 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 5.0, interval: float =
 
 # -- the daemon as a process, for what a thread cannot show (SIGKILL) --------------------
 
-class Daemon:
-    """`daetui --no-ui` as a process in the router namespace."""
+class Daemon(testkit.daemon.Daemon):
+    """`daetui --no-ui` as a process in the lab's router namespace (testkit.daemon.Daemon); its log is `log()`."""
 
     def __init__(self, lab: Lab, config_path: Path, run_dir: Path) -> None:
+        super().__init__(lab.router, config_path, run_dir)
         self.lab = lab
-        self.config_path = config_path
-        self.run_dir = run_dir
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._reader: threading.Thread | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        argv = ["ip", "netns", "exec", self.lab.router, sys.executable, "-m", "daetui", "--no-ui",
-                "--config", str(self.config_path), "--run-dir", str(self.run_dir)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        wait_for(lambda: any("daetui started" in ln for ln in self.lines) or self.proc.poll() is not None,
-                 timeout)
-        if self.proc.poll() is not None:
-            raise RuntimeError("daemon exited:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        rc = self.proc.wait(timeout)
-        if self._reader:
-            self._reader.join(5)
-        return rc
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.signal(signal.SIGTERM)
-        return self.wait()
-
-    def log(self) -> str:
-        return "".join(self.lines)
 
 
 def run_in(lab_ns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", lab_ns, *argv], capture_output=True, text=True,
-                          timeout=30).stdout
+    """The output of `argv` run in namespace `lab_ns`."""
+    return testkit.daemon.ns_exec(lab_ns, *argv, timeout=30).stdout
 
 
 def router_state(lab: Lab) -> dict[str, Any]:
@@ -237,6 +274,41 @@ def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 
 # -- outbounds -------------------------------------------------------------------------
+
+def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0,
+              loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> T:
+    """Run `coro` with its sockets made in the router namespace, bounded by `timeout`.
+
+    On daetui's own event loop (uvloop), unless `loop_factory` gives another.
+    """
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    with netns(lab.router), asyncio.Runner(loop_factory=loop_factory or aio.loop_factory()) as runner:
+        return runner.run(bounded())
+
+
+async def dial_http_get(dialer: Dialer, host: str, path: str, port: int = HTTP_PORT) -> tuple[bytes, bytes]:
+    """GET `path` from the lab's web server `host` through `dialer` (the connection closed after): (head, body)."""
+    stream = await dialer.connect(host, port)
+    try:
+        await stream.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head, _, body = (await read_to_end(stream)).partition(b"\r\n\r\n")
+    finally:
+        stream.close()
+    return head, body
+
+
+async def read_to_end(stream: Stream, limit: int = 4 << 20) -> bytes:
+    """What a dialer's stream gives until its end; more than `limit` bytes fails the test."""
+    out = bytearray()
+    while data := await stream.read(1 << 16):
+        out += data
+        assert len(out) <= limit, "more bytes than were asked for"
+    return bytes(out)
+
+
 
 class OpaqueStream(WrappedStream):
     """A stream that hides its socket (raw is None), as an encrypting node in a chain gives."""

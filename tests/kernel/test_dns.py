@@ -21,12 +21,14 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from helpers import http_get, lan_socket, plane_in_lab, snapshot, wait_for
+from helpers import addresses, http_get, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows, wait_for
 
 from daetui.control.plane import ControlPlane
 from daetui.control.runner import ControlPlaneThread
-from daetui.lab.dnspeers import Dnsmasq, Record, dns_peers
+from daetui.lab.dnspeers import Record
 from daetui.lab.topology import ADDR
+from testkit.configs import LAB_CHECKS, ONE_UPSTREAM, dns_config
+from testkit.peers.dnsmasq import Dnsmasq, dns_peers
 
 pytestmark = pytest.mark.kernel
 
@@ -38,31 +40,6 @@ UNBOUND6, _ = ADDR.dns6
 def peers(lab):
     with dns_peers(lab) as p:
         yield p
-
-
-def ask(lab, server: str, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 5.0,
-        edns: bool = True) -> dns.message.Message:
-    """Ask `server` from the LAN client, as its stub resolver would."""
-    q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False)
-    s = lan_socket(lab, server, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
-    try:
-        if tcp:
-            s.settimeout(timeout)
-            s.connect((server, 53))
-        s.setblocking(False)
-        if tcp:
-            return dns.query.tcp(q, server, timeout, sock=s)
-        return dns.query.udp(q, server, timeout, sock=s)
-    finally:
-        s.close()
-
-
-def addresses(msg: dns.message.Message) -> list[str]:
-    return sorted(rd.address for rrset in msg.answer if rrset.rdtype in (1, 28) for rd in rrset)
-
-
-def upstream_rows(runner: ControlPlaneThread) -> dict[str, object]:
-    return {u.name: u for u in snapshot(runner).dns.upstreams}
 
 
 def cache_row(runner: ControlPlaneThread, name: str, qtype: str = "A"):
@@ -77,28 +54,8 @@ def kernel_bits(runner: ControlPlaneThread, addr: str) -> dict[int, int] | None:
     return runner.call(lambda: plane.dataplane.program.domain_bits(ipaddress.ip_address(addr)))
 
 
-def config(body: str, extra_global: str = "") -> str:
-    return f"""
-[global]
-lan_interface = ["lan0"]
-fallback_resolver = "{DNSMASQ4}:53"
-{extra_global}
-{body}
-"""
-
-
-# unbound as the one upstream, everything direct.
-ONE_UPSTREAM = f"""
-[dns]
-upstream = {{ ub = "udp://{UNBOUND4}:53" }}
-request = ["fallback: ub"]
-[routing]
-fallback = "direct"
-"""
-
-
 def test_each_upstream_scheme_answers_the_lan(lab, peers, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ u = "udp://{UNBOUND4}:53", t = "tcp://{UNBOUND4}:53", tu = "tcp+udp://[{UNBOUND6}]:53",
              dot = "tls://dns.lab.test:853", doh = "https://dns.lab.test/dns-query" }}
@@ -110,14 +67,14 @@ request = ["qname(full: www.example.test) -> u", "qname(full: api.example.test) 
 fallback = "direct"
 """)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
-        assert addresses(ask(lab, UNBOUND4, "api.example.test")) == ["203.0.113.11"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "api.example.test")) == ["203.0.113.11"]
         # Over TCP and IPv6 from the client: tcp+udp asks the upstream over TCP too.
-        alias = ask(lab, UNBOUND6, "alias.example.test", tcp=True)
+        alias = lan_query(lab, UNBOUND6, "alias.example.test", tcp=True)
         assert addresses(alias) == ["203.0.113.10"]
         assert any(r.rdtype == dns.rdatatype.CNAME for r in alias.answer)
-        assert addresses(ask(lab, UNBOUND4, "cn.lab.test")) == ["203.0.113.11"]
-        txt = ask(lab, UNBOUND4, "txt.example.test", "TXT")
+        assert addresses(lan_query(lab, UNBOUND4, "cn.lab.test")) == ["203.0.113.11"]
+        txt = lan_query(lab, UNBOUND4, "txt.example.test", "TXT")
         assert [rd.to_text() for rr in txt.answer for rd in rr] == ['"hello"']
 
         ups = upstream_rows(runner)
@@ -130,7 +87,7 @@ fallback = "direct"
         row = cache_row(runner, "cn.lab.test")
         assert row is not None and "request rule #4 -> dot" in row.route and row.upstream == "dot"
         # The same question again is the cache's: no upstream is asked.
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
         assert upstream_rows(runner)["u"].queries == 1
         assert cache_row(runner, "www.example.test").hits == 1
 
@@ -139,7 +96,7 @@ def test_request_and_response_rules_choose(lab, peers, tmp_path: Path):
     # A second dnsmasq that knows other addresses, so each answer says who gave it.
     other = [Record("www.example.test", "A", "203.0.113.12"), Record("api.example.test", "A", "203.0.113.12")]
     with Dnsmasq(lab, records=other, port=5353):  # started on entry
-        cfg = config(f"""
+        cfg = dns_config(f"""
 [dns]
 upstream = {{ ub = "udp://{UNBOUND4}:53", dm = "udp://{DNSMASQ4}:5353" }}
 request = ["qname(suffix: ads.example.test) -> reject", "qtype(txt) -> asis", "fallback: dm"]
@@ -150,22 +107,22 @@ fallback = "direct"
 """)
         with plane_in_lab(lab, cfg, tmp_path) as runner:
             # dm said .12; the response rule asked ub again, whose answer is the client's.
-            www = ask(lab, UNBOUND4, "www.example.test")
+            www = lan_query(lab, UNBOUND4, "www.example.test")
             assert addresses(www) == ["203.0.113.10"]
             row = cache_row(runner, "www.example.test")
             assert row.upstream == "ub" and "response rule #1 -> ub" in row.route
             # reject (request or response): NOERROR with no answer, as dae does.
             for name in ("x.ads.example.test", "api.example.test"):
-                r = ask(lab, UNBOUND4, name)
+                r = lan_query(lab, UNBOUND4, name)
                 assert (r.rcode(), r.answer) == (dns.rcode.NOERROR, []), name
             # asis: the server the client asked (dnsmasq on .54), not a configured upstream.
-            txt = ask(lab, DNSMASQ4, "txt.example.test", "TXT")
+            txt = lan_query(lab, DNSMASQ4, "txt.example.test", "TXT")
             assert [rd.to_text() for rr in txt.answer for rd in rr] == ['"hello"']
             ups = upstream_rows(runner)
             assert ups[f"asis {DNSMASQ4}:53"].queries == 1
             assert ups["dm"].queries == 2 and ups["ub"].queries == 1  # www and api; www again
             # A name nobody knows: dm's NXDOMAIN is accepted and cached as negative.
-            assert ask(lab, UNBOUND4, "nothing.example.test").rcode() == dns.rcode.NXDOMAIN
+            assert lan_query(lab, UNBOUND4, "nothing.example.test").rcode() == dns.rcode.NXDOMAIN
             neg = cache_row(runner, "nothing.example.test")
             assert neg is not None and neg.negative and neg.rcode == "NXDOMAIN"
             counters = snapshot(runner).dns.counters
@@ -179,7 +136,7 @@ def _flow(runner: ControlPlaneThread, dst: str, dport: int):
 
 
 def test_answered_address_is_routed_by_domain_in_the_kernel(lab, peers, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [group.proxy]
 
 [dns]
@@ -198,7 +155,7 @@ fallback = "direct"
         undecided = wait_for(lambda: _flow(runner, "203.0.113.11", 80))
         assert undecided.outbound == plane.ruleset.outbound_ids()["(user space)"]
 
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
         gen = plane.generation
         bits = kernel_bits(runner, "203.0.113.10")
         assert bits is not None and bits[gen] == 1  # domain function 0: suffix example.test
@@ -210,7 +167,7 @@ fallback = "direct"
         assert conn.stage == "kernel" and conn.sniffed is None  # decided in the kernel, nothing sniffed
 
         # The TTL runs out (short.example.test: 3 s): the address leaves the kernel's map.
-        assert addresses(ask(lab, UNBOUND4, "short.example.test")) == ["203.0.113.12"]
+        assert addresses(lan_query(lab, UNBOUND4, "short.example.test")) == ["203.0.113.12"]
         assert kernel_bits(runner, "203.0.113.12") is not None
         wait_for(lambda: kernel_bits(runner, "203.0.113.12") is None, timeout=8)
         assert kernel_bits(runner, "203.0.113.10") is not None  # its 300 s are not over
@@ -230,9 +187,9 @@ fallback = "direct"
 
 
 def test_dns_over_ipv6_and_truncation(lab, peers, tmp_path: Path):
-    cfg = config(ONE_UPSTREAM)
+    cfg = dns_config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
-        r = ask(lab, UNBOUND6, "www.example.test", "AAAA")
+        r = lan_query(lab, UNBOUND6, "www.example.test", "AAAA")
         assert addresses(r) == ["2001:db8:3::10"]
         # The router's link-local address, as IPv6 clients learn it from router adverts (RDNSS).
         import json
@@ -255,9 +212,9 @@ def test_dns_over_ipv6_and_truncation(lab, peers, tmp_path: Path):
         assert frm[0].split("%")[0] == ll  # from the address asked
         assert addresses(dns.message.from_wire(got)) == ["203.0.113.10"]
         # 40 addresses do not fit 512 bytes: TC over UDP without EDNS, whole over TCP.
-        small = ask(lab, UNBOUND4, "big.example.test", edns=False)
+        small = lan_query(lab, UNBOUND4, "big.example.test", edns=False)
         assert small.flags & dns.flags.TC and not small.answer
-        whole = ask(lab, UNBOUND4, "big.example.test", tcp=True)
+        whole = lan_query(lab, UNBOUND4, "big.example.test", tcp=True)
         assert len(addresses(whole)) == 40
         # The kernel learnt every one of them.
         assert all(kernel_bits(runner, f"203.0.113.{i}") is not None for i in range(100, 140))
@@ -265,7 +222,7 @@ def test_dns_over_ipv6_and_truncation(lab, peers, tmp_path: Path):
 
 
 def test_identical_queries_in_flight_share_one_upstream_query(lab, peers, tmp_path: Path):
-    cfg = config(ONE_UPSTREAM)
+    cfg = dns_config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         plane: ControlPlane = runner.plane  # type: ignore[assignment]
 
@@ -291,7 +248,7 @@ def test_identical_queries_in_flight_share_one_upstream_query(lab, peers, tmp_pa
 
 
 def test_prefer_fixed_ttl_bind_interface_and_must(lab, peers, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ ub = "udp://{UNBOUND4}:53", dm = "udp://{DNSMASQ4}:53" }}
 ipversion_prefer = 4
@@ -307,19 +264,19 @@ fallback = "direct"
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         plane: ControlPlane = runner.plane  # type: ignore[assignment]
         # ipversion_prefer = 4: a name with an IPv4 address gets no AAAA.
-        aaaa = ask(lab, UNBOUND4, "www.example.test", "AAAA")
+        aaaa = lan_query(lab, UNBOUND4, "www.example.test", "AAAA")
         assert aaaa.rcode() == dns.rcode.NOERROR and not aaaa.answer
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
         # fixed_domain_ttl overrides the upstream's 300 s.
-        api = ask(lab, UNBOUND4, "api.example.test")
+        api = lan_query(lab, UNBOUND4, "api.example.test")
         assert api.answer[0].ttl <= 7
         # interface(lan: lan0): the LAN's query went to dm.
-        ask(lab, UNBOUND4, "cn.lab.test")
+        lan_query(lab, UNBOUND4, "cn.lab.test")
         assert cache_row(runner, "cn.lab.test").upstream == "dm"
         before = snapshot(runner).dns.counters.queries
         # must_direct: the query reaches dnsmasq itself; the controller never sees it.
-        assert addresses(ask(lab, DNSMASQ4, "txt.example.test", "A")) == []
-        assert addresses(ask(lab, DNSMASQ4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, DNSMASQ4, "txt.example.test", "A")) == []
+        assert addresses(lan_query(lab, DNSMASQ4, "www.example.test")) == ["203.0.113.10"]
         assert snapshot(runner).dns.counters.queries == before
         # dns.bind: the router's own resolver address (not from the LAN: no interface, so ub answers).
         q = dns.message.make_query("cn.lab.test", "A")
@@ -343,12 +300,12 @@ fallback = "direct"
         assert result.ok, result.message
         assert cache_row(runner, "www.example.test") is not None
         queries = upstream_rows(runner)["ub"].queries
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
         assert upstream_rows(runner)["ub"].queries == queries
 
 
 def test_upstream_connections_follow_the_routing_rules_and_loops_end(lab, peers, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ dot = "tls://{UNBOUND4}:853", ub = "udp://{UNBOUND4}:53", dm = "udp://{DNSMASQ4}:53" }}
 ca_file = "{peers.ca.ca_file}"
@@ -362,23 +319,23 @@ rules = ["dip({UNBOUND4}) && dport(853) -> block"]
 fallback = "direct"
 """)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
         ups = upstream_rows(runner)
         assert ups["dot"].errors == 1 and "block" in ups["dot"].last_error
         assert ups["dot"].route.startswith("rule #1") and ups["dot"].route.endswith("-> block")
         assert ups["ub"].route == "fallback -> direct"
         # Response rules that send a question back and forth give up after 3 more upstreams.
-        r = ask(lab, UNBOUND4, "loop.example.test")
+        r = lan_query(lab, UNBOUND4, "loop.example.test")
         assert r.rcode() == dns.rcode.SERVFAIL
         ups = upstream_rows(runner)
         assert ups["ub"].queries + ups["dm"].queries == 1 + 4  # www (ub); the loop: its first ask and 3 more
 
 
 def test_an_upstream_routed_to_a_group_is_asked_through_its_node(lab, peers, tmp_path: Path):
-    from daetui.lab.proxypeers_shadowsocks import SsServer
-    from daetui.lab.proxypeers_socks_http import PROXY4, Danted, Tinyproxy
+    from testkit.peers.shadowsocks import SsServer
+    from testkit.peers.socks_http import PROXY4, Danted, Tinyproxy
 
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [node]
 socks = "socks5://{PROXY4}:1086"
 web = "http://{PROXY4}:8891"
@@ -402,33 +359,32 @@ request = ["qname(full: short.example.test) -> dot", "qname(full: api.example.te
 [routing]
 rules = ["dip({UNBOUND4}) -> proxy", "dip({DNSMASQ4}) -> web", "dip('{UNBOUND6}') -> ssg"]
 fallback = "direct"
-""", f"""tcp_check_url = ["http://{ADDR.hosts4[0]}/", "{ADDR.hosts4[0]}", "{ADDR.hosts6[0]}"]
-udp_check_dns = ["dns.lab.test:53", "{UNBOUND4}", "{UNBOUND6}"]""")
+""", LAB_CHECKS)
     ss = SsServer(lab, "aes-128-gcm", "no udp here", port=8401, udp=False)
     cfg = cfg.replace(f'web = "http://{PROXY4}:8891"', f'web = "http://{PROXY4}:8891"\nss = "{ss.node(4).link()}"')
     with Danted(lab, port=1086) as socks, Tinyproxy(lab, port=8891), ss, \
             plane_in_lab(lab, cfg, tmp_path) as runner:
         # UDP through the socks node's UDP ASSOCIATE; DoT through a stream of the node.
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == [ADDR.hosts4[0]]
-        assert addresses(ask(lab, UNBOUND4, "short.example.test")) == [ADDR.hosts4[2]]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == [ADDR.hosts4[0]]
+        assert addresses(lan_query(lab, UNBOUND4, "short.example.test")) == [ADDR.hosts4[2]]
         # The HTTP node has no UDP: the same question over TCP through CONNECT.
-        assert addresses(ask(lab, UNBOUND4, "api.example.test")) == [ADDR.hosts4[1]]
+        assert addresses(lan_query(lab, UNBOUND4, "api.example.test")) == [ADDR.hosts4[1]]
         ups = upstream_rows(runner)
         assert ups["ub"].route == "rule #1 dip(203.0.113.53) -> proxy via socks", ups["ub"].route
         assert ups["dot"].route.endswith("-> proxy via socks") and ups["dm"].route.endswith("-> web via web")
         assert all(ups[n].queries == 1 and ups[n].errors == 0 for n in ("ub", "dot", "dm"))
         # DNS over HTTPS is not carried by nodes: dialled directly, and its route says so.
-        assert ask(lab, UNBOUND4, "txt.example.test", "TXT").answer
+        assert lan_query(lab, UNBOUND4, "txt.example.test", "TXT").answer
         assert upstream_rows(runner)["doh"].route.endswith("-> proxy (DoH: dialled direct, not through a node)")
         # A node whose server relays no UDP takes the datagram and answers nothing: the question
         # goes on over TCP through it (ss-server logs the connection to unbound's IPv6 address).
-        assert ask(lab, UNBOUND4, "a.ss.example.test").rcode() == dns.rcode.NXDOMAIN
+        assert lan_query(lab, UNBOUND4, "a.ss.example.test").rcode() == dns.rcode.NXDOMAIN
         assert f"connect to [{UNBOUND6}]:53" in ss.log_text() or f"connect to {UNBOUND6}:53" in ss.log_text()
         assert upstream_rows(runner)["ub6"].route.endswith("-> ssg via ss") and upstream_rows(runner)["ub6"].errors == 0
         # Without the node, unbound cannot be reached (directly it would answer): both its
         # upstreams fail, and the question goes on to the one through the web node.
         socks.stop()
-        assert ADDR.hosts4[0] in addresses(ask(lab, UNBOUND4, "alias.example.test", timeout=8))
+        assert ADDR.hosts4[0] in addresses(lan_query(lab, UNBOUND4, "alias.example.test", timeout=8))
         ups = upstream_rows(runner)
         for name in ("ub", "dot"):
             assert ups[name].errors == 1 and ("1086" in ups[name].last_error

@@ -20,15 +20,15 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from helpers import lan_socket, plane_in_lab, snapshot
-from test_dns import ONE_UPSTREAM, UNBOUND4, addresses, ask, config, upstream_rows
+from helpers import addresses, lan_connect, lan_query, lan_socket, plane_in_lab, snapshot, upstream_rows, wan_udp
 
-from daetui.lab.dnspeers import dns_peers
 from daetui.lab.topology import ADDR
-from daetui.net.netns import netns
+from testkit.configs import ONE_UPSTREAM, dns_config
+from testkit.peers.dnsmasq import dns_peers
 
 pytestmark = pytest.mark.kernel
 
+UNBOUND4 = ADDR.dns4[0]
 LIAR = ADDR.hosts4[2]  # a "DNS server" of this test's own, in the wan namespace
 
 
@@ -42,10 +42,7 @@ class Liar:
     """A UDP DNS server that answers each query in the way `mode` says."""
 
     def __init__(self, lab) -> None:
-        with netns(lab.wan):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LIAR, 53))
+        self.sock = wan_udp(lab, LIAR, 53)
         self.sock.settimeout(0.2)
         self.mode = "silent"
         self.seen = 0
@@ -132,7 +129,7 @@ MALFORMED = {
 
 
 def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers, tmp_path: Path):
-    cfg = config(ONE_UPSTREAM)
+    cfg = dns_config(ONE_UPSTREAM)
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         for what, payload in MALFORMED.items():
             r = raw_udp(lab, payload)
@@ -144,18 +141,14 @@ def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers,
         assert struct.unpack("!H", raw_udp(lab, MALFORMED["opcode update"])[2:4])[0] & 0xF == dns.rcode.NOTIMP
         assert raw_udp(lab, MALFORMED["two questions"])[3] & 0xF == dns.rcode.FORMERR
         # Over TCP: a bad message ends the connection; the next connection is served.
-        s = lan_socket(lab, UNBOUND4)
-        s.settimeout(3)
-        s.connect((UNBOUND4, 53))
+        s = lan_connect(lab, UNBOUND4, 53, timeout=3)
         bad = MALFORMED["name over 255 bytes"]
         s.sendall(struct.pack("!H", len(bad)) + bad)
         got = s.recv(4096)
         assert got == b"" or got[5] & 0xF == dns.rcode.FORMERR
         s.close()
         # A length prefix promising more than comes, then silence: closed, not waited on forever.
-        s = lan_socket(lab, UNBOUND4)
-        s.settimeout(15)
-        s.connect((UNBOUND4, 53))
+        s = lan_connect(lab, UNBOUND4, 53, timeout=15)
         s.sendall(b"\x10\x00" + b"abc")
         t0 = time.monotonic()
         assert s.recv(4096) == b""
@@ -164,13 +157,13 @@ def test_malformed_queries_are_counted_and_answered_only_with_errors(lab, peers,
 
         counters = snapshot(runner).dns.counters
         assert counters.malformed >= len(MALFORMED) + 1
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
-        assert addresses(ask(lab, UNBOUND4, "www.example.test", tcp=True)) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test", tcp=True)) == ["203.0.113.10"]
         assert [r.name for r in snapshot(runner).dns.cache] == ["www.example.test"]
 
 
 def test_lying_upstream_is_passed_over_and_counted(lab, peers, liar, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ liar = "udp://{LIAR}:53", ub = "udp://{UNBOUND4}:53" }}
 upstream_timeout = "1s"
@@ -187,7 +180,7 @@ fallback = "direct"
         for mode, name in names.items():
             liar.mode = mode
             t0 = time.monotonic()
-            r = ask(lab, UNBOUND4, name)
+            r = lan_query(lab, UNBOUND4, name)
             took = time.monotonic() - t0
             # The liar's answer never reaches the client: the next upstream's does.
             assert addresses(r) == want[name], mode
@@ -199,11 +192,11 @@ fallback = "direct"
         assert snapshot(runner).dns.counters.bad_answers == 2  # garbage and cut
         assert all("198.51.100.99" not in r.answers for r in snapshot(runner).dns.cache)
         liar.mode = "good"
-        assert addresses(ask(lab, UNBOUND4, "short.example.test")) == ["198.51.100.99"]
+        assert addresses(lan_query(lab, UNBOUND4, "short.example.test")) == ["198.51.100.99"]
 
 
 def test_no_upstream_answers_servfail_in_bounded_time(lab, peers, liar, tmp_path: Path):
-    cfg = config(f"""
+    cfg = dns_config(f"""
 [dns]
 upstream = {{ liar = "udp://{LIAR}:53" }}
 upstream_timeout = "1s"
@@ -214,11 +207,11 @@ fallback = "direct"
     with plane_in_lab(lab, cfg, tmp_path) as runner:
         liar.mode = "silent"
         t0 = time.monotonic()
-        r = ask(lab, UNBOUND4, "www.example.test")
+        r = lan_query(lab, UNBOUND4, "www.example.test")
         took = time.monotonic() - t0
         assert r.rcode() == dns.rcode.SERVFAIL
         assert 0.9 < took < 4.0, took  # upstream_timeout, then SERVFAIL
         assert snapshot(runner).dns.counters.servfail == 1
         assert not snapshot(runner).dns.cache  # a failure is not cached
         liar.mode = "good"
-        assert addresses(ask(lab, UNBOUND4, "www.example.test")) == ["198.51.100.99"]
+        assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["198.51.100.99"]

@@ -23,22 +23,10 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from daetui.lab.dnspeers import (
-    BIG_COUNT,
-    DOH_PATH,
-    DOH_PORT,
-    DOT_PORT,
-    NEG_TTL,
-    TLS_NAME,
-    Dnsmasq,
-    DnsPeerError,
-    DnsPeers,
-    Record,
-    dns_peers,
-    query,
-)
+from daetui.lab.dnspeers import BIG_COUNT, DOH_PATH, DOH_PORT, DOT_PORT, NEG_TTL, TLS_NAME, DnsPeerError, Record
 from daetui.lab.topology import ADDR, Lab
 from daetui.net.netns import netns
+from testkit.peers.dnsmasq import Dnsmasq, DnsPeers, dns_peers, query
 
 pytestmark = pytest.mark.kernel
 

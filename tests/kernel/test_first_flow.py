@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 
 import pytest
 from helpers import (
     http_get,
-    lan_socket,
     plane_in_lab,
     run_in,
     snapshot,
@@ -166,7 +164,7 @@ def test_reusing_a_tuple_the_router_holds_in_time_wait(plane, lab, v):
     sport = 47000 + v
     retrans_before = syn_retransmits(lab)
     for _ in range(3):
-        body = http_get_from(lab, PROXIED[v], "/whoami", sport)
+        body = http_get(lab, PROXIED[v], "/whoami", sport=sport)
         assert body.decode().strip() == ROUTER_WAN[v]
     assert syn_retransmits(lab) == retrans_before
     state = run_in(lab.router, "ss", "-tan", "state", "time-wait", f"( sport = :80 and dport = :{sport} )")
@@ -177,18 +175,3 @@ def syn_retransmits(lab) -> int:
     out = run_in(lab.lan, "nstat", "-asz", "TcpExtTCPSynRetrans")
     return int(out.split("TcpExtTCPSynRetrans")[1].split()[0])
 
-
-def http_get_from(lab, host: str, path: str, sport: int) -> bytes:
-    s = lan_socket(lab, host)
-    s.settimeout(5)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::" if ":" in host else "0.0.0.0", sport))
-    try:
-        s.connect((host, 80))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-    finally:
-        s.close()
-    return data.partition(b"\r\n\r\n")[2]

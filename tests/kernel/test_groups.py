@@ -14,13 +14,23 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, newest_conn, plane_in_lab, snapshot, tcp_connect_fails, udp_exchange, wait_for
+from helpers import (
+    http_get,
+    newest_conn,
+    plane_in_lab,
+    snapshot,
+    tcp_connect_fails,
+    udp_exchange,
+    wait_for,
+    wan_listener,
+)
 
 from daetui.abi.constants import ABI
 from daetui.config.load import parse_config
-from daetui.lab.proxypeers_socks_http import Danted
 from daetui.lab.topology import ADDR
 from daetui.net.netns import netns
+from testkit.configs import LAB_CHECKS
+from testkit.peers.socks_http import Danted
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 
@@ -34,14 +44,9 @@ class DelayingRelay:
     """A TCP relay in the wan namespace that waits DELAY before passing a connection on."""
 
     def __init__(self, lab, listen: tuple[str, int], to: tuple[str, int]) -> None:
-        with netns(lab.wan):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._up_family = socket.AF_INET
-        self.lab, self.to = lab, to
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(listen)
-        self.sock.listen(64)
+        self.sock = wan_listener(lab, *listen)
         self.sock.settimeout(0.2)
+        self.lab, self.to = lab, to
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -57,7 +62,7 @@ class DelayingRelay:
     def _serve(self, c: socket.socket) -> None:
         time.sleep(DELAY)
         with netns(self.lab.wan):
-            u = socket.socket(self._up_family, socket.SOCK_STREAM)
+            u = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             u.connect(self.to)
         except OSError:
@@ -90,8 +95,7 @@ CONFIG = f"""
 lan_interface = ["lan0"]
 dial_mode = "ip"
 check_interval = "{CHECK_INTERVAL:g}s"
-tcp_check_url = ["http://{ADDR.hosts4[0]}/", "{ADDR.hosts4[0]}", "{ADDR.hosts6[0]}"]
-udp_check_dns = ["dns.lab.test:53", "{ADDR.dns4[0]}", "{ADDR.dns6[0]}"]
+{LAB_CHECKS}
 
 [node]
 fast = "socks5://{PROXY4}:{FAST_PORT}"

@@ -4,152 +4,118 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, Daemon, assert_same_state, http_get, router_state, udp_exchange
+from helpers import Daemon, assert_same_state, http_get, plane_in_lab, router_state, snapshot, udp_exchange, wait_for
 
 from daetui.lab.topology import ADDR
+from testkit.configs import RELAY_CONFIG, RELAYED4, RELAYED6
 
 pytestmark = pytest.mark.kernel
 
-CONFIG = """
-[global]
-lan_interface = ["lan0"]
-
-[group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
-
-[routing]
-rules = ["dip(203.0.113.10, '2001:db8:3::10') -> proxy"]
-fallback = "direct"
-"""
-
-PROXIED4, PROXIED6 = ADDR.hosts4[0], ADDR.hosts6[0]
-
 
 @pytest.fixture
-def config_file(tmp_path):
-    p = tmp_path / "daetui.toml"
-    p.write_text(CONFIG)
-    return p
+def config_file(daemon):
+    """RELAY_CONFIG, as the daemon fixture's config file."""
+    daemon.config_path.write_text(RELAY_CONFIG)
+    return daemon.config_path
 
 
 def whoami(lab, host: str) -> str:
     return http_get(lab, host, "/whoami", timeout=3).decode().strip()
 
 
-def daetui_cli(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui", *args],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-
-def test_clean_stop_leaves_the_router_exactly_as_before(lab, config_file, tmp_path):
+def test_clean_stop_leaves_the_router_exactly_as_before(lab, daemon, config_file):
     before = router_state(lab)
-    d = Daemon(lab, config_file, tmp_path / "run")
-    d.start()
-    try:
-        during = router_state(lab)
-        assert "lan_ingress" in during["tc filter lan0 ingress"]
-        assert "lan_egress" in during["tc filter lan0 egress"]
-        assert "lookup 2024" in during["ip rule"] and "lookup 2024" in during["ip -6 rule"]
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4
-    finally:
-        assert d.stop() == 0, d.log()
+    daemon.start()
+    during = router_state(lab)
+    assert "lan_ingress" in during["tc filter lan0 ingress"]
+    assert "lan_egress" in during["tc filter lan0 egress"]
+    assert "lookup 2024" in during["ip rule"] and "lookup 2024" in during["ip -6 rule"]
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4
+    assert daemon.stop() == 0, daemon.log()
     assert_same_state(before, router_state(lab))
-    assert "daetui stopped; system changes undone" in d.log()
-    assert not (tmp_path / "run" / "state.json").exists()
-    assert not (tmp_path / "run" / "daetui.pid").exists()
+    assert "daetui stopped; system changes undone" in daemon.log()
+    assert not (daemon.run_dir / "state.json").exists()
+    assert not (daemon.run_dir / "daetui.pid").exists()
 
 
-def test_sigint_stops_cleanly_too(lab, config_file, tmp_path):
+def test_sigint_stops_cleanly_too(lab, daemon, config_file):
     before = router_state(lab)
-    d = Daemon(lab, config_file, tmp_path / "run")
-    d.start()
-    d.signal(signal.SIGINT)
-    assert d.wait() == 0
+    daemon.start()
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait() == 0
     assert_same_state(before, router_state(lab))
 
 
-def test_sigkill_fails_open_and_cleanup_undoes_the_rest(lab, config_file, tmp_path):
+def test_sigkill_fails_open_and_cleanup_undoes_the_rest(lab, daemon, config_file):
     before = router_state(lab)
-    run = tmp_path / "run"
-    d = Daemon(lab, config_file, run)
-    d.start()
-    assert whoami(lab, PROXIED4) == ADDR.router_wan4  # relayed by the daemon
-    d.signal(signal.SIGKILL)
-    d.wait()
+    daemon.start()
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4  # relayed by the daemon
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
     # The programs are still attached, but with no listener the flow passes as direct.
     assert "lan_ingress" in router_state(lab)["tc filter lan0 ingress"]
-    assert whoami(lab, PROXIED4) == ADDR.client4
-    assert whoami(lab, PROXIED6) == ADDR.client6
-    assert udp_exchange(lab, PROXIED4, b"still there?") == [b"still there?"]
-    out = daetui_cli(lab, "cleanup", "--run-dir", str(run))
+    assert whoami(lab, RELAYED4) == ADDR.client4
+    assert whoami(lab, RELAYED6) == ADDR.client6
+    assert udp_exchange(lab, RELAYED4, b"still there?") == [b"still there?"]
+    out = daemon.cli("cleanup")
     assert out.returncode == 0, out.stderr
     assert "undone: tc filter ingress on lan0" in out.stdout
     assert_same_state(before, router_state(lab))
     # Nothing left to undo a second time.
-    again = daetui_cli(lab, "cleanup", "--run-dir", str(run))
+    again = daemon.cli("cleanup")
     assert again.returncode == 0 and "nothing to undo" in again.stdout
 
 
-def test_next_start_cleans_up_after_a_crash(lab, config_file, tmp_path):
+def test_next_start_cleans_up_after_a_crash(lab, daemon, config_file):
     before = router_state(lab)
-    run = tmp_path / "run"
-    d = Daemon(lab, config_file, run)
-    d.start()
-    d.signal(signal.SIGKILL)
-    d.wait()
-    d2 = Daemon(lab, config_file, run)
-    d2.start()
+    daemon.start()
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    d2 = Daemon(lab, config_file, daemon.run_dir).start()
     try:
         assert "cleaned up after a daemon that did not stop" in d2.log()
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4
+        assert whoami(lab, RELAYED4) == ADDR.router_wan4
         assert router_state(lab)["tc filter lan0 ingress"].count("handle 0xda7") == 1
     finally:
         assert d2.stop() == 0
     assert_same_state(before, router_state(lab))
 
 
-def test_a_second_daemon_in_the_same_run_dir_is_refused(lab, config_file, tmp_path):
-    run = tmp_path / "run"
-    d = Daemon(lab, config_file, run)
-    d.start()
-    try:
-        out = daetui_cli(lab, "--no-ui", "--config", str(config_file), "--run-dir", str(run))
-        assert out.returncode == 1
-        assert "already running" in out.stderr
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4  # the first one is untouched
-    finally:
-        assert d.stop() == 0
+def test_a_second_daemon_in_the_same_run_dir_is_refused(lab, daemon, config_file):
+    daemon.start()
+    out = daemon.cli("--no-ui", "--config", str(config_file))  # a second one, same run dir
+    assert out.returncode == 1
+    assert "already running" in out.stderr
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4  # the first one is untouched
+    assert daemon.stop() == 0
 
 
-def test_config_error_names_the_place_and_starts_nothing(lab, tmp_path):
+def test_config_error_names_the_place_and_starts_nothing(lab, daemon):
     before = router_state(lab)
-    bad = tmp_path / "bad.toml"
-    bad.write_text(CONFIG.replace("-> proxy", "-> proxy)"))
-    out = daetui_cli(lab, "--no-ui", "--config", str(bad), "--run-dir", str(tmp_path / "run"))
+    bad = daemon.config_path
+    bad.write_text(RELAY_CONFIG.replace("-> proxy", "-> proxy)"))
+    line, text = next((n, ln) for n, ln in enumerate(bad.read_text().splitlines(), 1) if "proxy)" in ln)
+    column = text.index("proxy)") + len("proxy)")  # the stray parenthesis, counted from 1
+    out = daemon.cli("--no-ui", "--config", str(bad))
     assert out.returncode == 2
-    assert f"{bad}:9:55:" in out.stderr and "expected the end of the rule" in out.stderr
+    assert f"{bad}:{line}:{column}:" in out.stderr and "expected the end of the rule" in out.stderr
     assert_same_state(before, router_state(lab))
-    assert not (tmp_path / "run").exists()
+    assert not daemon.run_dir.exists()
 
 
-def test_missing_lan_interface_is_reported_and_the_rest_bound(lab, tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(CONFIG.replace('["lan0"]', '["lan0", "nosuch0"]'))
+def test_missing_lan_interface_is_reported_and_the_rest_bound(lab, daemon):
+    daemon.config_path.write_text(RELAY_CONFIG.replace('["lan0"]', '["lan0", "nosuch0"]'))
     before = router_state(lab)
-    d = Daemon(lab, cfg, tmp_path / "run")
-    d.start()
-    try:
-        assert "LAN interface nosuch0 does not exist" in d.log()
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4
-    finally:
-        assert d.stop() == 0
+    daemon.start()
+    assert "LAN interface nosuch0 does not exist" in daemon.log()
+    assert whoami(lab, RELAYED4) == ADDR.router_wan4
+    assert daemon.stop() == 0
     assert_same_state(before, router_state(lab))
 
 
-def test_what_daetui_did_not_add_is_left_alone(lab, config_file, tmp_path):
+def test_what_daetui_did_not_add_is_left_alone(lab, daemon, config_file):
     """A clsact someone else made, their rules and routes: all still there after stop and cleanup."""
     ns = lab.router
     foreign = [
@@ -161,17 +127,15 @@ def test_what_daetui_did_not_add_is_left_alone(lab, config_file, tmp_path):
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
     try:
         before = router_state(lab)
-        d = Daemon(lab, config_file, tmp_path / "run")
-        d.start()
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4
-        assert d.stop() == 0
+        daemon.start()
+        assert whoami(lab, RELAYED4) == ADDR.router_wan4
+        assert daemon.stop() == 0
         assert_same_state(before, router_state(lab))
         # And after a crash, cleanup is just as careful.
-        d = Daemon(lab, config_file, tmp_path / "run")
-        d.start()
+        d = Daemon(lab, config_file, daemon.run_dir).start()
         d.signal(signal.SIGKILL)
         d.wait()
-        assert daetui_cli(lab, "cleanup", "--run-dir", str(tmp_path / "run")).returncode == 0
+        assert d.cli("cleanup").returncode == 0
         assert_same_state(before, router_state(lab))
         assert "clsact" in before["tc qdisc lan0"]
     finally:
@@ -182,10 +146,8 @@ def test_what_daetui_did_not_add_is_left_alone(lab, config_file, tmp_path):
 
 
 def test_an_interface_that_appears_later_is_bound_and_one_that_goes_is_forgotten(lab, tmp_path):
-    from helpers import plane_in_lab, snapshot, wait_for
-
     before = router_state(lab)
-    text = CONFIG.replace('["lan0"]', '["lan0", "late0"]')
+    text = RELAY_CONFIG.replace('["lan0"]', '["lan0", "late0"]')
     with plane_in_lab(lab, text, tmp_path / "run") as plane:
         assert snapshot(plane).missing_interfaces == ("late0",)
         subprocess.run(["ip", "-n", lab.router, "link", "add", "name", "late0", "type", "veth", "peer", "name",
@@ -197,5 +159,5 @@ def test_an_interface_that_appears_later_is_bound_and_one_that_goes_is_forgotten
         subprocess.run(["ip", "-n", lab.router, "link", "del", "late0"], check=True)
         wait_for(lambda: snapshot(plane).missing_interfaces == ("late0",), timeout=10)
         assert [i.name for i in snapshot(plane).bindings] == ["lan0"]
-        assert whoami(lab, PROXIED4) == ADDR.router_wan4  # still routing
+        assert whoami(lab, RELAYED4) == ADDR.router_wan4  # still routing
     assert_same_state(before, router_state(lab))

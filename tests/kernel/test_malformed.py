@@ -11,25 +11,15 @@ from helpers import plane_in_lab, snapshot, tcp_echo, udp_exchange, wait_for
 
 from daetui.lab.topology import ADDR, LAN_MAC, ROUTER_LAN_MAC
 from daetui.net.netns import netns
+from testkit.configs import RELAY_CONFIG
 
 pytestmark = pytest.mark.kernel
 
-CONFIG = """
-[global]
-lan_interface = ["lan0"]
-
-[group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
-
-[routing]
-rules = ["dip(203.0.113.10, '2001:db8:3::10') -> proxy"]
-fallback = "direct"
-"""
 
 
 @pytest.fixture(scope="module")
 def plane(lab, tmp_path_factory):
-    with plane_in_lab(lab, CONFIG, tmp_path_factory.mktemp("run")) as runner:
+    with plane_in_lab(lab, RELAY_CONFIG, tmp_path_factory.mktemp("run")) as runner:
         yield runner
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import plane_in_lab, snapshot
-from test_rule_language import kernel_flow, send_udp
+from helpers import kernel_flow, plane_in_lab, send_udp, snapshot
 
 from daetui.abi.constants import ABI
 from daetui.config.load import parse_config

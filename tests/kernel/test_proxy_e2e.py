@@ -13,16 +13,17 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from helpers import http_get, lan_socket, newest_conn, plane_in_lab, udp_exchange
+from helpers import http_get, lan_connect, newest_conn, plane_in_lab, udp_exchange
 
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.proxypeers_shadowsocks import SsServer
-from daetui.lab.proxypeers_socks_http import Danted, Tinyproxy, V2rayHttps
-from daetui.lab.proxypeers_trojan import TrojanGfw
-from daetui.lab.proxypeers_v2ray import V2ray, trojan_inbound, vless_inbound, vmess_inbound
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT
 from daetui.outbound import http_proxy, socks5, trojan, vless, vmess
+from testkit.configs import LAB_CHECKS
+from testkit.peers.shadowsocks import SsServer
+from testkit.peers.socks_http import Danted, Tinyproxy, V2rayHttps
+from testkit.peers.trojan import TrojanGfw
+from testkit.peers.v2ray import V2ray, trojan_inbound, vless_inbound, vmess_inbound
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 
@@ -74,7 +75,7 @@ lan_interface = ["lan0"]
 dial_mode = "ip"
 allow_insecure = true   # the lab's CA is not the system's; the dialers' own tests check verification
 check_interval = "10m"
-tcp_check_url = ["http://{HOST4}/", "{HOST4}", "{ADDR.hosts6[0]}"]
+{LAB_CHECKS}
 
 [node]
 {node_lines}
@@ -92,10 +93,8 @@ fallback = "direct"
 
 def echo_exact(lab, host: str, payload: bytes, timeout: float = 20.0) -> bytes:
     """Send `payload` to the echo server and read as many bytes back (no half-close: not every server keeps it)."""
-    s = lan_socket(lab, host)
-    s.settimeout(timeout)
+    s = lan_connect(lab, host, ECHO_PORT, timeout)
     try:
-        s.connect((host, ECHO_PORT))
         s.sendall(payload)
         got = bytearray()
         while len(got) < len(payload):

@@ -17,22 +17,21 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
-from typing import Any, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from helpers import dial_http_get, in_router, read_to_end, wan_listener, wan_udp
 
-from daetui import aio
 from daetui.lab.dnspeers import Unbound
-from daetui.lab.proxypeers_shadowsocks import SsServer
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
 from daetui.net.netns import netns
 from daetui.net.stream import DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.shadowsocks import METHODS, Sealer, SsNode, SsStream, master_key, subkey
+from testkit.peers.shadowsocks import SsServer
 
 pytestmark = pytest.mark.kernel
 
@@ -41,7 +40,6 @@ PASSWORD = "lab pässword:@/#?"  # the separators a link must carry, and UTF-8
 BASE_PORT = 8388
 UNUSED_PORT = 8399
 DIRECT = DirectDialer(mark=0, connect_timeout=3.0)
-T = TypeVar("T")
 
 BY_CIPHER = pytest.mark.parametrize("method", CIPHERS)
 BY_FAMILY = pytest.mark.parametrize("v", [4, 6])
@@ -67,33 +65,6 @@ def servers(lab: Lab) -> Iterator[dict[str, SsServer]]:
         yield out
 
 
-def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0) -> T:
-    """Run `coro` on daetui's event loop, its sockets made in the router namespace, bounded in time."""
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    with netns(lab.router):
-        return aio.run(bounded())
-
-
-async def read_all(stream: Any) -> bytes:
-    out = bytearray()
-    while data := await stream.read(1 << 16):
-        out += data
-    return bytes(out)
-
-
-async def http_get(dialer: Any, host: str, path: str) -> tuple[bytes, bytes]:
-    stream = await dialer.connect(host, HTTP_PORT)
-    try:
-        await stream.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        head, _, body = (await read_all(stream)).partition(b"\r\n\r\n")
-    finally:
-        stream.close()
-    return head, body
-
-
 def wait_for_log(server: SsServer, pattern: str, timeout: float = 3.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,7 +82,7 @@ def wait_for_log(server: SsServer, pattern: str, timeout: float = 3.0) -> str:
 def test_http(lab: Lab, servers: dict[str, SsServer], method: str, v: int) -> None:
     """An HTTP download from the wan's server, the ss-server dialled over IPv4 / IPv6."""
     dialer = servers[method].node(v).dialer(DIRECT)
-    head, body = in_router(lab, http_get(dialer, target(v), "/bytes/100000"))
+    head, body = in_router(lab, dial_http_get(dialer, target(v), "/bytes/100000"))
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body == pattern_bytes(100000)
 
@@ -145,7 +116,7 @@ def test_megabyte_both_ways(lab: Lab, servers: dict[str, SsServer], method: str)
         stream = await dialer.connect(target(4, 1), SOURCE_PORT)
         try:
             await stream.write(b"%d\n" % (1 << 20))
-            return await read_all(stream)
+            return await read_to_end(stream)
         finally:
             stream.close()
 
@@ -157,7 +128,7 @@ def test_megabyte_both_ways(lab: Lab, servers: dict[str, SsServer], method: str)
 def test_domain_target(lab: Lab, servers: dict[str, SsServer]) -> None:
     """A name goes to ss-server as a name (ATYP 3): it resolves it through the lab's unbound."""
     server = servers["chacha20-ietf-poly1305"]
-    head, body = in_router(lab, http_get(server.node(4).dialer(DIRECT), "www.example.test", "/"))
+    head, body = in_router(lab, dial_http_get(server.node(4).dialer(DIRECT), "www.example.test", "/"))
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body in (f"daetui lab host {ADDR.hosts4[0]}\n".encode(), f"daetui lab host {ADDR.hosts6[0]}\n".encode())
     wait_for_log(server, r"connect to www\.example\.test:80")
@@ -168,7 +139,7 @@ def test_unresolvable_domain_fails_cleanly(lab: Lab, servers: dict[str, SsServer
     server = servers["aes-128-gcm"]
     t0 = time.monotonic()
     with pytest.raises(DialError, match="closed the connection without answering"):
-        in_router(lab, http_get(server.node(4).dialer(DIRECT), "nx.example.test", "/"))
+        in_router(lab, dial_http_get(server.node(4).dialer(DIRECT), "nx.example.test", "/"))
     assert time.monotonic() - t0 < 3
     wait_for_log(server, r"unable to resolve nx\.example\.test")
 
@@ -253,7 +224,7 @@ def test_wrong_password_tcp(lab: Lab, servers: dict[str, SsServer]) -> None:
     node = SsNode("wrong", ADDR.hosts4[2], server.port, "aes-256-gcm", "not the password")
     t0 = time.monotonic()
     with pytest.raises(DialError, match=r"^shadowsocks wrong \(.*\): no answer within 1.5s: wrong password or method"):
-        in_router(lab, http_get(node.dialer(DIRECT, answer_timeout=1.5), target(4), "/"))
+        in_router(lab, dial_http_get(node.dialer(DIRECT, answer_timeout=1.5), target(4), "/"))
     assert 1.4 < time.monotonic() - t0 < 4
     wait_for_log(server, "authentication error")
 
@@ -375,21 +346,11 @@ BROKEN: list[tuple[Callable[[asyncio.StreamWriter], Awaitable[None]], bytes, str
 ]
 
 
-def wan_socket(lab: Lab, kind: socket.SocketKind) -> socket.socket:
-    """A socket of the wan namespace on 203.0.113.12, at a free port."""
-    with netns(lab.wan):
-        sock = socket.socket(socket.AF_INET, kind)
-    sock.bind((ADDR.hosts4[2], 0))
-    sock.setblocking(False)
-    return sock
-
-
 @pytest.mark.parametrize(("behaviour", "before", "reason"), BROKEN, ids=[b[0].__name__.strip("_") for b in BROKEN])
 def test_broken_server(lab: Lab, behaviour: Callable[[asyncio.StreamWriter], Awaitable[None]], before: bytes,
                        reason: str) -> None:
     """Garbage, an early close or reset, a stall, a cut or forged chunk: a DialError with the reason, soon."""
-    listener = wan_socket(lab, socket.SOCK_STREAM)
-    listener.listen()
+    listener = wan_listener(lab, ADDR.hosts4[2])
     port = listener.getsockname()[1]
     node = SsNode("fake", ADDR.hosts4[2], port, FAKE, PASSWORD)
 
@@ -422,7 +383,7 @@ def test_broken_server(lab: Lab, behaviour: Callable[[asyncio.StreamWriter], Awa
 
 def test_broken_udp_replies_dropped_and_counted(lab: Lab) -> None:
     """Replies that are short, garbage or under another key are dropped and counted; the good one comes through."""
-    server = wan_socket(lab, socket.SOCK_DGRAM)
+    server = wan_udp(lab, ADDR.hosts4[2])
     server.settimeout(3)
     node = SsNode("fake", ADDR.hosts4[2], server.getsockname()[1], FAKE, PASSWORD)
 

@@ -13,15 +13,22 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import OpaqueDialer, OpaqueStream
+from helpers import OpaqueDialer, OpaqueStream, in_router, read_to_end, wan_listener, wan_udp
 
-from daetui.lab.proxypeers_socks_http import (
+from daetui.lab.servers import pattern_bytes
+from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
+from daetui.lab.topology import HTTP_PORT as WEB_PORT
+from daetui.net.stream import DialError, SocketStream, Stream
+from daetui.outbound.direct import DirectDialer
+from daetui.outbound.http_proxy import PrefixedStream, TlsStream
+from daetui.outbound.links import parse_link
+from daetui.outbound.socks5 import decode_udp, encode_udp
+from testkit.peers.socks_http import (
     BLOCKED,
     HTTP_PORT,
     HTTPS_PORT,
@@ -36,15 +43,6 @@ from daetui.lab.proxypeers_socks_http import (
     ProxyPeers,
     proxy_peers,
 )
-from daetui.lab.servers import pattern_bytes
-from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
-from daetui.lab.topology import HTTP_PORT as WEB_PORT
-from daetui.net.netns import netns
-from daetui.net.stream import DialError, SocketStream, Stream
-from daetui.outbound.direct import DirectDialer
-from daetui.outbound.http_proxy import PrefixedStream, TlsStream
-from daetui.outbound.links import parse_link
-from daetui.outbound.socks5 import decode_udp, encode_udp
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 
@@ -58,16 +56,6 @@ FAST = 1.0  # handshake timeout for the bad proxies: a stall must end in about t
 def peers(lab: Lab) -> Iterator[ProxyPeers]:
     with proxy_peers(lab) as p:
         yield p
-
-
-def in_router(lab: Lab, fn: Callable[[], Awaitable[Any]], limit: float = 20.0) -> Any:
-    """Run `fn()` on an event loop whose sockets are made in the router namespace."""
-    async def main() -> Any:
-        async with asyncio.timeout(limit):
-            return await fn()
-
-    with netns(lab.router):
-        return asyncio.run(main())
 
 
 def proxy(v: int) -> str:
@@ -97,17 +85,10 @@ def dialer(peers: ProxyPeers, text: str, via: Any = None, **kw: Any) -> Any:
     return node.dialer(via or DirectDialer(0), **kw)
 
 
-async def read_all(stream: Stream, limit: int = 4 * MB) -> bytes:
-    out = bytearray()
-    while len(out) <= limit and (chunk := await stream.read(1 << 16)):
-        out += chunk
-    return bytes(out)
-
-
 async def http_get(stream: Stream, path: str) -> tuple[bytes, bytes]:
     """(status line, body) of one HTTP/1.0 GET over the stream."""
     await stream.write(f"GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n".encode())
-    answer = await read_all(stream)
+    answer = await read_to_end(stream)
     head, _, body = answer.partition(b"\r\n\r\n")
     return head.split(b"\r\n", 1)[0], body
 
@@ -127,7 +108,7 @@ def test_http_get_through_the_proxy(lab: Lab, peers: ProxyPeers, kind: str, v: i
         finally:
             stream.close()
 
-    status, body, stream = in_router(lab, go)
+    status, body, stream = in_router(lab, go())
     assert status == b"HTTP/1.1 200 OK"
     seen = body.decode().strip()
     assert seen not in (ADDR.router_wan4, ADDR.router_wan6)
@@ -161,12 +142,12 @@ def test_one_megabyte_each_way(lab: Lab, peers: ProxyPeers, kind: str, v: int) -
         source = await d.connect(web(v), SOURCE_PORT)
         try:
             await source.write(b"%d\n" % MB)
-            down = await read_all(source)
+            down = await read_to_end(source)
         finally:
             source.close()
         return bytes(got), down
 
-    echoed, down = in_router(lab, go)
+    echoed, down = in_router(lab, go())
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
     assert len(down) == MB and down == pattern_bytes(MB)
 
@@ -181,7 +162,7 @@ def test_destination_by_name(lab: Lab, peers: ProxyPeers, kind: str) -> None:
         finally:
             stream.close()
 
-    status, body = in_router(lab, go)
+    status, body = in_router(lab, go())
     assert status == b"HTTP/1.1 200 OK"
     assert body.startswith(b"daetui lab host ")
     assert body.decode().split()[-1] in (ADDR.hosts4[0], ADDR.hosts6[0])
@@ -204,7 +185,7 @@ def test_over_a_stream_without_a_socket(lab: Lab, peers: ProxyPeers, kind: str) 
         finally:
             stream.close()
 
-    kind_of_stream, got = in_router(lab, go)
+    kind_of_stream, got = in_router(lab, go())
     assert kind_of_stream in ((TlsStream,) if kind == "https" else (OpaqueStream, PrefixedStream))
     assert got == data
 
@@ -218,7 +199,7 @@ def test_wrong_password(lab: Lab, peers: ProxyPeers, kind: str) -> None:
             await dialer(peers, link(kind, 4, password="not-" + PASSWORD)).connect(web(4), WEB_PORT)
         return str(e.value)
 
-    reason = in_router(lab, go)
+    reason = in_router(lab, go())
     assert f"authentication failed for user '{USER}'" in reason
 
 
@@ -229,7 +210,7 @@ def test_no_credentials_where_required(lab: Lab, peers: ProxyPeers, kind: str) -
             await dialer(peers, link(kind, 6, user="")).connect(web(6), WEB_PORT)
         return str(e.value)
 
-    assert "requires authentication" in in_router(lab, go)
+    assert "requires authentication" in in_router(lab, go())
 
 
 @V4V6
@@ -241,7 +222,7 @@ def test_socks5_refused_by_ruleset(lab: Lab, peers: ProxyPeers, v: int) -> None:
             await dialer(peers, link("socks5", v)).connect(blocked, WEB_PORT)
         return str(e.value)
 
-    reason = in_router(lab, go)
+    reason = in_router(lab, go())
     assert "connection not allowed by ruleset (2)" in reason
     assert blocked in reason
 
@@ -260,7 +241,7 @@ def test_https_certificate_is_verified(lab: Lab, peers: ProxyPeers) -> None:
             stream.close()
         return str(e.value), status
 
-    reason, status = in_router(lab, go)
+    reason, status = in_router(lab, go())
     assert "TLS handshake: certificate not accepted: " in reason, reason
     assert status == b"HTTP/1.1 200 OK"
 
@@ -287,7 +268,7 @@ def test_socks5_udp_to_the_echo_server(lab: Lab, peers: ProxyPeers, kind: str, v
         finally:
             assoc.close()
 
-    got = in_router(lab, go)
+    got = in_router(lab, go())
     assert got == [(p, web(v), ECHO_PORT) for p in payloads]
 
 
@@ -311,8 +292,7 @@ class Fake:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[int]:
-        with netns(self.lab.wan):
-            sock = socket.create_server((PROXY4, 0))
+        sock = wan_listener(self.lab, PROXY4)
         server = await asyncio.start_server(self._handle, sock=sock)
         try:
             yield sock.getsockname()[1]
@@ -398,7 +378,7 @@ def test_bad_proxy_fails_with_a_reason(lab: Lab, peers: ProxyPeers, kind: str, s
                 closed = False
             return why, took, closed, status
 
-    why, took, closed, status = in_router(lab, go)
+    why, took, closed, status = in_router(lab, go())
     assert reason in why
     assert why.startswith(f"{kind} ") and f"{PROXY4}:" in why  # says which node
     assert took < FAST + 0.5
@@ -410,9 +390,7 @@ def test_socks5_udp_association_with_a_scripted_server(lab: Lab) -> None:
     """The wire format both ways, malformed datagrams dropped, and the association ends with its control connection."""
     async def go() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        with netns(lab.wan):
-            relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            relay.bind((PROXY4, 0))
+        relay = wan_udp(lab, PROXY4)
         relay.setblocking(False)
         close_control = asyncio.Event()
         out: dict[str, Any] = {}
@@ -452,7 +430,7 @@ def test_socks5_udp_association_with_a_scripted_server(lab: Lab) -> None:
             relay.close()
         return out
 
-    out = in_router(lab, go)
+    out = in_router(lab, go(), loop_factory=asyncio.new_event_loop)  # uvloop has no sock_recvfrom
     assert out["request"] == b"\x05\x03\x00\x01" + bytes(6)  # ASSOCIATE, address and port unknown: zeros
     assert out["sent"] == (b"question", "www.lab.test", 53)
     assert out["received"] == (b"answer", "2001:db8:3::53", 53)

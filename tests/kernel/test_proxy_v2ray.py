@@ -11,31 +11,28 @@ the wan namespace on the same event loop as the client.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+from helpers import dial_http_get, in_router, read_to_end, wan_listener
 
-from daetui import aio
 from daetui.lab.dnspeers import LabCA
-from daetui.lab.proxypeers_trojan import TrojanGfw
-from daetui.lab.proxypeers_v2ray import TLS_NAME, V2ray, trojan_inbound, vless_inbound, vmess_inbound
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
-from daetui.net.netns import netns
-from daetui.net.stream import Datagrams, Dialer, DialError, Stream
+from daetui.net.stream import Datagrams, Dialer, DialError
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound.direct import DirectDialer
+from testkit.peers.trojan import TrojanGfw
+from testkit.peers.v2ray import TLS_NAME, V2ray, trojan_inbound, vless_inbound, vmess_inbound
 
 pytestmark = pytest.mark.kernel
 
-T = TypeVar("T")
 
 SERVER = {4: ADDR.hosts4[0], 6: ADDR.hosts6[0]}
 DEST = {4: ADDR.hosts4[0], 6: ADDR.hosts6[0]}
@@ -101,31 +98,9 @@ def dialer_of(p: Peers, node: Any, **kw: Any) -> Dialer:
     return node.dialer(DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file, **kw)
 
 
-def in_router(lab: Lab, coro: Awaitable[T], timeout: float = 20.0) -> T:
-    """Run a coroutine on daetui's event loop with its sockets in the router namespace."""
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    with netns(lab.router):
-        return aio.run(bounded())
-
-
-async def read_to_end(stream: Stream, limit: int = 4 * MB) -> bytes:
-    out = bytearray()
-    while data := await stream.read(1 << 16):
-        out += data
-        assert len(out) <= limit, "more bytes than were asked for"
-    return bytes(out)
-
-
 async def http_bytes(d: Dialer, dest: str, n: int) -> bytes:
     """GET /bytes/n from the wan's HTTP server through the dialer; the body, status and length checked."""
-    s = await d.connect(dest, HTTP_PORT)
-    try:
-        await s.write(f"GET /bytes/{n} HTTP/1.1\r\nHost: {dest}\r\nConnection: close\r\n\r\n".encode())
-        head, _, body = (await read_to_end(s)).partition(b"\r\n\r\n")
-    finally:
-        s.close()
+    head, body = await dial_http_get(d, dest, f"/bytes/{n}")
     assert head.startswith(b"HTTP/1.1 200 "), head[:80]
     assert f"Content-Length: {n}".encode() in head
     return body
@@ -325,8 +300,7 @@ def test_misbehaving_server(peers: Peers, protocol: str, kind: str) -> None:
     plain_stall = kind == "stall" and not getattr(node, "tls", True)
 
     async def run() -> str:
-        with netns(peers.lab.wan):
-            sock = socket.create_server((SERVER[4], port), reuse_port=False)
+        sock = wan_listener(peers.lab, SERVER[4], port)
         server = await asyncio.start_server(FAKES[kind], sock=sock)
         try:
             s = await d.connect(DEST[4], ECHO_PORT)

@@ -13,13 +13,11 @@ import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from helpers import ROOT, Daemon, lan_socket, wait_for
+from helpers import http_get, lan_connect, lan_socket, wait_for
 
 from daetui.lab.topology import ADDR
 
@@ -38,11 +36,6 @@ rules = [
 ]
 fallback = "direct"
 """
-def daetui(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", lab.router, sys.executable, "-m", "daetui", *args],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-
-
 class Streams:
     """The traffic that must survive: echoed TCP flows and a UDP stream, checked as they go."""
 
@@ -51,15 +44,8 @@ class Streams:
         self.stop = threading.Event()
         self.tcp_bytes = 0
         self.udp_sent = self.udp_got = 0
-        self.tcp = []
-        for _ in range(n_tcp):
-            s = lan_socket(lab, ADDR.hosts4[0])
-            s.settimeout(10)
-            s.connect((ADDR.hosts4[0], 7))
-            self.tcp.append(s)
-        self.direct = lan_socket(lab, ADDR.hosts4[1])
-        self.direct.settimeout(10)
-        self.direct.connect((ADDR.hosts4[1], 7))
+        self.tcp = [lan_connect(lab, ADDR.hosts4[0], 7, timeout=10) for _ in range(n_tcp)]
+        self.direct = lan_connect(lab, ADDR.hosts4[1], 7, timeout=10)
         self.udp = lan_socket(lab, ADDR.hosts4[0], socket.SOCK_DGRAM)
         self.udp.settimeout(2)
         self.threads = [threading.Thread(target=self._tcp_loop, daemon=True),
@@ -116,18 +102,16 @@ class Streams:
             s.close()
 
 
-def status(lab, run) -> dict:
-    out = daetui(lab, "status", "--json", "--run-dir", str(run))
+def status(daemon) -> dict:
+    out = daemon.cli("status", "--json", timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
-def test_twenty_reloads_under_load(lab, tmp_path):
-    cfg = tmp_path / "daetui.toml"
+def test_twenty_reloads_under_load(lab, daemon):
+    cfg = daemon.config_path
     cfg.write_text(BASE)
-    run = tmp_path / "run"
-    d = Daemon(lab, cfg, run)
-    d.start()
+    daemon.start()
     streams = Streams(lab)
     try:
         streams.start()
@@ -137,28 +121,28 @@ def test_twenty_reloads_under_load(lab, tmp_path):
                    ("  \"dport(1) -> direct\" junk", "TOML syntax")]
         changes = []
         for i in range(20):
-            gen_before = status(lab, run)["health"]["generation"]
+            gen_before = status(daemon)["health"]["generation"]
             if i % 3 == 2:
                 line, message = invalid[(i // 3) % 3]
                 cfg.write_text(BASE.replace("  # EXTRA", line))
-                out = daetui(lab, "reload", "--run-dir", str(run))
+                out = daemon.cli("reload", timeout=120)
                 assert out.returncode == 1 and message in out.stderr and f"{cfg}:" in out.stderr, out.stderr
-                assert status(lab, run)["health"]["generation"] == gen_before  # nothing changed
+                assert status(daemon)["health"]["generation"] == gen_before  # nothing changed
                 continue
             changes.append(f"dport({5000 + i}) -> direct")
             rules = ",\n".join(f"  \"{r}\"" for r in changes)
             cfg.write_text(BASE.replace("  # EXTRA", rules + ","))
             if i % 4 == 1:
-                d.signal(signal.SIGUSR1)
-                wait_for(lambda gb=gen_before: status(lab, run)["health"]["generation"] != gb, timeout=30)
+                daemon.signal(signal.SIGUSR1)
+                wait_for(lambda gb=gen_before: status(daemon)["health"]["generation"] != gb, timeout=30)
             else:
-                out = daetui(lab, "reload", "--run-dir", str(run))
+                out = daemon.cli("reload", timeout=120)
                 assert out.returncode == 0, out.stderr
                 assert f"+ dport({5000 + i}) -> direct" in out.stdout
-            assert status(lab, run)["health"]["generation"] == 1 - gen_before
+            assert status(daemon)["health"]["generation"] == 1 - gen_before
             time.sleep(0.2)
         time.sleep(1)
-        snap = status(lab, run)
+        snap = status(daemon)
         assert sum(1 for c in snap["connections"] if c["state"] == "open" and c["proto"] == "tcp") >= 50
     finally:
         streams.close()
@@ -166,34 +150,28 @@ def test_twenty_reloads_under_load(lab, tmp_path):
         assert streams.errors == []
         assert streams.tcp_bytes > 1_000_000
         assert streams.udp_got == streams.udp_sent and streams.udp_sent > 100
-        snap = status(lab, run)
+        snap = status(daemon)
         rule = snap["rules"][0]
         assert rule["text"].startswith("dip(203.0.113.10") and rule["hits"] >= 51  # carried across 14 flips
-        assert "reload refused" in d.log() and "SIGUSR1: reloading" in d.log()
+        assert "reload refused" in daemon.log() and "SIGUSR1: reloading" in daemon.log()
     finally:
-        assert d.stop() == 0
+        assert daemon.stop() == 0
 
 
-def test_abort_resets_the_flows_whose_route_changed(lab, tmp_path):
-    cfg = tmp_path / "daetui.toml"
+def test_abort_resets_the_flows_whose_route_changed(lab, daemon):
+    cfg = daemon.config_path
     cfg.write_text(BASE)
-    run = tmp_path / "run"
-    d = Daemon(lab, cfg, run)
-    d.start()
+    daemon.start()
     try:
-        relayed = lan_socket(lab, ADDR.hosts4[0])
-        relayed.settimeout(5)
-        relayed.connect((ADDR.hosts4[0], 7))
+        relayed = lan_connect(lab, ADDR.hosts4[0], 7)
         relayed.sendall(b"before")
         assert relayed.recv(10) == b"before"
-        kept = lan_socket(lab, ADDR.hosts6[0])  # still proxied after the change: untouched
-        kept.settimeout(5)
-        kept.connect((ADDR.hosts6[0], 7))
+        kept = lan_connect(lab, ADDR.hosts6[0], 7)  # still proxied after the change: untouched
         kept.sendall(b"v6")
         assert kept.recv(10) == b"v6"
         cfg.write_text(BASE.replace("dip(203.0.113.10, '2001:db8:3::10') -> proxy",
                                     "dip('2001:db8:3::10') -> proxy"))
-        out = daetui(lab, "reload", "--abort", "--run-dir", str(run))
+        out = daemon.cli("reload", "--abort", timeout=120)
         assert out.returncode == 0, out.stderr
         assert "1 flows reset" in out.stdout
         with pytest.raises((ConnectionResetError, BrokenPipeError, TimeoutError)):
@@ -203,22 +181,15 @@ def test_abort_resets_the_flows_whose_route_changed(lab, tmp_path):
         kept.sendall(b"still")
         assert kept.recv(10) == b"still"
         # New flows follow the new rules: 203.0.113.10 is direct now.
-        s = lan_socket(lab, ADDR.hosts4[0])
-        s.settimeout(5)
-        s.connect((ADDR.hosts4[0], 80))
-        s.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        assert data.endswith(ADDR.client4.encode() + b"\n")
-        for sock in (relayed, kept, s):
+        assert http_get(lab, ADDR.hosts4[0], "/whoami").decode().strip() == ADDR.client4
+        for sock in (relayed, kept):
             sock.close()
         # explain asks the daemon, which has the new rules.
-        out = daetui(lab, "explain", f"{ADDR.hosts4[0]}:80", "--run-dir", str(run))
+        out = daemon.cli("explain", f"{ADDR.hosts4[0]}:80", timeout=120)
         assert out.returncode == 0 and out.stdout.startswith("(asked the running daetui"), out.stderr
         assert out.stdout.rstrip().endswith("=> direct (no rule matched: the fallback)")
-        out = daetui(lab, "explain", f"[{ADDR.hosts6[0]}]:7", "--run-dir", str(run))
+        out = daemon.cli("explain", f"[{ADDR.hosts6[0]}]:7", timeout=120)
         assert out.stdout.rstrip().endswith("=> proxy (rule #1)"), out.stdout
     finally:
-        assert d.stop() == 0
+        assert daemon.stop() == 0
     assert os.path.exists(cfg)

@@ -10,11 +10,10 @@ space, which sniffs the name.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import ssl
 
 import pytest
-from helpers import http_get, lan_socket, plane_in_lab, snapshot, wait_for
+from helpers import http_get, kernel_flow, lan_connect, plane_in_lab, send_udp, snapshot, wait_for
 
 from daetui.abi.constants import ABI
 from daetui.lab.topology import ADDR, LAN_MAC
@@ -75,26 +74,6 @@ def plane(lab, tmp_path_factory):
         yield runner
 
 
-def send_udp(lab, host: str, dport: int, sport: int, dscp: int) -> None:
-    s = lan_socket(lab, host, socket.SOCK_DGRAM)
-    try:
-        if ":" in host:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, dscp << 2)
-            s.bind(("::", sport))
-        else:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
-            s.bind(("0.0.0.0", sport))
-        s.sendto(b"not quic", (host, dport))
-    finally:
-        s.close()
-
-
-def kernel_flow(plane, host: str, dport: int, sport: int, proto: str = "udp"):
-    dst = ipaddress.ip_address(host)
-    return wait_for(lambda: next((f for f in snapshot(plane).kernel_flows if f.key.dst == dst
-                                  and f.key.dport == dport and f.key.sport == sport and f.key.proto == proto), None))
-
-
 @pytest.mark.parametrize(("dport", "h", "dscp", "v"), CASES)
 def test_kernel_matcher_and_explain_agree(plane, lab, dport, h, dscp, v):
     host = (ADDR.hosts4 if v == 4 else ADDR.hosts6)[h]
@@ -149,24 +128,14 @@ def test_no_name_known_leaves_the_decision_to_user_space_which_sniffs_it(plane, 
     # Rule #7 needs a name too, but its dport fails first (domain functions go last): #14 is where it stops.
     assert kf.outbound == ABI.OUTBOUND_USERSPACE and kf.rule_index == 13
 
-    s = lan_socket(lab, host)
-    s.settimeout(5)
-    s.connect((host, 80))
-    s.sendall(b"GET /whoami HTTP/1.1\r\nHost: www.sniffed.test\r\nConnection: close\r\n\r\n")
-    data = b""
-    while chunk := s.recv(4096):
-        data += chunk
-    s.close()
-    assert data.startswith(b"HTTP/1.1 200") and data.endswith(ADDR.router_wan4.encode() + b"\n")
+    assert http_get(lab, host, "/whoami", name="www.sniffed.test").decode().strip() == ADDR.router_wan4
     conn = wait_for(lambda: next((c for c in snapshot(plane).connections
                                   if c.domain == "www.sniffed.test" and c.state != "open"), None))
     assert (conn.outbound, conn.stage, conn.sniffed, conn.rule_index) == ("g_sniff", "userspace", "http", 13)
 
     # TLS: the ClientHello's server name.
     ctx = ssl.create_default_context()
-    raw = lan_socket(lab, host)
-    raw.settimeout(3)
-    raw.connect((host, 7))  # the echo server: the handshake fails, the name was seen
+    raw = lan_connect(lab, host, 7, timeout=3)  # the echo server: the handshake fails, the name was seen
     with pytest.raises((ssl.SSLError, OSError)):
         ctx.wrap_socket(raw, server_hostname="tls.sniffed.test").do_handshake()
     raw.close()

@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import Daemon, http_get, lan_socket, tcp_echo, udp_exchange  # noqa: E402
 
 from daetui.control.client import ControlClient  # noqa: E402
-from daetui.lab.dnspeers import dns_peers  # noqa: E402
-from daetui.lab.proxypeers_socks_http import PROXY4, Danted  # noqa: E402
 from daetui.lab.topology import ADDR, LAN_MAC, Lab  # noqa: E402
 from daetui.net.netns import netns  # noqa: E402
+from testkit.peers.dnsmasq import dns_peers  # noqa: E402
+from testkit.peers.socks_http import PROXY4, Danted  # noqa: E402
 
 FIXTURE_CONFIG = f"""
 [global]

@@ -18,11 +18,11 @@ from test_console_live import app_text, line_text, make_app, until
 
 from daetui.control.client import ControlClient
 from daetui.control.state import Snapshot
-from daetui.lab.dnspeers import dns_peers
-from daetui.lab.proxypeers_socks_http import PROXY4, Danted
 from daetui.lab.topology import ADDR
 from daetui.ui.panes.connections import ConnectionsPane
 from daetui.ui.panes.dialers import DialersPane, GroupRow, NodeRow
+from testkit.peers.dnsmasq import dns_peers
+from testkit.peers.socks_http import PROXY4, Danted
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 

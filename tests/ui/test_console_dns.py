@@ -16,10 +16,10 @@ import pytest
 from helpers import Daemon, lan_socket
 from test_console_live import app_text, line_text, make_app, until
 
-from daetui.lab.dnspeers import dns_peers
 from daetui.lab.topology import ADDR
 from daetui.ui.panes.dns import DnsPane, cache_cell
 from daetui.ui.panes.maps import MapsPane
+from testkit.peers.dnsmasq import dns_peers
 
 pytestmark = pytest.mark.kernel
 

@@ -10,36 +10,10 @@ import socket
 import pytest
 
 from daetui.control.relay import HAVE_SPLICE, relay_sockets
+from testkit.sockets import ByteCounter, read_all, tcp_pair
 
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice")),
          pytest.param(False, id="copy")]
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """Two connected non-blocking TCP sockets over loopback."""
-    ls = socket.create_server(("127.0.0.1", 0))
-    a = socket.create_connection(ls.getsockname())
-    b, _ = ls.accept()
-    ls.close()
-    for s in (a, b):
-        s.setblocking(False)
-    return a, b
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self, k: int) -> None:
-        self.n += k
-
-
-async def read_all(s: socket.socket) -> bytes:
-    loop = asyncio.get_running_loop()
-    out = bytearray()
-    while data := await loop.sock_recv(s, 1 << 16):
-        out += data
-    return bytes(out)
 
 
 @pytest.mark.parametrize("use_splice", MODES)
@@ -48,7 +22,7 @@ async def test_bytes_arrive_exactly_both_ways_with_half_close(use_splice):
     client, relay_client_side = tcp_pair()
     relay_server_side, server = tcp_pair()
     up_data, down_data = os.urandom(5_000_003), os.urandom(2_000_001)
-    up, down = Counter(), Counter()
+    up, down = ByteCounter(), ByteCounter()
     task = asyncio.ensure_future(relay_sockets(relay_client_side, relay_server_side, up, down, use_splice))
 
     async def serve() -> bytes:
@@ -76,7 +50,8 @@ async def test_a_reset_ends_both_directions(use_splice):
     loop = asyncio.get_running_loop()
     client, relay_client_side = tcp_pair()
     relay_server_side, server = tcp_pair()
-    task = asyncio.ensure_future(relay_sockets(relay_client_side, relay_server_side, Counter(), Counter(), use_splice))
+    task = asyncio.ensure_future(relay_sockets(relay_client_side, relay_server_side, ByteCounter(), ByteCounter(),
+                                               use_splice))
     await loop.sock_sendall(client, b"hello")
     assert await loop.sock_recv(server, 5) == b"hello"
     server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
-from test_relay import Counter, read_all, tcp_pair
 
 from daetui.control import relay_framed as relay_framed_module
 from daetui.control.relay_framed import relay_framed
@@ -36,6 +35,7 @@ from daetui.outbound.shadowsocks import (
     method_of,
     subkey,
 )
+from testkit.sockets import ByteCounter, read_all, tcp_pair
 
 METHOD = method_of("aes-256-gcm")
 KEY = master_key("framed relay test", METHOD.key_size)
@@ -93,7 +93,7 @@ class Server:
         await self.loop.sock_sendall(self.sock, self.frame(data))
 
 
-Scenario = Callable[[socket.socket, Server, "asyncio.Task[str | None]", Counter, Counter], Awaitable[None]]
+Scenario = Callable[[socket.socket, Server, "asyncio.Task[str | None]", ByteCounter, ByteCounter], Awaitable[None]]
 
 
 def run_relay(loop_factory: Callable[[], asyncio.AbstractEventLoop], scenario: Scenario,
@@ -106,7 +106,7 @@ def run_relay(loop_factory: Callable[[], asyncio.AbstractEventLoop], scenario: S
                           frame_timeout=frame_timeout)
         framing = stream.framed()
         assert framing is not None and framing[0] is relay_server_side
-        up, down = Counter(), Counter()
+        up, down = ByteCounter(), ByteCounter()
         task = asyncio.ensure_future(relay_framed(relay_client_side, *framing, up, down))
         try:
             await asyncio.wait_for(scenario(client, Server(server_sock), task, up, down), 30)
@@ -273,7 +273,7 @@ def test_a_closed_relay_has_let_go_of_its_sockets_when_it_returns(loop_factory, 
         client, relay_client_side = tcp_pair()
         relay_server_side, server_sock = tcp_pair()
         task = asyncio.ensure_future(relay_framed(relay_client_side, relay_server_side, PlainCodec(),
-                                                  Counter(), Counter()))
+                                                  ByteCounter(), ByteCounter()))
         for _ in range(turns):
             await asyncio.sleep(0)
         task.cancel()
@@ -341,7 +341,7 @@ def test_tls_bytes_arrive_exactly_and_close_notify_ends_the_client_side(loop_fac
         stream = await start_tls(SocketStream(relay_server_side), ctx, "relay.test", 10, half_close=False)
         framing = stream.framed()
         assert framing is not None and framing[0] is relay_server_side
-        up, down = Counter(), Counter()
+        up, down = ByteCounter(), ByteCounter()
         task = asyncio.ensure_future(relay_framed(relay_client_side, *framing, up, down))
         try:
             await loop.sock_sendall(client, up_data)
@@ -384,7 +384,7 @@ def test_tls_garbage_from_the_server_resets_the_client(loop_factory, ca):
         stream = await start_tls(SocketStream(relay_server_side), ctx, "relay.test", 10, half_close=False)
         framing = stream.framed()
         assert framing is not None
-        task = asyncio.ensure_future(relay_framed(relay_client_side, *framing, Counter(), Counter()))
+        task = asyncio.ensure_future(relay_framed(relay_client_side, *framing, ByteCounter(), ByteCounter()))
         try:
             ready.set()
             await loop.sock_sendall(client, b"hello")

@@ -41,6 +41,7 @@ from daetui.outbound.shadowsocks import (
     seal_packet,
     subkey,
 )
+from testkit.sockets import tcp_pair
 
 CIPHERS = {"aes-128-gcm": (16, AESGCM), "aes-192-gcm": (24, AESGCM), "aes-256-gcm": (32, AESGCM),
            "chacha20-ietf-poly1305": (32, ChaCha20Poly1305)}
@@ -365,16 +366,6 @@ def test_bad_link_through_the_table() -> None:
 
 # -- the stream on loopback, against a server written with the reference ---------------------------------
 
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    ls = socket.create_server(("127.0.0.1", 0))
-    a = socket.create_connection(ls.getsockname())
-    b, _ = ls.accept()
-    ls.close()
-    a.setblocking(False)
-    b.settimeout(5)
-    return a, b
-
-
 def recv_exactly(s: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -395,7 +386,7 @@ def stream_over(client: socket.socket, header: bytes, **kw: float) -> SsStream:
 
 
 async def test_address_goes_with_the_first_write() -> None:
-    client, server = tcp_pair()
+    client, server = tcp_pair(server_timeout=5)
     header = encode_address("203.0.113.10", 80)
     stream = stream_over(client, header)
     await stream.write(b"GET / HTTP/1.1\r\n\r\n")
@@ -422,7 +413,7 @@ async def test_address_goes_with_the_first_write() -> None:
 
 async def test_read_first_sends_the_address_alone() -> None:
     """A server-first protocol: the client reads before writing, so the address must go out now."""
-    client, server = tcp_pair()
+    client, server = tcp_pair(server_timeout=5)
     stream = stream_over(client, encode_address("mail.example.test", 25))
     reader = asyncio.ensure_future(stream.read(100))
     salt = await asyncio.to_thread(recv_exactly, server, 16)
@@ -438,7 +429,7 @@ async def test_read_first_sends_the_address_alone() -> None:
 
 
 async def test_small_reads_keep_the_rest() -> None:
-    client, server = tcp_pair()
+    client, server = tcp_pair(server_timeout=5)
     stream = stream_over(client, encode_address("203.0.113.10", 7))
     await stream.write(b"x")
     salt = recv_exactly(server, 16)
@@ -454,7 +445,7 @@ async def test_small_reads_keep_the_rest() -> None:
 
 async def test_errors_stay() -> None:
     """A stream that failed keeps failing with the same reason."""
-    client, server = tcp_pair()
+    client, server = tcp_pair(server_timeout=5)
     stream = stream_over(client, encode_address("203.0.113.10", 7))
     await stream.write(b"x")
     server.sendall(os.urandom(16 + 40))
