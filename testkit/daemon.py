@@ -30,8 +30,8 @@ from daetui.paths import RunPaths
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the daemon runs its daetui, not an installed one
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def _env(first: Path = ROOT) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(first), os.environ.get("PYTHONPATH")]))}
 
 
 def ns_exec(ns: str, *argv: str, timeout: float = 60.0, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -50,10 +50,15 @@ class Daemon:
     Its log is `log_path` (default: RUN_DIR's name + ".log" beside it, so that
     the run dir holds only what the daemon makes). Several daemons in turn may
     share a log file: each reads back only what was written since its start.
+    Its daetui is the checkout's, unless `site` names a folder holding an
+    installed copy (tests/kernel/test_install.py); `cwd` is where it starts.
     """
 
-    def __init__(self, ns: str, config: Path, run_dir: Path, log: Path | None = None) -> None:
+    def __init__(self, ns: str, config: Path, run_dir: Path, log: Path | None = None, *,
+                 site: Path = ROOT, cwd: Path = ROOT) -> None:
         self.ns = ns
+        self.site = site  # where its daetui is imported from: the checkout, or an installed copy
+        self.cwd = cwd
         self.config_path = Path(config)
         self.run_dir = Path(run_dir)
         self.log_path = log or self.run_dir.with_name(self.run_dir.name + ".log")
@@ -95,7 +100,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, sys.executable, "-m", "daetui", "--no-ui",
                  "--config", str(self.config_path), "--run-dir", str(self.run_dir)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.cwd, env=_env(self.site))
         deadline = time.monotonic() + timeout
         while not (self.ping() or {}).get("running"):
             if self.proc.poll() is not None:
