@@ -37,7 +37,7 @@ GROUPS = (
 )
 NODES = (
     NodeState("s1", "socks5", "203.0.113.11:1080", True, True, S1_HISTORY, (1.5 * MS, 1.5 * MS), ""),
-    NodeState("s2", "shadowsocks", "[2001:db8:3::11]:8388", True, False, (3.0 * MS, None, 2.0 * MS), (None,),
+    NodeState("s2", "ss", "[2001:db8:3::11]:8388", True, False, (3.0 * MS, None, 2.0 * MS), (None,),
               "IPv6: connection refused"),
     NodeState("spare", "trojan", "203.0.113.11:443", True, True, (), (), ""),
 )

@@ -45,8 +45,6 @@ COLUMNS = [
     Column("address", "Address", 21, min_width=12, priority=2),
     Column("error", "Last error", 20, min_width=12, flex=2, priority=4),
 ]
-# The share links' own names where the module's is longer.
-PROTOCOLS = {"shadowsocks": "ss", "http_proxy": "http"}
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,7 @@ def node_cell(r: GroupRow | NodeRow, key: str) -> Cell | Pieces:
             return "check…", "accent"   # a check under way (the column holds 7)
         return latency_cell(n.latencies4 if key.endswith("4") else n.latencies6, key[:-1])
     if key == "proto":
-        return PROTOCOLS.get(n.protocol, n.protocol), "dim"
+        return n.protocol, "dim"
     if key == "address":
         return n.address, "dim"
     if key == "error":
@@ -244,7 +242,7 @@ def detail_text(r: GroupRow | NodeRow | None, width: int = 80) -> Text:
     v4, v6 = family_text(4, n.latencies4, n.alive4), family_text(6, n.latencies6, n.alive6)
     # Both families on one line where they fit, never one broken in the middle.
     gap = "   " if v4.cell_len + 3 + v6.cell_len <= width else "\n"
-    text = Text.assemble((n.name, "bold"), f" · {PROTOCOLS.get(n.protocol, n.protocol)} · {n.address} · {where}\n",
+    text = Text.assemble((n.name, "bold"), f" · {n.protocol} · {n.address} · {where}\n",
                          v4, gap, v6)
     if n.last_error:
         text.append_text(Text.assemble("\n", ("last error ", "dim"), (n.last_error, "red")))
