@@ -1,6 +1,7 @@
 """A client of the control socket: what the console and `daetui status` use.
 
-All of the console's knowledge of the control plane comes through here.
+All of the console's knowledge of the control plane comes through here. The
+commands and their types are declared in commands.py; this is the transport.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from daetui.control import wire
+from daetui.control.commands import DEFAULT_TIMEOUT, SUBSCRIBE, ControlApi
 from daetui.control.events import Event
-from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
-from daetui.dns.state import DnsTrace
-from daetui.routing.explain import ExplainResult
 
 MAX_LINE = 256 << 20
 T = TypeVar("T")
@@ -27,8 +26,8 @@ class ControlError(RuntimeError):
     """The daemon answered with an error, or is not there."""
 
 
-class ControlClient:
-    """One connection to a daemon's control socket."""
+class ControlClient(ControlApi):
+    """One connection to a daemon's control socket; its command methods are ControlApi's."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -76,7 +75,7 @@ class ControlClient:
                     fut.set_exception(ControlError("the daemon went away"))
             self._pending.clear()
 
-    async def call(self, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
+    async def call(self, cmd: str, timeout: float = DEFAULT_TIMEOUT, **args: Any) -> Any:
         """Send one request and wait for its result (raw JSON values)."""
         if self._writer is None or not self.connected:
             raise ControlError("not connected")
@@ -87,62 +86,10 @@ class ControlClient:
         await self._writer.drain()
         return await asyncio.wait_for(fut, timeout)
 
-    # -- the API --------------------------------------------------------------------
-    async def ping(self) -> dict[str, Any]:
-        return await self.call("ping")
-
-    async def snapshot(self, flows: bool = True) -> Snapshot:
-        raw = await self.call("snapshot", flows=flows)
-        # Decoding thousands of rows is the console's work, off its event loop.
-        return await asyncio.to_thread(wire.decode, Snapshot, raw)
-
-    async def logs(self) -> list[LogLine]:
-        return wire.decode(list[LogLine], await self.call("logs"))
-
-    async def maps(self) -> list[MapInfo]:
-        return wire.decode(list[MapInfo], await self.call("maps"))
-
-    async def map_entries(self, name: str, search: str = "", limit: int = 5000) -> MapEntries:
-        return wire.decode(MapEntries, await self.call("map_entries", name=name, search=search, limit=limit))
-
-    async def close_connections(self, ids: list[int]) -> int:
-        return int(await self.call("close", ids=ids))
-
-    async def stop_daemon(self) -> None:
-        await self.call("stop")
-
-    async def reload(self, abort: bool = False) -> ReloadResult:
-        return wire.decode(ReloadResult, await self.call("reload", timeout=120, abort=abort))
-
-    async def reload_preview(self) -> ReloadResult:
-        return wire.decode(ReloadResult, await self.call("reload_preview"))
-
-    async def edit_rules(self, op: str, index: int, **args: Any) -> ReloadResult:
-        """Edit a rule in the daemon's config file (and reload it): toggle, set, insert, remove, move."""
-        return wire.decode(ReloadResult, await self.call("edit_rules", timeout=120, op=op, index=index, **args))
-
-    async def explain(self, **query: Any) -> ExplainResult:
-        return wire.decode(ExplainResult, await self.call("explain", **query))
-
-    async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace:
-        """Resolve through the daemon's DNS controller; the answer and the way it went."""
-        return wire.decode(DnsTrace, await self.call("dns_lookup", name=name, qtype=qtype))
-
-    async def dns_flush(self) -> int:
-        return int(await self.call("dns_flush"))
-
-    async def pin_node(self, group: str, node: str | None) -> None:
-        """Pin a group to a node (None: unpin)."""
-        await self.call("pin_node", group=group, node=node)
-
-    async def check_nodes(self, names: list[str]) -> None:
-        """Check nodes now (a group's name checks all of its nodes)."""
-        await self.call("check_nodes", timeout=60, names=names)
-
     async def events(self) -> AsyncIterator[Event]:
         """The daemon's events from now on (log lines, connections opened and closed)."""
         if not self._subscribed:
-            await self.call("subscribe")
+            await self.call(SUBSCRIBE)
             self._subscribed = True
         while self.connected or not self._events.empty():
             try:

@@ -2,7 +2,8 @@
 `daetui attach`, `status` and `stop`.
 
 Protocol: one JSON object per line. A request `{"id": 1, "cmd": "snapshot",
-"args": {}}` gets `{"id": 1, "result": ...}` or `{"id": 1, "error": "..."}`.
+"args": {}}` gets `{"id": 1, "result": ...}` or `{"id": 1, "error": "..."}`;
+the commands, their arguments and results are declared in commands.py.
 After `subscribe`, event lines `{"event": {...}}` arrive between responses.
 The socket is root-only (0600 in a 0700 directory). A client too slow for
 the event stream loses events, never the daemon's time: nothing here waits
@@ -13,15 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from daetui.control import wire
+from daetui.control.commands import COMMANDS, SUBSCRIBE
 from daetui.control.events import Event, Subscription
 from daetui.control.plane import ControlPlane
+from daetui.control.state import Snapshot
 
 log = logging.getLogger("daetui.control")
 
@@ -89,7 +95,7 @@ class ControlServer:
                     writer.write(wire.dumps({"id": None, "error": f"bad request: {e}"}))
                     continue
                 rid, cmd, args = req.get("id"), req["cmd"], req.get("args") or {}
-                if cmd == "subscribe":
+                if cmd == SUBSCRIBE:
                     if sub is None:
                         sub = self.plane.events.subscribe(maxsize=5000)
                         forward = asyncio.ensure_future(self._forward(sub, writer))
@@ -134,51 +140,38 @@ class ControlServer:
             writer.write(wire.dumps({"event": ev}))
 
     async def _dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
+        command = COMMANDS.get(cmd)
+        if command is None:
+            raise ValueError(f"unknown command {cmd!r}")
+        kwargs = command.arguments(args)
+        if command.serves is None:
+            result = await self.OWN[cmd](self, **kwargs)
+        else:
+            method = getattr(self.plane, command.serves)
+            if command.blocking:
+                result = await asyncio.get_running_loop().run_in_executor(None, partial(method, **kwargs))
+            else:
+                result = method(**kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        # A command with nothing to say answers that it is done.
+        return True if command.result is None else result
+
+    # -- the commands that are more than one call of the plane --------------------------------------
+    async def _ping(self) -> dict[str, Any]:
         plane = self.plane
-        loop = asyncio.get_running_loop()
-        if cmd == "ping":
-            return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "started": plane.started,
-                    "config": plane.config.source, "running": plane.running}
-        if cmd == "snapshot":
-            # The batch read is a syscall with the GIL released: off the loop.
-            raw = await loop.run_in_executor(None, plane.raw_flows) if args.get("flows", True) else None
-            return plane.snapshot(raw_flows=raw, with_kernel_flows=False, with_dns=bool(args.get("dns", True)))
-        if cmd == "logs":
-            return plane.recent_logs()
-        if cmd == "maps":
-            return await loop.run_in_executor(None, plane.maps_info)
-        if cmd == "map_entries":
-            name = str(args.get("name", ""))
-            return await loop.run_in_executor(None, plane.map_entries, name, str(args.get("search", "")),
-                                              int(args.get("limit", 5000)))
-        if cmd == "close":
-            ids = [int(i) for i in args.get("ids", [])]
-            return plane.close_connections(ids)
-        if cmd == "stop":
-            log.info("stop requested over the control socket")
-            loop.call_soon(plane.request_stop)
-            return True
-        if cmd == "reload":
-            return await plane.reload_from_file(abort=bool(args.get("abort", False)))
-        if cmd == "reload_preview":
-            return await plane.preview_reload()
-        if cmd == "edit_rules":
-            keys = ("op", "index", "text", "to", "enabled", "expect")
-            return await plane.edit_rules(**{k: args[k] for k in keys if k in args})
-        if cmd == "learn_name":
-            plane.learn_name(str(args["addr"]), str(args["name"]))
-            return True
-        if cmd == "dns_lookup":
-            return await plane.dns_lookup(str(args["name"]), str(args.get("qtype", "A")))
-        if cmd == "dns_flush":
-            return plane.dns_flush()
-        if cmd == "pin_node":
-            plane.pin_node(str(args["group"]), args.get("node"))
-            return True
-        if cmd == "check_nodes":
-            await plane.check_nodes([str(n) for n in args.get("names", [])])
-            return True
-        if cmd == "explain":
-            keys = ("target", "port", "proto", "mac", "iface", "pname", "src", "sport", "dscp", "wan")
-            return plane.explain(**{k: args[k] for k in keys if args.get(k) is not None})
-        raise ValueError(f"unknown command {cmd!r}")
+        return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "started": plane.started,
+                "config": plane.config.source, "running": plane.running}
+
+    async def _snapshot(self, flows: bool = True, dns: bool = True) -> Snapshot:
+        # The batch read is a syscall with the GIL released: off the loop.
+        raw = await asyncio.get_running_loop().run_in_executor(None, self.plane.raw_flows) if flows else None
+        return self.plane.snapshot(raw_flows=raw, with_kernel_flows=False, with_dns=dns)
+
+    async def _stop(self) -> None:
+        log.info("stop requested over the control socket")
+        asyncio.get_running_loop().call_soon(self.plane.request_stop)
+
+    # The commands declared with serves=None, by name (tests/unit/test_control_commands.py checks the two agree).
+    OWN: ClassVar[dict[str, Callable[..., Awaitable[Any]]]] = {
+        "ping": _ping, "snapshot": _snapshot, "stop": _stop}

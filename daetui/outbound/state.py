@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+# A node's protocol as its share link names it (`ss://`, `https://`, ...); a chain of nodes is "chain".
+NodeProtocol = Literal["socks5", "http", "https", "ss", "trojan", "vless", "vmess", "chain"]
 
 
 @dataclass(frozen=True)
@@ -10,7 +14,7 @@ class NodeState:
     """A node as the console shows it."""
 
     name: str
-    protocol: str
+    protocol: NodeProtocol
     address: str
     alive4: bool
     alive6: bool

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -22,73 +22,35 @@ from textual.widgets import Footer, TabbedContent, TabPane
 
 from daetui.control import wire
 from daetui.control.client import ControlError
-from daetui.control.events import Event
-from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
-from daetui.dns.state import DnsTrace
-from daetui.routing.explain import ExplainResult
+from daetui.control.commands import ControlApi
+from daetui.control.state import LogLine, ReloadResult, Snapshot
 from daetui.ui.flows import FlowRow
+from daetui.ui.panes import PANES, keyed
+from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.panes.connections import ConnectionsPane
 from daetui.ui.panes.dialers import DialersPane
 from daetui.ui.panes.dns import DnsPane
 from daetui.ui.panes.logs import LogsPane
 from daetui.ui.panes.maps import MapsPane
-from daetui.ui.panes.overview import OverviewPane
 from daetui.ui.panes.rules import RulesPane
-from daetui.ui.screens.modals import ConfirmScreen, FlowScreen, HelpScreen, QuitScreen
+from daetui.ui.screens.modals import ConfirmScreen, FlowScreen, HelpScreen, QuitScreen, global_help
 from daetui.ui.screens.reload import ReloadPreviewScreen
 from daetui.ui.screens.rule_edit import RuleEditScreen
 from daetui.ui.themes import CSS_PATH, load_themes, resolve
 from daetui.ui.widgets.statusbar import StatusBar
 
-PANES = ("overview", "connections", "rules", "maps", "logs", "dns", "dialers")
-PANE_TITLES = {p: p.title() for p in PANES} | {"dns": "DNS"}
+# What the console needs of a control plane: the control socket's commands (ControlClient is one).
+Source = ControlApi
 
-
-class Source(Protocol):
-    """What the console needs of a control plane (ControlClient provides it)."""
-
-    async def snapshot(self, flows: bool = True) -> Snapshot: ...
-    def events(self) -> AsyncIterator[Event]: ...
-    async def logs(self) -> list[LogLine]: ...
-    async def maps(self) -> list[MapInfo]: ...
-    async def map_entries(self, name: str, search: str = "", limit: int = 5000) -> MapEntries: ...
-    async def close_connections(self, ids: list[int]) -> int: ...
-    async def stop_daemon(self) -> None: ...
-    async def close(self) -> None: ...
-    async def reload(self, abort: bool = False) -> ReloadResult: ...
-    async def reload_preview(self) -> ReloadResult: ...
-    async def edit_rules(self, op: str, index: int, **args: Any) -> ReloadResult: ...
-    async def explain(self, **query: Any) -> ExplainResult: ...
-    async def dns_lookup(self, name: str, qtype: str = "A") -> DnsTrace: ...
-    async def dns_flush(self) -> int: ...
-    async def pin_node(self, group: str, node: str | None) -> None: ...
-    async def check_nodes(self, names: list[str]) -> None: ...
+PaletteCommand = tuple[str, str, Callable[[], Any]]
 
 
 class DaetuiCommands(Provider):
-    """The command palette's daetui entries."""
+    """The command palette's daetui entries (DaetuiApp.palette)."""
 
-    def _commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
-        app: DaetuiApp = self.app  # type: ignore[assignment]
-        cmds: list[tuple[str, str, Callable[[], Any]]] = [
-            (f"Show {PANE_TITLES[p]}", f"switch to the {p} pane", partial(app.action_pane, p)) for p in PANES]
-        for short in ("dark", "light", "basic"):
-            cmds.append((f"Theme: {short}", f"the {short} theme", partial(app.set_theme, short)))
-        cmds += [
-            ("Close all shown relayed connections", "as X in Connections",
-             lambda: app.query_one(ConnectionsPane).action_close_filtered()),
-            ("Pause or resume the log", "as p in Logs", lambda: app.query_one(LogsPane).action_pause()),
-            ("Reload the config file", "as R in Rules: shows what changes first", app.preview_reload),
-            ("Resolve a name through daetui's DNS", "as l in DNS", app.open_dns_query),
-            ("Flush the DNS cache", "as f in DNS: asks first",
-             lambda: app.confirm_dns_flush(app.snapshot.dns.cached if app.snapshot and app.snapshot.dns else 0)),
-            ("Check every group's nodes now", "as c on a group in Dialers", app.check_all_groups),
-            ("Stop daetui (stop routing) and quit", "undoes every change daetui made",
-             partial(app.finish, "stop")),
-            ("Leave daetui running and quit", "daetui attach comes back", partial(app.finish, "detach")),
-            ("Help", "keys of the current pane", app.action_help),
-        ]
-        return cmds
+    def _commands(self) -> list[PaletteCommand]:
+        app = self.app
+        return app.palette() if isinstance(app, DaetuiApp) else []
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
@@ -109,13 +71,7 @@ class DaetuiApp(App[str | None]):
     TITLE = "daetui"
     COMMANDS = App.COMMANDS | {DaetuiCommands}
     BINDINGS = [
-        Binding("1", "pane('overview')", "Overview", show=False),
-        Binding("2", "pane('connections')", "Connections", show=False),
-        Binding("3", "pane('rules')", "Rules", show=False),
-        Binding("4", "pane('maps')", "Maps", show=False),
-        Binding("5", "pane('logs')", "Logs", show=False),
-        Binding("6", "pane('dns')", "DNS", show=False),
-        Binding("7", "pane('dialers')", "Dialers", show=False),
+        *(Binding(key, f"pane('{pane.ID}')", pane.TITLE, show=False) for key, pane in keyed()),
         Binding("question_mark,f1", "help", "Help"),
         Binding("escape", "escape", "Back", show=False),
         Binding("slash", "filter", "Filter", show=False),
@@ -136,25 +92,16 @@ class DaetuiApp(App[str | None]):
         self.refresh_count = 0
         self._pending_logs: list[LogLine] = []
         self._maps_busy = False
+        self.panes: dict[str, Pane] = {}   # by id, in tab order (made in compose)
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         with TabbedContent(initial=self.initial_pane, id="panes"):
-            with TabPane("1 Overview", id="overview"):
-                yield OverviewPane()
-            with TabPane("2 Connections", id="connections"):
-                yield ConnectionsPane()
-            with TabPane("3 Rules", id="rules"):
-                yield RulesPane()
-            with TabPane("4 Maps", id="maps"):
-                yield MapsPane()
-            with TabPane("5 Logs", id="logs"):
-                yield LogsPane()
-            with TabPane("6 DNS", id="dns"):
-                yield DnsPane()
-            with TabPane("7 Dialers", id="dialers"):
-                yield DialersPane()
+            for key, pane_class in keyed():
+                with TabPane(f"{key} {pane_class.TITLE}", id=pane_class.ID):
+                    pane = self.panes[pane_class.ID] = pane_class()
+                    yield pane
         yield Footer()
 
     def on_mount(self) -> None:
@@ -167,6 +114,28 @@ class DaetuiApp(App[str | None]):
 
     def set_theme(self, short: str) -> None:
         self.theme = resolve(short)
+
+    def palette(self) -> list[PaletteCommand]:
+        """The command palette's entries: each pane, the themes, what the panes offer, leaving, help."""
+        cmds: list[PaletteCommand] = [
+            (f"Show {p.TITLE}", f"switch to the {p.ID} pane", partial(self.action_pane, p.ID)) for p in PANES]
+        for short in ("dark", "light", "basic"):
+            cmds.append((f"Theme: {short}", f"the {short} theme", partial(self.set_theme, short)))
+        for pane in self.panes.values():
+            cmds += [(entry.name, entry.help, partial(self._run_palette_entry, pane, entry))
+                     for entry in pane.PALETTE]
+        cmds += [
+            ("Stop daetui (stop routing) and quit", "undoes every change daetui made",
+             partial(self.finish, "stop")),
+            ("Leave daetui running and quit", "daetui attach comes back", partial(self.finish, "detach")),
+            ("Help", "keys of the current pane", self.action_help),
+        ]
+        return cmds
+
+    def _run_palette_entry(self, pane: Pane, entry: PaletteEntry) -> None:
+        if entry.show:
+            self.action_pane(pane.ID)
+        getattr(pane, f"action_{entry.action}")()
 
     @property
     def active_pane(self) -> str:
@@ -204,10 +173,7 @@ class DaetuiApp(App[str | None]):
                 continue
             started = asyncio.get_running_loop().time()
             self._apply(snap)
-            if self.active_pane == "connections":
-                await self.query_one(ConnectionsPane).refresh_from(snap)
-            if self.active_pane == "maps" and self.refresh_count % 2 == 0:
-                self.refresh_maps()
+            await self.panes[self.active_pane].tick(snap, self.refresh_count)
             # With very many flows a refresh costs real time: keep the console
             # under about a quarter of a core, whatever the refresh rate asked.
             cost = asyncio.get_running_loop().time() - started
@@ -217,12 +183,10 @@ class DaetuiApp(App[str | None]):
         self.snapshot = snap
         self.refresh_count += 1
         self.query_one(StatusBar).show(snap)
-        self.query_one(OverviewPane).update_snapshot(snap)
-        self.query_one(RulesPane).update_snapshot(snap)
-        # A few groups and nodes: cheap, and a check's result is read from the pane whichever is shown.
-        self.query_one(DialersPane).update_state(snap.groups, snap.nodes)
-        if self.active_pane == "dns":
-            self.query_one(DnsPane).update_state(snap.dns)
+        active = self.active_pane
+        for pane in self.panes.values():
+            if pane.FEED == "always" or (pane.FEED == "shown" and active == pane.ID):
+                pane.update(snap)
 
     @work(exclusive=True, group="events")
     async def _listen(self, source: Source) -> None:
@@ -238,6 +202,8 @@ class DaetuiApp(App[str | None]):
             with contextlib.suppress(NoMatches):  # the app may be closing
                 self.query_one(LogsPane).add(lines)
 
+    # -- what the panes ask for: each one a message, answered through the control socket ------------
+    @on(MapsPane.RefreshRequested)
     def refresh_maps(self) -> None:
         if not self._maps_busy:
             self._load_maps()
@@ -256,8 +222,9 @@ class DaetuiApp(App[str | None]):
         finally:
             self._maps_busy = False
 
-    # -- commands from the panes ----------------------------------------------------------------
-    def show_flow(self, row: FlowRow) -> None:
+    @on(ConnectionsPane.DetailsRequested)
+    def show_flow(self, event: ConnectionsPane.DetailsRequested) -> None:
+        row = event.row
         names = {i.index: i.name for i in self.snapshot.interfaces} if self.snapshot else {}
         screen = FlowScreen(row, names)
         self.push_screen(screen)
@@ -277,10 +244,34 @@ class DaetuiApp(App[str | None]):
             return
         screen.show_trace(result.text)
 
+    @on(ConnectionsPane.CloseRequested)
+    def close_flows(self, event: ConnectionsPane.CloseRequested) -> None:
+        ids = event.ids
+        if not event.confirm:
+            self._close(ids)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._close(ids)
+        self.push_screen(ConfirmScreen(f"Close the {len(ids)} relayed connection{'s' if len(ids) != 1 else ''} "
+                                       "the filter shows? Their clients see a reset."), answer)
+
+    @work(group="close")
+    async def _close(self, ids: list[int]) -> None:
+        if self.source is None:
+            return
+        try:
+            n = await self.source.close_connections(ids)
+            self.notify(f"closed {n} connection{'s' if n != 1 else ''}")
+        except ControlError as e:
+            self.notify(f"close: {e}", severity="error")
+
     # -- rules: every edit goes through the daemon, which writes the file and reloads --------------
-    def edit_rule(self, op: str, index: int, **args: Any) -> None:
-        """toggle / set / insert / remove / move a rule (see ControlPlane.edit_rules)."""
-        self._edit_rule(op, index, args)
+    @on(RulesPane.EditRequested)
+    def edit_rule(self, event: RulesPane.EditRequested) -> None:
+        """toggle / set / insert / remove / move a rule (see ControlApi.edit_rules)."""
+        self._edit_rule(event.op, event.index, event.args)
 
     @work(group="rules")
     async def _edit_rule(self, op: str, index: int, args: dict[str, Any]) -> None:
@@ -308,27 +299,30 @@ class DaetuiApp(App[str | None]):
             with contextlib.suppress(ControlError, OSError):
                 self._apply(await self.source.snapshot(flows=False))
 
-    def ask_rule(self, title: str, text: str, op: str, index: int, expect: str | None = None) -> None:
+    @on(RulesPane.EditorRequested)
+    def ask_rule(self, event: RulesPane.EditorRequested) -> None:
         """The rule editor; what it returns is saved by the daemon (which checks it again)."""
         snap = self.snapshot
         outbounds = set(snap.outbounds.values()) if snap else set()
         config = snap.health.config if snap else None
 
         def done(new: str | None) -> None:
-            if new is not None and new != text:
+            if new is not None and new != event.text:
                 args: dict[str, Any] = {"text": new}
-                if expect is not None:
-                    args["expect"] = expect
-                self.edit_rule(op, index, **args)
-        self.push_screen(RuleEditScreen(title, text, outbounds, config), done)
+                if event.expect is not None:
+                    args["expect"] = event.expect
+                self._edit_rule(event.op, event.index, args)
+        self.push_screen(RuleEditScreen(event.title, event.text, outbounds, config), done)
 
-    def confirm_remove(self, index: int, text: str) -> None:
+    @on(RulesPane.RemoveRequested)
+    def confirm_remove(self, event: RulesPane.RemoveRequested) -> None:
         def answer(yes: bool | None) -> None:
             if yes:
-                self.edit_rule("remove", index, expect=text)
-        self.push_screen(ConfirmScreen(f"Delete rule #{index + 1}?\n\n  {text}\n\n"
+                self._edit_rule("remove", event.index, {"expect": event.text})
+        self.push_screen(ConfirmScreen(f"Delete rule #{event.index + 1}?\n\n  {event.text}\n\n"
                                        "It is removed from the config file (the old file is kept as .bak)."), answer)
 
+    @on(RulesPane.ReloadRequested)
     def preview_reload(self) -> None:
         """R: what reloading the file would change; apply it if the operator says so."""
         self._preview_reload()
@@ -353,13 +347,10 @@ class DaetuiApp(App[str | None]):
         self.push_screen(ReloadPreviewScreen(preview, config), apply)
 
     # -- DNS: lookups and flushes run as workers; the pane renders from the snapshot ---------------
-    def open_dns_query(self) -> None:
-        self.action_pane("dns")
-        self.query_one(DnsPane).action_query()
-
-    def dns_lookup(self, name: str, qtype: str = "A") -> None:
+    @on(DnsPane.LookupRequested)
+    def dns_lookup(self, event: DnsPane.LookupRequested) -> None:
         """Resolve through the daemon's DNS controller; the DNS pane shows the answer and its route."""
-        self._dns_lookup(name, qtype)
+        self._dns_lookup(event.name, event.qtype)
 
     @work(exclusive=True, group="dns-lookup")
     async def _dns_lookup(self, name: str, qtype: str) -> None:
@@ -375,7 +366,10 @@ class DaetuiApp(App[str | None]):
         pane.show_trace(trace)
         self._refresh_now()  # its cache entry, now rather than at the next tick
 
-    def confirm_dns_flush(self, entries: int) -> None:
+    @on(DnsPane.FlushRequested)
+    def confirm_dns_flush(self) -> None:
+        entries = self.snapshot.dns.cached if self.snapshot and self.snapshot.dns else 0
+
         def answer(yes: bool | None) -> None:
             if yes:
                 self._dns_flush()
@@ -397,19 +391,13 @@ class DaetuiApp(App[str | None]):
         self._refresh_now()
 
     # -- dialers: checks and pins run as workers; the pane renders from the snapshot ------------------
-    def check_nodes(self, names: list[str]) -> None:
+    @on(DialersPane.CheckRequested)
+    def check_nodes(self, event: DialersPane.CheckRequested) -> None:
         """Check nodes (a group: all its members) now; the Dialers pane marks them until it is done."""
         pane = self.query_one(DialersPane)
-        for name in names:
+        for name in event.names:
             pane.checks_started(name)
-        self._check_nodes(names)
-
-    def check_all_groups(self) -> None:
-        groups = [g.name for g in self.snapshot.groups] if self.snapshot else []
-        if not groups:
-            self.notify("no proxy groups in the config", severity="warning")
-            return
-        self.check_nodes(groups)
+        self._check_nodes(event.names)
 
     @work(group="dialers-check")
     async def _check_nodes(self, names: list[str]) -> None:
@@ -448,9 +436,10 @@ class DaetuiApp(App[str | None]):
                 self._apply(await self.source.snapshot())
         return ""
 
-    def pin_node(self, group: str, node: str | None) -> None:
-        """Pin `node` in `group` (None: unpin); new flows of the group go through it while it is alive."""
-        self._pin_node(group, node)
+    @on(DialersPane.PinRequested)
+    def pin_node(self, event: DialersPane.PinRequested) -> None:
+        """Pin a node in a group (None: unpin); new flows of the group go through it while it is alive."""
+        self._pin_node(event.group, event.node)
 
     @work(group="dialers-pin")
     async def _pin_node(self, group: str, node: str | None) -> None:
@@ -468,74 +457,28 @@ class DaetuiApp(App[str | None]):
             self.notify(f"{group}: unpinned — its policy picks the node again")
         self._refresh_now()
 
-    def close_flows(self, ids: list[int]) -> None:
-        self._close(ids)
-
-    @work(group="close")
-    async def _close(self, ids: list[int]) -> None:
-        if self.source is None:
-            return
-        try:
-            n = await self.source.close_connections(ids)
-            self.notify(f"closed {n} connection{'s' if n != 1 else ''}")
-        except ControlError as e:
-            self.notify(f"close: {e}", severity="error")
-
-    def confirm_close(self, ids: list[int]) -> None:
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self.close_flows(ids)
-        self.push_screen(ConfirmScreen(f"Close the {len(ids)} relayed connection{'s' if len(ids) != 1 else ''} "
-                                       "the filter shows? Their clients see a reset."), answer)
-
     # -- actions ------------------------------------------------------------------------------
     def action_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
         self.on_tabbed_content_tab_activated()
 
     def on_tabbed_content_tab_activated(self, event: object = None) -> None:
-        pane = self.active_pane
-        if pane == "connections" and self.snapshot is not None:
-            self.query_one(ConnectionsPane).update_snapshot(self.snapshot)
-            self.query_one(ConnectionsPane).table.focus()
-        elif pane == "rules":
-            self.query_one(RulesPane).table.focus()
-        elif pane == "maps":
-            self.query_one(MapsPane).maps.focus()
-            self.refresh_maps()
-        elif pane == "logs":
-            self.query_one("#log-view").focus()
-        elif pane == "dns":
-            dns = self.query_one(DnsPane)
-            if self.snapshot is not None:
-                dns.update_state(self.snapshot.dns)
-            dns.cache.focus()
-        elif pane == "dialers":
-            dialers = self.query_one(DialersPane)
-            if self.snapshot is not None:
-                dialers.update_state(self.snapshot.groups, self.snapshot.nodes)
-            dialers.table.focus()
+        self.panes[self.active_pane].opened(self.snapshot)
 
-    def _pane_widget(self) -> Any:
-        return {"overview": OverviewPane, "connections": ConnectionsPane, "rules": RulesPane, "maps": MapsPane,
-                "logs": LogsPane, "dns": DnsPane, "dialers": DialersPane}[self.active_pane]
+    @property
+    def shown_pane(self) -> Pane:
+        """The pane on the screen."""
+        return self.panes[self.active_pane]
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.query_one(self._pane_widget()).HELP))
+        self.push_screen(HelpScreen(self.shown_pane.HELP, global_help([p.TITLE for p in PANES])))
 
     def action_filter(self) -> None:
-        """`/` opens the active pane's filter line, wherever the focus is."""
-        pane = self.query_one(self._pane_widget())
-        for name in ("action_filter", "action_search"):
-            if hasattr(pane, name):
-                getattr(pane, name)()
-                return
+        """`/` opens the shown pane's filter line, wherever the focus is."""
+        self.shown_pane.action_filter()
 
     def action_escape(self) -> None:
-        pane = self.query_one(self._pane_widget())
-        leave = getattr(pane, "leave_filter", None)
-        if leave is not None:
-            leave()
+        self.shown_pane.leave_filter()
 
     def action_quit_prompt(self) -> None:
         if self.source is None:

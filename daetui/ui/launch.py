@@ -64,7 +64,6 @@ def run_console(run: RunPaths, config: str | None, theme: str | None = None, ref
 
     app = DaetuiApp(connect, theme=theme, refresh=refresh, starting_text=starting, initial_pane=initial_pane)
     result = app.run()
-    run_console.result = result  # type: ignore[attr-defined]
     if child is not None and child.poll() is not None and child.returncode not in (0, None):
         print(f"daetui: the daemon exited ({child.returncode}); see {run.root / 'daetui.log'}", file=sys.stderr)
         return 1

@@ -13,8 +13,8 @@ import asyncio
 import re
 
 import pytest
+from drive import app_text, line_text, make_app, until
 from helpers import Daemon, tcp_echo
-from test_console_live import app_text, line_text, make_app, until
 
 from daetui.control.client import ControlClient
 from daetui.control.state import Snapshot

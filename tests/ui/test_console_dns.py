@@ -13,8 +13,8 @@ import socket
 import dns.message
 import dns.query
 import pytest
+from drive import app_text, line_text, make_app, until
 from helpers import Daemon, lan_socket
-from test_console_live import app_text, line_text, make_app, until
 
 from daetui.lab.topology import ADDR
 from daetui.ui.panes.dns import DnsPane, cache_cell

@@ -11,15 +11,13 @@ import os
 import socket
 
 import pytest
+from drive import app_text, line_text, make_app, until
 from helpers import Daemon, lan_socket, tcp_echo, udp_exchange
 
-from daetui.control.client import ControlClient
 from daetui.lab.topology import ADDR
-from daetui.ui.app import DaetuiApp
 from daetui.ui.panes.connections import ConnectionsPane
 from daetui.ui.panes.logs import LogsPane
 from daetui.ui.panes.maps import MapsPane
-from daetui.ui.widgets.vtable import VirtualTable
 
 pytestmark = pytest.mark.kernel
 
@@ -51,31 +49,6 @@ def daemon(lab, tmp_path_factory):
     d.start()
     yield d
     assert d.stop() == 0
-
-
-def make_app(daemon: Daemon) -> DaetuiApp:
-    async def connect() -> ControlClient:
-        c = ControlClient(daemon.run_dir / "control.sock")
-        await c.connect()
-        return c
-    return DaetuiApp(connect, refresh=0.3)
-
-
-async def until(pilot, fn, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.1)):
-        v = fn()
-        if v:
-            return v
-        await pilot.pause(0.1)
-    raise AssertionError("the console did not show it in time")
-
-
-def line_text(table: VirtualTable, row) -> str:
-    """The text the table draws for a row."""
-    i = table.rows.index(row)
-    table.cursor = i
-    y = i - table.scroll_offset.y + 1
-    return "".join(seg.text for seg in table.render_line(y))
 
 
 async def test_a_relayed_flow_shows_with_rule_stage_log_and_map_entry(daemon, lab):
@@ -140,11 +113,6 @@ async def test_overview_shows_the_lab_interfaces_and_their_programs(daemon, lab)
         assert snap.missing_interfaces == ("lan9",)
         screen = await until(pilot, lambda: "lan_ingress (ingress)" in app_text(app) and app_text(app))
         assert "bound" in screen and "wan0" in screen and "lan9" in screen and "missing" in screen
-
-
-def app_text(app: DaetuiApp) -> str:
-    """Everything on the screen, as text."""
-    return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
 
 
 async def test_filter_then_close_one_relayed_connection(daemon, lab):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 
 import pytest
+from drive import app_text, make_app, until
 from helpers import Daemon, tcp_echo
-from test_console_live import app_text, make_app, until
 
 from daetui.lab.topology import ADDR
 from daetui.ui.panes.connections import ConnectionsPane

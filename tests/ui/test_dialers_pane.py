@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import frozen_app
-from test_console_live import app_text, line_text
+from drive import app_text, line_text
+from frozen import FrozenSource
 
 from daetui.control import wire
 from daetui.outbound.state import GroupState, NodeState
@@ -37,18 +37,18 @@ GROUPS = (
 )
 NODES = (
     NodeState("s1", "socks5", "203.0.113.11:1080", True, True, S1_HISTORY, (1.5 * MS, 1.5 * MS), ""),
-    NodeState("s2", "shadowsocks", "[2001:db8:3::11]:8388", True, False, (3.0 * MS, None, 2.0 * MS), (None,),
+    NodeState("s2", "ss", "[2001:db8:3::11]:8388", True, False, (3.0 * MS, None, 2.0 * MS), (None,),
               "IPv6: connection refused"),
     NodeState("spare", "trojan", "203.0.113.11:443", True, True, (), (), ""),
 )
 
 
-def app_with_nodes(groups: tuple[GroupState, ...] = GROUPS, nodes: tuple[NodeState, ...] = NODES):
-    app = frozen_app("dialers")
-    snap = app.frozen_source.data["snapshot"]  # type: ignore[attr-defined]
+def with_nodes(source: FrozenSource, groups: tuple[GroupState, ...] = GROUPS,
+               nodes: tuple[NodeState, ...] = NODES) -> None:
+    """The recorded snapshot, with these groups and nodes instead of its own."""
+    snap = source.data["snapshot"]
     snap["groups"] = [wire.encode(g) for g in groups]
     snap["nodes"] = [wire.encode(n) for n in nodes]
-    return app
 
 
 def notes(app) -> list[str]:
@@ -135,8 +135,9 @@ def test_rows_are_groups_with_their_members_then_nodes_in_no_group() -> None:
 # -- the pane, drawn -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=lambda s: f"{s[0]}x{s[1]}")
-async def test_the_pane_reads_at_both_sizes(size: tuple[int, int]) -> None:
-    app = app_with_nodes()
+async def test_the_pane_reads_at_both_sizes(frozen, frozen_app, size: tuple[int, int]) -> None:
+    with_nodes(frozen)
+    app = frozen_app("dialers")
     async with app.run_test(size=size) as pilot:
         pane = await settled(pilot)
         screen = app_text(app)
@@ -172,12 +173,13 @@ async def test_the_pane_reads_at_both_sizes(size: tuple[int, int]) -> None:
         assert "last error IPv6: connection refused" in screen
 
 
-async def test_keys_ask_the_source_to_check_pin_and_unpin() -> None:
+async def test_keys_ask_the_source_to_check_pin_and_unpin(frozen, frozen_app) -> None:
     pinned = (GroupState("proxy", "min", ("s1", "s2"), "s1", "s1", "s2"), GROUPS[1])
-    app = app_with_nodes(pinned)
+    with_nodes(frozen, pinned)
+    app = frozen_app("dialers")
     async with app.run_test(size=(100, 30)) as pilot:
         pane = await settled(pilot)
-        source = app.frozen_source  # type: ignore[attr-defined]
+        source = frozen
         said = notes(app)
         assert app.focused is pane.table
         assert "pinned s2" in app_text(app)
@@ -209,12 +211,13 @@ async def test_keys_ask_the_source_to_check_pin_and_unpin() -> None:
         assert source.checks == [["proxy"], ["s1"]]
 
 
-async def test_a_check_under_way_leaves_the_console_free() -> None:
-    app = app_with_nodes()
+async def test_a_check_under_way_leaves_the_console_free(frozen, frozen_app) -> None:
+    with_nodes(frozen)
+    app = frozen_app("dialers")
     release = asyncio.Event()
     async with app.run_test(size=(100, 30)) as pilot:
         pane = await settled(pilot)
-        source = app.frozen_source  # type: ignore[attr-defined]
+        source = frozen
         said = notes(app)
 
         async def slow_check(names: list[str]) -> None:

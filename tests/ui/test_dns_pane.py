@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import frozen_app
 
 from daetui.dns.state import DnsCacheRow
 from daetui.ui.panes.dns import DnsPane, cache_cell, parse_query
@@ -39,7 +38,7 @@ def test_negative_answers_are_marked() -> None:
     assert cache_cell(row(ttl_left=299.6), "ttl") == ("4m59s", None)
 
 
-async def test_query_box_and_flush_go_to_the_source() -> None:
+async def test_query_box_and_flush_go_to_the_source(frozen, frozen_app) -> None:
     app = frozen_app("dns")
     asked: list[tuple[str, str]] = []
     async with app.run_test(size=(100, 30)) as pilot:
@@ -47,7 +46,7 @@ async def test_query_box_and_flush_go_to_the_source() -> None:
             await pilot.pause(0.05)
             if app.snapshot is not None:
                 break
-        source = app.frozen_source  # type: ignore[attr-defined]
+        source = frozen
         lookup = source.dns_lookup
 
         async def spy(name: str, qtype: str = "A"):

@@ -8,7 +8,6 @@ and look at the SVGs in tests/ui/__snapshots__ before committing them.
 from __future__ import annotations
 
 import pytest
-from conftest import frozen_app
 
 SIZES = [(80, 24), (160, 48)]
 PANES = ["overview", "connections", "rules", "maps", "logs", "dns", "dialers"]
@@ -44,7 +43,7 @@ async def settle(pilot) -> None:
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("pane", PANES)
-def test_pane_snapshot(snap_compare, pane: str, size: tuple[int, int]) -> None:
+def test_pane_snapshot(snap_compare, frozen_app, pane: str, size: tuple[int, int]) -> None:
     app = frozen_app(pane)
 
     async def before(pilot) -> None:
@@ -55,13 +54,13 @@ def test_pane_snapshot(snap_compare, pane: str, size: tuple[int, int]) -> None:
     assert snap_compare(app, terminal_size=size, run_before=before)
 
 
-def test_basic_theme_snapshot(snap_compare) -> None:
+def test_basic_theme_snapshot(snap_compare, frozen_app) -> None:
     """The 16-colour theme for basic terminals."""
     app = frozen_app("connections", theme="basic")
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
 
 
-def test_rule_editor_marks_the_error(snap_compare) -> None:
+def test_rule_editor_marks_the_error(snap_compare, frozen_app) -> None:
     """The rule editor, typed into: the faulty part of the rule marked, Save disabled."""
     app = frozen_app("rules")
 
@@ -76,7 +75,7 @@ def test_rule_editor_marks_the_error(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(100, 30), run_before=before)
 
 
-def test_reload_preview(snap_compare) -> None:
+def test_reload_preview(snap_compare, frozen_app) -> None:
     """R in Rules: what reloading the file would change, before it is applied."""
     app = frozen_app("rules")
 
@@ -88,7 +87,7 @@ def test_reload_preview(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(100, 30), run_before=before)
 
 
-def test_dns_lookup(snap_compare) -> None:
+def test_dns_lookup(snap_compare, frozen_app) -> None:
     """The query box in DNS: a name resolved, its answers (40, cut short) and the route it took."""
     app = frozen_app("dns")
 
@@ -101,7 +100,7 @@ def test_dns_lookup(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(100, 30), run_before=before)
 
 
-def test_maps_domain_routing(snap_compare) -> None:
+def test_maps_domain_routing(snap_compare, frozen_app) -> None:
     """domain_routing in Maps: each named address, its names and the domain functions its bits stand for."""
     app = frozen_app("maps")
 

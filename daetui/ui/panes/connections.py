@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Input, Static
 
 from daetui.control.state import Snapshot
 from daetui.ui import fmt
 from daetui.ui.flows import SORT_KEYS, FilterError, FlowBook, FlowRow, apply_filter, parse_filter, sort_rows
+from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
@@ -82,8 +85,14 @@ def flow_cell(r: FlowRow, key: str) -> Cell:
     return "", None
 
 
-class ConnectionsPane(Vertical):
+class ConnectionsPane(Pane, Vertical):
     """The flow table with its filter line and status."""
+
+    ID = "connections"
+    TITLE = "Connections"
+    FEED = "tick"     # thousands of rows: built off the UI's thread, once per refresh
+    FOCUS = "#flows"
+    PALETTE = (PaletteEntry("Close all shown relayed connections", "as X in Connections", "close_filtered"),)
 
     HELP = """\
 ### Connections
@@ -117,8 +126,21 @@ Example: `dst:443 !out:direct`.
         Binding("X", "close_filtered", "Close all", show=False),
     ]
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    @dataclass
+    class CloseRequested(Message):
+        """Close these relayed connections: `x` the selected one, `X` every one shown (once confirmed)."""
+
+        ids: list[int]
+        confirm: bool = False
+
+    @dataclass
+    class DetailsRequested(Message):
+        """`enter`: everything known of a flow, and how the rules route it now."""
+
+        row: FlowRow
+
+    def __init__(self) -> None:
+        super().__init__()
         self.book = FlowBook()
         self.all_rows: list[FlowRow] = []
         self.shown: list[FlowRow] = []
@@ -139,17 +161,20 @@ Example: `dst:443 !out:direct`.
         yield Static("", id="flow-status", classes="pane-status")
 
     # -- data -----------------------------------------------------------------------------
-    def update_snapshot(self, snap: Snapshot) -> None:
+    def update(self, snap: Snapshot) -> None:
         """New data: rebuild rows, filter, sort; only visible lines are drawn."""
         self.all_rows = self.book.rows(snap)
         self.table.set_columns(COLUMNS if snap.nodes else COLUMNS_NO_NODES)
         self._apply()
 
     async def refresh_from(self, snap: Snapshot) -> None:
-        """As update_snapshot, with the rows (the costly part) built off the UI's thread."""
+        """As update, with the rows (the costly part) built off the UI's thread."""
         self.all_rows = await asyncio.to_thread(self.book.rows, snap)
         self.table.set_columns(COLUMNS if snap.nodes else COLUMNS_NO_NODES)
         self._apply()
+
+    async def tick(self, snapshot: Snapshot, count: int) -> None:
+        await self.refresh_from(snapshot)
 
     def _apply(self) -> None:
         rows = apply_filter(self.all_rows, self.terms, self.hide_closed)
@@ -219,15 +244,15 @@ Example: `dst:443 !out:direct`.
             self.app.notify("Only open relayed flows can be closed: the kernel forwards the others by itself.",
                             severity="warning")
             return
-        self.app.close_flows([row.conn_id])  # type: ignore[attr-defined]
+        self.post_message(self.CloseRequested([row.conn_id]))
 
     def action_close_filtered(self) -> None:
         ids = [r.conn_id for r in self.shown if r.conn_id is not None and not r.closed]
         if not ids:
             self.app.notify("No open relayed flow among those shown.", severity="warning")
             return
-        self.app.confirm_close(ids)  # type: ignore[attr-defined]
+        self.post_message(self.CloseRequested(ids, confirm=True))
 
     @on(VirtualTable.Selected, "#flows")
     def _selected(self, event: VirtualTable.Selected) -> None:
-        self.app.show_flow(event.row)  # type: ignore[attr-defined]
+        self.post_message(self.DetailsRequested(event.row))

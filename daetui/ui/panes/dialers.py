@@ -18,10 +18,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Static
 
+from daetui.control.state import Snapshot
 from daetui.outbound.state import GroupState, NodeState
 from daetui.ui import fmt
+from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.widgets.vtable import Cell, Column, Pieces, VirtualTable
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -45,8 +48,6 @@ COLUMNS = [
     Column("address", "Address", 21, min_width=12, priority=2),
     Column("error", "Last error", 20, min_width=12, flex=2, priority=4),
 ]
-# The share links' own names where the module's is longer.
-PROTOCOLS = {"shadowsocks": "ss", "http_proxy": "http"}
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def node_cell(r: GroupRow | NodeRow, key: str) -> Cell | Pieces:
             return "check…", "accent"   # a check under way (the column holds 7)
         return latency_cell(n.latencies4 if key.endswith("4") else n.latencies6, key[:-1])
     if key == "proto":
-        return PROTOCOLS.get(n.protocol, n.protocol), "dim"
+        return n.protocol, "dim"
     if key == "address":
         return n.address, "dim"
     if key == "error":
@@ -244,15 +245,21 @@ def detail_text(r: GroupRow | NodeRow | None, width: int = 80) -> Text:
     v4, v6 = family_text(4, n.latencies4, n.alive4), family_text(6, n.latencies6, n.alive6)
     # Both families on one line where they fit, never one broken in the middle.
     gap = "   " if v4.cell_len + 3 + v6.cell_len <= width else "\n"
-    text = Text.assemble((n.name, "bold"), f" · {PROTOCOLS.get(n.protocol, n.protocol)} · {n.address} · {where}\n",
+    text = Text.assemble((n.name, "bold"), f" · {n.protocol} · {n.address} · {where}\n",
                          v4, gap, v6)
     if n.last_error:
         text.append_text(Text.assemble("\n", ("last error ", "dim"), (n.last_error, "red")))
     return text
 
 
-class DialersPane(Vertical):
+class DialersPane(Pane, Vertical):
     """Proxy groups and nodes as the snapshot tells them; check, pin and unpin through the app."""
+
+    ID = "dialers"
+    TITLE = "Dialers"
+    FEED = "always"   # a few groups and nodes: cheap, and a check's result is read from here, shown or not
+    FOCUS = "#dialers"
+    PALETTE = (PaletteEntry("Check every group's nodes now", "as c on a group in Dialers", "check_all"),)
 
     HELP = """\
 ### Dialers
@@ -287,8 +294,22 @@ error. Checks also run by themselves every `check_interval`.
         Binding("u", "unpin", "Unpin"),
     ]
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    @dataclass
+    class CheckRequested(Message):
+        """Check these nodes now (a group: all of its members); the app marks them (checks_started) until
+        the daemon has (checks_done)."""
+
+        names: list[str]
+
+    @dataclass
+    class PinRequested(Message):
+        """Pin `group` to `node` (None: unpin it)."""
+
+        group: str
+        node: str | None
+
+    def __init__(self) -> None:
+        super().__init__()
         self.table = VirtualTable(COLUMNS, node_cell, row_key=row_key, span=group_span, id="dialers")
         self.table.empty_text = "no proxy groups or nodes: add [node] links and [group.NAME] sections"
         self.groups: tuple[GroupState, ...] = ()
@@ -303,6 +324,9 @@ error. Checks also run by themselves every `check_interval`.
         self.watch(self.table, "cursor", self._show_detail)
 
     # -- from the snapshot --------------------------------------------------------------------
+    def update(self, snapshot: Snapshot) -> None:
+        self.update_state(snapshot.groups, snapshot.nodes)
+
     def update_state(self, groups: tuple[GroupState, ...], nodes: tuple[NodeState, ...]) -> None:
         self.groups, self.nodes = groups, nodes
         self._redraw()
@@ -337,7 +361,14 @@ error. Checks also run by themselves every `check_interval`.
         if name in self.checking:
             self.app.notify(f"{name}: a check is under way")
             return
-        self.app.check_nodes([name])  # type: ignore[attr-defined]
+        self.post_message(self.CheckRequested([name]))
+
+    def action_check_all(self) -> None:
+        """Every group's nodes, now (the palette's)."""
+        if not self.groups:
+            self.app.notify("no proxy groups in the config", severity="warning")
+            return
+        self.post_message(self.CheckRequested([g.name for g in self.groups]))
 
     def action_pin(self) -> None:
         row = self.current
@@ -352,7 +383,7 @@ error. Checks also run by themselves every `check_interval`.
         if row.pinned:
             self.app.notify(f"{row.group} is already pinned to {row.node.name} (u unpins)")
             return
-        self.app.pin_node(row.group, row.node.name)  # type: ignore[attr-defined]
+        self.post_message(self.PinRequested(row.group, row.node.name))
 
     def action_unpin(self) -> None:
         row = self.current
@@ -362,7 +393,7 @@ error. Checks also run by themselves every `check_interval`.
         if not any(g.name == group and g.pinned for g in self.groups):
             self.app.notify(f"{group} is not pinned")
             return
-        self.app.pin_node(group, None)  # type: ignore[attr-defined]
+        self.post_message(self.PinRequested(group, None))
 
     # -- checks under way (the app's worker says when they end) --------------------------------------
     def checks_started(self, name: str) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Input, Static
 
+from daetui.control.state import Snapshot
 from daetui.dns.state import DnsCacheRow, DnsState, DnsTrace, DnsUpstreamRow
 from daetui.ui import fmt
+from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
@@ -135,8 +140,16 @@ def entry_text(r: DnsCacheRow) -> Text:
                          f"{r.hits} hits · from {r.upstream}\n", ("route ", "dim"), r.route or "—")
 
 
-class DnsPane(Vertical):
+class DnsPane(Pane, Vertical):
     """The DNS controller as the snapshot tells it, and a query box that asks it."""
+
+    ID = "dns"
+    TITLE = "DNS"
+    FOCUS = "#dns-cache"
+    PALETTE = (
+        PaletteEntry("Resolve a name through daetui's DNS", "as l in DNS", "query", show=True),
+        PaletteEntry("Flush the DNS cache", "as f in DNS: asks first", "flush"),
+    )
 
     HELP = """\
 ### DNS
@@ -177,8 +190,18 @@ answer and the way it went.
         Binding("slash", "filter", "Filter", show=False),
     ]
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    @dataclass
+    class LookupRequested(Message):
+        """Resolve `name` through the daemon's DNS (the app's worker calls show_trace or show_error)."""
+
+        name: str
+        qtype: str = "A"
+
+    class FlushRequested(Message):
+        """`f`: empty the daemon's DNS cache, once the operator confirms."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.cache = VirtualTable(CACHE_COLUMNS, cache_cell, row_key=lambda r: (r.name, r.qtype), id="dns-cache")
         self.cache.empty_text = "the cache is empty: no answers yet (or flushed)"
         self.upstreams = VirtualTable(UPSTREAM_COLUMNS, upstream_cell, row_key=lambda u: u.name,
@@ -201,6 +224,9 @@ answer and the way it went.
         yield Static("", id="dns-counters")
 
     # -- from the snapshot --------------------------------------------------------------------
+    def update(self, snapshot: Snapshot) -> None:
+        self.update_state(snapshot.dns)
+
     def update_state(self, state: DnsState | None) -> None:
         self.state = state
         counters = self.query_one("#dns-counters", Static)
@@ -261,7 +287,7 @@ answer and the way it went.
             self._answer(Text(str(e), style="yellow"))
             return
         self._answer(Text.assemble((name, "bold"), f" {qtype}: asking…", style="dim"))
-        self.app.dns_lookup(name, qtype)  # type: ignore[attr-defined]
+        self.post_message(self.LookupRequested(name, qtype))
 
     def show_trace(self, trace: DnsTrace) -> None:
         """The answer to the last lookup (called by the app's worker)."""
@@ -300,5 +326,4 @@ answer and the way it went.
         return leave_filter(self.query_one("#dns-filter", Input), self.cache)[0]
 
     def action_flush(self) -> None:
-        n = self.state.cached if self.state is not None else 0
-        self.app.confirm_dns_flush(n)  # type: ignore[attr-defined]
+        self.post_message(self.FlushRequested())

@@ -13,6 +13,7 @@ from textual.widgets import Input, RichLog, Static
 
 from daetui.control.state import LogLine
 from daetui.ui import fmt
+from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 
 LEVELS = ["debug", "info", "warn", "error"]
@@ -20,8 +21,13 @@ LEVEL_STYLE = {"debug": "dim", "info": "", "warn": "yellow", "error": "bold red"
 KEEP = 5000
 
 
-class LogsPane(Vertical):
-    """A live view of the log with a level floor, a text filter and a pause."""
+class LogsPane(Pane, Vertical):
+    """A live view of the log with a level floor, a text filter and a pause (fed by the app's event stream)."""
+
+    ID = "logs"
+    TITLE = "Logs"
+    FOCUS = "#log-view"
+    PALETTE = (PaletteEntry("Pause or resume the log", "as p in Logs", "pause"),)
 
     HELP = """\
 ### Logs
@@ -45,8 +51,8 @@ closed, with its bytes), bindings, warnings.
         Binding("slash", "filter", "Filter"),
     ]
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        super().__init__()
         self.lines: deque[LogLine] = deque(maxlen=KEEP)
         self.level = "info"
         self.paused = False

@@ -6,9 +6,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Input, Static
 
 from daetui.control.state import MapEntries, MapInfo, Snapshot
+from daetui.ui.panes.base import Pane
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
@@ -34,8 +36,12 @@ def map_cell(m: MapInfo, key: str) -> Cell:
     return "", None
 
 
-class MapsPane(Horizontal):
-    """Map list on the left, entries on the right."""
+class MapsPane(Pane, Horizontal):
+    """Map list on the left, entries on the right; the app reads them from the daemon when asked."""
+
+    ID = "maps"
+    TITLE = "Maps"
+    FOCUS = "#map-list"
 
     HELP = """\
 ### Maps
@@ -57,12 +63,16 @@ name and no domain rule wants it.
 | `r` | read again now |
 """
     BINDINGS = [
-        Binding("slash", "search", "Search"),
+        Binding("slash", "filter", "Search"),
         Binding("r", "reload", "Reload"),
     ]
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    class RefreshRequested(Message):
+        """Read the maps and the selected one's entries again (the app's worker calls update_maps and
+        update_entries with them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.maps = VirtualTable(MAP_COLUMNS, map_cell, row_key=lambda m: m.name, id="map-list")
         self.entries = VirtualTable([Column("note", "", 20, flex=1)], self._entry_cell, id="map-entries")
         self.entries.empty_text = "choose a map (enter)"
@@ -77,6 +87,14 @@ name and no domain rule wants it.
             yield Static("", id="map-title", classes="pane-status")
             yield self.entries
             yield Input(placeholder="search entries", id="map-search", classes="hidden")
+
+    def opened(self, snapshot: Snapshot | None) -> None:
+        super().opened(snapshot)
+        self.post_message(self.RefreshRequested())
+
+    async def tick(self, snapshot: Snapshot, count: int) -> None:
+        if count % 2 == 0:   # a map dump costs the daemon more than a snapshot: every other refresh
+            self.post_message(self.RefreshRequested())
 
     def _entry_cell(self, row: tuple[str, ...], key: str) -> Cell:
         try:
@@ -121,27 +139,27 @@ name and no domain rule wants it.
         self.selected = event.row.name
         self.last = None
         self.entries.set_rows([])
-        self.app.refresh_maps()  # type: ignore[attr-defined]
+        self.post_message(self.RefreshRequested())
         self.entries.focus()
 
-    def action_search(self) -> None:
+    def action_filter(self) -> None:
         open_filter(self.query_one("#map-search", Input))
 
     @on(Input.Submitted, "#map-search")
     def _search(self, event: Input.Submitted) -> None:
         self.search = event.value.strip()
         self.entries.focus()
-        self.app.refresh_maps()  # type: ignore[attr-defined]
+        self.post_message(self.RefreshRequested())
 
     def leave_filter(self) -> bool:
         handled, cleared = leave_filter(self.query_one("#map-search", Input), self.entries)
         if cleared and self.search:
             self.search = ""
-            self.app.refresh_maps()  # type: ignore[attr-defined]
+            self.post_message(self.RefreshRequested())
         return handled
 
     def action_reload(self) -> None:
-        self.app.refresh_maps()  # type: ignore[attr-defined]
+        self.post_message(self.RefreshRequested())
 
 
 def with_cached_names(entries: MapEntries, snap: Snapshot) -> MapEntries:

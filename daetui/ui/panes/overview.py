@@ -12,6 +12,7 @@ from textual.widgets import Sparkline, Static
 
 from daetui.control.state import Snapshot
 from daetui.ui import fmt
+from daetui.ui.panes.base import Pane
 
 COUNTER_ORDER = [
     ("PACKETS", "packets in"), ("NEW_FLOWS", "new flows"), ("DECIDED_DIRECT", "→ direct"),
@@ -22,8 +23,12 @@ COUNTER_ORDER = [
 ]
 
 
-class OverviewPane(VerticalScroll):
+class OverviewPane(Pane, VerticalScroll):
     """The router at a glance."""
+
+    ID = "overview"
+    TITLE = "Overview"
+    FEED = "always"   # the throughput history needs every snapshot
 
     HELP = """\
 ### Overview
@@ -39,8 +44,8 @@ bytes the programs saw, and interfaces named in the config that are not there
 and the like are packets daetui passed untouched.
 """
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        super().__init__()
         self.history: deque[float] = deque(maxlen=120)
         self._last: tuple[float, int] | None = None
 
@@ -53,7 +58,7 @@ and the like are packets daetui passed untouched.
             yield Static("", id="ov-health", classes="box")
         yield Static("", id="ov-counters", classes="box")
 
-    def update_snapshot(self, snap: Snapshot) -> None:
+    def update(self, snap: Snapshot) -> None:
         self.query_one("#ov-interfaces", Static).update(self._interfaces(snap))
         self.query_one("#ov-health", Static).update(self._health(snap))
         self.query_one("#ov-counters", Static).update(self._counters(snap))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Static
 
 from daetui.control.state import RuleInfo, Snapshot
 from daetui.ui import fmt
+from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 COLUMNS = [
@@ -57,8 +59,14 @@ def rule_cell(r: RuleRow, key: str) -> Cell:
     return "", None
 
 
-class RulesPane(Vertical):
+class RulesPane(Pane, Vertical):
     """The rules in order, as the kernel evaluates them."""
+
+    ID = "rules"
+    TITLE = "Rules"
+    FEED = "always"
+    FOCUS = "#rules"
+    PALETTE = (PaletteEntry("Reload the config file", "as R in Rules: shows what changes first", "reload"),)
 
     HELP = """\
 ### Rules
@@ -88,8 +96,36 @@ already running keep their route.
         Binding("R", "reload", "Reload"),
     ]
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    @dataclass
+    class EditRequested(Message):
+        """Change rule #index+1 in the config file: toggle, set, insert, remove, move (ControlApi.edit_rules)."""
+
+        op: str
+        index: int
+        args: dict[str, Any] = field(default_factory=dict)
+
+    @dataclass
+    class EditorRequested(Message):
+        """`enter` / `a`: the rule editor on `text`; what is saved goes as an EditRequested(op, index)."""
+
+        title: str
+        text: str
+        op: str
+        index: int
+        expect: str | None = None
+
+    @dataclass
+    class RemoveRequested(Message):
+        """`x`: delete rule #index+1 (`text`), once the operator confirms."""
+
+        index: int
+        text: str
+
+    class ReloadRequested(Message):
+        """`R`: show what reloading the config file would change, and apply it if the operator says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.table = VirtualTable(COLUMNS, rule_cell, row_key=lambda r: (r.index, r.text), id="rules")
         self.table.empty_text = "no rules: every flow takes the fallback"
         self.rules: tuple[RuleInfo, ...] = ()
@@ -98,7 +134,7 @@ already running keep their route.
         yield self.table
         yield Static("", id="rules-status", classes="pane-status")
 
-    def update_snapshot(self, snap: Snapshot) -> None:
+    def update(self, snap: Snapshot) -> None:
         self.rules = snap.rules
         rows = [RuleRow(r.index, r.text, r.enabled, r.name or "", r.hits, r.last_hit, snap.time) for r in snap.rules]
         rows.append(RuleRow(None, f"fallback -> {snap.health.fallback}", True, "", snap.fallback_hits, None,
@@ -119,17 +155,19 @@ already running keep their route.
     def action_toggle(self) -> None:
         row = self._current()
         if row is not None:
-            self.app.edit_rule("toggle", row.index, enabled=not row.enabled, expect=row.text)  # type: ignore[attr-defined]
+            self.post_message(self.EditRequested("toggle", row.index, {"enabled": not row.enabled,
+                                                                       "expect": row.text}))
 
     def action_edit(self) -> None:
         row = self._current()
         if row is not None:
-            self.app.ask_rule(f"Edit rule #{row.index + 1}", row.text, "set", row.index, expect=row.text)  # type: ignore[attr-defined]
+            self.post_message(self.EditorRequested(f"Edit rule #{row.index + 1}", row.text, "set", row.index,
+                                                   expect=row.text))
 
     def action_add(self) -> None:
         row = self.table.current
         at = (row.index + 1) if row is not None and row.index is not None else len(self.rules)
-        self.app.ask_rule(f"New rule #{at + 1}", "", "insert", at)  # type: ignore[attr-defined]
+        self.post_message(self.EditorRequested(f"New rule #{at + 1}", "", "insert", at))
 
     def action_move(self, step: int) -> None:
         row = self._current()
@@ -139,20 +177,17 @@ already running keep their route.
         if not 0 <= to < len(self.rules):
             return
         self.table.cursor = to
-        self.app.edit_rule("move", row.index, to=to, expect=row.text)  # type: ignore[attr-defined]
+        self.post_message(self.EditRequested("move", row.index, {"to": to, "expect": row.text}))
 
     def action_remove(self) -> None:
         row = self._current()
         if row is not None:
-            self.app.confirm_remove(row.index, row.text)  # type: ignore[attr-defined]
+            self.post_message(self.RemoveRequested(row.index, row.text))
 
     def action_reload(self) -> None:
-        self.app.preview_reload()  # type: ignore[attr-defined]
+        self.post_message(self.ReloadRequested())
 
     @on(VirtualTable.Selected, "#rules")
     def _selected(self) -> None:
         self.action_edit()
 
-
-def ago(t: float | None) -> str:
-    return "" if t is None else fmt.duration(time.time() - t)

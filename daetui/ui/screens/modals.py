@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,12 +15,15 @@ from textual.widgets import Button, Markdown, Static
 from daetui.ui import fmt
 from daetui.ui.flows import FlowRow
 
-GLOBAL_HELP = """\
+
+def global_help(panes: Sequence[str]) -> str:
+    """The keys that work everywhere; `panes` are the panes' titles, in the order of their keys."""
+    return f"""\
 ### Everywhere
 
 | key | |
 |---|---|
-| `1` … `7` | Overview, Connections, Rules, Maps, Logs, DNS, Dialers |
+| `1` … `{len(panes)}` | {", ".join(panes)} |
 | `?` or `F1` | this help (for the pane you are on) |
 | `ctrl+p` | command palette: panes, themes, stop or detach |
 | `esc` | leave a filter line, close a dialog |
@@ -31,13 +36,14 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close")]
 
-    def __init__(self, pane_help: str) -> None:
+    def __init__(self, pane_help: str, everywhere: str) -> None:
         super().__init__()
         self.pane_help = pane_help
+        self.everywhere = everywhere
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box", classes="dialog"):
-            yield Markdown(self.pane_help + "\n" + GLOBAL_HELP)
+            yield Markdown(self.pane_help + "\n" + self.everywhere)
             yield Static("[dim]esc closes[/]")
 
 
