@@ -158,6 +158,7 @@ class Netns:
         atexit.register(self.close)
         self._closed = False
         self.links = links
+        self._routes: dict[str, str | None] = {}
         try:
             _ip("-n", self.name, "link", "set", "lo", "up")
             for link in links:
@@ -173,8 +174,9 @@ class Netns:
             for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
                 with self.entered(), open(f"/proc/sys/{key}", "w") as f:  # this namespace's own sysctl
                     f.write("1")
-            self.ifindex = {link["ifname"]: link["ifindex"]
-                            for link in json.loads(_ip("-n", self.name, "-j", "link", "show"))}
+            shown = json.loads(_ip("-n", self.name, "-j", "link", "show"))
+            self.ifindex: dict[str, int] = {link["ifname"]: link["ifindex"] for link in shown}
+            self.mac: dict[str, str] = {link["ifname"]: link.get("address", "") for link in shown}
         except BaseException:
             self.close()
             raise
@@ -187,11 +189,13 @@ class Netns:
 
     def route_out(self, dst: str) -> str | None:
         """The interface this namespace would send a packet for `dst` out of (`ip route get`), or None."""
-        try:
-            routes = json.loads(_ip("-n", self.name, "-j", "route", "get", dst))
-        except RuntimeError:
-            return None
-        return routes[0].get("dev") if routes else None
+        if dst not in self._routes:  # the routes never change: ask once per address
+            try:
+                routes = json.loads(_ip("-n", self.name, "-j", "route", "get", dst))
+            except RuntimeError:
+                routes = []
+            self._routes[dst] = routes[0].get("dev") if routes else None
+        return self._routes[dst]
 
     def close(self) -> None:
         if getattr(self, "_closed", True):
@@ -256,12 +260,35 @@ class RouteHarness:
         except BaseException:
             self.ns.close()
             raise
+        self.fail_open = fail_open
         self.program.set_params(tproxy_mark=TPROXY_MARK, fail_open=fail_open, active_gen=0)
         self.ruleset: RuleSet | None = None
         self.kernel_rules: KernelRules | None = None
         self.generation = 0
         self._loaded = False
         self._names: dict[Any, str] = {}
+        self._health: set[int] = set()       # group_health entries written (to zero on reset)
+        self._listeners: set[int] = set()    # sockmap slots filled
+
+    def reset(self, fail_open: bool = True) -> None:
+        """Back to a just-loaded state, rules aside: no flows, names, dead groups or listeners."""
+        self.forget_flows()
+        for ip in list(self._names):
+            self.forget_name(str(ip))
+        for key in self._health:
+            self.program.bpf[b"group_health"][ct.c_int(key)] = ct.c_uint8(0)
+        self._health.clear()
+        for slot in self._listeners:
+            self.program.clear_listener(slot)
+        self._listeners.clear()
+        self.set_fail_open(fail_open)
+
+    def set_fail_open(self, fail_open: bool) -> None:
+        """params.fail_open: pass (True) or drop a packet for the control plane when no listener is there."""
+        p = self.program.params[ct.c_int(0)]
+        p.fail_open = int(fail_open)
+        self.program.params[ct.c_int(0)] = p
+        self.fail_open = fail_open
 
     # -- rules ----------------------------------------------------------------------
     def load(self, config: str | RuleSet, forget_flows: bool = True) -> KernelRules:
@@ -321,13 +348,24 @@ class RouteHarness:
     def set_group_health(self, group: str, value: int) -> None:
         """group_health of `group` in the active generation: GROUP_DEAD4/6 | a GROUP_DEAD_* action."""
         assert self.ruleset is not None
-        self.program.set_group_health(self.generation, self.ruleset.groups.index(group), value)
+        index = self.ruleset.groups.index(group)
+        self.program.set_group_health(self.generation, index, value)
+        self._health.add(self.generation * ABI.MAX_GROUPS + index)
 
     # -- sockets for the listeners sockmap ---------------------------------------------
     def socket(self, family: socket.AddressFamily, kind: socket.SocketKind) -> socket.socket:
         """A socket made inside the harness's namespace (where lan_ingress's lookups run)."""
         with self.ns.entered():
             return socket.socket(family, kind)
+
+    def set_listener(self, slot: int, sock: socket.socket) -> None:
+        """Put `sock` into listeners[slot] (LISTENER_*), as the control plane puts its listeners there."""
+        self.program.set_listener(slot, sock)
+        self._listeners.add(slot)
+
+    def clear_listener(self, slot: int) -> None:
+        self.program.clear_listener(slot)
+        self._listeners.discard(slot)
 
     # -- packets --------------------------------------------------------------------
     def run(self, packet: Packet | bytes, iface: str = "lan0", mark: int = 0, keep_flow: bool = False,
@@ -337,6 +375,7 @@ class RouteHarness:
         The flow's earlier decision is forgotten first (unless `keep_flow`), so
         the packet is decided by the loaded rules. Returns the decision filed in
         routing_tuples (None for raw bytes, which have no flow key to look up).
+        The kernel refuses (EINVAL) a frame shorter than Ethernet + its IP header.
         """
         data = packet.build() if isinstance(packet, Packet) else packet
         key = packet.flow_key() if isinstance(packet, Packet) else None
@@ -370,3 +409,19 @@ class RouteHarness:
     def close(self) -> None:
         self.program.close()
         self.ns.close()
+
+
+_shared: RouteHarness | None = None
+
+
+def shared_harness() -> RouteHarness:
+    """One RouteHarness for the whole process, made on first use and closed at exit.
+
+    BCC compiles for seconds; test modules share one program and each loads
+    its own rules (`reset()` first: a module must not see another's state).
+    """
+    global _shared
+    if _shared is None:
+        _shared = RouteHarness()
+        atexit.register(_shared.close)
+    return _shared
