@@ -256,6 +256,18 @@ def test_the_table_sees_every_function_match_and_fail(harness):
     assert {"direct", "block", DNS, USERSPACE} <= outbounds
 
 
+@pytest.mark.xfail(strict=True, reason="found with the harness, left for the owner of lan.c/matcher.py: an IPv6 "
+                   "packet whose addresses are v4-mapped (::ffff:a.b.c.d, never valid on the wire) is matched as IPv6 "
+                   "by the kernel (ipversion 6, the v6 half of ip sets) and as IPv4 by the matcher (_plain), and the "
+                   "kernel files it under the same routing_tuples key as the IPv4 flow between those addresses")
+@pytest.mark.parametrize("dport", [40900, 40400])
+def test_ipv6_packets_with_v4_mapped_addresses(harness, dport):
+    pk = u(dport, 6, src="::ffff:192.0.2.10", dst="::ffff:203.0.113.10")
+    v = harness.run(pk)
+    expected = harness.expected(pk)
+    assert (v.outbound, v.rule_index) == (kernel_name(expected, pk), expected.rule_index)
+
+
 # -- the real path: one flow from a LAN client in the lab, to a daemon ---------------------------
 
 @pytest.fixture(scope="module")
