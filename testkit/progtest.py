@@ -152,8 +152,11 @@ class Netns:
     forwarded packet needs it). Nothing is linked to the host.
     """
 
+    _made = 0
+
     def __init__(self, name: str | None = None, links: tuple[Link, ...] = LINKS) -> None:
-        self.name = name or f"dtk{os.getpid()}"
+        Netns._made += 1
+        self.name = name or f"dtk{os.getpid()}n{Netns._made}"
         _ip("netns", "add", self.name)
         atexit.register(self.close)
         self._closed = False
@@ -241,9 +244,10 @@ class RouteHarness:
 
         h = RouteHarness()                         # compiles, loads, makes a namespace
         h.load('''[routing]\\nrules = ["dport(53) -> block"]\\nfallback = "direct"''')
-        v = h.run(Packet("192.0.2.10", "203.0.113.10", dport=53, proto="udp"))
+        pk = Packet("192.0.2.10", "203.0.113.10", dport=53, proto="udp")
+        v = h.run(pk)                              # lan_ingress on it, as if it came in on lan0
         assert (v.outbound, v.rule_index, v.dropped) == ("block", 0, True)
-        assert v.outbound == h.expected(packet).outbound   # the user-space matcher agrees
+        assert v.outbound == h.expected(pk).outbound   # the user-space matcher agrees
 
     Rules are written the way the dataplane writes them: compiled by
     `compile_rules` (interface names resolved in the harness's namespace) into
@@ -266,6 +270,7 @@ class RouteHarness:
         self.kernel_rules: KernelRules | None = None
         self.generation = 0
         self._loaded = False
+        self._pending: tuple[int, RuleSet, KernelRules] | None = None
         self._names: dict[Any, str] = {}
         self._health: set[int] = set()       # group_health entries written (to zero on reset)
         self._listeners: set[int] = set()    # sockmap slots filled
@@ -295,30 +300,41 @@ class RouteHarness:
         """Write a rule set (a config's text, or a RuleSet) into the inactive generation and flip to it.
 
         `forget_flows` empties routing_tuples, so the next packet of any flow is
-        decided afresh by these rules. Names taught with `learn_name` are
-        recomputed for the new rules, as the control plane does before a flip.
+        decided afresh by these rules.
         """
-        ruleset = parse_config(config, "harness.toml").routing if isinstance(config, str) else config
-        rules = compile_rules(ruleset, self.program.max_match_sets, ifindex=lambda n: self.ns.ifindex.get(n, 0))
+        rules = self.write_inactive(config)
+        self.flip()
+        if forget_flows:
+            self.forget_flows()
+        return rules
+
+    def write_inactive(self, config: str | RuleSet) -> KernelRules:
+        """Write rules into the inactive generation, not yet seen by packets; `flip()` shows them.
+
+        Names taught with `learn_name` get their bits for the new rules, as the
+        control plane writes them before a flip.
+        """
+        ruleset, rules = self._compile(config)
         gen = 1 - self.program.active_generation if self._loaded else 0
         self.program.clear_rule_stats(gen)
         self.program.write_generation(gen, rules)
         for addr, name in self._names.items():
             self._write_bits(addr, {gen: domain_bitmap(rules.domain_functions, name)})
-        self.program.activate(gen)
-        self.ruleset, self.kernel_rules, self.generation, self._loaded = ruleset, rules, gen, True
-        if forget_flows:
-            self.forget_flows()
+        self._pending = (gen, ruleset, rules)
         return rules
 
-    def write_inactive(self, config: str | RuleSet) -> int:
-        """Write rules into the inactive generation without flipping (to show packets do not see them)."""
-        ruleset = parse_config(config, "harness.toml").routing if isinstance(config, str) else config
-        rules = compile_rules(ruleset, self.program.max_match_sets, ifindex=lambda n: self.ns.ifindex.get(n, 0))
-        gen = 1 - self.program.active_generation
-        self.program.clear_rule_stats(gen)
-        self.program.write_generation(gen, rules)
+    def flip(self) -> int:
+        """Make the generation `write_inactive` wrote the active one (one params write); returns it."""
+        assert self._pending is not None, "write_inactive() first"
+        gen, self.ruleset, self.kernel_rules = self._pending
+        self.program.activate(gen)
+        self.generation, self._loaded, self._pending = gen, True, None
         return gen
+
+    def _compile(self, config: str | RuleSet) -> tuple[RuleSet, KernelRules]:
+        ruleset = parse_config(config, "harness.toml").routing if isinstance(config, str) else config
+        # interface() names resolve in the harness's namespace, where the packets come in.
+        return ruleset, compile_rules(ruleset, self.program.max_match_sets, lambda n: self.ns.ifindex.get(n, 0))
 
     def forget_flows(self) -> None:
         """Empty routing_tuples: every flow is new again."""
