@@ -20,65 +20,27 @@ Runs in a network namespace of its own (nothing reaches an interface).
 from __future__ import annotations
 
 import argparse
-import ctypes as ct
 import os
 import platform
 import statistics
-import struct
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The checkout, not bench/ (whose dns.py would stand in for dnspython), on the path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from daetui.config.load import parse_config
-from daetui.dataplane.bpflink import _SYS_BPF
-from daetui.dataplane.program import KernelProgram
-from daetui.routing.compile import compile_rules
+from testkit.packets import TCP_ACK, TCP_SYN, Packet  # noqa: E402
+from testkit.progtest import RouteHarness  # noqa: E402
 
-BPF_PROG_TEST_RUN = 10
-CLONE_NEWNET = 0x40000000
 SIZES = (1, 100, 1000, 4096)
-
-_libc = ct.CDLL(None, use_errno=True)
-
-
-class _TestRunAttr(ct.Structure):
-    # union bpf_attr, its `test` member (linux/bpf.h); the rest of the union zero.
-    _fields_ = [("prog_fd", ct.c_uint32), ("retval", ct.c_uint32), ("data_size_in", ct.c_uint32),
-                ("data_size_out", ct.c_uint32), ("data_in", ct.c_uint64), ("data_out", ct.c_uint64),
-                ("repeat", ct.c_uint32), ("duration", ct.c_uint32), ("ctx_size_in", ct.c_uint32),
-                ("ctx_size_out", ct.c_uint32), ("ctx_in", ct.c_uint64), ("ctx_out", ct.c_uint64),
-                ("flags", ct.c_uint32), ("cpu", ct.c_uint32), ("batch_size", ct.c_uint32),
-                ("_zero", ct.c_uint8 * 16)]
-
-
-def test_run(prog_fd: int, packet: bytes, repeat: int) -> tuple[int, int]:
-    """(return value, mean ns per run) of the program on `packet`, run `repeat` times by the kernel."""
-    data = ct.create_string_buffer(packet, len(packet))
-    out = ct.create_string_buffer(len(packet) + 256)
-    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(packet), data_size_out=len(out),
-                        data_in=ct.addressof(data), data_out=ct.addressof(out), repeat=repeat)
-    if _libc.syscall(_SYS_BPF[platform.machine()], BPF_PROG_TEST_RUN, ct.byref(attr), ct.sizeof(attr)) != 0:
-        err = ct.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
-    return attr.retval, attr.duration
-
-
-def _checksum(b: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    s = (s >> 16) + (s & 0xFFFF)
-    return ~(s + (s >> 16)) & 0xFFFF
 
 
 def tcp_packet(flags: int, src: str = "192.0.2.10", dst: str = "203.0.113.50", sport: int = 40000,
-               dport: int = 443) -> bytes:
-    """Ethernet + IPv4 + TCP from the lab's LAN client (its MAC) to a WAN host."""
-    eth = bytes.fromhex("020000000001" "02005e000210") + b"\x08\x00"
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 64240, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
-                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-    return eth + ip + tcp
+               dport: int = 443) -> Packet:
+    """A TCP segment from the lab's LAN client (its MAC) to a WAN host."""
+    return Packet(src, dst, sport, dport, "tcp", tcp_flags=flags)
 
 
 KINDS = {
@@ -95,16 +57,18 @@ def config(n: int, kinds: tuple[str, ...] = tuple(KINDS)) -> str:
             "[routing]\nrules = [\n" + "\n".join(rules) + "\n]\nfallback = \"direct\"\n")
 
 
-def measure(prog: KernelProgram, n: int, packet: bytes, repeat: int, trials: int, gen: int,
+def ns_per_run(h: RouteHarness, packet: Packet, repeat: int) -> int:
+    """Mean ns of one lan_ingress run on `packet`, over `repeat` runs by the kernel (the flow's entry kept)."""
+    return h.run(packet, keep_flow=True, repeat=repeat).duration_ns
+
+
+def measure(h: RouteHarness, n: int, packet: Packet, repeat: int, trials: int,
             kinds: tuple[str, ...] = tuple(KINDS)) -> float:
-    """Median ns per run with n rules loaded (written into `gen`, then made active)."""
-    rules = compile_rules(parse_config(config(n, kinds), "bench.toml").routing, prog.max_match_sets)
+    """Median ns per run with n rules loaded (into the inactive generation, then made active)."""
+    rules = h.load(config(n, kinds))
     assert len(rules.match_sets) == n
-    prog.clear_rule_stats(gen)
-    prog.write_generation(gen, rules)
-    prog.activate(gen)
-    test_run(prog.ingress.fd, packet, 1000)  # warm up
-    return statistics.median(test_run(prog.ingress.fd, packet, repeat)[1] for _ in range(trials))
+    ns_per_run(h, packet, 1000)  # warm up
+    return statistics.median(ns_per_run(h, packet, repeat) for _ in range(trials))
 
 
 def main() -> int:
@@ -114,22 +78,19 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/rules.py needs root (BPF)")
-    if _libc.unshare(CLONE_NEWNET) != 0:
-        sys.exit(f"unshare(CLONE_NEWNET): {os.strerror(ct.get_errno())}")
-
-    prog = KernelProgram()
-    prog.set_params(tproxy_mark=0x2000000, fail_open=True, active_gen=0)
-    syn, ack = tcp_packet(0x02), tcp_packet(0x10)
-    empty = measure(prog, 0, syn, args.repeat, args.trials, gen=0)
+    # The harness loads lan_ingress as the daemon does and runs it in a network namespace of its own.
+    h = RouteHarness()
+    prog = h.program
+    syn, ack = tcp_packet(TCP_SYN), tcp_packet(TCP_ACK)
+    empty = measure(h, 0, syn, args.repeat, args.trials)
     # The routed flow's later packets: its tuple is in routing_tuples now (the SYN just put it there).
-    established = statistics.median(test_run(prog.ingress.fd, ack, args.repeat)[1] for _ in range(args.trials))
+    established = statistics.median(ns_per_run(h, ack, args.repeat) for _ in range(args.trials))
     counters_before = prog.counters()
     results = []
-    for i, n in enumerate(SIZES):
-        results.append((n, measure(prog, n, syn, args.repeat, args.trials, gen=(i + 1) & 1)))
+    for n in SIZES:
+        results.append((n, measure(h, n, syn, args.repeat, args.trials)))
     # What one match set of each kind costs: 1000 of a kind, less the rule-less walk, over 1000.
-    per_kind = {k: (measure(prog, 1000, syn, args.repeat, args.trials, gen=i & 1, kinds=(k,)) - empty) / 1000
-                for i, k in enumerate(KINDS)}
+    per_kind = {k: (measure(h, 1000, syn, args.repeat, args.trials, kinds=(k,)) - empty) / 1000 for k in KINDS}
     counters = prog.counters()
     if counters["CHUNK_LIMIT"] != counters_before["CHUNK_LIMIT"]:
         sys.exit("the rule walk ran out of tail calls: the figures would not be a full walk")
@@ -147,7 +108,7 @@ def main() -> int:
     print("per match set walked: " + ", ".join(f"{k}() {ns:.0f} ns" for k, ns in per_kind.items())
           + " (an IP prefix set is an LPM trie lookup)")
     print(f"a flow is decided once; its later packets cost {established:.0f} ns whatever the rules")
-    prog.close()
+    h.close()
     return 0
 
 

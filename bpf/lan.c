@@ -70,11 +70,37 @@ static __always_inline void if_count(__u32 ifindex, __u32 len, int egress)
     }
 }
 
-/* Parse Ethernet, IPv4/IPv6 and the TCP/UDP ports into key. Counts and
- * returns NOT_OURS for anything that is to pass untouched. */
-static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, __u8 *mac,
-                                 __u8 *ipversion, __u8 *tcp_flags, __u8 *dscp, int egress)
+/* An IPv4 address as the maps key it: v4-mapped (::ffff:a.b.c.d), so one key serves both families. */
+static __always_inline void v4_mapped(__u8 *addr16, __be32 addr)
 {
+    /* Keys are 2-aligned: said so, the fill stays 2-byte stores (a bare __u8 * made it byte stores). */
+    __u8 *dst = __builtin_assume_aligned(addr16, 2);
+    __builtin_memset(dst, 0, 10);
+    dst[10] = 0xff;
+    dst[11] = 0xff;
+    __builtin_memcpy(&dst[12], &addr, 4);
+}
+
+/* The listeners slot of a flow handed to the control plane: TCP or UDP, IPv4
+ * or IPv6, and for DNS the DNS controller's own listeners. */
+static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
+{
+    if (l4proto == IPPROTO_TCP) {
+        if (dns)
+            return ipv6 ? LISTENER_DNS_TCP6 : LISTENER_DNS_TCP4;
+        return ipv6 ? LISTENER_TCP6 : LISTENER_TCP4;
+    }
+    if (dns)
+        return ipv6 ? LISTENER_DNS_UDP6 : LISTENER_DNS_UDP4;
+    return ipv6 ? LISTENER_UDP6 : LISTENER_UDP4;
+}
+
+/* Parse Ethernet, IPv4/IPv6 and the TCP/UDP ports into s: its key, mac,
+ * ipversion, tcp_flags and dscp (nothing else of s is touched). Counts and
+ * returns NOT_OURS for anything that is to pass untouched. */
+static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, int egress)
+{
+    struct tuple_key *key = &s->key;
     struct ethhdr eth;
     __u32 off = sizeof(struct ethhdr);
     __u8 proto;
@@ -86,7 +112,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, _
         count_if(!egress, CNT_NON_UNICAST);
         return NOT_OURS;
     }
-    __builtin_memcpy(mac, egress ? eth.h_dest : eth.h_source, 6);
+    __builtin_memcpy(s->mac, egress ? eth.h_dest : eth.h_source, 6);
 
     if (eth.h_proto == bpf_htons(ETH_P_IP)) {
         struct iphdr ip;
@@ -98,18 +124,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, _
             count_if(!egress, CNT_FRAGMENT);
             return NOT_OURS;
         }
-        __builtin_memset(key->sip, 0, 10);
-        key->sip[10] = 0xff;
-        key->sip[11] = 0xff;
-        __builtin_memcpy(&key->sip[12], &ip.saddr, 4);
-        __builtin_memset(key->dip, 0, 10);
-        key->dip[10] = 0xff;
-        key->dip[11] = 0xff;
-        __builtin_memcpy(&key->dip[12], &ip.daddr, 4);
+        v4_mapped(key->sip, ip.saddr);
+        v4_mapped(key->dip, ip.daddr);
         proto = ip.protocol;
         off += ip.ihl * 4;
-        *ipversion = 4;
-        *dscp = ip.tos >> 2;
+        s->ipversion = 4;
+        s->dscp = ip.tos >> 2;
     } else if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr ip6;
         if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
@@ -118,8 +138,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, _
         __builtin_memcpy(key->dip, &ip6.daddr, 16);
         proto = ip6.nexthdr;
         off += sizeof(ip6);
-        *ipversion = 6;
-        *dscp = (((__u8)ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
+        s->ipversion = 6;
+        s->dscp = (((__u8)ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
         /* Follow hop-by-hop, routing and destination options headers. */
 #pragma unroll
         for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
@@ -148,14 +168,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple_key *key, _
             goto unparsed;
         key->sport = ((__u16)hdr[0] << 8) | hdr[1];
         key->dport = ((__u16)hdr[2] << 8) | hdr[3];
-        *tcp_flags = hdr[13];
+        s->tcp_flags = hdr[13];
     } else if (proto == IPPROTO_UDP) {
         __u8 hdr[4];
         if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
             goto unparsed;
         key->sport = ((__u16)hdr[0] << 8) | hdr[1];
         key->dport = ((__u16)hdr[2] << 8) | hdr[3];
-        *tcp_flags = 0;
+        s->tcp_flags = 0;
     } else {
         count_if(!egress, CNT_OTHER_L4);
         return NOT_OURS;
@@ -206,17 +226,11 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
             return TC_ACT_OK;
         }
         if (!sk) {
-            if (outbound == OUTBOUND_DNS)
-                lkey = s->ipversion == 4 ? LISTENER_DNS_TCP4 : LISTENER_DNS_TCP6;
-            else
-                lkey = s->ipversion == 4 ? LISTENER_TCP4 : LISTENER_TCP6;
+            lkey = listener_key(IPPROTO_TCP, s->ipversion != 4, outbound == OUTBOUND_DNS);
             sk = (struct bpf_sock *)listeners.lookup(&lkey);
         }
     } else {
-        if (outbound == OUTBOUND_DNS)
-            lkey = s->ipversion == 4 ? LISTENER_DNS_UDP4 : LISTENER_DNS_UDP6;
-        else
-            lkey = s->ipversion == 4 ? LISTENER_UDP4 : LISTENER_UDP6;
+        lkey = listener_key(IPPROTO_UDP, s->ipversion != 4, outbound == OUTBOUND_DNS);
         sk = (struct bpf_sock *)listeners.lookup(&lkey);
     }
     if (!sk) {
@@ -482,7 +496,7 @@ int lan_ingress(struct __sk_buff *skb)
         return TC_ACT_OK;
     count(CNT_PACKETS);
     if_count(skb->ifindex, skb->len, 0);
-    if (parse(skb, &s->key, s->mac, &s->ipversion, &s->tcp_flags, &s->dscp, 0) != PARSED)
+    if (parse(skb, s, 0) != PARSED)
         return TC_ACT_OK;
     s->ifindex = skb->ifindex;
     s->pkt_len = skb->len;
@@ -531,27 +545,28 @@ int lan_ingress(struct __sk_buff *skb)
 
 int lan_egress(struct __sk_buff *skb)
 {
-    struct tuple_key pkt = {}, key = {};
-    __u8 mac[6], ipversion = 0, tcp_flags = 0, dscp = 0;
+    /* On the stack: the per-CPU scratch is lan_ingress's, mid-walk across tail calls. */
+    struct route_state pkt = {};
+    struct tuple_key key = {};
 
     count(CNT_EGRESS_PACKETS);
     if_count(skb->ifindex, skb->len, 1);
-    if (parse(skb, &pkt, mac, &ipversion, &tcp_flags, &dscp, 1) != PARSED)
+    if (parse(skb, &pkt, 1) != PARSED)
         return TC_ACT_OK;
     /* A reply: the client is the destination. */
-    __builtin_memcpy(key.sip, pkt.dip, 16);
-    __builtin_memcpy(key.dip, pkt.sip, 16);
-    key.sport = pkt.dport;
-    key.dport = pkt.sport;
-    key.l4proto = pkt.l4proto;
+    __builtin_memcpy(key.sip, pkt.key.dip, 16);
+    __builtin_memcpy(key.dip, pkt.key.sip, 16);
+    key.sport = pkt.key.dport;
+    key.dport = pkt.key.sport;
+    key.l4proto = pkt.key.l4proto;
     struct flow *f = routing_tuples.lookup(&key);
     if (f) {
         __sync_fetch_and_add(&f->rx_packets, 1);
         __sync_fetch_and_add(&f->rx_bytes, skb->len);
         f->last_seen_ns = bpf_ktime_get_ns();
-        if (tcp_flags & TCP_FLAG_FIN)
+        if (pkt.tcp_flags & TCP_FLAG_FIN)
             f->flags |= FLOW_TCP_FIN;
-        if (tcp_flags & TCP_FLAG_RST)
+        if (pkt.tcp_flags & TCP_FLAG_RST)
             f->flags |= FLOW_TCP_RST;
     }
     return TC_ACT_OK;
@@ -566,10 +581,8 @@ int tproxy_lookup(struct bpf_sk_lookup *ctx)
     if (ctx->protocol != IPPROTO_TCP)
         return SK_PASS;
     if (ctx->family == AF_INET) {
-        key.sip[10] = key.sip[11] = 0xff;
-        key.dip[10] = key.dip[11] = 0xff;
-        __builtin_memcpy(&key.sip[12], &ctx->remote_ip4, 4);
-        __builtin_memcpy(&key.dip[12], &ctx->local_ip4, 4);
+        v4_mapped(key.sip, ctx->remote_ip4);
+        v4_mapped(key.dip, ctx->local_ip4);
     } else {
         __builtin_memcpy(key.sip, ctx->remote_ip6, 16);
         __builtin_memcpy(key.dip, ctx->local_ip6, 16);
@@ -580,11 +593,7 @@ int tproxy_lookup(struct bpf_sk_lookup *ctx)
     struct flow *f = routing_tuples.lookup(&key);
     if (!f || f->outbound < OUTBOUND_FIRST_GROUP)
         return SK_PASS;
-    __u32 lkey;
-    if (f->outbound == OUTBOUND_DNS)
-        lkey = ctx->family == AF_INET ? LISTENER_DNS_TCP4 : LISTENER_DNS_TCP6;
-    else
-        lkey = ctx->family == AF_INET ? LISTENER_TCP4 : LISTENER_TCP6;
+    __u32 lkey = listener_key(IPPROTO_TCP, ctx->family != AF_INET, f->outbound == OUTBOUND_DNS);
     struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
     if (!sk)
         return SK_PASS;

@@ -1,4 +1,9 @@
-"""4096 rules in the kernel: every one reachable, the last one decides, one more is refused with its reason."""
+"""4096 rules in the kernel: every one reachable, the last one decides, one more is refused with its reason.
+
+The walk itself (every chunk of ROUTE_CHUNK match sets and the tail call
+between them) runs on testkit's harness, on crafted packets; one flow of the
+lab, to a daemon holding the 4096 rules, is decided by the last of them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from helpers import kernel_flow, plane_in_lab, send_udp, snapshot
 from daetui.abi.constants import ABI
 from daetui.config.load import parse_config
 from daetui.lab.topology import ADDR
+from testkit.packets import Packet
+from testkit.progtest import shared_harness
 
 pytestmark = pytest.mark.kernel
 
@@ -23,6 +30,29 @@ def config(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
+def harness():
+    h = shared_harness()
+    h.reset()
+    h.load(config(N))
+    return h
+
+
+def test_every_chunk_of_the_walk_reaches_its_rules_and_the_last_one_decides(harness):
+    """Rules on both sides of every tail call (each ROUTE_CHUNK match sets), a sample in between,
+    the last rule, and the fallback after all 4096 match sets, not after running out of tail calls."""
+    assert len(harness.kernel_rules.match_sets) == N
+    chunk = ABI.ROUTE_CHUNK
+    indices = sorted({0, 1, *range(0, N - 1, 61), *(k * chunk - 1 for k in range(1, N // chunk)),
+                      *(k * chunk for k in range(1, N // chunk)), N - 2})
+    cases = [(20000 + i, i, "ga" if i % 2 else "gb") for i in indices] + [(42999, N - 1, "glast"),
+                                                                            (43000, None, "direct")]
+    for dport, index, outbound in cases:
+        v = harness.run(Packet("192.0.2.10", "203.0.113.11", 33000, dport, "udp"))
+        assert (v.outbound, v.rule_index) == (outbound, index), dport
+        assert "CHUNK_LIMIT" not in v.counters
+
+
+@pytest.fixture(scope="module")
 def plane(lab, tmp_path_factory):
     with plane_in_lab(lab, config(N), tmp_path_factory.mktemp("run")) as runner:
         yield runner
@@ -31,13 +61,10 @@ def plane(lab, tmp_path_factory):
 def test_4096_rules_load_and_the_last_one_decides_in_the_kernel(plane, lab):
     snap = snapshot(plane)
     assert len(snap.rules) == N and snap.health.match_sets == N
-    host = ADDR.hosts4[1]
-    cases = [(20001, 1, "ga"), (20000 + N - 2, N - 2, "gb"), (42999, N - 1, "glast"), (43000, None, "direct")]
-    for sport, (dport, index, outbound) in enumerate(cases, start=33000):
-        send_udp(lab, host, dport, sport, 0)
-        kf = kernel_flow(plane, host, dport, sport)
-        assert (plane.plane.ruleset.outbound_name(kf.outbound), kf.rule_index) == (outbound, index), dport
-    # The fallback came after all 4096 match sets, not from running out of tail calls.
+    host, dport, sport = ADDR.hosts4[1], 42999, 33000
+    send_udp(lab, host, dport, sport, 0)
+    kf = kernel_flow(plane, host, dport, sport)
+    assert (plane.plane.ruleset.outbound_name(kf.outbound), kf.rule_index) == ("glast", N - 1)
     assert snapshot(plane).counters["CHUNK_LIMIT"] == 0
 
 
