@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from daetui.flowrecord import FlowKey
+from daetui.abi.flowrecord import FlowKey
 from daetui.routing.matcher import FlowFacts
 
 # The lab's LAN client and the router's LAN port (daetui.lab.topology), so a

@@ -34,11 +34,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import KernelFlow
 from daetui.config.load import parse_config
 from daetui.dataplane.bpflink import _SYS_BPF
-from daetui.flowrecord import KernelFlow
-from daetui.lab.netns import netns
+from daetui.net.netns import netns
 from daetui.routing.compile import KernelRules, compile_rules, domain_bitmap
 from daetui.routing.matcher import Decision, FlowFacts, decide
 from daetui.routing.ruleset import RuleSet

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from testkit.packets import (
     CLIENT_MAC,
     ETH_P_ARP,

@@ -19,7 +19,7 @@ import socket
 import pytest
 from helpers import lan_socket, plane_in_lab, snapshot, wait_for
 
-from daetui.bpfabi import ABI
+from daetui.abi.constants import ABI
 from daetui.lab.topology import ADDR, LAN_MAC
 from daetui.routing.explain import Query, explain
 from daetui.routing.matcher import Decision, FlowFacts, decide
