@@ -21,23 +21,11 @@ from helpers import ROOT, http_get, tcp_echo, wait_for
 
 from daetui.lab.topology import ADDR
 from daetui.paths import pid_is_daetui
+from testkit.configs import RELAY_CONFIG
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(shutil.which("tmux") is None and
                                                      os.environ.get("DAETUI_REQUIRE_KERNEL") != "1",
                                                      reason="tmux missing")]
-
-CONFIG = """
-[global]
-lan_interface = ["lan0"]
-
-[group.proxy]
-# No nodes yet: a group relays through the direct dialer until proxy nodes exist.
-
-[routing]
-rules = ["dip(203.0.113.10, '2001:db8:3::10') -> proxy"]
-fallback = "direct"
-"""
-
 
 _servers = itertools.count()
 
@@ -97,7 +85,7 @@ def tmux():
 @pytest.fixture
 def setup(lab, tmp_path):
     cfg = tmp_path / "t.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(RELAY_CONFIG)
     run = tmp_path / "run"
     yield cfg, run
     # Whatever happened, no daemon of this test outlives it.
