@@ -141,7 +141,9 @@ def status(run: RunPaths, as_json: bool = False) -> int:
         print(json.dumps(data, indent=1))
         return 0
     h = snap.health
-    print(f"daetui pid {h.pid}, up {fmt.duration(snap.time - h.started)}, config {h.config}")
+    # A daemon answers while it still loads its programs: it has no start time yet.
+    up = f"up {fmt.duration(snap.time - h.started)}" if h.started else "starting"
+    print(f"daetui pid {h.pid}, {up}, config {h.config}")
     for i in snap.interfaces:
         if i.bound or i.configured:
             print(f"  {i.name}: {'bound ' + ', '.join(i.programs) if i.bound else 'not bound'}")
