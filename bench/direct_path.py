@@ -6,6 +6,10 @@ In the lab, from the LAN client to a wan host, measured in one run:
   - for context, the same through daetui's control plane (relayed with splice).
 Each figure is the median of --trials runs; ratios are against no daetui.
 
+The relayed flow's group is dialled with dial_mode "ip": the connection benchmark's
+client sends nothing, so sniffing it for a name (dial_mode "domain", the default)
+would hold every connection for sniffing_timeout and measure only that (10/s).
+
     .venv/bin/python bench/direct_path.py [--seconds 5] [--trials 3]
 """
 
@@ -58,7 +62,8 @@ def main() -> int:
         print("measuring: no daetui", flush=True)
         base = measure(lab, DIRECT_HOST, args.seconds, args.trials)
 
-        daemon = Daemon.from_text(lab.router, RELAY_CONFIG).start(timeout=90)
+        config = RELAY_CONFIG.replace("[global]\n", '[global]\ndial_mode = "ip"\n', 1)
+        daemon = Daemon.from_text(lab.router, config).start(timeout=90)
         print("measuring: daetui attached", flush=True)
         with_daetui = measure(lab, DIRECT_HOST, args.seconds, args.trials)
         relayed = measure(lab, PROXIED_HOST, args.seconds, args.trials)
