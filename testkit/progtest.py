@@ -251,7 +251,8 @@ class RouteHarness:
 
     Rules are written the way the dataplane writes them: compiled by
     `compile_rules` (interface names resolved in the harness's namespace) into
-    the inactive generation, which one `params` write then makes active.
+    the inactive generation by the program's own `write_inactive`, which one
+    `params` write (`activate`) then makes active.
     """
 
     def __init__(self, max_match_sets: int = ABI.MAX_MATCH_SETS, fail_open: bool = True,
@@ -315,9 +316,7 @@ class RouteHarness:
         control plane writes them before a flip.
         """
         ruleset, rules = self._compile(config)
-        gen = 1 - self.program.active_generation if self._loaded else 0
-        self.program.clear_rule_stats(gen)
-        self.program.write_generation(gen, rules)
+        gen = self.program.write_inactive(rules, initial=not self._loaded)
         for addr, name in self._names.items():
             self._write_bits(addr, {gen: domain_bitmap(rules.domain_functions, name)})
         self._pending = (gen, ruleset, rules)

@@ -89,8 +89,7 @@ class Decider:
     def first(self, proto: str, client: Endpoint, dst: Endpoint) -> Route:
         """The route of a flow that just reached the control plane."""
         key = FlowKey(ipaddress.ip_address(client[0]), client[1], ipaddress.ip_address(dst[0]), dst[1], proto)
-        prog = self.sync.program
-        kflow = prog.flow(key) if prog is not None else None
+        kflow = self.sync.flow(key)
         if kflow is not None:
             ruleset = self.sync.ruleset(kflow.generation)
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",

@@ -123,11 +123,8 @@ class DnsService:
 
     def _ifname(self, client: Endpoint, server: Endpoint) -> str | None:
         """The LAN interface of a DNS-over-TCP flow, from the kernel's record of it."""
-        prog = self.sync.program
-        if prog is None:
-            return None
-        key = FlowKey(ipaddress.ip_address(client[0]), client[1], ipaddress.ip_address(server[0]), server[1], "tcp")
-        kflow = prog.flow(key)
+        kflow = self.sync.flow(FlowKey(ipaddress.ip_address(client[0]), client[1], ipaddress.ip_address(server[0]),
+                                       server[1], "tcp"))
         if kflow is None:
             return None
         try:

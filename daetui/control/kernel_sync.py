@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import FlowKey, KernelFlow
 from daetui.control.names import IPAddress, NameBook
 from daetui.dataplane.dataplane import Dataplane
 from daetui.dataplane.program import KernelProgram
@@ -58,6 +59,11 @@ class KernelSync:
     @property
     def generation(self) -> int:
         return self.dataplane.state.generation if self.dataplane is not None else 0
+
+    def flow(self, key: FlowKey) -> KernelFlow | None:
+        """The kernel's record of a flow, if it has one."""
+        prog = self.program
+        return prog.flow(key) if prog is not None else None
 
     def ruleset(self, generation: int) -> RuleSet:
         """The rule set a generation was written from (what a kernel record of it means)."""

@@ -197,9 +197,7 @@ class Dataplane:
         """
         assert self.program is not None
         kernel_rules = compiled or self.compile(ruleset)
-        gen = 0 if initial else 1 - self.program.active_generation
-        self.program.clear_rule_stats(gen)
-        self.program.write_generation(gen, kernel_rules)
+        gen = self.program.write_inactive(kernel_rules, initial)
         if before_flip is not None:
             before_flip(gen, kernel_rules)
         # The old generation's ip sets stay until it is next written: a packet

@@ -93,6 +93,14 @@ class KernelProgram:
     def active_generation(self) -> int:
         return int(self.params[ct.c_int(0)].active_gen) & 1
 
+    def write_inactive(self, rules: KernelRules, initial: bool = False) -> int:
+        """Write rules into the generation packets do not see (0 for the first rules), its counters
+        zeroed; returns it, for `activate` to make it the one packets see."""
+        gen = 0 if initial else 1 - self.active_generation
+        self.clear_rule_stats(gen)
+        self.write_generation(gen, rules)
+        return gen
+
     def write_generation(self, gen: int, rules: KernelRules) -> None:
         """Write rules into the inactive generation `gen` (packets do not see it yet)."""
         base = gen * self.max_match_sets

@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from daetui.net.stream import Datagrams, Dialer, DialError, Stream, WrappedStream
 from daetui.net.tls import TlsStream, start_tls
+from daetui.outbound.state import NodeProtocol
 
 __all__ = ["HttpDialer", "HttpNode", "PrefixedStream", "TlsStream", "parse_link"]
 from daetui.net.address import is_address
@@ -77,7 +78,7 @@ class HttpNode:
             check_host(self.sni)
 
     @property
-    def protocol(self) -> str:
+    def protocol(self) -> NodeProtocol:
         return "https" if self.tls else "http"
 
     def link(self) -> str:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from daetui.outbound.state import NodeProtocol
 
 MODULES = {
     "socks5": "daetui.outbound.socks5",
@@ -44,6 +46,7 @@ class ChainNode:
 
     name: str
     hops: tuple[Any, ...]
+    protocol: ClassVar[NodeProtocol] = "chain"
 
     @property
     def host(self) -> str:

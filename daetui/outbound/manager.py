@@ -17,28 +17,18 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any
 
 from daetui.config.model import Config, GroupSpec
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
 from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
-from daetui.outbound.links import ChainNode, LinkError, parse_link, scheme_of, with_allow_insecure
-from daetui.outbound.state import GroupState, NodeProtocol, NodeState
+from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
+from daetui.outbound.state import GroupState, NodeState
 from daetui.outbound.subscription import Resolve, Subscription, SubscriptionResult
 
 log = logging.getLogger("daetui.outbound")
-
-
-def node_protocol(node: Any) -> NodeProtocol:
-    """What the console calls a node's protocol: its share link's scheme, or "chain"."""
-    if isinstance(node, ChainNode):
-        return "chain"
-    scheme = scheme_of(node.link())
-    if scheme not in get_args(NodeProtocol):
-        raise ValueError(f"{scheme}:// is not a NodeProtocol (daetui/outbound/state.py)")
-    return cast(NodeProtocol, scheme)
 
 
 class Outbounds:
@@ -48,7 +38,6 @@ class Outbounds:
         self.direct = direct
         self.resolve = resolve  # how subscriptions find their server's address (None: the system's resolver)
         self.nodes: dict[str, Any] = {}
-        self._protocols: dict[str, NodeProtocol] = {}
         self.health: dict[str, NodeHealth] = {}
         self.groups: dict[str, Group] = {}
         self._specs: dict[str, GroupSpec] = {}
@@ -120,7 +109,6 @@ class Outbounds:
                 g.pinned = old.pinned
             groups[spec.name] = g
         self.nodes = nodes
-        self._protocols = {n: node_protocol(node) for n, node in nodes.items()}
         self.health = {n: self.health.get(n) or NodeHealth(n) for n in nodes}
         self._dialers = {}
         self.groups = groups
@@ -279,7 +267,7 @@ class Outbounds:
         for name, node in self.nodes.items():
             h = self.health[name]
             f4, f6 = h.families[4], h.families[6]
-            nodes.append(NodeState(name, self._protocols[name], f"{node.host}:{node.port}",
+            nodes.append(NodeState(name, node.protocol, f"{node.host}:{node.port}",
                                    f4.alive, f6.alive, tuple(f4.latencies), tuple(f6.latencies),
                                    f4.last_error or f6.last_error))
         return groups, tuple(nodes)

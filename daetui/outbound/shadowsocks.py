@@ -36,6 +36,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import parse_qs, quote, unquote
 
 from cryptography.exceptions import InvalidTag
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from daetui.net.address import resolve
 from daetui.net.stream import Dialer, DialError, Stream
+from daetui.outbound.state import NodeProtocol
 
 log = logging.getLogger("daetui.outbound")
 
@@ -351,6 +353,8 @@ def _host_port(text: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class SsNode:
     """A shadowsocks server: where it is, and its cipher and password."""
+
+    protocol: ClassVar[NodeProtocol] = "ss"
 
     name: str
     host: str

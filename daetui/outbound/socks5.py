@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote
 from daetui.net.address import is_address, resolve
 from daetui.net.stream import Datagrams, Dialer, DialError, Stream
 from daetui.outbound.direct import DirectDialer
+from daetui.outbound.state import NodeProtocol
 
 DEFAULT_PORT = 1080
 HANDSHAKE_TIMEOUT = 10.0  # seconds from the server's TCP connection to its CONNECT/ASSOCIATE reply
@@ -66,7 +67,7 @@ class Socks5Node:
     port: int
     username: str = ""
     password: str = ""
-    protocol: ClassVar[str] = "socks5"
+    protocol: ClassVar[NodeProtocol] = "socks5"
 
     def __post_init__(self) -> None:
         check_host(self.host)

@@ -30,6 +30,7 @@ import ssl
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote, unquote
 
 from daetui.net.buffered import Buffered
@@ -37,6 +38,7 @@ from daetui.net.stream import Dialer, DialError, Stream
 from daetui.outbound import _share
 from daetui.outbound._address import parse_socks_address, socks_address
 from daetui.outbound.session import node_context, open_session
+from daetui.outbound.state import NodeProtocol
 
 CONNECT = 1
 UDP_ASSOCIATE = 3
@@ -48,6 +50,8 @@ HANDSHAKE_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class TrojanNode:
     """A trojan server and how to reach it (TLS always)."""
+
+    protocol: ClassVar[NodeProtocol] = "trojan"
 
     name: str
     host: str

@@ -30,6 +30,7 @@ import struct
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote
 
 from daetui.net.buffered import Buffered
@@ -38,6 +39,7 @@ from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._udp import PerDestination
 from daetui.outbound.session import node_context, open_session
+from daetui.outbound.state import NodeProtocol
 
 VERSION = 0
 CMD_TCP = 1
@@ -49,6 +51,8 @@ MAX_DATAGRAM = 65535
 @dataclass(frozen=True)
 class VlessNode:
     """A VLESS server (TCP transport) and how to reach it."""
+
+    protocol: ClassVar[NodeProtocol] = "vless"
 
     name: str
     host: str

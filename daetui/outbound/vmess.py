@@ -59,7 +59,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -71,6 +71,7 @@ from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._udp import PerDestination
 from daetui.outbound.session import node_context, open_session
+from daetui.outbound.state import NodeProtocol
 
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
 KDF_ROOT = b"VMess AEAD KDF"
@@ -509,6 +510,8 @@ class VmessPackets:
 @dataclass(frozen=True)
 class VmessNode:
     """A vmess server (AEAD header, TCP transport) and how to reach it."""
+
+    protocol: ClassVar[NodeProtocol] = "vmess"
 
     name: str
     host: str
