@@ -1,4 +1,5 @@
-"""The DNS cache: answers by question, for their TTL, least recently used out first.
+"""The DNS cache: answers by question (and, for asis answers, the server asked), for their TTL, least
+recently used out first.
 
 An entry holds the answer as a wire template (no EDNS record, ID zero) and
 the offsets of its TTL fields, so serving it is a copy and a few patches.
@@ -39,6 +40,10 @@ class CacheEntry:
     answers: tuple[str, ...] = ()     # every answer record of the question's type, as text (the console)
     names: tuple[str, ...] = ()       # the question's name and its CNAME chain
     route: str = ""                   # how the answer was reached (rules, upstream)
+    # A configured upstream's answer: its addresses may be named in the kernel. An answer of a server a
+    # client chose (asis) is kept under that server's key and names nothing (see controller.Scope).
+    trusted: bool = True
+    scope: str = ""                   # "" (every client's), or the server asked ("asis 192.0.2.1:53")
     wall: float = field(default_factory=time.time)
     hits: int = 0
 

@@ -12,6 +12,17 @@ An upstream that fails (error, timeout, unreadable answer) is followed by the
 next configured upstream while time is left (`total_timeout`); when none
 answers, the client gets SERVFAIL. Nothing a client or an upstream sends can
 make an entry in the cache without having been read whole by dnspython.
+
+`asis` sends a query to the server the client addressed, which any LAN
+device may run itself. Such an answer is cached under the question *and that
+server* (its "scope"), so it only ever answers queries to the same server --
+what that server would have said to them anyway, since the router asks it
+for every client from its own address -- and it names nothing in the
+kernel's domain map: only configured upstreams' answers do, else one client
+could make any address match any domain rule for every client. dae scopes
+its cache the same way ("asis@server") but does feed such answers to its
+kernel map. A client that addresses a configured upstream (plain DNS, same
+address and port) is answered by that upstream, from the shared cache.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ CACHEABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 MIN_FEED = 5.0     # an answer with TTL 0 still names its addresses in the kernel this long
 MAX_CHOICES = 8192  # request-rule verdicts remembered by question and interface
 MAX_ASIS = 64      # servers asked on the clients' behalf (asis), kept with their figures
+PLAIN_SCHEMES = ("udp", "tcp", "tcp+udp")  # a hijacked port-53 query can be addressed to these
 
 
 class ClientInfo(NamedTuple):
@@ -101,6 +113,7 @@ class _Counters:
     servfail: int = 0
     malformed: int = 0
     bad_answers: int = 0
+    asis_scoped: int = 0     # answers of servers clients chose: kept for that server, not named in the kernel
 
 
 @dataclass
@@ -167,6 +180,16 @@ class DnsController:
             if fresh.get(name) is not up:
                 self._close_later(up)
         self.upstreams = fresh
+        # Plain-DNS upstreams by (address, port): a client addressing one is answered by it (`_configured_at`).
+        self._plain: dict[tuple[str, int], Upstream] = {}
+        self._plain_named: list[Upstream] = []  # by host name: their address is known once resolved
+        for up in fresh.values():
+            if up.spec.scheme not in PLAIN_SCHEMES:
+                continue
+            if up.spec.host_is_address:
+                self._plain.setdefault((_canonical(up.spec.host), up.spec.port), up)
+            else:
+                self._plain_named.append(up)
         self.rules: DnsRules = rules
         self._choices: dict[tuple[bytes, str | None], Choice] = {}  # request rules' verdicts, until the next config
         self.config = config
@@ -236,7 +259,7 @@ class DnsController:
             return reply(q, RCODE_NOERROR, udp=not client.tcp)
         if self._other_family(q.qtype) is None:
             now = time.monotonic()
-            e = self.cache.get(q.key, now)
+            e = self.cache.get(q.key + self._scope(choice.target, client)[0], now)
             if e is not None:
                 self._feed(e)
                 return self._serve(e, q, client, now)
@@ -282,12 +305,37 @@ class DnsController:
         return answer_from_template(e.template, e.offsets, e.ttls, int(now - e.stored), q, udp=not client.tcp)
 
     def _feed(self, e: CacheEntry) -> None:
-        if e.addresses:
+        if e.addresses and e.trusted:
             self.feed(e.names, e.addresses, max(e.expires, e.stored + MIN_FEED))
 
-    async def _entry(self, key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
+    def _scope(self, target: str, client: ClientInfo) -> tuple[bytes, str]:
+        """Whose cache a query is answered from: (cache key suffix, label); (b"", "") for the shared one.
+
+        Only `asis` to a server that is not a configured upstream has a scope of its own: the server
+        asked (with its interface for a link-local address, which exists once per link).
+        """
+        if target != ASIS or client.server is None or self._configured_at(client.server) is not None:
+            return b"", ""
+        ip, port = client.server
+        host = f"[{ip}]" if ":" in ip else ip
+        label = f"asis {host}:{port}"
+        scope = client.scope if ip[:4].lower() == "fe80" else 0
+        return f"\x00{label}%{scope}".encode(), label
+
+    def _configured_at(self, server: tuple[str, int]) -> Upstream | None:
+        """The configured plain-DNS upstream at `server` (address, port), if one is."""
+        ip = _canonical(server[0])
+        up = self._plain.get((ip, server[1]))
+        if up is None and self._plain_named:
+            up = next((u for u in self._plain_named
+                       if u.spec.port == server[1] and u.stats.address and _canonical(u.stats.address) == ip), None)
+        return up
+
+    async def _entry(self, question_key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
                      client: ClientInfo) -> CacheEntry:
         """The cached answer, the one being fetched, or a fresh one."""
+        scope, label = self._scope(choice.target, client)
+        key = question_key + scope
         e = self.cache.get(key, time.monotonic(), count_miss=False)  # filled while this one waited?
         if e is not None:
             self._feed(e)
@@ -300,7 +348,7 @@ class DnsController:
         fut = asyncio.get_running_loop().create_future()
         self._inflight[fkey] = fut
         try:
-            e = await self._resolve(key, question, qname, qtype, choice, client)
+            e = await self._resolve(key, label, question, qname, qtype, choice, client)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -321,6 +369,9 @@ class DnsController:
             if not self.upstreams:
                 raise ResolveError("asis: the query has no server of its own and no upstream is configured")
             return next(iter(self.upstreams.values()))
+        configured = self._configured_at(client.server)
+        if configured is not None:
+            return configured  # the client asked a configured upstream: its answer is everyone's
         ip, port = client.server
         k = (ip, port, client.tcp)
         up = self._asis.get(k)
@@ -368,7 +419,7 @@ class DnsController:
             return answer, up
         raise ResolveError("; ".join(errors) or "no time left to ask an upstream")
 
-    async def _resolve(self, key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
+    async def _resolve(self, key: bytes, scope: str, question: bytes, qname: str, qtype: int, choice: Choice,
                        client: ClientInfo) -> CacheEntry:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.total_timeout
@@ -387,9 +438,14 @@ class DnsController:
         else:
             raise ResolveError(f"the response rules asked again {MAX_DEPTH} times; giving up")
         now = time.monotonic()
+        # Only a configured upstream's answer may name addresses in the kernel (the module's docstring).
+        trusted = self.upstreams.get(up.name) is up
+        if not trusted:
+            self.c.asis_scoped += 1
+            steps.append("kept for this server only, not named in the kernel")
         entry = CacheEntry(key, qname, qtype, answer.template, answer.offsets, answer.ttls, now,
                            now + answer.lifetime, up.name, answer.rcode, answer.negative, answer.ips,
-                           answer.texts, answer.names, " · ".join(steps))
+                           answer.texts, answer.names, " · ".join(steps), trusted=trusted, scope=scope)
         if answer.rcode in CACHEABLE and answer.lifetime > 0:
             self.cache.put(entry)
         self._feed(entry)
@@ -495,7 +551,7 @@ class DnsController:
                 continue
             rows.append(DnsCacheRow(e.qname, _qtype_text(e.qtype), e.answers, e.ttl_left(now),
                                     e.expires - e.stored, e.upstream, e.hits, dns.rcode.to_text(e.rcode),
-                                    e.negative, e.route, e.wall))
+                                    e.negative, e.route, e.wall, e.scope, e.trusted))
         ups = []
         for up in [*self.upstreams.values(), *self._asis.values()]:
             st = up.stats
@@ -505,8 +561,16 @@ class DnsController:
                                       sum(lat) / len(lat) * 1000 if lat else None, st.last_error))
         c = self.c
         counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
-                               c.malformed, c.bad_answers, self.kernel_names())
+                               c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped)
         return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache))
+
+
+def _canonical(ip: str) -> str:
+    """An address as one text (IPv6 spelt many ways); the text itself when it is no address."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
 
 
 def question_bytes(name: str, qtype: int, qclass: int = CLASS_IN) -> bytes:

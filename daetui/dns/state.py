@@ -20,6 +20,10 @@ class DnsCacheRow:
     negative: bool
     route: str                   # how it was resolved
     stored: float                # wall clock
+    # Whose answer it is: "" (every client's), or the server a client chose (asis, "asis 192.0.2.1:53"),
+    # whose answer serves only queries to that server.
+    scope: str = ""
+    kernel: bool = True          # its addresses are named in the kernel (False: a server a client chose)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class DnsCounters:
     malformed: int = 0           # queries that could not be read (dropped or FORMERR)
     bad_answers: int = 0         # upstream answers that could not be read
     kernel_names: int = 0        # addresses with a name in the kernel's domain map
+    asis_scoped: int = 0         # answers of servers clients chose (asis): kept for that server, not in the kernel
 
 
 @dataclass(frozen=True)
