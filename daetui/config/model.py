@@ -74,6 +74,12 @@ class DnsConfig:
     cache_size: int = 4096
     ca_file: str = ""
     upstream_timeout: float = 2.0
+    # -- issue 11, DNS part: DNS-over-TCP clients' bounds (daetui/dns/serve.py) --
+    tcp_connections: int = 256
+    tcp_connections_per_client: int = 32
+    tcp_idle_timeout: float = 10.0
+    tcp_write_timeout: float = 5.0
+    tcp_pipeline: int = 16
     # The rules compiled by the loader (daetui.routing.dns_rules.DnsRules), so the controller never re-checks them.
     compiled: Any = field(default=None, compare=False, repr=False)
 

@@ -161,6 +161,21 @@ DNS: dict[str, KeySpec] = {
     "ca_file": KeySpec("str", "", "CA certificates (PEM) for tls:// and https:// upstreams; default: the system's"),
     "upstream_timeout": KeySpec("duration", 2.0, "how long one upstream gets to answer before the next is asked",
                                 lambda v: None if 0 < v <= 30 else "expected a duration between 0 and 30s"),
+    # -- issue 11, DNS part: DNS-over-TCP clients' bounds (apart from UDP's pending queries) --
+    "tcp_connections": KeySpec("int", 256, "DNS-over-TCP connections open at once, all LAN clients together",
+                               lambda v: None if 1 <= v <= 65536 else "expected a number between 1 and 65536"),
+    "tcp_connections_per_client": KeySpec("int", 32, "DNS-over-TCP connections open at once from one address",
+                                          lambda v: None if 1 <= v <= 65536 else
+                                          "expected a number between 1 and 65536"),
+    "tcp_idle_timeout": KeySpec("duration", 10.0, "a DNS-over-TCP client with nothing to say or hear this long "
+                                "is closed", lambda v: None if 0 < v <= 3600 else
+                                "expected a duration above 0 and at most 1h"),
+    "tcp_write_timeout": KeySpec("duration", 5.0, "how long a DNS-over-TCP client gets to take a reply before "
+                                 "its connection is closed", lambda v: None if 0 < v <= 60 else
+                                 "expected a duration above 0 and at most 60s"),
+    "tcp_pipeline": KeySpec("int", 16, "queries of one DNS-over-TCP connection resolved at once (RFC 7766 "
+                            "pipelining); more wait in the socket", lambda v: None if 1 <= v <= 1024 else
+                            "expected a number between 1 and 1024"),
 }
 
 SECTIONS = ("global", "node", "subscription", "group", "dns", "routing", "device")

@@ -2,7 +2,10 @@
 and where its answers go.
 
 The kernel hands the LAN's port-53 flows to the controller's own transparent
-listeners; `dns.bind` adds a plain DNS service on an address of the router.
+listeners; `dns.bind` adds a plain DNS service on an address of the router --
+without an address (":53"), on the LAN interfaces' addresses only, never on
+every address (the WAN's included: an open resolver for the internet). Those
+addresses are read when it starts and on each reload.
 An upstream is reached the way the routing rules send the router's own
 connection to it (Decider.upstream): directly, refused by `block`, or through
 a group's node. Every answer's names reach the kernel before the reply leaves
@@ -32,6 +35,42 @@ from daetui.outbound.manager import Outbounds
 log = logging.getLogger("daetui.control")
 
 EXPIRE_EVERY = 1.0   # seconds between sweeps of the names whose TTL ran out
+IP_FREEBIND = 15     # <linux/in.h>: bind an address the interface does not hold yet (IPv6 DAD, link down)
+IPV6_FREEBIND = 78   # <linux/in6.h>
+
+BindTarget = tuple[str, int, int]   # address, port, interface index (IPv6 link-local only; else 0)
+
+
+def lan_addresses(names: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The addresses of the interfaces `names`: (address, interface index for IPv6 link-local, else 0).
+
+    Blocking (netlink, pyroute2's own loop): called off the event loop.
+    """
+    from pyroute2 import IPRoute
+
+    out: list[tuple[str, int]] = []
+    with IPRoute() as ipr:
+        for name in names:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                continue
+            for msg in ipr.get_addr(index=found[0]):
+                addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")  # type: ignore[attr-defined]
+                if addr:
+                    out.append((addr, found[0] if addr[:4].lower() == "fe80" else 0))
+    return out
+
+
+def bind_targets(bind: str, lan: list[tuple[str, int]]) -> list[BindTarget]:
+    """Where `dns.bind` serves: its own address, or (none given) each of the LAN's; ValueError if unreadable."""
+    host, _, port_text = bind.rpartition(":")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    host = host.strip("[]")
+    if host:
+        return [(host, port, 0)]
+    return [(addr, port, scope) for addr, scope in lan]
 
 
 class DnsService:
@@ -47,6 +86,8 @@ class DnsService:
                                         kernel_names=lambda: len(sync.names), dial=self._upstream_dialer)
         self.server: DnsServer | None = None
         self._bound: list[socket.socket] = []
+        self._bound_at: list[BindTarget] = []
+        self._binding: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
 
     def start(self, listeners: Listeners) -> None:
@@ -57,13 +98,16 @@ class DnsService:
             self.server.serve_udp(sock, hijacked=True)
         for sock in listeners.dns_tcp.values():
             self.server.serve_tcp(sock, hijacked=True)
-        self.bind(self.config.dns.bind)
+        self._rebind()
         self._expiry = asyncio.ensure_future(self._expire_names())
 
     async def stop(self) -> None:
+        if self._binding is not None:
+            self._binding.cancel()
+            await asyncio.gather(self._binding, return_exceptions=True)
+        self._close_bound()
         if self.server is not None:
             await self.server.stop()
-        self._close_bound()
         await self.controller.stop()
         if self._expiry is not None:
             self._expiry.cancel()
@@ -75,39 +119,93 @@ class DnsService:
         self.controller.mark = new.global_.so_mark_from_dae
         self.controller.bootstrap_resolver = new.global_.fallback_resolver
         self.controller.configure(new.dns)
-        if new.dns.bind != old.dns.bind:
-            self.bind(new.dns.bind)
+        # Again on each reload: the bind, or the LAN's interfaces or their addresses, may have changed.
+        if new.dns.bind or old.dns.bind:
+            self._rebind()
 
-    def bind(self, bind: str) -> None:
-        """Serve plain DNS on `dns.bind` too ("" for none); a failure is logged, not fatal."""
-        self._close_bound()
-        if not bind or self.server is None:
-            return
-        host, _, port = bind.rpartition(":")
-        host = host.strip("[]") or "0.0.0.0"
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    def _rebind(self) -> None:
+        """Serve `dns.bind` as configured: at once for an address, once the LAN's are read for none."""
+        if self._binding is not None:
+            self._binding.cancel()
+            self._binding = None
+        bind = self.config.dns.bind
+        if bind and bind.rpartition(":")[0].strip("[]") == "":
+            self._binding = asyncio.ensure_future(self._bind_lan(bind))
+        else:
+            self.bind(bind, [])
+
+    async def _bind_lan(self, bind: str) -> None:
         try:
-            u = socket.socket(family, socket.SOCK_DGRAM)
-            self._bound.append(u)
-            u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            u.bind((host, int(port)))
-            t = socket.socket(family, socket.SOCK_STREAM)
-            self._bound.append(t)
-            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            t.bind((host, int(port)))
-            t.listen(128)
-        except (OSError, ValueError) as e:
+            lan = await asyncio.to_thread(lan_addresses, self.config.global_.lan_interface)
+        except Exception as e:
+            log.error("dns.bind %s: the LAN interfaces' addresses: %s", bind, e)
+            return
+        self.bind(bind, lan)
+
+    def bind(self, bind: str, lan: list[tuple[str, int]]) -> None:
+        """Serve plain DNS on `dns.bind` too ("" for none; no address: `lan`'s); a failure is logged, not fatal."""
+        if not bind or self.server is None:
+            self._close_bound()
+            return
+        try:
+            targets = bind_targets(bind, lan)
+        except ValueError as e:
             log.error("dns.bind %s: %s", bind, e)
             self._close_bound()
             return
-        self.server.serve_udp(u, hijacked=False)
-        self.server.serve_tcp(t, hijacked=False)
-        log.info("dns: serving on %s (UDP and TCP)", bind)
+        if targets == self._bound_at:
+            return  # nothing changed: the sockets stay
+        self._close_bound()
+        if not targets:
+            log.warning("dns.bind %s: the LAN interfaces (%s) have no address: not served", bind,
+                        ", ".join(self.config.global_.lan_interface) or "none configured")
+            return
+        served = []
+        for target in targets:
+            socks = self._bind_one(target)
+            if socks is None:
+                continue
+            u, t = socks
+            self.server.serve_udp(u, hijacked=False)
+            self.server.serve_tcp(t, hijacked=False)
+            self._bound_at.append(target)
+            served.append(f"[{target[0]}]:{target[1]}" if ":" in target[0] else f"{target[0]}:{target[1]}")
+        if served:
+            log.info("dns: serving on %s (UDP and TCP)", ", ".join(served))
+
+    def _bind_one(self, target: BindTarget) -> tuple[socket.socket, socket.socket] | None:
+        host, port, scope = target
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        addr = (host, port, 0, scope) if family == socket.AF_INET6 else (host, port)
+        made: list[socket.socket] = []
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                s = socket.socket(family, kind)
+                made.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                else:
+                    s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                s.bind(addr)
+                if kind == socket.SOCK_STREAM:
+                    s.listen(128)
+        except OSError as e:
+            log.error("dns.bind %s port %d: %s", host, port, e)
+            for s in made:
+                s.close()
+            return None
+        self._bound += made
+        return made[0], made[1]
 
     def _close_bound(self) -> None:
+        if self.server is not None and self._bound:
+            self.server.unserve(self._bound)
         for s in self._bound:
             s.close()
         self._bound.clear()
+        self._bound_at.clear()
 
     async def lookup(self, name: str, qtype: str = "A") -> DnsTrace:
         """Resolve through the controller (the console's query box)."""

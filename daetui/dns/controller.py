@@ -47,7 +47,7 @@ import dns.rdatatype
 from daetui.config.dns_upstream import UpstreamSpec, parse_upstream
 from daetui.config.model import DnsConfig
 from daetui.dns.cache import MAX_NEGATIVE_TTL, MAX_TTL, NEGATIVE_TTL, CacheEntry, DnsCache
-from daetui.dns.state import DnsCacheRow, DnsCounters, DnsState, DnsTrace, DnsUpstreamRow
+from daetui.dns.state import DnsCacheRow, DnsCounters, DnsServing, DnsState, DnsTrace, DnsUpstreamRow
 from daetui.dns.upstream import DialFn, RouteFn, Upstream, UpstreamError, bootstrap_resolve
 from daetui.dns.wire import (
     CLASS_IN,
@@ -156,6 +156,7 @@ class DnsController:
         self._closing: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.c = _Counters()
+        self.serving: Callable[[], DnsServing] | None = None  # the sockets' figures (set by DnsServer)
         self.configure(config)  # sets config, rules, upstreams, timeouts
 
     # -- configuration --------------------------------------------------------------------
@@ -562,7 +563,8 @@ class DnsController:
         c = self.c
         counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
                                c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped)
-        return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache))
+        serving = self.serving() if self.serving is not None else DnsServing()
+        return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache), serving)
 
 
 def _canonical(ip: str) -> str:

@@ -60,6 +60,25 @@ class DnsCounters:
 
 
 @dataclass(frozen=True)
+class DnsServing:
+    """The DNS sockets' figures: what is open or pending now, its bounds, and what was refused, cut or timed out."""
+
+    udp_pending: int = 0          # UDP queries being resolved now (cache misses)
+    udp_pending_max: int = 0      # their bound
+    udp_dropped: int = 0          # UDP queries not taken: `udp_pending_max` were pending (the client retries)
+    udp_truncated: int = 0        # UDP replies cut to the client's size, TC set (the client asks over TCP)
+    send_errors: int = 0          # UDP replies the kernel refused
+    tcp_open: int = 0             # DNS-over-TCP connections now
+    tcp_max: int = 0              # their bound (dns.tcp_connections)
+    tcp_per_client_max: int = 0   # dns.tcp_connections_per_client
+    tcp_queries: int = 0          # queries read over TCP
+    tcp_refused: int = 0          # connections closed at once: their client, or everyone, at the bound
+    tcp_evicted: int = 0          # idle connections closed to make room for a client with fewer
+    tcp_idle_closed: int = 0      # closed after dns.tcp_idle_timeout with nothing to say or hear
+    tcp_write_timeouts: int = 0   # closed: the client took no reply within dns.tcp_write_timeout
+
+
+@dataclass(frozen=True)
 class DnsState:
     """The DNS pane's data."""
 
@@ -68,6 +87,7 @@ class DnsState:
     counters: DnsCounters = DnsCounters()
     cache_size: int = 0          # the bound
     cached: int = 0              # entries now (cache may be cut for the snapshot)
+    serving: DnsServing = DnsServing()
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ import struct
 
 HEADER = 12
 MAX_NAME = 255
-MAX_UDP = 512          # a client without EDNS takes at most this much over UDP
-OUR_EDNS_PAYLOAD = 1232  # what we advertise back (the DNS flag day's size)
+MAX_UDP = 512          # a client without EDNS takes at most this much over UDP (RFC 1035)
+# What we advertise back, and the most we send over UDP whatever a client advertises: the DNS flag
+# day's size (unbound's max-udp-size), which no Ethernet, PPPoE or tunnel path fragments (RFC 9715).
+OUR_EDNS_PAYLOAD = 1232
 TYPE_OPT = 41
 TYPE_SOA = 6
 TYPE_CNAME = 5
@@ -81,7 +83,8 @@ class Query:
         return self.wire[HEADER:self.question_end]
 
     def max_udp(self) -> int:
-        return max(MAX_UDP, self.edns_payload) if self.edns_payload else MAX_UDP
+        """The largest UDP reply this client gets: what it advertises (RFC 6891), at most what we do."""
+        return min(max(MAX_UDP, self.edns_payload), OUR_EDNS_PAYLOAD) if self.edns_payload else MAX_UDP
 
 
 def _name_end(wire: bytes, off: int, allow_pointers: bool) -> tuple[int, list[bytes]]:
