@@ -91,11 +91,18 @@ class _TcpConn:
     writer: asyncio.StreamWriter | None = None
     closed: bool = False
 
-    def close(self) -> None:
-        """Close it now (its task sees the stream end); queries in flight are not answered."""
+    def close(self, reset: bool = False) -> None:
+        """Close it now (its task sees the stream end); queries in flight are not answered.
+
+        `reset`: with a reset, dropping what it did not take. A plain close would queue the FIN behind
+        replies a client that never reads never takes: its socket would outlive it, unbounded.
+        """
         if self.closed:
             return
         self.closed = True
+        if reset:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if self.writer is not None:
             self.writer.transport.abort()
         else:
@@ -290,7 +297,7 @@ class DnsServer:
             self.c.tcp_evicted += 1
             log.debug("dns tcp: closing an idle connection of %s (%d open) for %s", holder, len(theirs), addr)
             self._forget(victim)
-            victim.close()
+            victim.close(reset=True)
         conn = _TcpConn(addr, sock)
         self._clients.setdefault(addr, set()).add(conn)
         self._tcp_open += 1
@@ -408,7 +415,7 @@ class DnsServer:
             except TimeoutError:
                 self.c.tcp_write_timeouts += 1
                 log.debug("dns tcp %s: reply not taken in time; closed", conn.addr)
-                conn.close()
+                conn.close(reset=True)
                 return False
             except (ConnectionError, OSError):
                 conn.close()
