@@ -324,8 +324,11 @@ class DnsController:
         return f"\x00{label}%{scope}".encode(), label
 
     def _configured_at(self, server: tuple[str, int]) -> Upstream | None:
-        """The configured plain-DNS upstream at `server` (address, port), if one is."""
-        ip = _canonical(server[0])
+        """The configured plain-DNS upstream at `server` (address, port), if one is.
+
+        `server` comes from the kernel (inet_ntop), already in the one text `_canonical` gives.
+        """
+        ip = server[0]
         up = self._plain.get((ip, server[1]))
         if up is None and self._plain_named:
             up = next((u for u in self._plain_named
