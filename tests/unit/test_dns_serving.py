@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -292,7 +293,7 @@ async def test_a_udp_reply_is_cut_at_the_size_the_client_takes_and_at_most_ours(
 
 async def test_idle_tcp_connections_do_not_take_udp_pending_slots(monkeypatch):
     monkeypatch.setattr(serve, "MAX_PENDING", 8)
-    async with fake(delay=0.5) as up, served(DnsConfig(upstream={"up": up.url})) as s:
+    async with fake(delay=1.0) as up, served(DnsConfig(upstream={"up": up.url})) as s:
         idle = [await tcp_open(s.port, "127.0.0.2") for _ in range(12)]
         try:
             await asyncio.sleep(0.2)  # all accepted
@@ -452,7 +453,7 @@ async def test_an_asis_answer_is_kept_for_the_server_asked_and_names_nothing():
         assert fed == []
         # B asks the configured upstream at its address: that upstream's answer, named in the kernel.
         assert addresses(await c.handle(query("www.test"), b)) == [GOOD]
-        assert [ips for _, ips in fed] == [(ipaddress_of(GOOD),)]
+        assert [ips for _, ips in fed] == [(ipaddress.ip_address(GOOD),)]
         # The console (no server of its own) gets the configured upstream's too.
         assert addresses(await c.handle(query("www.test"), ClientInfo("console"))) == [GOOD]
         # Another client asking A's server gets that server's answer from its cache: what it would say anyway.
@@ -463,14 +464,8 @@ async def test_an_asis_answer_is_kept_for_the_server_asked_and_names_nothing():
         assert rows[f"asis 127.0.0.2:{own.port}"].scope == f"asis 127.0.0.2:{own.port}"
         assert not rows[f"asis 127.0.0.2:{own.port}"].kernel and rows["up"].kernel and rows["up"].scope == ""
         assert c.state().counters.asis_scoped == 1
-        assert len(fed) == 2 and all(ips == (ipaddress_of(GOOD),) for _, ips in fed)
+        assert len(fed) == 2 and all(ips == (ipaddress.ip_address(GOOD),) for _, ips in fed)
         await c.stop()
-
-
-def ipaddress_of(text: str) -> object:
-    import ipaddress
-
-    return ipaddress.ip_address(text)
 
 
 # -- the config keys -------------------------------------------------------------------------------
