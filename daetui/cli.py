@@ -7,6 +7,8 @@
     daetui [--config F]                                the console, with a daemon of its own if none runs
     daetui attach | status | stop [--run-dir D]        the console / state / stop, for a running daemon
     daetui demo [--no-ui] [--down]                     the lab, daetui in it, traffic, and the console
+    daetui doctor [--config F]                         what this machine has and lacks for daetui
+    daetui install-service [--dry-run] [--root D]      write the systemd unit
 """
 
 from __future__ import annotations
@@ -262,6 +264,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, lab_name=args.name, ui=not args.no_ui, theme=args.theme)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from daetui.doctor.report import exit_code, format_report
+    from daetui.doctor.run import machine_line, run_checks
+
+    print(machine_line(), flush=True)
+    checks = run_checks(args.config, explicit=args.config != DEFAULT_CONFIG, run_dir=args.run_dir)
+    print(format_report(checks))
+    return exit_code(checks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daetui", description="Transparent proxy for Linux routers, with a console.")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
@@ -317,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--down", action="store_true", help="stop a demo left running and take its lab down")
     d.add_argument("--name", default="dtlab")
     d.add_argument("--theme", default=argparse.SUPPRESS)
+    dr = sub.add_parser("doctor", help="check what this machine has and lacks for daetui (exit 1 on a blocker)")
+    dr.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    dr.add_argument("--run-dir", default=argparse.SUPPRESS)
     return p
 
 
@@ -325,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command or "run"
     handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
                 "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop,
-                "reload": cmd_reload, "explain": cmd_explain, "import-dae": cmd_import_dae}
+                "reload": cmd_reload, "explain": cmd_explain, "import-dae": cmd_import_dae,
+                "doctor": cmd_doctor}
     return handlers[cmd](args)
 
 
