@@ -11,7 +11,7 @@ from pathlib import Path
 from daetui.doctor.rawbpf import create_array_map
 from daetui.doctor.report import Check, blocker, not_probed, ok, warn
 
-CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 BTF = Path("/sys/kernel/btf/vmlinux")
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")  # CONFIG_IKHEADERS: BCC unpacks these when build/ is missing
 
@@ -27,22 +27,35 @@ def effective_caps() -> int:
     return 0
 
 
-def privileged() -> bool:
-    """CAP_NET_ADMIN, and CAP_BPF (or CAP_SYS_ADMIN, which covers it on kernels before 5.8)."""
+def missing_caps() -> list[str]:
+    """Which of CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON this process lacks (CAP_SYS_ADMIN stands in for the last two).
+
+    Without CAP_PERFMON the verifier applies its Spectre mitigations and refuses daetui's route_chunk.
+    """
     caps = effective_caps()
-    return bool(caps & 1 << CAP_NET_ADMIN) and bool(caps & (1 << CAP_BPF | 1 << CAP_SYS_ADMIN))
+    sys_admin = bool(caps & 1 << CAP_SYS_ADMIN)
+    need = (("CAP_NET_ADMIN", CAP_NET_ADMIN, False), ("CAP_BPF", CAP_BPF, sys_admin),
+            ("CAP_PERFMON", CAP_PERFMON, sys_admin))
+    return [name for name, cap, covered in need if not caps & 1 << cap and not covered]
+
+
+def privileged() -> bool:
+    """Whether this process may do what daetui does: load and attach BPF programs, change routing."""
+    return not missing_caps()
 
 
 def check_privileges() -> Check:
     name = "privileges"
     uid = os.geteuid()
-    if privileged():
-        who = "running as root" if uid == 0 else f"running as uid {uid} with CAP_BPF and CAP_NET_ADMIN"
+    missing = missing_caps()
+    if not missing:
+        who = "running as root" if uid == 0 else f"running as uid {uid} with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
         return ok(name, f"{who}: daetui can load BPF programs, attach them and change routing")
-    who = "root without CAP_NET_ADMIN and CAP_BPF" if uid == 0 else f"uid {uid} without CAP_BPF and CAP_NET_ADMIN"
-    return blocker(name, f"running as {who}: daetui loads BPF programs, attaches them to interfaces and adds "
-                   "policy routing, all of which need them",
-                   "run daetui as root (sudo, or the systemd unit: `daetui install-service`)")
+    who = "root" if uid == 0 else f"uid {uid}"
+    return blocker(name, f"running as {who} without {', '.join(missing)}: daetui loads BPF programs (the verifier "
+                   "refuses its route_chunk without CAP_PERFMON), attaches them and adds policy routing",
+                   "run daetui as root with all its capabilities (sudo, or the systemd unit: "
+                   "`daetui install-service`)")
 
 
 def check_bpf_syscall(priv: bool) -> Check:

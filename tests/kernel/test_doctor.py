@@ -93,6 +93,17 @@ def test_doctor_names_missing_privileges():
     assert v["clsact"] == ("warn", "not probed: a throwaway network namespace needs root"), done.stdout
 
 
+def test_doctor_names_a_missing_capability():
+    """Root, but without CAP_PERFMON (and CAP_SYS_ADMIN, which stands in for it): the verifier would refuse
+    daetui's programs, so the doctor names that capability as the blocker."""
+    done = doctor("setpriv", "--bounding-set=-perfmon,-sys_admin", "--inh-caps=-all")
+    v = assert_every_check(done.stdout)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert v["privileges"][0] == "BLOCKER", done.stdout
+    assert v["privileges"][1].startswith("running as root without CAP_PERFMON:"), done.stdout
+    assert v["bpf syscall"][0] == "ok", done.stdout  # CAP_BPF alone creates maps
+
+
 def test_doctor_reads_the_configs_interfaces(lab, tmp_path: Path):
     """In the lab's router with a config naming lan0 and wan0: another TC filter and strict rp_filter are warned
     about, a fwmark rule where daetui's goes is a blocker, and all of it is only read (left as it was)."""
