@@ -16,6 +16,7 @@ import socket
 import time
 
 log = logging.getLogger("daetui")
+_warned = False
 
 
 def _address() -> str | None:
@@ -37,7 +38,11 @@ def notify(*fields: str) -> bool:
             s.connect(addr)
             s.send("\n".join(fields).encode())
     except OSError as e:
-        log.warning("could not notify systemd (%s): %s", ", ".join(fields), e.strerror or e)
+        global _warned
+        # Once as a warning: the watchdog would repeat it every few seconds.
+        log.log(logging.DEBUG if _warned else logging.WARNING, "could not notify systemd (%s): %s",
+                ", ".join(fields), e.strerror or e)
+        _warned = True
         return False
     return True
 
