@@ -7,6 +7,8 @@
     daetui [--config F]                                the console, with a daemon of its own if none runs
     daetui attach | status | stop [--run-dir D]        the console / state / stop, for a running daemon
     daetui demo [--no-ui] [--down]                     the lab, daetui in it, traffic, and the console
+    daetui doctor [--config F]                         what this machine has and lacks for daetui
+    daetui install-service [--dry-run] [--root D]      write the systemd unit
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from daetui.config.errors import ConfigError
 from daetui.config.load import Config, load_config
 from daetui.logsetup import setup_logging
 from daetui.paths import RunPaths
+from daetui.service import notify
 
 DEFAULT_CONFIG = "/etc/daetui/config.toml"
 log = logging.getLogger("daetui")
@@ -73,7 +76,12 @@ async def _serve(config: Config, run: RunPaths) -> int:
         log.error("could not start: %s", e)
         await server.stop()
         return 1
+    notify.ready(f"running: tproxy port {config.global_.tproxy_port}")  # systemd's Type=notify; else nothing
+    watchdog = notify.start_watchdog()
     await stop.wait()
+    notify.stopping()
+    if watchdog is not None:
+        watchdog.cancel()
     await plane.stop()
     await server.stop()
     return 0
@@ -262,6 +270,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, lab_name=args.name, ui=not args.no_ui, theme=args.theme)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from daetui.doctor.report import exit_code, format_report
+    from daetui.doctor.run import machine_line, run_checks
+
+    print(machine_line(), flush=True)
+    checks = run_checks(args.config, explicit=args.config != DEFAULT_CONFIG, run_dir=args.run_dir)
+    print(format_report(checks))
+    return exit_code(checks)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from daetui.service.unit import UnitError, install_unit, render_unit
+
+    try:
+        text = render_unit(args.config)
+        if args.dry_run:
+            sys.stdout.write(text)
+            return 0
+        path = install_unit(text, Path(args.root), force=args.force)
+    except (UnitError, OSError) as e:
+        print(f"daetui install-service: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    if not Path(args.config).exists():
+        print(f"daetui install-service: warning: {args.config} does not exist yet; the service needs it",
+              file=sys.stderr)
+    if Path(args.root).resolve() == Path("/"):
+        print("then: systemctl daemon-reload && systemctl enable --now daetui")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daetui", description="Transparent proxy for Linux routers, with a console.")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
@@ -317,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--down", action="store_true", help="stop a demo left running and take its lab down")
     d.add_argument("--name", default="dtlab")
     d.add_argument("--theme", default=argparse.SUPPRESS)
+    dr = sub.add_parser("doctor", help="check what this machine has and lacks for daetui (exit 1 on a blocker)")
+    dr.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    dr.add_argument("--run-dir", default=argparse.SUPPRESS)
+    sv = sub.add_parser("install-service", help="write the systemd unit (daetui.service) for this daetui")
+    sv.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    sv.add_argument("--dry-run", action="store_true", help="print the unit instead of writing it")
+    sv.add_argument("--root", default="/", help="write under ROOT/etc/systemd/system (default /)")
+    sv.add_argument("--force", action="store_true", help="replace a unit that differs")
     return p
 
 
@@ -325,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command or "run"
     handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
                 "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop,
-                "reload": cmd_reload, "explain": cmd_explain, "import-dae": cmd_import_dae}
+                "reload": cmd_reload, "explain": cmd_explain, "import-dae": cmd_import_dae,
+                "doctor": cmd_doctor, "install-service": cmd_install_service}
     return handlers[cmd](args)
 
 

@@ -1,10 +1,10 @@
-"""Where the files daetui ships beside its code are: the kernel programs' C sources, the console's themes
-and the example configs.
+"""Where the files daetui ships beside its code are: the kernel programs' C sources, the console's themes,
+the example configs and the systemd unit.
 
-The checkout keeps them in the top-level `bpf/`, `themes/` and `sample_configs/`
-folders (the source of truth); the build installs them as the packages
-`daetui.bpf`, `daetui.themes` and `daetui.sample_configs` (see setup.py), and an editable install maps those names back
-to the folders. So they are found the same way installed or not, from any
+The checkout keeps them in the top-level `bpf/`, `themes/`, `sample_configs/` and `systemd/`
+folders (the source of truth); the build installs them as the packages `daetui.bpf`,
+`daetui.themes`, `daetui.sample_configs` and `daetui.systemd` (see setup.py), and an
+editable install maps those names back to the folders. So they are found the same way installed or not, from any
 working directory: through importlib.resources, never by walking up from a
 module's own path.
 """
@@ -34,6 +34,11 @@ def bpf_dir() -> Path:
 def themes_dir() -> Path:
     """The console's stylesheet (`daetui.tcss`) and themes (`*.toml`)."""
     return _directory("daetui.themes")
+
+
+def systemd_dir() -> Path:
+    """The systemd unit (`daetui.service`), which `daetui install-service` writes."""
+    return _directory("daetui.systemd")
 
 
 def sample_configs_dir() -> Path:

@@ -57,6 +57,7 @@ from daetui.paths import RunPaths, pid_is_daetui
 from daetui.routing.explain import ExplainResult, Query, split_target
 from daetui.routing.explain import explain as explain_rules
 from daetui.routing.ruleset import RuleSet
+from daetui.service import notify
 
 __all__ = ["ControlPlane", "Snapshot", "StartError"]
 
@@ -281,7 +282,12 @@ class ControlPlane:
     # -- the API: reload ------------------------------------------------------------------------
     async def reload_from_file(self, abort: bool = False) -> ReloadResult:
         """Read the config file again and reload it (SIGUSR1, `daetui reload`, the console)."""
-        return await self.reloader.from_file(abort)
+        told = self.running and notify.reloading()  # systemd shows "reloading" until READY=1
+        try:
+            return await self.reloader.from_file(abort)
+        finally:
+            if told:
+                notify.ready()
 
     async def reload(self, new: Config, abort: bool = False) -> ReloadResult:
         """Apply a new config without dropping a flow; on any problem change nothing and say why."""

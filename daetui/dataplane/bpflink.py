@@ -28,17 +28,22 @@ class _LinkCreateAttr(ct.Structure):
                 ("flags", ct.c_uint32), ("_zero", ct.c_uint8 * 48)]
 
 
-def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
-    """Attach `prog_fd` to `target_fd`; returns the link's file descriptor."""
+def bpf_syscall(cmd: int, attr: ct.Structure, what: str) -> int:
+    """bpf(cmd, &attr, sizeof attr); its result (a file descriptor for most commands), or OSError."""
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         raise OSError(f"bpf syscall number unknown for {platform.machine()}")
-    attr = _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type)
-    fd = _libc.syscall(nr, BPF_LINK_CREATE, ct.byref(attr), ct.sizeof(attr))
+    fd = _libc.syscall(nr, cmd, ct.byref(attr), ct.sizeof(attr))
     if fd < 0:
         err = ct.get_errno()
-        raise OSError(err, f"BPF_LINK_CREATE: {os.strerror(err)}")
-    return fd
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return int(fd)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach `prog_fd` to `target_fd`; returns the link's file descriptor."""
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type)
+    return bpf_syscall(BPF_LINK_CREATE, attr, "BPF_LINK_CREATE")
 
 
 def attach_sk_lookup(prog_fd: int) -> int:
