@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from daetui.ui.launch import run_console
 
         return run_console(_run_paths(args), args.config, theme=args.theme)
-    setup_logging(cfg.global_.log_level)
+    setup_logging(cfg.global_.log_level, file=args.log_file)
     return aio.run(_serve(cfg, _run_paths(args)))
 
 
@@ -268,12 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ui", action="store_true", help="run headless (as a service)")
     p.add_argument("--run-dir", help="runtime files (default /run/daetui, per network namespace)")
     p.add_argument("--theme", help="console theme: dark, light or basic (16 colours)")
+    p.add_argument("--log-file", help="with --no-ui: log to this file, rotated (default: stderr)")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="run the control plane (the default)")
     r.add_argument("--config", "-c", default=argparse.SUPPRESS)
     r.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS)
     r.add_argument("--run-dir", default=argparse.SUPPRESS)
     r.add_argument("--theme", default=argparse.SUPPRESS)
+    r.add_argument("--log-file", default=argparse.SUPPRESS)
     a = sub.add_parser("attach", help="open the console on a running daemon")
     a.add_argument("--run-dir", default=argparse.SUPPRESS)
     a.add_argument("--theme", default=argparse.SUPPRESS)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from daetui.control.client import ControlClient, ControlError, call_once, wait_for_daemon
+from daetui.logsetup import under_journal
 from daetui.paths import RunPaths, pid_is_daetui
 
 
@@ -27,16 +29,26 @@ def daemon_pid(run: RunPaths) -> int | None:
 
 
 def spawn_daemon(config: str, run: RunPaths, netns: str | None = None) -> subprocess.Popen[bytes]:
-    """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log."""
+    """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log, rotated (daetui.logsetup);
+    a console that systemd runs with its stderr on the journal leaves the daemon's log there."""
     run.ensure()
-    log = open(run.root / "daetui.log", "ab")  # noqa: SIM115 - handed to the child
     prefix = ["ip", "netns", "exec", netns] if netns else []
+    args = [*prefix, sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)]
+    if under_journal():
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    path = log_path(run)
+    # What the daemon prints before its logging is set up (a config error) goes to the file too.
+    log = open(path, "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(
-            [*prefix, sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        return subprocess.Popen([*args, "--log-file", str(path)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
     finally:
         log.close()
+
+
+def log_path(run: RunPaths) -> Path:
+    """Where a daemon the console starts logs."""
+    return run.root / "daetui.log"
 
 
 def run_console(run: RunPaths, config: str | None, theme: str | None = None, refresh: float = 1.0,
@@ -65,7 +77,7 @@ def run_console(run: RunPaths, config: str | None, theme: str | None = None, ref
     app = DaetuiApp(connect, theme=theme, refresh=refresh, starting_text=starting, initial_pane=initial_pane)
     result = app.run()
     if child is not None and child.poll() is not None and child.returncode not in (0, None):
-        print(f"daetui: the daemon exited ({child.returncode}); see {run.root / 'daetui.log'}", file=sys.stderr)
+        print(f"daetui: the daemon exited ({child.returncode}); see {log_path(run)}", file=sys.stderr)
         return 1
     if result == "detach":
         now = daemon_pid(run) or (child.pid if child else pid)

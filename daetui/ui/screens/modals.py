@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.table import Table
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -83,7 +82,9 @@ class FlowScreen(ModalScreen[None]):
         if r.domain:
             rows.insert(1, ("domain", r.domain))
         for k, v in rows:
-            t.add_row(k, v)
+            # A Text, not a str: a str cell is read as markup, and the domain, the error, the device's label
+            # come from outside; their controls escaped.
+            t.add_row(k, fmt.safe(v))
         with Vertical(id="flow-box", classes="dialog"):
             yield Static("[b]Flow[/]")
             yield Static(t)
@@ -94,7 +95,7 @@ class FlowScreen(ModalScreen[None]):
     def show_trace(self, text: str) -> None:
         """The rule trace for this flow, once the daemon has answered."""
         if self.is_attached:
-            self.query_one("#flow-trace", Static).update(Text(text))
+            self.query_one("#flow-trace", Static).update(fmt.safe(text))
 
 
 class QuitScreen(ModalScreen[str | None]):
@@ -138,7 +139,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box", classes="dialog"):
-            yield Static(self.question)
+            yield Static(fmt.safe(self.question))  # it may quote a rule: shown as written
             with Horizontal(classes="buttons"):
                 yield Button("Yes (y)", id="yes", variant="error")
                 yield Button("No (esc)", id="no")
