@@ -17,6 +17,7 @@ from pathlib import Path
 from daetui.control.client import ControlClient, ControlError, call_once, wait_for_daemon
 from daetui.logsetup import under_journal
 from daetui.paths import RunPaths, pid_is_daetui
+from daetui.termtext import printable, printable_lines
 
 
 def daemon_pid(run: RunPaths) -> int | None:
@@ -116,16 +117,16 @@ def reload_daemon(run: RunPaths, abort: bool = False) -> int:
     try:
         r = call_once(run.control, lambda c: c.reload(abort))
     except ControlError as e:
-        print(f"daetui reload: {e}", file=sys.stderr)
+        print(f"daetui reload: {printable_lines(e)}", file=sys.stderr)
         return 1
     if not r.ok:
-        print(f"daetui reload: nothing changed: {r.message}", file=sys.stderr)
+        print(f"daetui reload: nothing changed: {printable_lines(r.message)}", file=sys.stderr)
         return 1
     print(f"reloaded: rule generation {r.generation}; {len(r.added)} rules added, {len(r.removed)} removed, "
           f"{len(r.toggled)} toggled")
     for label, rules in (("+", r.added), ("-", r.removed), ("~", r.toggled)):
         for text in rules:
-            print(f"  {label} {text}")
+            print(f"  {label} {printable(text)}")
     if abort:
         print(f"  {r.aborted} flows reset; {r.kept} kernel-forwarded TCP flows left running")
     return 0
@@ -155,12 +156,13 @@ def status(run: RunPaths, as_json: bool = False) -> int:
     h = snap.health
     # A daemon answers while it still loads its programs: it has no start time yet.
     up = f"up {fmt.duration(snap.time - h.started)}" if h.started else "starting"
-    print(f"daetui pid {h.pid}, {up}, config {h.config}")
+    p = printable  # names from the system and the network: shown, never obeyed by the terminal
+    print(f"daetui pid {h.pid}, {up}, config {p(h.config)}")
     for i in snap.interfaces:
         if i.bound or i.configured:
-            print(f"  {i.name}: {'bound ' + ', '.join(i.programs) if i.bound else 'not bound'}")
+            print(f"  {p(i.name)}: {p('bound ' + ', '.join(i.programs)) if i.bound else 'not bound'}")
     for name in snap.missing_interfaces:
-        print(f"  {name}: configured, not present")
+        print(f"  {p(name)}: configured, not present")
     open_conns = sum(1 for c in snap.connections if c.state == "open")
     print(f"  flows in the kernel: {len(snap.kernel_flows)}; relayed now: {open_conns}, "
           f"in all: {snap.total_connections}")

@@ -55,6 +55,7 @@ class FlowScreen(ModalScreen[None]):
         super().__init__()
         self.row = row
         self.ifnames = ifnames
+        self.trace: str | None = None
 
     def compose(self) -> ComposeResult:
         r = self.row
@@ -89,13 +90,17 @@ class FlowScreen(ModalScreen[None]):
             yield Static("[b]Flow[/]")
             yield Static(t)
             yield Static("[b]Why[/] [dim](the rules now, as daetui explain)[/]")
-            yield Static("[dim]asking the daemon…[/]", id="flow-trace")
+            yield Static(fmt.safe(self.trace) if self.trace is not None else "[dim]asking the daemon…[/]",
+                         id="flow-trace")
             yield Static("[dim]esc closes[/]")
 
     def show_trace(self, text: str) -> None:
-        """The rule trace for this flow, once the daemon has answered."""
-        if self.is_attached:
-            self.query_one("#flow-trace", Static).update(fmt.safe(text))
+        """The rule trace for this flow, once the daemon has answered (it may answer before the screen is
+        composed: then compose shows it)."""
+        self.trace = text
+        found = self.query("#flow-trace")
+        if found:
+            found.first(Static).update(fmt.safe(text))
 
 
 class QuitScreen(ModalScreen[str | None]):
