@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
 
-from frozen import FrozenSource, frozen_console  # noqa: E402
+from frozen import FrozenSource, frozen_console
 
 if __name__ == "__main__":
     app = frozen_console(FrozenSource(Path(sys.argv[1])), pane=sys.argv[2] if len(sys.argv) > 2 else "overview")
