@@ -63,7 +63,16 @@ def _secret_tail(lines: list[str], line: int) -> list[tuple[int, int]]:
         return []
     text = lines[line - 1]
     eq = text.find("=")
-    return [_link_body(text, eq + 1, len(text))] if eq >= 0 and not re.match(r"\s*\[", text) else []
+    if eq < 0 or re.match(r"\s*\[", text):
+        return []
+    start = eq + 1
+    while start < len(text) and text[start] in " \t":
+        start += 1
+    end = len(text)
+    if start < len(text) and text[start] in "\"'":
+        close = text.find(text[start], start + 1)   # a string that closes: what follows it stays in sight
+        end = close + 1 if close > 0 else end
+    return [_link_body(text, start, end)]
 
 
 def _link_body(text: str, start: int, end: int) -> tuple[int, int]:
