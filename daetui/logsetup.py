@@ -12,9 +12,11 @@ Where the lines go:
   traceback, BCC's compiler output) follow the current file;
 - otherwise: to stderr.
 
-Every record's message is formatted once, when it is made, and the secrets
-in it masked (daetui.redact): whichever handler takes it -- these, the
-console's event feed -- sees only the masked text.
+Every record's message is formatted once, when it is made, the secrets in it
+masked (daetui.redact) and its control characters escaped (daetui.termtext):
+whichever handler takes it -- these, the console's event feed -- sees only
+that text, and a terminal showing the log obeys nothing a LAN client or a
+subscription wrote into it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 from daetui.redact import redact
+from daetui.termtext import printable_lines
 
 LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
           "trace": logging.DEBUG}
@@ -65,10 +68,10 @@ class _RedactingFormatter(logging.Formatter):
     """Tracebacks and stack traces masked as the messages are (an exception's text may quote a link)."""
 
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def,override]
-        return redact(super().formatException(ei))
+        return _clean(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
-        return redact(super().formatStack(stack_info))
+        return _clean(super().formatStack(stack_info))
 
 
 class _JournalFormatter(_RedactingFormatter):
@@ -106,6 +109,12 @@ class FollowingRotatingHandler(logging.handlers.RotatingFileHandler):
         self._point_stdio()
 
 
+def _clean(text: str) -> str:
+    """A log line's text: its secrets masked, its control characters escaped (a sniffed name, a node's name
+    from a subscription: the log is read on terminals, by `tail`, by the console)."""
+    return printable_lines(redact(text))
+
+
 def _redacting_factory(base):  # type: ignore[no-untyped-def]
     def make(*args, **kwargs):  # type: ignore[no-untyped-def]
         record = base(*args, **kwargs)
@@ -113,7 +122,7 @@ def _redacting_factory(base):  # type: ignore[no-untyped-def]
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it when the record is handled
             return record
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = _clean(message), None
         return record
     make._daetui = True  # type: ignore[attr-defined]
     return make

@@ -50,7 +50,7 @@ assert os.path.samestat(os.fstat(1), os.stat({str(log)!r})), "stdout is not on t
     assert "line 02999" in text and "raw stderr 02999" in text   # the newest lines, both kinds, in the file
 
 
-def test_the_log_masks_secrets_in_messages_and_tracebacks(tmp_path):
+def test_the_log_masks_secrets_and_escapes_controls(tmp_path):
     log = tmp_path / "daetui.log"
     run(f"""
 import logging
@@ -62,6 +62,7 @@ log = logging.getLogger("daetui.test")
 log.info("node %s: %s", "t", "password Very-Secret-Pass refused")
 log.warning("fetch https://sub.example.com/api/tK9f2LqZx81mWvP0?token=tK9f2LqZx81mWvP0 failed")
 log.error("vless://0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0@203.0.113.10:443 left out")
+log.info("sniffed %s", "evil\\x1b]0;title\\x07.example\\rX")
 try:
     raise ValueError("id '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f' is not a UUID")
 except ValueError:
@@ -73,6 +74,7 @@ except ValueError:
     assert "node t: password *** refused" in text
     assert "vless://***@203.0.113.10:443 left out" in text
     assert "ValueError: id '***' is not a UUID" in text
+    assert "sniffed evil\\x1b]0;title\\x07.example\\rX" in text and "\x1b" not in text   # shown, not obeyed
 
 
 def test_under_systemd_lines_go_to_the_journal_with_their_priority(tmp_path):

@@ -132,7 +132,8 @@ name and no domain rule wants it.
         self.entries.empty_text = "no entries" + (" match the search" if self.search else "")
         self.entries.set_rows(list(entries.rows))
         shown = len(entries.rows)
-        note = f"{shown} of {entries.total} entries" + (f" matching {self.search!r}" if self.search else "")
+        note = f"{shown} of {entries.total} entries" + (f" matching {fmt.markup(repr(self.search))}"
+                                                        if self.search else "")
         self.entries.border_subtitle = note
 
     @on(VirtualTable.Selected, "#map-list")
