@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from daetui.control.client import ControlClient, ControlError, call_once, wait_for_daemon
-from daetui.logsetup import under_journal
+from daetui.logsetup import run_by_systemd
 from daetui.paths import RunPaths, pid_is_daetui
 from daetui.termtext import printable, printable_lines
 
@@ -31,11 +31,11 @@ def daemon_pid(run: RunPaths) -> int | None:
 
 def spawn_daemon(config: str, run: RunPaths, netns: str | None = None) -> subprocess.Popen[bytes]:
     """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log, rotated (daetui.logsetup);
-    a console that systemd runs with its stderr on the journal leaves the daemon's log there."""
+    a console that systemd runs leaves the daemon's log where the unit sends its output (the journal)."""
     run.ensure()
     prefix = ["ip", "netns", "exec", netns] if netns else []
     args = [*prefix, sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)]
-    if under_journal():
+    if run_by_systemd():
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     path = log_path(run)
     # What the daemon prints before its logging is set up (a config error) goes to the file too.

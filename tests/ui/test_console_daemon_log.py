@@ -79,12 +79,12 @@ def started(lab, tmp_path_factory):
     run.root.mkdir()
     old = b"an earlier run's line\n" * (LOG_MAX_BYTES // 22 + 100)
     (run.root / "daetui.log").write_bytes(old)
-    saved = os.environ.pop("JOURNAL_STREAM", None)   # the test's own stderr is no journal
+    # Whatever runs the tests, this console is no systemd unit's.
+    saved = {k: os.environ.pop(k) for k in ("JOURNAL_STREAM", "INVOCATION_ID") if k in os.environ}
     try:
         child = spawn_daemon(str(cfg), run, netns=lab.router)
     finally:
-        if saved is not None:
-            os.environ["JOURNAL_STREAM"] = saved
+        os.environ.update(saved)
 
     async def up() -> None:
         c = await wait_for_daemon(run.control, 90, alive=lambda: child.poll() is None)
