@@ -39,22 +39,56 @@ _KEYED = re.compile(r"(?i)\b(?:password|passwd|psk|secret|token|uuid|private[_-]
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(:\d{1,5})?$")
 
+MAX_KNOWN = 32768  # secrets remembered (a subscription of 5000 nodes has some 20000); the oldest go first
+
 _lock = threading.Lock()
-_known: frozenset[str] = frozenset()
-_known_re: re.Pattern[str] | None = None
+_known: dict[str, None] = {}                    # the secrets, oldest first
+_by_prefix: dict[str, tuple[str, ...]] = {}      # their first MIN_SECRET characters -> them, longest first
 
 
 def remember(*secrets: str) -> None:
     """Mask these strings wherever they show up, from now on (in this process)."""
-    global _known, _known_re
-    new = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET} - _known
+    new = [s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET and s not in _known]
     if not new:
         return
     with _lock:
-        known = _known | new
-        # Longest first: a secret that holds another is masked whole.
-        pattern = re.compile("|".join(re.escape(s) for s in sorted(known, key=len, reverse=True)))
-        _known, _known_re = known, pattern
+        # Updated in place, one key at a time: a reader on another thread (a log record) looks keys up only,
+        # and each key's tuple is replaced whole.
+        for secret in new:
+            if secret in _known:
+                continue
+            _known[secret] = None
+            key = secret[:MIN_SECRET]
+            _by_prefix[key] = tuple(sorted((*_by_prefix.get(key, ()), secret), key=len, reverse=True))
+        while len(_known) > MAX_KNOWN:
+            old = next(iter(_known))
+            del _known[old]
+            key = old[:MIN_SECRET]
+            rest = tuple(x for x in _by_prefix.get(key, ()) if x != old)
+            if rest:
+                _by_prefix[key] = rest
+            else:
+                _by_prefix.pop(key, None)
+
+
+def _known_spans(text: str) -> list[tuple[int, int]]:
+    """Where the remembered secrets are in `text`: each position's next MIN_SECRET characters looked up (a
+    line of 150 characters costs 150 dictionary lookups however many secrets there are)."""
+    index = _by_prefix
+    if not index or len(text) < MIN_SECRET:
+        return []
+    spans = []
+    i, end = 0, len(text) - MIN_SECRET + 1
+    while i < end:
+        found = index.get(text[i:i + MIN_SECRET])
+        if found:
+            hit = next((sec for sec in found if text.startswith(sec, i)), None)
+            if hit is not None:
+                spans.append((i, i + len(hit)))
+                i += len(hit)
+                continue
+        i += 1
+    return spans
 
 
 def remember_link(link: str) -> None:
@@ -165,10 +199,7 @@ def _url_spans(m: re.Match[str]) -> list[tuple[int, int]]:
 
 def secret_spans(text: str) -> list[tuple[int, int]]:
     """Where the secrets in `text` are: sorted, merged (start, end) offsets."""
-    spans: list[tuple[int, int]] = []
-    known = _known_re
-    if known is not None:
-        spans += [(m.start(), m.end()) for m in known.finditer(text)]
+    spans = _known_spans(text)
     for m in _URL.finditer(text):
         spans += _url_spans(m)
     spans += [(m.start(), m.end()) for m in _UUID.finditer(text)]
@@ -201,7 +232,7 @@ def mask(text: str, spans: list[tuple[int, int]]) -> str:
 def redact(text: object) -> str:
     """`text` with every secret it holds masked."""
     s = text if isinstance(text, str) else str(text)
-    if "://" not in s and _known_re is None and "-" not in s and "=" not in s and ":" not in s:
+    if not _by_prefix and "://" not in s and "-" not in s and "=" not in s and ":" not in s:
         return s  # nothing any rule could match: the usual short message costs nothing
     spans = secret_spans(s)
     return mask(s, spans) if spans else s
