@@ -39,6 +39,9 @@ _KEYED = re.compile(r"(?i)\b(?:password|passwd|psk|secret|token|uuid|private[_-]
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(:\d{1,5})?$")
 
+_SECRET_PARAMS = {"password", "pass", "passwd", "psk", "key", "token", "auth", "uuid", "id", "secret", "sid",
+                  "obfs-password", "obfs_password", "auth_str", "private-key", "privatekey"}
+
 MAX_KNOWN = 32768  # secrets remembered (a subscription of 5000 nodes has some 20000); the oldest go first
 
 _lock = threading.Lock()
@@ -124,9 +127,14 @@ def link_secrets(link: str) -> list[str]:
         # A whole base64 body (vmess://, legacy ss://): the body, and what is inside.
         out.append(body)
         out += _decoded_secrets(body, first_is_secret)
-    out += [v for _, v in parse_qsl(parts.query)]
-    out += [unquote(v) for v in re.findall(r"=([^&;]+)", parts.query)]
-    if scheme in ("http", "https", "http-file", "https-file") and parts.path not in ("", "/"):
+    web = scheme in ("http", "https", "http-file", "https-file")
+    # A subscription URL's query is the account's (`?token=`, `?key=`, `?flag=...&sub=...`): all of it. A proxy
+    # link's holds its transport (sni, host, path, type: names that show up in logs for other reasons) and
+    # sometimes a secret: those by their keys.
+    out += [v for k, v in parse_qsl(parts.query) if web or k.lower() in _SECRET_PARAMS]
+    out += [unquote(v) for k, v in re.findall(r"([^&;=?]+)=([^&;]+)", parts.query)
+            if web or unquote(k).lower() in _SECRET_PARAMS]
+    if web and parts.path not in ("", "/"):
         out.append(parts.path.strip("/"))
         out += [seg for seg in parts.path.split("/") if _token_like(seg)]
     return out

@@ -49,6 +49,8 @@ def test_the_secrets_of_a_remembered_link_are_masked_however_quoted():
     assert redact(f"wrong password {PASSWORD} for aes-256-gcm") == "wrong password *** for aes-256-gcm"
     assert redact("token Zq81abcdEF expired") == "token *** expired"
     assert redact("subscribe to the list") == "subscribe to the list"   # words are not secrets
+    remember_link("trojan://Another-Pass@203.0.113.10:443?sni=www.example.com&obfs-password=Obfs-Secret-1#t")
+    assert redact("sniffed www.example.com, Obfs-Secret-1") == "sniffed www.example.com, ***"  # a name is no secret
 
 
 def test_link_secrets_take_the_parts_apart():
