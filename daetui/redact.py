@@ -115,18 +115,15 @@ def link_secrets(link: str) -> list[str]:
     except ValueError:
         return [body]
     netloc = parts.netloc
-    # shadowsocks' userinfo is method:password (the method is no secret); the others' user:password or one
-    # field (a password, a UUID).
-    first_is_secret = scheme not in ("ss", "ssr")
     if "@" in netloc:
         userinfo = netloc.rsplit("@", 1)[0]
         out += [userinfo, unquote(userinfo)]
-        out += _fields(unquote(userinfo), first_is_secret)
-        out += _decoded_secrets(userinfo, first_is_secret)
+        out += _fields(unquote(userinfo))
+        out += _decoded_secrets(userinfo)
     elif not _HOSTPORT.match(netloc) or scheme == "vmess":
         # A whole base64 body (vmess://, legacy ss://): the body, and what is inside.
         out.append(body)
-        out += _decoded_secrets(body, first_is_secret)
+        out += _decoded_secrets(body)
     web = scheme in ("http", "https", "http-file", "https-file")
     # A subscription URL's query is the account's (`?token=`, `?key=`, `?flag=...&sub=...`): all of it. A proxy
     # link's holds its transport (sni, host, path, type: names that show up in logs for other reasons) and
@@ -147,14 +144,14 @@ def _token_like(segment: str) -> bool:
     return len(segment) >= 16 or (len(segment) >= 8 and has_digit and has_alpha)
 
 
-def _fields(cred: str, first_is_secret: bool) -> list[str]:
+def _fields(cred: str) -> list[str]:
+    """One field is the secret itself (trojan's password, vless's UUID); of two, the second is (the first is a
+    user name, or shadowsocks' method: a name to show, as a node's address is)."""
     user, colon, password = cred.partition(":")
-    if not colon:
-        return [user]
-    return [user, password] if first_is_secret else [password]
+    return [password] if colon else [user]
 
 
-def _decoded_secrets(text: str, first_is_secret: bool) -> list[str]:
+def _decoded_secrets(text: str) -> list[str]:
     """What a base64 text decodes to (SIP002's method:password, a vmess JSON), taken apart."""
     raw = unquote(text).strip()
     try:
@@ -174,7 +171,7 @@ def _decoded_secrets(text: str, first_is_secret: bool) -> list[str]:
             out += [str(data[k]) for k in ("id", "uuid", "password", "psk") if data.get(k)]
         return out
     cred = plain.rsplit("@", 1)[0]
-    return [*out, cred, *_fields(cred, first_is_secret)]
+    return [*out, cred, *_fields(cred)]
 
 
 # -- masking --------------------------------------------------------------------------------------
