@@ -73,10 +73,13 @@ fallback = "direct"
         term = Pty([sys.executable, "-m", "daetui", "attach", "--run-dir", str(daemon.run_dir)], size=(180, 45))
         try:
             term.wait_for(b"Overview")
-            term.keys(b"7", pause=1.5)                   # Dialers: the group and its nodes
+            term.keys(b"7")                              # Dialers: the group and its nodes
+            term.wait_for(b"Last error")
             for _ in NAMES:
                 term.keys(b"j", pause=0.6)               # each node, with its details under the table
-            term.keys(b"5", pause=1.5)                   # Logs: the fetch, the checks
+            term.wait_for(b"tokyo")
+            term.keys(b"5")                              # Logs: the fetch, the checks
+            term.wait_for(b"subscription evil")
             out = term.output
         finally:
             term.close()

@@ -65,15 +65,23 @@ def test_hostile_names_never_reach_the_terminal(tmp_path):
     term = Pty([sys.executable, str(HERE / "frozen_in_terminal.py"), str(recording)], size=(200, 50))
     try:
         term.wait_for(b"Overview")
-        term.keys(b"2", pause=1.5)        # Connections: the sniffed domain, the device's label
-        term.keys(b"\r", pause=1.5)       # the flow's details: domain, error, node, device
-        term.keys(b"\x1b", pause=1.0)
-        term.keys(b"5", pause=1.5)        # Logs
-        term.keys(b"6", pause=1.5)        # DNS: the cache
-        term.keys(b"\r", pause=1.5)       # the entry in full
-        term.keys(b"7", pause=1.5)        # Dialers: the group's line names the node
-        term.keys(b"j", pause=1.5)        # the node's line and its details with the last error
-        term.keys(b"c", pause=2.5)        # check it: the notification quotes its name and error
+        # Each step waits (bounded) until the console has drawn what the step is for.
+        term.keys(b"2")                   # Connections: the sniffed domain, the device's label
+        term.wait_for(b"Destination")
+        term.keys(b"\r")                  # the flow's details: domain, error, node, device
+        term.wait_for(b"Why")
+        term.keys(b"\x1b")
+        term.keys(b"5")                   # Logs
+        term.wait_for(b"MARKUP-LOG")
+        term.keys(b"6")                   # DNS: the cache
+        term.wait_for(b"Upstreams")
+        term.keys(b"\r")                  # the entry in full
+        term.wait_for(" hits · from ".encode())
+        term.keys(b"7")                   # Dialers: the group's line names the node
+        term.wait_for(b"Last error")
+        term.keys(b"j")                   # the node's line and its details with the last error
+        term.wait_for(b"MARKUP-ERR")
+        term.keys(b"c", pause=2.0)        # check it: the notification quotes its name and error
         out = term.output
     finally:
         term.close()
