@@ -134,7 +134,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         print(printable_lines(explain(cfg.routing, q).text))
     except ExplainError as e:
-        print(f"daetui explain: {e}", file=sys.stderr)
+        print(f"daetui explain: {printable_lines(e)}", file=sys.stderr)
         return 2
     return 0
 
