@@ -60,8 +60,15 @@ def under_journal(stream: object = None) -> bool:
 
 
 def run_by_systemd() -> bool:
-    """Started by systemd as (part of) a unit: its output is the unit's, the journal's by default."""
-    return bool(os.environ.get("INVOCATION_ID")) or under_journal()
+    """Started by systemd as (part of) a unit, its output the unit's (the journal's by default). A terminal
+    is no unit's output, even where INVOCATION_ID was inherited (a terminal emulator run as a user service)."""
+    if under_journal():
+        return True
+    try:
+        on_terminal = os.isatty(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        on_terminal = False
+    return bool(os.environ.get("INVOCATION_ID")) and not on_terminal
 
 
 class _RedactingFormatter(logging.Formatter):

@@ -4,6 +4,7 @@ under systemd, and no secret in any line. Each case runs in a process of its own
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,20 @@ setup_logging("info")
 logging.getLogger("daetui.x").info("fine")
 """, env={"JOURNAL_STREAM": "1:1"}, stderr_to=err)
     assert err.read_text().rstrip().endswith("INFO    daetui.x: fine")
+
+
+def test_run_by_systemd_is_a_unit_s_output_not_a_terminal(tmp_path):
+    code = "from daetui.logsetup import run_by_systemd; print(run_by_systemd())"
+    err = tmp_path / "stderr"
+    assert run(code, env={"INVOCATION_ID": "0123"}, stderr_to=err).stdout.strip() == b"True"
+    assert run(code, stderr_to=err).stdout.strip() == b"False"
+    # Inherited by a shell in a terminal (a terminal emulator run as a user service): no unit's output.
+    master, slave = pty.openpty()
+    try:
+        full = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"} | {"INVOCATION_ID": "0123"}
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=slave,
+                             timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert out.stdout.strip() == b"False"
