@@ -25,7 +25,9 @@ from daetui.config.errors import ConfigError
 from daetui.config.load import Config, load_config
 from daetui.logsetup import setup_logging
 from daetui.paths import RunPaths
+from daetui.redact import redact
 from daetui.service import notify
+from daetui.termtext import printable_lines
 
 DEFAULT_CONFIG = "/etc/daetui/config.toml"
 log = logging.getLogger("daetui")
@@ -95,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from daetui.ui.launch import run_console
 
         return run_console(_run_paths(args), args.config, theme=args.theme)
-    setup_logging(cfg.global_.log_level)
+    setup_logging(cfg.global_.log_level, file=args.log_file)
     return aio.run(_serve(cfg, _run_paths(args)))
 
 
@@ -126,20 +128,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 target=q.target, port=q.port, proto=q.proto, mac=q.mac, iface=q.iface, pname=q.pname, src=q.src,
                 sport=q.sport, dscp=q.dscp, wan=q.wan))
             print(f"(asked the running daetui, {run.control})")
-            print(result.text)
+            print(printable_lines(result.text))  # it names what DNS and sniffing saw: shown, never obeyed
             return 0
         except ControlError as e:
             if "ExplainError" in str(e):
-                print(f"daetui explain: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
+                print(f"daetui explain: {printable_lines(str(e).split(': ', 1)[-1])}", file=sys.stderr)
                 return 2
-            print(f"daetui explain: no daemon answers ({e}); reading {args.config}", file=sys.stderr)
+            print(f"daetui explain: no daemon answers ({printable_lines(e)}); reading {args.config}",
+                  file=sys.stderr)
     cfg = _load(args.config)
     if cfg is None:
         return 2
     try:
-        print(explain(cfg.routing, q).text)
+        print(printable_lines(explain(cfg.routing, q).text))
     except ExplainError as e:
-        print(f"daetui explain: {e}", file=sys.stderr)
+        print(f"daetui explain: {printable_lines(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -159,7 +162,7 @@ def cmd_import_dae(args: argparse.Namespace) -> int:
         print(f"daetui import-dae: {src}: {e.strerror}", file=sys.stderr)
         return 1
     except DaeImportError as e:
-        print(f"daetui import-dae: {e}", file=sys.stderr)
+        print(f"daetui import-dae: {redact(e)}", file=sys.stderr)
         return 1
     # Checked as the file it becomes, so geoip/geosite are looked for next to it.
     target = Path(args.output) if args.output else src.with_suffix(".toml")
@@ -214,7 +217,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             # The loader checks the scheme; the link itself is read by its protocol's module.
             line = next((i + 1 for i, ln in enumerate(cfg.text.splitlines())
                          if ln.strip().startswith((f"{node.tag} ", f"{node.tag}=", f'"{node.tag}"'))), 0)
-            print(f"daetui: {cfg.source}:{line}: node {node.tag}: {e}", file=sys.stderr)
+            # The protocol module's words may quote the link: its secrets masked.
+            print(f"daetui: {cfg.source}:{line}: node {node.tag}: {redact(e)}", file=sys.stderr)
             bad += 1
     if bad:
         return 1
@@ -307,12 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ui", action="store_true", help="run headless (as a service)")
     p.add_argument("--run-dir", help="runtime files (default /run/daetui, per network namespace)")
     p.add_argument("--theme", help="console theme: dark, light or basic (16 colours)")
+    p.add_argument("--log-file", help="with --no-ui: log to this file, rotated (default: stderr)")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="run the control plane (the default)")
     r.add_argument("--config", "-c", default=argparse.SUPPRESS)
     r.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS)
     r.add_argument("--run-dir", default=argparse.SUPPRESS)
     r.add_argument("--theme", default=argparse.SUPPRESS)
+    r.add_argument("--log-file", default=argparse.SUPPRESS)
     a = sub.add_parser("attach", help="open the console on a running daemon")
     a.add_argument("--run-dir", default=argparse.SUPPRESS)
     a.add_argument("--theme", default=argparse.SUPPRESS)

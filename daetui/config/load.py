@@ -32,6 +32,7 @@ from daetui.config.schema import (
     KeySpec,
     parse_duration,
 )
+from daetui.redact import remember_link
 from daetui.routing.dns_rules import DnsRules, compile_list
 from daetui.routing.errors import RuleError
 from daetui.routing.geodata import GeoData, default_search_path
@@ -45,6 +46,45 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
 # Sections that hold passwords: a file with them should not be world-readable.
 SECRET_SECTIONS = ("node", "subscription")
 MAX_INCLUDE_DEPTH = 8
+
+
+def _secret_tail(lines: list[str], line: int) -> list[tuple[int, int]]:
+    """A line that did not parse, in a [node] or [subscription] table: all after its `=` is masked (the link
+    may be cut anywhere; the loader cannot tell where its secret ends)."""
+    if not 0 < line <= len(lines):
+        return []
+    for above in reversed(lines[:line]):
+        head = re.match(r"\s*\[+\s*([A-Za-z_\-]+)", above)
+        if head:
+            if head.group(1) not in SECRET_SECTIONS:
+                return []
+            break
+    else:
+        return []
+    text = lines[line - 1]
+    eq = text.find("=")
+    if eq < 0 or re.match(r"\s*\[", text):
+        return []
+    start = eq + 1
+    while start < len(text) and text[start] in " \t":
+        start += 1
+    end = len(text)
+    if start < len(text) and text[start] in "\"'":
+        close = text.find(text[start], start + 1)   # a string that closes: what follows it stays in sight
+        end = close + 1 if close > 0 else end
+    return [_link_body(text, start, end)]
+
+
+def _link_body(text: str, start: int, end: int) -> tuple[int, int]:
+    """The part of the value text[start:end] to mask: after its scheme (a typo there stays in sight), up to
+    its #name or closing quote."""
+    sep = text.find("://", start, end)
+    a = sep + 3 if sep >= 0 else start
+    frag = text.find("#", a, end)
+    b = frag if frag >= 0 else end
+    while b > a and text[b - 1] in "\"' \t":
+        b -= 1
+    return (a, b) if b > a else (start, end)
 
 
 class _File:
@@ -62,7 +102,8 @@ class _File:
             msg = str(e).split(" at line ")[0]
             lines = text.splitlines()
             src = lines[line - 1] if 0 < line <= len(lines) else None
-            raise ConfigError(f"TOML syntax: {msg}", source, line, col, src) from None
+            raise ConfigError(f"TOML syntax: {msg}", source, line, col, src,
+                              secret_spans=_secret_tail(lines, line)) from None
 
     @property
     def index(self) -> SourceIndex:
@@ -77,7 +118,24 @@ class _File:
         if offset is None:
             return ConfigError(message, self.source)
         line, col = self.index.line_col(offset)
-        return ConfigError(message, self.source, line, col, self.index.line_text(line), width)
+        return ConfigError(message, self.source, line, col, self.index.line_text(line), width,
+                           secret_spans=self._secrets_on(line))
+
+    def _secrets_on(self, line: int) -> list[tuple[int, int]]:
+        """Columns (0-based) of the line's values that are links or URLs of [node] and [subscription]."""
+        index = self.index
+        spans = []
+        for path, start in index.values.items():
+            if len(path) < 2 or path[0] not in SECRET_SECTIONS:
+                continue
+            end = index.ends.get(path, start)
+            first, col = index.line_col(start)
+            last, end_col = index.line_col(max(start, end - 1))
+            if first == line == last:
+                spans.append(_link_body(index.line_text(line), col - 1, end_col))
+            elif first <= line <= last:
+                spans.append((col - 1 if first == line else 0, end_col if last == line else 1 << 30))
+        return spans
 
     def unknown_key(self, key: str, known: list[str], path: Path_, what: str) -> ConfigError:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -250,6 +308,8 @@ class _Loader:
                     close = difflib.get_close_matches(scheme, schemes, n=1)
                     hint = f" (did you mean {close[0]}://?)" if close else ""
                     raise part.file.error(f"{section}.{tag}: expected a {'/'.join(schemes)} link{hint}", path)
+                # Its secrets are masked in every log line and error from now on.
+                remember_link(str(link))
                 out[tag] = Tagged(tag, str(link))
         return tuple(out.values())
 

@@ -83,6 +83,11 @@ def _nonneg(v: float) -> str | None:
     return None if v >= 0 else "expected a duration of zero or more"
 
 
+def _positive(v: float) -> str | None:
+    # A timer of zero would fire at once and for ever (a check loop, an idle timeout that ends every flow).
+    return None if v > 0 else "expected a duration greater than zero, e.g. 30s"
+
+
 def _minute_or_more(v: float) -> str | None:
     return None if v >= 60 else "expected a duration of a minute or more"
 
@@ -99,7 +104,7 @@ GLOBAL: dict[str, KeySpec] = {
     "fail_open": KeySpec("bool", True, "pass flows as direct while the control plane is down"),
     "dial_mode": KeySpec("str", "domain", "ip, domain, domain+ or domain++ (as dae)", _one_of(DIAL_MODES)),
     "sniffing_timeout": KeySpec("duration", 0.1, "how long to wait for the first bytes to sniff a name", _nonneg),
-    "check_interval": KeySpec("duration", 30.0, "health check interval of nodes", _nonneg),
+    "check_interval": KeySpec("duration", 30.0, "health check interval of nodes", _positive),
     "check_tolerance": KeySpec("duration", 0.0, "switch node only when it is this much faster", _nonneg),
     "tcp_check_url": KeySpec("strlist", ("http://cp.cloudflare.com", "1.1.1.1", "2606:4700:4700::1111"),
                              "URL (and its IPs) fetched through a node to check it"),
@@ -111,7 +116,8 @@ GLOBAL: dict[str, KeySpec] = {
     "fallback_resolver": KeySpec("str", "8.8.8.8:53", "resolver for the names of nodes and subscriptions"),
     "dead_group": KeySpec("str", "reject", "a group with no live node: reject (reset by daetui), drop, or direct",
                           _one_of(("reject", "drop", "direct"))),
-    "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)", _nonneg),
+    "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)",
+                          _positive),
     "subscription_interval": KeySpec("duration", 43200.0, "how often subscriptions are fetched again "
                                      "(daetui; dae fetches them only at start)", _minute_or_more),
 }

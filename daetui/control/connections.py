@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from daetui.redact import redact
+
 Endpoint = tuple[str, int]
 
 
@@ -85,7 +87,7 @@ class ConnectionTable:
             return
         conn.ended = time.time()
         conn.state = "failed" if error else "closed"
-        conn.error = error
+        conn.error = redact(error) if error else error   # a dialer's words may quote a link
         self.closed.append(conn)
 
     def snapshot(self) -> list[Connection]:

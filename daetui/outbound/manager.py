@@ -27,6 +27,7 @@ from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
 from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
 from daetui.outbound.state import GroupState, NodeState
 from daetui.outbound.subscription import Resolve, Subscription, SubscriptionResult
+from daetui.redact import redact
 
 log = logging.getLogger("daetui.outbound")
 
@@ -269,5 +270,5 @@ class Outbounds:
             f4, f6 = h.families[4], h.families[6]
             nodes.append(NodeState(name, node.protocol, f"{node.host}:{node.port}",
                                    f4.alive, f6.alive, tuple(f4.latencies), tuple(f6.latencies),
-                                   f4.last_error or f6.last_error))
+                                   redact(f4.last_error or f6.last_error)))
         return groups, tuple(nodes)

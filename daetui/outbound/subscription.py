@@ -51,6 +51,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 from daetui.net.address import is_address
 from daetui.net.sockopts import SO_MARK
 from daetui.outbound.links import parse_link, scheme_of
+from daetui.redact import remember_link
 
 log = logging.getLogger("daetui.outbound")
 
@@ -341,6 +342,7 @@ def _sip008_link(server: Any) -> tuple[str, str]:
 
 
 def _add(link: str, where: str, subtag: str, names: _Names, out: SubscriptionNodes, name: str = "") -> None:
+    remember_link(link)  # its secrets masked in every log line and error from now on
     try:
         node = parse_link(link, name)
     except ValueError as e:  # LinkError and the modules' own ValueErrors: the link's fault

@@ -18,12 +18,14 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.css.query import NoMatches
+from textual.notifications import SeverityLevel
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from daetui.control import wire
 from daetui.control.client import ControlError
 from daetui.control.commands import ControlApi
 from daetui.control.state import LogLine, ReloadResult, Snapshot
+from daetui.ui import fmt
 from daetui.ui.flows import FlowRow
 from daetui.ui.panes import PANES, keyed
 from daetui.ui.panes.base import PaletteEntry, Pane
@@ -111,6 +113,13 @@ class DaetuiApp(App[str | None]):
         self.query_one(StatusBar).show_connecting(self.starting_text)
         self.set_interval(0.25, self._flush_logs)
         self._poll()
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A notification, shown as written: most quote a name or an error from outside (a node's name, a
+        config error's source line), so markup is off and controls are escaped, whoever calls."""
+        text = fmt.markup(message) if not markup else message
+        super().notify(text, title=fmt.markup(title), severity=severity, timeout=timeout, markup=True)
 
     def set_theme(self, short: str) -> None:
         self.theme = resolve(short)

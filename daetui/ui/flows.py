@@ -155,6 +155,7 @@ class FlowBook:
             row.state = state
             row.error = c.error or ""
             row.node = c.node or ""
+            row.domain = c.domain or ""   # sniffed from its first bytes (TLS SNI, HTTP Host, QUIC)
             row.last = c.ended if c.ended else now
         self._kernel = fresh
         prev = self._prev

@@ -1,8 +1,28 @@
-"""Numbers, sizes, rates and times as the console prints them."""
+"""Numbers, sizes, rates and times as the console prints them; text from outside made safe to show."""
 
 from __future__ import annotations
 
 import time
+
+from rich.text import Text
+from textual.markup import escape as _escape_markup
+
+from daetui.termtext import printable, printable_lines
+
+__all__ = ["clock", "count", "duration", "endpoint", "markup", "ms", "printable", "printable_lines", "rate", "safe",
+           "size", "ttl"]
+
+
+def safe(text: object, style: str = "") -> Text:
+    """A Text of `text` from outside (a name, an error, a log line), its control characters escaped: shown,
+    never obeyed by the terminal. Line breaks are kept (a Text is no table cell)."""
+    return Text(printable_lines(text), style=style)
+
+
+def markup(text: object) -> str:
+    """`text` from outside, to put into a markup string (a notification, a Static's text): controls escaped,
+    and `[bold]`, `[link=...]` shown as written rather than read as markup."""
+    return _escape_markup(printable_lines(text))
 
 
 def size(n: float) -> str:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from daetui.control.client import ControlClient, ControlError, call_once, wait_for_daemon
+from daetui.logsetup import run_by_systemd
 from daetui.paths import RunPaths, pid_is_daetui
+from daetui.termtext import printable, printable_lines
 
 
 def daemon_pid(run: RunPaths) -> int | None:
@@ -27,16 +30,26 @@ def daemon_pid(run: RunPaths) -> int | None:
 
 
 def spawn_daemon(config: str, run: RunPaths, netns: str | None = None) -> subprocess.Popen[bytes]:
-    """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log."""
+    """`daetui --no-ui` in a session of its own, logging to <run dir>/daetui.log, rotated (daetui.logsetup);
+    a console that systemd runs leaves the daemon's log where the unit sends its output (the journal)."""
     run.ensure()
-    log = open(run.root / "daetui.log", "ab")  # noqa: SIM115 - handed to the child
     prefix = ["ip", "netns", "exec", netns] if netns else []
+    args = [*prefix, sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)]
+    if run_by_systemd():
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    path = log_path(run)
+    # What the daemon prints before its logging is set up (a config error) goes to the file too.
+    log = open(path, "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(
-            [*prefix, sys.executable, "-m", "daetui", "--no-ui", "--config", config, "--run-dir", str(run.root)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        return subprocess.Popen([*args, "--log-file", str(path)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
     finally:
         log.close()
+
+
+def log_path(run: RunPaths) -> Path:
+    """Where a daemon the console starts logs."""
+    return run.root / "daetui.log"
 
 
 def run_console(run: RunPaths, config: str | None, theme: str | None = None, refresh: float = 1.0,
@@ -65,7 +78,7 @@ def run_console(run: RunPaths, config: str | None, theme: str | None = None, ref
     app = DaetuiApp(connect, theme=theme, refresh=refresh, starting_text=starting, initial_pane=initial_pane)
     result = app.run()
     if child is not None and child.poll() is not None and child.returncode not in (0, None):
-        print(f"daetui: the daemon exited ({child.returncode}); see {run.root / 'daetui.log'}", file=sys.stderr)
+        print(f"daetui: the daemon exited ({child.returncode}); see {log_path(run)}", file=sys.stderr)
         return 1
     if result == "detach":
         now = daemon_pid(run) or (child.pid if child else pid)
@@ -104,16 +117,16 @@ def reload_daemon(run: RunPaths, abort: bool = False) -> int:
     try:
         r = call_once(run.control, lambda c: c.reload(abort))
     except ControlError as e:
-        print(f"daetui reload: {e}", file=sys.stderr)
+        print(f"daetui reload: {printable_lines(e)}", file=sys.stderr)
         return 1
     if not r.ok:
-        print(f"daetui reload: nothing changed: {r.message}", file=sys.stderr)
+        print(f"daetui reload: nothing changed: {printable_lines(r.message)}", file=sys.stderr)
         return 1
     print(f"reloaded: rule generation {r.generation}; {len(r.added)} rules added, {len(r.removed)} removed, "
           f"{len(r.toggled)} toggled")
     for label, rules in (("+", r.added), ("-", r.removed), ("~", r.toggled)):
         for text in rules:
-            print(f"  {label} {text}")
+            print(f"  {label} {printable(text)}")
     if abort:
         print(f"  {r.aborted} flows reset; {r.kept} kernel-forwarded TCP flows left running")
     return 0
@@ -143,12 +156,13 @@ def status(run: RunPaths, as_json: bool = False) -> int:
     h = snap.health
     # A daemon answers while it still loads its programs: it has no start time yet.
     up = f"up {fmt.duration(snap.time - h.started)}" if h.started else "starting"
-    print(f"daetui pid {h.pid}, {up}, config {h.config}")
+    p = printable  # names from the system and the network: shown, never obeyed by the terminal
+    print(f"daetui pid {h.pid}, {up}, config {p(h.config)}")
     for i in snap.interfaces:
         if i.bound or i.configured:
-            print(f"  {i.name}: {'bound ' + ', '.join(i.programs) if i.bound else 'not bound'}")
+            print(f"  {p(i.name)}: {p('bound ' + ', '.join(i.programs)) if i.bound else 'not bound'}")
     for name in snap.missing_interfaces:
-        print(f"  {name}: configured, not present")
+        print(f"  {p(name)}: configured, not present")
     open_conns = sum(1 for c in snap.connections if c.state == "open")
     print(f"  flows in the kernel: {len(snap.kernel_flows)}; relayed now: {open_conns}, "
           f"in all: {snap.total_connections}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -191,3 +193,66 @@ def test_dns_rules_take_interface_as_routing_rules_do():
     assert cfg.dns.request == ("interface(lan: lan0, br-guest) && qname(suffix: example.com) -> a",)
     with pytest.raises(ConfigError, match=r"3:13: unknown function 'dport'; expected one of qname, qtype, interface"):
         parse_config(base.format("dport(53) && qname(example.com)"))   # not a DNS function
+
+
+# -- issue 11, fix 8: a config error never shows a secret of the line it quotes -----------------------------
+
+PASSWORD = "Sup3r-S3cret-pw"
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+TOKEN = "tK9f2LqZx81mWvP0"
+SS_USERINFO = base64.urlsafe_b64encode(f"aes-256-gcm:{PASSWORD}".encode()).decode().rstrip("=")
+SECRETS = (PASSWORD, UUID, TOKEN, SS_USERINFO)
+
+
+@pytest.mark.parametrize("text, line, col, message", [
+    # A scheme typo: the loader points at the link.
+    (f'[node]\nv = "vles://{UUID}@203.0.113.10:443?security=none#v"\n', 2, 5, "did you mean vless://"),
+    (f'[node]\ns = "sss://{SS_USERINFO}@203.0.113.10:8388#s"\n', 2, 5, "did you mean ss://"),
+    (f'[node]\nt = "trojan://{PASSWORD}@203.0.113.10:443?sni=x" ok\n', 2, 55, "TOML syntax"),
+    (f'[subscription]\nsub = "htps://sub.example.com/api/{TOKEN}?token={TOKEN}"\n', 2, 7, "did you mean https://"),
+    # Cut short: TOML's own error, on a line the loader cannot take apart.
+    (f'[node]\nv = "vless://{UUID}@203.0.113.10:443#v\n', 2, 69, "TOML syntax"),
+    (f'[node]\ns = "socks5://alice:{PASSWORD}@203.0.113.10:1080\n', 2, 54, "TOML syntax"),
+    # Another key's error on a line that also holds a link (an inline table).
+    (f'node = {{ s = "socks5://alice:{PASSWORD}@203.0.113.10:1080", n = 1 }}\n', 1, 70, "expected a link"),
+])
+def test_config_errors_mask_the_secrets_of_the_line_they_show(text, line, col, message):
+    e = err(text)
+    shown = str(e)
+    assert message in shown
+    assert (e.line, e.col) == (line, col), shown   # the location is the file's, whatever was masked
+    for secret in SECRETS:
+        assert secret not in shown, shown
+        assert secret not in (e.source_line or "")
+    assert "***" in shown
+
+
+def test_a_masked_line_keeps_its_caret_on_the_culprit():
+    e = err(f'[node]\nv = "vles://{UUID}@203.0.113.10:443?security=none#v"\n')
+    quoted, caret = str(e).splitlines()[1:3]
+    assert quoted.strip() == 'v = "vles://***#v"'     # the scheme's typo stays in sight
+    assert quoted[caret.index("^")] == '"'            # the value starts under the caret
+    e = err('[global]\nudp_timeout = "3x"\n' f'[node]\ns = "socks5://alice:{PASSWORD}@203.0.113.10:1080"\n')
+    assert str(e).splitlines()[2].index("^") == str(e).splitlines()[1].index('"3x"')
+
+
+# -- issue 11, fix 9: timers that cannot be zero -----------------------------------------------------------
+
+@pytest.mark.parametrize("text, line, col", [
+    ("[global]\nudp_timeout = 0\n", 2, 15),
+    ("[global]\nudp_timeout = '0s'\n", 2, 15),
+    ("[global]\nudp_timeout = -5\n", 2, 15),
+    ("[global]\ncheck_interval = 0\n", 2, 18),
+    ("[global]\ncheck_interval = '0ms'\n", 2, 18),
+    ("[global]\nlan_interface = 'lan0'\ncheck_interval = -1.5\n", 3, 18),
+    ("[group.proxy]\ncheck_interval = '0s'\n", 2, 18),
+])
+def test_zero_or_negative_timers_are_refused_where_they_are(text, line, col):
+    e = err(text)
+    assert (e.file, e.line, e.col) == ("c.toml", line, col), str(e)
+    assert "expected a duration greater than zero" in e.message
+
+
+def test_timers_that_may_be_zero_still_may():
+    cfg = parse_config("[global]\nsniffing_timeout = 0\ncheck_tolerance = '0s'\nudp_timeout = '100ms'\n")
+    assert (cfg.global_.sniffing_timeout, cfg.global_.check_tolerance, cfg.global_.udp_timeout) == (0, 0, 0.1)

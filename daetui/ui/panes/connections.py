@@ -184,7 +184,7 @@ Example: `dst:443 !out:direct`.
         status = (f"{len(self.all_rows)} flows ({relayed} relayed open) · {len(self.shown)} shown · "
                   f"sort {self.sort_column} {'▼' if self.sort_descending else '▲'}")
         if self.filter_text:
-            status += f" · filter: {self.filter_text}"
+            status += f" · filter: {fmt.markup(self.filter_text)}"
         if self.hide_closed:
             status += " · closed hidden"
         self.query_one("#flow-status", Static).update(status)
@@ -198,7 +198,7 @@ Example: `dst:443 !out:direct`.
         try:
             self.terms = parse_filter(event.value)
         except FilterError as e:
-            self.query_one("#flow-status", Static).update(f"[b]filter:[/] {e}")
+            self.query_one("#flow-status", Static).update(f"[b]filter:[/] {fmt.markup(e)}")
             return
         self.filter_text = event.value.strip()
         self._apply()

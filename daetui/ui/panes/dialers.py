@@ -233,22 +233,23 @@ def detail_text(r: GroupRow | NodeRow | None, width: int = 80) -> Text:
     """The lines under the table: the selected row in full, and what the keys do to it."""
     if r is None:
         return Text("no groups or nodes in the config: [node] and [group.NAME] make them", style="dim")
+    p = fmt.printable  # node names come from subscriptions, errors from the network: shown, never obeyed
     if isinstance(r, GroupRow):
         g = r.group
-        head = Text.assemble((g.name, "bold"), f" · policy {g.policy} · ",
-                             f"members {', '.join(g.members)}" if g.members else "no members: dials directly")
+        head = Text.assemble((p(g.name), "bold"), f" · policy {p(g.policy)} · ",
+                             f"members {p(', '.join(g.members))}" if g.members else "no members: dials directly")
         if g.pinned:
-            head.append(f" · pinned to {g.pinned}", "yellow")
+            head.append(f" · pinned to {p(g.pinned)}", "yellow")
         return Text.assemble(head, "\n", ("c checks every member now · p on a member pins it · u unpins", "dim"))
     n = r.node
-    where = f"in {r.group}" + (" (pinned)" if r.pinned else "") if r.group else "in no group: not checked"
+    where = f"in {p(r.group)}" + (" (pinned)" if r.pinned else "") if r.group else "in no group: not checked"
     v4, v6 = family_text(4, n.latencies4, n.alive4), family_text(6, n.latencies6, n.alive6)
     # Both families on one line where they fit, never one broken in the middle.
     gap = "   " if v4.cell_len + 3 + v6.cell_len <= width else "\n"
-    text = Text.assemble((n.name, "bold"), f" · {n.protocol} · {n.address} · {where}\n",
+    text = Text.assemble((p(n.name), "bold"), f" · {p(n.protocol)} · {p(n.address)} · {where}\n",
                          v4, gap, v6)
     if n.last_error:
-        text.append_text(Text.assemble("\n", ("last error ", "dim"), (n.last_error, "red")))
+        text.append_text(Text.assemble("\n", ("last error ", "dim"), (p(n.last_error), "red")))
     return text
 
 

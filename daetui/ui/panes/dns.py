@@ -111,33 +111,36 @@ def parse_query(text: str) -> tuple[str, str]:
 
 
 def _some(answers: tuple[str, ...]) -> str:
-    text = ", ".join(answers[:MAX_ANSWERS_SHOWN])
+    text = fmt.printable(", ".join(answers[:MAX_ANSWERS_SHOWN]))
     if len(answers) > MAX_ANSWERS_SHOWN:
         text += f" … and {len(answers) - MAX_ANSWERS_SHOWN} more"
     return text
 
 
 def trace_text(t: DnsTrace) -> Text:
-    """A lookup's answer and the way it went, as the pane shows it."""
-    head = Text.assemble((t.name, "bold"), f" {t.qtype} ")
+    """A lookup's answer and the way it went, as the pane shows it (names and answers escaped: the network
+    wrote them)."""
+    p = fmt.printable
+    head = Text.assemble((p(t.name), "bold"), f" {p(t.qtype)} ")
     if t.error:
-        return Text.assemble(head, ("failed: ", "red"), t.error)
+        return Text.assemble(head, ("failed: ", "red"), p(t.error))
     good = t.rcode == "NOERROR" and t.answers
-    head.append(t.rcode or "no answer", "green" if good else "red" if t.rcode != "NOERROR" else "yellow")
+    head.append(p(t.rcode) or "no answer", "green" if good else "red" if t.rcode != "NOERROR" else "yellow")
     head.append("  " + (_some(t.answers) if t.answers else "(no records)"))
-    where = "from the cache" if t.cached else f"asked {t.upstream}" if t.upstream else "not asked upstream"
+    where = "from the cache" if t.cached else f"asked {p(t.upstream)}" if t.upstream else "not asked upstream"
     facts = [where, f"{t.elapsed_ms:.1f} ms"]
     if t.ttl:
         facts.append(f"TTL {fmt.ttl(t.ttl)}")
-    return Text.assemble(head, "\n", " · ".join(facts), "\n", ("route ", "dim"), t.route or "—")
+    return Text.assemble(head, "\n", " · ".join(facts), "\n", ("route ", "dim"), p(t.route) or "—")
 
 
 def entry_text(r: DnsCacheRow) -> Text:
     """A cache entry in full (enter on its row)."""
-    answers = _some(r.answers) or ("NODATA" if r.rcode == "NOERROR" else r.rcode)
-    return Text.assemble((r.name, "bold"), f" {r.qtype} {r.rcode}  {answers}\n",
+    p = fmt.printable
+    answers = _some(r.answers) or ("NODATA" if r.rcode == "NOERROR" else p(r.rcode))
+    return Text.assemble((p(r.name), "bold"), f" {p(r.qtype)} {p(r.rcode)}  {answers}\n",
                          f"cached {fmt.clock(r.stored)} for {fmt.ttl(r.ttl)} · {fmt.ttl(r.ttl_left)} left · "
-                         f"{r.hits} hits · from {r.upstream}\n", ("route ", "dim"), r.route or "—")
+                         f"{r.hits} hits · from {p(r.upstream)}\n", ("route ", "dim"), p(r.route) or "—")
 
 
 class DnsPane(Pane, Vertical):
@@ -248,7 +251,7 @@ answer and the way it went.
         self.cache.set_rows(rows)
         title = f"Cache  {state.cached} of {state.cache_size} entries"
         if self.text_filter:
-            title += f" · {len(rows)} containing {self.text_filter!r}"
+            title += f" · {len(rows)} containing {fmt.markup(repr(self.text_filter))}"
         elif len(state.cache) < state.cached:
             title += f" · newest {len(state.cache)} shown"
         self.query_one("#dns-cache-title", Static).update(title)
@@ -284,9 +287,9 @@ answer and the way it went.
         try:
             name, qtype = parse_query(event.value)
         except ValueError as e:
-            self._answer(Text(str(e), style="yellow"))
+            self._answer(fmt.safe(e, style="yellow"))
             return
-        self._answer(Text.assemble((name, "bold"), f" {qtype}: asking…", style="dim"))
+        self._answer(Text.assemble((fmt.printable(name), "bold"), f" {fmt.printable(qtype)}: asking…", style="dim"))
         self.post_message(self.LookupRequested(name, qtype))
 
     def show_trace(self, trace: DnsTrace) -> None:
@@ -294,7 +297,7 @@ answer and the way it went.
         self._answer(trace_text(trace))
 
     def show_error(self, text: str) -> None:
-        self._answer(Text(text, style="red"))
+        self._answer(fmt.safe(text, style="red"))
 
     def _answer(self, text: Text) -> None:
         box = self.query_one("#dns-answer", Static)

@@ -73,8 +73,11 @@ closed, with its bytes), bindings, warnings.
         return not self.text_filter or self.text_filter.lower() in line.message.lower()
 
     def _line_text(self, line: LogLine) -> Text:
-        return Text.assemble((fmt.clock(line.time) + " ", "dim"), (f"{line.level:<5} ", LEVEL_STYLE[line.level]),
-                             (line.logger.removeprefix("daetui.") + ": ", "dim"), line.message)
+        # A log line quotes what the network sent (names, errors): its controls are escaped.
+        return Text.assemble((fmt.clock(line.time) + " ", "dim"),
+                             (f"{fmt.printable(line.level):<5} ", LEVEL_STYLE.get(line.level, "")),
+                             (fmt.printable(line.logger.removeprefix("daetui.")) + ": ", "dim"),
+                             fmt.printable(line.message))
 
     def add(self, lines: list[LogLine]) -> None:
         """New lines from the daemon."""
@@ -98,7 +101,7 @@ closed, with its bytes), bindings, warnings.
     def _status(self) -> None:
         text = f"level ≥ {self.level}"
         if self.text_filter:
-            text += f" · containing {self.text_filter!r}"
+            text += f" · containing {fmt.markup(repr(self.text_filter))}"
         text += f" · {len(self.lines)} lines kept"
         if self.paused:
             text += f" · [b]PAUSED[/] ({self.held} new lines held; p resumes)"

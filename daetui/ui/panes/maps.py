@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.widgets import Input, Static
 
 from daetui.control.state import MapEntries, MapInfo, Snapshot
+from daetui.ui import fmt
 from daetui.ui.panes.base import Pane
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
@@ -109,8 +110,8 @@ name and no domain rule wants it.
         titles = self.query("#map-title")  # gone when a late answer meets an app that is closing
         if info is not None and titles:
             titles.first(Static).update(
-                f"[b]{info.name}[/] · {info.type} · key {info.key_size} B, value {info.value_size} B · "
-                f"{info.purpose}")
+                f"[b]{fmt.markup(info.name)}[/] · {fmt.markup(info.type)} · key {info.key_size} B, "
+                f"value {info.value_size} B · {fmt.markup(info.purpose)}")
 
     def update_entries(self, entries: MapEntries, snap: Snapshot | None = None) -> None:
         if entries.name != self.selected:
@@ -131,7 +132,8 @@ name and no domain rule wants it.
         self.entries.empty_text = "no entries" + (" match the search" if self.search else "")
         self.entries.set_rows(list(entries.rows))
         shown = len(entries.rows)
-        note = f"{shown} of {entries.total} entries" + (f" matching {self.search!r}" if self.search else "")
+        note = f"{shown} of {entries.total} entries" + (f" matching {fmt.markup(repr(self.search))}"
+                                                        if self.search else "")
         self.entries.border_subtitle = note
 
     @on(VirtualTable.Selected, "#map-list")

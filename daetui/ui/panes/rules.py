@@ -143,7 +143,7 @@ already running keep their route.
         on = sum(1 for r in snap.rules if r.enabled)
         self.query_one("#rules-status", Static).update(
             f"{len(snap.rules)} rules ({on} on) · generation {snap.health.generation} · "
-            f"{snap.health.match_sets} match sets in the kernel · config {snap.health.config}")
+            f"{snap.health.match_sets} match sets in the kernel · config {fmt.markup(snap.health.config)}")
 
     def _current(self) -> RuleRow | None:
         row = self.table.current

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.table import Table
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -56,6 +55,7 @@ class FlowScreen(ModalScreen[None]):
         super().__init__()
         self.row = row
         self.ifnames = ifnames
+        self.trace: str | None = None
 
     def compose(self) -> ComposeResult:
         r = self.row
@@ -83,18 +83,24 @@ class FlowScreen(ModalScreen[None]):
         if r.domain:
             rows.insert(1, ("domain", r.domain))
         for k, v in rows:
-            t.add_row(k, v)
+            # A Text, not a str: a str cell is read as markup, and the domain, the error, the device's label
+            # come from outside; their controls escaped.
+            t.add_row(k, fmt.safe(v))
         with Vertical(id="flow-box", classes="dialog"):
             yield Static("[b]Flow[/]")
             yield Static(t)
             yield Static("[b]Why[/] [dim](the rules now, as daetui explain)[/]")
-            yield Static("[dim]asking the daemon…[/]", id="flow-trace")
+            yield Static(fmt.safe(self.trace) if self.trace is not None else "[dim]asking the daemon…[/]",
+                         id="flow-trace")
             yield Static("[dim]esc closes[/]")
 
     def show_trace(self, text: str) -> None:
-        """The rule trace for this flow, once the daemon has answered."""
-        if self.is_attached:
-            self.query_one("#flow-trace", Static).update(Text(text))
+        """The rule trace for this flow, once the daemon has answered (it may answer before the screen is
+        composed: then compose shows it)."""
+        self.trace = text
+        found = self.query("#flow-trace")
+        if found:
+            found.first(Static).update(fmt.safe(text))
 
 
 class QuitScreen(ModalScreen[str | None]):
@@ -138,7 +144,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box", classes="dialog"):
-            yield Static(self.question)
+            yield Static(fmt.safe(self.question))  # it may quote a rule: shown as written
             with Horizontal(classes="buttons"):
                 yield Button("Yes (y)", id="yes", variant="error")
                 yield Button("No (esc)", id="no")

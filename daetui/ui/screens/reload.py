@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from daetui.control.state import ReloadResult
+from daetui.ui.fmt import printable, printable_lines
 
 SHOWN = 40  # rules listed per kind; a reload of thousands says how many more
 
@@ -20,7 +21,7 @@ def describe_changes(result: ReloadResult) -> Text:
     for mark, style, rules in (("+", "green", result.added), ("-", "red", result.removed),
                                ("~", "yellow", result.toggled)):
         for rule in rules[:SHOWN]:
-            out.append(f"{mark} {rule}\n", style)
+            out.append(f"{mark} {printable(rule)}\n", style)
         if len(rules) > SHOWN:
             out.append(f"{mark} … and {len(rules) - SHOWN} more\n", style)
     if not out:
@@ -41,7 +42,7 @@ class ReloadPreviewScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         p = self.preview
         with Vertical(id="reload-box", classes="dialog"):
-            yield Static(Text.assemble((f"Reload {self.config}", "bold"), "\n"))
+            yield Static(Text.assemble((f"Reload {printable(self.config)}", "bold"), "\n"))
             if p.ok:
                 with VerticalScroll(id="reload-changes"):
                     yield Static(describe_changes(p))
@@ -50,7 +51,8 @@ class ReloadPreviewScreen(ModalScreen[bool]):
                     yield Button("Apply (y)", id="yes", variant="primary")
                     yield Button("Cancel (esc)", id="no")
             else:
-                yield Static(Text("The file cannot be loaded, so nothing changes:\n\n" + p.message, "red"))
+                yield Static(Text("The file cannot be loaded, so nothing changes:\n\n" + printable_lines(p.message),
+                                  "red"))
                 with Horizontal(classes="buttons"):
                     yield Button("Close (esc)", id="no")
 

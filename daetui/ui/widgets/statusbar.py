@@ -13,14 +13,15 @@ class StatusBar(Static):
     """One line of health."""
 
     def show_connecting(self, what: str) -> None:
-        self.update(Text.assemble(("daetui ", "bold"), ("○ ", "yellow"), what))
+        self.update(Text.assemble(("daetui ", "bold"), ("○ ", "yellow"), fmt.printable(what)))
 
     def show_lost(self, why: str) -> None:
-        self.update(Text.assemble(("daetui ", "bold"), ("✕ ", "red"), f"no connection to the daemon: {why}"))
+        self.update(Text.assemble(("daetui ", "bold"), ("✕ ", "red"),
+                                  f"no connection to the daemon: {fmt.printable(why)}"))
 
     def show(self, snap: Snapshot) -> None:
         h = snap.health
-        bound = [i.name for i in snap.bindings]
+        bound = [fmt.printable(i.name) for i in snap.bindings]
         up = fmt.duration(snap.time - h.started) if h.started else "starting"
         relayed = sum(1 for c in snap.connections if c.state == "open")
         parts: list[str | tuple[str, str]] = [
@@ -28,7 +29,7 @@ class StatusBar(Static):
             (", ".join(bound) or "no LAN bound", "" if bound else "yellow"),
         ]
         if snap.missing_interfaces:
-            parts += [" ", (f"missing {', '.join(snap.missing_interfaces)}", "red")]
+            parts += [" ", (f"missing {fmt.printable(', '.join(snap.missing_interfaces))}", "red")]
         flows = snap.raw_flows.count if snap.raw_flows else 0
         parts += [f" │ {fmt.count(flows)} flows, {relayed} relayed │ gen {h.generation}"]
         if snap.counters.get("FAIL_OPEN"):

@@ -26,6 +26,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from daetui.termtext import printable
+
 Cell = tuple[str, str | None]  # text, style name ("dim", "good", "warn", "bad", "accent") or None
 Pieces = list[Cell]            # one cell in several styles
 
@@ -59,7 +61,9 @@ def _cut(text: str, width: int) -> str:
 
 
 def fit(text: str, width: int, align: str) -> str:
-    """Pad or cut `text` to exactly `width` cells."""
+    """Pad or cut `text` to exactly `width` cells, its control characters escaped (every cell and title of
+    every table passes here: names from the network are shown, never obeyed by the terminal)."""
+    text = printable(text)
     n = cell_len(text)
     if n > width:
         return text[:width] if width <= 1 else _cut(text, width)
@@ -81,6 +85,7 @@ def _tail(text: str, width: int) -> str:
 
 def fit_pieces(pieces: Pieces, width: int, align: str, keep_end: bool = False) -> Pieces:
     """Pad or cut styled pieces to exactly `width` cells, as `fit` does one text."""
+    pieces = [(printable(t), style) for t, style in pieces]
     n = sum(cell_len(t) for t, _ in pieces)
     if n <= width:
         pad = (" " * (width - n), None)
