@@ -74,3 +74,28 @@ async def test_query_box_and_flush_go_to_the_source(frozen, frozen_app) -> None:
         await pilot.press("y")
         await pilot.pause(0.3)
         assert source.flushed
+
+
+async def test_what_the_bounds_held_off_is_shown_once_it_happened(frozen, frozen_app) -> None:
+    from dataclasses import replace
+
+    from daetui.dns.state import DnsServing
+
+    app = frozen_app("dns")
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if app.snapshot is not None:
+                break
+        pane = app.query_one(DnsPane)
+        state = app.snapshot.dns
+        pane.update_state(replace(state, serving=DnsServing()))
+        quiet = list(pane._counters)
+        assert not any("tcp" in c or "udp" in c for c in quiet)
+        pane.update_state(replace(state, counters=replace(state.counters, asis_scoped=4),
+                                  serving=DnsServing(tcp_open=7, tcp_max=256, tcp_refused=3, udp_dropped=2,
+                                                     tcp_write_timeouts=1)))
+        shown = pane._counters
+        for want in ("tcp open 7/256", "tcp refused 3", "udp dropped 2", "tcp write timeouts 1",
+                     "kept for the server asked 4"):
+            assert want in shown, shown

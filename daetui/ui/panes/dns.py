@@ -262,6 +262,14 @@ answer and the way it went.
                  ("shared", c.shared), ("rejected", c.rejected), ("servfail", c.servfail),
                  ("malformed", c.malformed), ("bad answers", c.bad_answers), ("kernel names", c.kernel_names)]
         self._counters = [f"{label} {fmt.count(n)}" for label, n in parts]
+        # What the bounds held off (issue 11): shown once it happened, so a quiet LAN's line stays short.
+        s = state.serving
+        if s.tcp_open:
+            self._counters.append(f"tcp open {fmt.count(s.tcp_open)}/{fmt.count(s.tcp_max)}")
+        bounded = [("kept for the server asked", c.asis_scoped), ("udp dropped", s.udp_dropped),
+                   ("udp cut", s.udp_truncated), ("tcp refused", s.tcp_refused), ("tcp evicted", s.tcp_evicted),
+                   ("tcp idle closed", s.tcp_idle_closed), ("tcp write timeouts", s.tcp_write_timeouts)]
+        self._counters += [f"{label} {fmt.count(n)}" for label, n in bounded if n]
         counters.update(self._counter_lines())
 
     def _counter_lines(self) -> str:
