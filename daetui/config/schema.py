@@ -83,6 +83,14 @@ def _nonneg(v: float) -> str | None:
     return None if v >= 0 else "expected a duration of zero or more"
 
 
+def _positive(v: int) -> str | None:
+    return None if v > 0 else "expected a number above zero"
+
+
+def _positive_duration(v: float) -> str | None:
+    return None if v > 0 else "expected a duration above zero"
+
+
 def _minute_or_more(v: float) -> str | None:
     return None if v >= 60 else "expected a duration of a minute or more"
 
@@ -114,6 +122,15 @@ GLOBAL: dict[str, KeySpec] = {
     "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)", _nonneg),
     "subscription_interval": KeySpec("duration", 43200.0, "how often subscriptions are fetched again "
                                      "(daetui; dae fetches them only at start)", _minute_or_more),
+    # -- issue 11, part "budget" (resource budgets of the relay path; README: Budgets) --
+    "max_flows": KeySpec("int", 16384, "relayed flows (TCP connections and UDP NAT entries) at once, all "
+                         "clients together; also held under what the descriptor limit allows (daetui)", _positive),
+    "max_flows_per_client": KeySpec("int", 4096, "relayed flows at once from one LAN address (daetui)", _positive),
+    "tcp_idle_timeout": KeySpec("duration", 7440.0, "a relayed TCP connection with no byte either way for this "
+                                "long ends with a reset (daetui; dae's and OpenWrt's 2h4m)", _positive_duration),
+    "udp_buffer_bytes": KeySpec("int", 32 << 20, "bytes of UDP held for proxies, all flows together: "
+                                "while a session opens and in each flow's outbox (daetui)", _positive),
+    "udp_flow_buffer_bytes": KeySpec("int", 256 << 10, "bytes of UDP held for one flow (daetui)", _positive),
 }
 
 # dae options with no meaning for daetui: accepted, with a warning saying why.

@@ -143,6 +143,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         g = self.config.global_
         try:
+            self.pipeline.start(g)  # the descriptor limit raised, the relay path's budgets set
             self.listeners = open_listeners(g.tproxy_port)
             if self.dataplane is not None:
                 dp, slots = self.dataplane, self.listeners.slots()
@@ -154,7 +155,9 @@ class ControlPlane:
                 self.monitor.start()
             self.pipeline.accept(list(self.listeners.tcp.values()))
             self.udp = self.pipeline.udp = UdpNat(self.pipeline.open_udp, self.pipeline.finish,
-                                                  idle_timeout=g.udp_timeout)
+                                                  idle_timeout=g.udp_timeout, budget=self.pipeline.budget,
+                                                  buffer_bytes=g.udp_buffer_bytes,
+                                                  flow_buffer_bytes=g.udp_flow_buffer_bytes)
             self.udp.start(list(self.listeners.udp.values()))
             self.dns.start(self.listeners)
             self.outbounds.start()
