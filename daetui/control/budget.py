@@ -17,6 +17,7 @@ in a loop exhausts RLIMIT_NOFILE and every other device's next flow fails
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
@@ -49,6 +50,19 @@ def raise_nofile_limit() -> tuple[int, int]:
         except (OSError, ValueError) as e:
             log.warning("could not raise the descriptor limit from %d to %d: %s", soft, hard, e)
     return soft, hard
+
+
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the system (glibc's malloc_trim).
+
+    Compiling the kernel programs (BCC, LLVM) frees most of what it took, but
+    the allocator keeps it: the daemon would sit at that peak for its life.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def pipe_bound(fd_limit: int) -> int:

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from daetui.abi.flowrecord import RawFlows
 from daetui.config.load import Config
+from daetui.control.budget import release_freed_memory
 from daetui.control.connections import ConnectionTable
 from daetui.control.decision import Decider
 from daetui.control.dns_service import DnsService
@@ -151,6 +152,7 @@ class ControlPlane:
                     self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
                     auto_config=g.auto_config_kernel_parameter))
                 self.sync.loaded(dp.kernel_rules)
+                release_freed_memory()  # what compiling the programs took and freed
                 self.monitor = InterfaceMonitor(self._link_changed)
                 self.monitor.start()
             self.pipeline.accept(list(self.listeners.tcp.values()))

@@ -74,6 +74,7 @@ def budgets(plane: ControlPlane) -> Budgets:
         udp_buffered=udp.buffered if udp else 0, udp_buffer_limit=udp.buffer_bytes if udp else 0,
         udp_flow_buffer_limit=udp.flow_buffer_bytes if udp else 0,
         udp_buffer_drops=udp.buffer_drops if udp else 0, udp_refused=udp.refused if udp else 0,
+        udp_open_failed=udp.dropped if udp else 0,
         loop_lag_p99_ms=p.lag.p99() * 1000, loop_lag_max_ms=p.lag.max() * 1000)
 
 

@@ -91,6 +91,7 @@ class Budgets:
     udp_flow_buffer_limit: int = 0
     udp_buffer_drops: int = 0        # datagrams dropped for a byte budget
     udp_refused: int = 0             # datagrams dropped because their flow was over a flow budget
+    udp_open_failed: int = 0         # datagrams dropped because their flow could not open (no session, no route)
     loop_lag_p99_ms: float = 0.0     # how late the event loop ran what was due, over the last minute
     loop_lag_max_ms: float = 0.0
 

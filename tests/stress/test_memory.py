@@ -255,8 +255,8 @@ def test_large_datagrams_to_a_black_holed_node_stay_within_the_budget(lab, jumbo
     figures.add("daemon: peak RSS", f"{sampler.peak_rss / (1 << 20):.0f} MiB", "< 256 MiB")
     figures.add("daemon: UDP held, peak seen / budget", f"{peak['udp_buffered'] / (1 << 20):.1f} / "
                 f"{b.udp_buffer_limit / (1 << 20):.0f} MiB", "<= budget")
-    figures.add("daemon: datagrams dropped (byte budget / flow budget)",
-                f"{b.udp_buffer_drops} / {b.udp_refused}", "> 0, counted")
+    figures.add("daemon: datagrams dropped (byte budget / flow budget / session never opened)",
+                f"{b.udp_buffer_drops} / {b.udp_refused} / {b.udp_open_failed}", "> 0, counted")
     figures.add("daemon: event-loop lag p99 / max", f"{b.loop_lag_p99_ms:.1f} / {b.loop_lag_max_ms:.1f} ms",
                 "p99 < 50 ms")
     figures.add("daemon: peak descriptors / limit", f"{sampler.peak_fds} / {limit}")

@@ -141,6 +141,7 @@ ran what was due (p99 over the last minute).
     def _budgets(snap: Snapshot) -> list[str | tuple[str, str]]:
         b = snap.budgets
         refused = b.refused + b.refused_client
+        udp_dropped = b.udp_buffer_drops + b.udp_refused + b.udp_open_failed
         busiest = f" · busiest {b.busiest_client} {b.busiest_flows}/{b.max_flows_per_client}" if b.busiest_flows else ""
         return [
             ("Budgets ", "bold"), f"flows {fmt.count(b.flows)}/{fmt.count(b.max_flows)}{busiest}\n",
@@ -149,8 +150,7 @@ ran what was due (p99 over the last minute).
             f"fds {fmt.count(b.fds)}/{fmt.count(b.fd_limit)} · pipes {b.pipes}/{b.pipe_bound}"
             f" · idle-closed {fmt.count(b.idle_closed)}\n",
             (f"UDP held {fmt.size(b.udp_buffered) or '0 B'}/{fmt.size(b.udp_buffer_limit)}"
-             f" · dropped {fmt.count(b.udp_buffer_drops + b.udp_refused)}\n",
-             "yellow" if b.udp_buffer_drops or b.udp_refused else ""),
+             f" · dropped {fmt.count(udp_dropped)}\n", "yellow" if udp_dropped else ""),
             f"loop lag p99 {b.loop_lag_p99_ms:.1f} ms (max {b.loop_lag_max_ms:.1f})",
         ]
 
