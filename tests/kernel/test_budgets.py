@@ -14,7 +14,8 @@ import pytest
 from helpers import lan_connect, lan_socket, newest_conn, plane_in_lab, snapshot, wait_for
 
 from daetui.lab.topology import ECHO_PORT
-from testkit.configs import RELAY_CONFIG, RELAYED4
+from testkit.configs import LAB_CHECKS, RELAY_CONFIG, RELAYED4
+from testkit.peers.shadowsocks import SsServer
 
 pytestmark = pytest.mark.kernel
 
@@ -102,8 +103,41 @@ def test_a_client_over_its_flow_budget_is_refused_and_another_client_still_conne
                 s.close()
 
 
-def test_a_relayed_tcp_flow_idle_for_tcp_idle_timeout_is_ended_and_a_talking_one_is_not(lab, tmp_path):
-    with plane_in_lab(lab, relay_config('tcp_idle_timeout = "1s"'), tmp_path / "run") as runner:
+@pytest.fixture(scope="module")
+def ss_server(lab) -> Iterator[SsServer]:  # type: ignore[no-untyped-def]
+    server = SsServer(lab, "aes-256-gcm", "budget test password", port=8391)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def idle_config(via: str, ss: SsServer | None) -> str:
+    if via == "direct":  # no node: the group relays through the direct dialer (splice)
+        return relay_config('tcp_idle_timeout = "1s"')
+    assert ss is not None
+    return f"""
+[global]
+lan_interface = ["lan0"]
+tcp_idle_timeout = "1s"
+dial_mode = "ip"
+check_interval = "10m"
+{LAB_CHECKS}
+[node]
+ss = "{ss.node(4, "ss").link()}"
+[group.proxy]
+[routing]
+rules = ["dip({RELAYED4}) -> proxy"]
+fallback = "direct"
+"""
+
+
+@pytest.mark.parametrize("via, relay", [("direct", "splice"), ("shadowsocks", "framed")])
+def test_a_relayed_tcp_flow_idle_for_tcp_idle_timeout_is_ended_and_a_talking_one_is_not(
+        lab, tmp_path, request, via, relay):
+    ss = request.getfixturevalue("ss_server") if via == "shadowsocks" else None
+    with plane_in_lab(lab, idle_config(via, ss), tmp_path / "run") as runner:
         with lan_connect(lab, RELAYED4, ECHO_PORT) as s:
             for _ in range(12):  # 3.6 s of talk, every 0.3 s: never idle for 1 s
                 assert echoes(s, b"k")
@@ -116,9 +150,8 @@ def test_a_relayed_tcp_flow_idle_for_tcp_idle_timeout_is_ended_and_a_talking_one
                 ended = True
             idle_for = time.monotonic() - t0
         assert ended
-        conn = newest_conn(runner, (RELAYED4, ECHO_PORT))
-        wait_for(lambda: conn.state != "open" or newest_conn(runner, (RELAYED4, ECHO_PORT)).state != "open")
-        conn = newest_conn(runner, (RELAYED4, ECHO_PORT))
-        assert "idle" in (conn.error or ""), conn
+        conn = wait_for(lambda: next((c for c in [newest_conn(runner, (RELAYED4, ECHO_PORT))]
+                                      if c.state != "open"), None))
+        assert conn.relay == relay and "idle" in (conn.error or ""), conn
         assert snapshot(runner).budgets.idle_closed >= 1
         assert idle_for < 10
