@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import lan_connect, lan_socket, newest_conn, plane_in_lab, snapshot, wait_for
 
+from daetui.config.load import parse_config
 from daetui.lab.topology import ECHO_PORT
 from testkit.configs import LAB_CHECKS, RELAY_CONFIG, RELAYED4
 from testkit.peers.shadowsocks import SsServer
@@ -98,6 +99,16 @@ def test_a_client_over_its_flow_budget_is_refused_and_another_client_still_conne
             wait_for(lambda: snapshot(runner).budgets.busiest_flows == 3)
             with lan_connect(lab, RELAYED4, ECHO_PORT) as again:
                 assert echoes(again)
+            # A reload takes a new budget: five now.
+            plane = runner.plane
+            result = runner.submit(plane.reload(parse_config(relay_config("max_flows_per_client = 5"),
+                                                             "test.toml"))).result(60)
+            assert result.ok, result.message
+            held.append(lan_connect(lab, RELAYED4, ECHO_PORT))
+            held.append(lan_connect(lab, RELAYED4, ECHO_PORT))
+            assert all(echoes(s) for s in held) and len(held) == 5
+            assert refused(lab)
+            assert snapshot(runner).budgets.max_flows_per_client == 5
         finally:
             for s in held:
                 s.close()
