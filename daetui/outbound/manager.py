@@ -54,7 +54,6 @@ class Outbounds:
         self._checker: asyncio.Task[None] | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._check_slots: asyncio.Semaphore | None = None   # CHECK_CONCURRENCY; made on the loop that checks
-        self.checks_running = 0
         self.subscriptions: dict[str, Subscription] = {}
         self._sub_nodes: dict[str, list[tuple[str, Any]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -215,15 +214,12 @@ class Outbounds:
         """Check one node now: TCP over both families (liveness), then UDP (its latency is logged).
 
         Each check gets at most check_interval (and 5 s), so a dead node is seen within one interval.
+        At most CHECK_CONCURRENCY nodes are checked at once; a check's time starts once it has its turn.
         """
         if self._check_slots is None:
             self._check_slots = asyncio.Semaphore(CHECK_CONCURRENCY)
         async with self._check_slots:
-            self.checks_running += 1
-            try:
-                await self._check_node(node)
-            finally:
-                self.checks_running -= 1
+            await self._check_node(node)
 
     async def _check_node(self, node: str) -> None:
         url, method, dns_check, interval = self._settings(node)
