@@ -120,6 +120,20 @@ GLOBAL: dict[str, KeySpec] = {
                           _positive),
     "subscription_interval": KeySpec("duration", 43200.0, "how often subscriptions are fetched again "
                                      "(daetui; dae fetches them only at start)", _minute_or_more),
+    # -- issue 11, part "budget" (resource budgets of the relay path; README: Budgets) --
+    "max_flows": KeySpec("int", 16384, "relayed flows (TCP connections and UDP NAT entries) at once, all "
+                         "clients together; also held under what the descriptor limit allows (daetui)",
+                         lambda v: None if v > 0 else "expected a number above zero"),
+    "max_flows_per_client": KeySpec("int", 4096, "relayed flows at once from one LAN address (daetui)",
+                                    lambda v: None if v > 0 else "expected a number above zero"),
+    "tcp_idle_timeout": KeySpec("duration", 7440.0, "a relayed TCP connection with no byte either way for this "
+                                "long ends with a reset (daetui; dae's and OpenWrt's 2h4m)",
+                                lambda v: None if v > 0 else "expected a duration above zero"),
+    "udp_buffer_bytes": KeySpec("int", 32 << 20, "bytes of UDP held for proxies, all flows together: "
+                                "while a session opens and in each flow's outbox (daetui)",
+                                lambda v: None if v > 0 else "expected a number above zero"),
+    "udp_flow_buffer_bytes": KeySpec("int", 256 << 10, "bytes of UDP held for one flow (daetui)",
+                                     lambda v: None if v > 0 else "expected a number above zero"),
 }
 
 # dae options with no meaning for daetui: accepted, with a warning saying why.

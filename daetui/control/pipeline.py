@@ -14,11 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
+from daetui.config.model import GlobalConfig
+from daetui.control.budget import FlowBudget, flows_for_descriptors, pipe_bound, raise_nofile_limit
 from daetui.control.connections import Connection, ConnectionTable, Endpoint
 from daetui.control.decision import Decider
 from daetui.control.events import EventBus
-from daetui.control.relay import HAVE_SPLICE, relay
+from daetui.control.idle import IdleWatch
+from daetui.control.looplag import LoopLag
+from daetui.control.relay import HAVE_SPLICE, PipePool, relay
 from daetui.control.udp import UdpNat
 from daetui.net.sockopts import reset_on_close
 from daetui.net.stream import Datagrams, DialError, Stream
@@ -37,7 +42,9 @@ class Pipeline:
     """What every flow shares: the decider, the outbounds, the connection table and the event bus.
 
     It runs the accept loops and keeps each TCP flow's task, so that a flow can
-    be closed from the console (`close`) and all of them ended on stop.
+    be closed from the console (`close`) and all of them ended on stop. It holds
+    the relay path's budgets (`start`): flows per client and overall, the idle
+    timeout, the splice pipes; and it watches the event loop's lag.
     """
 
     def __init__(self, decider: Decider, outbounds: Outbounds, direct: DirectDialer, connections: ConnectionTable,
@@ -54,6 +61,40 @@ class Pipeline:
         self._accepting: list[asyncio.Task[None]] = []
         self._flows: set[asyncio.Task[None]] = set()
         self._by_conn: dict[int, asyncio.Task[None]] = {}
+        self._ending: dict[int, str] = {}   # why a flow is being cancelled, when not from the console
+        self.budget = FlowBudget()
+        self.fd_limit = 0
+        self.pipes = PipePool()
+        self.idle: IdleWatch | None = None
+        self.lag = LoopLag()
+
+    def start(self, g: GlobalConfig) -> None:
+        """Raise the descriptor limit, set the budgets from `g`, start the idle watch and the lag meter."""
+        self.fd_limit, _hard = raise_nofile_limit()
+        self.configure(g)
+        self.pipes = PipePool(pipe_bound(self.fd_limit))
+        self.idle = IdleWatch(self.connections, g.tcp_idle_timeout, self._expire_idle)
+        self.idle.start()
+        self.lag.start()
+
+    def configure(self, g: GlobalConfig) -> None:
+        """The budgets of `g` (at start and on reload): flows held under what the descriptor limit allows."""
+        cap = flows_for_descriptors(self.fd_limit) if self.fd_limit else g.max_flows
+        if cap < g.max_flows:
+            log.info("max_flows %d held at %d: the descriptor limit is %d", g.max_flows, cap, self.fd_limit)
+        self.budget.max_flows = min(g.max_flows, cap)
+        self.budget.max_flows_per_client = g.max_flows_per_client
+        if self.idle is not None:
+            self.idle.timeout = g.tcp_idle_timeout
+        if self.udp is not None:
+            self.udp.configure(g.udp_buffer_bytes, g.udp_flow_buffer_bytes)
+
+    def _expire_idle(self, conn_id: int) -> None:
+        task = self._by_conn.get(conn_id)
+        if task is not None and not task.done():
+            timeout = self.idle.timeout if self.idle is not None else 0
+            self._ending[conn_id] = f"idle for {timeout:g}s (tcp_idle_timeout)"
+            task.cancel()
 
     # -- accepting ------------------------------------------------------------------------------
     def accept(self, listeners: list[socket.socket]) -> None:
@@ -88,11 +129,22 @@ class Pipeline:
                     await asyncio.sleep(0.1)
                     loop.add_reader(fd, wake.set)
                     continue
+                if not self.budget.take(addr[0]):
+                    # Over a budget: refused with a reset, before any work (counted in the budget).
+                    reset_on_close(sock)
+                    sock.close()
+                    continue
                 task = loop.create_task(self.handle_tcp(sock, (addr[0], addr[1])))
                 self._flows.add(task)
-                task.add_done_callback(self._flows.discard)
+                task.add_done_callback(self._flow_done(addr[0]))
         finally:
             loop.remove_reader(fd)
+
+    def _flow_done(self, client: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._flows.discard(task)
+            self.budget.give(client)
+        return done
 
     async def handle_tcp(self, sock: socket.socket, client: Endpoint) -> None:
         """One accepted connection, to its end."""
@@ -110,6 +162,10 @@ class Pipeline:
         for t in list(self._flows):
             t.cancel()
         await asyncio.gather(*self._flows, return_exceptions=True)
+        if self.idle is not None:
+            await self.idle.stop()
+        await self.lag.stop()
+        self.pipes.close()
 
     def close(self, ids: list[int]) -> int:
         """Close relayed connections (with a reset to the client); returns how many were open."""
@@ -202,12 +258,13 @@ class TcpFlow:
             if first:
                 await self.upstream.write(first)
                 conn.up += len(first)
-            p.finish(conn, await relay(sock, self.upstream, conn, p.use_splice))
+            p.finish(conn, await relay(sock, self.upstream, conn, p.use_splice, p.pipes))
         except asyncio.CancelledError:
             reset_on_close(sock)
-            p.finish(conn, "closed from the console" if p.running else "daetui stopped")
+            why = p._ending.pop(conn.id, None)
+            p.finish(conn, why or ("closed from the console" if p.running else "daetui stopped"))
             if p.running and me is not None and me.cancelling():
-                me.uncancel()  # closed on request: the plane goes on
+                me.uncancel()  # closed on request (or idle): the plane goes on
                 return
             raise
         except Exception as e:
@@ -215,6 +272,7 @@ class TcpFlow:
             p.finish(conn, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         finally:
             p._by_conn.pop(conn.id, None)
+            p._ending.pop(conn.id, None)
             sock.close()
             if self.upstream is not None:
                 self.upstream.close()

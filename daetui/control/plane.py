@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from daetui.abi.flowrecord import RawFlows
 from daetui.config.load import Config
+from daetui.control.budget import release_freed_memory
 from daetui.control.connections import ConnectionTable
 from daetui.control.decision import Decider
 from daetui.control.dns_service import DnsService
@@ -144,6 +145,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         g = self.config.global_
         try:
+            self.pipeline.start(g)  # the descriptor limit raised, the relay path's budgets set
             self.listeners = open_listeners(g.tproxy_port)
             if self.dataplane is not None:
                 dp, slots = self.dataplane, self.listeners.slots()
@@ -151,11 +153,14 @@ class ControlPlane:
                     self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
                     auto_config=g.auto_config_kernel_parameter))
                 self.sync.loaded(dp.kernel_rules)
+                release_freed_memory()  # what compiling the programs took and freed
                 self.monitor = InterfaceMonitor(self._link_changed)
                 self.monitor.start()
             self.pipeline.accept(list(self.listeners.tcp.values()))
             self.udp = self.pipeline.udp = UdpNat(self.pipeline.open_udp, self.pipeline.finish,
-                                                  idle_timeout=g.udp_timeout)
+                                                  idle_timeout=g.udp_timeout, budget=self.pipeline.budget,
+                                                  buffer_bytes=g.udp_buffer_bytes,
+                                                  flow_buffer_bytes=g.udp_flow_buffer_bytes)
             self.udp.start(list(self.listeners.udp.values()))
             self.dns.start(self.listeners)
             self.outbounds.start()

@@ -4,7 +4,8 @@ Where the upstream's bytes are the destination's own (direct, socks5, http
 CONNECT: the stream shows its socket as `raw`), the two sockets are relayed
 by `relay_sockets`: the bytes never enter Python, `os.splice` moves them
 socket -> pipe -> socket inside the kernel (where splice is not available, a
-copy loop with one reused buffer per direction). Where the upstream frames
+copy loop with one reused buffer per direction). Pipes come from a bounded
+pool and are held only while bytes are in flight (`PipePool`). Where the upstream frames
 them as plain calls over a socket (shadowsocks, trojan's TLS, vless, vmess:
 `framed()`), both sockets run on the loop's transports (relay_framed.py).
 Any other stream is copied by two tasks (`relay_stream`).
@@ -65,14 +66,83 @@ def _make_pipe() -> tuple[int, int]:
     return r, w
 
 
-async def _splice_pump(src: socket.socket, dst: socket.socket, count: Counter) -> None:
+class PipePool:
+    """Splice pipes, pooled and bounded: a relay holds one only while bytes are in flight.
+
+    An idle relay (the usual state of most of them) holds no pipe: its pump gives
+    the pipe back before it waits for its source, so thousands of idle flows cost
+    two descriptors each, not six. At most `bound` pipes exist at once (in use
+    and kept); a pump that finds none copies that chunk instead (`fallbacks`).
+    """
+
+    def __init__(self, bound: int = 256, keep: int = 32) -> None:
+        self.bound = bound
+        self.keep = keep              # empty pipes kept for the next pump
+        self.free: list[tuple[int, int]] = []
+        self.held = 0
+        self.fallbacks = 0
+
+    @property
+    def total(self) -> int:
+        return self.held + len(self.free)
+
+    def take(self) -> tuple[int, int] | None:
+        """An empty pipe (read end, write end), or None when the bound is reached (or pipes cannot be made)."""
+        if self.free:
+            self.held += 1
+            return self.free.pop()
+        if self.total >= self.bound:
+            self.fallbacks += 1
+            return None
+        try:
+            pipe = _make_pipe()
+        except OSError:  # out of descriptors: copying needs none
+            self.fallbacks += 1
+            return None
+        self.held += 1
+        return pipe
+
+    def give(self, pipe: tuple[int, int], empty: bool = True) -> None:
+        """A pipe back; kept if it is empty and the pool wants it, else closed."""
+        self.held -= 1
+        if empty and len(self.free) < self.keep:
+            self.free.append(pipe)
+            return
+        for fd in pipe:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the kept pipes (those in use are closed by their pumps)."""
+        while self.free:
+            for fd in self.free.pop():
+                os.close(fd)
+
+
+PIPES = PipePool()  # the pool of relays not given one (tests, benchmarks)
+
+
+async def _splice_pump(src: socket.socket, dst: socket.socket, count: Counter, pipes: PipePool) -> None:
     loop = asyncio.get_running_loop()
     sfd, dfd = src.fileno(), dst.fileno()
-    r, w = _make_pipe()
+    pipe: tuple[int, int] | None = None
+    buf: bytearray | None = None
     pending = 0
     eof = False
     try:
         while not eof or pending:
+            if pipe is None:
+                pipe = pipes.take()
+                if pipe is None:
+                    # Every pipe is in use: this chunk is copied (nothing is pending here).
+                    buf = buf or bytearray(COPY_CHUNK)
+                    n = await loop.sock_recv_into(src, buf)
+                    if n == 0:
+                        eof = True
+                    else:
+                        await loop.sock_sendall(dst, memoryview(buf)[:n])
+                        count(n)
+                    continue
+            r, w = pipe
             if not eof:
                 try:
                     n = os.splice(sfd, w, PIPE_SIZE, flags=_SPLICE_FLAGS)
@@ -83,6 +153,9 @@ async def _splice_pump(src: socket.socket, dst: socket.socket, count: Counter) -
                 elif n > 0:
                     pending += n
                 elif not pending:
+                    # Nothing in flight: the pipe goes back while the source is quiet.
+                    pipes.give(pipe)
+                    pipe = None
                     await _wait(loop, sfd, write=False)
                     continue
             while pending:
@@ -98,11 +171,11 @@ async def _splice_pump(src: socket.socket, dst: socket.socket, count: Counter) -
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
     finally:
-        os.close(r)
-        os.close(w)
+        if pipe is not None:
+            pipes.give(pipe, empty=not pending)
 
 
-async def _copy_pump(src: socket.socket, dst: socket.socket, count: Counter) -> None:
+async def _copy_pump(src: socket.socket, dst: socket.socket, count: Counter, pipes: PipePool) -> None:
     loop = asyncio.get_running_loop()
     buf = bytearray(COPY_CHUNK)
     view = memoryview(buf)
@@ -122,13 +195,13 @@ def _is_reset(e: BaseException) -> bool:
 
 
 async def relay(client: socket.socket, upstream: Stream, conn: Connection,
-                use_splice: bool = HAVE_SPLICE) -> str | None:
+                use_splice: bool = HAVE_SPLICE, pipes: PipePool | None = None) -> str | None:
     """Relay a flow's client and upstream until both directions are done, the fastest way the upstream
     allows; `conn.relay` says which way, and its byte counts grow as bytes pass. An error text, or None."""
     up, down = _adder(conn, "up"), _adder(conn, "down")
     if upstream.raw is not None:
         conn.relay = "splice" if use_splice else "copy"
-        return await relay_sockets(client, upstream.raw, up, down, use_splice)
+        return await relay_sockets(client, upstream.raw, up, down, use_splice, pipes)
     framing = framing_of(upstream)
     if framing is not None:
         conn.relay = "framed"
@@ -144,15 +217,16 @@ def _adder(conn: Connection, attr: str) -> Counter:
 
 
 async def relay_sockets(client: socket.socket, upstream: socket.socket, on_up: Counter, on_down: Counter,
-                        use_splice: bool = HAVE_SPLICE) -> str | None:
+                        use_splice: bool = HAVE_SPLICE, pipes: PipePool | None = None) -> str | None:
     """Relay two sockets until both directions are done; returns an error text or None.
 
     A reset on either side ends both directions (and is passed on as a
     reset, so the peer sees what happened).
     """
     pump = _splice_pump if use_splice else _copy_pump
-    up = asyncio.ensure_future(pump(client, upstream, on_up))
-    down = asyncio.ensure_future(pump(upstream, client, on_down))
+    pool = pipes if pipes is not None else PIPES
+    up = asyncio.ensure_future(pump(client, upstream, on_up, pool))
+    down = asyncio.ensure_future(pump(upstream, client, on_down, pool))
     error: str | None = None
     try:
         done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)

@@ -138,6 +138,7 @@ class Reloader:
             plane.config = new
             plane.decider.configure(new.global_.dial_mode)
             plane.pipeline.sniffing_timeout = new.global_.sniffing_timeout
+            plane.pipeline.configure(new.global_)
             plane.dialer.mark = new.global_.so_mark_from_dae
             plane.dns.configure(new)
             if dp is not None:

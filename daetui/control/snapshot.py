@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from daetui.abi.constants import ABI
 from daetui.abi.flowrecord import RawFlows
-from daetui.control.state import Health, InterfaceInfo, RuleInfo, Snapshot
+from daetui.control.budget import open_descriptors
+from daetui.control.state import Budgets, Health, InterfaceInfo, RuleInfo, Snapshot
 from daetui.dataplane.mapview import MapView
 
 if TYPE_CHECKING:
@@ -46,7 +47,35 @@ def build_snapshot(plane: ControlPlane, raw_flows: RawFlows | None, with_dns: bo
         raw_flows=raw_flows, counters=prog.counters() if prog is not None else {},
         udp_nat_entries=len(plane.udp.entries) if plane.udp else 0, total_connections=plane.connections.total,
         devices=dict(plane.config.devices), dns=plane.dns.controller.state() if with_dns else None,
-        groups=groups, nodes=nodes)
+        groups=groups, nodes=nodes, budgets=budgets(plane))
+
+
+_fds_cache: list[float] = [0.0, 0.0]   # (when, count): /proc/self/fd is listed at most once a second
+
+
+def _descriptors() -> int:
+    now = time.monotonic()
+    if now - _fds_cache[0] >= 1.0:
+        _fds_cache[:] = [now, float(open_descriptors())]
+    return int(_fds_cache[1])
+
+
+def budgets(plane: ControlPlane) -> Budgets:
+    """The relay path's resources now, and their bounds."""
+    p, udp = plane.pipeline, plane.udp
+    b = p.budget
+    client, held = b.busiest()
+    return Budgets(
+        flows=b.flows, max_flows=b.max_flows, max_flows_per_client=b.max_flows_per_client,
+        busiest_client=client, busiest_flows=held, refused=b.refused, refused_client=b.refused_client,
+        last_refused=b.last_refused, idle_closed=p.idle.expired if p.idle else 0,
+        tcp_idle_timeout=p.idle.timeout if p.idle else 0.0, fds=_descriptors(), fd_limit=p.fd_limit,
+        pipes=p.pipes.total, pipe_bound=p.pipes.bound, pipe_fallbacks=p.pipes.fallbacks,
+        udp_buffered=udp.buffered if udp else 0, udp_buffer_limit=udp.buffer_bytes if udp else 0,
+        udp_flow_buffer_limit=udp.flow_buffer_bytes if udp else 0,
+        udp_buffer_drops=udp.buffer_drops if udp else 0, udp_refused=udp.refused if udp else 0,
+        udp_open_failed=udp.dropped if udp else 0,
+        loop_lag_p99_ms=p.lag.p99() * 1000, loop_lag_max_ms=p.lag.max() * 1000)
 
 
 def interfaces(plane: ControlPlane) -> tuple[InterfaceInfo, ...]:

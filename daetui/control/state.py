@@ -16,8 +16,8 @@ from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dns.state import DnsState
 from daetui.outbound.state import GroupState, NodeState
 
-__all__ = ["Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult", "RuleInfo",
-           "Snapshot"]
+__all__ = ["Budgets", "Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult",
+           "RuleInfo", "Snapshot"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,35 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Budgets:
+    """The relay path's resources and the bounds they are held to (control/budget.py)."""
+
+    flows: int = 0                   # relayed flows open (TCP connections and UDP NAT entries)
+    max_flows: int = 0               # the overall budget in force (config, held under the descriptor limit)
+    max_flows_per_client: int = 0
+    busiest_client: str = ""         # the LAN address holding most flows
+    busiest_flows: int = 0
+    refused: int = 0                 # flows refused for the overall budget
+    refused_client: int = 0          # flows refused for a client's budget
+    last_refused: str = ""           # the client of the last refusal
+    idle_closed: int = 0             # TCP relays ended by tcp_idle_timeout
+    tcp_idle_timeout: float = 0.0
+    fds: int = 0                     # descriptors open
+    fd_limit: int = 0                # RLIMIT_NOFILE (soft, as raised at start)
+    pipes: int = 0                   # splice pipes held (in use and pooled)
+    pipe_bound: int = 0
+    pipe_fallbacks: int = 0          # chunks copied because every pipe was in use
+    udp_buffered: int = 0            # bytes of UDP held (opening sessions, outboxes)
+    udp_buffer_limit: int = 0
+    udp_flow_buffer_limit: int = 0
+    udp_buffer_drops: int = 0        # datagrams dropped for a byte budget
+    udp_refused: int = 0             # datagrams dropped because their flow was over a flow budget
+    udp_open_failed: int = 0         # datagrams dropped because their flow could not open (no session, no route)
+    loop_lag_p99_ms: float = 0.0     # how late the event loop ran what was due, over the last minute
+    loop_lag_max_ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The state of the control plane at one moment."""
 
@@ -87,6 +116,7 @@ class Snapshot:
     dns: DnsState | None = None                                # the DNS controller's cache and upstreams
     groups: tuple[GroupState, ...] = ()                        # proxy groups and their choice
     nodes: tuple[NodeState, ...] = ()                          # proxy nodes and their health
+    budgets: Budgets = field(default_factory=Budgets)          # the relay path's resources and bounds
 
     @cached_property
     def kernel_flows(self) -> list[KernelFlow]:

@@ -16,6 +16,7 @@ import pytest
 CHILD = textwrap.dedent("""
     import asyncio, logging, os, resource, socket, sys
     import uvloop
+    from daetui.control.budget import FlowBudget
     from daetui.control.pipeline import Pipeline
 
     logging.disable(logging.CRITICAL)
@@ -32,6 +33,10 @@ CHILD = textwrap.dedent("""
     class Flows:  # what _accept_loop uses of the pipeline: a task per connection, held open here
         def __init__(self):
             self._flows, self.held = set(), []
+            self.budget = FlowBudget()
+
+        def _flow_done(self, client):
+            return lambda task: (self._flows.discard(task), self.budget.give(client))
 
         async def handle_tcp(self, sock, addr):
             self.held.append(sock)

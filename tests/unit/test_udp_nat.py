@@ -94,3 +94,104 @@ async def test_the_table_is_bounded_and_evicts_the_least_recent(echo):
     assert len(closed) == 3 and not nat._replies
     for c in clients:
         c.close()
+
+
+# -- byte budgets: a black-holed proxy (issue 11, fix 5) ----------------------------------
+
+BIG = 60_000  # a 60 KB datagram, as the memory test sends
+
+
+class BlackHole:
+    """A proxy's datagrams whose sends never complete (a stalled stream to a black-holed node)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def send(self, data: bytes, host: str, port: int) -> None:
+        await asyncio.Event().wait()
+
+    async def recv(self) -> tuple[bytes, str, int]:
+        await asyncio.Event().wait()
+        raise EOFError
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def held_in_openings(nat: UdpNat) -> list[int]:
+    return [o.size for o in nat._opening.values()]
+
+
+async def test_datagrams_held_while_a_session_opens_stay_within_the_byte_budgets():
+    never = asyncio.Event()
+
+    async def opener(client, dst, first):
+        await never.wait()  # the node is black-holed: its session never opens
+        return None
+
+    nat = UdpNat(opener, lambda conn, error: None, buffer_bytes=1 << 20, flow_buffer_bytes=256 << 10)
+    nat.start([])
+    sent = 0
+    for round_ in range(10):
+        for port in range(40000, 40040):  # 40 tuples, 10 datagrams of 60 KB each
+            nat._from_client(("192.0.2.10", port), ORIG_DST, bytes([round_]) * BIG)
+            sent += 1
+        await asyncio.sleep(0)
+    assert nat.buffered <= 1 << 20
+    assert all(size <= 256 << 10 for size in held_in_openings(nat))
+    assert nat.buffered == sum(held_in_openings(nat))
+    held = sum(size // BIG for size in held_in_openings(nat))
+    assert nat.buffer_drops == sent - held > 0
+    await nat.stop()
+    assert nat.buffered == 0 and nat._opening == {}
+
+
+async def test_a_proxied_flows_outbox_stays_within_its_budget_and_drops_are_counted():
+    table, closed = ConnectionTable(), []
+    hole = BlackHole()
+
+    async def opener(client, dst, first):
+        conn = table.add(proto="udp", src=client, dst=dst, rule_index=None, rule="fallback", outbound="x",
+                         stage="userspace")
+        return hole, conn
+
+    def closer(conn, error):
+        table.finish(conn, error)
+        closed.append(conn)
+
+    nat = UdpNat(opener, closer, buffer_bytes=1 << 20, flow_buffer_bytes=256 << 10)
+    nat.start([])
+    client = ("192.0.2.10", 40000)
+    nat._from_client(client, ORIG_DST, b"x" * BIG)
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if nat.entries:
+            break
+    for _ in range(100):
+        nat._from_client(client, ORIG_DST, b"y" * BIG)
+    entry = nat.entries[(client, ORIG_DST)]
+    assert entry.outbox_bytes <= 256 << 10 and nat.buffered == entry.outbox_bytes
+    assert nat.buffer_drops == 101 - entry.outbox_bytes // BIG > 0
+    await nat.stop()
+    assert nat.buffered == 0 and hole.closed
+
+
+async def test_udp_flows_count_in_the_clients_flow_budget():
+    from daetui.control.budget import FlowBudget
+
+    never = asyncio.Event()
+
+    async def opener(client, dst, first):
+        await never.wait()
+        return None
+
+    budget = FlowBudget(max_flows=100, max_flows_per_client=4)
+    nat = UdpNat(opener, lambda conn, error: None, budget=budget)
+    nat.start([])
+    for port in range(40000, 40010):
+        nat._from_client(("192.0.2.10", port), ORIG_DST, b"q")
+    nat._from_client(("192.0.2.11", 40000), ORIG_DST, b"q")  # another client still opens a flow
+    assert budget.by_client == {"192.0.2.10": 4, "192.0.2.11": 1}
+    assert nat.refused == 6 and budget.refused_client == 6
+    await nat.stop()
+    assert budget.flows == 0 and budget.by_client == {}

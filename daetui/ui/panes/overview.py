@@ -42,6 +42,12 @@ bytes the programs saw, and interfaces named in the config that are not there
 
 **Daemon**: process, uptime, config, rules, kernel counters. Unparsed, fragments
 and the like are packets daetui passed untouched.
+
+**Budgets**: relayed flows against `max_flows` and the busiest LAN client against
+`max_flows_per_client` (flows refused for either, in red), descriptors against the
+limit, splice pipes, flows ended by `tcp_idle_timeout`, UDP bytes held for proxies
+against `udp_buffer_bytes` (and datagrams dropped), and how late the event loop
+ran what was due (p99 over the last minute).
 """
 
     def __init__(self) -> None:
@@ -127,9 +133,26 @@ and the like are packets daetui passed untouched.
             f"fallback {h.fallback} ({fmt.count(snap.fallback_hits)} hits)\n",
             f"tproxy :{h.tproxy_port} {'/'.join(h.listeners) or 'no listeners'}\n",
             f"fail-{'open' if h.fail_open else 'closed'} · kernel programs loaded in {h.kernel_load_seconds:.1f}s\n",
-            f"relayed {fmt.count(snap.total_connections)} total · UDP NAT {snap.udp_nat_entries}",
+            f"relayed {fmt.count(snap.total_connections)} total · UDP NAT {snap.udp_nat_entries}\n",
         ]
-        return Text.assemble(*lines)
+        return Text.assemble(*lines, *self._budgets(snap))
+
+    @staticmethod
+    def _budgets(snap: Snapshot) -> list[str | tuple[str, str]]:
+        b = snap.budgets
+        refused = b.refused + b.refused_client
+        udp_dropped = b.udp_buffer_drops + b.udp_refused + b.udp_open_failed
+        busiest = f" · busiest {b.busiest_client} {b.busiest_flows}/{b.max_flows_per_client}" if b.busiest_flows else ""
+        return [
+            ("Budgets ", "bold"), f"flows {fmt.count(b.flows)}/{fmt.count(b.max_flows)}{busiest}\n",
+            ((f"refused {fmt.count(b.refused_client)} over a client's budget, {fmt.count(b.refused)} overall"
+              f" (last {b.last_refused})\n"), "red") if refused else "refused none\n",
+            f"fds {fmt.count(b.fds)}/{fmt.count(b.fd_limit)} · pipes {b.pipes}/{b.pipe_bound}"
+            f" · idle-closed {fmt.count(b.idle_closed)}\n",
+            (f"UDP held {fmt.size(b.udp_buffered) or '0 B'}/{fmt.size(b.udp_buffer_limit)}"
+             f" · dropped {fmt.count(udp_dropped)}\n", "yellow" if udp_dropped else ""),
+            f"loop lag p99 {b.loop_lag_p99_ms:.1f} ms (max {b.loop_lag_max_ms:.1f})",
+        ]
 
     def _counters(self, snap: Snapshot) -> Table:
         t = Table(title="Kernel counters", title_justify="left", expand=True, box=None, padding=(0, 1),
