@@ -107,6 +107,8 @@ def map_view(plane: ControlPlane) -> MapView | None:
         return None
     held = {slot: "{}:{}".format(*sock.getsockname()[:2])
             for slot, sock in (plane.listeners.slots().items() if plane.listeners else [])}
-    links = plane.monitor.links if plane.monitor else {}
-    return MapView(prog, plane.sync.ruleset, lambda: held, lambda: {i: lk.name for i, lk in links.items()},
+    monitor = plane.monitor
+    # A copy: the monitor's thread changes its dict (and replaces it on a resync) while this one reads.
+    return MapView(prog, plane.sync.ruleset, lambda: held,
+                   lambda: {i: lk.name for i, lk in dict(monitor.links if monitor else {}).items()},
                    names=plane.names.names)
