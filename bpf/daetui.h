@@ -86,7 +86,7 @@
 #define FLOW_TCP_FIN 1
 #define FLOW_TCP_RST 2
 #define FLOW_ASSIGNED 4    /* handed to the control plane at least once */
-#define FLOW_FAIL_OPEN 8   /* wanted the control plane, found no listener, passed */
+#define FLOW_FAIL_OPEN 8   /* wanted the control plane while its heartbeat was stale: passed direct */
 #define FLOW_MUST 16       /* a must_* outbound or must_rules matched: DNS is not hijacked */
 #define FLOW_GROUP_DEAD 32 /* its group had no live node: dropped or passed direct, as configured */
 
@@ -132,7 +132,9 @@
 #define CNT_UNDECIDED 16      /* flows whose rules need a name the kernel does not know */
 #define CNT_DNS_HIJACKED 17   /* new DNS flows (port 53) handed to the DNS controller */
 #define CNT_GROUP_DEAD 18     /* new flows whose group had no live node */
-#define N_COUNTERS 19
+/* 19-21: the eviction guard's (mid-stream TCP of a flow the LRU forgot). */
+#define CNT_STALLED 22        /* new flows for the control plane while its heartbeat was stale */
+#define N_COUNTERS 23
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL
@@ -218,6 +220,17 @@ struct params {
     __u8 pad[7];
 };
 
+/* The control plane's pulse. It writes beat_ns (CLOCK_MONOTONIC, which is what
+ * bpf_ktime_get_ns() reads) from its event loop every timeout/4; a loop that
+ * hangs, or a process stopped by SIGSTOP, stops writing. New flows that would
+ * need the control plane while the beat is older than timeout_ns are failed
+ * open (or dropped, without fail_open) as if the daemon were gone. Its own
+ * map: params is rewritten whole from another thread. */
+struct heartbeat {
+    __u64 beat_ns;
+    __u64 timeout_ns;     /* 0: not checked */
+};
+
 struct gen_params {
     __u32 n_match_sets;
     __u32 fallback_mark;
@@ -264,6 +277,7 @@ BPF_ARRAY(match_sets, struct match_set, GENERATIONS * MAX_MATCH_SETS);
 BPF_LPM_TRIE(ip_sets, struct ip_set_key, __u8, MAX_IP_SET_ENTRIES);
 BPF_ARRAY(params, struct params, 1);
 BPF_ARRAY(gen_params, struct gen_params, GENERATIONS);
+BPF_ARRAY(heartbeat, struct heartbeat, 1);
 BPF_PERCPU_ARRAY(rule_stats, struct rule_stat, GENERATIONS * (MAX_RULES + 1));
 BPF_PERCPU_ARRAY(counters, __u64, N_COUNTERS);
 BPF_PERCPU_HASH(if_stats, __u32, struct if_stat, MAX_INTERFACES);

@@ -189,6 +189,16 @@ unparsed:
     return NOT_OURS;
 }
 
+/* Is the control plane's heartbeat older than its timeout (a stopped or hung daemon)? */
+static __always_inline __u8 stalled(__u64 now)
+{
+    __u32 zero = 0;
+    struct heartbeat *hb = heartbeat.lookup(&zero);
+    if (!hb || !hb->timeout_ns || !hb->beat_ns || now < hb->beat_ns)
+        return 0;
+    return now - hb->beat_ns > hb->timeout_ns;
+}
+
 /* Hand the packet to the control plane: the flow's own socket when it has
  * one, else the transparent listener. No listener means the daemon is gone:
  * fail open (pass) or closed, as configured. */
@@ -286,6 +296,18 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         }
     }
     __u64 now = bpf_ktime_get_ns();
+    __u8 stale = 0;
+    if (outbound >= OUTBOUND_FIRST_GROUP && stalled(now)) {
+        /* The daemon is stopped or hung: its listeners are still there, so the
+         * flow would wait on it for ever. As if it were gone: pass the flow
+         * direct (DNS to the server the client asked), or drop it. */
+        __u32 zero = 0;
+        struct params *p = params.lookup(&zero);
+        stale = 1;
+        outbound = (p && !p->fail_open) ? OUTBOUND_BLOCK : OUTBOUND_DIRECT;
+        mark = 0;
+        count(CNT_STALLED);
+    }
     struct flow f = {};
     f.first_seen_ns = now;
     f.last_seen_ns = now;
@@ -306,6 +328,8 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         f.flags |= FLOW_GROUP_DEAD;
         count(CNT_GROUP_DEAD);
     }
+    if (stale)
+        f.flags |= FLOW_FAIL_OPEN;
     routing_tuples.update(&s->key, &f);
 
     __u32 ri = rule_index == RULE_FALLBACK ? MAX_RULES : rule_index;
@@ -505,6 +529,14 @@ int lan_ingress(struct __sk_buff *skb)
     __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
     __u64 now = bpf_ktime_get_ns();
     struct flow *f = routing_tuples.lookup(&s->key);
+    if (f && !is_tcp) {
+        /* UDP can change path between datagrams: while the daemon is stalled a
+         * flow handed to it goes direct, and one passed for that reason goes
+         * back to it once its heartbeat is fresh. TCP keeps its path. */
+        __u8 st = stalled(now);
+        if ((f->flags & FLOW_FAIL_OPEN) ? !st : (st && f->outbound >= OUTBOUND_FIRST_GROUP))
+            f = NULL;
+    }
     /* A new SYN on a known tuple is a new connection: decide it again. */
     if (f && !is_syn && (is_tcp || now - f->last_seen_ns < UDP_REDECIDE_NS)) {
         __sync_fetch_and_add(&f->packets, 1);

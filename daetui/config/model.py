@@ -34,6 +34,7 @@ class GlobalConfig:
     udp_timeout: float = 30.0
     dead_group: str = "reject"
     subscription_interval: float = 43200.0
+    heartbeat_timeout: float = 5.0
     # issue 11, part "budget": resource budgets of the relay path (schema.py says what each means)
     max_flows: int = 16384
     max_flows_per_client: int = 4096

@@ -120,6 +120,10 @@ GLOBAL: dict[str, KeySpec] = {
                           _positive),
     "subscription_interval": KeySpec("duration", 43200.0, "how often subscriptions are fetched again "
                                      "(daetui; dae fetches them only at start)", _minute_or_more),
+    "heartbeat_timeout": KeySpec("duration", 5.0, "a daemon that has not beaten this long (stopped, hung) is "
+                                 "failed open like a dead one: new flows go direct (drop without fail_open), "
+                                 "LAN DNS to the server asked (daetui)",
+                                 lambda v: None if 0.5 <= v <= 600 else "expected a duration between 500ms and 10m"),
     # -- issue 11, part "budget" (resource budgets of the relay path; README: Budgets) --
     "max_flows": KeySpec("int", 16384, "relayed flows (TCP connections and UDP NAT entries) at once, all "
                          "clients together; also held under what the descriptor limit allows (daetui)",

@@ -39,6 +39,7 @@ from daetui.control.connections import ConnectionTable
 from daetui.control.decision import Decider
 from daetui.control.dns_service import DnsService
 from daetui.control.events import EventBus
+from daetui.control.heartbeat import Heartbeat
 from daetui.control.kernel_sync import KernelSync
 from daetui.control.listeners import Listeners, open_listeners
 from daetui.control.logbridge import EventLogHandler
@@ -93,6 +94,7 @@ class ControlPlane:
         self.listeners: Listeners | None = None
         self.udp: UdpNat | None = None
         self.monitor: InterfaceMonitor | None = None
+        self.heartbeat: Heartbeat | None = None
         self.log_handler: EventLogHandler | None = None
         self.netlink = ThreadPoolExecutor(1, thread_name_prefix="daetui-netlink")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,7 +153,10 @@ class ControlPlane:
                 dp, slots = self.dataplane, self.listeners.slots()
                 await loop.run_in_executor(self.netlink, lambda: dp.start(
                     self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
-                    auto_config=g.auto_config_kernel_parameter))
+                    auto_config=g.auto_config_kernel_parameter, heartbeat_timeout=g.heartbeat_timeout))
+                assert dp.program is not None
+                self.heartbeat = Heartbeat(dp.program.beat, g.heartbeat_timeout)
+                self.heartbeat.start()
                 self.sync.loaded(dp.kernel_rules)
                 release_freed_memory()  # what compiling the programs took and freed
                 self.monitor = InterfaceMonitor(self._link_changed)
@@ -191,6 +196,9 @@ class ControlPlane:
             self.on_stop_request()
 
     async def _teardown(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+            self.heartbeat = None
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None

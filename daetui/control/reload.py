@@ -140,6 +140,9 @@ class Reloader:
             plane.pipeline.sniffing_timeout = new.global_.sniffing_timeout
             plane.pipeline.configure(new.global_)
             plane.dialer.mark = new.global_.so_mark_from_dae
+            if plane.heartbeat is not None:
+                plane.heartbeat.timeout = new.global_.heartbeat_timeout
+                plane.heartbeat.beat()  # the new timeout in force now, not a quarter of the old one later
             plane.dns.configure(new)
             if dp is not None:
                 await loop.run_in_executor(plane.netlink, dp.rebind, new.global_.lan_interface)

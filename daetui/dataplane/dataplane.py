@@ -65,13 +65,19 @@ class Dataplane:
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, ruleset: RuleSet, lan_interfaces: tuple[str, ...], listeners: dict[int, socket.socket],
-              fail_open: bool = True, auto_config: bool = True) -> None:
-        """Load, write the rules, route, then attach. On any failure, undo and raise."""
+              fail_open: bool = True, auto_config: bool = True, heartbeat_timeout: float = 0.0) -> None:
+        """Load, write the rules, route, then attach. On any failure, undo and raise.
+
+        With `heartbeat_timeout`, the first beat is written before any packet is seen: the
+        caller must go on beating (control/heartbeat.py) or new flows fail open after it.
+        """
         journal = Journal(self.state_file)
         self.changes = SystemChanges(journal)
         try:
             self.program = KernelProgram()
             self.program.set_params(self.tproxy_mark, fail_open, active_gen=0)
+            if heartbeat_timeout:
+                self.program.beat(heartbeat_timeout)
             self.load_rules(ruleset, initial=True)
             for slot, sock in listeners.items():
                 self.program.set_listener(slot, sock)

@@ -70,6 +70,8 @@ class KernelProgram:
         self.ip_sets = self.bpf[b"ip_sets"]
         self.params = self.bpf[b"params"]
         self.gen_params = self.bpf[b"gen_params"]
+        self.heartbeat_map = self.bpf[b"heartbeat"]
+        self._heartbeat_t = self.heartbeat_map.Leaf
         self.rule_stats_map = self.bpf[b"rule_stats"]
         self.counters_map = self.bpf[b"counters"]
         self.if_stats_map = self.bpf[b"if_stats"]
@@ -88,6 +90,18 @@ class KernelProgram:
         p.tproxy_mark = tproxy_mark
         p.fail_open = int(fail_open)
         self.params[ct.c_int(0)] = p
+
+    def beat(self, timeout: float) -> None:
+        """The control plane is alive now; the kernel treats it as stalled `timeout` seconds after the last beat."""
+        hb = self._heartbeat_t()
+        hb.beat_ns = time.monotonic_ns()  # CLOCK_MONOTONIC: bpf_ktime_get_ns()'s clock
+        hb.timeout_ns = int(timeout * 1e9)
+        self.heartbeat_map[ct.c_int(0)] = hb
+
+    def last_beat(self) -> tuple[int, int]:
+        """(beat_ns, timeout_ns) as the kernel holds them."""
+        hb = self.heartbeat_map[ct.c_int(0)]
+        return int(hb.beat_ns), int(hb.timeout_ns)
 
     @property
     def active_generation(self) -> int:

@@ -87,7 +87,7 @@ class FlowBook:
         rules = {r.index: r.text for r in snap.rules}
         out: dict[RowKey, FlowRow] = {}
         closing = ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST
-        block, first_group = ABI.OUTBOUND_BLOCK, ABI.OUTBOUND_FIRST_GROUP
+        block, first_group, stalled = ABI.OUTBOUND_BLOCK, ABI.OUTBOUND_FIRST_GROUP, ABI.FLOW_FAIL_OPEN
         macs: dict[bytes, str] = {}
         raw = snap.raw_flows
         cache, fresh = self._kernel, {}
@@ -126,7 +126,8 @@ class FlowBook:
             out[key] = FlowRow(
                 key, f.first_seen, f.proto, f.src, f.sport, mac, snap.devices.get(mac, ""), f.dst, f.dport, "",
                 f.rule_index, rules.get(f.rule_index, "") if f.rule_index is not None else "", "kernel",
-                snap.outbounds.get(f.outbound, f"#{f.outbound}"),
+                # Passed direct (or dropped) because the daemon's heartbeat was stale: said on the flow.
+                snap.outbounds.get(f.outbound, f"#{f.outbound}") + (" (stalled)" if f.flags & stalled else ""),
                 "relay" if f.outbound >= first_group else "kernel", f.bytes, f.rx_bytes, state,
                 f.last_seen if state != "open" else now, None, "", 0.0, 0.0, f.packets, f.rx_packets,
                 f.ifindex, f.flags, f.generation, f.last_seen)
