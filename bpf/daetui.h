@@ -25,7 +25,7 @@
 #define MAX_INTERFACES 256
 #endif
 #ifndef MAX_DOMAIN_IPS
-#define MAX_DOMAIN_IPS 65536    /* domain_routing (LRU): addresses with a known name */
+#define MAX_DOMAIN_IPS 65536    /* domain_routing: addresses with a known name (the control plane evicts) */
 #endif
 /* Domain functions per generation: one bit each in domain_routing's bitmaps. */
 #define MAX_DOMAIN_FUNCTIONS 256
@@ -119,7 +119,7 @@
 #define CNT_UNPARSED 3        /* truncated, or an IPv6 header not followed: passed */
 #define CNT_OTHER_L4 4        /* neither TCP nor UDP: passed */
 #define CNT_NON_UNICAST 5     /* broadcast or multicast frame: passed */
-#define CNT_UNTRACKED_TCP 6   /* mid-stream TCP with no decision (older than daetui): passed */
+#define CNT_UNTRACKED_TCP 6   /* mid-stream TCP with no decision, not relayed (older than daetui, or a direct flow the LRU forgot): passed */
 #define CNT_NEW_FLOWS 7
 #define CNT_DECIDED_DIRECT 8
 #define CNT_DECIDED_BLOCK 9
@@ -132,9 +132,13 @@
 #define CNT_UNDECIDED 16      /* flows whose rules need a name the kernel does not know */
 #define CNT_DNS_HIJACKED 17   /* new DNS flows (port 53) handed to the DNS controller */
 #define CNT_GROUP_DEAD 18     /* new flows whose group had no live node */
-/* 19-21: the eviction guard's (mid-stream TCP of a flow the LRU forgot). */
+/* Mid-stream TCP with no routing_tuples entry (the LRU forgot it, or it is older than daetui): */
+#define CNT_ORPHAN_TO_SOCKET 19  /* its relay's socket found: handed to it */
+#define CNT_ORPHAN_DROPPED 20    /* a relayed flow whose socket is gone: dropped, never forwarded raw */
+#define CNT_RELAYED_FULL 21      /* relayed_tuples full: a relayed flow not remembered (guard lost for it) */
 #define CNT_STALLED 22        /* new flows for the control plane while its heartbeat was stale */
-#define N_COUNTERS 23
+#define CNT_V4_MAPPED_V6 23   /* IPv6 with a v4-mapped address (never valid on the wire): passed, never filed */
+#define N_COUNTERS 24
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL
@@ -282,7 +286,14 @@ BPF_PERCPU_ARRAY(rule_stats, struct rule_stat, GENERATIONS * (MAX_RULES + 1));
 BPF_PERCPU_ARRAY(counters, __u64, N_COUNTERS);
 BPF_PERCPU_HASH(if_stats, __u32, struct if_stat, MAX_INTERFACES);
 BPF_PERCPU_ARRAY(scratch, struct route_state, 1);
-BPF_TABLE("lru_hash", struct ip_key, struct domain_entry, domain_routing, MAX_DOMAIN_IPS);
+/* A plain hash, not an LRU: the control plane decides what leaves it (KernelSync), so what it
+ * believes the kernel holds is what the kernel holds. */
+BPF_TABLE("hash", struct ip_key, struct domain_entry, domain_routing, MAX_DOMAIN_IPS);
+/* The TCP flows handed to the control plane, by tuple; value: when (bpf_ktime_get_ns). Not an LRU
+ * either: routing_tuples may forget a relayed flow under churn, this must not, or the flow's next
+ * mid-stream packet would be forwarded raw with the client's own address. The control plane
+ * removes the entries of relays that ended (control/relayed.py). */
+BPF_TABLE("hash", struct tuple_key, __u64, relayed_tuples, MAX_FLOWS);
 BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
 BPF_ARRAY(group_health, __u8, GENERATIONS * MAX_GROUPS);
 BPF_PROG_ARRAY(route_progs, 1);

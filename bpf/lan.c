@@ -81,6 +81,12 @@ static __always_inline void v4_mapped(__u8 *addr16, __be32 addr)
     __builtin_memcpy(&dst[12], &addr, 4);
 }
 
+static __always_inline __u8 v4_mapped_addr(const __u8 *a)
+{
+    const __u32 *w = __builtin_assume_aligned(a, 4);
+    return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
 /* The listeners slot of a flow handed to the control plane: TCP or UDP, IPv4
  * or IPv6, and for DNS the DNS controller's own listeners. */
 static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
@@ -136,6 +142,13 @@ static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, i
             goto unparsed;
         __builtin_memcpy(key->sip, &ip6.saddr, 16);
         __builtin_memcpy(key->dip, &ip6.daddr, 16);
+        /* ::ffff:a.b.c.d is how the maps key IPv4: filed, such a packet would share (and
+         * overwrite) the entry of the IPv4 flow between those addresses. Linux drops a
+         * v4-mapped source itself (ip6_rcv_core); it is passed to it untouched. */
+        if (v4_mapped_addr(key->sip) || v4_mapped_addr(key->dip)) {
+            count_if(!egress, CNT_V4_MAPPED_V6);
+            return NOT_OURS;
+        }
         proto = ip6.nexthdr;
         off += sizeof(ip6);
         s->ipversion = 6;
@@ -199,6 +212,33 @@ static __always_inline __u8 stalled(__u64 now)
     return now - hb->beat_ns > hb->timeout_ns;
 }
 
+/* The socket of this TCP flow on the router (a relay's transparent socket,
+ * established or in TIME_WAIT), never a listener; NULL if there is none.
+ * The caller releases it. */
+static __always_inline struct bpf_sock *flow_socket(struct __sk_buff *skb, struct route_state *s)
+{
+    struct bpf_sock *sk;
+    struct bpf_sock_tuple t = {};
+    if (s->ipversion == 4) {
+        __builtin_memcpy(&t.ipv4.saddr, &s->key.sip[12], 4);
+        __builtin_memcpy(&t.ipv4.daddr, &s->key.dip[12], 4);
+        t.ipv4.sport = bpf_htons(s->key.sport);
+        t.ipv4.dport = bpf_htons(s->key.dport);
+        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    } else {
+        __builtin_memcpy(t.ipv6.saddr, s->key.sip, 16);
+        __builtin_memcpy(t.ipv6.daddr, s->key.dip, 16);
+        t.ipv6.sport = bpf_htons(s->key.sport);
+        t.ipv6.dport = bpf_htons(s->key.dport);
+        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+    }
+    if (sk && sk->state == BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        sk = NULL;
+    }
+    return sk;
+}
+
 /* Hand the packet to the control plane: the flow's own socket when it has
  * one, else the transparent listener. No listener means the daemon is gone:
  * fail open (pass) or closed, as configured. */
@@ -208,24 +248,7 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
     __u32 lkey;
 
     if (s->key.l4proto == IPPROTO_TCP) {
-        struct bpf_sock_tuple t = {};
-        if (s->ipversion == 4) {
-            __builtin_memcpy(&t.ipv4.saddr, &s->key.sip[12], 4);
-            __builtin_memcpy(&t.ipv4.daddr, &s->key.dip[12], 4);
-            t.ipv4.sport = bpf_htons(s->key.sport);
-            t.ipv4.dport = bpf_htons(s->key.dport);
-            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-        } else {
-            __builtin_memcpy(t.ipv6.saddr, s->key.sip, 16);
-            __builtin_memcpy(t.ipv6.daddr, s->key.dip, 16);
-            t.ipv6.sport = bpf_htons(s->key.sport);
-            t.ipv6.dport = bpf_htons(s->key.dport);
-            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-        }
-        if (sk && sk->state == BPF_TCP_LISTEN) {
-            bpf_sk_release(sk);
-            sk = NULL;
-        }
+        sk = flow_socket(skb, s);
         if (sk && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK)) {
             /* A new connection on a 4-tuple this router still holds (TIME_WAIT
              * from the last one): the kernel must retire the old socket itself,
@@ -255,6 +278,38 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
         return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
     }
     count(CNT_TO_CONTROL);
+    return TC_ACT_OK;
+}
+
+/* A mid-stream TCP packet with no routing_tuples entry. If it belongs to a
+ * relay (the LRU forgot the flow under churn), it must reach the relay's
+ * socket, or be dropped once that socket is gone: routed on as it is, it would
+ * leave the WAN with the client's own address. Anything else (a direct flow
+ * the LRU forgot, a connection older than daetui) passes as before. */
+static __always_inline int orphan(struct __sk_buff *skb, struct route_state *s)
+{
+    __u32 zero = 0;
+    struct bpf_sock *sk = flow_socket(skb, s);
+    if (sk) {
+        struct params *p = params.lookup(&zero);
+        long err = -1;
+        if (p) {
+            skb->mark = p->tproxy_mark;
+            err = bpf_sk_assign(skb, sk, 0);
+        }
+        bpf_sk_release(sk);
+        if (!err) {
+            count(CNT_ORPHAN_TO_SOCKET);
+            return TC_ACT_OK;
+        }
+        skb->mark = 0;
+        count(CNT_ASSIGN_ERROR);
+    }
+    if (relayed_tuples.lookup(&s->key)) {
+        count(CNT_ORPHAN_DROPPED);
+        return TC_ACT_SHOT;
+    }
+    count(CNT_UNTRACKED_TCP);
     return TC_ACT_OK;
 }
 
@@ -331,6 +386,11 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     if (stale)
         f.flags |= FLOW_FAIL_OPEN;
     routing_tuples.update(&s->key, &f);
+    if (outbound >= OUTBOUND_FIRST_GROUP && s->key.l4proto == IPPROTO_TCP) {
+        /* Remembered where no churn can evict it (see orphan()). */
+        if (relayed_tuples.update(&s->key, &now))
+            count(CNT_RELAYED_FULL);
+    }
 
     __u32 ri = rule_index == RULE_FALLBACK ? MAX_RULES : rule_index;
     if (ri > MAX_RULES)
@@ -548,11 +608,8 @@ int lan_ingress(struct __sk_buff *skb)
             f->flags |= FLOW_TCP_RST;
         return act(skb, s, f->outbound, f->mark);
     }
-    if (is_tcp && !is_syn) {
-        /* A connection older than daetui (or forgotten by the LRU): leave it be. */
-        count(CNT_UNTRACKED_TCP);
-        return TC_ACT_OK;
-    }
+    if (is_tcp && !is_syn)
+        return orphan(skb, s);  /* forgotten by the LRU, or older than daetui */
 
     struct params *p = params.lookup(&zero);
     if (!p)

@@ -336,8 +336,9 @@ class RouteHarness:
         return ruleset, compile_rules(ruleset, self.program.max_match_sets, lambda n: self.ns.ifindex.get(n, 0))
 
     def forget_flows(self) -> None:
-        """Empty routing_tuples: every flow is new again."""
+        """Empty routing_tuples and relayed_tuples: every flow is new again."""
         self.program.tuples.clear()
+        self.program.relayed.clear()
 
     def learn_name(self, addr: str, name: str) -> None:
         """`addr` answers to `name`: write its domain bits for every generation, as the DNS side does."""
@@ -396,6 +397,7 @@ class RouteHarness:
         key = packet.flow_key() if isinstance(packet, Packet) else None
         if key is not None and not keep_flow:
             self.program.forget_flow(key)
+            self.program.forget_relayed([self.program.relayed_key(key)])
         ifindex = self.ns.ifindex[iface]
         ctx = SkBuff(mark=mark, ifindex=ifindex,
                      ingress_ifindex=ifindex if ingress_ifindex is None else ingress_ifindex)

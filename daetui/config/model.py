@@ -35,6 +35,8 @@ class GlobalConfig:
     dead_group: str = "reject"
     subscription_interval: float = 43200.0
     heartbeat_timeout: float = 5.0
+    flow_table_size: int = 65536
+    domain_table_size: int = 65536
     # issue 11, part "budget": resource budgets of the relay path (schema.py says what each means)
     max_flows: int = 16384
     max_flows_per_client: int = 4096

@@ -88,6 +88,12 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "expected a duration greater than zero, e.g. 30s"
 
 
+def _table_size(v: int) -> str | None:
+    # Below 1024 an LRU's per-CPU lists make it forget early; above 2^20 the console's one-syscall
+    # read of the whole flow table would hold ~100 MB.
+    return None if 1024 <= v <= 1 << 20 else "expected a number between 1024 and 1048576"
+
+
 def _minute_or_more(v: float) -> str | None:
     return None if v >= 60 else "expected a duration of a minute or more"
 
@@ -124,6 +130,11 @@ GLOBAL: dict[str, KeySpec] = {
                                  "failed open like a dead one: new flows go direct (drop without fail_open), "
                                  "LAN DNS to the server asked (daetui)",
                                  lambda v: None if 0.5 <= v <= 600 else "expected a duration between 500ms and 10m"),
+    "flow_table_size": KeySpec("int", 65536, "flows the kernel remembers (routing_tuples; least recently seen "
+                               "go first) and relayed TCP flows it guards (relayed_tuples); at start (daetui)",
+                               _table_size),
+    "domain_table_size": KeySpec("int", 65536, "addresses whose DNS names the kernel routes by (domain_routing); "
+                                 "at start (daetui)", _table_size),
     # -- issue 11, part "budget" (resource budgets of the relay path; README: Budgets) --
     "max_flows": KeySpec("int", 16384, "relayed flows (TCP connections and UDP NAT entries) at once, all "
                          "clients together; also held under what the descriptor limit allows (daetui)",

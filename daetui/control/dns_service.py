@@ -83,7 +83,8 @@ class DnsService:
         g = config.global_
         self.controller = DnsController(config.dns, route=decider.upstream, feed=sync.feed,
                                         mark=g.so_mark_from_dae, bootstrap_resolver=g.fallback_resolver,
-                                        kernel_names=lambda: len(sync.names), dial=self._upstream_dialer)
+                                        kernel_names=lambda: sync.kernel_names, dial=self._upstream_dialer,
+                                        kernel_evicted=lambda: sync.domain_evicted)
         self.server: DnsServer | None = None
         self._bound: list[socket.socket] = []
         self._bound_at: list[BindTarget] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from daetui.abi.constants import ABI
@@ -47,7 +48,10 @@ class KernelSync:
         self.current = ruleset                   # the active generation's rule set
         self._rulesets: dict[int, RuleSet] = {0: ruleset, 1: ruleset}
         self._kernel_rules: dict[int, KernelRules] = {}
-        self._bits_written: dict[IPAddress, dict[int, int]] = {}
+        # What domain_routing holds, least recently written first. The map is a plain hash this
+        # class keeps within its size (oldest out first), so this is exactly the kernel's content.
+        self._bits_written: OrderedDict[IPAddress, dict[int, int]] = OrderedDict()
+        self.domain_evicted = 0       # addresses taken out of a full domain_routing
         self._health_written: dict[tuple[int, int], int] = {}
         # Rule hits of earlier generations, by rule id: a rule that survives a reload keeps its count.
         self._hits_carry: dict[str, tuple[int, float | None]] = {}
@@ -119,15 +123,35 @@ class KernelSync:
         for ip in changed:
             self.write_bits(ip)
 
+    @property
+    def kernel_names(self) -> int:
+        """Addresses the kernel's domain map holds."""
+        return len(self._bits_written)
+
     def write_bits(self, ip: IPAddress) -> None:
         prog = self.program
         if prog is None:
             return
         bits = {gen: self.names.bits(kr.domain_functions, ip) for gen, kr in self._kernel_rules.items()}
-        if self._bits_written.get(ip) == bits:
+        written = self._bits_written
+        if written.get(ip) == bits:
+            written.move_to_end(ip)
             return  # a name that came and went again (CDNs): the kernel already holds these bits
-        prog.set_domain_bits(ip, bits)
-        self._bits_written[ip] = bits
+        if ip not in written:
+            while len(written) >= prog.max_domain_ips:
+                # Full: the least recently written address goes. Its flows are then undecided in the
+                # kernel and the control plane decides them by the names it still knows.
+                old, _ = written.popitem(last=False)
+                prog.forget_domain(old)
+                self.domain_evicted += 1
+        try:
+            prog.set_domain_bits(ip, bits)
+        except Exception as e:  # BCC raises a bare Exception. Not expected (room was made): ip gets no bits
+            written.pop(ip, None)
+            log.error("domain_routing: could not write %s: %s", ip, e)
+            return
+        written[ip] = bits
+        written.move_to_end(ip)
 
     def forget(self, ip: IPAddress) -> None:
         self._bits_written.pop(ip, None)

@@ -45,6 +45,7 @@ from daetui.control.listeners import Listeners, open_listeners
 from daetui.control.logbridge import EventLogHandler
 from daetui.control.names import NameBook
 from daetui.control.pipeline import Pipeline
+from daetui.control.relayed import RelayedSweep
 from daetui.control.reload import Reloader
 from daetui.control.snapshot import build_snapshot, map_view
 from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
@@ -95,6 +96,7 @@ class ControlPlane:
         self.udp: UdpNat | None = None
         self.monitor: InterfaceMonitor | None = None
         self.heartbeat: Heartbeat | None = None
+        self.relayed: RelayedSweep | None = None
         self.log_handler: EventLogHandler | None = None
         self.netlink = ThreadPoolExecutor(1, thread_name_prefix="daetui-netlink")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,10 +155,13 @@ class ControlPlane:
                 dp, slots = self.dataplane, self.listeners.slots()
                 await loop.run_in_executor(self.netlink, lambda: dp.start(
                     self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
-                    auto_config=g.auto_config_kernel_parameter, heartbeat_timeout=g.heartbeat_timeout))
+                    auto_config=g.auto_config_kernel_parameter, heartbeat_timeout=g.heartbeat_timeout,
+                    flow_table_size=g.flow_table_size, domain_table_size=g.domain_table_size))
                 assert dp.program is not None
                 self.heartbeat = Heartbeat(dp.program.beat, g.heartbeat_timeout)
                 self.heartbeat.start()
+                self.relayed = RelayedSweep(dp.program, lambda: self.connections.open.values(), self.netlink)
+                self.relayed.start()
                 self.sync.loaded(dp.kernel_rules)
                 release_freed_memory()  # what compiling the programs took and freed
                 self.monitor = InterfaceMonitor(self._link_changed)
@@ -199,6 +204,9 @@ class ControlPlane:
         if self.heartbeat is not None:
             await self.heartbeat.stop()
             self.heartbeat = None
+        if self.relayed is not None:
+            await self.relayed.stop()
+            self.relayed = None
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None

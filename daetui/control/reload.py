@@ -189,6 +189,10 @@ def restart_needed(old: Config, new: Config) -> str | None:
         return "global.tproxy_port cannot change while daetui runs: restart it"
     if old.global_.fail_open != new.global_.fail_open:
         return "global.fail_open cannot change while daetui runs: restart it"
+    for key in ("flow_table_size", "domain_table_size"):
+        # The kernel's tables are sized when its programs are compiled, at start.
+        if getattr(old.global_, key) != getattr(new.global_, key):
+            return f"global.{key} cannot change while daetui runs: restart it"
     return None
 
 

@@ -65,7 +65,8 @@ class Dataplane:
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, ruleset: RuleSet, lan_interfaces: tuple[str, ...], listeners: dict[int, socket.socket],
-              fail_open: bool = True, auto_config: bool = True, heartbeat_timeout: float = 0.0) -> None:
+              fail_open: bool = True, auto_config: bool = True, heartbeat_timeout: float = 0.0,
+              flow_table_size: int | None = None, domain_table_size: int | None = None) -> None:
         """Load, write the rules, route, then attach. On any failure, undo and raise.
 
         With `heartbeat_timeout`, the first beat is written before any packet is seen: the
@@ -74,7 +75,8 @@ class Dataplane:
         journal = Journal(self.state_file)
         self.changes = SystemChanges(journal)
         try:
-            self.program = KernelProgram()
+            sizes = {k: v for k, v in (("max_flows", flow_table_size), ("max_domain_ips", domain_table_size)) if v}
+            self.program = KernelProgram(**sizes)
             self.program.set_params(self.tproxy_mark, fail_open, active_gen=0)
             if heartbeat_timeout:
                 self.program.beat(heartbeat_timeout)

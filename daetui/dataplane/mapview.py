@@ -27,7 +27,11 @@ PURPOSE = {
     "routing_tuples": "each flow's decision and counters (LRU)",
     "match_sets": "the rules, laid out per generation",
     "ip_sets": "IP prefixes of dip/sip functions (LPM trie)",
-    "domain_routing": "per address named by DNS: which domain() functions its names match, per generation (LRU)",
+    "domain_routing": "per address named by DNS: which domain() functions its names match, per generation "
+                      "(kept within its size by the control plane, oldest out first)",
+    "relayed_tuples": "TCP flows handed to the control plane, kept until their relay ends: a mid-stream packet "
+                      "the LRU forgot goes to its socket or is dropped, never out raw",
+    "heartbeat": "the control plane's last beat and the age at which it counts as stalled",
     "params": "active generation, tproxy mark, fail-open",
     "gen_params": "per generation: match sets in use, fallback",
     "rule_stats": "per rule and generation: hits and last hit (per CPU)",
@@ -99,8 +103,10 @@ class MapView:
             return sum(int(p.gen_params[ct.c_int(g)].n_match_sets) for g in range(ABI.GENERATIONS))
         if name == "ip_sets":
             return sum(1 for _ in p.ip_sets)
-        if name == "domain_routing":
-            return sum(1 for _ in p.bpf[b"domain_routing"])
+        if name in ("domain_routing", "relayed_tuples"):
+            return sum(1 for _ in p.bpf[name.encode()])
+        if name == "heartbeat":
+            return 1
         if name == "if_stats":
             return sum(1 for _ in p.if_stats_map)
         if name == "listeners":
@@ -213,6 +219,23 @@ class MapView:
             others = " ".join(f"g{g}:{v:#x}" for g, v in sorted(per_gen.items()) if g != active and v)
             rows.append([str(addr), str(active), f"{bits:#x}", matched, names, others])
         return ["address", "gen", "bits", "matches", "names", "other gens"], rows
+
+    def _rows_relayed_tuples(self) -> tuple[list[str], list[list[str]]]:
+        key_t = self.p.relayed.Key
+        now = time.monotonic_ns()
+        rows = []
+        for raw, t in self.p.relayed_entries():
+            k = key_t.from_buffer_copy(raw)
+            rows.append([_ep(_ip16(bytes(k.sip)), int(k.sport)), _ep(_ip16(bytes(k.dip)), int(k.dport)),
+                         f"{max(0, now - t) / 1e9:.0f}s"])
+        rows.sort()
+        return ["client", "destination", "handed over"], rows
+
+    def _rows_heartbeat(self) -> tuple[list[str], list[list[str]]]:
+        beat, timeout = self.p.last_beat()
+        age = (time.monotonic_ns() - beat) / 1e9 if beat else None
+        return ["field", "value"], [["last beat", f"{age:.1f}s ago" if age is not None else "never"],
+                                    ["stalled after", f"{timeout / 1e9:g}s" if timeout else "not checked"]]
 
     def _rows_params(self) -> tuple[list[str], list[list[str]]]:
         v = self.p.params[ct.c_int(0)]

@@ -47,11 +47,13 @@ def monotonic_to_wall(ns: int) -> float:
 class KernelProgram:
     """lan_ingress, route_chunk, lan_egress and tproxy_lookup, loaded, with their maps."""
 
-    def __init__(self, max_match_sets: int = ABI.MAX_MATCH_SETS, source: Path = PROGRAM_SOURCE) -> None:
+    def __init__(self, max_match_sets: int = ABI.MAX_MATCH_SETS, source: Path = PROGRAM_SOURCE,
+                 max_flows: int = ABI.MAX_FLOWS, max_domain_ips: int = ABI.MAX_DOMAIN_IPS) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so tests without it can still import us
 
         t0 = time.monotonic()
-        cflags = [f"-I{source.parent}", f"-DMAX_MATCH_SETS={max_match_sets}", "-Wno-unused-value",
+        cflags = [f"-I{source.parent}", f"-DMAX_MATCH_SETS={max_match_sets}", f"-DMAX_FLOWS={max_flows}",
+                  f"-DMAX_DOMAIN_IPS={max_domain_ips}", "-Wno-unused-value",
                   "-Wno-pointer-sign", "-Wno-compare-distinct-pointer-types"]
         self.bpf = BPF(src_file=str(source).encode(), cflags=cflags)
         self.ingress = self.bpf.load_func(b"lan_ingress", BPF.SCHED_CLS)
@@ -62,6 +64,9 @@ class KernelProgram:
         self._batch: tuple[Any, Any, int] | None = None
         self.bpf[b"route_progs"][ct.c_int(0)] = ct.c_int(self.route.fd)
         self.max_match_sets = max_match_sets
+        self.max_flows = max_flows
+        self.max_domain_ips = max_domain_ips
+        self.relayed = self.bpf[b"relayed_tuples"]
         self.tuples = self.bpf[b"routing_tuples"]
         self._layouts: tuple[Any, ...] | None = None
         self._decode_one: tuple[float, Any] | None = None  # (rebuild after, decoder) for flow()
@@ -302,6 +307,26 @@ class KernelProgram:
             del self.tuples[self._key(key)]
         except KeyError:
             pass
+
+    # -- relayed_tuples: the relayed TCP flows no churn evicts ------------------------
+    def relayed_key(self, key: FlowKey) -> bytes:
+        """`key` as relayed_tuples keys it (the bytes of struct tuple_key)."""
+        return bytes(self._key(key))
+
+    def relayed_entries(self) -> list[tuple[bytes, int]]:
+        """Every remembered relayed TCP flow: (its key's bytes, when it was handed over, monotonic ns)."""
+        return [(bytes(k), int(v.value)) for k, v in self.relayed.items()]
+
+    def forget_relayed(self, keys: list[bytes]) -> int:
+        """Remove these relayed_tuples entries; how many were there."""
+        key_t, n = self.relayed.Key, 0
+        for raw in keys:
+            try:
+                del self.relayed[key_t.from_buffer_copy(raw)]
+                n += 1
+            except KeyError:
+                pass
+        return n
 
     # -- counters ------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -141,13 +141,14 @@ class DnsController:
 
     def __init__(self, config: DnsConfig, route: RouteFn, feed: NameFeed, mark: int = 0,
                  bootstrap_resolver: str = "", kernel_names: Callable[[], int] | None = None,
-                 dial: DialFn | None = None) -> None:
+                 dial: DialFn | None = None, kernel_evicted: Callable[[], int] | None = None) -> None:
         self.route = route
         self.dial = dial
         self.feed = feed
         self.mark = mark
         self.bootstrap_resolver = bootstrap_resolver
         self.kernel_names = kernel_names or (lambda: 0)
+        self.kernel_evicted = kernel_evicted or (lambda: 0)
         self.cache = DnsCache(config.cache_size)
         self.upstreams: dict[str, Upstream] = {}
         self._asis: OrderedDict[tuple[str, int, bool], Upstream] = OrderedDict()
@@ -565,7 +566,8 @@ class DnsController:
                                       sum(lat) / len(lat) * 1000 if lat else None, st.last_error))
         c = self.c
         counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
-                               c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped)
+                               c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped,
+                               self.kernel_evicted())
         serving = self.serving() if self.serving is not None else DnsServing()
         return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache), serving)
 

@@ -57,6 +57,7 @@ class DnsCounters:
     bad_answers: int = 0         # upstream answers that could not be read
     kernel_names: int = 0        # addresses with a name in the kernel's domain map
     asis_scoped: int = 0         # answers of servers clients chose (asis): kept for that server, not in the kernel
+    kernel_evicted: int = 0      # addresses taken out of the full domain map, oldest first (their flows: sniffed)
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,26 @@ def test_mid_stream_tcp_with_no_decision_passes_undecided(h):
     assert (v.retval, v.flow, v.counters.get("UNTRACKED_TCP")) == (TC_ACT_OK, None, 1)
 
 
+def test_a_relayed_flow_the_lru_forgot_is_never_forwarded_raw(h):
+    """Issue 11, fix 3: routing_tuples forgot a relayed flow (here: its entry deleted, as an LRU evicts).
+
+    Its next mid-stream packet finds no socket under BPF_PROG_TEST_RUN (there is none), so it is
+    dropped; a direct flow forgotten the same way still passes, as one older than daetui does.
+    """
+    h.load(config(["dport(1000) -> g1"]))
+    relayed = Packet(C4, H4, 40001, 1000)
+    assert h.run(relayed).outbound == "g1"
+    h.program.forget_flow(relayed.flow_key())
+    v = h.run(Packet(C4, H4, 40001, 1000, tcp_flags=TCP_ACK), keep_flow=True)
+    assert (v.retval, v.counters.get("ORPHAN_DROPPED"), v.counters.get("UNTRACKED_TCP")) == (TC_ACT_SHOT, 1, None)
+    assert v.skb_mark == 0
+    direct = Packet(C4, H4, 40002, 2000)
+    assert h.run(direct).outbound == "direct"
+    h.program.forget_flow(direct.flow_key())
+    v = h.run(Packet(C4, H4, 40002, 2000, tcp_flags=TCP_ACK), keep_flow=True)
+    assert (v.retval, v.counters.get("UNTRACKED_TCP"), v.counters.get("ORPHAN_DROPPED")) == (TC_ACT_OK, 1, None)
+
+
 def test_domain_bits_are_read_for_the_active_generation(h):
     """A name's bits are kept per generation; after a flip the kernel must read the new one's."""
     h.load(config(["domain(suffix: example.test) -> g1"]))

@@ -256,16 +256,22 @@ def test_the_table_sees_every_function_match_and_fail(harness):
     assert {"direct", "block", DNS, USERSPACE} <= outbounds
 
 
-@pytest.mark.xfail(strict=True, reason="found with the harness, left for the owner of lan.c/matcher.py: an IPv6 "
-                   "packet whose addresses are v4-mapped (::ffff:a.b.c.d, never valid on the wire) is matched as IPv6 "
-                   "by the kernel (ipversion 6, the v6 half of ip sets) and as IPv4 by the matcher (_plain), and the "
-                   "kernel files it under the same routing_tuples key as the IPv4 flow between those addresses")
 @pytest.mark.parametrize("dport", [40900, 40400])
-def test_ipv6_packets_with_v4_mapped_addresses(harness, dport):
-    pk = u(dport, 6, src="::ffff:192.0.2.10", dst="::ffff:203.0.113.10")
-    v = harness.run(pk)
-    expected = harness.expected(pk)
-    assert (v.outbound, v.rule_index) == (kernel_name(expected, pk), expected.rule_index)
+@pytest.mark.parametrize(("src", "dst"), [("::ffff:192.0.2.10", "::ffff:203.0.113.10"),
+                                          ("2001:db8:1::10", "::ffff:203.0.113.10"),
+                                          ("::ffff:192.0.2.10", "2001:db8:3::10")])
+def test_ipv6_packets_with_v4_mapped_addresses_are_never_filed(harness, dport, src, dst):
+    """::ffff:a.b.c.d is never valid on the wire, and it is how the maps key IPv4: filed, such a packet
+    would overwrite the decision of the IPv4 flow between those addresses (a LAN device could re-route
+    another's flow). It passes untouched (Linux drops a v4-mapped source itself), counted, filed nowhere."""
+    v4 = u(dport, 4, src="192.0.2.10", dst="203.0.113.10")
+    before = harness.run(v4)
+    v = harness.run(u(dport, 6, src=src, dst=dst), keep_flow=True)
+    assert (v.retval, v.counters.get("V4_MAPPED_V6"), v.counters.get("NEW_FLOWS")) == (TC_ACT_OK, 1, None)
+    after = harness.program.flow(v4.flow_key())
+    assert after is not None and before.flow is not None
+    assert (after.outbound, after.rule_index, after.first_seen) == (before.flow.outbound, before.flow.rule_index,
+                                                                     before.flow.first_seen)
 
 
 # -- the real path: one flow from a LAN client in the lab, to a daemon ---------------------------

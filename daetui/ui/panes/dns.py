@@ -266,7 +266,8 @@ answer and the way it went.
         s = state.serving
         if s.tcp_open:
             self._counters.append(f"tcp open {fmt.count(s.tcp_open)}/{fmt.count(s.tcp_max)}")
-        bounded = [("kept for the server asked", c.asis_scoped), ("udp dropped", s.udp_dropped),
+        bounded = [("kept for the server asked", c.asis_scoped), ("kernel names evicted", c.kernel_evicted),
+                   ("udp dropped", s.udp_dropped),
                    ("udp cut", s.udp_truncated), ("tcp refused", s.tcp_refused), ("tcp evicted", s.tcp_evicted),
                    ("tcp idle closed", s.tcp_idle_closed), ("tcp write timeouts", s.tcp_write_timeouts)]
         self._counters += [f"{label} {fmt.count(n)}" for label, n in bounded if n]

@@ -20,7 +20,8 @@ COUNTER_ORDER = [
     ("FAIL_OPEN", "fail-open"), ("UNTRACKED_TCP", "older TCP"), ("NON_UNICAST", "bcast/mcast"),
     ("NOT_IP", "not IP"), ("FRAGMENT", "fragments"), ("UNPARSED", "unparsed"), ("OTHER_L4", "other L4"),
     ("ASSIGN_ERROR", "assign err"), ("CHUNK_LIMIT", "rule limit"), ("EGRESS_PACKETS", "packets out"),
-    ("STALLED", "stalled"),
+    ("STALLED", "stalled"), ("ORPHAN_TO_SOCKET", "orphan→socket"), ("ORPHAN_DROPPED", "orphan dropped"),
+    ("RELAYED_FULL", "relayed full"), ("V4_MAPPED_V6", "v4-mapped v6"),
 ]
 
 
