@@ -328,3 +328,63 @@ class OpaqueDialer:
         from daetui.net.stream import DialError
 
         raise DialError("no UDP")
+
+
+# -- raw frames from the LAN: churn of the kernel's flow table -------------------------
+
+def lan_frames(lab: Lab, frames: Iterator[bytes] | list[bytes]) -> int:
+    """Put raw Ethernet frames on the LAN client's link (to the router); how many were sent."""
+    from daetui.lab.topology import ADDR
+
+    with netns(lab.lan):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    n = 0
+    try:
+        s.bind((ADDR.client_ifname, 0))
+        for frame in frames:
+            try:
+                s.send(frame)
+            except BlockingIOError:
+                time.sleep(0.001)  # the veth's queue is full: give it a moment, drop this one
+                continue
+            n += 1
+    finally:
+        s.close()
+    return n
+
+
+def udp_churn(lab: Lab, src: str, dst: str, count: int, dport: int = 9, first: int = 0, repeat: int = 2) -> int:
+    """`count` UDP flows from `src`, each of its own (distinct source port and, past 64511 of them,
+    source address), to `dst` (a host the rules send direct), `repeat` datagrams each: new
+    routing_tuples entries that push idle ones out of the LRU. The kernel's LRU resists a scan: an
+    entry seen once is evicted before any seen twice, so flows of one datagram never push out an
+    idle flow that has had traffic; flows of two do. Returns the datagrams sent."""
+    from daetui.lab.topology import LAN_MAC, ROUTER_LAN_MAC
+    from testkit.packets import Packet
+
+    base = ipaddress.ip_address(src)
+
+    def frames() -> Iterator[bytes]:
+        for i in range(first, first + count):
+            ip = base + (i // 64511) * 256 if base.version == 4 else base + (i // 64511)
+            frame = Packet(str(ip), dst, 1024 + i % 64511, dport, "udp", src_mac=LAN_MAC,
+                           dst_mac=ROUTER_LAN_MAC, payload=b"churn").build()
+            for _ in range(repeat):
+                yield frame
+    return lan_frames(lab, frames())
+
+
+@contextmanager
+def early_demux_off(lab: Lab) -> Iterator[None]:
+    """The router without TCP early demux (common on routers, for forwarding): a packet of a relayed
+    flow reaches the relay's socket only if lan_ingress hands it there; restored after."""
+    argv = ["ip", "netns", "exec", lab.router, "sysctl", "-qn"]
+    import subprocess
+
+    old = subprocess.run([*argv, "net.ipv4.tcp_early_demux"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.tcp_early_demux=0"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "exec", lab.router, "sysctl", "-qw", f"net.ipv4.tcp_early_demux={old}"],
+                       check=True)
