@@ -64,8 +64,11 @@ def parse(frame: bytes, outgoing: bool) -> Packet | None:
 class Capture:
     """Capture `ifname` in namespace `ns` from __enter__ to __exit__ (or `stop()`)."""
 
-    def __init__(self, ns: str, ifname: str, max_packets: int = 500_000, max_seconds: float = 600.0) -> None:
+    def __init__(self, ns: str, ifname: str, max_packets: int = 500_000, max_seconds: float = 600.0,
+                 only_dst: str | None = None) -> None:
         self.ns, self.ifname = ns, ifname
+        self.only_dst = only_dst  # keep only the packets to this address (a flood to others is just counted)
+        self.seen = 0             # IP packets seen, kept or not
         self.max_packets, self.max_seconds = max_packets, max_seconds
         self.packets: list[Packet] = []
         self.dropped = 0        # beyond max_packets
@@ -111,6 +114,9 @@ class Capture:
                     continue
                 p = parse(frame, addr[2] == PACKET_OUTGOING)
                 if p is None:
+                    continue
+                self.seen += 1
+                if self.only_dst is not None and p.dst != self.only_dst:
                     continue
                 if len(self.packets) >= self.max_packets:
                     self.dropped += 1

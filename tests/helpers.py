@@ -332,10 +332,15 @@ class OpaqueDialer:
 
 # -- raw frames from the LAN: churn of the kernel's flow table -------------------------
 
-def lan_frames(lab: Lab, frames: Iterator[bytes] | list[bytes]) -> int:
-    """Put raw Ethernet frames on the LAN client's link (to the router); how many were sent."""
+def lan_frames(lab: Lab, frames: Iterator[bytes] | list[bytes], cpu: int | None = None) -> int:
+    """Put raw Ethernet frames on the LAN client's link (to the router); how many were sent. With
+    `cpu`, the calling thread runs there while it sends (a veth's receiver runs on the sender's CPU)."""
+    import os
+
     from daetui.lab.topology import ADDR
 
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     with netns(lab.lan):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     n = 0
@@ -359,19 +364,36 @@ def udp_churn(lab: Lab, src: str, dst: str, count: int, dport: int = 9, first: i
     routing_tuples entries that push idle ones out of the LRU. The kernel's LRU resists a scan: an
     entry seen once is evicted before any seen twice, so flows of one datagram never push out an
     idle flow that has had traffic; flows of two do. Returns the datagrams sent."""
+    import os
+
     from daetui.lab.topology import LAN_MAC, ROUTER_LAN_MAC
     from testkit.packets import Packet
 
     base = ipaddress.ip_address(src)
+    cpus = sorted(os.sched_getaffinity(0))
 
-    def frames() -> Iterator[bytes]:
-        for i in range(first, first + count):
+    def frames(part: int) -> Iterator[bytes]:
+        for i in range(first + part, first + count, len(cpus)):
             ip = base + (i // 64511) * 256 if base.version == 4 else base + (i // 64511)
             frame = Packet(str(ip), dst, 1024 + i % 64511, dport, "udp", src_mac=LAN_MAC,
                            dst_mac=ROUTER_LAN_MAC, payload=b"churn").build()
             for _ in range(repeat):
                 yield frame
-    return lan_frames(lab, frames())
+
+    # One sender per CPU: the kernel's LRU keeps free and pending entries per CPU, and an entry
+    # last touched on a CPU that no churn reaches can outlive any amount of it (on a router,
+    # receive queues spread the LAN's flows over every CPU too).
+    sent = [0] * len(cpus)
+
+    def send(part: int) -> None:
+        sent[part] = lan_frames(lab, frames(part), cpu=cpus[part])
+
+    threads = [threading.Thread(target=send, args=(k,), daemon=True) for k in range(len(cpus))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return sum(sent)
 
 
 @contextmanager
