@@ -31,6 +31,7 @@ from daetui.dns import serve
 from daetui.dns.controller import ClientInfo, DnsController
 from daetui.dns.serve import DnsServer
 from daetui.dns.upstream import UpstreamRoute
+from testkit.sockets import udp_and_tcp_on_one_port
 
 GOOD = "192.0.2.1"
 BIG_A = 100        # A records of big.test: ~1.7 KB, more than 1232
@@ -150,13 +151,8 @@ async def served(config: DnsConfig) -> AsyncIterator[Served]:
     controller = DnsController(config, route=_direct, feed=lambda names, ips, _deadline: fed.append((names, ips)))
     controller.start()
     server = DnsServer(controller)
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
+    u, t = udp_and_tcp_on_one_port()
     port = u.getsockname()[1]
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("127.0.0.1", port))
-    t.listen(1024)
     server.serve_udp(u, hijacked=False)
     server.serve_tcp(t, hijacked=False)
     try:
