@@ -88,6 +88,18 @@ def tcp_echo(lab: Lab, host: str, payload: bytes, port: int = 7, timeout: float 
         s.close()
 
 
+def echoes(sock: socket.socket, payload: bytes) -> bool:
+    """Whether an open connection to an echo server sends `payload` back whole."""
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(len(payload) - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got == payload
+
+
 def tcp_connect_fails(lab: Lab, host: str, port: int = 80, timeout: float = 2.0) -> bool:
     """True when a TCP connection from the LAN does not get through."""
     s = lan_socket(lab, host)

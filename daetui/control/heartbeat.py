@@ -11,22 +11,24 @@ and `lan_ingress` fails new flows open (or closed) as if the daemon were gone
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
+
+from daetui.control.periodic import LoopTask
 
 log = logging.getLogger("daetui.control")
 
 
-class Heartbeat:
+class Heartbeat(LoopTask):
     """Writes `beat(timeout)` now and then every `timeout / 4` seconds from the running loop."""
+
+    TASK_NAME = "daetui-heartbeat"
 
     def __init__(self, beat: Callable[[float], None], timeout: float) -> None:
         self._beat = beat
         self.timeout = timeout          # a reload may change it; the next beat writes it
         self.beats = 0
         self.failures = 0
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def interval(self) -> float:
@@ -47,16 +49,10 @@ class Heartbeat:
     def start(self) -> None:
         """Beat now and from now on (call on the control plane's loop)."""
         self.beat()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="daetui-heartbeat")
+        super().start()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             self.beat()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None

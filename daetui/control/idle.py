@@ -14,17 +14,19 @@ dae's DefaultNatTimeoutTCPEstablished.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from daetui.control.connections import ConnectionTable
+from daetui.control.periodic import LoopTask
 
 # How often the table is swept at most: the timeout is kept to within this (or a quarter of it).
 SWEEP = 1.0
 
 
-class IdleWatch:
+class IdleWatch(LoopTask):
     """Sweeps the open TCP connections; `expire(conn_id)` is called for each idle for `timeout` seconds."""
+
+    TASK_NAME = "daetui-idle-watch"
 
     def __init__(self, connections: ConnectionTable, timeout: float, expire: Callable[[int], None]) -> None:
         self.connections = connections
@@ -32,17 +34,6 @@ class IdleWatch:
         self.expire = expire
         self.expired = 0
         self._marks: dict[int, tuple[int, float]] = {}   # conn id -> (bytes up + down, since when unchanged)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

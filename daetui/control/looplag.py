@@ -9,30 +9,22 @@ sleep's wake-up measures that delay from inside. The last `KEEP` samples
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
+
+from daetui.control.periodic import LoopTask
 
 INTERVAL = 0.1
 KEEP = 600
 
 
-class LoopLag:
+class LoopLag(LoopTask):
     """A task waking every `interval`; `p99()` and `max()` are its lateness over the last KEEP wake-ups (s)."""
+
+    TASK_NAME = "daetui-loop-lag"
 
     def __init__(self, interval: float = INTERVAL, keep: int = KEEP) -> None:
         self.interval = interval
         self.samples: deque[float] = deque(maxlen=keep)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,6 @@ still in the listener's accept queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
@@ -22,6 +21,7 @@ from concurrent.futures import Executor
 
 from daetui.abi.flowrecord import FlowKey
 from daetui.control.connections import Connection
+from daetui.control.periodic import LoopTask
 from daetui.dataplane.program import KernelProgram
 
 log = logging.getLogger("daetui.control")
@@ -30,8 +30,10 @@ INTERVAL = 30.0
 GRACE = 120.0
 
 
-class RelayedSweep:
+class RelayedSweep(LoopTask):
     """Removes the relayed_tuples entries of relays that ended (on the netlink thread, every `interval`)."""
+
+    TASK_NAME = "daetui-relayed-sweep"
 
     def __init__(self, program: KernelProgram, open_connections: Callable[[], Iterable[Connection]],
                  executor: Executor, interval: float = INTERVAL, grace: float = GRACE) -> None:
@@ -41,17 +43,6 @@ class RelayedSweep:
         self.interval, self.grace = interval, grace
         self.removed = 0
         self.held = 0                 # entries after the last sweep
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="daetui-relayed-sweep")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def live_keys(self) -> set[bytes]:
         """The relayed_tuples keys of the TCP connections open now (read on the loop: the table is the loop's)."""

@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterator
 
 import pytest
-from helpers import early_demux_off, lan_connect, lan_frames, newest_conn, plane_in_lab, udp_churn, wait_for
+from helpers import early_demux_off, echoes, lan_connect, lan_frames, newest_conn, plane_in_lab, udp_churn, wait_for
 
 from daetui.abi.flowrecord import FlowKey
 from daetui.control.plane import ControlPlane
@@ -67,17 +67,6 @@ def evict(lab, plane: ControlPlaneThread, key: FlowKey, family: int) -> int:  # 
         if plane.call(lambda: program(plane).flow(key)) is None:
             return sent
     raise AssertionError(f"{key} still in routing_tuples after {sent} new flows")
-
-
-def echoes(sock, payload: bytes) -> bool:  # type: ignore[no-untyped-def]
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(len(payload) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got == payload
 
 
 @pytest.mark.parametrize("family", [4, 6])

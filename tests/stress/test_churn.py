@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from helpers import early_demux_off, lan_connect, plane_in_lab, udp_churn
+from helpers import early_demux_off, echoes, lan_connect, plane_in_lab, udp_churn
 
 from daetui.abi.flowrecord import FlowKey
 from daetui.control.plane import ControlPlane
@@ -34,17 +34,6 @@ IDLE_S = 60.0
 FLOWS = 200_000
 TABLE = 65536                # the default flow_table_size
 DIRECT = ADDR.hosts4[1]
-
-
-def echoes(sock, payload: bytes) -> bool:  # type: ignore[no-untyped-def]
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(len(payload) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got == payload
 
 
 def test_an_idle_proxied_flow_survives_200k_flows_of_churn_and_never_leaves_raw(lab, host_b, figures):
