@@ -139,6 +139,8 @@ class FlowRecord(NamedTuple):
     flags: int
     generation: int
     mark: int
+    pid: int = 0          # the router's own flows (FLOW_OWN): the process that opened it
+    process: str = ""     # and its name (comm); empty for a LAN client's flow
 
 
 @dataclass(frozen=True)

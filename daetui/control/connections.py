@@ -41,6 +41,8 @@ class Connection:
     domain: str | None = None  # the name sniffed from its first bytes (TLS, HTTP, QUIC)
     sniffed: str | None = None  # which protocol it was sniffed from
     node: str | None = None    # the proxy node of its group it went through (None: direct)
+    pid: int | None = None     # the router's own traffic (WAN side): the process that opened it
+    process: str | None = None  # and its name (comm), as pname() matches it
 
     @property
     def duration(self) -> float:

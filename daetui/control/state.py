@@ -40,7 +40,7 @@ class InterfaceInfo:
     index: int
     name: str
     up: bool
-    configured: bool               # named in global.lan_interface
+    configured: bool               # named in global.lan_interface or wan_interface (by name, wildcard or auto)
     bound: bool
     since: float | None = None     # when daetui bound it
     programs: tuple[str, ...] = ()  # e.g. ("lan_ingress (ingress)", "lan_egress (egress)")
@@ -48,6 +48,8 @@ class InterfaceInfo:
     rx_bytes: int = 0
     tx_packets: int = 0            # seen by lan_egress
     tx_bytes: int = 0
+    side: str = "lan"              # "lan" (lan_interface) or "wan" (wan_interface: the router's own flows)
+    matched: str | None = None     # the pattern of the config that named it ("veth*", "auto"), when not its name
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class Binding:
     ifindex: int
     since: float
     programs: tuple[str, ...] = ("lan_ingress", "lan_egress")
+    side: str = "lan"          # "lan": its clients' flows; "wan": the router's own flows out of it
 
 
 @dataclass
