@@ -7,10 +7,13 @@ a person reads it: one line per check, starting with its verdict.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,9 +85,30 @@ def test_doctor_names_missing_headers(tmp_path: Path):
     assert any(build.iterdir())
 
 
+@contextlib.contextmanager
+def traversable_by_others(path: Path) -> Iterator[None]:
+    """Let other users through `path` and its parents for a while (o+x), then put the modes back.
+
+    A clone made in `mktemp -d` (as CI does) sits in a 0700 directory: nobody could not even start
+    the checkout's Python there, and the test would see no report at all instead of its verdicts.
+    """
+    changed = []
+    for d in (path, *path.parents):
+        mode = d.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(d, mode | stat.S_IXOTH)
+            changed.append((d, mode))
+    try:
+        yield
+    finally:
+        for d, mode in changed:
+            os.chmod(d, stat.S_IMODE(mode))
+
+
 def test_doctor_names_missing_privileges():
     """As nobody: privileges are the blocker, the probes that need them say so, exit 1."""
-    done = doctor("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    with traversable_by_others(ROOT):
+        done = doctor("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
     v = assert_every_check(done.stdout)
     assert done.returncode == 1, done.stdout + done.stderr
     assert v["privileges"][0] == "BLOCKER", done.stdout
