@@ -70,7 +70,11 @@
 #define MATCH_IFACE_LAN 9   /* the LAN interface the flow came in on */
 #define MATCH_IFACE_WAN 10  /* the interface the router would send it out of (FIB lookup) */
 #define MATCH_DOMAIN 11     /* bit domain_bit of domain_routing[dip] */
-#define MATCH_NEVER 12      /* pname() on a LAN flow: it has no local process */
+#define MATCH_NEVER 12      /* a function no packet here can match */
+#define MATCH_PNAME 13      /* the name (comm) of the process whose socket sent the router's own flow */
+
+/* Length of a process name (the kernel's TASK_COMM_LEN). */
+#define PNAME_LEN 16
 
 /* match_set.flags */
 #define MS_FUNC_END 1   /* last value of a function: the function's verdict is known */
@@ -89,6 +93,7 @@
 #define FLOW_FAIL_OPEN 8   /* wanted the control plane while its heartbeat was stale: passed direct */
 #define FLOW_MUST 16       /* a must_* outbound or must_rules matched: DNS is not hijacked */
 #define FLOW_GROUP_DEAD 32 /* its group had no live node: dropped or passed direct, as configured */
+#define FLOW_OWN 64        /* the router's own flow (a local socket, seen by wan_egress), not a LAN client's */
 
 /* group_health values (per generation and group): which families have no
  * live node, and what to do with a new flow then. Written by the control
@@ -138,7 +143,16 @@
 #define CNT_RELAYED_FULL 21      /* relayed_tuples full: a relayed flow not remembered (guard lost for it) */
 #define CNT_STALLED 22        /* new flows for the control plane while its heartbeat was stale */
 #define CNT_V4_MAPPED_V6 23   /* IPv6 with a v4-mapped address (never valid on the wire): passed, never filed */
-#define N_COUNTERS 24
+/* The router's own traffic (wan_egress, own_ingress): */
+#define CNT_OWN_PACKETS 24    /* packets of local sockets seen by wan_egress */
+#define CNT_OWN_BYPASS 25     /* from daetui's own sockets (so_mark_from_dae) or a listed mark: passed */
+#define CNT_OWN_SERVER 26     /* UDP from a socket bound to its own port (a server answering): passed */
+#define CNT_OWN_TO_CONTROL 27 /* redirected into daetui0 for the control plane */
+#define CNT_OWN_LOST 28       /* arrived on daetui0 with no flow to hand it to: dropped */
+#define N_COUNTERS 29
+
+/* sock_owner.flags */
+#define OWNER_BOUND 1         /* bind() to a port of its own: a server (its UDP replies are not new flows) */
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL
@@ -170,6 +184,8 @@ struct flow {
     __u8 mac[6];          /* client MAC */
     __u8 generation;      /* rule generation that decided it */
     __u8 ipversion;
+    __u32 pid;            /* FLOW_OWN: the process (tgid) whose socket opened it */
+    char comm[PNAME_LEN]; /* FLOW_OWN: its name */
 };
 
 /* One value of one function of one rule. Rules are laid out as runs of match
@@ -194,6 +210,7 @@ struct match_set {
     __u32 ifindex;        /* IFACE_LAN / IFACE_WAN */
     __u16 domain_bit;     /* DOMAIN */
     __u16 pad3;
+    char pname[PNAME_LEN]; /* PNAME, NUL-padded */
 };
 
 /* An address and what its name matched: bit i of bits[generation] is set when
@@ -221,7 +238,19 @@ struct params {
     __u32 active_gen;
     __u32 tproxy_mark;    /* set on packets for the control plane: policy routing makes them local */
     __u8 fail_open;       /* no listener: 1 pass the packet, 0 drop it */
-    __u8 pad[7];
+    __u8 pad;
+    __u8 own_mac[6];      /* daetui0's address: the destination of the own flows redirected into it */
+    __u32 own_ifindex;    /* daetui0: the router's own flows for the control plane enter here (0: none) */
+    __u32 so_mark;        /* so_mark_from_dae: packets carrying it are daetui's own, never caught */
+    __u32 own_tgid;       /* daetui's process: its sockets are never caught, marked or not */
+};
+
+/* The process behind a local socket, by socket cookie: written by the cgroup
+ * socket hooks (sock_create, connect, sendmsg, bind), read by wan_egress. */
+struct sock_owner {
+    __u32 pid;            /* tgid */
+    __u32 flags;          /* OWNER_* */
+    char comm[PNAME_LEN];
 };
 
 /* The control plane's pulse. It writes beat_ns (CLOCK_MONOTONIC, which is what
@@ -271,8 +300,12 @@ struct route_state {
     __u8 dscp;
     __u8 must;            /* a must_rules rule matched on the way */
     __u8 undecided;       /* a domain function met an address with no known name */
-    __u8 pad[3];
-    __u32 wan_ifindex;    /* the FIB's answer, once asked: 0 not yet, ~0 none */
+    __u8 own;             /* the router's own flow (wan_egress): handed over by redirect, not sk_assign */
+    __u8 l3;              /* the interface has no Ethernet header (WireGuard, tun) */
+    __u8 pad;
+    __u32 wan_ifindex;    /* the FIB's answer, once asked: 0 not yet, ~0 none; own flows: the WAN it leaves by */
+    __u32 pid;            /* own flows: the socket's process, when the cgroup hooks saw it */
+    char comm[PNAME_LEN];
     struct bpf_fib_lookup fib;
 };
 
@@ -297,5 +330,8 @@ BPF_TABLE("hash", struct tuple_key, __u64, relayed_tuples, MAX_FLOWS);
 BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
 BPF_ARRAY(group_health, __u8, GENERATIONS * MAX_GROUPS);
 BPF_PROG_ARRAY(route_progs, 1);
+BPF_TABLE("lru_hash", __u64, struct sock_owner, sock_owner, MAX_FLOWS);
+/* Marks whose packets wan_egress never catches (global.bypass_marks), besides so_mark. */
+BPF_HASH(bypass_marks, __u32, __u8, 16);
 
 #endif /* DAETUI_H */

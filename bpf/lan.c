@@ -7,6 +7,12 @@
  * route_chunk  evaluates ROUTE_CHUNK match sets per call and tail-calls
  *              itself, so thousands of rules fit the verifier's limits.
  * lan_egress   counts the replies of the flows lan_ingress knows.
+ * (*_l3: the same on an interface without Ethernet header: WireGuard, tun.)
+ * wan_egress   decides the router's own new flows leaving by a WAN interface
+ *              with the same rules; direct ones stay in the kernel, the
+ *              rest are redirected into daetui0, where
+ * own_ingress  hands them to the control plane's sockets (bpf_sk_assign).
+ * own_*        (cgroup hooks) record the process behind each local socket.
  * tproxy_lookup (sk_lookup, on the namespace) finds the listener for a new
  *              connection whose 4-tuple is still in TIME_WAIT here: the kernel
  *              then looks for a listener at the original address, and only
@@ -104,21 +110,28 @@ static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
 /* Parse Ethernet, IPv4/IPv6 and the TCP/UDP ports into s: its key, mac,
  * ipversion, tcp_flags and dscp (nothing else of s is touched). Counts and
  * returns NOT_OURS for anything that is to pass untouched. */
-static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, int egress)
+static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, int egress, int l3)
 {
     struct tuple_key *key = &s->key;
-    struct ethhdr eth;
-    __u32 off = sizeof(struct ethhdr);
+    struct ethhdr eth = {};
+    __u32 off = 0;
     __u8 proto;
 
-    if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
-        goto unparsed;
-    /* Broadcast and multicast (ARP, DHCP, mDNS...) are never ours. */
-    if (!egress && (eth.h_dest[0] & 1)) {
-        count_if(!egress, CNT_NON_UNICAST);
-        return NOT_OURS;
+    if (l3) {
+        /* WireGuard, tun: the packet starts with its IP header. */
+        eth.h_proto = skb->protocol;
+    } else {
+        if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+            goto unparsed;
+        off = sizeof(struct ethhdr);
+        /* Broadcast and multicast (ARP, DHCP, mDNS...) are never ours. */
+        if (!egress && (eth.h_dest[0] & 1)) {
+            count_if(!egress, CNT_NON_UNICAST);
+            return NOT_OURS;
+        }
     }
     __builtin_memcpy(s->mac, egress ? eth.h_dest : eth.h_source, 6);
+    s->l3 = l3;
 
     if (eth.h_proto == bpf_htons(ETH_P_IP)) {
         struct iphdr ip;
@@ -313,6 +326,44 @@ static __always_inline int orphan(struct __sk_buff *skb, struct route_state *s)
     return TC_ACT_OK;
 }
 
+/* Hand one of the router's own packets to the control plane: wan_egress sees
+ * it after routing, where no socket can be assigned, so it is redirected into
+ * the ingress of daetui0 (addressed to it), where own_ingress assigns it as
+ * lan_ingress would. No listener (the daemon is gone): fail open or closed. */
+static __always_inline int own_redirect(struct __sk_buff *skb, struct route_state *s, struct params *p,
+                                        __u8 outbound)
+{
+    __u32 lkey = listener_key(s->key.l4proto, s->ipversion != 4, outbound == OUTBOUND_DNS);
+    struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
+    if (!sk || !p->own_ifindex) {
+        if (sk)
+            bpf_sk_release(sk);
+        count(CNT_FAIL_OPEN);
+        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+    }
+    bpf_sk_release(sk);
+    if (s->l3) {
+        /* daetui0 is Ethernet: give the packet the header it expects. */
+        struct ethhdr eth = {};
+        eth.h_proto = skb->protocol;
+        __builtin_memcpy(eth.h_dest, p->own_mac, 6);
+        __builtin_memcpy(eth.h_source, p->own_mac, 6);
+        if (bpf_skb_change_head(skb, sizeof(eth), 0) ||
+            bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0)) {
+            count(CNT_ASSIGN_ERROR);
+            return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+        }
+    } else if (bpf_skb_store_bytes(skb, 0, p->own_mac, 6, 0)) {
+        /* Addressed to the WAN's next hop, the packet would be dropped as
+         * another host's (PACKET_OTHERHOST) once it enters daetui0. */
+        count(CNT_ASSIGN_ERROR);
+        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+    }
+    skb->mark = p->tproxy_mark;
+    count(CNT_OWN_TO_CONTROL);
+    return bpf_redirect(p->own_ifindex, BPF_F_INGRESS);
+}
+
 static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u8 outbound, __u32 mark)
 {
     if (outbound == OUTBOUND_DIRECT) {
@@ -326,6 +377,8 @@ static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u
     struct params *p = params.lookup(&zero);
     if (!p)
         return TC_ACT_OK;
+    if (s->own)
+        return own_redirect(skb, s, p, outbound);
     return assign(skb, s, p, outbound);
 }
 
@@ -368,7 +421,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     f.last_seen_ns = now;
     f.packets = 1;
     f.bytes = s->pkt_len;
-    f.ifindex = s->ifindex;
+    f.ifindex = s->own ? s->wan_ifindex : s->ifindex;
     f.mark = mark;
     f.rule_index = rule_index;
     f.outbound = outbound;
@@ -385,6 +438,11 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     }
     if (stale)
         f.flags |= FLOW_FAIL_OPEN;
+    if (s->own) {
+        f.flags |= FLOW_OWN;
+        f.pid = s->pid;
+        __builtin_memcpy(f.comm, s->comm, PNAME_LEN);
+    }
     routing_tuples.update(&s->key, &f);
     if (outbound >= OUTBOUND_FIRST_GROUP && s->key.l4proto == IPPROTO_TCP) {
         /* Remembered where no churn can evict it (see orphan()). */
@@ -428,6 +486,18 @@ static __always_inline __u8 mac_equal(const __u8 *a, const __u8 *b)
 {
     return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
            a[5] == b[5];
+}
+
+static __always_inline __u8 names_equal(const char *a, const char *b)
+{
+#pragma unroll
+    for (int i = 0; i < PNAME_LEN; i++) {
+        if (a[i] != b[i])
+            return 0;
+        if (!a[i])
+            return 1;
+    }
+    return 1;
 }
 
 /* The interface the router would send this flow out of, asked of the FIB once. */
@@ -502,6 +572,8 @@ static __always_inline __u8 match_one(struct __sk_buff *skb, struct route_state 
         __u32 bit = m->domain_bit & (MAX_DOMAIN_FUNCTIONS - 1);
         return (d->bits[(s->gen & 1) * DOMAIN_WORDS + ((bit >> 6) & (DOMAIN_WORDS - 1))] >> (bit & 63)) & 1;
     }
+    case MATCH_PNAME:
+        return s->own && s->comm[0] && names_equal(s->comm, m->pname);
     case MATCH_NEVER:
         return 0;
     }
@@ -572,22 +644,12 @@ int route_chunk(struct __sk_buff *skb)
     return decide_fallback(skb, s);
 }
 
-int lan_ingress(struct __sk_buff *skb)
+/* The packet's flow, when its decision still holds: a TCP flow's until a new
+ * SYN, a UDP flow's until it idles UDP_REDECIDE_NS or the daemon's heartbeat
+ * changes between stale and fresh. Counts the packet on it. */
+static __always_inline struct flow *known_flow(struct __sk_buff *skb, struct route_state *s, __u64 now,
+                                               __u8 is_tcp, __u8 is_syn)
 {
-    __u32 zero = 0;
-    struct route_state *s = scratch.lookup(&zero);
-    if (!s)
-        return TC_ACT_OK;
-    count(CNT_PACKETS);
-    if_count(skb->ifindex, skb->len, 0);
-    if (parse(skb, s, 0) != PARSED)
-        return TC_ACT_OK;
-    s->ifindex = skb->ifindex;
-    s->pkt_len = skb->len;
-
-    __u8 is_tcp = s->key.l4proto == IPPROTO_TCP;
-    __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
-    __u64 now = bpf_ktime_get_ns();
     struct flow *f = routing_tuples.lookup(&s->key);
     if (f && !is_tcp) {
         /* UDP can change path between datagrams: while the daemon is stalled a
@@ -595,22 +657,25 @@ int lan_ingress(struct __sk_buff *skb)
          * back to it once its heartbeat is fresh. TCP keeps its path. */
         __u8 st = stalled(now);
         if ((f->flags & FLOW_FAIL_OPEN) ? !st : (st && f->outbound >= OUTBOUND_FIRST_GROUP))
-            f = NULL;
+            return NULL;
     }
     /* A new SYN on a known tuple is a new connection: decide it again. */
-    if (f && !is_syn && (is_tcp || now - f->last_seen_ns < UDP_REDECIDE_NS)) {
-        __sync_fetch_and_add(&f->packets, 1);
-        __sync_fetch_and_add(&f->bytes, skb->len);
-        f->last_seen_ns = now;
-        if (s->tcp_flags & TCP_FLAG_FIN)
-            f->flags |= FLOW_TCP_FIN;
-        if (s->tcp_flags & TCP_FLAG_RST)
-            f->flags |= FLOW_TCP_RST;
-        return act(skb, s, f->outbound, f->mark);
-    }
-    if (is_tcp && !is_syn)
-        return orphan(skb, s);  /* forgotten by the LRU, or older than daetui */
+    if (!f || is_syn || (!is_tcp && now - f->last_seen_ns >= UDP_REDECIDE_NS))
+        return NULL;
+    __sync_fetch_and_add(&f->packets, 1);
+    __sync_fetch_and_add(&f->bytes, skb->len);
+    f->last_seen_ns = now;
+    if (s->tcp_flags & TCP_FLAG_FIN)
+        f->flags |= FLOW_TCP_FIN;
+    if (s->tcp_flags & TCP_FLAG_RST)
+        f->flags |= FLOW_TCP_RST;
+    return f;
+}
 
+/* Decide a new flow: walk the active generation's rules (route_chunk, by tail calls). */
+static __always_inline int route_new(struct __sk_buff *skb, struct route_state *s)
+{
+    __u32 zero = 0;
     struct params *p = params.lookup(&zero);
     if (!p)
         return TC_ACT_OK;
@@ -625,14 +690,51 @@ int lan_ingress(struct __sk_buff *skb)
     s->good = 0;
     s->must = 0;
     s->undecided = 0;
-    s->wan_ifindex = 0;
     route_progs.call(skb, 0);
     /* route_chunk is not installed: decide by the fallback. */
     count(CNT_CHUNK_LIMIT);
     return decide_fallback(skb, s);
 }
 
-int lan_egress(struct __sk_buff *skb)
+static __always_inline int lan_in(struct __sk_buff *skb, int l3)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    count(CNT_PACKETS);
+    if_count(skb->ifindex, skb->len, 0);
+    if (parse(skb, s, 0, l3) != PARSED)
+        return TC_ACT_OK;
+    s->ifindex = skb->ifindex;
+    s->pkt_len = skb->len;
+    s->own = 0;
+    s->wan_ifindex = 0;
+    s->pid = 0;
+    s->comm[0] = 0;
+
+    __u8 is_tcp = s->key.l4proto == IPPROTO_TCP;
+    __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
+    struct flow *f = known_flow(skb, s, bpf_ktime_get_ns(), is_tcp, is_syn);
+    if (f)
+        return act(skb, s, f->outbound, f->mark);
+    if (is_tcp && !is_syn)
+        return orphan(skb, s);  /* forgotten by the LRU, or older than daetui */
+    return route_new(skb, s);
+}
+
+int lan_ingress(struct __sk_buff *skb)
+{
+    return lan_in(skb, 0);
+}
+
+/* lan_ingress for an interface without Ethernet header (WireGuard, tun). */
+int lan_ingress_l3(struct __sk_buff *skb)
+{
+    return lan_in(skb, 1);
+}
+
+static __always_inline int lan_out(struct __sk_buff *skb, int l3)
 {
     /* On the stack: the per-CPU scratch is lan_ingress's, mid-walk across tail calls. */
     struct route_state pkt = {};
@@ -640,7 +742,7 @@ int lan_egress(struct __sk_buff *skb)
 
     count(CNT_EGRESS_PACKETS);
     if_count(skb->ifindex, skb->len, 1);
-    if (parse(skb, &pkt, 1) != PARSED)
+    if (parse(skb, &pkt, 1, l3) != PARSED)
         return TC_ACT_OK;
     /* A reply: the client is the destination. */
     __builtin_memcpy(key.sip, pkt.key.dip, 16);
@@ -660,6 +762,161 @@ int lan_egress(struct __sk_buff *skb)
     }
     return TC_ACT_OK;
 }
+
+int lan_egress(struct __sk_buff *skb)
+{
+    return lan_out(skb, 0);
+}
+
+int lan_egress_l3(struct __sk_buff *skb)
+{
+    return lan_out(skb, 1);
+}
+
+/* The router's own packets leaving by a WAN interface. A packet with no
+ * socket is forwarded (a LAN client's, decided by lan_ingress) and passes;
+ * one from daetui's own sockets (so_mark_from_dae, or its process as the
+ * cgroup hooks saw it) or with a listed mark passes, or daetui would catch
+ * its own dials. The rest is routed like a LAN
+ * flow: direct passes in the kernel, block drops, a group's or DNS goes to the
+ * control plane through daetui0 (own_redirect). */
+static __always_inline int wan_out(struct __sk_buff *skb, int l3)
+{
+    __u32 zero = 0;
+    if (!skb->sk)
+        return TC_ACT_OK;
+    struct params *p = params.lookup(&zero);
+    if (!p)
+        return TC_ACT_OK;
+    __u32 mark = skb->mark;
+    if (mark && ((p->so_mark && (mark & p->so_mark) == p->so_mark) || bypass_marks.lookup(&mark))) {
+        count(CNT_OWN_BYPASS);
+        return TC_ACT_OK;
+    }
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    count(CNT_OWN_PACKETS);
+    if (parse(skb, s, 1, l3) != PARSED)
+        return TC_ACT_OK;
+    s->own = 1;
+    s->ifindex = 0;
+    s->wan_ifindex = skb->ifindex;
+    s->pkt_len = skb->len;
+
+    __u8 is_tcp = s->key.l4proto == IPPROTO_TCP;
+    __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
+    struct flow *f = known_flow(skb, s, bpf_ktime_get_ns(), is_tcp, is_syn);
+    if (f)
+        return act(skb, s, f->outbound, f->mark);
+    if (is_tcp && !is_syn) {
+        /* A relayed flow the LRU forgot still goes to its relay (own_ingress
+         * finds the socket); anything else (a connection older than daetui, a
+         * server's answer) passes. */
+        if (relayed_tuples.lookup(&s->key))
+            return own_redirect(skb, s, p, OUTBOUND_FIRST_GROUP);
+        count(CNT_UNTRACKED_TCP);
+        return TC_ACT_OK;
+    }
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    struct sock_owner *o = sock_owner.lookup(&cookie);
+    if (o && o->pid == p->own_tgid) {
+        /* daetui's own socket without a mark (so_mark_from_dae = 0, as dae's default). */
+        count(CNT_OWN_BYPASS);
+        return TC_ACT_OK;
+    }
+    if (o) {
+        if (!is_tcp && (o->flags & OWNER_BOUND)) {
+            /* A UDP server answering (WireGuard, a DNS server for the WAN...):
+             * its datagrams are replies, not flows of the router's own. */
+            count(CNT_OWN_SERVER);
+            return TC_ACT_OK;
+        }
+        s->pid = o->pid;
+        __builtin_memcpy(s->comm, o->comm, PNAME_LEN);
+    } else {
+        s->pid = 0;
+        s->comm[0] = 0;
+    }
+    return route_new(skb, s);
+}
+
+int wan_egress(struct __sk_buff *skb)
+{
+    return wan_out(skb, 0);
+}
+
+int wan_egress_l3(struct __sk_buff *skb)
+{
+    return wan_out(skb, 1);
+}
+
+/* The ingress of daetui0, where wan_egress redirects the router's own packets
+ * for the control plane: hand each to its flow's socket or listener. */
+int own_ingress(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    if (parse(skb, s, 1, 0) != PARSED)
+        return TC_ACT_OK;
+    struct params *p = params.lookup(&zero);
+    if (!p)
+        return TC_ACT_OK;
+    s->own = 0;
+    struct flow *f = routing_tuples.lookup(&s->key);
+    if (f && f->outbound >= OUTBOUND_FIRST_GROUP)
+        return assign(skb, s, p, f->outbound);
+    if (s->key.l4proto == IPPROTO_TCP && relayed_tuples.lookup(&s->key))
+        return orphan(skb, s);
+    if (skb->mark == p->tproxy_mark) {
+        /* Redirected here for a flow that is gone: routed on, it would meet no socket. */
+        count(CNT_OWN_LOST);
+        return TC_ACT_SHOT;
+    }
+    return TC_ACT_OK;
+}
+
+/* cgroup socket hooks: who owns each local socket, for pname() and the console. */
+static __always_inline void own_socket(__u64 cookie, __u32 set_flags)
+{
+    struct sock_owner o = {};
+    struct sock_owner *old = sock_owner.lookup(&cookie);
+    if (old)
+        o.flags = old->flags;
+    o.flags |= set_flags;
+    o.pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(o.comm, sizeof(o.comm));
+    sock_owner.update(&cookie, &o);
+}
+
+int own_sock_create(struct bpf_sock *ctx)
+{
+    own_socket(bpf_get_socket_cookie(ctx), 0);
+    return 1;
+}
+
+int own_sock_release(struct bpf_sock *ctx)
+{
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    sock_owner.delete(&cookie);
+    return 1;
+}
+
+/* connect and sendmsg: the process using the socket now (it may have been passed on). */
+int own_connect4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
+int own_connect6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
+int own_sendmsg4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
+int own_sendmsg6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
+
+/* bind to a port of its own: a server. Port 0 asks for any port, as a client does. */
+static __always_inline void bound(struct bpf_sock_addr *ctx)
+{
+    own_socket(bpf_get_socket_cookie(ctx), ctx->user_port ? OWNER_BOUND : 0);
+}
+int own_bind4(struct bpf_sock_addr *ctx) { bound(ctx); return 1; }
+int own_bind6(struct bpf_sock_addr *ctx) { bound(ctx); return 1; }
 
 /* The kernel's own listener lookup, in this namespace (BPF_SK_LOOKUP). Only
  * reached by packets policy routing made local: for a TCP flow the kernel

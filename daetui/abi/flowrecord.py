@@ -59,6 +59,11 @@ def struct_for(layout: Layout, size: int) -> tuple[struct.Struct, list[str]]:
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
+def comm_text(raw: bytes) -> str:
+    """A process name as the kernel holds it (NUL-padded bytes) as text; any byte kept (escape it to show it)."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+
+
 def ip_text(raw: bytes, _cache: dict[bytes, str] = {}) -> str:  # noqa: B006 - a deliberate cache
     """An address as the kernel keys it (16 bytes, IPv4 v4-mapped), as text; cached."""
     text = _cache.get(raw)
@@ -107,6 +112,13 @@ class KernelFlow:
     flags: int
     generation: int
     mark: int
+    pid: int = 0                   # FLOW_OWN: the process that opened it
+    process: str = ""              # and its name
+
+    @property
+    def own(self) -> bool:
+        """The router's own flow (a local socket's, seen by wan_egress), not a LAN client's."""
+        return bool(self.flags & ABI.FLOW_OWN)
 
     @property
     def closed(self) -> bool:
@@ -174,17 +186,25 @@ class RawFlows:
         ki = {n: i for i, n in enumerate(knames)}
         vi = {n: i for i, n in enumerate(vnames)}
         sip, dip, sport, dport, l4 = ki["sip"], ki["dip"], ki["sport"], ki["dport"], ki["l4proto"]
-        pick = operator.itemgetter(*(vi[n] for n in (
-            "outbound", "rule_index", "mac", "ifindex", "first_seen_ns", "last_seen_ns", "packets", "bytes",
-            "rx_packets", "rx_bytes", "flags", "generation", "mark")))
+        fields = ("outbound", "rule_index", "mac", "ifindex", "first_seen_ns", "last_seen_ns", "packets", "bytes",
+                  "rx_packets", "rx_bytes", "flags", "generation", "mark", "pid", "comm")
+        if "pid" in vi:
+            pick = operator.itemgetter(*(vi[n] for n in fields))
+        else:  # a daemon from before the router's own flows: none of its flows has a process
+            older = operator.itemgetter(*(vi[n] for n in fields[:-2]))
+
+            def pick(vt: tuple[Any, ...]) -> tuple[Any, ...]:
+                return (*older(vt), 0, b"")
         off = self.mono_offset
         fallback = ABI.RULE_FALLBACK
+        own = ABI.FLOW_OWN
 
         def make(kt: tuple[Any, ...], vt: tuple[Any, ...]) -> FlowRecord:
-            ob, ri, mac, ifx, first, last, pk, by, rpk, rby, fl, gen, mark = pick(vt)
+            ob, ri, mac, ifx, first, last, pk, by, rpk, rby, fl, gen, mark, pid, comm = pick(vt)
             return FlowRecord(PROTO_NAMES.get(kt[l4], str(kt[l4])), ip_text(kt[sip]), kt[sport], ip_text(kt[dip]),
                               kt[dport], ob, None if ri == fallback else ri, mac, ifx, first / 1e9 + off,
-                              last / 1e9 + off, pk, by, rpk, rby, fl, gen, mark)
+                              last / 1e9 + off, pk, by, rpk, rby, fl, gen, mark, pid,
+                              comm_text(comm) if own & fl else "")
         return make
 
     def decoder(self) -> Callable[[bytes, bytes], FlowRecord]:
@@ -210,4 +230,5 @@ class RawFlows:
             key=FlowKey(ipaddress.ip_address(r.src), r.sport, ipaddress.ip_address(r.dst), r.dport, r.proto),
             outbound=r.outbound, rule_index=r.rule_index, mac=r.mac, ifindex=r.ifindex, first_seen=r.first_seen,
             last_seen=r.last_seen, packets=r.packets, bytes=r.bytes, rx_packets=r.rx_packets,
-            rx_bytes=r.rx_bytes, flags=r.flags, generation=r.generation, mark=r.mark) for r in self.records()]
+            rx_bytes=r.rx_bytes, flags=r.flags, generation=r.generation, mark=r.mark, pid=r.pid,
+            process=r.process) for r in self.records()]

@@ -178,6 +178,14 @@ class _File:
                 out = tuple(str(v) for v in value)
             else:
                 raise self.error(f"{name}: expected a list of strings", path)
+        elif spec.type == "intlist":
+            items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else None
+            try:
+                if items is None or any(isinstance(v, bool) for v in items):
+                    raise ValueError
+                out = tuple(v if isinstance(v, int) else int(str(v).strip(), 0) for v in items if str(v).strip())
+            except ValueError:
+                raise self.error(f"{name}: expected a list of integers such as [0x100, 0x200]", path) from None
         elif spec.type == "table":
             if not isinstance(value, dict):
                 raise self.error(f"{name}: expected a table", path)
@@ -266,8 +274,8 @@ class _Loader:
                               ("routing",), at_key=True)
         routing_part = parts["routing"][0] if parts["routing"] else _Part(self.main, {})
         routing = self._routing(routing_part, groups)
-        if not glob.get("lan_interface"):
-            self.warnings.append("global.lan_interface is empty: no LAN traffic will be routed")
+        if not glob.get("lan_interface") and not glob.get("wan_interface"):
+            self.warnings.append("global.lan_interface and wan_interface are empty: no traffic will be routed")
         return Config(
             source=self.main.source, global_=GlobalConfig(**glob), routing=routing, devices=devices, nodes=nodes,
             subscriptions=subs, groups=groups, dns=dns, files=tuple(f.source for f in self.files),
@@ -276,6 +284,7 @@ class _Loader:
     def _global(self, parts: list[_Part]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         where: dict[str, str] = {}
+        files: dict[str, _File] = {}
         for part in parts:
             for key, value in part.table.items():
                 path = ("global", key)
@@ -288,6 +297,13 @@ class _Loader:
                     raise part.file.error(f"global.{key} is set in {where[key]} already", path, at_key=True)
                 out[key] = part.file.typed(GLOBAL[key], value, path)
                 where[key] = part.file.source
+                files[key] = part.file
+        lan, wan = out.get("lan_interface", ()), out.get("wan_interface", ())
+        both = sorted(set(lan) & set(wan))
+        if both:
+            raise files["wan_interface"].error(
+                f"global.wan_interface: {both[0]} is in lan_interface too; an interface is one or the other",
+                ("global", "wan_interface"))
         if out.get("tproxy_port_protect") is False:
             self.warnings.append("global.tproxy_port_protect = false has no effect: daetui listens on loopback only")
         return out

@@ -15,6 +15,8 @@ class GlobalConfig:
 
     lan_interface: tuple[str, ...] = ()
     wan_interface: tuple[str, ...] = ()
+    bypass_marks: tuple[int, ...] = ()
+    cgroup: str = "/"
     tproxy_port: int = 12345
     tproxy_port_protect: bool = True
     so_mark_from_dae: int = DEFAULT_SO_MARK

@@ -79,6 +79,19 @@ def _ifnames(allow_auto: bool) -> Callable[[tuple[str, ...]], str | None]:
     return check
 
 
+def _marks(v: tuple[int, ...]) -> str | None:
+    if len(v) > 16:
+        return "at most 16 marks"
+    bad = [m for m in v if not 0 < m < 2**32]
+    return f"{bad[0]} is not a 32-bit mark (1 to 0xffffffff)" if bad else None
+
+
+def _cgroup(v: str) -> str | None:
+    if not v.startswith("/") or "/../" in v + "/" or "\0" in v:
+        return "expected a cgroup as /proc/PID/cgroup prints it, such as / or /system.slice"
+    return None
+
+
 def _nonneg(v: float) -> str | None:
     return None if v >= 0 else "expected a duration of zero or more"
 
@@ -99,9 +112,15 @@ def _minute_or_more(v: float) -> str | None:
 
 
 GLOBAL: dict[str, KeySpec] = {
-    "lan_interface": KeySpec("strlist", (), "LAN interfaces to bind lan_ingress/lan_egress to", _ifnames(False)),
-    "wan_interface": KeySpec("strlist", (), "WAN interfaces, or auto (the router's own traffic: not steered yet)",
+    "lan_interface": KeySpec("strlist", (), "LAN interfaces to bind lan_ingress/lan_egress to (names or wildcards: "
+                             "veth*, wg+)", _ifnames(False)),
+    "wan_interface": KeySpec("strlist", (), "WAN interfaces (names, wildcards, or auto: those holding a default "
+                             "route): the router's own new flows out of them are routed by the rules",
                              _ifnames(True)),
+    "bypass_marks": KeySpec("intlist", (), "packets with one of these marks are never caught on the WAN side "
+                            "(another VPN's or proxy's own sockets), besides so_mark_from_dae (daetui)", _marks),
+    "cgroup": KeySpec("str", "/", "the cgroup v2 whose processes' sockets are named for pname() and the console, "
+                      "as /proc/PID/cgroup prints it (/: every process; /system.slice) (daetui)", _cgroup),
     "tproxy_port": KeySpec("int", 12345, "port of the transparent listeners (loopback only)", _port),
     "tproxy_port_protect": KeySpec("bool", True, "daetui's listeners are on loopback: always protected"),
     "so_mark_from_dae": KeySpec("int", DEFAULT_SO_MARK, "SO_MARK of daetui's own outgoing sockets", _mark),

@@ -15,6 +15,7 @@ kernel's record and evaluates rules (routing.matcher).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -40,13 +41,15 @@ class Route:
     outbound: str
     stage: str               # "kernel" (read from routing_tuples) | "userspace" (decided here)
     mac: str | None = None   # the LAN client's MAC, as the kernel saw it
+    pid: int | None = None   # the router's own flow: its process, as the cgroup hooks saw it
+    process: str | None = None
 
 
 def facts_of(conn: Connection, domain: str | None = None) -> FlowFacts:
     """What the rules see of a relayed flow (and of the name it was found to have)."""
     return FlowFacts(ipaddress.ip_address(conn.src[0]), ipaddress.ip_address(conn.dst[0]), conn.src[1],
                      conn.dst[1], conn.proto, bytes.fromhex(conn.mac.replace(":", "")) if conn.mac else None,
-                     domain=domain)
+                     domain=domain, pname=conn.process)
 
 
 def key_facts(key: FlowKey, mac: bytes | None = None) -> FlowFacts:
@@ -56,7 +59,8 @@ def key_facts(key: FlowKey, mac: bytes | None = None) -> FlowFacts:
 
 def kernel_facts(flow: KernelFlow) -> FlowFacts:
     """What the rules see of a flow the kernel recorded."""
-    return key_facts(flow.key, flow.mac)
+    facts = key_facts(flow.key, flow.mac)
+    return dataclasses.replace(facts, pname=flow.process) if flow.own and flow.process else facts
 
 
 def _mac_text(mac: bytes) -> str | None:
@@ -82,9 +86,9 @@ class Decider:
         self._upstream_routes.clear()
 
     def _route(self, ruleset: RuleSet, rule_index: int | None, outbound: str, stage: str,
-               mac: str | None = None) -> Route:
+               mac: str | None = None, pid: int | None = None, process: str | None = None) -> Route:
         entry = ruleset.by_index(rule_index) if rule_index is not None else None
-        return Route(rule_index, entry.text if entry else "fallback", outbound, stage, mac)
+        return Route(rule_index, entry.text if entry else "fallback", outbound, stage, mac, pid, process)
 
     def first(self, proto: str, client: Endpoint, dst: Endpoint) -> Route:
         """The route of a flow that just reached the control plane."""
@@ -92,8 +96,9 @@ class Decider:
         kflow = self.sync.flow(key)
         if kflow is not None:
             ruleset = self.sync.ruleset(kflow.generation)
+            own = kflow.own and kflow.pid != 0
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",
-                               _mac_text(kflow.mac))
+                               _mac_text(kflow.mac), kflow.pid if own else None, kflow.process if own else None)
         d = decide(self.ruleset, key_facts(key), with_trace=False)
         # Undecided (a domain rule, and no name for the address) as the kernel leaves it: sniffed, then
         # decided from that rule (with_name).

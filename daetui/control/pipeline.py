@@ -185,7 +185,8 @@ class Pipeline:
         """The flow's row in the connection table, with its route as the kernel (or the rules) gave it."""
         r = self.decider.first(proto, client, dst)
         return self.connections.add(proto=proto, src=client, dst=dst, rule_index=r.rule_index, rule=r.rule,
-                                    outbound=r.outbound, stage=r.stage, mac=r.mac, relay=relay_kind)
+                                    outbound=r.outbound, stage=r.stage, mac=r.mac, relay=relay_kind, pid=r.pid,
+                                    process=r.process)
 
     def announce(self, conn: Connection) -> None:
         if conn_log.isEnabledFor(logging.INFO):  # describe() is work: skipped when nobody reads it

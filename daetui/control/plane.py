@@ -156,7 +156,9 @@ class ControlPlane:
                 await loop.run_in_executor(self.netlink, lambda: dp.start(
                     self.ruleset, g.lan_interface, slots, fail_open=g.fail_open,
                     auto_config=g.auto_config_kernel_parameter, heartbeat_timeout=g.heartbeat_timeout,
-                    flow_table_size=g.flow_table_size, domain_table_size=g.domain_table_size))
+                    flow_table_size=g.flow_table_size, domain_table_size=g.domain_table_size,
+                    wan_interfaces=g.wan_interface, so_mark=g.so_mark_from_dae, bypass_marks=g.bypass_marks,
+                    cgroup=g.cgroup))
                 assert dp.program is not None
                 self.heartbeat = Heartbeat(dp.program.beat, g.heartbeat_timeout)
                 self.heartbeat.start()
@@ -164,7 +166,8 @@ class ControlPlane:
                 self.relayed.start()
                 self.sync.loaded(dp.kernel_rules)
                 release_freed_memory()  # what compiling the programs took and freed
-                self.monitor = InterfaceMonitor(self._link_changed)
+                self.monitor = InterfaceMonitor(self._link_changed, on_default_route=self._default_route_changed
+                                                if "auto" in g.wan_interface else None)
                 self.monitor.start()
             self.pipeline.accept(list(self.listeners.tcp.values()))
             self.udp = self.pipeline.udp = UdpNat(self.pipeline.open_udp, self.pipeline.finish,
@@ -182,7 +185,7 @@ class ControlPlane:
         self.started = time.time()
         self.running = self.pipeline.running = True
         bound = ", ".join(self.dataplane.state.bindings) if self.dataplane else "none (no kernel side)"
-        log.info("daetui started: tproxy port %d, LAN interfaces bound: %s", g.tproxy_port, bound or "none")
+        log.info("daetui started: tproxy port %d, interfaces bound: %s", g.tproxy_port, bound or "none")
         self.events.publish("started", port=g.tproxy_port)
 
     async def stop(self) -> None:
@@ -247,6 +250,20 @@ class ControlPlane:
             if self.running:
                 loop.run_in_executor(self.netlink, apply)
         loop.call_soon_threadsafe(schedule)
+
+    def _default_route_changed(self) -> None:
+        """From the monitor thread: a default route came or went; `auto` WAN interfaces follow."""
+        dp, loop = self.dataplane, self._loop
+        if dp is None or loop is None:
+            return
+
+        def apply() -> None:
+            try:
+                dp.routes_changed()
+            except Exception as e:
+                log.error("following the default routes: %s", e)
+
+        loop.call_soon_threadsafe(lambda: self.running and loop.run_in_executor(self.netlink, apply))
 
     # -- the API: flows, groups, DNS ----------------------------------------------------------
     def close_connections(self, ids: list[int]) -> int:

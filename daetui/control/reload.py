@@ -145,7 +145,8 @@ class Reloader:
                 plane.heartbeat.beat()  # the new timeout in force now, not a quarter of the old one later
             plane.dns.configure(new)
             if dp is not None:
-                await loop.run_in_executor(plane.netlink, dp.rebind, new.global_.lan_interface)
+                await loop.run_in_executor(plane.netlink, dp.rebind, new.global_.lan_interface,
+                                           new.global_.wan_interface)
             result = ReloadResult(True, "reloaded", plane.generation, *rule_diff(old.routing, new.routing))
             if abort:
                 aborted, kept = self._abort_changed(old.routing, new.routing)
@@ -193,6 +194,13 @@ def restart_needed(old: Config, new: Config) -> str | None:
         # The kernel's tables are sized when its programs are compiled, at start.
         if getattr(old.global_, key) != getattr(new.global_, key):
             return f"global.{key} cannot change while daetui runs: restart it"
+    if bool(old.global_.wan_interface) != bool(new.global_.wan_interface):
+        # The WAN side's veth and socket hooks are set up at start.
+        return "global.wan_interface cannot be turned on or off while daetui runs: restart it"
+    if old.global_.wan_interface:
+        for key in ("so_mark_from_dae", "bypass_marks", "cgroup"):
+            if getattr(old.global_, key) != getattr(new.global_, key):
+                return f"global.{key} cannot change while daetui steers the router's own traffic: restart it"
     return None
 
 

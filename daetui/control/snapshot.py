@@ -86,17 +86,18 @@ def interfaces(plane: ControlPlane) -> tuple[InterfaceInfo, ...]:
     stats = dp.program.interface_stats() if dp.program is not None else {}
     links = dict(plane.monitor.links) if plane.monitor else {}
     bound = {b.ifindex: b for b in dp.state.bindings.values()}
-    wanted = set(plane.config.global_.lan_interface)
     out = []
     for idx, link in sorted(links.items()):
         b = bound.get(idx)
         s = stats.get(idx, {})
+        side = dp.side_of(link.name)
         out.append(InterfaceInfo(
-            index=idx, name=link.name, up=link.up, configured=link.name in wanted, bound=b is not None,
-            since=b.since if b else None,
-            programs=("lan_ingress (ingress)", "lan_egress (egress)") if b else (),
+            index=idx, name=link.name, up=link.up, configured=side is not None, bound=b is not None,
+            since=b.since if b else None, programs=b.programs if b else (),
             rx_packets=s.get("rx_packets", 0), rx_bytes=s.get("rx_bytes", 0),
-            tx_packets=s.get("tx_packets", 0), tx_bytes=s.get("tx_bytes", 0)))
+            tx_packets=s.get("tx_packets", 0), tx_bytes=s.get("tx_bytes", 0),
+            side=b.side if b else side[0] if side else "lan",
+            matched=b.matched if b else side[1] if side and side[1] != link.name else None))
     return tuple(out)
 
 

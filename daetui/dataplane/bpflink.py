@@ -1,6 +1,7 @@
 """BPF links that libbcc does not create: one bpf(BPF_LINK_CREATE) syscall.
 
-The sk_lookup program is attached to a network namespace through a link.
+The sk_lookup program is attached to a network namespace through a link, the
+socket hooks to a cgroup.
 The link lives as long as its file descriptor: when daetui exits, however it
 exits, the kernel detaches the program. Nothing to journal, nothing to clean.
 """
@@ -13,6 +14,15 @@ import platform
 
 BPF_LINK_CREATE = 28
 BPF_SK_LOOKUP = 36
+# enum bpf_attach_type: the cgroup socket hooks (uapi/linux/bpf.h).
+BPF_CGROUP_INET_SOCK_CREATE = 2
+BPF_CGROUP_INET4_BIND = 8
+BPF_CGROUP_INET6_BIND = 9
+BPF_CGROUP_INET4_CONNECT = 10
+BPF_CGROUP_INET6_CONNECT = 11
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP6_SENDMSG = 15
+BPF_CGROUP_INET_SOCK_RELEASE = 34
 BPF_PROG_TYPE_SK_LOOKUP = 30
 
 # bpf(2)'s number per architecture (asm/unistd.h).

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import comm_text
 from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dataplane.program import KernelProgram
 from daetui.routing.compile import DomainFunction, domain_functions
@@ -179,8 +180,10 @@ class MapView:
                     value = ifn.get(int(m.ifindex), "(not here)" if not m.ifindex else str(m.ifindex))
                 elif t == "domain":
                     value = f"domain bit {m.domain_bit}"  # set per address by DNS: see domain_routing
+                elif t == "pname":
+                    value = comm_text(bytes(m.pname)) + " (the router's own flows)"
                 elif t == "never":
-                    value = "pname(): no LAN flow has a process here"
+                    value = "matches nothing here"
                 else:
                     value = "?"
                 ends = ("func" if m.flags & ABI.MS_FUNC_END else "") + (

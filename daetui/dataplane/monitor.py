@@ -28,6 +28,8 @@ log = logging.getLogger("daetui.dataplane")
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
+RTMGRP_ROUTES = 0x40 | 0x400   # RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE: for `wan_interface = ["auto"]`
+MAIN_TABLE = 254
 IFF_UP = 1
 SO_RCVBUFFORCE = 33
 # Room for a burst of some thousands of link messages (~1 KiB each) while the thread is busy.
@@ -63,8 +65,10 @@ def link_changes(before: dict[int, Link], after: dict[int, Link]) -> list[tuple[
 class InterfaceMonitor:
     """A thread that keeps `links` current and reports appearances and disappearances."""
 
-    def __init__(self, on_change: Callable[[str, Link], None], rcvbuf: int = RCVBUF) -> None:
+    def __init__(self, on_change: Callable[[str, Link], None], rcvbuf: int = RCVBUF,
+                 on_default_route: Callable[[], None] | None = None) -> None:
         self.on_change = on_change  # ("new" | "del", link); called from the monitor thread
+        self.on_default_route = on_default_route  # a default route of the main table came or went
         self.links: dict[int, Link] = {}  # replaced whole on a resync; copy it before iterating elsewhere
         self.rcvbuf = rcvbuf
         self.overflows = 0   # ENOBUFS: events the kernel dropped, made up for by listing again
@@ -95,7 +99,7 @@ class InterfaceMonitor:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)  # past rmem_max: needs root
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            sock.bind((0, RTMGRP_LINK))
+            sock.bind((0, RTMGRP_LINK | (RTMGRP_ROUTES if self.on_default_route else 0)))
         except BaseException:
             sock.close()
             raise
@@ -111,6 +115,15 @@ class InterfaceMonitor:
         self.links = after
         self.resyncs += 1
         self._report(link_changes(before, after))
+        self._routes_changed()  # route events may have been lost with the rest
+
+    def _routes_changed(self) -> None:
+        if self.on_default_route is None:
+            return
+        try:
+            self.on_default_route()
+        except Exception as e:  # one bad event must not end the monitor
+            log.error("interface monitor: handling a default route change: %s", e)
 
     def _report(self, changes: Iterable[tuple[str, Link]]) -> None:
         for what, lk in changes:
@@ -162,8 +175,12 @@ class InterfaceMonitor:
 
     def _handle(self, msgs: Iterable[object]) -> None:
         changes: list[tuple[str, Link]] = []
+        default_route = False
         for msg in msgs:
             event = msg.get("event")  # type: ignore[attr-defined]
+            if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                default_route |= msg["dst_len"] == 0 and msg.get_attr("RTA_TABLE") == MAIN_TABLE  # type: ignore[index,attr-defined]
+                continue
             if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
                 continue
             lk = _link(msg)
@@ -176,4 +193,6 @@ class InterfaceMonitor:
                 self.links.pop(lk.index, None)
                 changes.append(("del", lk))
         self._report(changes)
+        if default_route:
+            self._routes_changed()
 

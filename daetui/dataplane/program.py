@@ -17,8 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from daetui.abi.constants import ABI
-from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, ctypes_layout
-from daetui.dataplane.bpflink import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, attach_sk_lookup
+from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, comm_text, ctypes_layout
+from daetui.dataplane.bpflink import (
+    BPF_CGROUP_INET4_BIND,
+    BPF_CGROUP_INET4_CONNECT,
+    BPF_CGROUP_INET6_BIND,
+    BPF_CGROUP_INET6_CONNECT,
+    BPF_CGROUP_INET_SOCK_CREATE,
+    BPF_CGROUP_INET_SOCK_RELEASE,
+    BPF_CGROUP_UDP4_SENDMSG,
+    BPF_CGROUP_UDP6_SENDMSG,
+    BPF_PROG_TYPE_SK_LOOKUP,
+    BPF_SK_LOOKUP,
+    attach_sk_lookup,
+    link_create,
+)
 from daetui.resources import bpf_dir
 from daetui.routing.compile import KernelRules
 
@@ -58,6 +71,13 @@ class KernelProgram:
         self.bpf = BPF(src_file=str(source).encode(), cflags=cflags)
         self.ingress = self.bpf.load_func(b"lan_ingress", BPF.SCHED_CLS)
         self.egress = self.bpf.load_func(b"lan_egress", BPF.SCHED_CLS)
+        self.ingress_l3 = self.bpf.load_func(b"lan_ingress_l3", BPF.SCHED_CLS)
+        self.egress_l3 = self.bpf.load_func(b"lan_egress_l3", BPF.SCHED_CLS)
+        self.wan = self.bpf.load_func(b"wan_egress", BPF.SCHED_CLS)
+        self.wan_l3 = self.bpf.load_func(b"wan_egress_l3", BPF.SCHED_CLS)
+        self.own_in = self.bpf.load_func(b"own_ingress", BPF.SCHED_CLS)
+        self._cgroup_links: list[int] = []
+        self.cgroup: str | None = None       # where the socket hooks are attached
         self.route = self.bpf.load_func(b"route_chunk", BPF.SCHED_CLS)
         self.lookup = self.bpf.load_func(b"tproxy_lookup", BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP)
         self._lookup_link: int | None = None
@@ -89,12 +109,66 @@ class KernelProgram:
         log.info("kernel programs compiled and loaded in %.1fs", self.load_seconds)
 
     # -- params and rules -------------------------------------------------------
-    def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int) -> None:
+    def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int, so_mark: int = 0) -> None:
         p = self.params.Leaf()
         p.active_gen = active_gen
         p.tproxy_mark = tproxy_mark
         p.fail_open = int(fail_open)
+        p.so_mark = so_mark
+        p.own_tgid = os.getpid()
         self.params[ct.c_int(0)] = p
+
+    def set_own_path(self, ifindex: int, mac: bytes) -> None:
+        """daetui0, where wan_egress redirects the router's own flows for the control plane (0: none)."""
+        p = self.params[ct.c_int(0)]
+        p.own_ifindex = ifindex
+        ct.memmove(p.own_mac, mac.ljust(6, b"\0")[:6], 6)
+        self.params[ct.c_int(0)] = p
+
+    def set_bypass_marks(self, marks: tuple[int, ...]) -> None:
+        """The marks whose packets wan_egress never catches (besides so_mark_from_dae)."""
+        m = self.bpf[b"bypass_marks"]
+        m.clear()
+        for mark in marks:
+            m[ct.c_uint32(mark)] = ct.c_uint8(1)
+
+    def attach_cgroup(self, path: str) -> None:
+        """Attach the socket hooks (who owns each socket, for pname()) to the cgroup v2 at `path`.
+
+        Through BPF links: the kernel detaches them when daetui exits, however it exits.
+        """
+        from bcc import BPF
+
+        hooks = [("own_sock_create", BPF.CGROUP_SOCK, BPF_CGROUP_INET_SOCK_CREATE),
+                 ("own_sock_release", BPF.CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE),
+                 ("own_connect4", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_CONNECT),
+                 ("own_connect6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET6_CONNECT),
+                 ("own_sendmsg4", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_SENDMSG),
+                 ("own_sendmsg6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_UDP6_SENDMSG),
+                 ("own_bind4", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_BIND),
+                 ("own_bind6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET6_BIND)]
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name, prog_type, attach_type in hooks:
+                fn = self.bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
+                self._cgroup_links.append(link_create(fn.fd, fd, attach_type))
+        except BaseException:
+            self.detach_cgroup()
+            raise
+        finally:
+            os.close(fd)
+        self.cgroup = path
+
+    def detach_cgroup(self) -> None:
+        for link in self._cgroup_links:
+            os.close(link)
+        self._cgroup_links.clear()
+        self.cgroup = None
+
+    def socket_owners(self) -> dict[int, tuple[int, str, int]]:
+        """socket cookie -> (pid, process name, OWNER_* flags), as the cgroup hooks recorded them."""
+        return {int(k.value): (int(v.pid), comm_text(bytes(v.comm)), int(v.flags))
+                for k, v in self.bpf[b"sock_owner"].items()}
 
     def beat(self, timeout: float) -> None:
         """The control plane is alive now; the kernel treats it as stalled `timeout` seconds after the last beat."""
@@ -132,6 +206,8 @@ class KernelProgram:
             leaf.ip_set = self._global_set_id(gen, m.ip_set) if m.ip_set else 0
             for j, b in enumerate(m.mac):
                 leaf.mac[j] = b
+            if m.pname:  # a char array: its attribute is a copy, so written in place
+                ct.memmove(ct.addressof(leaf) + leaf_t.pname.offset, m.pname, len(m.pname))
             self.match_sets[ct.c_int(base + i)] = leaf
         # Old entries of this generation's ip sets go first: ids are per generation.
         self.clear_ip_sets(gen)
@@ -271,7 +347,7 @@ class KernelProgram:
         return KernelFlow(key=key, outbound=r.outbound, rule_index=r.rule_index, mac=r.mac, ifindex=r.ifindex,
                           first_seen=r.first_seen, last_seen=r.last_seen, packets=r.packets, bytes=r.bytes,
                           rx_packets=r.rx_packets, rx_bytes=r.rx_bytes, flags=r.flags, generation=r.generation,
-                          mark=r.mark)
+                          mark=r.mark, pid=r.pid, process=r.process)
 
     def raw_flows(self) -> RawFlows:
         """Every routing_tuples entry, as raw bytes, in as few syscalls as the kernel allows."""
@@ -390,6 +466,7 @@ class KernelProgram:
             self._lookup_link = attach_sk_lookup(self.lookup.fd)
 
     def close(self) -> None:
+        self.detach_cgroup()
         if self._lookup_link is not None:
             os.close(self._lookup_link)
             self._lookup_link = None

@@ -7,6 +7,7 @@ there already: daetui only claims, and later removes, what it made itself.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from daetui.dataplane.cgroups import mount_cgroup2, unmount
 from daetui.dataplane.journal import Change, Journal
 
 log = logging.getLogger("daetui.dataplane")
@@ -141,6 +143,37 @@ class SystemChanges:
         self.ipr.route(cmd, dst="default", type="local", scope=254, table=ROUTE_TABLE, oif=lo,
                        family=_FAMILY[family])
 
+    # -- links ------------------------------------------------------------------
+    def add_veth(self, name: str, peer: str) -> tuple[int, bytes]:
+        """Create a veth pair, both ends up; returns the first end's index and MAC address."""
+        if self.ipr.link_lookup(ifname=name) or self.ipr.link_lookup(ifname=peer):
+            raise SystemError_(f"an interface {name} or {peer} exists already and is not daetui's "
+                               "(another daetui is running here, or run: daetui cleanup)")
+        change = self.journal.record({"kind": "veth", "name": name, "peer": peer})
+        try:
+            self.ipr.link("add", ifname=name, kind="veth", peer=peer)
+            for n in (peer, name):
+                self.ipr.link("set", index=self.ipr.link_lookup(ifname=n)[0], state="up")
+        except NetlinkError as e:
+            self.journal.forget(change)
+            with contextlib.suppress(NetlinkError, IndexError):
+                self.ipr.link("del", index=self.ipr.link_lookup(ifname=name)[0])
+            raise SystemError_(f"veth {name}/{peer}: {e}") from None
+        link = self.ipr.get_links(self.ipr.link_lookup(ifname=name)[0])[0]
+        mac = bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+        return link["index"], mac
+
+    # -- mounts -----------------------------------------------------------------
+    def mount_cgroup2(self, path: str) -> str:
+        """Mount the cgroup v2 hierarchy at `path` (where none is visible); returns `path`."""
+        change = self.journal.record({"kind": "mount", "path": path})
+        try:
+            mount_cgroup2(path)
+        except OSError:
+            self.journal.forget(change)
+            raise
+        return path
+
     # -- tc -------------------------------------------------------------------
     def attach(self, ifindex: int, ifname: str, direction: str, prog_fd: int, prog_name: str) -> None:
         """Attach a TC program (clsact, direct-action) with daetui's priority and handle."""
@@ -198,6 +231,10 @@ def describe(change: Change) -> str:
         return f"ip -{change['family']} route local default dev lo table {change['table']}"
     if k == "clsact":
         return f"tc qdisc clsact on {change['ifname']}"
+    if k == "veth":
+        return f"veth {change['name']} (peer {change['peer']})"
+    if k == "mount":
+        return f"cgroup2 mounted on {change['path']}"
     if k == "tc_filter":
         return f"tc filter {change['direction']} on {change['ifname']} (prio {TC_PRIO:#x})"
     return k
@@ -224,6 +261,12 @@ def undo(change: Change, ipr: IPRoute) -> None:
             lo = ipr.link_lookup(ifname="lo")[0]
             ipr.route("del", dst="default", type="local", scope=254, table=change["table"], oif=lo,
                       family=_FAMILY[change["family"]])
+        elif k == "mount":
+            unmount(change["path"])
+        elif k == "veth":
+            # Deleting one end deletes the pair.
+            for idx in ipr.link_lookup(ifname=change["name"]):
+                ipr.link("del", index=idx)
         elif k == "tc_filter":
             if not _same_interface(ipr, change):
                 return

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daetui.abi.constants import ABI
-from daetui.routing.functions import IPNetwork, PortRange
+from daetui.routing.functions import IPNetwork, PortRange, comm_of
 from daetui.routing.ruleset import CheckedCondition, RuleSet, evaluation_order
 
 
@@ -42,6 +42,7 @@ class MatchSet:
     dscp: int = 0
     ifindex: int = 0
     domain_bit: int = 0
+    pname: bytes = b""         # PNAME: the first 15 bytes of the process name
 
 
 @dataclass
@@ -191,8 +192,9 @@ def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS,
             elif cc.function == "domain":
                 out.match_sets.append(MatchSet(mtype, entry.index, domain_bit=bits[(entry.index, pos)]))
             elif cc.function == "pname":
-                # A LAN flow has no process on the router: pname() is false for it.
-                out.match_sets.append(MatchSet(ABI.MATCH_NEVER, entry.index))
+                # The router's own flows only (wan_egress): a LAN flow has no process here.
+                for name in dict.fromkeys(comm_of(v) for v in cc.values):
+                    out.match_sets.append(MatchSet(ABI.MATCH_PNAME, entry.index, pname=name))
             else:  # pragma: no cover - typed_values admits only the functions above
                 raise CompileError(f"{cc.function}() cannot be compiled for the kernel")
             end = len(out.match_sets) - 1

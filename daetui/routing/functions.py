@@ -92,9 +92,19 @@ def _dscp(p: Param) -> int:
     return v
 
 
+COMM_LEN = 15  # what the kernel keeps of a process name (TASK_COMM_LEN - 1)
+
+
+def comm_of(name: str) -> bytes:
+    """A process name as the kernel holds it (its first 15 bytes): what pname() compares."""
+    return name.encode("utf-8", "surrogateescape")[:COMM_LEN]
+
+
 def _pname(p: Param) -> str:
     if "/" in p.value:
         raise RuleError(f"{p.value!r}: a process name, not a path (e.g. dnsmasq)", p.value_start, p.end)
+    if not p.value:
+        raise RuleError("an empty process name", p.value_start, p.end)
     return p.value
 
 

@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from daetui.routing.compile import domain_functions
+from daetui.routing.functions import comm_of
 from daetui.routing.ruleset import MUST_RULES, CheckedCondition, RuleSet
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -105,7 +106,8 @@ def condition_matches(cc: CheckedCondition, f: FlowFacts, domain_bit: int | None
     elif fn == "interface":
         hit = any((f.iface_in if i.side == "lan" else f.iface_out) == i.name for i in cc.values)
     elif fn == "pname":
-        hit = f.pname is not None and f.pname in cc.values
+        # The kernel keeps 15 bytes of a process name: "systemd-resolved" runs as "systemd-resolve".
+        hit = f.pname is not None and any(comm_of(f.pname) == comm_of(v) for v in cc.values)
     elif fn == "domain":
         if f.domain is not None:
             hit = cc.values[0].matches(f.domain)

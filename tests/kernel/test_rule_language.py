@@ -143,6 +143,6 @@ def test_the_maps_pane_decodes_every_kind_of_match_set(plane):
     assert ("iface_lan", "(not here)", "", "g_nolan") in by_rule["#4"]
     assert ("iface_wan", "wan0", "", "g_wan") in by_rule["#5"]
     assert any(t == "domain" and v.startswith("domain bit ") for t, v, _, _ in by_rule["#7"])
-    assert by_rule["#8"][-1][:2] == ("never", "pname(): no LAN flow has a process here")
+    assert by_rule["#8"][-1][:2] == ("pname", "curl (the router's own flows)")
     assert by_rule["#12"][-1][3] == "direct (must)"
     assert all(r["value"] != "?" for r in rows)
