@@ -190,10 +190,10 @@ def wan_udp(lab: Lab, host: str, port: int = 0) -> socket.socket:
 # -- the control plane, in the router namespace ------------------------------------
 
 @contextmanager
-def plane_in_lab(lab: Lab, config_text: str, run_dir: Path) -> Iterator[ControlPlaneThread]:
-    """A control plane on its own thread inside the router namespace."""
+def plane_in_lab(lab: Lab, config_text: str, run_dir: Path, ns: str | None = None) -> Iterator[ControlPlaneThread]:
+    """A control plane on its own thread inside the router namespace (or namespace `ns` of the lab)."""
     cfg = parse_config(config_text, "test.toml")
-    runner = ControlPlaneThread(cfg, run_dir=str(run_dir), netns=lab.router)
+    runner = ControlPlaneThread(cfg, run_dir=str(run_dir), netns=ns or lab.router)
     runner.start()
     try:
         yield runner

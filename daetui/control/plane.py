@@ -245,11 +245,20 @@ class ControlPlane:
                 dp.link_changed(link.name, appeared=what == "new")
             except Exception as e:
                 log.error("binding %s: %s", link.name, e)
+            if dp.kernel_rules is not None and dp.kernel_rules.names_interface(link.name):
+                # interface() holds indices: an interface it names came or went, so compile again.
+                loop.call_soon_threadsafe(lambda: self.running and loop.create_task(self._interfaces_changed(link)))
 
         def schedule() -> None:
             if self.running:
                 loop.run_in_executor(self.netlink, apply)
         loop.call_soon_threadsafe(schedule)
+
+    async def _interfaces_changed(self, link: Link) -> None:
+        result = await self.reload(self.config)
+        if not result.ok:
+            log.error("interface %s came or went: the rules naming it could not be compiled again: %s", link.name,
+                      result.message)
 
     def _default_route_changed(self) -> None:
         """From the monitor thread: a default route came or went; `auto` WAN interfaces follow."""

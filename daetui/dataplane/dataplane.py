@@ -24,10 +24,11 @@ from pyroute2 import IPRoute
 
 from daetui.config.schema import TPROXY_MARK
 from daetui.dataplane.cgroups import cgroup2_root, holds_self
-from daetui.dataplane.ifmatch import AUTO, default_route_interfaces, is_pattern, matching
+from daetui.dataplane.defaultroute import default_route_interfaces
 from daetui.dataplane.journal import Journal
 from daetui.dataplane.program import KernelProgram
 from daetui.dataplane.system import SystemChanges, SystemError_, read_sysctl
+from daetui.net.ifnames import AUTO, is_pattern, matching
 from daetui.routing.compile import KernelRules, compile_rules
 from daetui.routing.ruleset import RuleSet
 

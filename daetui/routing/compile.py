@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daetui.abi.constants import ABI
+from daetui.net.ifnames import is_pattern, matching
 from daetui.routing.functions import IPNetwork, PortRange, comm_of
 from daetui.routing.ruleset import CheckedCondition, RuleSet, evaluation_order
 
@@ -55,6 +56,12 @@ class KernelRules:
     fallback_mark: int = 0
     domain_functions: list[DomainFunction] = field(default_factory=list)    # bit i -> function
     unresolved_interfaces: set[str] = field(default_factory=set)            # named, not present
+    interface_patterns: set[str] = field(default_factory=set)  # interface() wildcards: compiled as of now
+    interface_names: set[str] = field(default_factory=set)     # interface() names: indices as of now
+
+    def names_interface(self, name: str) -> bool:
+        """Whether interface() in these rules names `name` (so its appearing or going changes them)."""
+        return name in self.interface_names or matching(self.interface_patterns, name) is not None
 
     @property
     def ip_set_entries(self) -> int:
@@ -99,6 +106,14 @@ def _ifindex(name: str) -> int:
         return socket.if_nametoindex(name)
     except OSError:
         return 0
+
+
+def _ifindices(name: str, ifindex: Callable[[str], int]) -> list[int]:
+    """The indices an interface() value names here: one name's, or every present match of a wildcard."""
+    if not is_pattern(name):
+        idx = ifindex(name)
+        return [idx] if idx else []
+    return sorted(i for i, n in socket.if_nameindex() if matching((name,), n))
 
 
 _MATCH = {
@@ -184,11 +199,17 @@ def compile_rules(ruleset: RuleSet, max_match_sets: int = ABI.MAX_MATCH_SETS,
                     out.match_sets.append(MatchSet(mtype, entry.index, dscp=v))
             elif cc.function == "interface":
                 for iface in dict.fromkeys(cc.values):
-                    idx = ifindex(iface.name)
-                    if not idx:
-                        out.unresolved_interfaces.add(iface.name)
                     kind = ABI.MATCH_IFACE_LAN if iface.side == "lan" else ABI.MATCH_IFACE_WAN
-                    out.match_sets.append(MatchSet(kind, entry.index, ifindex=idx))
+                    indices = _ifindices(iface.name, ifindex)
+                    if is_pattern(iface.name):
+                        out.interface_patterns.add(iface.name)
+                    else:
+                        out.interface_names.add(iface.name)
+                        if not indices:
+                            out.unresolved_interfaces.add(iface.name)
+                    # None here yet: one value that matches nothing (index 0), so the function stays whole.
+                    for idx in indices or [0]:
+                        out.match_sets.append(MatchSet(kind, entry.index, ifindex=idx))
             elif cc.function == "domain":
                 out.match_sets.append(MatchSet(mtype, entry.index, domain_bit=bits[(entry.index, pos)]))
             elif cc.function == "pname":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from daetui.net.ifnames import matching
 from daetui.routing.compile import domain_functions
 from daetui.routing.functions import comm_of
 from daetui.routing.ruleset import MUST_RULES, CheckedCondition, RuleSet
@@ -104,7 +105,8 @@ def condition_matches(cc: CheckedCondition, f: FlowFacts, domain_bit: int | None
     elif fn == "dscp":
         hit = f.dscp in cc.values
     elif fn == "interface":
-        hit = any((f.iface_in if i.side == "lan" else f.iface_out) == i.name for i in cc.values)
+        hit = any(matching((i.name,), name) is not None for i in cc.values
+                  if (name := f.iface_in if i.side == "lan" else f.iface_out) is not None)
     elif fn == "pname":
         # The kernel keeps 15 bytes of a process name: "systemd-resolved" runs as "systemd-resolve".
         hit = f.pname is not None and any(comm_of(f.pname) == comm_of(v) for v in cc.values)
