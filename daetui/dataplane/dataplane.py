@@ -103,7 +103,7 @@ class Dataplane:
             for slot, sock in listeners.items():
                 self.program.set_listener(slot, sock)
             self.program.attach_lookup()
-            if auto_config:
+            if auto_config and lan_interfaces:  # a desktop or server (WAN only) forwards nothing for anyone
                 self._kernel_parameters(lan_interfaces)
             for family in (4, 6):
                 if family == 6 and not socket.has_ipv6:

@@ -13,15 +13,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import plane_in_lab, snapshot
+from owntraffic import curl, run_in, ss_targets, udp_echo
 
-from daetui.dataplane.cgroups import cgroup2_root
-from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, Lab
+from daetui.lab.topology import ADDR, HTTP_PORT, Lab
 from testkit.configs import LAB_CHECKS
 from testkit.daemon import Daemon
 from testkit.peers.shadowsocks import SsServer
@@ -31,7 +29,6 @@ pytestmark = pytest.mark.kernel
 PROXIED4, PROXIED6 = ADDR.hosts4[0], ADDR.hosts6[0]   # the fallback: the proxy (ss-server)
 DIRECT4, DIRECT6 = ADDR.hosts4[1], ADDR.hosts6[1]     # a direct rule
 GUARDED4 = ADDR.hosts4[2]                            # pname(curl) -> block (and ss-server's own address)
-SS_PORT = 8394
 MARK = 0x4000000                                     # so_mark_from_dae's default
 
 
@@ -55,76 +52,9 @@ fallback = "proxy"
 """
 
 
-@pytest.fixture(scope="module")
-def ss(lab: Lab) -> Iterator[SsServer]:
-    server = SsServer(lab, "aes-256-gcm", "own traffic test password", port=SS_PORT)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def cgroup() -> Iterator[tuple[str, Path]]:
-    """A cgroup v2 of the test's own: (its name within the hierarchy, its directory)."""
-    root = cgroup2_root()
-    assert root is not None, "no cgroup v2 hierarchy mounted here"
-    name = f"/daetui-own-{os.getpid()}"
-    path = Path(root + name)
-    path.mkdir()
-    try:
-        yield name, path
-    finally:
-        for _ in range(50):  # its processes are gone once reaped; the kernel frees the cgroup a moment later
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-
-
-def run_in(ns: str, cg: Path, *argv: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
-    """`argv` in namespace `ns`, started inside cgroup `cg` (it and its children stay there)."""
-    procs = cg / "cgroup.procs"
-
-    def enter() -> None:
-        procs.write_text(str(os.getpid()))
-
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=enter)
-
-
-def curl(ns: str, cg: Path, host: str, prog: str = "curl") -> subprocess.CompletedProcess[str]:
-    url = f"http://[{host}]:{HTTP_PORT}/" if ":" in host else f"http://{host}:{HTTP_PORT}/"
-    if prog == "wget":
-        return run_in(ns, cg, "wget", "-q", "-O-", "-T", "5", "-t", "1", url)
-    return run_in(ns, cg, "curl", "-s", "-m", "5", url)
-
-
-UDP_CLIENT = """
-import socket, sys
-host, port, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-s.sendto(payload, (host, port))
-print(s.recvfrom(2048)[0].decode())
-"""
-
-
-def udp_echo(ns: str, cg: Path, host: str, payload: str) -> str:
-    done = run_in(ns, cg, "python3", "-c", UDP_CLIENT, host, str(ECHO_PORT), payload)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def ss_targets(ss: SsServer) -> list[str]:
-    return [line.split("connect to ", 1)[1].strip() for line in ss.log_text().splitlines() if "connect to " in line]
-
-
 def test_own_tcp_and_udp_over_ipv4_and_ipv6_go_through_the_proxy_and_direct_stays_in_the_kernel(
-        lab: Lab, ss: SsServer, cgroup: tuple[str, Path], tmp_path: Path) -> None:
-    name, cg = cgroup
+        lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path], tmp_path: Path) -> None:
+    ss, (name, cg) = own_ss, own_cgroup
     with plane_in_lab(lab, config(ss, name), tmp_path / "run") as runner:
         # Proxied: TCP over IPv4 and IPv6, by curl; ss-server connected to each target for us.
         before = len(ss_targets(ss))
@@ -162,9 +92,9 @@ def test_own_tcp_and_udp_over_ipv4_and_ipv6_go_through_the_proxy_and_direct_stay
         assert snap.counters["OWN_BYPASS"] > 0
 
 
-def test_pname_blocks_curl_and_not_another_program(lab: Lab, ss: SsServer, cgroup: tuple[str, Path],
+def test_pname_blocks_curl_and_not_another_program(lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path],
                                                    tmp_path: Path) -> None:
-    name, cg = cgroup
+    ss, (name, cg) = own_ss, own_cgroup
     with plane_in_lab(lab, config(ss, name), tmp_path / "run") as runner:
         blocked = curl(lab.router, cg, GUARDED4)
         assert blocked.returncode != 0 and "daetui lab host" not in blocked.stdout
@@ -176,9 +106,9 @@ def test_pname_blocks_curl_and_not_another_program(lab: Lab, ss: SsServer, cgrou
 
 
 def test_a_socket_with_daetuis_mark_is_never_caught_and_one_without_is(
-        lab: Lab, ss: SsServer, cgroup: tuple[str, Path], tmp_path: Path) -> None:
+        lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path], tmp_path: Path) -> None:
     """What keeps daetui's dials out of its own hands: the same connection, marked and not."""
-    name, cg = cgroup
+    ss, (name, cg) = own_ss, own_cgroup
     client = """
 import socket, sys
 s = socket.create_connection if False else None
@@ -201,8 +131,8 @@ print(c.recv(4096).decode(errors="replace").split("\\r\\n")[0])
 
 
 def test_sigkill_fails_open_for_the_routers_own_traffic_and_cleanup_removes_everything(
-        lab: Lab, ss: SsServer, cgroup: tuple[str, Path]) -> None:
-    name, cg = cgroup
+        lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path]) -> None:
+    ss, (name, cg) = own_ss, own_cgroup
     daemon = Daemon.from_text(lab.router, config(ss, name)).start()
     try:
         before = len(ss_targets(ss))
@@ -221,8 +151,9 @@ def test_sigkill_fails_open_for_the_routers_own_traffic_and_cleanup_removes_ever
     assert_nothing_left(lab)
 
 
-def test_a_clean_stop_removes_every_program_veth_and_hook(lab: Lab, ss: SsServer, cgroup: tuple[str, Path]) -> None:
-    name, cg = cgroup
+def test_a_clean_stop_removes_every_program_veth_and_hook(lab: Lab, own_ss: SsServer,
+                                                          own_cgroup: tuple[str, Path]) -> None:
+    ss, (name, cg) = own_ss, own_cgroup
     with Daemon.from_text(lab.router, config(ss, name)) as daemon:
         links = ip(lab.router, "link", "show")
         assert "daetui0" in links and "daetui0p" in links
@@ -259,11 +190,11 @@ def assert_nothing_left(lab: Lab) -> None:
     assert "lookup 2024" not in rules, rules
 
 
-def test_a_udp_server_on_the_router_answers_untouched(lab: Lab, ss: SsServer, cgroup: tuple[str, Path],
+def test_a_udp_server_on_the_router_answers_untouched(lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path],
                                                       tmp_path: Path) -> None:
     """A socket bound to a port of its own (a server: WireGuard, DNS for the WAN) sends answers, not new
     flows: with the fallback naming the proxy, its datagrams still leave as they are."""
-    name, cg = cgroup
+    ss, (name, cg) = own_ss, own_cgroup
     server = """
 import socket, sys
 s = socket.socket(); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
