@@ -51,12 +51,14 @@ class Connection:
     def describe(self) -> str:
         """The log line of a connection: source, destination, rule and outbound (bytes once closed).
 
-        `tcp 192.0.2.10:40000 -> 203.0.113.10:80 by #3 dip(203.0.113.10) -> proxy [kernel]`
+        `tcp 192.0.2.10:40000 -> 203.0.113.10:80 by #3 dip(203.0.113.10) -> proxy [kernel]`; the router's
+        own flows name their process: `tcp 198.51.100.1:43610 (curl[812]) -> ...`
         """
         by = f"fallback -> {self.outbound}" if self.rule_index is None else f"#{self.rule_index + 1} {self.rule}"
         dst = format_endpoint(self.dst) + (f" ({self.domain})" if self.domain else "")
         via = f" via {self.node}" if self.node else ""
-        text = f"{self.proto} {format_endpoint(self.src)} -> {dst} by {by}{via} [{self.stage}]"
+        who = f" ({self.process}[{self.pid}])" if self.process else ""
+        text = f"{self.proto} {format_endpoint(self.src)}{who} -> {dst} by {by}{via} [{self.stage}]"
         if self.state != "open":
             text += f" {self.state}: up {self.up} B, down {self.down} B, {self.duration:.2f}s"
             if self.error:

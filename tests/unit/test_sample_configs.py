@@ -44,7 +44,19 @@ def outbound(cfg, dip: str, dport: int, l4proto: str, **more) -> str | None:
 
 def test_every_sample_is_tested() -> None:
     assert {p.name for p in SAMPLES.glob("*.toml")} == {"lab.toml", "minimal.toml", "home-router.toml",
-                                                        "from-dae.toml"}
+                                                        "from-dae.toml", "desktop.toml"}
+
+
+def test_desktop(beside_geo) -> None:
+    """No LAN: valid, no warning, and its rules route the machine's own programs by name."""
+    cfg = load_config(beside_geo("desktop.toml"))
+    assert not cfg.warnings
+    assert (cfg.global_.lan_interface, cfg.global_.wan_interface, cfg.global_.cgroup) == ((), ("auto",), "/")
+    assert outbound(cfg, dip="223.5.5.5", dport=53, l4proto="udp", pname="systemd-resolved") == "direct"
+    assert outbound(cfg, dip="203.0.113.9", dport=53, l4proto="udp", pname="curl") == "proxy"
+    assert outbound(cfg, dip="203.0.113.9", dport=443, l4proto="tcp", pname="ssh") == "direct"
+    assert outbound(cfg, dip="203.0.113.9", dport=443, l4proto="tcp", pname="firefox") == "proxy"
+    assert outbound(cfg, dip="192.168.1.1", dport=443, l4proto="tcp", pname="firefox") == "direct"
 
 
 def test_minimal(beside_geo) -> None:
