@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -99,19 +100,8 @@ ran what was due (p99 over the last minute).
         self.query_one("#ov-rate", Static).update(rate_text)
 
     def _interfaces(self, snap: Snapshot) -> Table:
-        wide = self.size.width >= 110  # packets and since only where they fit
-        t = Table(title="Interfaces", title_justify="left", expand=True, box=None, padding=(0, 1))
-        t.add_column("Name", no_wrap=True)
-        t.add_column("Side", no_wrap=True)
-        t.add_column("State", no_wrap=True)
-        t.add_column("Programs", ratio=1, overflow="fold")
-        if wide:
-            t.add_column("Since", no_wrap=True)
-            t.add_column("In pkts", justify="right", no_wrap=True)
-        t.add_column("In", justify="right", no_wrap=True)
-        if wide:
-            t.add_column("Out pkts", justify="right", no_wrap=True)
-        t.add_column("Out", justify="right", no_wrap=True)
+        rows: list[list[str | Text]] = []   # the wide table's cells: narrow leaves out since and packets
+        short: list[str] = []                # and names the programs without their hooks
         for i in snap.interfaces:
             if i.bound:
                 state = Text("bound", style="green")
@@ -119,24 +109,33 @@ ran what was due (p99 over the last minute).
                 state = Text("not bound", style="yellow")
             else:
                 state = Text("—", style="dim")
-            programs = ", ".join(p.split(" ")[0] for p in i.programs) if not wide else ", ".join(i.programs)
-            if not i.programs:
-                programs = "" if i.configured else "not configured"
+            programs = ", ".join(i.programs) if i.programs else ("" if i.configured else "not configured")
+            short.append(", ".join(p.split(" ")[0] for p in i.programs) if i.programs else programs)
             # Interface names are anyone's with CAP_NET_ADMIN (a container's veth): Texts, controls escaped,
             # never markup.
-            cells: list[str | Text] = [fmt.safe(i.name + ("" if i.up else " (down)")), self._side(i), state,
-                                      programs]
-            if wide:
-                cells += [fmt.clock(i.since) if i.since else "", fmt.count(i.rx_packets) if i.bound else ""]
-            cells.append(fmt.size(i.rx_bytes) if i.bound else "")
-            if wide:
-                cells.append(fmt.count(i.tx_packets) if i.bound else "")
-            cells.append(fmt.size(i.tx_bytes) if i.bound else "")
-            t.add_row(*cells)
+            rows.append([fmt.safe(i.name + ("" if i.up else " (down)")), self._side(i), state, programs,
+                         fmt.clock(i.since) if i.since else "", fmt.count(i.rx_packets) if i.bound else "",
+                         fmt.size(i.rx_bytes) if i.bound else "", fmt.count(i.tx_packets) if i.bound else "",
+                         fmt.size(i.tx_bytes) if i.bound else ""])
         for name in snap.missing_interfaces:
-            blank = [""] * (5 if wide else 2)
-            t.add_row(fmt.safe(name), "", Text("missing", style="red"), "not present; bound when it appears",
-                      *blank)
+            rows.append([fmt.safe(name), "", Text("missing", style="red"), "not present; bound when it appears",
+                         *[""] * 5])
+            short.append("not present; bound when it appears")
+        titles = ["Name", "Side", "State", "Programs", "Since", "In pkts", "In", "Out pkts", "Out"]
+        # Since and packets where every column fits whole beside them (padding: a cell each side).
+        need = sum(max(cell_len(str(c)) for c in col) + 2 for col in zip(titles, *rows, strict=True))
+        wide = need <= self.query_one("#ov-interfaces", Static).content_size.width
+        keep = range(9) if wide else (0, 1, 2, 3, 6, 8)
+        t = Table(title="Interfaces", title_justify="left", expand=True, box=None, padding=(0, 1))
+        for k in keep:
+            if k == 3:
+                t.add_column(titles[k], ratio=1, overflow="fold")
+            else:
+                t.add_column(titles[k], justify="right" if k > 4 else "left", no_wrap=True)
+        for r, programs in zip(rows, short, strict=True):
+            if not wide:
+                r[3] = programs
+            t.add_row(*(r[k] for k in keep))
         return t
 
     @staticmethod
