@@ -234,20 +234,25 @@ class DaetuiApp(App[str | None]):
     @on(ConnectionsPane.DetailsRequested)
     def show_flow(self, event: ConnectionsPane.DetailsRequested) -> None:
         row = event.row
-        names = {i.index: i.name for i in self.snapshot.interfaces} if self.snapshot else {}
-        screen = FlowScreen(row, names)
+        interfaces = {i.index: i for i in self.snapshot.interfaces} if self.snapshot else {}
+        screen = FlowScreen(row, {index: i.name for index, i in interfaces.items()})
         self.push_screen(screen)
-        self._trace_flow(screen, row, names.get(row.ifindex) if row.ifindex else None)
+        seen_on = interfaces.get(row.ifindex) if row.ifindex else None
+        # The router's own flows are seen leaving by a WAN interface: wan(), not ifname(), is about that one.
+        iface = seen_on.name if seen_on is not None and seen_on.side != "wan" else None
+        wan = seen_on.name if seen_on is not None and seen_on.side == "wan" else None
+        self._trace_flow(screen, row, iface, wan)
 
     @work(group="explain")
-    async def _trace_flow(self, screen: FlowScreen, row: FlowRow, iface: str | None) -> None:
+    async def _trace_flow(self, screen: FlowScreen, row: FlowRow, iface: str | None, wan: str | None) -> None:
         """The rule trace of a flow like this one under the rules now (as `daetui explain`)."""
         if self.source is None:
             return
         host = f"[{row.dst}]" if ":" in row.dst else row.dst
         try:
             result = await self.source.explain(target=f"{host}:{row.dport}", proto=row.proto.lower(),
-                                               mac=row.mac or None, src=row.src, sport=row.sport, iface=iface)
+                                               mac=row.mac or None, src=row.src, sport=row.sport, iface=iface,
+                                               wan=wan, pname=row.process or None)
         except ControlError as e:
             screen.show_trace(f"explain failed: {e}")
             return

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from daetui.abi.constants import ABI
 from daetui.control.state import Snapshot
+from daetui.termtext import printable
 
 UDP_IDLE = 60.0  # a UDP flow with no packet for this long shows as idle
 
@@ -55,10 +56,19 @@ class FlowRow:
     generation: int = 0
     packets_seen: float = 0.0   # when the kernel last saw a packet of it
     node: str = ""              # the proxy node its group dialed through ("" direct, or not relayed)
+    pid: int = 0                # the router's own flows: the process that opened it
+    process: str = ""           # and its name, as pname() matches it ("" for a LAN client's flow)
 
     @property
     def rule_label(self) -> str:
         return "fallback" if self.rule_index is None else f"#{self.rule_index + 1}"
+
+    @property
+    def process_label(self) -> str:
+        """`curl[4242]` for the router's own flows, "" for a LAN client's (raw: escape it to show it)."""
+        if not self.process:
+            return ""
+        return f"{self.process}[{self.pid}]" if self.pid else self.process
 
     @property
     def duration(self) -> float:
@@ -130,7 +140,7 @@ class FlowBook:
                 snap.outbounds.get(f.outbound, f"#{f.outbound}") + (" (stalled)" if f.flags & stalled else ""),
                 "relay" if f.outbound >= first_group else "kernel", f.bytes, f.rx_bytes, state,
                 f.last_seen if state != "open" else now, None, "", 0.0, 0.0, f.packets, f.rx_packets,
-                f.ifindex, f.flags, f.generation, f.last_seen)
+                f.ifindex, f.flags, f.generation, f.last_seen, pid=f.pid, process=f.process)
             fresh[kb] = (vb, out[key])
             kb_of[key] = kb
         for c in snap.connections:
@@ -156,6 +166,8 @@ class FlowBook:
             row.state = state
             row.error = c.error or ""
             row.node = c.node or ""
+            if c.process:   # the router's own flow: the socket hook's record, over the kernel entry's
+                row.pid, row.process = c.pid or 0, c.process
             row.domain = c.domain or ""   # sniffed from its first bytes (TLS SNI, HTTP Host, QUIC)
             row.last = c.ended if c.ended else now
         self._kernel = fresh
@@ -189,9 +201,12 @@ FIELDS: dict[str, Callable[[FlowRow], str]] = {
     "stage": lambda r: r.stage,
     "path": lambda r: r.path,
     "state": lambda r: r.state,
+    # The name as shown (controls escaped): what the operator reads is what the filter matches.
+    "proc": lambda r: printable(r.process) if r.process else "",
 }
-ALIASES = {"outbound": "out", "dev": "device", "host": "domain", "source": "src", "destination": "dst"}
-_ANY = ("src", "dst", "device", "domain", "rule", "out", "proto", "state", "mac")
+ALIASES = {"outbound": "out", "dev": "device", "host": "domain", "source": "src", "destination": "dst",
+           "process": "proc", "pname": "proc"}
+_ANY = ("src", "dst", "device", "domain", "rule", "out", "proto", "state", "mac", "proc")
 
 
 class FilterError(ValueError):
@@ -264,6 +279,7 @@ SORT_KEYS: dict[str, Callable[[FlowRow], object]] = {
     "down/s": lambda r: r.down_rate,
     "time": lambda r: r.duration,
     "state": lambda r: r.state,
+    "proc": lambda r: (r.process, r.pid),
 }
 
 

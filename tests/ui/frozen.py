@@ -44,6 +44,7 @@ class FrozenSource(ControlApi):
         self.flushed = False
         self.pins: list[tuple[str, str | None]] = []
         self.checks: list[list[str]] = []
+        self.explained: list[dict[str, Any]] = []
 
     def answer(self, cmd: str) -> Callable[..., Any] | None:
         """The answer to `cmd`, or None for one this source does not know."""
@@ -92,6 +93,7 @@ class FrozenSource(ControlApi):
         return raw
 
     def _explain(self, **query: Any) -> Any:
+        self.explained.append(query)
         return wire.encode(ExplainResult(None, None, "frozen source: no trace recorded"))
 
     # -- a recording has no daemon to change: what is asked is kept ------------------------------

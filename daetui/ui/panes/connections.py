@@ -20,12 +20,13 @@ from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 # At 80 columns: protocol, source, destination, rule, outbound, up, down (the
-# first four narrowed). Wider, in this order: state, start, the proxy node (when there are nodes), rates,
-# stage, time, MAC, domain.
+# first four narrowed). Wider, in this order: the process (when the router's own traffic is routed), state,
+# start, the proxy node (when there are nodes), rates, stage, time, MAC, domain.
 COLUMNS = [
     Column("start", "Start", 8, priority=4),
     Column("proto", "L4", 4),
     Column("src", "Source", 21, min_width=15),
+    Column("proc", "Process", 18, priority=2),
     Column("mac", "MAC", 17, priority=8),
     Column("dst", "Destination", 24, min_width=19, flex=1),
     Column("domain", "Domain", 16, priority=9),
@@ -40,9 +41,17 @@ COLUMNS = [
     Column("time", "Time", 6, align="right", priority=7),
     Column("state", "State", 7, priority=3),
 ]
-# Without proxy nodes in the config no flow has one: the column would only take the place of others.
-COLUMNS_NO_NODES = [c for c in COLUMNS if c.key != "node"]
 SORTABLE = [c.key for c in COLUMNS if c.key in SORT_KEYS]
+
+
+def columns_for(snap: Snapshot | None) -> list[Column]:
+    """The columns worth their width: without proxy nodes in the config no flow has one, and without a WAN
+    interface (the router's own traffic) no flow has a process: either column would only take the place
+    of others."""
+    nodes = snap is not None and bool(snap.nodes)
+    own = snap is not None and any(i.side == "wan" for i in snap.interfaces)
+    return [c for c in COLUMNS if (c.key != "node" or nodes) and (c.key != "proc" or own)]
+
 
 STATE_STYLE = {"open": None, "closed": "dim", "idle": "dim", "blocked": "bad", "failed": "bad"}
 
@@ -55,6 +64,8 @@ def flow_cell(r: FlowRow, key: str) -> Cell:
         return r.proto, dim
     if key == "src":
         return (r.device or fmt.endpoint(r.src, r.sport)), dim
+    if key == "proc":
+        return r.process_label, dim   # any process names itself: the table escapes its controls
     if key == "mac":
         return r.mac, "dim"
     if key == "dst":
@@ -112,9 +123,13 @@ Every flow through the router: those the kernel forwards or drops by itself
 | `x` | close the selected relayed flow |
 | `X` | close every relayed flow the filter shows |
 
-Filter fields: `proto src sport dst dport mac device domain rule out node stage path state`;
-a bare word matches source, destination, device, rule, outbound, protocol or state.
+Filter fields: `proto src sport dst dport mac device domain rule out node stage path state proc`;
+a bare word matches source, destination, device, rule, outbound, protocol, state or process.
 Example: `dst:443 !out:direct`.
+
+The router's own flows (with a `wan_interface` configured) show the process that
+opened them, `name[pid]`, in the Process column (blank for LAN clients' flows);
+`proc:curl` shows only the flows of processes whose name holds `curl`.
 """
 
     BINDINGS = [
@@ -149,7 +164,7 @@ Example: `dst:443 !out:direct`.
         self.sort_column = "start"
         self.sort_descending = True
         self.hide_closed = False
-        self.table = VirtualTable(COLUMNS_NO_NODES, flow_cell, row_key=lambda r: r.key, id="flows")
+        self.table = VirtualTable(columns_for(None), flow_cell, row_key=lambda r: r.key, id="flows")
         self.table.sort_column = self.sort_column
         self.table.sort_descending = True
         self.table.empty_text = "no flows yet"
@@ -164,13 +179,13 @@ Example: `dst:443 !out:direct`.
     def update(self, snap: Snapshot) -> None:
         """New data: rebuild rows, filter, sort; only visible lines are drawn."""
         self.all_rows = self.book.rows(snap)
-        self.table.set_columns(COLUMNS if snap.nodes else COLUMNS_NO_NODES)
+        self.table.set_columns(columns_for(snap))
         self._apply()
 
     async def refresh_from(self, snap: Snapshot) -> None:
         """As update, with the rows (the costly part) built off the UI's thread."""
         self.all_rows = await asyncio.to_thread(self.book.rows, snap)
-        self.table.set_columns(COLUMNS if snap.nodes else COLUMNS_NO_NODES)
+        self.table.set_columns(columns_for(snap))
         self._apply()
 
     async def tick(self, snapshot: Snapshot, count: int) -> None:

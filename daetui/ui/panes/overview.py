@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import deque
 
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Sparkline, Static
 
-from daetui.control.state import Snapshot
+from daetui.control.state import InterfaceInfo, Snapshot
 from daetui.ui import fmt
 from daetui.ui.panes.base import Pane
 
@@ -35,10 +36,13 @@ class OverviewPane(Pane, VerticalScroll):
     HELP = """\
 ### Overview
 
-**Interfaces**: every interface of daetui's network namespace, what is bound to it
-(`lan_ingress` on ingress, `lan_egress` on egress) and since when, the packets and
-bytes the programs saw, and interfaces named in the config that are not there
-(they are bound as soon as they appear).
+**Interfaces**: every interface of daetui's network namespace, its side (LAN:
+named in `lan_interface`, its clients' flows; WAN: named in `wan_interface`, the
+router's own flows) with the pattern of the config that named it when it is not
+its name (`veth*`, `auto`), what is bound to it (`lan_ingress` on ingress,
+`lan_egress` on egress; `wan_egress` on a WAN interface's egress) and since when,
+the packets and bytes the programs saw, and interfaces named in the config that
+are not there (they are bound as soon as they appear).
 
 **Throughput**: bytes per second through the bound interfaces, one bar per refresh.
 
@@ -56,6 +60,13 @@ ran what was due (p99 over the last minute).
         super().__init__()
         self.history: deque[float] = deque(maxlen=120)
         self._last: tuple[float, int] | None = None
+        self._snap: Snapshot | None = None
+
+    def on_resize(self) -> None:
+        # Which interface columns fit depends on the width: the first snapshot may come before the pane
+        # has one, and a terminal may be resized between snapshots.
+        if self._snap is not None:
+            self.query_one("#ov-interfaces", Static).update(self._interfaces(self._snap))
 
     def compose(self) -> ComposeResult:
         yield Static("", id="ov-interfaces", classes="box")
@@ -67,6 +78,7 @@ ran what was due (p99 over the last minute).
         yield Static("", id="ov-counters", classes="box")
 
     def update(self, snap: Snapshot) -> None:
+        self._snap = snap
         self.query_one("#ov-interfaces", Static).update(self._interfaces(snap))
         self.query_one("#ov-health", Static).update(self._health(snap))
         self.query_one("#ov-counters", Static).update(self._counters(snap))
@@ -88,18 +100,8 @@ ran what was due (p99 over the last minute).
         self.query_one("#ov-rate", Static).update(rate_text)
 
     def _interfaces(self, snap: Snapshot) -> Table:
-        wide = self.size.width >= 110  # packets and since only where they fit
-        t = Table(title="Interfaces", title_justify="left", expand=True, box=None, padding=(0, 1))
-        t.add_column("Name", no_wrap=True)
-        t.add_column("State", no_wrap=True)
-        t.add_column("Programs", ratio=1, overflow="fold")
-        if wide:
-            t.add_column("Since", no_wrap=True)
-            t.add_column("In pkts", justify="right", no_wrap=True)
-        t.add_column("In", justify="right", no_wrap=True)
-        if wide:
-            t.add_column("Out pkts", justify="right", no_wrap=True)
-        t.add_column("Out", justify="right", no_wrap=True)
+        rows: list[list[str | Text]] = []   # the wide table's cells: narrow leaves out since and packets
+        short: list[str] = []                # and names the programs without their hooks
         for i in snap.interfaces:
             if i.bound:
                 state = Text("bound", style="green")
@@ -107,22 +109,44 @@ ran what was due (p99 over the last minute).
                 state = Text("not bound", style="yellow")
             else:
                 state = Text("—", style="dim")
-            programs = ", ".join(p.split(" ")[0] for p in i.programs) if not wide else ", ".join(i.programs)
-            if not i.programs:
-                programs = "" if i.configured else "not configured"
-            cells: list[str | Text] = [i.name + ("" if i.up else " (down)"), state, programs]
-            if wide:
-                cells += [fmt.clock(i.since) if i.since else "", fmt.count(i.rx_packets) if i.bound else ""]
-            cells.append(fmt.size(i.rx_bytes) if i.bound else "")
-            if wide:
-                cells.append(fmt.count(i.tx_packets) if i.bound else "")
-            cells.append(fmt.size(i.tx_bytes) if i.bound else "")
-            t.add_row(*cells)
+            programs = ", ".join(i.programs) if i.programs else ("" if i.configured else "not configured")
+            short.append(", ".join(p.split(" ")[0] for p in i.programs) if i.programs else programs)
+            # Interface names are anyone's with CAP_NET_ADMIN (a container's veth): Texts, controls escaped,
+            # never markup.
+            rows.append([fmt.safe(i.name + ("" if i.up else " (down)")), self._side(i), state, programs,
+                         fmt.clock(i.since) if i.since else "", fmt.count(i.rx_packets) if i.bound else "",
+                         fmt.size(i.rx_bytes) if i.bound else "", fmt.count(i.tx_packets) if i.bound else "",
+                         fmt.size(i.tx_bytes) if i.bound else ""])
         for name in snap.missing_interfaces:
-            blank = [""] * (5 if wide else 2)
-            t.add_row(name, Text("missing", style="red"), "not present; bound when it appears",
-                      *blank)
+            rows.append([fmt.safe(name), "", Text("missing", style="red"), "not present; bound when it appears",
+                         *[""] * 5])
+            short.append("not present; bound when it appears")
+        titles = ["Name", "Side", "State", "Programs", "Since", "In pkts", "In", "Out pkts", "Out"]
+        # Since and packets where every column fits whole beside them (padding: a cell each side).
+        need = sum(max(cell_len(str(c)) for c in col) + 2 for col in zip(titles, *rows, strict=True))
+        wide = need <= self.query_one("#ov-interfaces", Static).content_size.width
+        keep = range(9) if wide else (0, 1, 2, 3, 6, 8)
+        t = Table(title="Interfaces", title_justify="left", expand=True, box=None, padding=(0, 1))
+        for k in keep:
+            if k == 3:
+                t.add_column(titles[k], ratio=1, overflow="fold")
+            else:
+                t.add_column(titles[k], justify="right" if k > 4 else "left", no_wrap=True)
+        for r, programs in zip(rows, short, strict=True):
+            if not wide:
+                r[3] = programs
+            t.add_row(*(r[k] for k in keep))
         return t
+
+    @staticmethod
+    def _side(i: InterfaceInfo) -> Text:
+        """`LAN`, `WAN`, and the config's pattern that named it when not its name: `WAN (auto)`."""
+        if not (i.configured or i.bound):
+            return Text("")
+        side = Text(i.side.upper())
+        if i.matched:
+            side.append_text(fmt.safe(f" ({i.matched})", style="dim"))
+        return side
 
     def _health(self, snap: Snapshot) -> Text:
         h = snap.health

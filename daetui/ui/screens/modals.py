@@ -82,6 +82,12 @@ class FlowScreen(ModalScreen[None]):
         ]
         if r.domain:
             rows.insert(1, ("domain", r.domain))
+        if r.process:
+            # The router's own flow: the process that opened it, named as it named itself (escaped below).
+            i = next(i for i, (k, _) in enumerate(rows) if k == "client")
+            rows[i] = ("process", f"{r.process} · pid {r.pid}" if r.pid else r.process)
+            if r.mac or r.device:
+                rows.insert(i + 1, ("client", f"{r.mac or '?'}" + (f" · {r.device}" if r.device else "")))
         for k, v in rows:
             # A Text, not a str: a str cell is read as markup, and the domain, the error, the device's label
             # come from outside; their controls escaped.
