@@ -146,13 +146,19 @@
 /* The router's own traffic (wan_egress, own_ingress): */
 #define CNT_OWN_PACKETS 24    /* packets of local sockets seen by wan_egress */
 #define CNT_OWN_BYPASS 25     /* from daetui's own sockets (so_mark_from_dae) or a listed mark: passed */
-#define CNT_OWN_SERVER 26     /* UDP from a socket bound to its own port (a server answering): passed */
+#define CNT_OWN_SERVER 26     /* UDP to a peer the socket received from first (a server answering): passed */
 #define CNT_OWN_TO_CONTROL 27 /* redirected into daetui0 for the control plane */
 #define CNT_OWN_LOST 28       /* arrived on daetui0 with no flow to hand it to: dropped */
 #define N_COUNTERS 29
 
-/* sock_owner.flags */
-#define OWNER_BOUND 1         /* bind() to a port of its own: a server (its UDP replies are not new flows) */
+/* A UDP socket on the router and a peer it received from: what it then sends that peer is an
+ * answer (a server's: WireGuard in user space, a DNS server for the WAN), not a new flow. */
+struct answered_key {
+    __u64 cookie;
+    __u8 addr[16];        /* the peer, IPv4 v4-mapped */
+    __u16 port;           /* host byte order */
+    __u16 pad[3];
+};
 
 /* A UDP decision older than this (idle) is taken again, with today's rules. */
 #define UDP_REDECIDE_NS 120000000000ULL
@@ -249,7 +255,7 @@ struct params {
  * socket hooks (sock_create, connect, sendmsg, bind), read by wan_egress. */
 struct sock_owner {
     __u32 pid;            /* tgid */
-    __u32 flags;          /* OWNER_* */
+    __u32 flags;          /* none yet */
     char comm[PNAME_LEN];
 };
 
@@ -333,5 +339,6 @@ BPF_PROG_ARRAY(route_progs, 1);
 BPF_TABLE("lru_hash", __u64, struct sock_owner, sock_owner, MAX_FLOWS);
 /* Marks whose packets wan_egress never catches (global.bypass_marks), besides so_mark. */
 BPF_HASH(bypass_marks, __u32, __u8, 16);
+BPF_TABLE("lru_hash", struct answered_key, __u8, answered, 16384);
 
 #endif /* DAETUI_H */

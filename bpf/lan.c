@@ -825,13 +825,19 @@ static __always_inline int wan_out(struct __sk_buff *skb, int l3)
         count(CNT_OWN_BYPASS);
         return TC_ACT_OK;
     }
-    if (o) {
-        if (!is_tcp && (o->flags & OWNER_BOUND)) {
-            /* A UDP server answering (WireGuard, a DNS server for the WAN...):
-             * its datagrams are replies, not flows of the router's own. */
+    if (!is_tcp) {
+        /* A UDP server answering (a DNS server for the WAN, a user-space VPN):
+         * the socket heard from this peer first, so this is a reply. */
+        struct answered_key ak = {};
+        ak.cookie = cookie;
+        __builtin_memcpy(ak.addr, s->key.dip, 16);
+        ak.port = s->key.dport;
+        if (answered.lookup(&ak)) {
             count(CNT_OWN_SERVER);
             return TC_ACT_OK;
         }
+    }
+    if (o) {
         s->pid = o->pid;
         __builtin_memcpy(s->comm, o->comm, PNAME_LEN);
     } else {
@@ -879,13 +885,9 @@ int own_ingress(struct __sk_buff *skb)
 }
 
 /* cgroup socket hooks: who owns each local socket, for pname() and the console. */
-static __always_inline void own_socket(__u64 cookie, __u32 set_flags)
+static __always_inline void own_socket(__u64 cookie)
 {
     struct sock_owner o = {};
-    struct sock_owner *old = sock_owner.lookup(&cookie);
-    if (old)
-        o.flags = old->flags;
-    o.flags |= set_flags;
     o.pid = bpf_get_current_pid_tgid() >> 32;
     bpf_get_current_comm(o.comm, sizeof(o.comm));
     sock_owner.update(&cookie, &o);
@@ -893,7 +895,7 @@ static __always_inline void own_socket(__u64 cookie, __u32 set_flags)
 
 int own_sock_create(struct bpf_sock *ctx)
 {
-    own_socket(bpf_get_socket_cookie(ctx), 0);
+    own_socket(bpf_get_socket_cookie(ctx));
     return 1;
 }
 
@@ -905,18 +907,37 @@ int own_sock_release(struct bpf_sock *ctx)
 }
 
 /* connect and sendmsg: the process using the socket now (it may have been passed on). */
-int own_connect4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
-int own_connect6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
-int own_sendmsg4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
-int own_sendmsg6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx), 0); return 1; }
+int own_connect4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx)); return 1; }
+int own_connect6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx)); return 1; }
+int own_sendmsg4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx)); return 1; }
+int own_sendmsg6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx)); return 1; }
 
-/* bind to a port of its own: a server. Port 0 asks for any port, as a client does. */
-static __always_inline void bound(struct bpf_sock_addr *ctx)
+/* recvmsg on an unconnected UDP socket: it heard from this peer (see wan_out). */
+int own_recvmsg4(struct bpf_sock_addr *ctx)
 {
-    own_socket(bpf_get_socket_cookie(ctx), ctx->user_port ? OWNER_BOUND : 0);
+    struct answered_key ak = {};
+    ak.cookie = bpf_get_socket_cookie(ctx);
+    v4_mapped(ak.addr, ctx->user_ip4);
+    ak.port = bpf_ntohs((__u16)ctx->user_port);
+    __u8 one = 1;
+    answered.update(&ak, &one);
+    return 1;
 }
-int own_bind4(struct bpf_sock_addr *ctx) { bound(ctx); return 1; }
-int own_bind6(struct bpf_sock_addr *ctx) { bound(ctx); return 1; }
+
+int own_recvmsg6(struct bpf_sock_addr *ctx)
+{
+    struct answered_key ak = {};
+    ak.cookie = bpf_get_socket_cookie(ctx);
+    __u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+    __builtin_memcpy(&ak.addr[0], &a0, 4);
+    __builtin_memcpy(&ak.addr[4], &a1, 4);
+    __builtin_memcpy(&ak.addr[8], &a2, 4);
+    __builtin_memcpy(&ak.addr[12], &a3, 4);
+    ak.port = bpf_ntohs((__u16)ctx->user_port);
+    __u8 one = 1;
+    answered.update(&ak, &one);
+    return 1;
+}
 
 /* The kernel's own listener lookup, in this namespace (BPF_SK_LOOKUP). Only
  * reached by packets policy routing made local: for a TCP flow the kernel

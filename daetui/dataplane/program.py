@@ -19,13 +19,13 @@ from typing import Any
 from daetui.abi.constants import ABI
 from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, comm_text, ctypes_layout
 from daetui.dataplane.bpflink import (
-    BPF_CGROUP_INET4_BIND,
     BPF_CGROUP_INET4_CONNECT,
-    BPF_CGROUP_INET6_BIND,
     BPF_CGROUP_INET6_CONNECT,
     BPF_CGROUP_INET_SOCK_CREATE,
     BPF_CGROUP_INET_SOCK_RELEASE,
+    BPF_CGROUP_UDP4_RECVMSG,
     BPF_CGROUP_UDP4_SENDMSG,
+    BPF_CGROUP_UDP6_RECVMSG,
     BPF_CGROUP_UDP6_SENDMSG,
     BPF_PROG_TYPE_SK_LOOKUP,
     BPF_SK_LOOKUP,
@@ -145,8 +145,8 @@ class KernelProgram:
                  ("own_connect6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET6_CONNECT),
                  ("own_sendmsg4", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_SENDMSG),
                  ("own_sendmsg6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_UDP6_SENDMSG),
-                 ("own_bind4", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET4_BIND),
-                 ("own_bind6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_INET6_BIND)]
+                 ("own_recvmsg4", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_RECVMSG),
+                 ("own_recvmsg6", BPF.CGROUP_SOCK_ADDR, BPF_CGROUP_UDP6_RECVMSG)]
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for name, prog_type, attach_type in hooks:
@@ -166,7 +166,7 @@ class KernelProgram:
         self.cgroup = None
 
     def socket_owners(self) -> dict[int, tuple[int, str, int]]:
-        """socket cookie -> (pid, process name, OWNER_* flags), as the cgroup hooks recorded them."""
+        """socket cookie -> (pid, process name, flags), as the cgroup hooks recorded them."""
         return {int(k.value): (int(v.pid), comm_text(bytes(v.comm)), int(v.flags))
                 for k, v in self.bpf[b"sock_owner"].items()}
 

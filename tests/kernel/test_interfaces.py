@@ -155,3 +155,63 @@ fallback = "direct"
         conns = [c for c in snapshot(runner).connections if c.dst == (RELAYED, ECHO_PORT)]
         assert [(c.src, c.proto, c.outbound) for c in conns] == [((TUN_CLIENT, 40002), "udp", "proxy")]
         assert snapshot(runner).counters["TO_CONTROL"] > mid["TO_CONTROL"]
+
+
+def read_udp(fd: int, dport: int, timeout: float = 5.0) -> tuple[str, int, bytes] | None:
+    """The next IPv4 UDP datagram the router sends into tun0 for port `dport`: (source, source port, payload)."""
+    for _ in range(50):
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return None
+        pkt = os.read(fd, 65535)
+        if pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_UDP:
+            continue
+        ihl = (pkt[0] & 0xF) * 4
+        sport, pdport = struct.unpack("!HH", pkt[ihl:ihl + 4])
+        if pdport == dport:
+            return socket.inet_ntoa(pkt[12:16]), sport, pkt[ihl + 8:]
+    return None
+
+
+ROUTER_UDP = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+s.settimeout(5)
+s.sendto(b"out by tun0", (sys.argv[1], 7))
+print(s.recvfrom(2048)[0].decode())
+"""
+
+
+def test_a_tun_wan_interface_gets_the_l3_wan_program(lab: Lab, tun: int, tmp_path: Path) -> None:
+    """The router's own UDP out of tun0: a proxied flow reaches the far side from the relay's socket (another
+    port), its answer comes back to the program; a direct one leaves from the program's own port."""
+    relayed_peer, direct_peer = "10.9.0.7", "10.9.0.8"
+    cfg = f"""
+[global]
+wan_interface = ["wan0", "tun0"]
+[group.proxy]
+[routing]
+rules = ["dip({relayed_peer}) -> proxy"]
+fallback = "direct"
+"""
+    with plane_in_lab(lab, cfg, tmp_path / "run") as runner:
+        assert bound(runner, "tun0") == ("wan_egress_l3 (egress)",)
+        for peer, sport, relayed in ((relayed_peer, 41001, True), (direct_peer, 41002, False)):
+            prog = subprocess.Popen(["ip", "netns", "exec", lab.router, "python3", "-c", ROUTER_UDP, peer, str(sport)],
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                got = read_udp(tun, ECHO_PORT)
+                assert got is not None and got[2] == b"out by tun0"
+                src, from_port, _ = got
+                assert src == TUN_ROUTER
+                assert (from_port != sport) is relayed  # the relay's own socket, or the program's
+                os.write(tun, udp_packet(peer, ECHO_PORT, src, from_port, b"answer"))
+                out, _ = prog.communicate(timeout=10)
+                assert out.strip() == "answer"
+            finally:
+                prog.kill()
+                prog.wait()
+        conns = [c for c in snapshot(runner).connections if c.dst[0] == relayed_peer]
+        assert [(c.proto, c.src[1], c.outbound) for c in conns] == [("udp", 41001, "proxy")]
+        assert not [c for c in snapshot(runner).connections if c.dst[0] == direct_peer]

@@ -19,6 +19,7 @@ import pytest
 from helpers import plane_in_lab, snapshot
 from owntraffic import curl, run_in, ss_targets, udp_echo
 
+from daetui.dataplane.cgroups import cgroup2_root
 from daetui.lab.topology import ADDR, HTTP_PORT, Lab
 from testkit.configs import LAB_CHECKS
 from testkit.daemon import Daemon
@@ -192,8 +193,8 @@ def assert_nothing_left(lab: Lab) -> None:
 
 def test_a_udp_server_on_the_router_answers_untouched(lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path],
                                                       tmp_path: Path) -> None:
-    """A socket bound to a port of its own (a server: WireGuard, DNS for the WAN) sends answers, not new
-    flows: with the fallback naming the proxy, its datagrams still leave as they are."""
+    """A socket answering a peer it heard from (a server: DNS for the WAN, a VPN in user space) sends answers,
+    not new flows: with the fallback naming the proxy, its datagrams still leave as they are."""
     ss, (name, cg) = own_ss, own_cgroup
     server = """
 import socket, sys
@@ -221,3 +222,29 @@ data, peer = s.recvfrom(2048); s.sendto(data.upper(), peer)
             proc.wait()
         assert snapshot(runner).counters["OWN_SERVER"] >= 1
         assert not [c for c in snapshot(runner).connections if c.proto == "udp" and c.src[1] == 5353]
+
+
+def test_with_so_mark_0_daetuis_own_dials_are_told_by_its_pid(lab: Lab, own_ss: SsServer, tmp_path: Path) -> None:
+    """dae's default so_mark_from_dae = 0: daetui's dials carry no mark, and the fallback names the proxy, so
+    its own dial to ss-server would be caught and looped back to itself; the socket hooks (on the root
+    cgroup, which holds daetui) tell them by daetui's pid, and the flow goes through."""
+    ss = own_ss
+    cfg = config(ss, "/", extra="so_mark_from_dae = 0")
+    with plane_in_lab(lab, cfg, tmp_path / "run") as runner:
+        root = Path(cgroup2_root() or "/sys/fs/cgroup")
+        before = len(ss_targets(ss))
+        done = curl(lab.router, root, PROXIED4)
+        assert done.returncode == 0 and f"daetui lab host {PROXIED4}" in done.stdout, done.stderr
+        assert f"{PROXIED4}:{HTTP_PORT}" in ss_targets(ss)[before:]
+        snap = snapshot(runner)
+        assert [c.node for c in snap.connections if c.dst[0] == PROXIED4] == ["ss"]
+        assert snap.counters["OWN_BYPASS"] > 0
+
+
+def test_with_so_mark_0_and_a_cgroup_without_daetui_it_refuses_to_start(
+        lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path]) -> None:
+    name, _ = own_cgroup
+    daemon = Daemon.from_text(lab.router, config(own_ss, name, extra="so_mark_from_dae = 0"))
+    with pytest.raises(RuntimeError, match=f"so_mark_from_dae is 0 and daetui does not run inside cgroup {name}"):
+        daemon.start()
+    assert "daetui0" not in ip(lab.router, "link", "show")  # what it had made, undone
