@@ -15,7 +15,7 @@ import select
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -116,10 +116,11 @@ def udp_packet(src: str, sport: int, dst: str, dport: int, payload: bytes) -> by
     return hdr + udp
 
 
-def exchange(fd: int, dst: str, sport: int, payload: bytes, timeout: float = 5.0) -> bytes | None:
-    """Write a UDP datagram from the client behind tun0 to dst:echo; the payload of the answer, or None."""
-    os.write(fd, udp_packet(TUN_CLIENT, sport, dst, ECHO_PORT, payload))
-    for _ in range(50):  # bounded: other packets (IPv6 router solicitations...) are skipped
+def read_udp(fd: int, want: Callable[[str, int, str, int], bool],
+             timeout: float = 5.0) -> tuple[str, int, bytes] | None:
+    """The next IPv4 UDP datagram the router sends into tun0 that `want(src, sport, dst, dport)`:
+    (source, source port, payload), or None. Others (IPv6 router solicitations...) are skipped."""
+    for _ in range(50):  # bounded
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
             return None
@@ -127,24 +128,36 @@ def exchange(fd: int, dst: str, sport: int, payload: bytes, timeout: float = 5.0
         if pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_UDP:
             continue
         ihl = (pkt[0] & 0xF) * 4
-        src, dst_ip = socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20])
-        psport, pdport = struct.unpack("!HH", pkt[ihl:ihl + 4])
-        if (src, psport, dst_ip, pdport) == (dst, ECHO_PORT, TUN_CLIENT, sport):
-            return pkt[ihl + 8:]
+        src, dst = socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20])
+        sport, dport = struct.unpack("!HH", pkt[ihl:ihl + 4])
+        if want(src, sport, dst, dport):
+            return src, sport, pkt[ihl + 8:]
     return None
+
+
+def exchange(fd: int, dst: str, sport: int, payload: bytes) -> bytes | None:
+    """Write a UDP datagram from the client behind tun0 to dst:echo; the payload of the answer, or None."""
+    os.write(fd, udp_packet(TUN_CLIENT, sport, dst, ECHO_PORT, payload))
+    got = read_udp(fd, lambda src, psport, to, pdport: (src, psport, to, pdport) == (dst, ECHO_PORT, TUN_CLIENT,
+                                                                                      sport))
+    return got[2] if got else None
+
+
+def relay_config(side: str, interfaces: str, relayed: str) -> str:
+    """One rule: `relayed` goes to a group with no nodes (relayed by the control plane); the rest direct."""
+    return f"""
+[global]
+{side}_interface = [{interfaces}]
+[group.proxy]
+[routing]
+rules = ["dip({relayed}) -> proxy"]
+fallback = "direct"
+"""
 
 
 def test_a_tun_lan_interface_is_bound_with_the_l3_program_and_its_flows_follow_the_rules(
         lab: Lab, tun: int, tmp_path: Path) -> None:
-    cfg = f"""
-[global]
-lan_interface = ["lan0", "tun0"]
-[group.proxy]
-[routing]
-rules = ["dip({RELAYED}) -> proxy"]
-fallback = "direct"
-"""
-    with plane_in_lab(lab, cfg, tmp_path / "run") as runner:
+    with plane_in_lab(lab, relay_config("lan", '"lan0", "tun0"', RELAYED), tmp_path / "run") as runner:
         assert bound(runner, "tun0") == ("lan_ingress_l3 (ingress)", "lan_egress_l3 (egress)")
         before = snapshot(runner).counters
         assert exchange(tun, DIRECT, 40001, b"straight through") == b"straight through"
@@ -155,22 +168,6 @@ fallback = "direct"
         conns = [c for c in snapshot(runner).connections if c.dst == (RELAYED, ECHO_PORT)]
         assert [(c.src, c.proto, c.outbound) for c in conns] == [((TUN_CLIENT, 40002), "udp", "proxy")]
         assert snapshot(runner).counters["TO_CONTROL"] > mid["TO_CONTROL"]
-
-
-def read_udp(fd: int, dport: int, timeout: float = 5.0) -> tuple[str, int, bytes] | None:
-    """The next IPv4 UDP datagram the router sends into tun0 for port `dport`: (source, source port, payload)."""
-    for _ in range(50):
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            return None
-        pkt = os.read(fd, 65535)
-        if pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_UDP:
-            continue
-        ihl = (pkt[0] & 0xF) * 4
-        sport, pdport = struct.unpack("!HH", pkt[ihl:ihl + 4])
-        if pdport == dport:
-            return socket.inet_ntoa(pkt[12:16]), sport, pkt[ihl + 8:]
-    return None
 
 
 ROUTER_UDP = """
@@ -187,21 +184,13 @@ def test_a_tun_wan_interface_gets_the_l3_wan_program(lab: Lab, tun: int, tmp_pat
     """The router's own UDP out of tun0: a proxied flow reaches the far side from the relay's socket (another
     port), its answer comes back to the program; a direct one leaves from the program's own port."""
     relayed_peer, direct_peer = "10.9.0.7", "10.9.0.8"
-    cfg = f"""
-[global]
-wan_interface = ["wan0", "tun0"]
-[group.proxy]
-[routing]
-rules = ["dip({relayed_peer}) -> proxy"]
-fallback = "direct"
-"""
-    with plane_in_lab(lab, cfg, tmp_path / "run") as runner:
+    with plane_in_lab(lab, relay_config("wan", '"wan0", "tun0"', relayed_peer), tmp_path / "run") as runner:
         assert bound(runner, "tun0") == ("wan_egress_l3 (egress)",)
         for peer, sport, relayed in ((relayed_peer, 41001, True), (direct_peer, 41002, False)):
             prog = subprocess.Popen(["ip", "netns", "exec", lab.router, "python3", "-c", ROUTER_UDP, peer, str(sport)],
                                     stdout=subprocess.PIPE, text=True)
             try:
-                got = read_udp(tun, ECHO_PORT)
+                got = read_udp(tun, lambda _s, _sp, _d, dport: dport == ECHO_PORT)
                 assert got is not None and got[2] == b"out by tun0"
                 src, from_port, _ = got
                 assert src == TUN_ROUTER
