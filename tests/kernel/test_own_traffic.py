@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import plane_in_lab, snapshot
+from helpers import plane_in_lab, snapshot, wait_for
 from owntraffic import curl, run_in, ss_targets, udp_echo
 
 from daetui.dataplane.cgroups import cgroup2_root
@@ -248,3 +248,35 @@ def test_with_so_mark_0_and_a_cgroup_without_daetui_it_refuses_to_start(
     with pytest.raises(RuntimeError, match=f"so_mark_from_dae is 0 and daetui does not run inside cgroup {name}"):
         daemon.start()
     assert "daetui0" not in ip(lab.router, "link", "show")  # what it had made, undone
+
+
+def test_daetuis_subscription_fetch_and_health_checks_never_reach_its_own_listeners(
+        lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path], tmp_path: Path) -> None:
+    """The fallback names the proxy, whose only node comes from a subscription served on the lab's internet:
+    fetched with daetui's mark, it passes wan_egress (caught, it would need the very group it fills), the
+    node's checks through ss-server pass too, and nothing of daetui's own reached its listeners."""
+    ss, (name, cg) = own_ss, own_cgroup
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "sub.txt").write_text(ss.node(4, "from-sub").link() + "\n")
+    server = subprocess.Popen(["ip", "netns", "exec", lab.wan, "python3", "-m", "http.server", "8081", "--bind",
+                               DIRECT4, "--directory", str(served)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        cfg = config(ss, name).replace('[node]\nss = "' + ss.node(4, "ss").link() + '"\n[group.proxy]',
+                                       f'[subscription]\nmine = "http://{DIRECT4}:8081/sub.txt"\n'
+                                       '[group.proxy]\nfilter = ["subtag(mine)"]')
+        assert "subtag(mine)" in cfg
+        with plane_in_lab(lab, cfg, tmp_path / "run") as runner:
+            node = wait_for(lambda: next((n for n in snapshot(runner).nodes if n.name == "from-sub" and n.alive4),
+                                         None), timeout=20)
+            assert node.alive4
+            snap = snapshot(runner)
+            assert snap.counters["OWN_TO_CONTROL"] == 0 and not snap.connections
+            assert snap.counters["OWN_BYPASS"] > 0
+            done = curl(lab.router, cg, PROXIED4)  # and the router's own flow goes through that node
+            assert done.returncode == 0 and f"daetui lab host {PROXIED4}" in done.stdout, done.stderr
+            assert [c.node for c in snapshot(runner).connections if c.dst[0] == PROXIED4] == ["from-sub"]
+    finally:
+        server.kill()
+        server.wait()
