@@ -123,7 +123,7 @@
 #define CNT_FRAGMENT 2        /* IP fragment: passed */
 #define CNT_UNPARSED 3        /* truncated, or an IPv6 header not followed: passed */
 #define CNT_OTHER_L4 4        /* neither TCP nor UDP: passed */
-#define CNT_NON_UNICAST 5     /* broadcast or multicast frame: passed */
+#define CNT_NON_UNICAST 5     /* broadcast or multicast frame (own traffic: link-local too): passed */
 #define CNT_UNTRACKED_TCP 6   /* mid-stream TCP with no decision, not relayed (older than daetui, or a direct flow the LRU forgot): passed */
 #define CNT_NEW_FLOWS 7
 #define CNT_DECIDED_DIRECT 8
@@ -145,7 +145,7 @@
 #define CNT_V4_MAPPED_V6 23   /* IPv6 with a v4-mapped address (never valid on the wire): passed, never filed */
 /* The router's own traffic (wan_egress, own_ingress): */
 #define CNT_OWN_PACKETS 24    /* packets of local sockets seen by wan_egress */
-#define CNT_OWN_BYPASS 25     /* from daetui's own sockets (so_mark_from_dae) or a listed mark: passed */
+#define CNT_OWN_BYPASS 25     /* daetui's own sockets (so_mark_from_dae, its pid), a listed mark, DHCP: passed */
 #define CNT_OWN_SERVER 26     /* UDP to a peer the socket received from first (a server answering): passed */
 #define CNT_OWN_TO_CONTROL 27 /* redirected into daetui0 for the control plane */
 #define CNT_OWN_LOST 28       /* arrived on daetui0 with no flow to hand it to: dropped */

@@ -773,6 +773,18 @@ int lan_egress_l3(struct __sk_buff *skb)
     return lan_out(skb, 1);
 }
 
+/* Is the destination of this link only: a broadcast or multicast frame or
+ * address, or a link-local one (IPv4 169.254/16, IPv6 fe80::/10)? */
+static __always_inline __u8 link_scoped(struct route_state *s)
+{
+    const __u8 *d = s->key.dip;
+    if (!s->l3 && (s->mac[0] & 1))
+        return 1;
+    if (s->ipversion == 4)
+        return d[12] >= 224 || (d[12] == 169 && d[13] == 254);
+    return d[0] == 0xff || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80);
+}
+
 /* The router's own packets leaving by a WAN interface. A packet with no
  * socket is forwarded (a LAN client's, decided by lan_ingress) and passes;
  * one from daetui's own sockets (so_mark_from_dae, or its process as the
@@ -803,6 +815,17 @@ static __always_inline int wan_out(struct __sk_buff *skb, int l3)
     s->ifindex = 0;
     s->wan_ifindex = skb->ifindex;
     s->pkt_len = skb->len;
+    if (link_scoped(s)) {
+        /* Broadcast, multicast, link-local: for this link only, never anyone's to proxy. */
+        count(CNT_NON_UNICAST);
+        return TC_ACT_OK;
+    }
+    if (s->key.l4proto == IPPROTO_UDP && (s->key.dport == 67 || s->key.sport == 68 || s->key.dport == 547 ||
+                                          s->key.sport == 546)) {
+        /* DHCP and DHCPv6 (a lease renewed by unicast too): the WAN's own address depends on it. */
+        count(CNT_OWN_BYPASS);
+        return TC_ACT_OK;
+    }
 
     __u8 is_tcp = s->key.l4proto == IPPROTO_TCP;
     __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);

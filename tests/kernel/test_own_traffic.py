@@ -280,3 +280,31 @@ def test_daetuis_subscription_fetch_and_health_checks_never_reach_its_own_listen
     finally:
         server.kill()
         server.wait()
+
+
+SEND_UDP = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+if int(sys.argv[3]):
+    s.bind(("0.0.0.0", int(sys.argv[3])))
+s.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_dhcp_broadcast_and_multicast_of_the_router_are_never_caught(
+        lab: Lab, own_ss: SsServer, own_cgroup: tuple[str, Path], tmp_path: Path) -> None:
+    """The fallback names the proxy; still a DHCP renewal (unicast to the server), a broadcast and a
+    multicast datagram leave as they are: the WAN's own address depends on the first."""
+    ss, (name, cg) = own_ss, own_cgroup
+    with plane_in_lab(lab, config(ss, name), tmp_path / "run") as runner:
+        before = snapshot(runner).counters
+        for dst, port, sport in ((PROXIED4, 67, 68), ("255.255.255.255", 67, 68), ("198.51.100.255", 9, 0),
+                                 ("224.0.0.251", 5353, 0)):
+            done = run_in(lab.router, cg, "python3", "-c", SEND_UDP, dst, str(port), str(sport))
+            assert done.returncode == 0, done.stderr
+        after = snapshot(runner).counters
+        assert after["OWN_TO_CONTROL"] == before["OWN_TO_CONTROL"]
+        assert after["OWN_BYPASS"] > before["OWN_BYPASS"]             # the unicast renewal (daetui's own too)
+        assert after["NON_UNICAST"] - before["NON_UNICAST"] >= 3     # the three broadcasts and multicast
+        assert not [c for c in snapshot(runner).connections if c.proto == "udp"]
