@@ -252,10 +252,9 @@ struct params {
 };
 
 /* The process behind a local socket, by socket cookie: written by the cgroup
- * socket hooks (sock_create, connect, sendmsg, bind), read by wan_egress. */
+ * socket hooks (sock_create, connect, sendmsg), read by wan_egress. */
 struct sock_owner {
     __u32 pid;            /* tgid */
-    __u32 flags;          /* none yet */
     char comm[PNAME_LEN];
 };
 

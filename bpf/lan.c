@@ -107,8 +107,8 @@ static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
     return ipv6 ? LISTENER_UDP6 : LISTENER_UDP4;
 }
 
-/* Parse Ethernet, IPv4/IPv6 and the TCP/UDP ports into s: its key, mac,
- * ipversion, tcp_flags and dscp (nothing else of s is touched). Counts and
+/* Parse Ethernet (none with l3), IPv4/IPv6 and the TCP/UDP ports into s: its
+ * key, mac, l3, ipversion, tcp_flags and dscp (nothing else of s is touched). Counts and
  * returns NOT_OURS for anything that is to pass untouched. */
 static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, int egress, int l3)
 {
@@ -252,6 +252,14 @@ static __always_inline struct bpf_sock *flow_socket(struct __sk_buff *skb, struc
     return sk;
 }
 
+/* The control plane cannot take the packet: count why, and pass it (fail
+ * open) or drop it, as configured. */
+static __always_inline int give_up(struct params *p, __u32 counter)
+{
+    count(counter);
+    return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
 /* Hand the packet to the control plane: the flow's own socket when it has
  * one, else the transparent listener. No listener means the daemon is gone:
  * fail open (pass) or closed, as configured. */
@@ -279,17 +287,13 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
         lkey = listener_key(IPPROTO_UDP, s->ipversion != 4, outbound == OUTBOUND_DNS);
         sk = (struct bpf_sock *)listeners.lookup(&lkey);
     }
-    if (!sk) {
-        count(CNT_FAIL_OPEN);
-        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
-    }
+    if (!sk)
+        return give_up(p, CNT_FAIL_OPEN);
     skb->mark = p->tproxy_mark;
     long err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);
-    if (err) {
-        count(CNT_ASSIGN_ERROR);
-        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
-    }
+    if (err)
+        return give_up(p, CNT_ASSIGN_ERROR);
     count(CNT_TO_CONTROL);
     return TC_ACT_OK;
 }
@@ -335,13 +339,10 @@ static __always_inline int own_redirect(struct __sk_buff *skb, struct route_stat
 {
     __u32 lkey = listener_key(s->key.l4proto, s->ipversion != 4, outbound == OUTBOUND_DNS);
     struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
-    if (!sk || !p->own_ifindex) {
-        if (sk)
-            bpf_sk_release(sk);
-        count(CNT_FAIL_OPEN);
-        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
-    }
-    bpf_sk_release(sk);
+    if (sk)
+        bpf_sk_release(sk);
+    if (!sk || !p->own_ifindex)
+        return give_up(p, CNT_FAIL_OPEN);
     if (s->l3) {
         /* daetui0 is Ethernet: give the packet the header it expects. */
         struct ethhdr eth = {};
@@ -349,15 +350,12 @@ static __always_inline int own_redirect(struct __sk_buff *skb, struct route_stat
         __builtin_memcpy(eth.h_dest, p->own_mac, 6);
         __builtin_memcpy(eth.h_source, p->own_mac, 6);
         if (bpf_skb_change_head(skb, sizeof(eth), 0) ||
-            bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0)) {
-            count(CNT_ASSIGN_ERROR);
-            return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
-        }
+            bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+            return give_up(p, CNT_ASSIGN_ERROR);
     } else if (bpf_skb_store_bytes(skb, 0, p->own_mac, 6, 0)) {
         /* Addressed to the WAN's next hop, the packet would be dropped as
          * another host's (PACKET_OTHERHOST) once it enters daetui0. */
-        count(CNT_ASSIGN_ERROR);
-        return p->fail_open ? TC_ACT_OK : TC_ACT_SHOT;
+        return give_up(p, CNT_ASSIGN_ERROR);
     }
     skb->mark = p->tproxy_mark;
     count(CNT_OWN_TO_CONTROL);
@@ -907,11 +905,17 @@ int own_ingress(struct __sk_buff *skb)
     return TC_ACT_OK;
 }
 
-/* cgroup socket hooks: who owns each local socket, for pname() and the console. */
+/* cgroup socket hooks: who owns each local socket, for pname() and the console.
+ * connect and sendmsg run for every datagram of an unconnected UDP socket:
+ * the entry is written only when the process using the socket changed. */
 static __always_inline void own_socket(__u64 cookie)
 {
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct sock_owner *old = sock_owner.lookup(&cookie);
+    if (old && old->pid == pid)
+        return;
     struct sock_owner o = {};
-    o.pid = bpf_get_current_pid_tgid() >> 32;
+    o.pid = pid;
     bpf_get_current_comm(o.comm, sizeof(o.comm));
     sock_owner.update(&cookie, &o);
 }
@@ -935,31 +939,32 @@ int own_connect6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(c
 int own_sendmsg4(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx)); return 1; }
 int own_sendmsg6(struct bpf_sock_addr *ctx) { own_socket(bpf_get_socket_cookie(ctx)); return 1; }
 
-/* recvmsg on an unconnected UDP socket: it heard from this peer (see wan_out). */
+/* recvmsg on an unconnected UDP socket: it heard from this peer (see wan_out).
+ * Runs per datagram: a peer already noted is not written again. */
+static __always_inline int heard_from(struct bpf_sock_addr *ctx, struct answered_key *ak)
+{
+    ak->cookie = bpf_get_socket_cookie(ctx);
+    ak->port = bpf_ntohs((__u16)ctx->user_port);
+    if (!answered.lookup(ak)) {
+        __u8 one = 1;
+        answered.update(ak, &one);
+    }
+    return 1;
+}
+
 int own_recvmsg4(struct bpf_sock_addr *ctx)
 {
     struct answered_key ak = {};
-    ak.cookie = bpf_get_socket_cookie(ctx);
     v4_mapped(ak.addr, ctx->user_ip4);
-    ak.port = bpf_ntohs((__u16)ctx->user_port);
-    __u8 one = 1;
-    answered.update(&ak, &one);
-    return 1;
+    return heard_from(ctx, &ak);
 }
 
 int own_recvmsg6(struct bpf_sock_addr *ctx)
 {
     struct answered_key ak = {};
-    ak.cookie = bpf_get_socket_cookie(ctx);
-    __u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-    __builtin_memcpy(&ak.addr[0], &a0, 4);
-    __builtin_memcpy(&ak.addr[4], &a1, 4);
-    __builtin_memcpy(&ak.addr[8], &a2, 4);
-    __builtin_memcpy(&ak.addr[12], &a3, 4);
-    ak.port = bpf_ntohs((__u16)ctx->user_port);
-    __u8 one = 1;
-    answered.update(&ak, &one);
-    return 1;
+    __u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+    __builtin_memcpy(ak.addr, a, 16);
+    return heard_from(ctx, &ak);
 }
 
 /* The kernel's own listener lookup, in this namespace (BPF_SK_LOOKUP). Only

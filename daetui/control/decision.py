@@ -15,7 +15,6 @@ kernel's record and evaluates rules (routing.matcher).
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -52,15 +51,14 @@ def facts_of(conn: Connection, domain: str | None = None) -> FlowFacts:
                      domain=domain, pname=conn.process)
 
 
-def key_facts(key: FlowKey, mac: bytes | None = None) -> FlowFacts:
-    """What the rules see of a flow known by its 5-tuple (and the MAC it came from)."""
-    return FlowFacts(key.src, key.dst, key.sport, key.dport, key.proto, mac)
+def key_facts(key: FlowKey, mac: bytes | None = None, pname: str | None = None) -> FlowFacts:
+    """What the rules see of a flow known by its 5-tuple (and the MAC it came from, or its process)."""
+    return FlowFacts(key.src, key.dst, key.sport, key.dport, key.proto, mac, pname=pname)
 
 
 def kernel_facts(flow: KernelFlow) -> FlowFacts:
     """What the rules see of a flow the kernel recorded."""
-    facts = key_facts(flow.key, flow.mac)
-    return dataclasses.replace(facts, pname=flow.process) if flow.own and flow.process else facts
+    return key_facts(flow.key, flow.mac, flow.process or None)
 
 
 def _mac_text(mac: bytes) -> str | None:
@@ -96,9 +94,8 @@ class Decider:
         kflow = self.sync.flow(key)
         if kflow is not None:
             ruleset = self.sync.ruleset(kflow.generation)
-            own = kflow.own and kflow.pid != 0
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",
-                               _mac_text(kflow.mac), kflow.pid if own else None, kflow.process if own else None)
+                               _mac_text(kflow.mac), kflow.pid or None, kflow.process or None)
         d = decide(self.ruleset, key_facts(key), with_trace=False)
         # Undecided (a domain rule, and no name for the address) as the kernel leaves it: sniffed, then
         # decided from that rule (with_name).

@@ -58,8 +58,6 @@ class DataplaneState:
 
     bindings: dict[str, Binding] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)   # configured by name, not present
-    own_ifindex: int = 0                               # daetui0, once the WAN side is set up
-    cgroup: str | None = None                          # where the socket hooks are attached
     generation: int = 0
     match_sets: int = 0
 
@@ -113,7 +111,7 @@ class Dataplane:
             if wan_interfaces:
                 self._own_path(cgroup, so_mark)
             self.wanted, self.wan_wanted = lan_interfaces, wan_interfaces
-            self._bind_wanted()
+            self._reconcile()
         except BaseException:
             self.stop()
             raise
@@ -145,12 +143,10 @@ class Dataplane:
         self.changes.set_sysctl(f"net.ipv4.conf.{OWN_IF}.rp_filter", "0")
         self.changes.attach(ifindex, OWN_IF, "ingress", self.program.own_in.fd, "own_ingress")
         self.program.set_own_path(ifindex, mac)
-        self.state.own_ifindex = ifindex
         cgroup = cgroup or "/"
         try:
             root = cgroup2_root() or self.changes.mount_cgroup2(str(self.state_file.parent / "cgroup2"))
             self.program.attach_cgroup(os.path.join(root, cgroup.lstrip("/")))
-            self.state.cgroup = cgroup
         except OSError as e:
             if not so_mark:
                 raise SystemError_(f"so_mark_from_dae is 0 and the socket hooks could not be attached to cgroup "
@@ -190,12 +186,8 @@ class Dataplane:
             return "wan", p
         return None
 
-    def _bind_wanted(self) -> None:
-        """Bind every interface the lists name now; note the literal names that are not here."""
-        assert self.changes is not None
-        if AUTO in self.wan_wanted:
-            self.auto_wan = default_route_interfaces(self.changes.ipr)
-        present = set(interface_names(self.changes.ipr).values())
+    def _bind_wanted(self, present: set[str]) -> None:
+        """Bind every interface the lists name among `present`; note the literal names that are not here."""
         for name in sorted(present):
             if self.side_of(name) is not None:
                 self.bind(name)
@@ -269,23 +261,27 @@ class Dataplane:
         self.wanted, self.wan_wanted = lan_interfaces, wan
         self._reconcile()
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, auto: frozenset[str] | None = None) -> None:
+        """Bind what the lists name now and unbind what they no longer do (`auto`: the default routes' interfaces,
+        when the caller has them)."""
         assert self.changes is not None
+        names = interface_names(self.changes.ipr)
         if AUTO in self.wan_wanted:
-            self.auto_wan = default_route_interfaces(self.changes.ipr)
+            self.auto_wan = auto if auto is not None else default_route_interfaces(self.changes.ipr, names)
         for name, b in list(self.state.bindings.items()):
             side = self.side_of(name)
             if side is None or side[0] != b.side:
                 self.unbind(name)
         named = {n for n in (*self.wanted, *self.wan_wanted) if not is_pattern(n)}
         self.state.missing = [m for m in self.state.missing if m in named]
-        self._bind_wanted()
+        self._bind_wanted(set(names.values()))
 
     def routes_changed(self) -> None:
         """A default route came or went: `auto` WAN interfaces follow."""
-        if (AUTO in self.wan_wanted and self.changes is not None
-                and default_route_interfaces(self.changes.ipr) != self.auto_wan):
-            self._reconcile()
+        if AUTO in self.wan_wanted and self.changes is not None:
+            auto = default_route_interfaces(self.changes.ipr, interface_names(self.changes.ipr))
+            if auto != self.auto_wan:
+                self._reconcile(auto)
 
     def link_changed(self, ifname: str, appeared: bool) -> None:
         """The interface monitor saw `ifname` appear (perhaps under a new index) or go."""

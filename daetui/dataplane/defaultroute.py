@@ -7,9 +7,9 @@ import socket
 from pyroute2 import IPRoute
 
 
-def default_route_interfaces(ipr: IPRoute) -> frozenset[str]:
-    """The interfaces the main table's default routes leave by (IPv4 and IPv6, multipath too)."""
-    names = {lk["index"]: lk.get_attr("IFLA_IFNAME") for lk in ipr.get_links()}
+def default_route_interfaces(ipr: IPRoute, names: dict[int, str]) -> frozenset[str]:
+    """The interfaces the main table's default routes leave by (IPv4 and IPv6, multipath too);
+    `names`: index -> name of this namespace's interfaces (dataplane.interface_names)."""
     out: set[str] = set()
     for family in (socket.AF_INET, socket.AF_INET6):
         for r in ipr.get_routes(family=family, table=254):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daetui.abi.constants import ABI
-from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, comm_text, ctypes_layout
+from daetui.abi.flowrecord import PROTO_NUMBERS, FlowKey, KernelFlow, RawFlows, ctypes_layout
 from daetui.dataplane.bpflink import (
     BPF_CGROUP_INET4_CONNECT,
     BPF_CGROUP_INET6_CONNECT,
@@ -77,7 +77,6 @@ class KernelProgram:
         self.wan_l3 = self.bpf.load_func(b"wan_egress_l3", BPF.SCHED_CLS)
         self.own_in = self.bpf.load_func(b"own_ingress", BPF.SCHED_CLS)
         self._cgroup_links: list[int] = []
-        self.cgroup: str | None = None       # where the socket hooks are attached
         self.route = self.bpf.load_func(b"route_chunk", BPF.SCHED_CLS)
         self.lookup = self.bpf.load_func(b"tproxy_lookup", BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP)
         self._lookup_link: int | None = None
@@ -157,18 +156,11 @@ class KernelProgram:
             raise
         finally:
             os.close(fd)
-        self.cgroup = path
 
     def detach_cgroup(self) -> None:
         for link in self._cgroup_links:
             os.close(link)
         self._cgroup_links.clear()
-        self.cgroup = None
-
-    def socket_owners(self) -> dict[int, tuple[int, str, int]]:
-        """socket cookie -> (pid, process name, flags), as the cgroup hooks recorded them."""
-        return {int(k.value): (int(v.pid), comm_text(bytes(v.comm)), int(v.flags))
-                for k, v in self.bpf[b"sock_owner"].items()}
 
     def beat(self, timeout: float) -> None:
         """The control plane is alive now; the kernel treats it as stalled `timeout` seconds after the last beat."""
