@@ -85,6 +85,10 @@ class DnsConfig:
     cache_size: int = 4096
     ca_file: str = ""
     upstream_timeout: float = 2.0
+    # RFC 8767 (dae's optimistic_cache): expired answers served at once, refreshed in the background,
+    # for at most optimistic_cache_ttl after expiry (0: until the cache evicts them). dae's default is on.
+    optimistic_cache: bool = False
+    optimistic_cache_ttl: float = 60.0
     # -- issue 11, DNS part: DNS-over-TCP clients' bounds (daetui/dns/serve.py) --
     tcp_connections: int = 256
     tcp_connections_per_client: int = 32

@@ -215,6 +215,10 @@ DNS: dict[str, KeySpec] = {
     "ca_file": KeySpec("str", "", "CA certificates (PEM) for tls:// and https:// upstreams; default: the system's"),
     "upstream_timeout": KeySpec("duration", 2.0, "how long one upstream gets to answer before the next is asked",
                                 lambda v: None if 0 < v <= 30 else "expected a duration between 0 and 30s"),
+    "optimistic_cache": KeySpec("bool", False, "answer with an expired entry at once (its TTL 30s) and refresh it "
+                                "in the background (RFC 8767 serve-stale; dae's default is true)"),
+    "optimistic_cache_ttl": KeySpec("duration", 60.0, "how long after expiry an entry may still be served stale "
+                                    "(0: until the cache evicts it)", _nonneg),
     # -- issue 11, DNS part: DNS-over-TCP clients' bounds (apart from UDP's pending queries) --
     "tcp_connections": KeySpec("int", 256, "DNS-over-TCP connections open at once, all LAN clients together",
                                lambda v: None if 1 <= v <= 65536 else "expected a number between 1 and 65536"),
