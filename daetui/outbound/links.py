@@ -7,6 +7,11 @@ destinations through this node, its own connection made through `via`).
 This table says which module reads which scheme; modules are imported only
 when a link of theirs is met.
 
+Schemes that name a protocol daetui has no client for (ssr://, tuic://,
+hysteria2://, ...) are in UNSUPPORTED: such a link is refused at parse with
+the reason, never half-accepted as something else. `link_problem` is the
+question a config loader asks: None for a usable link, else why not.
+
 A chain is written as dae writes it, `link1 -> link2`: the first hop is the
 one dialled from the router, each next hop is reached through the one
 before, and the last one reaches the destination.
@@ -23,6 +28,8 @@ from daetui.outbound.state import NodeProtocol
 
 MODULES = {
     "socks5": "daetui.outbound.socks5",
+    "socks4": "daetui.outbound.socks4",
+    "socks4a": "daetui.outbound.socks4",
     "http": "daetui.outbound.http_proxy",
     "https": "daetui.outbound.http_proxy",
     "ss": "daetui.outbound.shadowsocks",
@@ -32,11 +39,41 @@ MODULES = {
 }
 
 
+# Other spellings of a scheme in MODULES, rewritten before the module sees the link.
+# dae (daeuniverse/outbound protocol/socks) and v2rayN both read socks:// as SOCKS5.
+ALIASES = {"socks": "socks5"}
+
+# Protocols dae or mihomo read from share links that daetui has no client for: the reason a link is refused.
+UNSUPPORTED = {
+    "ssr": "ShadowsocksR",
+    "shadowsocksr": "ShadowsocksR",
+    "trojan-go": "trojan-go",
+    "tuic": "TUIC",
+    "hysteria": "Hysteria",
+    "hysteria2": "Hysteria2",
+    "hy2": "Hysteria2",
+    "juicity": "Juicity",
+    "anytls": "AnyTLS",
+    "shadowtls": "ShadowTLS",
+    "wireguard": "WireGuard",
+    "wg": "WireGuard",
+    "naive": "NaiveProxy",
+    "naive+https": "NaiveProxy",
+    "naive+quic": "NaiveProxy",
+    "mieru": "mieru",
+    "mierus": "mieru",
+    "snell": "Snell",
+    "ssh": "SSH",
+    "brook": "Brook",
+}
+
+
 class LinkError(ValueError):
     """A share link that cannot be used, and why."""
 
 
 def scheme_of(link: str) -> str:
+    """The link's scheme in lower case ("ss" for `ss://...`); "" when it has none."""
     return link.split("://", 1)[0].lower() if "://" in link else ""
 
 
@@ -72,9 +109,15 @@ def parse_link(link: str, name: str = "") -> Any:
         hops = tuple(parse_link(part.strip(), f"{name}#{i + 1}") for i, part in enumerate(link.split(" -> ")))
         return ChainNode(name or hops[-1].name, hops)
     scheme = scheme_of(link)
+    if scheme in ALIASES:
+        scheme = ALIASES[scheme]
+        link = f"{scheme}://{link.split('://', 1)[1]}"
+    if scheme in UNSUPPORTED:
+        what = UNSUPPORTED[scheme]
+        raise LinkError(f"{scheme}:// nodes ({what}) are not supported: daetui has no {what} client")
     module = MODULES.get(scheme)
     if module is None:
-        known = ", ".join(f"{s}://" for s in MODULES)
+        known = ", ".join(f"{s}://" for s in (*MODULES, *ALIASES))
         raise LinkError(f"unknown scheme {scheme + '://' if scheme else link[:16]!r}: expected {known}")
     try:
         mod = importlib.import_module(module)
@@ -88,6 +131,25 @@ def parse_link(link: str, name: str = "") -> Any:
         raise
     except ValueError as e:
         raise LinkError(f"{scheme}:// link: {e}") from None
+
+
+def link_problem(link: str, name: str = "") -> str | None:
+    """Why a share link (or chain) cannot be used: None when parse_link takes it; never raises.
+
+    The reason is what parse_link's LinkError says; a protocol module that
+    fails on odd input in another way is reported as not understood, and a
+    missing dependency of a module as such, so one bad line never stops a
+    config loader reading the rest.
+    """
+    try:
+        parse_link(link, name)
+    except ValueError as e:  # LinkError, and ValueErrors the nodes' own checks raise
+        return str(e) or f"{scheme_of(link)}:// link not understood"
+    except ModuleNotFoundError as e:
+        return f"{scheme_of(link)}:// nodes need the Python module {e.name!r}, which is not installed"
+    except Exception as e:
+        return f"{scheme_of(link)}:// link not understood ({type(e).__name__}: {e})"
+    return None
 
 
 def with_allow_insecure(node: Any) -> Any:
