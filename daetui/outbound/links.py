@@ -110,8 +110,13 @@ def parse_link(link: str, name: str = "") -> Any:
         return ChainNode(name or hops[-1].name, hops)
     scheme = scheme_of(link)
     if scheme in ALIASES:
+        rest = link.split("://", 1)[1]
+        if not _has_port(rest):
+            # The foreign spellings always carry the port (v2rayN writes it; dae refuses one without):
+            # only daetui's own socks5:// form defaults it.
+            raise LinkError(f"{scheme}:// link without a port")
         scheme = ALIASES[scheme]
-        link = f"{scheme}://{link.split('://', 1)[1]}"
+        link = f"{scheme}://{rest}"
     if scheme in UNSUPPORTED:
         what = UNSUPPORTED[scheme]
         raise LinkError(f"{scheme}:// nodes ({what}) are not supported: daetui has no {what} client")
@@ -150,6 +155,12 @@ def link_problem(link: str, name: str = "") -> str | None:
     except Exception as e:
         return f"{scheme_of(link)}:// link not understood ({type(e).__name__}: {e})"
     return None
+
+
+def _has_port(rest: str) -> bool:
+    """Whether the part of a link after `scheme://` names a port (`host:port`, `[v6]:port`)."""
+    hostport = rest.partition("#")[0].partition("?")[0].partition("/")[0].rpartition("@")[2]
+    return ":" in hostport.rpartition("]")[2]
 
 
 def with_allow_insecure(node: Any) -> Any:
