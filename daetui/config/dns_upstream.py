@@ -1,6 +1,8 @@
 """DNS upstream URLs as the config writes them: `scheme://host[:port][/path]`.
 
-The schemes and their default ports; the transports live in daetui.dns.upstream.
+The schemes and their default ports, as dae has them (component/dns/upstream.go:
+`http3://` is `h3://`, `udp+tcp://` is `tcp+udp://`); the transports live in
+daetui.dns.upstream and daetui.dns.quic (DoQ, DoH3).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-SCHEMES = {"udp": 53, "tcp": 53, "tcp+udp": 53, "tls": 853, "https": 443}
-# DoQ and DoH3 need aioquic, which this build does not carry.
-UNSUPPORTED = ("quic", "h3", "http3", "doq")
+SCHEMES = {"udp": 53, "tcp": 53, "tcp+udp": 53, "tls": 853, "https": 443, "quic": 853, "h3": 443}
+ALIASES = {"http3": "h3", "udp+tcp": "tcp+udp"}
+WITH_PATH = ("https", "h3")
+# Names other programs use that dae does not: say which one it is.
+OTHER_NAMES = {"doq": "quic", "doh": "https", "dot": "tls", "doh3": "h3"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ def parse_upstream(name: str, url: str) -> UpstreamSpec:
     if "://" not in url:
         raise ValueError("expected scheme://host:port")
     scheme = url.split("://", 1)[0].lower()
-    if scheme in UNSUPPORTED:
-        raise ValueError(f"{scheme}:// needs aioquic, which this build of daetui does not include")
+    scheme = ALIASES.get(scheme, scheme)
+    if scheme in OTHER_NAMES:
+        raise ValueError(f"unknown scheme {scheme!r}: write {OTHER_NAMES[scheme]}:// as dae does")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}: expected {', '.join(SCHEMES)}")
     parts = urlsplit(url)
@@ -52,6 +57,6 @@ def parse_upstream(name: str, url: str) -> UpstreamSpec:
     if not host:
         raise ValueError("no host")
     path = parts.path or "/dns-query"
-    if scheme != "https" and parts.path not in ("", "/"):
+    if scheme not in WITH_PATH and parts.path not in ("", "/"):
         raise ValueError(f"{scheme}:// takes no path")
     return UpstreamSpec(name, url, scheme, host, port, path)

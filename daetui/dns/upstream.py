@@ -1,10 +1,12 @@
-"""DNS upstreams: where the controller asks, over UDP, TCP, TLS (DoT) or HTTPS (DoH).
+"""DNS upstreams: where the controller asks, over UDP, TCP, TLS (DoT), HTTPS (DoH), QUIC (DoQ) or HTTP/3.
 
     udp://host:port       UDP; a truncated answer is asked again over TCP
     tcp://host:port       TCP (connections kept and reused)
     tcp+udp://host:port   the client's own transport: UDP for UDP queries, TCP for TCP
     tls://host:port       DNS over TLS, port 853 by default
     https://host:port/path  DNS over HTTPS (RFC 8484, POST), HTTP/2 when the server offers it
+    quic://host:port      DNS over QUIC (RFC 9250), port 853 by default (daetui.dns.quic)
+    h3://host:port/path   DNS over HTTPS over HTTP/3 (dae's name; also http3://), port 443 by default
 
 A host that is a name is resolved once, by the bootstrap resolver
 (`global.fallback_resolver`). Every connection to an upstream is routed by
@@ -12,10 +14,11 @@ the routing rules like any of the router's flows (`route`), and carries
 daetui's SO_MARK. Routed to a proxy group, the query goes through the
 group's node (`dial`): UDP by the node's datagrams (over TCP when the node
 has no UDP, or its UDP goes unanswered), TCP and TLS by a stream through the
-node per query; DNS over HTTPS is not carried by nodes: it is dialled
-directly, and its route says so. Each query gets its own ID;
-an answer whose ID or question does not match is not the answer (counted,
-ignored).
+node per query; DNS over HTTPS, QUIC and HTTP/3 are not carried by nodes:
+they are dialled directly, and their route says so. Each query gets its own
+ID (DoH, DoQ, DoH3: ID 0, as their RFCs want); an answer whose ID or
+question does not match is not the answer (counted, ignored), and one that
+breaks its transport's framing is malformed (counted, dropped).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from daetui.net.tls import server_name, start_tls
 IDLE_REUSE = 10.0   # a kept TCP/TLS connection idle longer than this is not reused
 NO_UDP_FOR = 600.0  # a node whose UDP went unanswered is asked over TCP this long
 DOH_DIRECT = " (DoH: dialled direct, not through a node)"
+DIRECT_ONLY = {"https": "DNS over HTTPS", "quic": "DNS over QUIC", "h3": "DNS over HTTP/3"}
+QUIC_SCHEMES = ("quic", "h3")
 MAX_MESSAGE = 65535
 
 log = logging.getLogger("daetui.dns")
@@ -48,6 +53,10 @@ log = logging.getLogger("daetui.dns")
 
 class UpstreamError(Exception):
     """A query that got no usable answer from this upstream."""
+
+
+class MalformedAnswer(UpstreamError):
+    """An answer that breaks its transport's framing (DoQ length, HTTP/3 status or type): dropped, counted."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class UpstreamStats:
     errors: int = 0
     timeouts: int = 0
     mismatched: int = 0          # answers with the wrong ID or question
+    malformed: int = 0           # answers that broke their transport's framing (DoQ, DoH3)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=32))  # seconds
     last_error: str = ""
     address: str = ""
@@ -149,6 +159,7 @@ class Upstream:
         self._address: str | None = spec.host if spec.host_is_address else None
         self._no_udp: dict[str, float] = {}  # node -> until when it is asked over TCP (its UDP went unanswered)
         self._http = None
+        self._quic = None  # daetui.dns.quic.QuicChannel, made on the first DoQ/DoH3 query
 
     @property
     def name(self) -> str:
@@ -181,6 +192,7 @@ class Upstream:
             raise UpstreamError(f"{self.name}: no answer in {self.timeout:g}s") from None
         except UpstreamError as e:
             st.errors += 1
+            st.malformed += isinstance(e, MalformedAnswer)
             self._failed(str(e))
             raise
         except Exception as e:  # sockets, TLS, httpx, a cut stream: the upstream's failure, not ours
@@ -197,24 +209,29 @@ class Upstream:
     async def _query(self, question: bytes, tcp: bool) -> bytes:
         ip = await self.address()
         scheme = self.spec.scheme
-        over_tcp = scheme in ("tcp", "tls", "https") or (scheme == "tcp+udp" and tcp)
+        over_tcp = scheme in ("tcp", "tls", "https") or (scheme == "tcp+udp" and tcp)  # quic, h3: UDP
         r = self.route(ip, self.spec.port, "tcp" if over_tcp else "udp")
         if r.blocked:
             self.stats.route = str(r)
             raise UpstreamError(f"{self.name}: blocked by {r.rule}")
         via = self.dial(r.outbound, 6 if ":" in ip else 4) if self.dial is not None else None
-        if via is not None and scheme == "https":
+        if via is not None and scheme in DIRECT_ONLY:
             # Not through a node (yet): dialled directly, as before groups carried DNS, and said so.
-            if not self.stats.route.endswith(DOH_DIRECT):
-                log.warning("DNS upstream %s is routed to %s, but DNS over HTTPS is not carried through "
-                            "proxy nodes: it is dialled directly", self.name, r.outbound)
-            self.stats.route = f"{r}{DOH_DIRECT}"
+            direct = DOH_DIRECT if scheme == "https" else f" ({scheme}: dialled direct, not through a node)"
+            if not self.stats.route.endswith(direct):
+                log.warning("DNS upstream %s is routed to %s, but %s is not carried through "
+                            "proxy nodes: it is dialled directly", self.name, r.outbound, DIRECT_ONLY[scheme])
+            self.stats.route = f"{r}{direct}"
+            if scheme in QUIC_SCHEMES:
+                return await self._over_quic(ip, question)
             return await self._https(ip, question)
         self.stats.route = f"{r} via {via[1]}" if via is not None else str(r)
         if via is not None:
             return await self._through(via[0], via[1], ip, question, over_tcp)
         if scheme == "https":
             return await self._https(ip, question)
+        if scheme in QUIC_SCHEMES:
+            return await self._over_quic(ip, question)
         if over_tcp:
             return await self._stream(ip, question)
         data = await self._udp(ip, question)
@@ -362,7 +379,28 @@ class Upstream:
             raise UpstreamError(f"{self.name}: answer with the wrong ID or question")
         return data
 
+    async def _over_quic(self, ip: str, question: bytes) -> bytes:
+        if self._quic is None:
+            from daetui.dns.quic import QuicChannel  # aioquic only when an upstream speaks QUIC
+
+            self._quic = QuicChannel(self.spec, self.mark, self.ca_file, self.timeout)
+        self._quic.mark, self._quic.timeout = self.mark, self.timeout  # a reload may change them
+        _, wire = make_query(question)
+        try:
+            data = await self._quic.exchange(ip, wire)
+        except MalformedAnswer as e:
+            raise MalformedAnswer(f"{self.name}: malformed answer: {e}") from None
+        except UpstreamError as e:
+            raise UpstreamError(f"{self.name}: {e}") from None
+        if not answers_question(data, 0, question):
+            self.stats.mismatched += 1
+            raise UpstreamError(f"{self.name}: answer with the wrong ID or question")
+        return data
+
     async def close(self) -> None:
+        if self._quic is not None:
+            await self._quic.close()
+            self._quic = None
         for s in self._idle:
             s.close()
         self._idle.clear()

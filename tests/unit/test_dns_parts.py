@@ -160,7 +160,7 @@ response = ["upstream(a) && ip(10.0.0.0/8) -> b", "fallback: accept"]
 
 @pytest.mark.parametrize("body, where, says", [
     ('upstream = { a = "ftp://192.0.2.53" }', "3:", "unknown scheme 'ftp'"),
-    ('upstream = { a = "quic://192.0.2.53" }', "3:", "aioquic"),
+    ('upstream = { a = "doq://192.0.2.53" }', "3:", "write quic://"),
     ('upstream = { a = "udp://192.0.2.53" }\nrequest = ["qname(x.test) -> nowhere"]', "4:", "unknown target 'nowhere'"),
     ('upstream = { a = "udp://192.0.2.53" }\nrequest = ["qtype(bogus) -> a"]', "4:", "not a query type"),
     ('upstream = { a = "udp://192.0.2.53" }\nresponse = ["upstream(zz) -> accept"]', "4:", "unknown upstream 'zz'"),
