@@ -1,6 +1,7 @@
 """Trojan nodes: TLS to the server, then a password hash and a SOCKS5-like request.
 
     trojan://PASSWORD@HOST:PORT?sni=NAME&allowInsecure=1&alpn=h2,http/1.1#NAME
+    trojan://PASSWORD@HOST:443?sni=NAME&type=ws&host=CDN.NAME&path=%2Ftj#NAME   (also type=h2)
 
 After the TLS handshake the client sends, in one write,
 
@@ -18,7 +19,10 @@ Half-close: the client's EOF is not passed on by default. TLS can carry it
 the destination still had to say, while v2ray keeps answering; with
 `half_close=True` (for servers known to keep answering) write_eof sends it.
 
-Only the TCP transport is supported (`type=tcp`); ws/grpc links are refused.
+Over ws or h2 (transport.py) the same bytes travel inside TLS, then the
+WebSocket or the HTTP/2 request: trojan-go's and v2ray's ws/h2 trojan.
+A half-close is then the transport's: none over ws, the end of the request
+body over h2. grpc, quic and other transports, and REALITY, are refused.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from daetui.net.buffered import Buffered
 from daetui.net.stream import Dialer, DialError, Stream
 from daetui.outbound import _share
 from daetui.outbound._address import parse_socks_address, socks_address
-from daetui.outbound.session import node_context, open_session
 from daetui.outbound.state import NodeProtocol
+from daetui.outbound.transport import TCP, Transport, open_stream, parse_type, tls_context
 
 CONNECT = 1
 UDP_ASSOCIATE = 3
@@ -60,11 +64,15 @@ class TrojanNode:
     sni: str = ""
     allow_insecure: bool = False
     alpn: tuple[str, ...] = ()
+    transport: Transport = TCP
 
     def link(self) -> str:
         """The share link of this node (parse_link(link()) == self)."""
+        t = self.transport
         params = [("sni", self.sni), ("allowInsecure", "1" if self.allow_insecure else ""),
                   ("alpn", ",".join(self.alpn))]
+        if t.kind != "tcp":
+            params += [("type", t.kind), ("host", t.host), ("path", t.link_path)]
         return (f"trojan://{quote(self.password, safe='')}@{_share.netloc(self.host, self.port)}"
                 f"{_share.query_text(params)}{_share.fragment(self.name)}")
 
@@ -73,7 +81,7 @@ class TrojanNode:
                half_close: bool = False) -> TrojanDialer:
         """A Dialer through this node, its TLS connection made through `via` (the TLS settings:
         node_context; `half_close`: see the module's docstring)."""
-        ctx = node_context(self, allow_insecure, ca_file, ssl_context)
+        ctx = tls_context(self, self.transport, allow_insecure, ca_file, ssl_context)
         return TrojanDialer(self, via, ctx, handshake_timeout, half_close)
 
 
@@ -85,14 +93,15 @@ def parse_link(link: str, name: str = "") -> TrojanNode:
     if not password:
         raise ValueError("no password (trojan://PASSWORD@host:port)")
     params = _share.query(parts)
-    transport = params.get("type", "tcp").lower() or "tcp"
-    if transport != "tcp":
-        raise ValueError(f"transport type={transport} is not supported (only tcp)")
     security = params.get("security", "tls").lower() or "tls"
+    if security == "reality":
+        raise ValueError("security=reality is not supported: no REALITY client here (trojan runs over tls)")
     if security != "tls":
         raise ValueError(f"security={security} is not supported (trojan runs over tls)")
     if params.get("flow"):
-        raise ValueError(f"flow={params['flow']} is not supported")
+        raise ValueError(f"flow={params['flow']} is not supported (only no flow)")
+    transport = parse_type(params.get("type", ""), path=params.get("path", ""), host=params.get("host", ""),
+                           ed=params.get("ed", ""), header_type=params.get("headerType", ""), tls=True)
     return TrojanNode(
         name=name or unquote(parts.fragment),
         host=_share.host_of(parts),
@@ -102,6 +111,7 @@ def parse_link(link: str, name: str = "") -> TrojanNode:
         allow_insecure=_share.flag(params, "allowInsecure") if "allowInsecure" in params
         else _share.flag(params, "allow_insecure"),
         alpn=_share.alpn_list(params.get("alpn", "")),
+        transport=transport,
     )
 
 
@@ -138,8 +148,9 @@ class TrojanDialer:
     async def _session(self, command: int, host: str, port: int) -> Stream:
         node = self.node
         # One write: trojan-gfw parses the request from the first record it reads.
-        return await open_session(self.via, node.host, node.port, self.ctx, node.sni, self.handshake_timeout,
-                                  self.half_close, request(node.password, command, host, port), "trojan")
+        return await open_stream(self.via, node.host, node.port, node.transport, self.ctx, node.sni,
+                                 self.handshake_timeout, self.half_close, request(node.password, command, host, port),
+                                 "trojan")
 
     async def connect(self, host: str, port: int) -> Stream:
         """A stream to host:port through the server (the TLS stream itself, after the request)."""

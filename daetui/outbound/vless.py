@@ -1,6 +1,8 @@
-"""VLESS nodes over TCP, with or without TLS.
+"""VLESS nodes over TCP, WebSocket or HTTP/2, with or without TLS (h2: always TLS).
 
     vless://UUID@HOST:PORT?encryption=none&security=tls&sni=NAME&type=tcp&allowInsecure=1#NAME
+    vless://UUID@HOST:443?security=tls&sni=NAME&type=ws&host=CDN.NAME&path=%2Fray%3Fed%3D2048#NAME
+    vless://UUID@HOST:443?security=tls&type=h2&host=A,B&path=%2Fray#NAME
 
 Request (client -> server), then the payload:
 
@@ -17,8 +19,9 @@ there as the server closing (DialError). UDP datagrams travel as a 2-byte
 length and the payload, for the one destination in the request (so each
 destination gets its own connection; see _udp.py).
 
-Refused with a reason: other transports (ws, grpc, h2, ...), `flow`
-(XTLS), `security=reality`/`xtls`, `encryption` other than none.
+The transport (`type`, `host`, `path`, `ed`) is transport.py's; refused
+with a reason: other transports (grpc, quic, kcp, xhttp, ...), `headerType=http`,
+`flow` (XTLS, xtls-rprx-vision), `security=reality`/`xtls`, `encryption` other than none.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from daetui.net.stream import Codec, CodecOver, Dialer, DialError, Stream, Wrapp
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.session import node_context, open_session
 from daetui.outbound.state import NodeProtocol
+from daetui.outbound.transport import TCP, Transport, open_stream, parse_type, tls_context
 
 VERSION = 0
 CMD_TCP = 1
@@ -50,7 +53,7 @@ MAX_DATAGRAM = 65535
 
 @dataclass(frozen=True)
 class VlessNode:
-    """A VLESS server (TCP transport) and how to reach it."""
+    """A VLESS server and how to reach it (its transport: tcp, ws or h2)."""
 
     protocol: ClassVar[NodeProtocol] = "vless"
 
@@ -62,10 +65,13 @@ class VlessNode:
     sni: str = ""
     allow_insecure: bool = False
     alpn: tuple[str, ...] = ()
+    transport: Transport = TCP
 
     def link(self) -> str:
         """The share link of this node (parse_link(link()) == self)."""
-        params = [("encryption", "none"), ("security", "tls" if self.tls else "none"), ("type", "tcp"),
+        t = self.transport
+        params = [("encryption", "none"), ("security", "tls" if self.tls else "none"), ("type", t.kind),
+                  ("host", t.host), ("path", t.link_path),
                   ("sni", self.sni), ("allowInsecure", "1" if self.allow_insecure else ""),
                   ("alpn", ",".join(self.alpn))]
         return (f"vless://{self.uuid}@{_share.netloc(self.host, self.port)}"
@@ -74,7 +80,7 @@ class VlessNode:
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> VlessDialer:
         """A Dialer through this node, its connection made through `via` (the TLS settings: node_context)."""
-        ctx = node_context(self, allow_insecure, ca_file, ssl_context) if self.tls else None
+        ctx = tls_context(self, self.transport, allow_insecure, ca_file, ssl_context) if self.tls else None
         return VlessDialer(self, via, ctx, handshake_timeout)
 
 
@@ -86,17 +92,16 @@ def parse_link(link: str, name: str = "") -> VlessNode:
     encryption = params.get("encryption", "none").lower() or "none"
     if encryption != "none":
         raise ValueError(f"encryption={encryption} is not supported (vless has none)")
-    transport = params.get("type", "tcp").lower() or "tcp"
-    if transport != "tcp":
-        raise ValueError(f"transport type={transport} is not supported (only tcp)")
-    header = params.get("headerType", "none").lower() or "none"
-    if header != "none":
-        raise ValueError(f"headerType={header} is not supported (only none)")
     if params.get("flow"):
-        raise ValueError(f"flow={params['flow']} (XTLS) is not supported")
+        raise ValueError(f"flow={params['flow']} (XTLS) is not supported (only no flow)")
     security = params.get("security", "none").lower() or "none"
+    if security == "reality":
+        raise ValueError("security=reality is not supported: no REALITY client here (supported: none or tls)")
     if security not in ("none", "tls"):
         raise ValueError(f"security={security} is not supported (none or tls)")
+    transport = parse_type(params.get("type", ""), path=params.get("path", ""), host=params.get("host", ""),
+                           ed=params.get("ed", ""), header_type=params.get("headerType", ""),
+                           tls=security == "tls")
     return VlessNode(
         name=name or unquote(parts.fragment),
         host=_share.host_of(parts),
@@ -106,6 +111,7 @@ def parse_link(link: str, name: str = "") -> VlessNode:
         sni=params.get("sni") or params.get("peer", ""),
         allow_insecure=_share.flag(params, "allowInsecure"),
         alpn=_share.alpn_list(params.get("alpn", "")),
+        transport=transport,
     )
 
 
@@ -133,10 +139,15 @@ def _addons_length(head: bytes) -> int:
 
 async def read_response(reader: Buffered) -> None:
     """Read and check the server's response header; DialError if it is not one."""
-    try:
-        head = await reader.read_exactly(2, "the vless response header")
-    except (DialError, ConnectionError):  # closed or reset
-        raise DialError(_NO_RESPONSE) from None
+    # A transport's own DialError (an h2 refusal) says more than "closed": only the end is translated.
+    while len(reader.buf) < 2:
+        try:
+            more = await reader.fill()
+        except ConnectionError:  # reset
+            more = False
+        if not more:
+            raise DialError(_NO_RESPONSE)
+    head = await reader.read_exactly(2)
     if n := _addons_length(head):
         await reader.read_exactly(n, "the vless response addons")
 
@@ -228,8 +239,8 @@ class VlessDialer:
     async def _session(self, command: int, host: str, port: int) -> Stream:
         node = self.node
         # vless servers are v2ray/xray, which keep answering after close_notify: a real half-close.
-        return await open_session(self.via, node.host, node.port, self.ctx, node.sni, self.handshake_timeout,
-                                  True, request(node.uuid, command, host, port), "vless")
+        return await open_stream(self.via, node.host, node.port, node.transport, self.ctx, node.sni,
+                                 self.handshake_timeout, True, request(node.uuid, command, host, port), "vless")
 
     async def connect(self, host: str, port: int) -> VlessStream:
         """A stream to host:port through the server."""

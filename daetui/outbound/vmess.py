@@ -1,8 +1,11 @@
-"""VMess nodes with the AEAD header (alterId 0), over TCP with or without TLS.
+"""VMess nodes with the AEAD header (alterId 0), over TCP, WebSocket or HTTP/2, with or without TLS.
 
     vmess://BASE64(JSON)     v2rayN's format: {"v": "2", "ps": NAME, "add": HOST, "port": "443",
                              "id": UUID, "aid": "0", "scy": "auto", "net": "tcp", "type": "none",
                              "host": "", "path": "", "tls": "tls", "sni": NAME, "alpn": ""}
+
+`net` is the transport (transport.py): tcp, ws (`host` the Host header,
+`path` with `?ed=N` for early data) or h2/http (`host` a comma-separated list).
 
 What goes over the connection, client first (as v2ray 4.34 reads it):
 
@@ -36,7 +39,8 @@ Security `auto` means aes-128-gcm (as v2ray picks on amd64);
 chacha20-poly1305 keys are MD5(key) | MD5(MD5(key)). Command 2 (UDP) sends
 one datagram per chunk, to the destination in the header; see _udp.py.
 Refused with a reason: alterId > 0 (the legacy MD5 header), transports
-other than tcp, HTTP header obfuscation, security none/zero.
+other than tcp/ws/h2 (grpc, quic, kcp, ...), HTTP header obfuscation
+(`type: http`), security none/zero.
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ from daetui.net.stream import Codec, CodecOver, Dialer, DialError, Stream, frami
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._udp import PerDestination
-from daetui.outbound.session import node_context, open_session
 from daetui.outbound.state import NodeProtocol
+from daetui.outbound.transport import TCP, Transport, open_stream, parse_type, tls_context
 
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
 KDF_ROOT = b"VMess AEAD KDF"
@@ -314,10 +318,15 @@ def _check_response(req: Request, sealed: bytes | bytearray) -> None:
 
 async def read_response(reader: Buffered, req: Request) -> None:
     """Read, open and check the server's response header."""
-    try:
-        sealed_len = await reader.read_exactly(2 + TAG, "the vmess response header")
-    except (DialError, ConnectionError):  # closed or reset
-        raise DialError(_NO_RESPONSE) from None
+    # A transport's own DialError (an h2 refusal) says more than "closed": only the end is translated.
+    while len(reader.buf) < 2 + TAG:
+        try:
+            more = await reader.fill()
+        except ConnectionError:  # reset
+            more = False
+        if not more:
+            raise DialError(_NO_RESPONSE)
+    sealed_len = await reader.read_exactly(2 + TAG)
     _check_response(req, await reader.read_exactly(_response_length(req, sealed_len) + TAG,
                                                    "the vmess response header"))
 
@@ -509,7 +518,7 @@ class VmessPackets:
 
 @dataclass(frozen=True)
 class VmessNode:
-    """A vmess server (AEAD header, TCP transport) and how to reach it."""
+    """A vmess server (AEAD header) and how to reach it (its transport: tcp, ws or h2)."""
 
     protocol: ClassVar[NodeProtocol] = "vmess"
 
@@ -522,12 +531,14 @@ class VmessNode:
     sni: str = ""
     allow_insecure: bool = False
     alpn: tuple[str, ...] = ()
+    transport: Transport = TCP
 
     def link(self) -> str:
         """The share link of this node, v2rayN's JSON (parse_link(link()) == self)."""
+        t = self.transport
         obj: dict[str, str] = {
             "v": "2", "ps": self.name, "add": self.host, "port": str(self.port), "id": self.uuid, "aid": "0",
-            "scy": self.security, "net": "tcp", "type": "none", "host": "", "path": "",
+            "scy": self.security, "net": t.kind, "type": "none", "host": t.host, "path": t.link_path,
             "tls": "tls" if self.tls else "", "sni": self.sni, "alpn": ",".join(self.alpn),
         }
         if self.allow_insecure:
@@ -543,7 +554,7 @@ class VmessNode:
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> VmessDialer:
         """A Dialer through this node, its connection made through `via` (the TLS settings: node_context)."""
-        ctx = node_context(self, allow_insecure, ca_file, ssl_context) if self.tls else None
+        ctx = tls_context(self, self.transport, allow_insecure, ca_file, ssl_context) if self.tls else None
         return VmessDialer(self, via, ctx, handshake_timeout)
 
 
@@ -607,15 +618,16 @@ def parse_link(link: str, name: str = "") -> VmessNode:
     security = (_text(obj, "scy") or "auto").lower()
     if security not in SECURITIES:
         raise ValueError(f"security {security!r} is not supported ({', '.join(SECURITIES)})")
-    net = (_text(obj, "net") or "tcp").lower()
-    if net != "tcp":
-        raise ValueError(f"transport net={net} is not supported (only tcp)")
-    header = (_text(obj, "type") or "none").lower()
-    if header != "none":
-        raise ValueError(f"header type={header} is not supported (only none)")
     tls = (_text(obj, "tls") or "none").lower()
+    if tls == "reality":
+        raise ValueError("tls=reality is not supported: no REALITY client here (tls or none)")
     if tls not in ("none", "tls"):
         raise ValueError(f"tls={tls} is not supported (tls or none)")
+    net = (_text(obj, "net") or "tcp").lower()
+    # v2rayN writes `type` for tcp's header obfuscation (and kcp/quic's): only tcp's matters here.
+    transport = parse_type(net, path=_text(obj, "path"), host=_text(obj, "host"),
+                           header_type=_text(obj, "type") if net == "tcp" else "", tls=tls == "tls",
+                           key="net", header_key="type")
     return VmessNode(
         name=name or _text(obj, "ps"),
         host=host,
@@ -626,6 +638,7 @@ def parse_link(link: str, name: str = "") -> VmessNode:
         sni=_text(obj, "sni") or (_text(obj, "host") if tls == "tls" else ""),
         allow_insecure=_share.flag({"allowInsecure": _text(obj, "allowInsecure").lower()}, "allowInsecure"),
         alpn=_share.alpn_list(_text(obj, "alpn")),
+        transport=transport,
     )
 
 
@@ -647,9 +660,9 @@ class VmessDialer:
         node = self.node
         req = Request.new(node.security_id, command, host, port)
         # vmess ends its stream with its own empty chunk: TLS need not carry a half-close.
-        stream = await open_session(self.via, node.host, node.port, self.ctx, node.sni, self.handshake_timeout,
-                                    False, seal_header(self.key, req.header(os.urandom(os.urandom(1)[0] % 16))),
-                                    "vmess")
+        stream = await open_stream(self.via, node.host, node.port, node.transport, self.ctx, node.sni,
+                                   self.handshake_timeout, False,
+                                   seal_header(self.key, req.header(os.urandom(os.urandom(1)[0] % 16))), "vmess")
         return stream, req
 
     async def connect(self, host: str, port: int) -> VmessStream:

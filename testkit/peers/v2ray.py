@@ -47,7 +47,8 @@ class Inbound:
     port: int
     settings: Mapping[str, Any] = field(default_factory=dict)
     tls: bool = False
-    network: str = "tcp"  # the stream transport; only tcp is used by daetui's dialers
+    network: str = "tcp"  # the stream transport: tcp, ws or http (v2ray's name for h2)
+    transport: Mapping[str, Any] = field(default_factory=dict)  # wsSettings / httpSettings as v2ray has them
 
     def to_json(self, listen: str, tag: str, ca: LabCA | None) -> dict[str, Any]:
         """The inbound object of v2ray's config, listening on `listen`."""
@@ -56,32 +57,60 @@ class Inbound:
             # v2ray tells socks clients to send UDP to this address.
             settings["ip"] = listen
         stream: dict[str, Any] = {"network": self.network}
+        if self.transport:
+            stream[{"ws": "wsSettings", "http": "httpSettings", "h2": "httpSettings"}[self.network]] = \
+                dict(self.transport)
         if self.tls:
             if ca is None:
                 raise V2rayError(f"{tag}: a TLS inbound needs a CA")
             stream["security"] = "tls"
             stream["tlsSettings"] = {
                 "serverName": ca.hostname,
-                "alpn": ["http/1.1"],
+                "alpn": ["h2"] if self.network in ("http", "h2") else ["http/1.1"],
                 "certificates": [{"certificateFile": str(ca.cert_file), "keyFile": str(ca.key_file)}],
             }
         return {"tag": tag, "protocol": self.protocol, "listen": listen, "port": self.port,
                 "settings": settings, "streamSettings": stream}
 
 
-def vmess_inbound(port: int, uuid: str, *, tls: bool = False, alter_id: int = 0) -> Inbound:
+def ws_settings(path: str, *, max_early_data: int = 0) -> dict[str, Any]:
+    """v2ray's wsSettings: the path served, and early data (0-RTT) accepted up to `max_early_data` bytes.
+
+    v2ray 4.34 reads early data from Sec-WebSocket-Protocol only (no other header name).
+    """
+    settings: dict[str, Any] = {"path": path}
+    if max_early_data:
+        settings["maxEarlyData"] = max_early_data
+    return settings
+
+
+def h2_settings(path: str, hosts: Sequence[str] = ()) -> dict[str, Any]:
+    """v2ray's httpSettings (the h2 transport): the path served and the hosts it accepts (any when empty)."""
+    settings: dict[str, Any] = {"path": path}
+    if hosts:
+        settings["host"] = list(hosts)
+    return settings
+
+
+def vmess_inbound(port: int, uuid: str, *, tls: bool = False, alter_id: int = 0, network: str = "tcp",
+                  transport: Mapping[str, Any] | None = None) -> Inbound:
     """vmess with one user; alterId 0 is the AEAD header (the only one daetui speaks)."""
-    return Inbound("vmess", port, {"clients": [{"id": uuid, "alterId": alter_id}]}, tls=tls)
+    return Inbound("vmess", port, {"clients": [{"id": uuid, "alterId": alter_id}]}, tls=tls, network=network,
+                   transport=transport or {})
 
 
-def vless_inbound(port: int, uuid: str, *, tls: bool = False) -> Inbound:
+def vless_inbound(port: int, uuid: str, *, tls: bool = False, network: str = "tcp",
+                  transport: Mapping[str, Any] | None = None) -> Inbound:
     """vless with one user and no fallbacks (a wrong id is closed at once)."""
-    return Inbound("vless", port, {"clients": [{"id": uuid}], "decryption": "none"}, tls=tls)
+    return Inbound("vless", port, {"clients": [{"id": uuid}], "decryption": "none"}, tls=tls, network=network,
+                   transport=transport or {})
 
 
-def trojan_inbound(port: int, password: str) -> Inbound:
+def trojan_inbound(port: int, password: str, *, network: str = "tcp",
+                   transport: Mapping[str, Any] | None = None) -> Inbound:
     """trojan (always TLS) with one password and no fallbacks."""
-    return Inbound("trojan", port, {"clients": [{"password": password}]}, tls=True)
+    return Inbound("trojan", port, {"clients": [{"password": password}]}, tls=True, network=network,
+                   transport=transport or {})
 
 
 def shadowsocks_inbound(port: int, method: str, password: str, network: str = "tcp,udp") -> Inbound:

@@ -1,0 +1,160 @@
+"""A node's stream transport (tcp, ws, h2) and the one function that opens a proxy server's stream with it.
+
+Shared by trojan.py, vless.py and vmess.py. What runs over the transport
+(the protocol's request, then its framing) does not change with it:
+
+- tcp: the server's connection itself, in TLS when the node has it (session.open_session, unchanged);
+- ws: TLS when the node has it (ALPN http/1.1 unless the link names others), then a WebSocket
+  upgrade to `path` with `host` as the Host header (net/websocket.py); the request rides
+  in the upgrade's early data when `early_data` > 0 (Xray's `?ed=N`), else in the first message;
+- h2: TLS always (ALPN h2 unless the link names others), then one HTTP/2 `PUT path` to a host
+  picked from `host` (comma-separated; net/http2.py), the request as the start of its body.
+
+Transports with no server here to test against (grpc, quic, kcp, xhttp/splithttp, httpupgrade,
+tcp's HTTP header obfuscation, REALITY) are refused when a link is parsed; see `parse_type`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from daetui.net.http2 import open_http2
+from daetui.net.stream import Dialer, DialError, Stream
+from daetui.net.tls import client_context, server_name, start_tls
+from daetui.net.websocket import EARLY_DATA_HEADER, open_websocket, split_early_data
+from daetui.outbound import _share
+from daetui.outbound.session import node_context, open_session
+
+TransportKind = Literal["tcp", "ws", "h2"]
+KINDS: tuple[TransportKind, ...] = ("tcp", "ws", "h2")
+SUPPORTED = "tcp, ws, h2 (also called http)"
+DEFAULT_ALPN: dict[str, tuple[str, ...]] = {"tcp": (), "ws": ("http/1.1",), "h2": ("h2",)}
+# What links name that no server here can test: refused with the reason rather than half-accepted.
+UNSUPPORTED = {
+    "grpc": "grpc", "gun": "grpc", "quic": "quic", "kcp": "mkcp", "mkcp": "mkcp", "xhttp": "xhttp",
+    "splithttp": "xhttp (splithttp)", "httpupgrade": "httpupgrade", "domainsocket": "domainsocket",
+}
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How a node's stream travels: plain tcp, a WebSocket, or an HTTP/2 request.
+
+    `path` is the ws/h2 path as sent (no `?ed=`); `host` the ws Host header
+    or the h2 hosts (comma-separated); `early_data` the most ws early data
+    bytes (0: none) and `early_data_header` its header ("": Sec-WebSocket-Protocol).
+    """
+
+    kind: TransportKind = "tcp"
+    path: str = ""
+    host: str = ""
+    early_data: int = 0
+    early_data_header: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"transport {self.kind!r} is not supported ({SUPPORTED})")
+        if self.kind != "ws" and (self.early_data or self.early_data_header):
+            raise ValueError("early data (ed=) is a ws setting")
+        if self.kind == "tcp" and (self.path or self.host):
+            raise ValueError("path and host are ws/h2 settings")
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The h2 hosts, or the ws Host header alone."""
+        return tuple(h.strip() for h in self.host.split(",") if h.strip())
+
+    @property
+    def link_path(self) -> str:
+        """The path as a share link writes it: with `?ed=N` (and `eh=`) for early data, as Xray's links do."""
+        if not self.early_data:
+            return self.path
+        extra = f"ed={self.early_data}" + (f"&eh={self.early_data_header}" if self.early_data_header else "")
+        return f"{self.path or '/'}{'&' if '?' in self.path else '?'}{extra}"
+
+
+TCP = Transport()  # plain tcp: what a node has unless its link names another
+
+
+def parse_type(kind: str, *, path: str = "", host: str = "", ed: str = "", header_type: str = "",
+               tls: bool, key: str = "type", header_key: str = "headerType") -> Transport:
+    """The Transport a link names (`type=`/`net=`, `path`, `host`, `ed`, `headerType`); ValueError with the reason.
+
+    `key` and `header_key` are the link's names for the transport and tcp's
+    header type (vmess's JSON: `net` and `type`), so that a refusal quotes the link.
+    """
+    kind = (kind or "tcp").strip().lower()
+    if kind in UNSUPPORTED:
+        raise ValueError(f"{key}={kind} is not supported: no {UNSUPPORTED[kind]} transport "
+                         f"(supported: {SUPPORTED})")
+    if kind == "http":
+        kind = "h2"  # v2ray's name for its HTTP/2 transport
+    if kind not in KINDS:
+        raise ValueError(f"{key}={kind} is not supported (supported transports: {SUPPORTED})")
+    header_type = (header_type or "none").strip().lower()
+    if header_type != "none":
+        what = "HTTP header obfuscation of tcp" if header_type == "http" else f"{header_type} header of tcp"
+        raise ValueError(f"{header_key}={header_type} ({what}) is not supported (only none)")
+    if kind == "tcp":
+        return TCP
+    if kind == "h2" and not tls:
+        raise ValueError("transport h2 needs tls (v2ray's h2 runs over TLS only); set security=tls")
+    path_only, path_ed, eh = split_early_data(path)
+    if ed:
+        try:
+            path_ed = int(ed)
+        except ValueError:
+            raise ValueError(f"ed={ed!r} is not a number") from None
+        if path_ed < 0:
+            raise ValueError(f"ed={path_ed} is negative")
+    if kind == "h2":
+        if path_ed or eh:
+            raise ValueError("early data (ed=) is a ws setting, not h2's")
+        return Transport("h2", path or "/", host)
+    if eh and not all(c.isalnum() or c in "-_" for c in eh):
+        raise ValueError(f"eh={eh!r} is not a header name")
+    if eh == EARLY_DATA_HEADER:
+        eh = ""
+    return Transport("ws", path_only or "/", host, path_ed, eh if path_ed else "")
+
+
+def tls_context(node: object, transport: Transport, allow_insecure: bool, ca_file: str | Path | None,
+                ssl_context: ssl.SSLContext | None) -> ssl.SSLContext:
+    """A TLS node's client context, as session.node_context makes it, with the transport's ALPN by default."""
+    if ssl_context is not None or transport.kind == "tcp" or getattr(node, "alpn", ()):
+        return node_context(node, allow_insecure, ca_file, ssl_context)
+    return client_context(allow_insecure=allow_insecure or bool(getattr(node, "allow_insecure", False)),
+                          ca_file=ca_file, alpn=DEFAULT_ALPN[transport.kind])
+
+
+async def open_stream(via: Dialer, host: str, port: int, transport: Transport, ctx: ssl.SSLContext | None,
+                      sni: str, timeout: float, half_close: bool, request: bytes, protocol: str) -> Stream:
+    """A proxy server's stream for one request, `request` sent first: through `via`, in TLS when `ctx`
+    is given, over the transport; closed again if any of it fails.
+
+    `half_close` is TLS's (session.open_session) and matters for tcp only:
+    ws has no half-close and h2 carries its own (the end of the request body).
+    """
+    if transport.kind == "tcp":
+        return await open_session(via, host, port, ctx, sni, timeout, half_close, request, protocol)
+    if transport.kind == "h2" and ctx is None:
+        raise DialError(f"{protocol}: the h2 transport needs TLS")
+    stream = await via.connect(host, port)
+    if ctx is not None:
+        stream = await start_tls(stream, ctx, server_name(host, sni), timeout, False)
+    try:
+        if transport.kind == "ws":
+            return await open_websocket(
+                stream, host=transport.host or _share.netloc(host, port), path=transport.path or "/",
+                early_data=request, max_early_data=transport.early_data,
+                early_data_header=transport.early_data_header or EARLY_DATA_HEADER, timeout=timeout)
+        return await open_http2(stream, hosts=transport.hosts, path=transport.path or "/", timeout=timeout,
+                                early_data=request)
+    except DialError as e:
+        raise DialError(f"{protocol} over {transport.kind}: {e}") from None
+    except OSError as e:
+        stream.close()
+        raise DialError(f"{protocol} over {transport.kind}: {e.strerror or e}") from None
