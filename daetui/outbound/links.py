@@ -103,6 +103,14 @@ class ChainNode:
         return d
 
 
+def refusal(scheme: str) -> str | None:
+    """Why nodes of this scheme are refused (it is in UNSUPPORTED); None for any other scheme."""
+    what = UNSUPPORTED.get(scheme.lower())
+    if what is None:
+        return None
+    return f"{scheme.lower()}:// nodes ({what}) are not supported: daetui has no {what} client"
+
+
 def parse_link(link: str, name: str = "") -> Any:
     """The node a share link (or a chain `a -> b`) describes; LinkError says what is wrong with it."""
     if " -> " in link:
@@ -117,9 +125,9 @@ def parse_link(link: str, name: str = "") -> Any:
             raise LinkError(f"{scheme}:// link without a port")
         scheme = ALIASES[scheme]
         link = f"{scheme}://{rest}"
-    if scheme in UNSUPPORTED:
-        what = UNSUPPORTED[scheme]
-        raise LinkError(f"{scheme}:// nodes ({what}) are not supported: daetui has no {what} client")
+    reason = refusal(scheme)
+    if reason is not None:
+        raise LinkError(reason)
     module = MODULES.get(scheme)
     if module is None:
         known = ", ".join(f"{s}://" for s in (*MODULES, *ALIASES))

@@ -6,7 +6,9 @@ What a subscription URL may serve (the formats dae reads, checked in this order)
   links         share links, one a line (blank lines and `#` comments skipped)
   base64        the same list base64-encoded: standard or URL-safe alphabet, padding optional,
                 line breaks and other whitespace anywhere
-Clash YAML is not read: it is recognised and refused with a reason.
+  clash YAML    a clash / mihomo config or provider file (a top-level `proxies:` list, a
+                format dae refuses and many providers serve): each proxy turned into the
+                share link daetui parses (clash_link), so one parser decides what a node means
 
 URLs (dae's syntax; in daetui's config the tag is the key, `[subscription] TAG = "URL"`):
   http://..., https://...          fetched with daetui's SO_MARK; a name is resolved by
@@ -50,7 +52,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from daetui.net.address import is_address
 from daetui.net.sockopts import SO_MARK
-from daetui.outbound.links import parse_link, scheme_of
+from daetui.outbound import _share
+from daetui.outbound.links import LinkError, parse_link, refusal, scheme_of
 from daetui.redact import remember_link
 
 log = logging.getLogger("daetui.outbound")
@@ -60,6 +63,7 @@ FETCH_TIMEOUT = 30.0              # the whole fetch: resolving, connecting, redi
 MAX_REDIRECTS = 5
 DEFAULT_INTERVAL = 12 * 3600.0
 DEFAULT_RETRY = 30.0              # first retry after a failed fetch; doubles up to the interval
+MAX_YAML_NODES = 500_000         # YAML nodes with aliases expanded: a clash file of 5000 proxies is ~150k
 MAX_LOGGED_ERRORS = 20            # per fetch, so that a list of 5000 broken lines does not flood the log
 SAVED_MAGIC = "@daetui-saved"
 
@@ -91,7 +95,7 @@ class SubscriptionNodes:
 
     nodes: list[tuple[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    format: str = ""        # "sip008", "base64", "links", or "" when none was recognised
+    format: str = ""        # "sip008", "clash", "base64", "links", or "" when none was recognised
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,8 @@ def parse_subscription(text: str | bytes, subtag: str, *, taken: Collection[str]
     A name met twice (or one in `taken`, such as the names of other
     subscriptions' nodes and of [node]) gets " (2)", " (3)", ... A link that
     cannot be used is reported as "line N: reason" (N counts the lines of the
-    list, after base64 decoding) or "server N: reason" for SIP008, and skipped.
+    list, after base64 decoding), "server N: reason" for SIP008 or
+    "proxy N (name): reason" for clash YAML, and skipped.
     A text that is no list at all gives one error and no nodes.
     """
     out = SubscriptionNodes()
@@ -216,8 +221,7 @@ def parse_subscription(text: str | bytes, subtag: str, *, taken: Collection[str]
         _parse_sip008(stripped, subtag, names, out)
         return out
     if _CLASH.search(stripped):
-        out.errors.append("a clash YAML subscription: not supported (ask the provider for the base64 link list, "
-                          "the format v2rayN reads)")
+        _parse_clash(stripped, subtag, names, out)
         return out
     if "://" in stripped:
         out.format = "links"
@@ -339,6 +343,315 @@ def _sip008_link(server: Any) -> tuple[str, str]:
         query = "/?plugin=" + quote(plugin, safe="")
     remarks = str(server.get("remarks") or "").strip()
     return f"ss://{userinfo}@{netloc}{query}#{quote(remarks, safe='')}", remarks
+
+
+# -- clash / mihomo YAML ----------------------------------------------------------------------------
+# The proxy fields are mihomo's (wiki.metacubex.one/config/proxies/: ss, vmess, vless, trojan, socks,
+# http, transport, tls); clash's older spellings (ws-path, ws-headers) are read too.
+
+def _parse_clash(text: str, subtag: str, names: _Names, out: SubscriptionNodes) -> None:
+    try:
+        doc = load_yaml(text)
+    except ValueError as e:
+        out.errors.append(f"bad clash YAML: {e}")
+        return
+    proxies = doc.get("proxies") if isinstance(doc, dict) else None
+    if not isinstance(proxies, list):
+        has_providers = isinstance(doc, dict) and doc.get("proxy-providers")
+        out.errors.append("clash YAML without a `proxies:` list" +
+                          (" (its proxy-providers are URLs of their own: subscribe to those)" if has_providers else ""))
+        return
+    out.format = "clash"
+    for number, proxy in enumerate(proxies, 1):
+        label = _text(proxy.get("name")) if isinstance(proxy, dict) else ""
+        where = f"proxy {number} ({label})" if label else f"proxy {number}"
+        try:
+            link, name = clash_link(proxy)
+        except ValueError as e:
+            out.errors.append(f"{where}: {e}")
+            continue
+        _add(link, where, subtag, names, out, name)
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML document as Python data (YAML's safe subset); ValueError says why not.
+
+    The text is bounded by the fetch; what is bounded here is what aliases
+    can make of it: a billion-laughs document of a few lines is refused by
+    counting its nodes as if every alias were expanded, before building any
+    of it. Nesting too deep for the parser is refused too.
+    """
+    import yaml
+
+    # The pure-Python loader: its recursion is checked (RecursionError), where libyaml's composer would crash.
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_size(node)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        where = f" (line {e.problem_mark.line + 1})" if e.problem_mark is not None else ""
+        raise ValueError(f"{e.problem or e.context}{where}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_size(root: Any) -> None:
+    import yaml
+
+    # An alias is the node it names, met again: counting visits counts the expanded document, and stopping
+    # at the bound keeps this loop (and a recursive alias's endless one) short.
+    stack, seen = [root], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise ValueError(f"more than {MAX_YAML_NODES} YAML nodes once its aliases are expanded")
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+# clash `type:` values that name protocols daetui has no client for, as links.UNSUPPORTED spells them.
+_CLASH_NO_CLIENT = {"ssr": "ssr", "hysteria": "hysteria", "hysteria2": "hysteria2", "tuic": "tuic",
+                    "wireguard": "wireguard", "snell": "snell", "ssh": "ssh", "mieru": "mieru", "anytls": "anytls",
+                    "juicity": "juicity"}
+_CLASH_BUILTIN = ("direct", "reject", "reject-drop", "pass", "dns", "compatible")
+
+
+def clash_link(proxy: Any) -> tuple[str, str]:
+    """One entry of a clash `proxies:` list as (share link, name); ValueError (or LinkError) says why not.
+
+    Only what the link can say is taken; a field that would change what the
+    node does and that no link can say (dialer-proxy, ech-opts, trojan-go's
+    ss-opts, an http proxy's own headers) refuses the proxy rather than
+    being dropped. Fields that only tune the client (udp, tfo, smux,
+    ip-version, interface-name, routing-mark, ...) are left out.
+    """
+    if not isinstance(proxy, dict):
+        raise ValueError("not a mapping")
+    name = _text(proxy.get("name"))
+    kind = _text(proxy.get("type")).lower()
+    if not kind:
+        raise ValueError("no type")
+    if kind in _CLASH_NO_CLIENT:
+        raise LinkError(refusal(_CLASH_NO_CLIENT[kind]) or f"type {kind!r} is not supported")
+    if kind in _CLASH_BUILTIN:
+        raise ValueError(f"type {kind!r} is clash's built-in outbound, not a proxy server")
+    convert = _CLASH_TYPES.get(kind)
+    if convert is None:
+        raise ValueError(f"unknown proxy type {kind!r}")
+    if _text(proxy.get("dialer-proxy")):
+        raise ValueError(f"dialer-proxy {_text(proxy['dialer-proxy'])!r} (a chain through another proxy) "
+                         "is not supported in a subscription")
+    ech = proxy.get("ech-opts")
+    if isinstance(ech, dict) and _flag(ech.get("enable")):
+        raise ValueError("ech-opts (Encrypted Client Hello) is not supported")
+    server = _text(proxy.get("server"))
+    if not server:
+        raise ValueError("no server")
+    port = proxy.get("port")
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"bad port {proxy.get('port')!r}")
+    host = server.strip("[]")
+    return convert(proxy, _share.netloc(host, port), name), name
+
+
+def _text(value: Any) -> str:
+    """A YAML scalar as text (YAML reads `port: 443`, `name: 1` or `tls: true` as numbers and booleans)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
+
+
+def _flag(value: Any) -> bool:
+    return value is True or _text(value).lower() in ("true", "1", "yes")
+
+
+def _opts(proxy: dict[str, Any], key: str) -> dict[str, Any]:
+    value = proxy.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} is not a mapping")
+    return value
+
+
+def _header(headers: Any, wanted: str) -> list[str]:
+    """A header's values from a clash headers mapping (any case; ws-opts gives one, http-opts a list)."""
+    if not isinstance(headers, dict):
+        return []
+    for key, value in headers.items():
+        if str(key).lower() == wanted:
+            return _texts(value)
+    return []
+
+
+def _texts(value: Any) -> list[str]:
+    """A clash field that is a string or a list of them."""
+    items = value if isinstance(value, list) else [value]
+    return [_text(v) for v in items if _text(v)]
+
+
+def _transport(proxy: dict[str, Any]) -> dict[str, str]:
+    """`network` and its opts as the share-link parameters: type, host, path, serviceName, headerType."""
+    network = _text(proxy.get("network")).lower() or "tcp"
+    if network == "ws":
+        opts = _opts(proxy, "ws-opts")
+        path = _text(opts.get("path") or proxy.get("ws-path"))
+        host = ",".join(_header(opts.get("headers") or proxy.get("ws-headers"), "host"))
+        # mihomo's ws-opts.v2ray-http-upgrade is another transport (HTTPUpgrade), not WebSocket.
+        kind = "httpupgrade" if _flag(opts.get("v2ray-http-upgrade")) else "ws"
+        return {"type": kind, "host": host, "path": path}
+    if network == "h2":
+        opts = _opts(proxy, "h2-opts")
+        return {"type": "h2", "host": ",".join(_texts(opts.get("host"))), "path": _text(opts.get("path"))}
+    if network == "http":  # HTTP/1.1 header obfuscation over TCP
+        opts = _opts(proxy, "http-opts")
+        return {"type": "tcp", "headerType": "http", "host": ",".join(_header(opts.get("headers"), "host")),
+                "path": ",".join(_texts(opts.get("path")))}
+    if network == "grpc":
+        opts = _opts(proxy, "grpc-opts")
+        return {"type": "grpc", "serviceName": _text(opts.get("grpc-service-name"))}
+    return {"type": network}  # tcp, or one no parser here knows (xhttp, kcp, quic): the parser says so
+
+
+def _tls_params(proxy: dict[str, Any], sni_key: str) -> list[tuple[str, str]]:
+    params = [("sni", _text(proxy.get(sni_key))),
+              ("alpn", ",".join(_texts(proxy.get("alpn")))),
+              ("allowInsecure", "1" if _flag(proxy.get("skip-cert-verify")) else ""),
+              ("fp", _text(proxy.get("client-fingerprint")))]
+    reality = _opts(proxy, "reality-opts")
+    if reality:
+        params += [("pbk", _text(reality.get("public-key"))), ("sid", _text(reality.get("short-id")))]
+    return params
+
+
+def _query(params: list[tuple[str, str]]) -> str:
+    """`?k=v&...` of the parameters that are set, each value percent-encoded."""
+    return _share.query_text(params)
+
+
+def _clash_ss(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    method, password = _text(proxy.get("cipher")), _text(proxy.get("password"))
+    if not method or not password:
+        raise ValueError("no cipher or password")
+    if method.lower().startswith("2022-"):
+        userinfo = f"{quote(method, safe='')}:{quote(password, safe='')}"  # SIP022: plain, percent-encoded
+    else:
+        userinfo = base64.urlsafe_b64encode(f"{method}:{password}".encode()).decode().rstrip("=")
+    plugin = _clash_plugin(proxy)
+    query = "/?plugin=" + quote(plugin, safe="") if plugin else ""
+    return f"ss://{userinfo}@{netloc}{query}{_share.fragment(name)}"
+
+
+def _sip003_escape(text: str) -> str:
+    # SIP003 options are `k=v;k=v`: a backslash escapes '\', '=' and ';' inside a key or value.
+    return text.replace("\\", "\\\\").replace("=", "\\=").replace(";", "\\;")
+
+
+def _clash_plugin(proxy: dict[str, Any]) -> str:
+    """A clash ss plugin and its plugin-opts as SIP002's `name;opts` (before URL-encoding)."""
+    plugin = _text(proxy.get("plugin"))
+    if not plugin:
+        return ""
+    opts = _opts(proxy, "plugin-opts")
+    parts: list[str]
+    if plugin == "obfs":  # simple-obfs: mihomo's mode/host are obfs-local's obfs/obfs-host
+        parts = ["obfs-local", f"obfs={_sip003_escape(_text(opts.get('mode')) or 'http')}"]
+        if _text(opts.get("host")):
+            parts.append(f"obfs-host={_sip003_escape(_text(opts['host']))}")
+    elif plugin == "v2ray-plugin":
+        parts = ["v2ray-plugin", f"mode={_sip003_escape(_text(opts.get('mode')) or 'websocket')}"]
+        if _flag(opts.get("tls")):
+            parts.append("tls")
+        for key in ("host", "path"):
+            if _text(opts.get(key)):
+                parts.append(f"{key}={_sip003_escape(_text(opts[key]))}")
+    else:
+        # shadow-tls, restls, kcptun, gost-plugin, ...: passed on by name and options, for the ss:// parser
+        # to run or refuse.
+        parts = [plugin] + [f"{_sip003_escape(str(k))}={_sip003_escape(_text(v))}" for k, v in opts.items()
+                            if not isinstance(v, (dict, list))]
+    return ";".join(parts)
+
+
+def _clash_vmess(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    host, _, port = netloc.rpartition(":")
+    transport = _transport(proxy)
+    net = transport.get("type", "tcp")
+    tls = "reality" if _opts(proxy, "reality-opts") else ("tls" if _flag(proxy.get("tls")) else "")
+    obj = {"v": "2", "ps": name, "add": host.strip("[]"), "port": port, "id": _text(proxy.get("uuid")),
+           "aid": _text(proxy.get("alterId")) or "0", "scy": _text(proxy.get("cipher")) or "auto",
+           "net": net, "type": transport.get("headerType", "none"), "host": transport.get("host", ""),
+           # v2rayN's JSON carries a gRPC service name in `path`.
+           "path": transport.get("serviceName", transport.get("path", "")),
+           "tls": tls, "sni": _text(proxy.get("servername")), "alpn": ",".join(_texts(proxy.get("alpn"))),
+           "fp": _text(proxy.get("client-fingerprint"))}
+    if _flag(proxy.get("skip-cert-verify")):
+        obj["allowInsecure"] = "1"
+    return "vmess://" + base64.b64encode(json.dumps(obj, ensure_ascii=False).encode()).decode()
+
+
+def _link_transport(proxy: dict[str, Any]) -> list[tuple[str, str]]:
+    transport = _transport(proxy)
+    kind = transport.pop("type")
+    # The share-link standard (XTLS/Xray-core discussion 716) calls the HTTP/2 transport `type=http`.
+    return [("type", "http" if kind == "h2" else kind), *transport.items()]
+
+
+def _clash_vless(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    uuid = _text(proxy.get("uuid"))
+    security = "reality" if _opts(proxy, "reality-opts") else ("tls" if _flag(proxy.get("tls")) else "none")
+    params = [("encryption", _text(proxy.get("encryption")) or "none"), ("security", security),
+              *_link_transport(proxy), *_tls_params(proxy, "servername"), ("flow", _text(proxy.get("flow")))]
+    return f"vless://{quote(uuid, safe='')}@{netloc}{_query(params)}{_share.fragment(name)}"
+
+
+def _clash_trojan(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    password = _text(proxy.get("password"))
+    if _flag(_opts(proxy, "ss-opts").get("enabled")):
+        raise LinkError(refusal("trojan-go") or "trojan-go is not supported")
+    security = "reality" if _opts(proxy, "reality-opts") else "tls"  # trojan is always over TLS
+    params = [("security", security), *_link_transport(proxy), *_tls_params(proxy, "sni")]
+    return f"trojan://{quote(password, safe='')}@{netloc}{_query(params)}{_share.fragment(name)}"
+
+
+def _userinfo(proxy: dict[str, Any]) -> str:
+    user, password = _text(proxy.get("username")), _text(proxy.get("password"))
+    return f"{quote(user, safe='')}:{quote(password, safe='')}@" if user or password else ""
+
+
+def _clash_socks5(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    # socks5 over TLS has no link form here: its parameters make the socks5:// parser refuse it, with the reason.
+    params = [("tls", "1" if _flag(proxy.get("tls")) else "")]
+    return f"socks5://{_userinfo(proxy)}{netloc}{_query(params)}{_share.fragment(name)}"
+
+
+def _clash_http(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    if proxy.get("headers"):
+        raise ValueError("headers (extra request headers to the proxy) are not supported")
+    tls = _flag(proxy.get("tls"))
+    params = [("sni", _text(proxy.get("sni"))),
+              ("allow_insecure", "1" if _flag(proxy.get("skip-cert-verify")) else "")] if tls else []
+    return f"{'https' if tls else 'http'}://{_userinfo(proxy)}{netloc}{_query(params)}{_share.fragment(name)}"
+
+
+_CLASH_TYPES = {"ss": _clash_ss, "vmess": _clash_vmess, "vless": _clash_vless, "trojan": _clash_trojan,
+                "socks5": _clash_socks5, "http": _clash_http}
 
 
 def _add(link: str, where: str, subtag: str, names: _Names, out: SubscriptionNodes, name: str = "") -> None:
@@ -493,7 +806,8 @@ class Subscription:
         try:
             async with asyncio.timeout(self.timeout):
                 body = await self._download(notes)
-            parsed = parse_subscription(body, self.tag, taken=self.taken)
+            # In a thread: a large clash YAML takes the pure-Python YAML parser a while.
+            parsed = await asyncio.to_thread(parse_subscription, body, self.tag, taken=self.taken)
             if not parsed.nodes:
                 why = parsed.errors[0] if len(parsed.errors) == 1 else f"{len(parsed.errors)} broken entries"
                 raise FetchError(f"no usable nodes ({why})" if parsed.errors else "no nodes")
