@@ -148,8 +148,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_import_dae(args: argparse.Namespace) -> int:
-    from daetui.config.dae_import import DaeImportError, convert_dae
+    from daetui.config.dae_import import DaeImportError, convert_dae_file
     from daetui.config.load import load_config
+    from daetui.outbound.links import link_problem
 
     src = Path(args.file)
     out = Path(args.output) if args.output else None
@@ -157,30 +158,34 @@ def cmd_import_dae(args: argparse.Namespace) -> int:
         print(f"daetui import-dae: {out} exists (--force replaces it)", file=sys.stderr)
         return 1
     try:
-        text = convert_dae(src.read_text(encoding="utf-8"), str(src))
+        conv = convert_dae_file(src, check_link=link_problem)
     except OSError as e:
         print(f"daetui import-dae: {src}: {e.strerror}", file=sys.stderr)
         return 1
     except DaeImportError as e:
         print(f"daetui import-dae: {redact(e)}", file=sys.stderr)
         return 1
-    # Checked as the file it becomes, so geoip/geosite are looked for next to it.
+    # Checked as the file it becomes, so geoip/geosite are looked for next to it; an error is told
+    # at the place in the dae files it comes from (the TOML may never be written).
     target = Path(args.output) if args.output else src.with_suffix(".toml")
     try:
-        cfg = load_config(target, overrides={str(target.resolve()): text})
+        cfg = load_config(target, overrides={str(target.resolve()): conv.text})
     except ConfigError as e:
-        print(f"daetui import-dae: converted, but the result does not validate:\n{e}", file=sys.stderr)
+        where = conv.locate(e.path)
+        at = f"{where[0]}:{where[1]}:{where[2]}" if where else str(src)
+        print(f"daetui import-dae: {redact(at)}: {e.message}", file=sys.stderr)
         return 1
     if out is not None:
         from daetui.config.edit import write_atomic
 
-        write_atomic(out, text, backup=out.exists())
+        write_atomic(out, conv.text, backup=out.exists())
         out.chmod(0o600)  # it holds proxy links
-        print(f"wrote {out}: {len(cfg.routing.entries)} rules, {len(cfg.nodes)} nodes, {len(cfg.groups)} groups")
+        print(f"wrote {out}: {len(cfg.routing.entries)} rules, {len(cfg.nodes)} nodes, {len(cfg.groups)} groups"
+              + (f"; {len(conv.left_out)} nodes left out" if conv.left_out else ""))
     else:
-        sys.stdout.write(text)
-    for w in cfg.warnings:
-        print(f"daetui import-dae: warning: {w}", file=sys.stderr)
+        sys.stdout.write(conv.text)
+    for w in (*conv.warnings, *(w for w in cfg.warnings if str(target) not in w)):
+        print(f"daetui import-dae: warning: {redact(w)}", file=sys.stderr)
     return 0
 
 
@@ -207,21 +212,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except CompileError as e:
         print(f"daetui: {cfg.source}: {e}", file=sys.stderr)
         return 1
-    from daetui.outbound.links import LinkError, parse_link
-
-    bad = 0
-    for node in cfg.nodes:
-        try:
-            parse_link(node.link, node.tag)
-        except LinkError as e:
-            # The loader checks the scheme; the link itself is read by its protocol's module.
-            line = next((i + 1 for i, ln in enumerate(cfg.text.splitlines())
-                         if ln.strip().startswith((f"{node.tag} ", f"{node.tag}=", f'"{node.tag}"'))), 0)
-            # The protocol module's words may quote the link: its secrets masked.
-            print(f"daetui: {cfg.source}:{line}: node {node.tag}: {redact(e)}", file=sys.stderr)
-            bad += 1
-    if bad:
-        return 1
+    # Nodes' links were judged by the loader (set_link_check in main): a bad one failed _load.
     r = cfg.routing
     print(f"{cfg.source}: ok: {len(r.entries)} rules ({len(r.enabled)} enabled), "
           f"{len(kr.match_sets)} kernel match sets, {len(cfg.nodes)} nodes, fallback {r.fallback}")
@@ -376,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command or "run"
+    # Every config this process loads has its nodes' links judged by the dialers that will use them.
+    from daetui.config.load import set_link_check
+    from daetui.outbound.links import link_problem
+
+    set_link_check(link_problem)
     handlers = {"run": cmd_run, "validate": cmd_validate, "cleanup": cmd_cleanup, "lab": cmd_lab,
                 "demo": cmd_demo, "attach": cmd_attach, "status": cmd_status, "stop": cmd_stop,
                 "reload": cmd_reload, "explain": cmd_explain, "import-dae": cmd_import_dae,

@@ -29,16 +29,20 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import glob
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tomlkit
 from tomlkit.container import Container
 from tomlkit.items import Comment, Integer, Item, Table, Trivia
 
-__all__ = ["DaeImportError", "convert_dae"]
+from daetui.config import dae_keys
+
+__all__ = ["Conversion", "DaeImportError", "convert_dae", "convert_dae_file"]
 
 
 class DaeImportError(ValueError):
@@ -58,53 +62,11 @@ class DaeImportError(ValueError):
 # ---------------------------------------------------------------------------
 # dae's keys, as dae's config/config.go declares them.
 
-# Value kinds: u16/u32/int are TOML integers (range-checked like dae's Go types),
-# bool a TOML boolean, duration a string that Go's time.ParseDuration accepts,
-# list a list of strings from dae's comma-separated form, str a string.
-_GLOBAL_KEYS: dict[str, str] = {
-    "tproxy_port": "u16",
-    "tproxy_port_protect": "bool",
-    "so_mark_from_dae": "u32",
-    "log_level": "str",
-    "tcp_check_url": "list",
-    "tcp_check_http_method": "str",
-    "udp_check_dns": "list",
-    "check_interval": "duration",
-    "check_tolerance": "duration",
-    "lan_interface": "list",
-    "wan_interface": "list",
-    "allow_insecure": "bool",
-    "dial_mode": "str",
-    "disable_waiting_network": "bool",
-    "enable_local_tcp_fast_redirect": "bool",
-    "auto_config_kernel_parameter": "bool",
-    "auto_config_firewall_rule": "bool",
-    "sniffing_timeout": "duration",
-    "tls_implementation": "str",
-    "utls_imitate": "str",
-    "pprof_port": "u16",
-    "mptcp": "bool",
-    "fallback_resolver": "str",
-    "bandwidth_max_tx": "str",
-    "bandwidth_max_rx": "str",
-    "dns_performance_level": "str",
-}
-# Blocks inside global, and their keys.
-_GLOBAL_BLOCKS: dict[str, dict[str, str]] = {"dns_ingress_manual": {"workers": "u16", "queue": "u16"}}
-
-# A group's keys besides filter (repeatable) and policy (required).
-_GROUP_KEYS: dict[str, str] = {
-    "tcp_check_url": "list",
-    "tcp_check_http_method": "str",
-    "udp_check_dns": "list",
-    "check_interval": "duration",
-    "check_tolerance": "duration",
-}
-_FILTER_ANNOTATIONS = ("add_latency",)
-
-_SECTIONS = ("global", "subscription", "node", "group", "dns", "routing")
-_REQUIRED_SECTIONS = ("global", "routing")   # dae refuses a config without them
-_DNS_KEYS = ("ipversion_prefer", "fixed_domain_ttl", "upstream", "routing")
+# The keys themselves, their kinds and what daetui makes of them: dae_keys.py.
+_FILTER_ANNOTATIONS = dae_keys.FILTER_ANNOTATIONS
+_SECTIONS = dae_keys.SECTIONS
+_REQUIRED_SECTIONS = dae_keys.REQUIRED_SECTIONS
+_GROUP_KEYS = {k: v.kind for k, v in dae_keys.GROUP.items() if k not in ("filter", "policy")}
 
 # Go's time.ParseDuration: a sequence of decimal numbers with units, or a bare 0.
 _DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
@@ -138,6 +100,7 @@ class _Tok:
     line: int
     col: int
     end_line: int
+    src: _Source | None = field(default=None, compare=False, repr=False)   # the file it is in
 
     @property
     def is_id(self) -> bool:
@@ -189,7 +152,7 @@ def _tokenize(src: _Source) -> tuple[list[_Tok], list[_Comment]]:
 
     def tok(kind: str, start: int, end: int) -> None:
         line, col = src.pos(start)
-        toks.append(_Tok(kind, text[start:end], start, end, line, col, src.pos(end - 1)[0]))
+        toks.append(_Tok(kind, text[start:end], start, end, line, col, src.pos(end - 1)[0], src))
 
     def comment(start: int, end: int, lines: list[str]) -> None:
         bad = _CONTROL.search(text, start, end)
@@ -282,6 +245,7 @@ class _Node:
     header: list[_Comment] = field(default_factory=list)     # after a block's "{"
     dangling: list[_Comment] = field(default_factory=list)   # after a block's last item, and after "}"
     blank: bool = False
+    toks: list[_Tok] = field(default_factory=list, repr=False)   # the tokens of its file
 
     @property
     def is_func(self) -> bool:
@@ -331,6 +295,7 @@ class _Parser:
         return self.next()
 
     def register(self, node: _Node) -> _Node:
+        node.toks = self.toks
         self.first_of[node.first] = node
         self.last_of[node.last] = node
         if node.kind == "block":
@@ -345,7 +310,7 @@ class _Parser:
     # -- grammar
 
     def parse(self) -> _Node:
-        root = _Node("block", 0, max(0, len(self.toks) - 1))
+        root = _Node("block", 0, max(0, len(self.toks) - 1), toks=self.toks)
         while self.p < len(self.toks):
             t = self.peek()
             if t is not None and t.kind == "}":
@@ -601,20 +566,33 @@ class _Elem:
 
 
 class _Converter:
-    def __init__(self, src: _Source, parser: _Parser, root: _Node) -> None:
-        self.src = src
-        self.toks = parser.toks
-        self.root = root
+    def __init__(self, src: _Source, root: _Node, check_link: LinkCheck | None = None) -> None:
+        self.src = src            # the entry file (included files' tokens carry their own)
+        self.root = root          # the sections of every file, same names merged
+        self.check_link = check_link
         self.doc = tomlkit.document()
         # The container whose end is the current end of the text: comments that go
         # above the next table header are added there.
         self.tail: Table | Container = self.doc
+        self.warnings: list[str] = []
+        # TOML path -> the dae token it came from, so a later error points at what the user wrote.
+        self.origins: dict[tuple[str | int, ...], _Tok] = {}
+        self.left_out: list[str] = []
 
     def err(self, t: _Tok | None, message: str) -> DaeImportError:
-        return self.src.error(len(self.src.text) if t is None else t.start, message)
+        if t is None:
+            return self.src.error(len(self.src.text), message)
+        return (t.src or self.src).error(t.start, message)
+
+    def where(self, t: _Tok) -> str:
+        """file:line:col of a token, for warnings."""
+        return f"{(t.src or self.src).name}:{t.line}:{t.col}"
+
+    def warn(self, t: _Tok, message: str) -> None:
+        self.warnings.append(f"{self.where(t)}: {message}")
 
     def first_tok(self, node: _Node) -> _Tok:
-        return self.toks[node.first]
+        return node.toks[node.first]
 
     # -- output helpers
 
@@ -698,7 +676,7 @@ class _Converter:
         """The one literal of a declaration."""
         assert node.key is not None
         if node.is_func:
-            raise self.err(self.toks[node.first + 2], f"`{node.key.text}` takes {what}, not a function")
+            raise self.err(node.toks[node.first + 2], f"`{node.key.text}` takes {what}, not a function")
         if node.annotation:
             raise self.err(node.key, "an annotation `[...]` only goes after a group's filter")
         if len(node.values) > 1:
@@ -711,7 +689,7 @@ class _Converter:
         key = node.key.text
         if kind == "list":
             if node.is_func:
-                raise self.err(self.toks[node.first + 2], f"`{key}` takes a list of values, not a function")
+                raise self.err(node.toks[node.first + 2], f"`{key}` takes a list of values, not a function")
             if node.annotation:
                 raise self.err(node.key, "an annotation `[...]` only goes after a group's filter")
             # dae joins `a, 'b,c'` into "a,b,c" and splits it at the commas.
@@ -744,6 +722,10 @@ class _Converter:
             if v in _FALSE:
                 return tomlkit.boolean("false")
             raise self.err(tok, f"`{key}` takes true or false, not `{v}`")
+        if kind == "seconds":    # dae's int TTLs in seconds, a duration in daetui
+            if not re.fullmatch(r"\d+", v):
+                raise self.err(tok, f"`{key}` takes a number of seconds, not `{v}`")
+            return _toml_string(f"{int(v)}s")
         if kind == "duration":
             if not _DURATION.fullmatch(v):
                 raise self.err(tok, f"`{key}` takes a duration such as 30s or 100ms, not `{v}`")
@@ -784,19 +766,11 @@ class _Converter:
             "dns": self.dns,
             "routing": self.routing,
         }
-        seen: dict[str, _Tok] = {}
+        seen: set[str] = set()
         for sec in self.root.children:
-            t = self.first_tok(sec)
-            if sec.kind != "block":
-                raise self.err(t, f"unexpected {_describe(t)}: expected a section such as `global {{`")
             assert sec.key is not None
-            name = sec.key.text
-            if name == "include":
-                raise self.err(t, "`include` is not supported: merge the included files into one and convert it")
-            if name not in handlers:
-                raise self.unknown(t, "section", _SECTIONS)
-            self.dup(seen, t, "section")
-            handlers[name](sec)
+            seen.add(sec.key.text)
+            handlers[sec.key.text](sec)
         for name in _REQUIRED_SECTIONS:
             if name not in seen:
                 raise self.err(None, f"no `{name}` section: dae requires one")
@@ -807,27 +781,94 @@ class _Converter:
     def end_block(self, node: _Node) -> None:
         self.comments(self.tail, node.dangling)
 
+    def last_wins(self, nodes: list[_Node], where: str, appends: Callable[[str], bool] = lambda k: False
+                  ) -> dict[int, tuple[str, list[_Node]]]:
+        """dae's reading of a key given more than once in one place: the last one counts, or for a
+        list (`appends(key)`) every one adds to it. Returns, by the index of the node that is written,
+        the key and every node it stands for (in order); the others are written as comments."""
+        by_key: dict[str, list[int]] = {}
+        for i, node in enumerate(nodes):
+            if node.key is not None and node.kind in ("decl", "block"):
+                by_key.setdefault(node.key.text, []).append(i)
+        out: dict[int, tuple[str, list[_Node]]] = {}
+        for key, idx in by_key.items():
+            group = [nodes[i] for i in idx]
+            if len(idx) > 1:
+                lines = ", ".join(str(n.key.line) for n in group if n.key is not None)
+                if appends(key):
+                    self.warn(group[1].key, f"`{key}` in {where} is given {len(idx)} times (lines {lines}): "
+                                            "dae joins them into one list")
+                else:
+                    self.warn(group[-1].key, f"`{key}` in {where} is given {len(idx)} times (lines {lines}): "
+                                             "dae keeps the last")
+            out[idx[0] if appends(key) else idx[-1]] = (key, group)
+        return out
+
+    def superseded(self, table: Table | Container, node: _Node, why: str) -> None:
+        """A key dae does not read (given again later): its comments, and itself as a comment."""
+        self.comments(table, node.leading)
+        for k, line in enumerate(self.src_text(node).split("\n")):
+            table.add(_comment_item(f"# {line}  ({why})" if k == 0 else f"# {line}"))
+
+    def src_text(self, node: _Node) -> str:
+        first, last = node.toks[node.first], node.toks[node.last]
+        src = first.src or self.src
+        return _CONTROL.sub("?", src.text[first.start:last.end])
+
     def global_(self, sec: _Node) -> None:
         table = self.open_table(self.doc, "global", sec)
-        seen: dict[str, _Tok] = {}
         deferred: list[tuple[str, _Node, dict[str, str]]] = []
+        keys = dae_keys.GLOBAL
         for node in sec.children:
-            if node.kind == "decl":
-                assert node.key is not None
-                if node.key.text not in _GLOBAL_KEYS:
-                    raise self.unknown(node.key, "key in global", [*_GLOBAL_KEYS, *_GLOBAL_BLOCKS])
-                self.dup(seen, node.key, "key")
-                self.put(table, node.key.text, self.typed(node, _GLOBAL_KEYS[node.key.text]), node)
-            elif node.kind == "block" and node.key is not None and node.key.text in _GLOBAL_BLOCKS:
-                self.dup(seen, node.key, "key")
-                spec = _GLOBAL_BLOCKS[node.key.text]
-                if not self.keyed_inline(table, node, lambda n, s=spec: self.typed_entry(n, s)):
-                    deferred.append((node.key.text, node, spec))
-            else:
+            if node.kind not in ("decl", "block") or node.key is None or \
+                    (node.kind == "block" and node.key.text not in dae_keys.GLOBAL_BLOCKS):
                 raise self.not_here(node, "global", "`key: value` lines")
-        for name, node, spec in deferred:
-            self.keyed_table(table, name, node, lambda n, s=spec: self.typed_entry(n, s))
+            if node.key.text not in keys:
+                raise self.unknown(node.key, "key in global", keys)
+            if (node.kind == "block") != (keys[node.key.text].kind == "block"):
+                form = "a block" if node.kind == "decl" else "a `key: value` line"
+                raise self.err(node.key, f"`{node.key.text}` in global is {form}")
+            if node.kind == "decl":
+                self.typed(node, keys[node.key.text].kind)   # its value's errors before the next line's
+        written = self.last_wins(sec.children, "global", lambda k: keys[k].kind == "list")
+        for i, node in enumerate(sec.children):
+            assert node.key is not None
+            if i not in written:
+                self.superseded(table, node, "given again below; dae reads the last" if keys[node.key.text].kind
+                                != "list" else "joined into the list above, as dae does")
+                continue
+            name, group = written[i]
+            spec = keys[name]
+            if not spec.has_meaning:
+                self.warn(node.key, f"global.{name} has no meaning for daetui ({spec.why}): kept, ignored")
+            if node.kind == "block":
+                block_spec = dae_keys.GLOBAL_BLOCKS[name]
+                if not self.keyed_inline(table, node, lambda n, s=block_spec: self.typed_entry(n, s)):
+                    deferred.append((name, node, block_spec))
+                continue
+            target = spec.target(name)
+            item = self.typed_list(group, name) if spec.kind == "list" else self.typed(node, spec.kind)
+            notes = [f"# dae's {name}"] if target != name else []
+            self.origins[("global", target)] = node.key
+            self.put(table, target, item, node, notes)
+        for name, spec in keys.items():
+            if spec.dae_default is not None and not any(n.key is not None and n.key.text == name
+                                                        for n in sec.children):
+                table.add(_comment_item("# dae's default, written out so that daetui does as dae did"))
+                kind = spec.kind
+                value = spec.dae_default
+                table.add(name, tomlkit.boolean(value) if kind == "bool" else _toml_string(value))
+        for name, node, block_spec in deferred:
+            self.keyed_table(table, name, node, lambda n, s=block_spec: self.typed_entry(n, s))
         self.end_block(sec)
+
+    def typed_list(self, group: list[_Node], key: str) -> Item:
+        """A list key given once or more: dae joins every value into one list."""
+        arr = tomlkit.array()
+        for node in group:
+            for v in self.typed(node, "list"):
+                arr.append(_toml_string(str(v)))
+        return arr
 
     def typed_entry(self, node: _Node, spec: dict[str, str]) -> Item:
         assert node.key is not None
@@ -836,30 +877,51 @@ class _Converter:
         return self.typed(node, spec[node.key.text])
 
     def links(self, sec: _Node, section: str, prefix: str) -> None:
-        """subscription and node: `tag: 'link'` or an untagged `'link'`, which gets a tag of ours."""
+        """subscription and node: `tag: 'link'` or an untagged `'link'`, which gets a tag of ours.
+
+        A tag given twice: dae keeps the last. A node whose link daetui cannot use (a placeholder, a
+        protocol with no server here) is left out as dae leaves out the links it cannot parse: written
+        as a comment, with a warning naming the tag and the reason."""
         table = self.open_table(self.doc, section, sec)
         explicit = {n.key.text for n in sec.children if n.kind == "decl" and n.key is not None}
-        seen: dict[str, _Tok] = {}
-        counter = 0
         for node in sec.children:
+            if node.kind not in ("decl", "lit"):
+                raise self.not_here(node, section, "`tag: 'link'` or `'link'` lines")
+        written = self.last_wins(sec.children, section)
+        taken: set[str] = set()
+        counter = 0
+        for i, node in enumerate(sec.children):
             if node.kind == "decl":
                 assert node.key is not None
                 link = self.single(node, "a link")
                 if link.kind == "word" and link.text.startswith("//"):
                     raise self.err(node.key, f"`{node.key.text}:{link.text}` looks like a link without quotes, "
                                              f"which dae reads as tag `{node.key.text}`: quote the link")
-                self.dup(seen, node.key, "tag")
-                self.put(table, node.key.text, _toml_string(link.value), node)
-            elif node.kind == "lit":
-                counter += 1
-                while f"{prefix}{counter}" in explicit or f"{prefix}{counter}" in seen:
-                    counter += 1
-                tag = f"{prefix}{counter}"
-                seen[tag] = node.values[0]
-                note = f"# untagged in the dae file: tag {tag} given by daetui import-dae"
-                self.put(table, tag, _toml_string(node.values[0].value), node, [note])
+                if i not in written:
+                    self.comments(table, node.leading)
+                    table.add(_comment_item(f"# {node.key.text}: given again below; dae keeps the last"))
+                    continue
+                tag, tok = node.key.text, node.key
             else:
-                raise self.not_here(node, section, "`tag: 'link'` or `'link'` lines")
+                counter += 1
+                while f"{prefix}{counter}" in explicit or f"{prefix}{counter}" in taken:
+                    counter += 1
+                tag, tok, link = f"{prefix}{counter}", node.values[0], node.values[0]
+            taken.add(tag)
+            notes = [f"# untagged in the dae file: tag {tag} given by daetui import-dae"] if node.kind == "lit" else []
+            if section == "node":
+                reason = self.check_link(link.value) if self.check_link else None
+            else:
+                reason = _subscription_problem(link.value)
+            if reason is not None:
+                self.left_out.append(tag)
+                self.warn(tok, f"{section} {tag} left out: {reason} (dae, too, leaves out what it cannot use)")
+                self.comments(table, node.leading)
+                table.add(_comment_item(f"# left out by daetui import-dae: {_CONTROL.sub('?', reason)}"))
+                table.add(_comment_item(f"# {tag} = {_toml_string(link.value).as_string()}"))
+                continue
+            self.origins[(section, tag)] = tok
+            self.put(table, tag, _toml_string(link.value), node, notes)
         self.end_block(sec)
 
     def groups(self, sec: _Node) -> None:
@@ -878,6 +940,7 @@ class _Converter:
                 raise self.not_here(g, "group", "groups: `name { filter: ... policy: ... }`")
             assert g.key is not None
             self.dup(seen, g.key, "group")
+            self.origins[("group", g.key.text)] = g.key
             table = self.open_table(parent, g.key.text, g, lead=lead if i == 0 else ())
             self.group(g, table)
             self.end_block(g)
@@ -885,9 +948,8 @@ class _Converter:
 
     def group(self, g: _Node, table: Table) -> None:
         assert g.key is not None
-        seen: dict[str, _Tok] = {}
         filters: list[_Node] = []
-        slots: list[tuple[str, _Node]] = []
+        others: list[_Node] = []
         for node in g.children:
             if node.kind != "decl":
                 raise self.not_here(node, f"group `{g.key.text}`", "`filter:`, `policy:` and check settings")
@@ -902,20 +964,34 @@ class _Converter:
                         raise self.err(t, "a filter's annotation takes `add_latency: <duration>`")
                     if not _DURATION.fullmatch(v.value):
                         raise self.err(v, f"`add_latency` takes a duration such as -500ms, not `{v.value}`")
-                if not filters:
-                    slots.append(("filter", node))
                 filters.append(node)
                 continue
             if key != "policy" and key not in _GROUP_KEYS:
                 raise self.unknown(node.key, "key in a group", ["filter", "policy", *_GROUP_KEYS])
-            self.dup(seen, node.key, "key")
-            slots.append((key, node))
-        if "policy" not in seen:
+            others.append(node)
+        if not any(n.key is not None and n.key.text == "policy" for n in others):
             raise self.err(g.key, f"group `{g.key.text}` has no `policy:`: dae requires one")
+        written = self.last_wins(others, f"group `{g.key.text}`")
+        slots: list[tuple[str, _Node | None]] = []
+        for node in g.children:
+            assert node.key is not None
+            if node.key.text == "filter":
+                if node is filters[0]:
+                    slots.append(("filter", node))
+            elif others.index(node) in written:
+                slots.append((node.key.text, node))
+            else:
+                slots.append(("", node))
+        base = ("group", g.key.text)
         for key, node in slots:
-            if key == "filter":
+            assert node is not None
+            if key == "":
+                self.superseded(table, node, "given again below; dae reads the last")
+            elif key == "filter":
                 elems = [_Elem(f.text + (f" {f.annotation}" if f.annotation else ""), f.leading, f.trailing,
                                f.blank and j > 0) for j, f in enumerate(filters)]
+                for j, f in enumerate(filters):
+                    self.origins[(*base, "filter", j)] = self.first_tok(f)
                 if node.blank and _body(table):
                     table.add(tomlkit.nl())
                 table.add("filter", self.array(elems, [], []))
@@ -923,26 +999,31 @@ class _Converter:
                 value = node.text if node.is_func else self.single(node, "a policy").value
                 if node.annotation:
                     raise self.err(node.key, "an annotation `[...]` only goes after a group's filter")
+                self.origins[(*base, key)] = node.key  # type: ignore[assignment]
                 self.put(table, key, _toml_string(value), node)
             else:
+                self.origins[(*base, key)] = node.key  # type: ignore[assignment]
                 self.put(table, key, self.typed(node, _GROUP_KEYS[key]), node)
 
     def keyed_entries(self, block: _Node, value: Any) -> list[tuple[str, Item, _Node]]:
+        """A block of `name: value` lines; a name given twice: dae keeps the last."""
         assert block.key is not None
-        seen: dict[str, _Tok] = {}
-        out = []
         for node in block.children:
             if node.kind != "decl":
                 raise self.not_here(node, f"`{block.key.text}`", "`name: value` lines")
+        written = self.last_wins(block.children, f"`{block.key.text}`")
+        out = []
+        for i, node in enumerate(block.children):
             assert node.key is not None
-            self.dup(seen, node.key, "key")
-            out.append((node.key.text, value(node), node))
+            if i in written:
+                out.append((node.key.text, value(node), node))
         return out
 
     def keyed_inline(self, table: Table, block: _Node, value: Any) -> bool:
         """`name { a: 1 }` as `name = { a = 1 }` when no comment needs a line inside it."""
         entries = self.keyed_entries(block, value)
-        if block.header or block.dangling or any(n.leading or n.trailing for _, _, n in entries):
+        if block.header or block.dangling or any(n.leading or n.trailing for _, _, n in entries) or \
+                len(entries) != len(block.children):
             return False
         assert block.key is not None
         inline = tomlkit.inline_table()
@@ -954,34 +1035,72 @@ class _Converter:
     def keyed_table(self, parent: Table, name: str, block: _Node, value: Any) -> None:
         """`name { a: 1 }` as a [parent.name] table, which has room for its comments."""
         table = self.open_table(parent, name, block)
-        for key, item, node in self.keyed_entries(block, value):
-            self.put(table, key, item, node)
+        entries = {id(n): (k, item) for k, item, n in self.keyed_entries(block, value)}
+        for node in block.children:
+            if id(node) in entries:
+                key, item = entries[id(node)]
+                self.put(table, key, item, node)
+            else:
+                self.superseded(table, node, "given again below; dae keeps the last")
         self.end_block(block)
 
     def dns(self, sec: _Node) -> None:
         table = self.open_table(self.doc, "dns", sec)
-        seen: dict[str, _Tok] = {}
+        keys = dae_keys.DNS
         deferred: list[tuple[_Node, Any]] = []
         for node in sec.children:
-            assert node.kind != "block" or node.key is not None
-            if node.kind == "decl" and node.key is not None and node.key.text == "ipversion_prefer":
-                self.dup(seen, node.key, "key")
-                self.put(table, "ipversion_prefer", self.typed(node, "int"), node)
-            elif node.kind == "block" and node.key is not None and node.key.text in ("fixed_domain_ttl", "upstream"):
-                self.dup(seen, node.key, "key")
-                value = self.ttl if node.key.text == "fixed_domain_ttl" else self.upstream
+            if node.kind not in ("decl", "block") or node.key is None:
+                raise self.not_here(node, "dns", "ipversion_prefer, fixed_domain_ttl, upstream and routing")
+            if node.key.text not in keys:
+                raise self.unknown(node.key, "key in dns", keys)
+            if (node.kind == "block") != (keys[node.key.text].kind == "block"):
+                form = "a block" if node.kind == "decl" else "a `key: value` line"
+                raise self.err(node.key, f"`{node.key.text}` in dns is {form}")
+        # Blocks given twice are joined (dae merges their entries); lines given twice: the last counts.
+        written = self.last_wins(sec.children, "dns", lambda k: keys[k].kind == "block")
+        for i, node in enumerate(sec.children):
+            assert node.key is not None
+            name = node.key.text
+            if i not in written:
+                if node.kind == "decl":
+                    self.superseded(table, node, "given again below; dae reads the last")
+                continue
+            group = written[i][1]
+            if node.kind == "block" and len(group) > 1:
+                node = _Node("block", node.first, node.last, key=node.key, open=node.open, close=node.close,
+                             leading=node.leading, header=node.header, blank=node.blank, toks=node.toks,
+                             children=[c for g in group for c in g.children],
+                             dangling=[c for g in group for c in g.dangling])
+            spec = keys[name]
+            if name == "routing":
+                self.dns_routing(table, node)
+            elif name in ("fixed_domain_ttl", "upstream"):
+                value = self.ttl if name == "fixed_domain_ttl" else self.upstream
+                for c in node.children:
+                    if c.key is not None:
+                        self.origins[("dns", name, c.key.text)] = c.key
                 if not self.keyed_inline(table, node, value):
                     deferred.append((node, value))
-            elif node.kind == "block" and node.key is not None and node.key.text == "routing":
-                self.dup(seen, node.key, "key")
-                self.dns_routing(table, node)
-            elif node.kind in ("decl", "block") and node.key is not None:
-                if node.key.text in _DNS_KEYS:
-                    form = "a block" if node.kind == "decl" else "a `key: value` line"
-                    raise self.err(node.key, f"`{node.key.text}` in dns is {form}")
-                raise self.unknown(node.key, "key in dns", _DNS_KEYS)
+            elif name == "max_cache_size":
+                tok = self.single(node, "a number")
+                n = int(self.typed(node, "int"))
+                if n <= 0:
+                    self.comments(table, node.leading)
+                    table.add(_comment_item(f"# dae's max_cache_size: {tok.value} (no limit): daetui keeps its "
+                                            "cache bounded (cache_size, default 4096)"))
+                    self.warn(node.key, "dns.max_cache_size 0 (no limit in dae): daetui's cache stays bounded "
+                                        "(cache_size, 4096)")
+                    continue
+                self.origins[("dns", "cache_size")] = node.key
+                self.put(table, "cache_size", tomlkit.integer(n), node, ["# dae's max_cache_size"])
             else:
-                raise self.not_here(node, "dns", "ipversion_prefer, fixed_domain_ttl, upstream and routing")
+                self.origins[("dns", spec.target(name))] = node.key
+                self.put(table, spec.target(name), self.typed(node, spec.kind), node)
+        for name, spec in keys.items():
+            if spec.dae_default is not None and not any(n.key is not None and n.key.text == name
+                                                        for n in sec.children):
+                table.add(_comment_item("# dae's default, written out so that daetui does as dae did"))
+                table.add(name, tomlkit.boolean(spec.dae_default))
         for node, value in deferred:
             assert node.key is not None
             self.keyed_table(table, node.key.text, node, value)
@@ -994,15 +1113,30 @@ class _Converter:
         return _toml_string(self.single(node, "an upstream such as 'udp://1.1.1.1:53'").value)
 
     def dns_routing(self, table: Table, routing: _Node) -> None:
-        seen: dict[str, _Tok] = {}
         # The routing block has no key of its own in the TOML: its comments go with request.
         lead = routing.leading + routing.header
+        blocks: dict[str, list[_Node]] = {}
         for node in routing.children:
             if node.kind != "block" or node.key is None or node.key.text not in ("request", "response"):
                 raise self.not_here(node, "dns routing", "`request { ... }` and `response { ... }`")
-            self.dup(seen, node.key, "block")
-            rules, fallback = self.rules(node, node.key.text)
+            blocks.setdefault(node.key.text, []).append(node)
+        for name, group in blocks.items():
+            node = group[0]
+            if len(group) > 1:   # dae joins a block given twice
+                node = _Node("block", node.first, node.last, key=node.key, open=node.open, close=node.close,
+                             leading=node.leading, header=node.header, blank=node.blank, toks=node.toks,
+                             children=[c for g in group for c in g.children],
+                             dangling=[c for g in group for c in g.dangling])
+            assert node.key is not None
+            rules, fallback = self.rules(node, name)
+            if fallback is None:
+                raise self.err(node.key, f"{name} has no `fallback:`: dae requires one there "
+                                         f"(add `fallback: {'asis' if name == 'request' else 'accept'}`)")
             elems = [self.rule_elem(r, j) for j, r in enumerate(rules)]
+            for j, r in enumerate(rules):
+                self.origins[("dns", name, j)] = self.first_tok(r)
+            assert fallback.key is not None
+            self.origins[("dns", name, len(rules))] = fallback.key
             fb = fallback.text if fallback.is_func else self.single(fallback, "an upstream").value
             elems.append(_Elem(f"fallback: {fb}", fallback.leading, fallback.trailing, fallback.blank and bool(rules)))
             tail = node.dangling
@@ -1010,27 +1144,25 @@ class _Converter:
             lead = []
             if node.blank and _body(table) and not node.leading:
                 table.add(tomlkit.nl())
-            table.add(node.key.text, self.array(elems, node.header, tail))
+            table.add(name, self.array(elems, node.header, tail))
         self.comments(table, lead + routing.dangling)
 
     def rule_elem(self, r: _Node, j: int) -> _Elem:
         return _Elem(r.text, r.leading, r.trailing, r.blank and j > 0)
 
-    def rules(self, block: _Node, where: str) -> tuple[list[_Node], _Node]:
-        """The rules and the fallback of routing, dns request or dns response."""
+    def rules(self, block: _Node, where: str) -> tuple[list[_Node], _Node | None]:
+        """The rules and the fallback (the last one given, as dae reads it) of routing, dns request or
+        dns response; None when there is none."""
         assert block.key is not None
         rules: list[_Node] = []
-        fallback: _Node | None = None
+        fallbacks: list[_Node] = []
         for node in block.children:
             if node.kind == "rule":
                 rules.append(node)
             elif node.kind == "decl" and node.key is not None and node.key.text == "fallback":
-                if fallback is not None:
-                    assert fallback.key is not None
-                    raise self.err(node.key, f"duplicate key `fallback` (first at line {fallback.key.line})")
                 if node.annotation:
                     raise self.err(node.key, "an annotation `[...]` only goes after a group's filter")
-                fallback = node
+                fallbacks.append(node)
             elif node.kind == "expr":
                 raise self.err(self.first_tok(node), f"rule `{node.text}` has no `-> outbound`")
             elif node.kind == "decl" and node.key is not None:
@@ -1039,37 +1171,244 @@ class _Converter:
                 t = self.first_tok(node)
                 raise self.err(t, f"{_describe(t)} is not a rule: {where} takes `condition -> outbound` "
                                   f"lines and `fallback: outbound`")
-        if fallback is None:
-            raise self.err(block.key, f"{where} has no `fallback:`: add `fallback: <outbound>`")
-        return rules, fallback
+        if len(fallbacks) > 1:
+            self.last_wins(fallbacks, where)
+            last = fallbacks[-1]
+            for f in fallbacks[:-1]:
+                # The earlier ones stay as comments where they were, above the next rule or at the end.
+                note = _Comment([f"# {ln}  (given again below; dae reads the last)" if k == 0 else f"# {ln}"
+                                 for k, ln in enumerate(self.src_text(f).split("\n"))], 0, 0, 0)
+                after = [r for r in rules if r.first > f.first]
+                if after:
+                    after[0].leading = [*f.leading, note, *after[0].leading]
+                else:
+                    last.leading = [*f.leading, note, *last.leading]
+            return rules, last
+        return rules, (fallbacks[0] if fallbacks else None)
 
     def routing(self, sec: _Node) -> None:
         table = self.open_table(self.doc, "routing", sec)
         rules, fallback = self.rules(sec, "routing")
         last_is_rule = bool(sec.children) and sec.children[-1].kind == "rule"
         elems = [self.rule_elem(r, j) for j, r in enumerate(rules)]
+        for j, r in enumerate(rules):
+            self.origins[("routing", "rules", j)] = self.first_tok(r)
         table.add("rules", self.array(elems, [], sec.dangling if last_is_rule else []))
+        if fallback is None:
+            # dae's Routing.Fallback has default:"direct"; its documented minimal config has no fallback.
+            table.add(_comment_item("# no fallback in the dae file: dae's default"))
+            table.add("fallback", _toml_string("direct"))
+            assert sec.key is not None
+            self.origins[("routing", "fallback")] = sec.key
+            if not last_is_rule:
+                self.end_block(sec)
+            return
         value = fallback.text if fallback.is_func else self.single(fallback, "an outbound").value
         fallback.blank = fallback.blank and bool(rules)
+        assert fallback.key is not None
+        self.origins[("routing", "fallback")] = fallback.key
         self.put(table, "fallback", _toml_string(value), fallback)
         if not last_is_rule:
             self.end_block(sec)
 
 
-def convert_dae(text: str, source: str = "<dae>") -> str:
-    """Convert dae config text into daetui's TOML config text.
+LinkCheck = Callable[[str], "str | None"]
 
-    `source` names the input in error messages and in the header comment.
-    Raises DaeImportError, located at file:line:col, for anything that cannot be
-    converted faithfully: syntax errors, unknown sections or keys, duplicates,
-    rules without `-> outbound`, a routing without fallback.
-    """
+# Where a subscription is fetched from (schema.SUBSCRIPTION_SCHEMES; `tag:` prefixes are a link's own).
+_SUBSCRIPTION = re.compile(r"^(https?|file|https?-file)://\S+$", re.IGNORECASE)
+
+
+def _subscription_problem(value: str) -> str | None:
+    """Why a subscription value cannot be fetched (dae fails on it only when it fetches it)."""
+    if _SUBSCRIPTION.match(value.strip()):
+        return None
+    return "not a http://, https:// or file:// address"
+
+
+@dataclass
+class Conversion:
+    """A dae config converted: the TOML text, what was left out or means nothing here, and where each
+    TOML value came from in the dae files (for errors found later)."""
+
+    text: str
+    warnings: list[str]
+    files: list[str]                                   # the entry file, then every included one
+    left_out: list[str] = field(default_factory=list)  # node tags left out
+    origins: dict[tuple[str | int, ...], tuple[str, int, int]] = field(default_factory=dict)
+
+    def locate(self, path: tuple[str | int, ...]) -> tuple[str, int, int] | None:
+        """file, line and column in the dae files of the TOML value at `path` (or of its nearest parent)."""
+        p = tuple(path)
+        while p:
+            if p in self.origins:
+                return self.origins[p]
+            p = p[:-1]
+        return None
+
+
+_MAX_INCLUDED = 256   # files one config may pull in
+
+
+def _parse_file(text: str, name: str) -> tuple[_Source, _Node]:
     # dae treats \r as whitespace and ends comments at it; as line breaks, they count lines like editors do.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    src = _Source(text, source)
+    src = _Source(text, name)
     toks, comments = _tokenize(src)
     parser = _Parser(src, toks)
     root = parser.parse()
     _attach_comments(src, parser, root, comments)
     _set_blanks(src, parser, root)
-    return _Converter(src, parser, root).convert()
+    return src, root
+
+
+def _check_sections(src: _Source, root: _Node) -> None:
+    for sec in root.children:
+        t = sec.toks[sec.first]
+        if sec.kind != "block":
+            raise src.error(t.start, f"unexpected {_describe(t)}: expected a section such as `global {{`")
+        assert sec.key is not None
+        if sec.key.text not in _SECTIONS:
+            close = difflib.get_close_matches(sec.key.text, list(_SECTIONS), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise src.error(t.start, f"unknown section `{sec.key.text}`{hint}")
+
+
+def _include_patterns(src: _Source, sec: _Node, entry_dir: Path) -> list[str]:
+    out = []
+    for item in sec.children:
+        if item.kind != "lit":
+            t = item.toks[item.first]
+            raise src.error(t.start, "include takes file names or glob patterns, one a line "
+                                     "(e.g. config.d/*.dae)")
+        name = item.values[0].value
+        out.append(name if Path(name).is_absolute() else str(entry_dir / name))
+    return out
+
+
+def _read_included(path: Path, entry_dir: Path, tok: _Tok, src: _Source, warnings: list[str]) -> str:
+    try:
+        path.resolve().relative_to(entry_dir.resolve())
+    except ValueError:
+        raise src.error(tok.start, f"include: {path} is outside {entry_dir}: dae includes only files "
+                                   "under the entry file's directory") from None
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise src.error(tok.start, f"include: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise src.error(tok.start, f"include: {path} is not UTF-8 text") from None
+    if mode & 0o037:
+        warnings.append(f"{path}: permissions {mode & 0o777:04o} are too open for dae, which refuses to run "
+                        "with a config file that others can read or its group can write (chmod 600)")
+    return text
+
+
+def _gather(text: str, name: str, read_includes: bool) -> tuple[_Source, list[tuple[_Source, _Node]], list[str]]:
+    """The entry file and every file its `include` sections pull in, in dae's order (depth first: a
+    file's own sections, then its includes', glob matches sorted), each parsed."""
+    warnings: list[str] = []
+    entry_src, entry_root = _parse_file(text, name)
+    entry_dir = Path(name).parent
+    files: list[tuple[_Source, _Node]] = []
+    visiting: list[str] = []
+
+    def visit(src: _Source, root: _Node) -> None:
+        _check_sections(src, root)
+        files.append((src, root))
+        key = str(Path(src.name).resolve()) if read_includes else src.name
+        visiting.append(key)
+        for sec in root.children:
+            if sec.key is None or sec.key.text != "include":
+                continue
+            t = sec.key
+            if not read_includes:
+                raise src.error(t.start, "include: convert the file by its path so that included files can "
+                                         "be found (daetui import-dae FILE)")
+            for pattern in _include_patterns(src, sec, entry_dir):
+                for match in sorted(glob.glob(pattern)):
+                    p = Path(match)
+                    if not match.endswith(".dae") or p.is_dir():
+                        continue   # dae skips what is not a .dae file
+                    if str(p.resolve()) in visiting:
+                        raise src.error(t.start, f"include: {match} includes itself (circular include, "
+                                                 "which dae refuses)")
+                    if len(files) >= _MAX_INCLUDED:
+                        raise src.error(t.start, f"include: more than {_MAX_INCLUDED} files")
+                    child_text = _read_included(p, entry_dir, t, src, warnings)
+                    visit(*_parse_file(child_text, str(p)))
+        visiting.pop()
+
+    visit(entry_src, entry_root)
+    return entry_src, files, warnings
+
+
+def _merged(files: list[tuple[_Source, _Node]]) -> _Node:
+    """One root holding each section once, in order of first appearance: dae merges sections of the
+    same name, within a file and across included files, by joining their items."""
+    root = _Node("block", 0, 0, toks=files[0][1].toks)
+    by_name: dict[str, _Node] = {}
+    for src, file_root in files:
+        for sec in file_root.children:
+            assert sec.key is not None
+            name = sec.key.text
+            if name == "include":
+                continue
+            if name not in by_name:
+                merged = _Node("block", sec.first, sec.last, key=sec.key, open=sec.open, close=sec.close,
+                               leading=list(sec.leading), header=list(sec.header), blank=sec.blank, toks=sec.toks,
+                               children=list(sec.children), dangling=list(sec.dangling))
+                by_name[name] = merged
+                root.children.append(merged)
+                continue
+            merged = by_name[name]
+            # The later section's own comments go above its first item (or at the end if it has none).
+            note = _Comment([f"# {name} continued from {_CONTROL.sub('?', src.name)}:{sec.key.line}"], 0, 0, 0)
+            lead = [*sec.leading, note, *sec.header]
+            if sec.children:
+                first = sec.children[0]
+                first.leading = lead + first.leading
+                merged.children.extend(sec.children)
+                merged.dangling.extend(sec.dangling)
+            else:
+                merged.dangling.extend(lead + sec.dangling)
+        root.dangling.extend(file_root.dangling)
+    return root
+
+
+def convert_dae_full(text: str, source: str = "<dae>", *, check_link: LinkCheck | None = None,
+                     read_includes: bool = False) -> Conversion:
+    """Convert dae config text (and, with `read_includes`, the files its `include` pulls in, found
+    next to `source`) into daetui's TOML, as dae reads it.
+
+    `check_link(link)` says why a node's link cannot be used (None: it can); such nodes are left out
+    with a warning, as dae leaves out the links it cannot parse. Raises DaeImportError, located at
+    file:line:col of the dae file, for what dae refuses or what cannot be converted faithfully.
+    """
+    src, files, warnings = _gather(text, source, read_includes)
+    root = _merged(files)
+    conv = _Converter(src, root, check_link)
+    out = conv.convert()
+    origins = {path: ((t.src or src).name, t.line, t.col) for path, t in conv.origins.items()}
+    return Conversion(out, warnings + conv.warnings, [s.name for s, _ in files], conv.left_out, origins)
+
+
+def convert_dae_file(path: str | Path, *, check_link: LinkCheck | None = None) -> Conversion:
+    """Convert the dae config at `path` and every file it includes (dae's glob rules)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DaeImportError("not UTF-8 text", str(p)) from None
+    return convert_dae_full(text, str(p), check_link=check_link, read_includes=True)
+
+
+def convert_dae(text: str, source: str = "<dae>") -> str:
+    """Convert dae config text into daetui's TOML config text (no includes, no link checks).
+
+    `source` names the input in error messages and in the header comment.
+    Raises DaeImportError, located at file:line:col, for anything that cannot be
+    converted faithfully: syntax errors, unknown sections or keys, rules without
+    `-> outbound`.
+    """
+    return convert_dae_full(text, source).text

@@ -28,6 +28,7 @@ class ConfigError(ValueError):
         self.file = file
         self.line = line
         self.col = col
+        self.path: tuple[str | int, ...] = ()   # the TOML key path it is about, where the loader knows it
         self.width = max(1, width)
         # Where the caret goes in the masked line (the location keeps the file's real column).
         self.caret_col = col

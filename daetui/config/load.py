@@ -8,6 +8,7 @@ import difflib
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,18 @@ from daetui.routing.parser import parse_outbound_name, parse_rule
 from daetui.routing.ruleset import BLOCK, DIRECT, MUST_RULES, RuleEntry, RuleSet, check_rule, groups_of, rule_id
 
 RULE_TABLE_KEYS = ("rule", "enabled", "name")
+
+# Why a node's link cannot be used (None: it can). The dialers know, and the config layer may not import
+# them: daetui.outbound.links registers its judge here when it is imported (the daemon and the CLI import
+# it before loading), so a node no dialer speaks is refused at load, not when it is first dialled.
+_link_check: Callable[[str], str | None] | None = None
+
+
+def set_link_check(check: Callable[[str], str | None] | None) -> None:
+    """Install the judge of node links used by every load from now on (None: their scheme only)."""
+    global _link_check
+    _link_check = check
+
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
 # Sections that hold passwords: a file with them should not be world-readable.
@@ -116,10 +129,13 @@ class _File:
         if offset is None:
             offset = self.index.key_offset(path) if at_key else self.index.value_offset(path)
         if offset is None:
-            return ConfigError(message, self.source)
-        line, col = self.index.line_col(offset)
-        return ConfigError(message, self.source, line, col, self.index.line_text(line), width,
-                           secret_spans=self._secrets_on(line))
+            err = ConfigError(message, self.source)
+        else:
+            line, col = self.index.line_col(offset)
+            err = ConfigError(message, self.source, line, col, self.index.line_text(line), width,
+                              secret_spans=self._secrets_on(line))
+        err.path = tuple(path)
+        return err
 
     def _secrets_on(self, line: int) -> list[tuple[int, int]]:
         """Columns (0-based) of the line's values that are links or URLs of [node] and [subscription]."""
@@ -284,7 +300,6 @@ class _Loader:
     def _global(self, parts: list[_Part]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         where: dict[str, str] = {}
-        files: dict[str, _File] = {}
         for part in parts:
             for key, value in part.table.items():
                 path = ("global", key)
@@ -297,13 +312,14 @@ class _Loader:
                     raise part.file.error(f"global.{key} is set in {where[key]} already", path, at_key=True)
                 out[key] = part.file.typed(GLOBAL[key], value, path)
                 where[key] = part.file.source
-                files[key] = part.file
         lan, wan = out.get("lan_interface", ()), out.get("wan_interface", ())
-        both = sorted(set(lan) & set(wan))
-        if both:
-            raise files["wan_interface"].error(
-                f"global.wan_interface: {both[0]} is in lan_interface too; an interface is one or the other",
-                ("global", "wan_interface"))
+        for name in sorted(set(lan) & set(wan)):
+            # dae binds such an interface both ways (a one-armed router); daetui binds it as LAN only.
+            self.warnings.append(f"global: {name} is in both lan_interface and wan_interface: daetui binds it "
+                                 "as LAN (its clients are routed); the router's own traffic out of it is not")
+        if "auto" in lan:
+            self.warnings.append("global.lan_interface: 'auto' names an interface called auto (only "
+                                 "wan_interface has auto, in dae as in daetui)")
         if out.get("tproxy_port_protect") is False:
             self.warnings.append("global.tproxy_port_protect = false has no effect: daetui listens on loopback only")
         return out
@@ -326,6 +342,9 @@ class _Loader:
                     raise part.file.error(f"{section}.{tag}: expected a {'/'.join(schemes)} link{hint}", path)
                 # Its secrets are masked in every log line and error from now on.
                 remember_link(str(link))
+                reason = _link_check(str(link)) if _link_check is not None and section == "node" else None
+                if reason is not None:
+                    raise part.file.error(f"{section}.{tag}: {reason}", path)
                 out[tag] = Tagged(tag, str(link))
         return tuple(out.values())
 

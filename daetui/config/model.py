@@ -33,6 +33,7 @@ class GlobalConfig:
     allow_insecure: bool = False
     disable_waiting_network: bool = False
     fallback_resolver: str = "8.8.8.8:53"
+    bootstrap_resolver: str = ""   # dae v2: set, it replaces fallback_resolver for bootstrap lookups
     udp_timeout: float = 30.0
     dead_group: str = "reject"
     subscription_interval: float = 43200.0
@@ -45,6 +46,12 @@ class GlobalConfig:
     tcp_idle_timeout: float = 7440.0
     udp_buffer_bytes: int = 32 << 20
     udp_flow_buffer_bytes: int = 256 << 10
+
+    @property
+    def resolver(self) -> str:
+        """The resolver of daetui's own lookups (nodes, subscriptions, upstreams): dae v2's
+        bootstrap_resolver when set, else fallback_resolver."""
+        return self.bootstrap_resolver or self.fallback_resolver
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from daetui.config.dae_keys import without_meaning
+
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
 DIAL_MODES = ("ip", "domain", "domain+", "domain++")
 HTTP_METHODS = ("HEAD", "GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH")
@@ -139,6 +141,8 @@ GLOBAL: dict[str, KeySpec] = {
     "allow_insecure": KeySpec("bool", False, "accept invalid TLS certificates of nodes"),
     "disable_waiting_network": KeySpec("bool", False, "do not wait for the network before fetching subscriptions"),
     "fallback_resolver": KeySpec("str", "8.8.8.8:53", "resolver for the names of nodes and subscriptions"),
+    "bootstrap_resolver": KeySpec("str", "", "resolver for the names of nodes, subscriptions and DNS upstreams, "
+                                  "before DNS routing is up; set, it replaces fallback_resolver there (dae v2)"),
     "dead_group": KeySpec("str", "reject", "a group with no live node: reject (reset by daetui), drop, or direct",
                           _one_of(("reject", "drop", "direct"))),
     "udp_timeout": KeySpec("duration", 30.0, "idle time after which a relayed UDP flow ends (daetui)",
@@ -170,19 +174,8 @@ GLOBAL: dict[str, KeySpec] = {
                                      lambda v: None if v > 0 else "expected a number above zero"),
 }
 
-# dae options with no meaning for daetui: accepted, with a warning saying why.
-DAE_ONLY: dict[str, str] = {
-    "pprof_port": "daetui has no pprof",
-    "tls_implementation": "daetui uses Python's TLS",
-    "utls_imitate": "daetui has no uTLS",
-    "mptcp": "daetui does not dial with MPTCP",
-    "bandwidth_max_tx": "daetui has no hysteria2 bandwidth settings",
-    "bandwidth_max_rx": "daetui has no hysteria2 bandwidth settings",
-    "enable_local_tcp_fast_redirect": "daetui has no local TCP fast redirect",
-    "auto_config_firewall_rule": "daetui routes in TC and adds no firewall rules",
-    "dns_performance_level": "daetui's DNS controller has no performance levels",
-    "dns_ingress_manual": "daetui's DNS controller has no worker queue to size",
-}
+# dae options with no meaning for daetui: accepted, with a warning saying why (dae_keys.py is their one table).
+DAE_ONLY: dict[str, str] = without_meaning()
 
 ROUTING: dict[str, KeySpec] = {
     "rules": KeySpec("rules", (), "rules in dae's syntax, first match wins"),

@@ -82,7 +82,7 @@ class DnsService:
         self.outbounds = outbounds
         g = config.global_
         self.controller = DnsController(config.dns, route=decider.upstream, feed=sync.feed,
-                                        mark=g.so_mark_from_dae, bootstrap_resolver=g.fallback_resolver,
+                                        mark=g.so_mark_from_dae, bootstrap_resolver=g.resolver,
                                         kernel_names=lambda: sync.kernel_names, dial=self._upstream_dialer,
                                         kernel_evicted=lambda: sync.domain_evicted)
         self.server: DnsServer | None = None
@@ -118,7 +118,7 @@ class DnsService:
         """A reload: the new [dns] and the marks and resolver of the new [global]."""
         old, self.config = self.config, new
         self.controller.mark = new.global_.so_mark_from_dae
-        self.controller.bootstrap_resolver = new.global_.fallback_resolver
+        self.controller.bootstrap_resolver = new.global_.resolver
         self.controller.configure(new.dns)
         # Again on each reload: the bind, or the LAN's interfaces or their addresses, may have changed.
         if new.dns.bind or old.dns.bind:
@@ -218,7 +218,7 @@ class DnsService:
     async def bootstrap_resolve(self, host: str) -> str:
         """A name's address from global.fallback_resolver (subscriptions' servers)."""
         g = self.config.global_
-        return await bootstrap_resolve(g.fallback_resolver, host, g.so_mark_from_dae, 5.0)
+        return await bootstrap_resolve(g.resolver, host, g.so_mark_from_dae, 5.0)
 
     def _ifname(self, client: Endpoint, server: Endpoint) -> str | None:
         """The LAN interface of a DNS-over-TCP flow, from the kernel's record of it."""

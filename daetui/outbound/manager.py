@@ -88,7 +88,7 @@ class Outbounds:
         config_dir = source.resolve().parent if source.is_file() else Path(tempfile.gettempdir())
         state = config_dir / "persist.d" if source.is_file() else config_dir / "daetui-persist.d"
         return Subscription(tag, url, state, mark=g.so_mark_from_dae,
-                            resolve=self.resolve if g.fallback_resolver else None,
+                            resolve=self.resolve if g.resolver else None,
                             config_dir=config_dir, taken=[t.tag for t in self.config.nodes],
                             interval=g.subscription_interval)
 

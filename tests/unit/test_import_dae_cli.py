@@ -102,7 +102,7 @@ def test_validate_reads_every_node_link(tmp_path: Path) -> None:
                    'bad = "ss://bm90LWEtbWV0aG9kOnB3@192.0.2.9:8388"\n[routing]\nfallback = "direct"\n')
     r = daetui("validate", str(cfg))
     assert r.returncode == 1
-    assert f"{cfg}:3: node bad:" in r.stderr and "good" not in r.stderr
+    assert f"{cfg}:3:" in r.stderr and "node.bad:" in r.stderr and "good" not in r.stderr
     cfg.write_text('[node]\ngood = "socks5://192.0.2.9:1080"\n[routing]\nfallback = "direct"\n')
     ok = daetui("validate", str(cfg))
     assert ok.returncode == 0 and "1 nodes" in ok.stdout
