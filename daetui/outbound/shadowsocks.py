@@ -14,7 +14,10 @@ UDP: each packet is salt + AEAD(address + payload) with an all-zero nonce; the
 address is the destination going out and the source coming back. (ss-server
 3.3.5 without `--mtu` drops datagrams much above 1400 bytes of payload.)
 
-Not here: SIP003 plugins, SIP022 (shadowsocks 2022), stream ciphers.
+SIP003 plugins (simple-obfs, v2ray-plugin) wrap the connection to the server: see sip003.py.
+A plugin node's UDP goes to the server's port directly, as ss-local's and clash's do.
+
+Not here: SIP022 (shadowsocks 2022), stream ciphers.
 
 Speed: this is the proxied path that is compared with ss-redir, so writes are
 cut into the largest chunks allowed and sealed straight into one output
@@ -45,7 +48,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from daetui.net.address import resolve
-from daetui.net.stream import Dialer, DialError, Stream
+from daetui.net.stream import Codec, Dialer, DialError, Stream, framing_of
+from daetui.outbound.sip003 import Layered, Plugin, open_plugin, parse_plugin
 from daetui.outbound.state import NodeProtocol
 
 log = logging.getLogger("daetui.outbound")
@@ -352,7 +356,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class SsNode:
-    """A shadowsocks server: where it is, and its cipher and password."""
+    """A shadowsocks server: where it is, its cipher and password, and the SIP003 plugin in front of it."""
 
     protocol: ClassVar[NodeProtocol] = "ss"
 
@@ -361,16 +365,25 @@ class SsNode:
     port: int
     method: str
     password: str
+    plugin: Plugin | None = None
 
     def link(self) -> str:
-        """The SIP002 share link: ss://base64url(method:password)@host:port#name."""
+        """The SIP002 share link: ss://base64url(method:password)@host:port[/?plugin=name%3Bopts]#name."""
         userinfo = base64.urlsafe_b64encode(f"{self.method}:{self.password}".encode()).decode().rstrip("=")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ss://{userinfo}@{host}:{self.port}#{quote(self.name, safe='')}"
+        query = f"/?plugin={quote(self.plugin.text(), safe='')}" if self.plugin is not None else ""
+        return f"ss://{userinfo}@{host}:{self.port}{query}#{quote(self.name, safe='')}"
 
-    def dialer(self, via: Dialer, frame_timeout: float = 30.0, answer_timeout: float | None = None) -> SsDialer:
-        """A Dialer through this node, its connections to the server made through `via` (see SsDialer)."""
-        return SsDialer(self, via, frame_timeout, answer_timeout)
+    def dialer(self, via: Dialer, frame_timeout: float = 30.0, answer_timeout: float | None = None, *,
+               allow_insecure: bool = False, ca_file: str | None = None,
+               handshake_timeout: float = 10.0) -> SsDialer:
+        """A Dialer through this node, its connections to the server made through `via` (see SsDialer).
+
+        `allow_insecure`, `ca_file` and `handshake_timeout` matter only for a plugin with TLS
+        (v2ray-plugin's `tls`): they are as for the other TLS nodes (session.node_context).
+        """
+        return SsDialer(self, via, frame_timeout, answer_timeout, allow_insecure=allow_insecure, ca_file=ca_file,
+                        handshake_timeout=handshake_timeout)
 
 
 def parse_link(link: str, name: str = "") -> SsNode:
@@ -382,9 +395,8 @@ def parse_link(link: str, name: str = "") -> SsNode:
     body, _, tag = body.partition("#")
     body, _, query = body.partition("?")
     params = parse_qs(query, keep_blank_values=True)
-    plugin = next((v for v in params.get("plugin", []) if v), None)
-    if plugin is not None:
-        raise ValueError(f"plugin {plugin.split(';')[0]!r}: SIP003 plugins are not supported")
+    plugin_text = next((v for v in params.get("plugin", []) if v), None)
+    plugin = parse_plugin(plugin_text) if plugin_text is not None else None
     body = body.rstrip("/")
     if "@" in body:  # SIP002: userinfo@host:port, userinfo base64url or percent-encoded method:password
         userinfo, _, hostport = body.rpartition("@")
@@ -403,7 +415,7 @@ def parse_link(link: str, name: str = "") -> SsNode:
     host, port = _host_port(hostport)
     m = method_of(method)
     return SsNode(name=name or unquote(tag) or f"{host}:{port}", host=host, port=port, method=m.name,
-                  password=password)
+                  password=password, plugin=plugin)
 
 
 # -- streams -------------------------------------------------------------------------------------
@@ -427,8 +439,10 @@ class SsStream:
     raw = None
 
     def __init__(self, inner: Stream, method: Method, key: bytes, header: bytes, where: str,
-                 frame_timeout: float = 30.0, answer_timeout: float | None = None) -> None:
+                 frame_timeout: float = 30.0, answer_timeout: float | None = None,
+                 plugin: Plugin | None = None) -> None:
         self.inner = inner
+        self.plugin = plugin  # in front of the server: named when the server does not answer
         self.method = method
         self.key = key
         self.where = where
@@ -507,6 +521,11 @@ class SsStream:
         return f"server stalled for {self.frame_timeout:g}s in the middle of a chunk"
 
     def _unanswered(self) -> str:
+        if self.plugin is not None:
+            # obfs-server hands what it does not take for its own to ss-server, which then stays silent.
+            setting = "obfs-host or obfs mode" if self.plugin.kind == "simple-obfs" else "host or path"
+            return (f"no answer within {self.answer_timeout:g}s: wrong password or method, or the plugin server "
+                    f"did not take the {self.plugin.describe()} framing (wrong {setting}?)")
         return (f"no answer within {self.answer_timeout:g}s: wrong password or method? "
                 "(a shadowsocks server keeps a connection it cannot decrypt open and silent)")
 
@@ -524,6 +543,10 @@ class SsStream:
         while not self._eof:
             try:
                 data = await self._read_inner(max(n, MIN_READ))
+            except DialError as e:  # the plugin's framing below, or our own stall
+                if e is self._error:
+                    raise
+                raise self._fail(str(e)) from None
             except OSError as e:
                 if self._received:
                     raise
@@ -547,10 +570,16 @@ class SsStream:
         """The failure a decode found after handing out the good bytes before it."""
         return self._error
 
-    def framed(self) -> tuple[socket.socket, SsStream] | None:
-        """The socket to the server and this stream as its Codec, when the bytes on it are ours alone."""
+    def framed(self) -> tuple[socket.socket, Codec] | None:
+        """The socket to the server and this stream as its Codec, when the bytes on it are ours alone
+        (over a plugin's or another node's framing: both Codecs, layered)."""
+        if self._plain:
+            return None
         raw = self.inner.raw
-        return None if raw is None or self._plain else (raw, self)
+        if raw is not None:
+            return raw, self
+        below = framing_of(self.inner)
+        return None if below is None else (below[0], Layered(below[1], self))
 
     def encode(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """What to send to the server for `data` (salt and address first, if they have not gone)."""
@@ -702,11 +731,14 @@ class SsDatagrams:
 class SsDialer:
     """Dials destinations through a shadowsocks node, reaching the server through `via`.
 
-    `frame_timeout` and `answer_timeout` go to every stream (see SsStream).
+    `frame_timeout` and `answer_timeout` go to every stream (see SsStream). A node with a
+    plugin has each connection wrapped in the plugin's framing (sip003.open_plugin) first;
+    the TLS settings are for a plugin with TLS.
     """
 
     def __init__(self, node: SsNode, via: Dialer, frame_timeout: float = 30.0,
-                 answer_timeout: float | None = None) -> None:
+                 answer_timeout: float | None = None, *, allow_insecure: bool = False, ca_file: str | None = None,
+                 handshake_timeout: float = 10.0) -> None:
         self.node = node
         self.via = via
         self.name = node.name
@@ -714,8 +746,10 @@ class SsDialer:
         self.answer_timeout = answer_timeout
         self.method = method_of(node.method)
         self.key = master_key(node.password, self.method.key_size)
+        self.plugin_tls = {"allow_insecure": allow_insecure, "ca_file": ca_file, "timeout": handshake_timeout}
         host = f"[{node.host}]" if ":" in node.host else node.host
-        self.where = f"{node.name} ({host}:{node.port})"
+        plugin = f", {node.plugin.describe()}" if node.plugin is not None else ""
+        self.where = f"{node.name} ({host}:{node.port}{plugin})"
 
     async def connect(self, host: str, port: int) -> SsStream:
         """A stream to host:port (an address or a name the server resolves)."""
@@ -727,10 +761,23 @@ class SsDialer:
             inner = await self.via.connect(self.node.host, self.node.port)
         except DialError as e:
             raise DialError(f"shadowsocks {self.where}: {e}") from None
-        return SsStream(inner, self.method, self.key, header, self.where, self.frame_timeout, self.answer_timeout)
+        if self.node.plugin is not None:
+            try:
+                inner = await open_plugin(self.node.plugin, inner, self.node.host, self.node.port, **self.plugin_tls)
+            except DialError as e:
+                inner.close()
+                raise DialError(f"shadowsocks {self.where}: {e}") from None
+            except BaseException:
+                inner.close()
+                raise
+        return SsStream(inner, self.method, self.key, header, self.where, self.frame_timeout, self.answer_timeout,
+                        self.node.plugin)
 
     async def datagrams(self) -> SsDatagrams:
-        """UDP through the server; needs `via` to be a direct dialer (a UDP socket of its own)."""
+        """UDP through the server; needs `via` to be a direct dialer (a UDP socket of its own).
+
+        A plugin carries TCP only: UDP goes to the server's port unwrapped (see sip003.py).
+        """
         udp_socket = getattr(self.via, "udp_socket", None)
         if udp_socket is None:
             raise DialError(f"shadowsocks {self.where}: UDP through a chain ({self.via.name}) is not supported")
