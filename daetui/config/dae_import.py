@@ -578,6 +578,7 @@ class _Converter:
         # TOML path -> the dae token it came from, so a later error points at what the user wrote.
         self.origins: dict[tuple[str | int, ...], _Tok] = {}
         self.left_out: list[str] = []
+        self.left_out_subscriptions: list[str] = []
 
     def err(self, t: _Tok | None, message: str) -> DaeImportError:
         if t is None:
@@ -914,7 +915,7 @@ class _Converter:
             else:
                 reason = _subscription_problem(link.value)
             if reason is not None:
-                self.left_out.append(tag)
+                (self.left_out if section == "node" else self.left_out_subscriptions).append(tag)
                 self.warn(tok, f"{section} {tag} left out: {reason} (dae, too, leaves out what it cannot use)")
                 self.comments(table, node.leading)
                 table.add(_comment_item(f"# left out by daetui import-dae: {_CONTROL.sub('?', reason)}"))
@@ -1234,6 +1235,7 @@ class Conversion:
     warnings: list[str]
     files: list[str]                                   # the entry file, then every included one
     left_out: list[str] = field(default_factory=list)  # node tags left out
+    left_out_subscriptions: list[str] = field(default_factory=list)
     origins: dict[tuple[str | int, ...], tuple[str, int, int]] = field(default_factory=dict)
 
     def locate(self, path: tuple[str | int, ...]) -> tuple[str, int, int] | None:
@@ -1390,7 +1392,8 @@ def convert_dae_full(text: str, source: str = "<dae>", *, check_link: LinkCheck 
     conv = _Converter(src, root, check_link)
     out = conv.convert()
     origins = {path: ((t.src or src).name, t.line, t.col) for path, t in conv.origins.items()}
-    return Conversion(out, warnings + conv.warnings, [s.name for s, _ in files], conv.left_out, origins)
+    return Conversion(out, warnings + conv.warnings, [s.name for s, _ in files], conv.left_out,
+                      conv.left_out_subscriptions, origins)
 
 
 def convert_dae_file(path: str | Path, *, check_link: LinkCheck | None = None) -> Conversion:
