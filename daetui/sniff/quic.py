@@ -28,12 +28,30 @@ class _QuicVersion:
     retry: int  # ... and of Retry, which has no Length field
 
 
-_QUIC_VERSIONS = {
-    0x00000001: _QuicVersion(  # RFC 9001 5.2
-        bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic key", b"quic iv", b"quic hp", 0, 3),
+_V1 = _QuicVersion(  # RFC 9001 5.2
+    bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic key", b"quic iv", b"quic hp", 0, 3)
+# The IETF drafts (0xff0000NN for draft-NN) protect Initials as v1 does, with v1's labels and packet
+# types; only the salt changed: one for drafts 23-28 (draft-ietf-quic-tls-23 5.2), another for 29-32
+# (draft-ietf-quic-tls-29 5.2), and from draft-33 on the salt RFC 9001 kept. Old clients (Chrome before
+# 2021, curl and quiche builds pinned to draft-29) still send them; dae decodes them too
+# (component/sniffing/internal/quicutils/version.go, Version_Draft, one salt for every 0xff version).
+_SALT_DRAFT_23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
+_SALT_DRAFT_29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")
+
+
+def _draft(salt: bytes) -> _QuicVersion:
+    return _QuicVersion(salt, _V1.key_label, _V1.iv_label, _V1.hp_label, _V1.initial, _V1.retry)
+
+
+QUIC_VERSIONS: dict[int, _QuicVersion] = {
+    0x00000001: _V1,
     0x6B3343CF: _QuicVersion(  # RFC 9369 3.3
         bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"), b"quicv2 key", b"quicv2 iv", b"quicv2 hp", 1, 0),
+    **{0xFF000000 + n: _draft(_SALT_DRAFT_23) for n in range(27, 29)},
+    **{0xFF000000 + n: _draft(_SALT_DRAFT_29) for n in range(29, 33)},
+    **{0xFF000000 + n: _draft(_V1.salt) for n in range(33, 35)},
 }
+"""The QUIC versions whose client Initials are decoded: the version field's value to its Initial protection."""
 
 
 def _hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
@@ -59,7 +77,7 @@ class _InitialKeys:
 @functools.lru_cache(maxsize=256)
 def _initial_keys(version: int, dcid: bytes) -> _InitialKeys:
     """The client's Initial keys for a connection (RFC 9001 5.2, RFC 9369 3.3.1)."""
-    v = _QUIC_VERSIONS[version]
+    v = QUIC_VERSIONS[version]
     initial_secret = hmac.digest(v.salt, dcid, hashlib.sha256)  # HKDF-Extract
     client_secret = _hkdf_expand_label(initial_secret, b"client in", 32)
     return _InitialKeys(
@@ -186,7 +204,7 @@ class _QuicConnection:
         if len(dgram) < pos + 7:
             raise Malformed("truncated QUIC long header")
         version = int.from_bytes(dgram[pos + 1:pos + 5])
-        params = _QUIC_VERSIONS.get(version)
+        params = QUIC_VERSIONS.get(version)
         if params is None:
             if version == 0:
                 raise Malformed("QUIC version negotiation packet")
@@ -266,11 +284,12 @@ def _sniff_quic(datagrams: Iterable[bytes]) -> SniffResult:
 def sniff_quic_datagrams(datagrams: Iterable[bytes]) -> SniffResult:
     """The SNI of the ClientHello in a client's first QUIC datagrams, in the order received.
 
-    The first datagram must start with a QUIC v1 or v2 Initial packet that
-    decrypts, or the result is an error. Its connection's Initial packets in
-    all the datagrams (coalesced ones too) are decrypted and their CRYPTO
-    frames reassembled in offset order; packets that fail, belong to other
-    connections or are of other types are skipped. `need_more` means the
+    The first datagram must start with an Initial packet of a version in
+    QUIC_VERSIONS (v1, v2, drafts 27-34) that decrypts, or the result is an
+    error. Its connection's Initial packets in all the datagrams (coalesced
+    ones too) are decrypted and their CRYPTO frames reassembled in offset
+    order; packets that fail, belong to other connections or are of other
+    types are skipped. `need_more` means the
     ClientHello continues in a datagram not given yet.
     """
     try:
