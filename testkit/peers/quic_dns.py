@@ -72,6 +72,8 @@ class ServerFigures:
 
     handshakes: int = 0
     queries: int = 0
+    active: int = 0                                   # queries being answered now
+    peak: int = 0                                     # ... at most, so far
     names: list[str] = field(default_factory=list)   # the names asked, in order (the last 100)
 
 
@@ -96,6 +98,7 @@ class QuicDnsServer:
         self.forward = forward
         self.misbehave = misbehave
         self.idle_timeout = idle_timeout
+        self.answer_delay = 0.0    # seconds each answer takes: lets queries pile up on a connection
         self.figures = ServerFigures()
         self._servers: list[QuicServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,6 +151,17 @@ class QuicDnsServer:
     # -- answers ------------------------------------------------------------------------------
     async def answer(self, wire: bytes) -> bytes | None:
         """The answer to a query (its own ID kept), as the misbehaviour wants it; None: no answer at all."""
+        f = self.figures
+        f.active += 1
+        f.peak = max(f.peak, f.active)
+        try:
+            if self.answer_delay:
+                await asyncio.sleep(self.answer_delay)
+            return await self._answer(wire)
+        finally:
+            f.active -= 1
+
+    async def _answer(self, wire: bytes) -> bytes | None:
         query = dns.message.from_wire(wire)
         name = query.question[0].name.to_text() if query.question else "?"
         self.figures.queries += 1
@@ -168,7 +182,7 @@ class QuicDnsServer:
         matches = [r for r in self.records if dns.name.from_text(r[0]) == q.name]
         if not matches:
             resp.set_rcode(dns.rcode.NXDOMAIN)
-        for rname, rtype, value, ttl in matches:
+        for _, rtype, value, ttl in matches:
             if dns.rdatatype.from_text(rtype) == q.rdtype:
                 resp.answer.append(dns.rrset.from_text(q.name, ttl, "IN", rtype, value))
         return resp.to_wire()
