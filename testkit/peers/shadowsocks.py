@@ -18,6 +18,13 @@ aes-256-gcm (which ss-libev takes from libsodium's AES-NI code, the other
 ciphers from mbedTLS): throughput runs should use aes-256-gcm or
 chacha20-ietf-poly1305, or they measure ss-server.
 The log (stdout and stderr, `-v`) is `console.log` in the server's directory.
+
+With `plugin` (a SIP003 server plugin, ss-server's `--plugin`/`--plugin-opts`: `obfs-server`
+from simple-obfs, `ss-v2ray-plugin` from shadowsocks-v2ray-plugin) the plugin listens on
+`port` at both addresses and ss-server's own TCP relay on a loopback port it picks; the UDP
+relay stays on `port` (a plugin carries TCP only). The plugin is ss-server's child, ended
+with it, and logs to the same console.log. `node()` then carries the client side of the
+plugin (`client_plugin`, since a server's options, e.g. `server;cert=...`, are not a client's).
 """
 
 from __future__ import annotations
@@ -30,9 +37,14 @@ from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, Lab, LabError
 from daetui.net.netns import netns
 from daetui.outbound.shadowsocks import SsNode, method_of
+from daetui.outbound.sip003 import Plugin
 
 SS_SERVER = "/usr/bin/ss-server"
 DEFAULT_PORT = 8388
+OBFS_SERVER = "obfs-server"  # simple-obfs's server side, found on PATH by ss-server
+V2RAY_PLUGIN = "ss-v2ray-plugin"  # Debian's name for v2ray-plugin
+# What each plugin logs once it listens (before it, ss-server's own lines).
+_PLUGIN_READY = {OBFS_SERVER: "[simple-obfs] INFO: listening at", V2RAY_PLUGIN: "V2Ray 4.34.0 started"}
 
 
 class SsPeerError(LabError):
@@ -47,7 +59,8 @@ class SsServer(LabPeer):
     error = SsPeerError
 
     def __init__(self, lab: Lab, method: str, password: str, port: int = DEFAULT_PORT, *,
-                 nameserver: str | None = None, timeout: int = 60, verbose: bool = True, udp: bool = True) -> None:
+                 nameserver: str | None = None, timeout: int = 60, verbose: bool = True, udp: bool = True,
+                 plugin: str | None = None, plugin_opts: str = "", client_plugin: Plugin | None = None) -> None:
         super().__init__(lab, ADDR.hosts4[2], ADDR.hosts6[2], port)
         self.method = method_of(method).name  # refuses what the client side cannot speak either
         self.password = password
@@ -55,11 +68,17 @@ class SsServer(LabPeer):
         self.timeout = timeout
         self.verbose = verbose
         self.udp = udp  # False: no UDP relay (no -u), as many servers are run
+        if plugin is not None and plugin not in _PLUGIN_READY:
+            raise SsPeerError(f"plugin {plugin!r}: the lab knows {', '.join(_PLUGIN_READY)}")
+        self.plugin = plugin
+        self.plugin_opts = plugin_opts
+        self.client_plugin = client_plugin
 
-    def node(self, family: int = 4, name: str = "") -> SsNode:
-        """The node a client dials to reach this server over IPv4 or IPv6."""
+    def node(self, family: int = 4, name: str = "", plugin: Plugin | None = None) -> SsNode:
+        """The node a client dials to reach this server over IPv4 or IPv6 (with `plugin`, else `client_plugin`)."""
         host = self.address4 if family == 4 else self.address6
-        return SsNode(name or f"ss-{self.method}-v{family}", host, self.port, self.method, self.password)
+        return SsNode(name or f"ss-{self.method}-v{family}", host, self.port, self.method, self.password,
+                      plugin or self.client_plugin)
 
     def config(self) -> dict[str, object]:
         """ss-server's JSON config (the password stays out of the process list)."""
@@ -72,7 +91,7 @@ class SsServer(LabPeer):
             # As ss-redir in the benchmark is run: small writes go out at once on both sides.
             "no_delay": True,
             "fast_open": False,
-        }
+        } | ({"plugin": self.plugin, "plugin_opts": self.plugin_opts} if self.plugin else {})
 
     def _write_config(self, directory: Path) -> list[str]:
         conf = directory / "ss-server.json"
@@ -98,9 +117,13 @@ class SsServer(LabPeer):
         # ss-server logs "... listening at ADDRESS:PORT" once bound and exits when a bind
         # fails, so both lines plus an accepted connection mean this very process serves there.
         text = self.log_text()
-        where = f"{address}:{self.port}"
-        if f"tcp server listening at {where}" not in text or (self.udp and f"udp server listening at {where}"
-                                                               not in text):
+        where = f"{address}:{self.port}"  # (ss-server writes IPv6 addresses without brackets, but for ::1)
+        if self.udp and f"udp server listening at {where}" not in text:
+            return False
+        if self.plugin is None:
+            if f"tcp server listening at {where}" not in text:
+                return False
+        elif _PLUGIN_READY[self.plugin] not in text:
             return False
         with netns(self.lab.wan):
             sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
