@@ -12,6 +12,7 @@ OR-ed, `!` negates, as in routing rules. The last line of each list may be
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,8 +21,9 @@ import dns.rdatatype
 
 from daetui.routing.errors import RuleError
 from daetui.routing.functions import (
-    DNS_REQUEST_FUNCTIONS,
+    DNS_REQUEST_RULE_FUNCTIONS,
     DNS_RESPONSE_FUNCTIONS,
+    INTERNAL_SELECTORS,
     _domain_set,
     _geo,
     _interfaces,
@@ -84,9 +86,43 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class LookupFacts:
+    """One of daetui's own lookups, as dae v2's sub()/node()/subnode() selectors see it."""
+
+    kind: str             # "sub": a subscription's host; "node": a node's host
+    tag: str = ""         # the subscription's tag (sub), or the node's subscription (node; "" for [node]'s)
+    name: str = ""        # the node's name
+    link: str = ""        # the subscription's URL or the node's link
+
+
+@dataclass(frozen=True)
+class InternalRule:
+    """A request rule of sub()/node()/subnode() selectors: which upstream resolves daetui's own lookups."""
+
+    index: int
+    text: str
+    tests: tuple[Callable[[LookupFacts], bool], ...]
+    target: str
+    subnode: bool          # dae checks subnode() rules before node() ones
+
+    def matches(self, facts: LookupFacts) -> bool:
+        return all(t(facts) for t in self.tests)
+
+
+@dataclass(frozen=True)
 class DnsRuleList:
     rules: tuple[DnsRule, ...]
     fallback: str
+    internal: tuple[InternalRule, ...] = ()   # request lists only
+
+    def internal_upstream(self, facts: LookupFacts) -> str | None:
+        """The upstream a sub()/node()/subnode() rule gives this lookup (None: none does)."""
+        order = sorted(self.internal, key=lambda r: (not r.subnode, r.index)) if facts.kind == "node" \
+            else self.internal
+        for r in order:
+            if r.matches(facts):
+                return r.target
+        return None
 
     def choose(self, facts: DnsFacts) -> Choice:
         for r in self.rules:
@@ -152,6 +188,41 @@ def _test(cond: Condition, geo: GeoData | None) -> Test:
     return test
 
 
+def _matcher(key: str, values: list[str], p_start: int, p_end: int) -> Callable[[str], bool]:
+    if key.endswith("regex"):
+        try:
+            pats = [re.compile(v) for v in values]
+        except re.error as e:
+            raise RuleError(f"bad regular expression: {e}", p_start, p_end) from None
+        return lambda s: any(p.search(s) for p in pats)
+    if key.endswith("keyword"):
+        return lambda s: any(v in s for v in values)
+    return lambda s: s in values
+
+
+def _internal_test(cond: Condition) -> Callable[[LookupFacts], bool]:
+    """One sub()/node()/subnode() function: its values OR-ed, by key, as dae's daedns router reads them."""
+    by_key: dict[str, list[str]] = {}
+    for p in cond.params:
+        by_key.setdefault(p.key or "", []).append(p.value)
+    tests: list[Callable[[LookupFacts], bool]] = []
+    for key, values in by_key.items():
+        field = "link" if key.startswith("link") else "name"
+        if cond.name == "sub" or (cond.name == "subnode" and (key in ("", "regex") or key.startswith("subtag"))):
+            field = "link" if key.startswith("link") else "tag"
+        m = _matcher(key, values, cond.start, cond.end)
+        tests.append(lambda f, m=m, field=field: m(getattr(f, field)))
+    kind = "sub" if cond.name == "sub" else "node"
+    only_subs = cond.name == "subnode"
+
+    def test(f: LookupFacts) -> bool:
+        if f.kind != kind or (only_subs and not f.tag):
+            return False
+        hit = any(t(f) for t in tests)
+        return not hit if cond.negate else hit
+    return test
+
+
 def _target_error(rule: Rule, text: str, target: str, allowed: list[str]) -> RuleError:
     at = text.rfind(target)
     return RuleError(f"unknown target {target!r}: expected {', '.join(allowed)}",
@@ -164,14 +235,28 @@ def compile_list(kind: str, texts: tuple[str, ...], fallback: str, upstreams: di
 
     The error's `rule_index` attribute is the rule's position (len(texts) for the fallback).
     """
-    functions = DNS_REQUEST_FUNCTIONS if kind == "request" else DNS_RESPONSE_FUNCTIONS
+    functions = DNS_REQUEST_RULE_FUNCTIONS if kind == "request" else DNS_RESPONSE_FUNCTIONS
     actions = REQUEST_ACTIONS if kind == "request" else RESPONSE_ACTIONS
     allowed = [*actions, *upstreams]
     out = []
+    internal: list[InternalRule] = []
     for i, text in enumerate(texts):
         try:
             rule = parse_rule(text, functions)
             target = rule.outbound.name
+            selectors = [c for c in rule.conditions if c.name in INTERNAL_SELECTORS]
+            if selectors:
+                # dae: internal selectors must point to an upstream and cannot be mixed with qname/qtype.
+                other = next((c for c in rule.conditions if c.name not in INTERNAL_SELECTORS), None)
+                if other is not None:
+                    raise RuleError(f"{other.name}() cannot go with {selectors[0].name}() in one rule: "
+                                    "sub(), node() and subnode() choose the upstream of daetui's own lookups",
+                                    other.start, other.end)
+                if target not in upstreams or rule.outbound.params:
+                    raise _target_error(rule, text, target, list(upstreams))
+                internal.append(InternalRule(i, str(rule), tuple(_internal_test(c) for c in rule.conditions),
+                                             target, any(c.name == "subnode" for c in rule.conditions)))
+                continue
             if target not in allowed or rule.outbound.params:
                 raise _target_error(rule, text, target, allowed)
             tests = tuple(_test(c, geo) for c in rule.conditions)
@@ -192,4 +277,4 @@ def compile_list(kind: str, texts: tuple[str, ...], fallback: str, upstreams: di
                       len("fallback: "), len("fallback: ") + len(fallback))
         e.rule_index = len(texts)  # type: ignore[attr-defined]
         raise e
-    return DnsRuleList(tuple(out), fallback)
+    return DnsRuleList(tuple(out), fallback, tuple(internal))

@@ -126,6 +126,10 @@ class FunctionSpec:
     expects: str = ""
 
 
+# dae's AliasOptimizer (component/routing/optimizer.go) reads `contains:` as keyword and `domain:` as suffix.
+DOMAIN_KEY_ALIASES = {"contains": "keyword", "domain": "suffix"}
+DOMAIN_KEYS = frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext", *DOMAIN_KEY_ALIASES})
+
 FUNCTIONS: dict[str, FunctionSpec] = {
     s.name: s
     for s in (
@@ -136,8 +140,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
         FunctionSpec("l4proto", _l4proto, expects="tcp, udp"),
         FunctionSpec("ipversion", _ipversion, expects="4, 6"),
         FunctionSpec("mac", _mac, expects="MAC addresses"),
-        FunctionSpec("domain", _text, frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext"}),
-                     expects="domains"),
+        FunctionSpec("domain", _text, DOMAIN_KEYS, expects="domains"),
         FunctionSpec("pname", _pname, expects="process names"),
         FunctionSpec("dscp", _dscp, expects="DSCP values (0-63)"),
         FunctionSpec("interface", _text, frozenset({"lan", "wan"}), expects="lan: or wan: interface names"),
@@ -149,14 +152,28 @@ FUNCTIONS: dict[str, FunctionSpec] = {
 DNS_REQUEST_FUNCTIONS: dict[str, FunctionSpec] = {
     s.name: s
     for s in (
-        FunctionSpec("qname", _text, frozenset({"suffix", "full", "keyword", "regex", "geosite", "ext"}),
-                     expects="domains"),
+        FunctionSpec("qname", _text, DOMAIN_KEYS, expects="domains"),
         FunctionSpec("qtype", _text, expects="query types (a, aaaa, cname, ... or numbers)"),
         # Where the query came in (lan:) or the router's own (wan:), as in routing rules.
         FunctionSpec("interface", _text, frozenset({"lan", "wan"}),
                      expects="lan: or wan: interface names"),
     )
 }
+# dae v2's selectors of dae's own lookups (request rules only): which upstream resolves a subscription's
+# host (sub), a node's host (node), a host of a node that came from a subscription (subnode). Keys as
+# dae's component/daedns/router.go reads them; a bare value is a tag (sub, subnode) or a name (node).
+_NODE_KEYS = frozenset({"name", "name_keyword", "name_regex", "link_keyword", "link_regex"})
+INTERNAL_SELECTORS: dict[str, FunctionSpec] = {
+    s.name: s
+    for s in (
+        FunctionSpec("sub", _text, frozenset({"tag", "tag_regex", "regex", "link_keyword", "link_regex"}),
+                     expects="subscription tags"),
+        FunctionSpec("node", _text, _NODE_KEYS, expects="node names"),
+        FunctionSpec("subnode", _text, _NODE_KEYS | {"subtag", "subtag_regex", "regex"},
+                     expects="subscription tags"),
+    )
+}
+DNS_REQUEST_RULE_FUNCTIONS: dict[str, FunctionSpec] = {**DNS_REQUEST_FUNCTIONS, **INTERNAL_SELECTORS}
 DNS_RESPONSE_FUNCTIONS: dict[str, FunctionSpec] = {
     **DNS_REQUEST_FUNCTIONS,
     "ip": FunctionSpec("ip", _ip, frozenset({"geoip", "ext"}), expects="IP addresses"),
@@ -215,7 +232,7 @@ def _geo(geo: GeoData | None, p: Param, kind: str) -> tuple[Any, ...]:
 def _domain_set(cond: Condition, geo: GeoData | None) -> DomainSet:
     entries: list[tuple[str, str]] = []
     for p in cond.params:
-        key = p.key or "suffix"  # dae: a bare value is a suffix
+        key = DOMAIN_KEY_ALIASES.get(p.key or "suffix", p.key or "suffix")  # dae: a bare value is a suffix
         if key in ("geosite", "ext"):
             entries.extend((e.kind, e.value) for e in _geo(geo, p, "site"))
         elif key == "regex":

@@ -134,6 +134,10 @@ def _param(raw: str, offset: int, keys: frozenset[str], where: str) -> Param:
         value = _unquote(body, value_start)
     else:
         bad = re.search(r"[\s'\"]", body)
+        if bad and m and key is None and keys:
+            # `name: value` with a name this function does not take (a value holding a space is quoted).
+            raise RuleError(f"{where} takes no key {m.group(1)!r}: expected {', '.join(sorted(keys))}",
+                            start, start + len(m.group(1)))
         if bad:
             raise RuleError(f"unexpected {bad.group(0)!r} in a value; quote values that contain it",
                             value_start + bad.start())
