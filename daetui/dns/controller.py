@@ -23,6 +23,12 @@ could make any address match any domain rule for every client. dae scopes
 its cache the same way ("asis@server") but does feed such answers to its
 kernel map. A client that addresses a configured upstream (plain DNS, same
 address and port) is answered by that upstream, from the shared cache.
+
+`optimistic_cache` (RFC 8767 serve-stale, as dae has it): an answer past its
+TTL but within `optimistic_cache_ttl` of it is served at once with a short
+TTL (cache.STALE_TTL), and the question is asked again in the background,
+one refresh per cache key at a time (at most MAX_REFRESHES together). A
+refresh that fails leaves the stale entry to serve until its window ends.
 """
 
 from __future__ import annotations
@@ -46,9 +52,9 @@ import dns.rdatatype
 
 from daetui.config.dns_upstream import UpstreamSpec, parse_upstream
 from daetui.config.model import DnsConfig
-from daetui.dns.cache import MAX_NEGATIVE_TTL, MAX_TTL, NEGATIVE_TTL, CacheEntry, DnsCache
+from daetui.dns.cache import MAX_NEGATIVE_TTL, MAX_TTL, NEGATIVE_TTL, STALE_TTL, CacheEntry, DnsCache
 from daetui.dns.state import DnsCacheRow, DnsCounters, DnsServing, DnsState, DnsTrace, DnsUpstreamRow
-from daetui.dns.upstream import DialFn, RouteFn, Upstream, UpstreamError, bootstrap_resolve
+from daetui.dns.upstream import DialFn, MalformedAnswer, RouteFn, Upstream, UpstreamError, bootstrap_resolve
 from daetui.dns.wire import (
     CLASS_IN,
     FLAG_QR,
@@ -80,6 +86,7 @@ MIN_FEED = 5.0     # an answer with TTL 0 still names its addresses in the kerne
 MAX_CHOICES = 8192  # request-rule verdicts remembered by question and interface
 MAX_ASIS = 64      # servers asked on the clients' behalf (asis), kept with their figures
 PLAIN_SCHEMES = ("udp", "tcp", "tcp+udp")  # a hijacked port-53 query can be addressed to these
+MAX_REFRESHES = 256  # stale entries refreshed in the background at once; past that they are served unrefreshed
 
 
 class ClientInfo(NamedTuple):
@@ -114,6 +121,8 @@ class _Counters:
     malformed: int = 0
     bad_answers: int = 0
     asis_scoped: int = 0     # answers of servers clients chose: kept for that server, not named in the kernel
+    refreshes: int = 0       # background refreshes of stale entries (optimistic_cache)
+    refresh_failures: int = 0
 
 
 @dataclass
@@ -155,6 +164,7 @@ class DnsController:
         self._inflight: dict[tuple[object, ...], asyncio.Future[CacheEntry]] = {}
         self._boot: dict[str, str] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._refreshing: dict[bytes, asyncio.Task[None]] = {}  # cache key -> its background refresh
         self._sweeper: asyncio.Task[None] | None = None
         self.c = _Counters()
         self.serving: Callable[[], DnsServing] | None = None  # the sockets' figures (set by DnsServer)
@@ -196,6 +206,8 @@ class DnsController:
         self._choices: dict[tuple[bytes, str | None], Choice] = {}  # request rules' verdicts, until the next config
         self.config = config
         self.cache.resize(config.cache_size)
+        self.cache.serve_stale = config.optimistic_cache
+        self.cache.stale_window = config.optimistic_cache_ttl
         self.fixed_ttl = {normalize(k): int(v) for k, v in config.fixed_domain_ttl.items()}
 
     def _upstream(self, spec: UpstreamSpec, ca_file: str) -> Upstream:
@@ -229,6 +241,10 @@ class DnsController:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        for t in list(self._refreshing.values()):
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
         for up in [*self.upstreams.values(), *self._asis.values()]:
             await up.close()
         for t in list(self._closing):
@@ -261,9 +277,12 @@ class DnsController:
             return reply(q, RCODE_NOERROR, udp=not client.tcp)
         if self._other_family(q.qtype) is None:
             now = time.monotonic()
-            e = self.cache.get(q.key + self._scope(choice.target, client)[0], now)
+            key = q.key + self._scope(choice.target, client)[0]
+            e = self.cache.get(key, now, stale_ok=True)
             if e is not None:
-                self._feed(e)
+                if e.expires <= now:
+                    self._refresh(key, q.key, q.question, q.qname, q.qtype, choice, client)
+                self._feed(e, now)
                 return self._serve(e, q, client, now)
         return Pending(q, choice)
 
@@ -304,11 +323,39 @@ class DnsController:
         return None
 
     def _serve(self, e: CacheEntry, q: Query, client: ClientInfo, now: float) -> bytes:
+        if e.expires <= now:  # stale (optimistic_cache): a short TTL, not one counted down past zero
+            return answer_from_template(e.template, e.offsets, e.stale_ttls(), 0, q, udp=not client.tcp)
         return answer_from_template(e.template, e.offsets, e.ttls, int(now - e.stored), q, udp=not client.tcp)
 
-    def _feed(self, e: CacheEntry) -> None:
+    def _feed(self, e: CacheEntry, now: float | None = None) -> None:
         if e.addresses and e.trusted:
-            self.feed(e.names, e.addresses, max(e.expires, e.stored + MIN_FEED))
+            deadline = max(e.expires, e.stored + MIN_FEED)
+            if now is not None and e.expires <= now:
+                # A stale answer: its client may use the addresses for STALE_TTL, so the kernel knows them as long.
+                deadline = now + max(STALE_TTL, MIN_FEED)
+            self.feed(e.names, e.addresses, deadline)
+
+    def _refresh(self, key: bytes, question_key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
+                 client: ClientInfo) -> None:
+        """Ask again, in the background, for the stale entry under `key` (one refresh per key at a time)."""
+        if key in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
+            return
+        self.c.refreshes += 1
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_one(question_key, question, qname, qtype, choice, client))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+
+    async def _refresh_one(self, question_key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
+                           client: ClientInfo) -> None:
+        try:
+            await self._entry(question_key, question, qname, qtype, choice, client, stale_ok=False)
+        except (ResolveError, UpstreamError) as err:
+            self.c.refresh_failures += 1
+            log.info("dns %s %s: refreshing the stale answer failed: %s", qname, _qtype_text(qtype), err)
+        except Exception:  # a refresh nobody waits for must not end with an unretrieved error
+            self.c.refresh_failures += 1
+            log.exception("dns %s %s: refreshing the stale answer failed", qname, _qtype_text(qtype))
 
     def _scope(self, target: str, client: ClientInfo) -> tuple[bytes, str]:
         """Whose cache a query is answered from: (cache key suffix, label); (b"", "") for the shared one.
@@ -337,13 +384,16 @@ class DnsController:
         return up
 
     async def _entry(self, question_key: bytes, question: bytes, qname: str, qtype: int, choice: Choice,
-                     client: ClientInfo) -> CacheEntry:
-        """The cached answer, the one being fetched, or a fresh one."""
+                     client: ClientInfo, stale_ok: bool = True) -> CacheEntry:
+        """The cached answer (a stale one too, with `stale_ok`), the one being fetched, or a fresh one."""
         scope, label = self._scope(choice.target, client)
         key = question_key + scope
-        e = self.cache.get(key, time.monotonic(), count_miss=False)  # filled while this one waited?
+        now = time.monotonic()
+        e = self.cache.get(key, now, count_miss=False, stale_ok=stale_ok)  # filled while this one waited?
         if e is not None:
-            self._feed(e)
+            if e.expires <= now:
+                self._refresh(key, question_key, question, qname, qtype, choice, client)
+            self._feed(e, now)
             return e
         fkey = (key, choice.target, client.server if choice.target == ASIS else None, client.tcp)
         fut = self._inflight.get(fkey)
@@ -409,6 +459,7 @@ class DnsController:
                     data = await up.query(question, tcp=client.tcp)
                 answer = self._read(data, qname, qtype)
             except (UpstreamError, TimeoutError) as e:
+                self.c.bad_answers += isinstance(e, MalformedAnswer)
                 errors.append(str(e) or f"{up.name}: no answer in time")
                 steps.append(f"{up.name} failed")
                 continue
@@ -525,7 +576,7 @@ class DnsController:
         client = ClientInfo("console")
         q = parse_query(qmsg.to_wire())
         cached = self.cache.peek(q.key)
-        was_cached = cached is not None and cached.expires > time.monotonic()
+        was_cached = cached is not None and self.cache.usable_until(cached) > time.monotonic()
         r = self.begin(q.wire, client)
         if isinstance(r, Pending):
             r = await self.complete(r, client)
@@ -552,22 +603,22 @@ class DnsController:
         now = time.monotonic()
         rows = []
         for e in self.cache.entries()[:limit]:
-            if e.expires <= now:
+            if self.cache.usable_until(e) <= now:
                 continue
             rows.append(DnsCacheRow(e.qname, _qtype_text(e.qtype), e.answers, e.ttl_left(now),
                                     e.expires - e.stored, e.upstream, e.hits, dns.rcode.to_text(e.rcode),
-                                    e.negative, e.route, e.wall, e.scope, e.trusted))
+                                    e.negative, e.route, e.wall, e.scope, e.trusted, stale=e.expires <= now))
         ups = []
         for up in [*self.upstreams.values(), *self._asis.values()]:
             st = up.stats
             lat = list(st.latencies)
             ups.append(DnsUpstreamRow(up.name, up.spec.url, st.address, st.route, st.queries, st.errors,
                                       st.timeouts, st.mismatched, lat[-1] * 1000 if lat else None,
-                                      sum(lat) / len(lat) * 1000 if lat else None, st.last_error))
+                                      sum(lat) / len(lat) * 1000 if lat else None, st.last_error, st.malformed))
         c = self.c
         counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
                                c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped,
-                               self.kernel_evicted())
+                               self.kernel_evicted(), self.cache.stale_hits, c.refreshes, c.refresh_failures)
         serving = self.serving() if self.serving is not None else DnsServing()
         return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache), serving)
 

@@ -24,6 +24,7 @@ class DnsCacheRow:
     # whose answer serves only queries to that server.
     scope: str = ""
     kernel: bool = True          # its addresses are named in the kernel (False: a server a client chose)
+    stale: bool = False          # past its TTL, kept to be served stale (optimistic_cache)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class DnsUpstreamRow:
     last_ms: float | None
     avg_ms: float | None         # over the last 32 answers
     last_error: str
+    malformed: int = 0           # answers that broke their transport's framing (DoQ, DoH3), dropped
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class DnsCounters:
     kernel_names: int = 0        # addresses with a name in the kernel's domain map
     asis_scoped: int = 0         # answers of servers clients chose (asis): kept for that server, not in the kernel
     kernel_evicted: int = 0      # addresses taken out of the full domain map, oldest first (their flows: sniffed)
+    stale_served: int = 0        # answers served after their TTL (optimistic_cache, RFC 8767)
+    refreshes: int = 0           # background refreshes of stale entries started
+    refresh_failures: int = 0    # ... that got no answer (the stale entry stays until its window ends)
 
 
 @dataclass(frozen=True)
