@@ -220,6 +220,20 @@ def test_an_error_found_after_conversion_points_into_the_dae_file(tmp_path: Path
     assert "google" in entry.read_text(encoding="utf-8").splitlines()[line - 1]
 
 
+def test_configs_with_a_node_of_a_protocol_with_no_server_here(tmp_path: Path) -> None:
+    """The count the README states: configs converted with such a node left out (and a warning saying so)."""
+    no_server = ("tuic://", "hysteria2://", "juicity://", "anytls://", "2022-blake3", "grpc", "reality")
+    count = 0
+    for i, case in enumerate(_cases("accepts")):
+        if case["id"] in DAE_FAILS_AT_RUN_TIME:
+            continue
+        (tmp_path / str(i)).mkdir()
+        conv, _ = _convert_and_load(case, tmp_path / str(i))
+        said = [w for w in conv.warnings if " left out: " in w and any(p in w for p in no_server)]
+        count += bool(said)
+    assert count == 3
+
+
 def test_the_corpus_is_all_here() -> None:
     """22 configs dae accepts, 5 it rejects (SOURCES.md): none silently missing from the cases above."""
     assert (len(_cases("accepts")), len(_cases("rejects"))) == (22, 5)
