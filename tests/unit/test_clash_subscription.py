@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pytest
 import yaml
 
+from daetui import redact
 from daetui.outbound.links import LinkError, parse_link
 from daetui.outbound.subscription import MAX_YAML_NODES, _sip008_link, clash_link, load_yaml, parse_subscription
 
@@ -189,6 +190,14 @@ REFUSED_TYPES = {
     "DIRECT-ish": "built-in outbound",
     "mystery": "unknown proxy type 'mystery'",
 }
+
+@pytest.fixture(autouse=True)
+def _forget_remembered_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # parse_subscription remembers every link's secrets process-wide, so that logs mask them; the corpus's
+    # (the word "example" is a password there) must not mask the text of tests that run later.
+    monkeypatch.setattr(redact, "_known", dict(redact._known))
+    monkeypatch.setattr(redact, "_by_prefix", dict(redact._by_prefix))
+
 
 
 def _query(link: str) -> dict[str, str]:
