@@ -515,6 +515,11 @@ def _transport(proxy: dict[str, Any]) -> dict[str, str]:
         host = ",".join(_header(opts.get("headers") or proxy.get("ws-headers"), "host"))
         # mihomo's ws-opts.v2ray-http-upgrade is another transport (HTTPUpgrade), not WebSocket.
         kind = "httpupgrade" if _flag(opts.get("v2ray-http-upgrade")) else "ws"
+        early = _text(opts.get("max-early-data"))
+        if kind == "ws" and early.isdigit() and int(early) > 0:
+            # Early data is written in the path in links, as Xray does: ?ed=N[&eh=header].
+            header = _text(opts.get("early-data-header-name"))
+            path += ("&" if "?" in path else "?") + f"ed={early}" + (f"&eh={header}" if header else "")
         return {"type": kind, "host": host, "path": path}
     if network == "h2":
         opts = _opts(proxy, "h2-opts")

@@ -258,6 +258,22 @@ def test_plain_nodes_have_the_fields_the_yaml_gives() -> None:
         "https", "192.0.2.8", 8443, "bob", "pw", "proxy.example.com", True)
 
 
+def test_transports_and_plugins_reach_the_nodes() -> None:
+    nodes = dict(parse_subscription(CONFIG, "sub").nodes)
+    vm = nodes["SG 05 | vmess ws tls"]
+    assert (vm.tls, vm.sni, vm.allow_insecure, vm.security) == (True, "edge.example.com", True, "aes-128-gcm")
+    assert (vm.transport.kind, vm.transport.path, vm.transport.host) == ("ws", "/vmess", "edge.example.com")
+    h2 = nodes["DE 07 | vless h2"].transport
+    assert (h2.kind, h2.path, h2.host) == ("h2", "/h2", "vl.example.com")
+    ws = nodes["FR 09 | trojan ws"].transport
+    assert (ws.kind, ws.path, ws.host) == ("ws", "/tj", "tj.example.com")
+    obfs = nodes["JP 02 | ss obfs"].plugin
+    assert (obfs.name, obfs.get("obfs"), obfs.get("obfs-host")) == ("obfs-local", "tls", "bing.com")
+    v2 = nodes["US 03 | ss v2ray-plugin"]
+    assert (v2.host, v2.plugin.name, v2.plugin.flag("tls"), v2.plugin.get("host"), v2.plugin.get("path")) == (
+        "2001:db8::20", "v2ray-plugin", True, "cdn.example.com", "/ray")
+
+
 # -- the links made -------------------------------------------------------------------------------------
 
 def test_ss_plugins_become_sip002_plugin_parameters() -> None:
@@ -299,6 +315,9 @@ def test_vmess_becomes_v2rayn_json() -> None:
     ({"network": "ws", "ws-path": "/old", "ws-headers": {"Host": "o.example"}},
      {"type": "ws", "path": "/old", "host": "o.example"}),
     ({"network": "ws", "ws-opts": {"path": "/u", "v2ray-http-upgrade": True}}, {"type": "httpupgrade", "path": "/u"}),
+    ({"network": "ws", "ws-opts": {"path": "/e", "max-early-data": 2048,
+                                   "early-data-header-name": "Sec-WebSocket-Protocol"}},
+     {"type": "ws", "path": "/e?ed=2048&eh=Sec-WebSocket-Protocol"}),
     ({"network": "h2", "h2-opts": {"host": ["a.example", "b.example"], "path": "/h"}},
      {"type": "http", "host": "a.example,b.example", "path": "/h"}),
     ({"network": "grpc", "grpc-opts": {"grpc-service-name": "svc"}}, {"type": "grpc", "serviceName": "svc"}),
