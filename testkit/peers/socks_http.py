@@ -6,6 +6,11 @@
     V2rayHttps v2ray 4.34's `http` inbound behind TLS (`streamSettings.security:
                tls`) with a `freedom` outbound: an HTTPS proxy (CONNECT inside TLS),
                Basic auth from its `accounts`. tinyproxy has no TLS of its own.
+    SshSocks   OpenSSH's dynamic forwarding (`ssh -D`): SOCKS4, SOCKS4a and SOCKS5, every
+               connection a direct-tcpip channel of one session to an sshd on the wan
+               namespace's loopback, which connects (and resolves names) for it. danted
+               serves SOCKS4 but not SOCKS4a (it connects to 0.0.0.x); ssh -D is the
+               SOCKS4a server most people have. Needs Debian's openssh-server.
 
 All listen on ADDR.hosts4[1] / ADDR.hosts6[1] at their own ports.
 
@@ -27,9 +32,12 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import secrets
 import shlex
 import socket
+import subprocess
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,6 +49,9 @@ from daetui.lab.topology import ADDR, Lab, LabError
 from daetui.net.netns import netns
 
 DANTED = "/usr/sbin/danted"
+SSH = "/usr/bin/ssh"
+SSHD = "/usr/sbin/sshd"
+SSH_KEYGEN = "/usr/bin/ssh-keygen"
 TINYPROXY = "/usr/bin/tinyproxy"
 V2RAY = "/usr/bin/v2ray"
 
@@ -252,6 +263,81 @@ class V2rayHttps(_ProxyPeer):
         return with_private_etc(self._etc_files(directory), [V2RAY, "-config", str(conf)])
 
     def __enter__(self) -> V2rayHttps:
+        self.start()
+        return self
+
+
+class SshSocks(_ProxyPeer):
+    """`ssh -D` on both proxy addresses at `port`, its session to an sshd on the wan's loopback at `sshd_port`.
+
+    The sshd (host key, client key and config made here; root logs in by key only) is started
+    first and ended by its pid after the client. sshd gets the private /etc of the other
+    proxies, so it resolves `LAB_NAME` for SOCKS4a and nothing else.
+    """
+
+    kind = "ssh-socks"
+    binary = SSH
+    ready_line = "Entering interactive session"
+
+    def __init__(self, lab: Lab, port: int, sshd_port: int) -> None:
+        super().__init__(lab, port)
+        self.sshd_port = sshd_port
+        self.sshd: subprocess.Popen[bytes] | None = None
+
+    def _keygen(self, path: Path) -> None:
+        subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def _start_sshd(self, directory: Path) -> None:
+        if not os.access(SSHD, os.X_OK):
+            raise ProxyPeerError(f"{SSHD} not installed (Debian's openssh-server)")
+        self._keygen(directory / "host_key")
+        self._keygen(directory / "client_key")
+        (directory / "authorized_keys").write_text((directory / "client_key.pub").read_text())
+        conf = directory / "sshd_config"
+        conf.write_text("\n".join([
+            f"ListenAddress 127.0.0.1:{self.sshd_port}",
+            f"HostKey {directory / 'host_key'}",
+            f"AuthorizedKeysFile {directory / 'authorized_keys'}",
+            f"PidFile {directory / 'sshd.pid'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "PermitOpen any", "LogLevel VERBOSE", "",
+        ]))
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        # -D: in the foreground, our child; -e: its log to stderr (sshd.log).
+        argv = with_private_etc(self._etc_files(directory), [SSHD, "-D", "-e", "-f", str(conf)])
+        with open(directory / "sshd.log", "wb") as log:
+            self.sshd = subprocess.Popen(["ip", "netns", "exec", self.lab.wan, *argv], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 5
+        while f"Server listening on 127.0.0.1 port {self.sshd_port}" not in (directory / "sshd.log").read_text():
+            if self.sshd.poll() is not None or time.monotonic() > deadline:
+                raise ProxyPeerError(f"sshd did not start:\n{(directory / 'sshd.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def _write_config(self, directory: Path) -> list[str]:
+        self._start_sshd(directory)
+        return [SSH, "-N", "-v", "-E", str(self.log_path), "-F", "/dev/null", "-i", str(directory / "client_key"),
+                "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={directory / 'known_hosts'}",
+                "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
+                "-D", f"{self.address4}:{self.port}", "-D", f"[{self.address6}]:{self.port}",
+                "-p", str(self.sshd_port), "root@127.0.0.1"]
+
+    def stop(self, timeout: float = 5.0, keep_directory: bool = False) -> None:
+        """The ssh client, then sshd, each by its pid."""
+        sshd, self.sshd = self.sshd, None
+        super().stop(timeout, keep_directory=True)
+        if sshd is not None and sshd.poll() is None:
+            sshd.terminate()
+            try:
+                sshd.wait(timeout)
+            except subprocess.TimeoutExpired:
+                sshd.kill()
+                sshd.wait(timeout)
+        if not keep_directory:
+            super().stop(timeout, keep_directory=False)
+
+    def __enter__(self) -> SshSocks:
         self.start()
         return self
 
