@@ -523,9 +523,10 @@ class SsStream:
     def _unanswered(self) -> str:
         if self.plugin is not None:
             # obfs-server hands what it does not take for its own to ss-server, which then stays silent.
-            setting = "obfs-host or obfs mode" if self.plugin.kind == "simple-obfs" else "host or path"
+            why = ("wrong obfs-host or obfs mode?" if self.plugin.kind == "simple-obfs"
+                   else "mux=0 on one side only?")
             return (f"no answer within {self.answer_timeout:g}s: wrong password or method, or the plugin server "
-                    f"did not take the {self.plugin.describe()} framing (wrong {setting}?)")
+                    f"did not take the {self.plugin.describe()} framing ({why})")
         return (f"no answer within {self.answer_timeout:g}s: wrong password or method? "
                 "(a shadowsocks server keeps a connection it cannot decrypt open and silent)")
 
@@ -746,7 +747,9 @@ class SsDialer:
         self.answer_timeout = answer_timeout
         self.method = method_of(node.method)
         self.key = master_key(node.password, self.method.key_size)
-        self.plugin_tls = {"allow_insecure": allow_insecure, "ca_file": ca_file, "timeout": handshake_timeout}
+        self.allow_insecure = allow_insecure
+        self.ca_file = ca_file
+        self.handshake_timeout = handshake_timeout
         host = f"[{node.host}]" if ":" in node.host else node.host
         plugin = f", {node.plugin.describe()}" if node.plugin is not None else ""
         self.where = f"{node.name} ({host}:{node.port}{plugin})"
@@ -763,7 +766,9 @@ class SsDialer:
             raise DialError(f"shadowsocks {self.where}: {e}") from None
         if self.node.plugin is not None:
             try:
-                inner = await open_plugin(self.node.plugin, inner, self.node.host, self.node.port, **self.plugin_tls)
+                inner = await open_plugin(self.node.plugin, inner, self.node.host, self.node.port,
+                                          allow_insecure=self.allow_insecure, ca_file=self.ca_file,
+                                          timeout=self.handshake_timeout)
             except DialError as e:
                 inner.close()
                 raise DialError(f"shadowsocks {self.where}: {e}") from None

@@ -18,9 +18,12 @@ around the connection to the plugin server (the port the node's link names). Sup
       version Debian ships; its obfs-server checks the Host header against its obfs-host
       (http) but not the SNI (tls), and hands a request it does not take for its own to its
       `failover` (a web server) or to ss-server, which then stays silent.
-  v2ray-plugin (`v2ray-plugin`): `[mode=websocket][;tls][;host=NAME][;path=/PATH][;mux=N]`
-      websocket (TLS first with `tls`, SNI = host) to the plugin server; see
-      `open_v2ray_plugin`.
+  v2ray-plugin (`v2ray-plugin`): `[mode=websocket][;tls][;host=NAME][;path=/PATH][;mux=N][;cert=CA]`
+      a websocket (in TLS with `tls`, SNI = host) to the plugin server, carrying the node's
+      bytes in one mux.cool session (`MuxCool`), or bare with `mux=0`; see `open_v2ray_plugin`.
+      Found by running Debian's ss-v2ray-plugin (v2ray 4.34): its server, unless started with
+      `mux=0`, reads every websocket as mux.cool ("invalid metalen" for bare bytes, then silence),
+      and with `mux=0` reads bare bytes only; v2ray-plugin's own client defaults to mux=1.
 
 Refused at parse, with the reason: v2ray-plugin's `mode=quic`, and every other plugin
 (shadow-tls, kcptun, gost-plugin, cloak, ...).
@@ -45,6 +48,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from daetui.net.stream import Codec, DialError, Stream, WrappedStream, framing_of
+from daetui.net.tls import client_context, start_tls
+from daetui.net.websocket import open_websocket
 
 PluginKind = Literal["simple-obfs", "v2ray-plugin"]
 
@@ -528,21 +533,44 @@ def obfs_codec(plugin: Plugin, server_port: int) -> ObfsHttp | ObfsTls:
     return ObfsHttp(host, server_port, plugin.get("obfs-uri") or "/")
 
 
-async def open_plugin(plugin: Plugin, stream: Stream, server_host: str, server_port: int, **tls: object) -> Stream:
+async def open_plugin(plugin: Plugin, stream: Stream, server_host: str, server_port: int, *,
+                      allow_insecure: bool = False, ca_file: str | None = None, timeout: float = 10.0) -> Stream:
     """`stream` (a connection to the plugin server) wrapped in the plugin's framing.
 
-    simple-obfs sends nothing of its own before the first write; v2ray-plugin's websocket
-    (and TLS) handshake is made here (see open_v2ray_plugin, which takes `tls`).
+    simple-obfs sends nothing of its own before the first write; v2ray-plugin's TLS and
+    websocket handshakes are made here, within `timeout` each (see open_v2ray_plugin).
     """
     if plugin.kind == "simple-obfs":
         return CodecStream(stream, obfs_codec(plugin, server_port))
-    return await open_v2ray_plugin(plugin, stream, server_host, server_port, **tls)
+    return await open_v2ray_plugin(plugin, stream, server_port, allow_insecure=allow_insecure, ca_file=ca_file,
+                                   timeout=timeout)
 
 
-async def open_v2ray_plugin(plugin: Plugin, stream: Stream, server_host: str, server_port: int,
-                            **tls: object) -> Stream:
-    """v2ray-plugin's websocket (in TLS with `tls`) over `stream`."""
-    raise DialError("v2ray-plugin: the websocket transport is not available yet")
+async def open_v2ray_plugin(plugin: Plugin, stream: Stream, server_port: int, *, allow_insecure: bool = False,
+                            ca_file: str | None = None, timeout: float = 10.0) -> Stream:
+    """v2ray-plugin's client side over `stream`: [TLS,] a websocket to `path` with Host `host`, mux.cool in it.
+
+    As v2ray-plugin's client does: TLS (with `tls`) sends `host` as SNI and checks the
+    certificate against it (the system's CAs, else `ca_file` or the plugin's own `cert`
+    option, a CA file; `allow_insecure` checks nothing); `mux=0` sends the node's bytes bare
+    in the websocket, any other value (the default is 1) as one mux.cool session. The
+    server must agree: v2ray-plugin's server expects mux.cool unless it runs with mux=0.
+
+    The client's end of its side goes as mux.cool's End (the server then ends the session,
+    as ss-server would on a FIN). With mux=0 it is not passed on at all: a websocket has no
+    half-close, so such a connection lasts until the server side ends it (v2ray's own client
+    does the same and leans on v2ray's idle timers).
+    """
+    host = plugin.get("host") or V2RAY_DEFAULT_HOST
+    if plugin.flag("tls"):
+        ctx = client_context(allow_insecure=allow_insecure, ca_file=ca_file or plugin.get("cert") or None)
+        # No close_notify on our end: ss-server ends both directions on it anyway.
+        stream = await start_tls(stream, ctx, host, timeout, half_close=False)
+    ws = await open_websocket(stream, host=host, path=plugin.get("path") or "/", timeout=timeout)
+    if plugin.get("mux", "1") == "0":
+        return ws
+    # The target is what v2ray-plugin's own client sends (its dokodemo-door's); the server ignores it.
+    return CodecStream(ws, MuxCool("127.0.0.1", server_port))
 
 
 # -- v2ray-plugin's mux.cool ------------------------------------------------------------------

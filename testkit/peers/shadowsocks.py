@@ -24,7 +24,8 @@ from simple-obfs, `ss-v2ray-plugin` from shadowsocks-v2ray-plugin) the plugin li
 `port` at both addresses and ss-server's own TCP relay on a loopback port it picks; the UDP
 relay stays on `port` (a plugin carries TCP only). The plugin is ss-server's child, ended
 with it, and logs to the same console.log. `node()` then carries the client side of the
-plugin (`client_plugin`, since a server's options, e.g. `server;cert=...`, are not a client's).
+plugin (`client_plugin`, since a server's options, e.g. `server;cert=...`, are not a client's), and
+`client_ca_file` is the CA a client of a TLS plugin trusts.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class SsServer(LabPeer):
 
     def __init__(self, lab: Lab, method: str, password: str, port: int = DEFAULT_PORT, *,
                  nameserver: str | None = None, timeout: int = 60, verbose: bool = True, udp: bool = True,
-                 plugin: str | None = None, plugin_opts: str = "", client_plugin: Plugin | None = None) -> None:
+                 plugin: str | None = None, plugin_opts: str = "", client_plugin: Plugin | None = None,
+                 client_ca_file: str | None = None) -> None:
         super().__init__(lab, ADDR.hosts4[2], ADDR.hosts6[2], port)
         self.method = method_of(method).name  # refuses what the client side cannot speak either
         self.password = password
@@ -73,6 +75,7 @@ class SsServer(LabPeer):
         self.plugin = plugin
         self.plugin_opts = plugin_opts
         self.client_plugin = client_plugin
+        self.client_ca_file = client_ca_file  # what a client trusts for the plugin's TLS (a LabCA's ca_file)
 
     def node(self, family: int = 4, name: str = "", plugin: Plugin | None = None) -> SsNode:
         """The node a client dials to reach this server over IPv4 or IPv6 (with `plugin`, else `client_plugin`)."""
