@@ -22,6 +22,14 @@ Figures are medians over --rounds rounds; ratios are daetui / ss-redir. Both
 proxies log only warnings (daetui `log_level = "warn"`, ss-redir without -v)
 and dial by IP (daetui `dial_mode = "ip"`: no sniffing).
 
+With --obfs http (the default) or tls, each round also runs both proxies against a
+second ss-server of the same cipher and password behind simple-obfs's obfs-server
+(SIP003): daetui with the node's `?plugin=obfs-local;obfs=...` (the framing in its own
+process), ss-redir with `plugin: obfs-local` (the framing in the obfs-local process it
+starts; ss-local would start the same one, but takes SOCKS, which TPROXY cannot feed).
+Those rounds have a table of their own. A process's CPU counts its children's: obfs-local
+is ss-redir's, obfs-server ss-server's. --obfs none leaves them out.
+
 After an ss-redir round its rules are checked gone by listing them, not by a
 direct connection: the router keeps ss-redir's TIME_WAIT sockets (it closes
 first towards the client) for a minute, and the kernel's early demux hands
@@ -31,13 +39,13 @@ assigns daetui's flows at TC ingress, and TPROXY passes a SYN that hits a
 TIME_WAIT socket to the listener.
 
     .venv/bin/python bench/proxy_path.py [--seconds 5] [--rounds 3] [--method aes-256-gcm]
-                                         [--firewall nft|iptables|iptables-legacy]
+                                         [--firewall nft|iptables|iptables-legacy] [--obfs http|tls|none]
                                          [--profile /path/to/py-spy]
 
 --profile adds one more daetui round, not counted, with py-spy sampling the
 daemon through an upload, a download and the new connections, and prints
 where its time goes.
-Needs iperf3, shadowsocks-libev, and nftables (or iptables).
+Needs iperf3, shadowsocks-libev, simple-obfs (for --obfs), and nftables (or iptables).
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ TARGET = ADDR.hosts4[0]          # 203.0.113.10: iperf3 and the request/answer s
 IPERF_PORT, RR_PORT = 5201, 5300
 PASSWORD = "daetui bench"
 SS_PORT = 8388
+SS_OBFS_PORT = 8389              # the second ss-server, behind obfs-server
+OBFS_HOST = "cdn.bench.test"
 REDIR_PORT = 12345               # ss-redir's listener in the router namespace (127.0.0.1)
 # The TPROXY peer's policy routing; clear of daetui's (mark 0x2000000, table 2024, pref 1000).
 REDIR_MARK, REDIR_TABLE, REDIR_PREF = 0x100, 2026, 1100
@@ -116,10 +126,27 @@ def ask_once(lab: Lab) -> str:
 # -- figures -------------------------------------------------------------------------------------------
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
+    """User + system CPU of a process (all its threads) and of its live children (a SIP003 plugin) so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for child in children(pid):
+        try:
+            total += cpu_seconds(child)
+        except FileNotFoundError:  # gone since it was listed
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of pid (of all its threads)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return out
 
 
 def iperf(lab: Lab, seconds: float, reverse: bool) -> float:
@@ -168,17 +195,18 @@ class Redir:
     Everything it adds it records, and `stop` deletes exactly that, then ends ss-redir by its pid.
     """
 
-    def __init__(self, lab: Lab, method: str, firewall: str) -> None:
+    def __init__(self, lab: Lab, method: str, firewall: str, port: int = SS_PORT, obfs: str | None = None) -> None:
         self.lab = lab
         self.firewall = firewall
         self.undo: list[list[str]] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-redir-"))
         conf = self.tmp / "ss-redir.json"
+        plugin = {"plugin": "obfs-local", "plugin_opts": f"obfs={obfs};obfs-host={OBFS_HOST}"} if obfs else {}
         conf.write_text(json.dumps({
-            "server": ADDR.hosts4[2], "server_port": SS_PORT, "password": PASSWORD, "method": method,
+            "server": ADDR.hosts4[2], "server_port": port, "password": PASSWORD, "method": method,
             "local_address": "127.0.0.1", "local_port": REDIR_PORT, "mode": "tcp_only", "timeout": 60,
             "no_delay": True, "fast_open": False,
-        }))
+        } | plugin))
         conf.chmod(0o600)
         self.log = self.tmp / "ss-redir.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -367,8 +395,8 @@ def _short(frame: str) -> str:
 
 # -- report ---------------------------------------------------------------------------------------------
 
-def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall: str) -> None:
-    d, s = rounds["daetui"], rounds["ss-redir"]
+def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall: str, obfs: str = "") -> None:
+    d, s = rounds[f"daetui{obfs}"], rounds[f"ss-redir{obfs}"]
 
     def med(rs: list[Round], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in rs)
@@ -376,7 +404,8 @@ def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall
     def cpu(rs: list[Round], who: str) -> float:
         return statistics.median(r.cpu[who] for r in rs)
 
-    print(f"\nproxied path, {method}, ss-server on {ADDR.hosts4[2]}; median of {len(d)} alternating rounds, "
+    behind = f" behind simple-obfs ({obfs.strip('+')})" if obfs else ""
+    print(f"\nproxied path, {method}, ss-server on {ADDR.hosts4[2]}{behind}; median of {len(d)} alternating rounds, "
           f"{seconds:g}s each figure")
     print(f"{'':34} {'daetui':>9} {'ss-redir':>9} {'ratio':>6}")
     for label, attr, fmt in (("TCP upload, Gbit/s", "up", "9.2f"), ("TCP download, Gbit/s", "down", "9.2f"),
@@ -410,13 +439,17 @@ def main() -> int:
                     help="what installs ss-redir's TPROXY rule")
     ap.add_argument("--profile", metavar="PY_SPY", help="py-spy binary: profile the daemon in an extra round")
     ap.add_argument("--native", action="store_true", help="with --profile: C frames too (py-spy --native)")
+    ap.add_argument("--obfs", default="http", choices=("http", "tls", "none"),
+                    help="also measure both proxies through simple-obfs in this mode (none: not)")
     ap.add_argument("--lab", default="dtbenchpp")
     args = ap.parse_args()
-    for tool in ("iperf3", SS_REDIR, args.firewall):
+    obfs = None if args.obfs == "none" else args.obfs
+    for tool in ("iperf3", SS_REDIR, args.firewall) + (("obfs-local", "obfs-server") if obfs else ()):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found")
 
-    from testkit.peers.shadowsocks import SsServer
+    from daetui.outbound.sip003 import parse_plugin
+    from testkit.peers.shadowsocks import OBFS_SERVER, SsServer
 
     lab = Lab(args.lab)
     if lab.is_up():
@@ -424,46 +457,60 @@ def main() -> int:
     lab.up()
     procs: list[subprocess.Popen[str]] = []
     ss = SsServer(lab, args.method, PASSWORD, SS_PORT, verbose=False)
+    # The same cipher and password, behind obfs-server (no UDP: the bench measures TCP).
+    ss_obfs = SsServer(lab, args.method, PASSWORD, SS_OBFS_PORT, verbose=False, udp=False, plugin=OBFS_SERVER,
+                       plugin_opts=f"obfs={obfs};obfs-host={OBFS_HOST}",
+                       client_plugin=parse_plugin(f"obfs-local;obfs={obfs};obfs-host={OBFS_HOST}")) if obfs else None
     try:
         ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         procs += [iperf_server(lab.wan, TARGET, IPERF_PORT), cps_server(lab.wan, TARGET, RR_PORT, answer=True)]
         ss.start()
+        if ss_obfs is not None:
+            ss_obfs.start()
         link = ss.node(4).link()
         time.sleep(0.3)
         direct = ask_once(lab)
         if direct != ADDR.client4:
             raise RuntimeError(f"without a proxy the server saw {direct}, not the client {ADDR.client4}")
 
-        rounds: dict[str, list[Round]] = {"daetui": [], "ss-redir": []}
+        whos = ["daetui", "ss-redir"] + ([f"daetui+{obfs}", f"ss-redir+{obfs}"] if ss_obfs is not None else [])
+        rounds: dict[str, list[Round]] = {who: [] for who in whos}
         print(f"proxied path: {args.rounds} alternating rounds, {args.method}, iperf3 and connections "
               f"{args.seconds:g}s each", flush=True)
         for i in range(args.rounds):
-            for who in ("daetui", "ss-redir"):
+            for who in whos:
                 t0 = time.monotonic()
-                proxy: Daemon | Redir = (start_daetui(lab, link) if who == "daetui"
-                                         else Redir(lab, args.method, args.firewall))
+                server = ss if "+" not in who else ss_obfs
+                assert server is not None
+                proxy: Daemon | Redir = (start_daetui(lab, server.node(4).link()) if who.startswith("daetui")
+                                         else Redir(lab, args.method, args.firewall, server.port,
+                                                    obfs if "+" in who else None))
                 try:
                     pid = proxy.pid
                     seen = ask_once(lab)
                     if seen == ADDR.client4:
                         raise RuntimeError(f"{who}: the flow was not proxied (the server saw the client itself)")
-                    r = measure(lab, args.seconds, {"proxy": pid, "ss-server": ss.pid or 0})
+                    r = measure(lab, args.seconds, {"proxy": pid, "ss-server": server.pid or 0})
                 finally:
                     if isinstance(proxy, Daemon):
                         stop_daetui(proxy)
                     else:
                         proxy.stop()
                 rounds[who].append(r)
-                print(f"  round {i + 1} {who:8}: up {r.up:5.2f}  down {r.down:5.2f} Gbit/s  {r.cps:6.0f} conn/s  "
+                print(f"  round {i + 1} {who:13}: up {r.up:5.2f}  down {r.down:5.2f} Gbit/s  {r.cps:6.0f} conn/s  "
                       f"CPU proxy {r.cpu['proxy']:3.0f}/{r.cpu['proxy cps']:3.0f}% ss-server {r.cpu['ss-server']:3.0f}/"
                       f"{r.cpu['ss-server cps']:3.0f}%  "
                       f"({time.monotonic() - t0:.0f}s)", flush=True)
         if args.rounds:
             report(rounds, args.seconds, args.method, args.firewall)
+            if ss_obfs is not None:
+                report(rounds, args.seconds, args.method, args.firewall, f"+{obfs}")
         if args.profile:
             profile(lab, link, args.profile, args.seconds, args.native)
     finally:
         ss.stop()
+        if ss_obfs is not None:
+            ss_obfs.stop()
         end(procs)
         lab.down()
     return 0
