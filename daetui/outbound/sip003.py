@@ -43,7 +43,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -224,6 +224,37 @@ def parse_plugin(text: str) -> Plugin:
 def plugin_of(name: str, opts: str = "") -> Plugin:
     """The plugin of a SIP003 config (`plugin` and `plugin_opts` apart, as ss-local's JSON has them)."""
     return Plugin(name.strip(), parse_options(opts))
+
+
+def plugin_from_clash(name: str, opts: Mapping[str, object]) -> Plugin:
+    """The plugin of a clash proxy entry (`plugin:` and `plugin-opts:`), in SIP003 terms.
+
+    clash calls simple-obfs `obfs` with `mode`/`host`, and gives v2ray-plugin `mode`, `tls`,
+    `host`, `path` and `mux` (a boolean, true unless said otherwise). Its `headers` and
+    `skip-cert-verify` have no SIP003 counterpart: ValueError says so rather than dropping them.
+    """
+    unknown = {"headers", "skip-cert-verify"} & {k for k, v in opts.items() if v}
+    if unknown:
+        raise ValueError(f"plugin {name}: clash's {', '.join(sorted(unknown))} not supported")
+
+    def text(key: str) -> str | None:
+        value = opts.get(key)
+        return None if value is None or value == "" else str(value)
+
+    if name in ("obfs", "simple-obfs", "obfs-local"):
+        options: list[tuple[str, str | None]] = [("obfs", text("mode") or "")]
+        if host := text("host"):
+            options.append(("obfs-host", host))
+        return Plugin("obfs-local", tuple(options))
+    if name == "v2ray-plugin":
+        options = [("mode", text("mode") or "websocket")]
+        if opts.get("tls") in (True, "true", 1, "1"):
+            options.append(("tls", None))
+        options += [(k, v) for k in ("host", "path") if (v := text(k))]
+        if opts.get("mux", True) in (False, "false", 0, "0"):
+            options.append(("mux", "0"))
+        return Plugin("v2ray-plugin", tuple(options))
+    return Plugin(name)  # refused, with the reason
 
 
 # -- codecs stacked on codecs ---------------------------------------------------------------

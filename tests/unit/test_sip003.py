@@ -26,6 +26,7 @@ from daetui.outbound.sip003 import (
     format_options,
     parse_options,
     parse_plugin,
+    plugin_from_clash,
     plugin_of,
 )
 
@@ -84,6 +85,23 @@ def test_plugin_text_and_flags() -> None:
 def test_refused(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_plugin(text)
+
+
+def test_from_clash() -> None:
+    """clash's plugin entries, as its subscriptions write them, in SIP003 terms."""
+    obfs = plugin_from_clash("obfs", {"mode": "tls", "host": "bing.com"})
+    assert obfs.text() == "obfs-local;obfs=tls;obfs-host=bing.com"
+    ws = plugin_from_clash("v2ray-plugin", {"mode": "websocket", "tls": True, "host": "a.example", "path": "/ws"})
+    assert ws.text() == "v2ray-plugin;mode=websocket;tls;host=a.example;path=/ws" and ws.get("mux") is None
+    assert plugin_from_clash("v2ray-plugin", {"mode": "websocket", "mux": False}).get("mux") == "0"
+    with pytest.raises(ValueError, match="mode=quic is not supported"):
+        plugin_from_clash("v2ray-plugin", {"mode": "quic"})
+    with pytest.raises(ValueError, match="clash's skip-cert-verify not supported"):
+        plugin_from_clash("v2ray-plugin", {"mode": "websocket", "tls": True, "skip-cert-verify": True})
+    with pytest.raises(ValueError, match="obfs=; expected obfs=http or obfs=tls"):
+        plugin_from_clash("obfs", {})
+    with pytest.raises(ValueError, match="'shadow-tls'"):
+        plugin_from_clash("shadow-tls", {"password": "x"})
 
 
 # -- links ------------------------------------------------------------------------------------
