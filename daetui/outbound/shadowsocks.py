@@ -396,7 +396,6 @@ def parse_link(link: str, name: str = "") -> SsNode:
     body, _, query = body.partition("?")
     params = parse_qs(query, keep_blank_values=True)
     plugin_text = next((v for v in params.get("plugin", []) if v), None)
-    plugin = parse_plugin(plugin_text) if plugin_text is not None else None
     body = body.rstrip("/")
     if "@" in body:  # SIP002: userinfo@host:port, userinfo base64url or percent-encoded method:password
         userinfo, _, hostport = body.rpartition("@")
@@ -414,6 +413,8 @@ def parse_link(link: str, name: str = "") -> SsNode:
         raise ValueError("empty password")
     host, port = _host_port(hostport)
     m = method_of(method)
+    # After the method: a link refused for both says the cipher first (the weightier reason).
+    plugin = parse_plugin(plugin_text) if plugin_text is not None else None
     return SsNode(name=name or unquote(tag) or f"{host}:{port}", host=host, port=port, method=m.name,
                   password=password, plugin=plugin)
 

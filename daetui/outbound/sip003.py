@@ -64,6 +64,7 @@ KINDS: dict[str, PluginKind] = {
 REFUSED = {
     "obfs-server": "is a server-side plugin (the client side is obfs-local)",
     "shadow-tls": "(a real TLS handshake relayed to another server) is not supported",
+    "shadowtls": "(shadow-tls: a real TLS handshake relayed to another server) is not supported",
     "kcptun": "(KCP over UDP) is not supported",
     "gost-plugin": "is not supported",
     "xray-plugin": "is not supported (v2ray-plugin is)",
@@ -168,8 +169,8 @@ class Plugin:
             path = self.get("path")
             if path is not None and (not path.startswith("/") or any(c.isspace() for c in path)):
                 raise ValueError(f"plugin v2ray-plugin: path={path!r} must be a path starting with /")
-            if self.has("server"):
-                raise ValueError("plugin v2ray-plugin: `server` is the plugin's server mode, not a client's")
+            # `server` (the plugin's server mode) means nothing to a client: ignored, as dae and clash do
+            # (SIP002's own example link carries it).
         host = self.get("obfs-host" if kind == "simple-obfs" else "host")
         if host is not None and (not host or any(c.isspace() or c in "/?#" for c in host)):
             raise ValueError(f"plugin {self.name}: bad host {host!r}")

@@ -24,7 +24,7 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 from urllib.parse import quote
 
 from daetui.net.address import is_address
@@ -63,7 +63,6 @@ class Socks4Node:
     port: int
     user: str = ""
     remote_dns: bool = False  # socks4a: names go to the server
-    protocol: ClassVar[str] = "socks4"  # (state.NodeProtocol names it once links.py lists the scheme)
 
     def __post_init__(self) -> None:
         check_host(self.host)
@@ -74,6 +73,11 @@ class Socks4Node:
     @property
     def scheme(self) -> Scheme:
         return "socks4a" if self.remote_dns else "socks4"
+
+    @property
+    def protocol(self) -> Scheme:
+        """As the console shows it: the link's scheme (state.NodeProtocol must list both)."""
+        return self.scheme
 
     def link(self) -> str:
         """The share link, read back by `parse_link` into an equal node."""

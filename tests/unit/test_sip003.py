@@ -55,6 +55,11 @@ def test_option_without_name() -> None:
         parse_options("=x")
 
 
+def test_server_flag_is_kept_and_ignored() -> None:
+    """SIP002's example 3 carries v2ray-plugin's `server`: meaningless to a client, kept for the link."""
+    assert parse_plugin("v2ray-plugin;server").text() == "v2ray-plugin;server"
+
+
 def test_plugin_text_and_flags() -> None:
     p = parse_plugin("v2ray-plugin;tls;host=h.example;mux=0")
     assert p.kind == "v2ray-plugin" and p.flag("tls") and p.get("host") == "h.example" and p.get("mux") == "0"
@@ -76,7 +81,6 @@ def test_plugin_text_and_flags() -> None:
     ("v2ray-plugin;mode=grpc", r"unknown mode=grpc"),
     ("v2ray-plugin;mux=lots", r"mux='lots' is not a number"),
     ("v2ray-plugin;path=ws", r"path='ws' must be a path"),
-    ("v2ray-plugin;server;host=a", r"server mode"),
     ("obfs-local", r"^plugin obfs-local: no obfs option; expected obfs=http or obfs=tls$"),
     ("obfs-local;obfs=websocket", r"obfs=websocket; expected obfs=http or obfs=tls"),
     ("obfs-local;obfs=http;obfs-host=a b", r"bad host 'a b'"),
