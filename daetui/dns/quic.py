@@ -76,6 +76,33 @@ class _Ask:
     content_type: str = ""
 
 
+class _Connected(asyncio.DatagramTransport):
+    """The transport of a connected UDP socket, taking aioquic's `sendto(data, addr)` as `sendto(data)`.
+
+    uvloop (libuv) refuses an address on a connected socket (EISCONN), where asyncio's own loop
+    ignores it; the path is the one the socket is connected to either way.
+    """
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        super().__init__()
+        self._t = transport
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: object = None) -> None:
+        self._t.sendto(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._t.get_extra_info(name, default)
+
+    def close(self) -> None:
+        self._t.close()
+
+    def is_closing(self) -> bool:
+        return self._t.is_closing()
+
+    def abort(self) -> None:
+        self._t.abort()
+
+
 class _Client(QuicConnectionProtocol):
     """The asyncio side of one QUIC connection: streams out, events in."""
 
@@ -92,6 +119,9 @@ class _Client(QuicConnectionProtocol):
     @property
     def alive(self) -> bool:
         return not self.ended
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_Connected(transport))  # type: ignore[arg-type]
 
     # -- asking ---------------------------------------------------------------------------
     async def ask(self, wire: bytes) -> bytes:

@@ -4,7 +4,8 @@
                     own records, or forwards to a plain DNS server
     QuicDnsPeer     the same server as a process in the lab's wan namespace,
                     forwarding to the lab's unbound or dnsmasq:
-                    ADDR.dns4[0] / ADDR.dns6[0], DoQ on UDP 853, DoH3 on UDP 443 (/dns-query)
+                    ADDR.dns4[1] / ADDR.dns6[1] (beside dnsmasq, which has only port 53 there;
+                    unbound holds UDP 853 and 443 on its own), DoQ on UDP 853, DoH3 on UDP 443
 
 No packaged server speaks DoQ or DoH3 on this machine: Debian 12's dnsdist
 is 1.7 (DoQ and DoH3 came in 1.9), unbound 1.17 (DoQ from 1.22, no DoH3),
@@ -301,7 +302,7 @@ class QuicDnsPeer(DnsPeer):
     def __init__(self, lab: Lab, ca: LabCA, forward: str, *, address4: str | None = None,
                  address6: str | None = None, doq_port: int = DOQ_PORT, h3_port: int = H3_PORT,
                  misbehave: str = "") -> None:
-        super().__init__(lab, address4 or ADDR.dns4[0], address6 or ADDR.dns6[0], doq_port)
+        super().__init__(lab, address4 or ADDR.dns4[1], address6 or ADDR.dns6[1], doq_port)
         self.ca = ca
         self.forward = forward
         self.h3_port = h3_port

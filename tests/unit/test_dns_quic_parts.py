@@ -265,3 +265,19 @@ async def test_a_certificate_for_another_name_is_refused(ca: LabCA, scheme: str)
             assert s.figures.queries == 0
         finally:
             await up.close()
+
+
+@SCHEMES
+def test_answers_under_uvloop_too(ca: LabCA, scheme: str):
+    # daetui's own loops are uvloop's, whose UDP transport refuses an address on a connected socket.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> list[str]:
+        async with server(ca) as s:
+            up = upstream(url(s, scheme, 6), ca)
+            try:
+                return a_of(await up.query(Q_A)) + a_of(await up.query(Q_AAAA))
+            finally:
+                await up.close()
+
+    assert uvloop.run(run()) == ["192.0.2.1", "2001:db8::1"]
