@@ -100,9 +100,14 @@ class _Frames:
         self.owed = bytearray()  # pongs and the close answer, to send to the server
 
     def message(self, data: bytes | bytearray | memoryview) -> bytes:
-        """`data` as one binary message, in frames of at most MAX_FRAME bytes."""
+        """`data` as one binary message, in frames of at most MAX_FRAME bytes.
+
+        Nothing once the server closed: the session is over and the server will not read it
+        (as bytes written after a TCP peer went are lost); a protocol's own end (vmess's empty
+        chunk) after the server's close is not an error.
+        """
         if self.ended or self.conn.state is not ConnectionState.OPEN:
-            raise DialError("websocket: write after the server closed")
+            return b""
         send = self.conn.send
         if len(data) <= MAX_FRAME:
             return send(BytesMessage(data=bytes(data)))
@@ -186,8 +191,9 @@ class WebSocketStream:
         return bytes(out)
 
     async def write(self, data: bytes) -> None:
-        if data:  # an empty message would carry nothing
-            await self._send(self.frames.message(data))
+        frames = self.frames.message(data) if data else b""  # an empty message would carry nothing
+        if frames:
+            await self._send(frames)
 
     async def write_eof(self) -> None:
         """Nothing: WebSocket cannot end one direction only (a close frame ends both)."""
