@@ -135,6 +135,9 @@ class _Frames:
                 elif isinstance(event, Ping):
                     self.owed += self.conn.send(event.response())
                 elif isinstance(event, CloseConnection):
+                    if self.conn.state is ConnectionState.OPEN:
+                        # wsproto reports a frame it cannot parse as a close that never came
+                        raise DialError(f"websocket: bad frame from the server: {event.reason or event.code}")
                     self.ended = True
                     if self.conn.state is ConnectionState.REMOTE_CLOSING:
                         self.owed += self.conn.send(event.response())
