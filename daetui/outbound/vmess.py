@@ -635,7 +635,8 @@ def parse_link(link: str, name: str = "") -> VmessNode:
         uuid=uid,
         security=security,
         tls=tls == "tls",
-        sni=_text(obj, "sni") or (_text(obj, "host") if tls == "tls" else ""),
+        # v2rayN's SNI falls back to `host`: its first name (h2's is a list).
+        sni=_text(obj, "sni") or (_text(obj, "host").split(",")[0].strip() if tls == "tls" else ""),
         allow_insecure=_share.flag({"allowInsecure": _text(obj, "allowInsecure").lower()}, "allowInsecure"),
         alpn=_share.alpn_list(_text(obj, "alpn")),
         transport=transport,
