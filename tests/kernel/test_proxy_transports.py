@@ -51,6 +51,7 @@ H2_HOSTS = ("a.lab.test", "b.lab.test")
 # Our ports on ADDR.hosts4[0] / hosts6[0] (10400-10449 are this module's).
 PORTS = {"vmess-ws": 10401, "vmess-ws-tls": 10402, "vless-ws": 10403, "vless-ws-tls": 10404, "trojan-ws": 10405,
          "vmess-h2": 10406, "vless-h2": 10407, "trojan-h2": 10408}
+P_LONE = {"trojan-h2": 10409, "trojan-ws": 10410}  # trojan for UDP, on a v2ray of its own (see test_udp_echo)
 P_FAKE = 10440
 PATHS = {case: "/" + case.replace("-", "_") for case in PORTS}  # each inbound its own path
 CASES = list(PORTS)
@@ -67,16 +68,17 @@ class Peers:
     v2ray: V2ray
 
 
-def _inbound(case: str) -> Any:
+def _inbound(case: str, port: int = 0) -> Any:
     protocol, network = case.split("-")[:2]
     tls = case.endswith("-tls") or network == "h2" or protocol == "trojan"
     transport = ws_settings(PATHS[case]) if network == "ws" else h2_settings(PATHS[case], H2_HOSTS)
     network = "ws" if network == "ws" else "http"
+    port = port or PORTS[case]
     if protocol == "vmess":
-        return vmess_inbound(PORTS[case], UID, tls=tls, network=network, transport=transport)
+        return vmess_inbound(port, UID, tls=tls, network=network, transport=transport)
     if protocol == "vless":
-        return vless_inbound(PORTS[case], UID, tls=tls, network=network, transport=transport)
-    return trojan_inbound(PORTS[case], PASSWORD, network=network, transport=transport)
+        return vless_inbound(port, UID, tls=tls, network=network, transport=transport)
+    return trojan_inbound(port, PASSWORD, network=network, transport=transport)
 
 
 @pytest.fixture(scope="module")
@@ -265,17 +267,37 @@ async def udp_round(u: Datagrams, dests: list[str], sizes: tuple[int, ...]) -> N
 @pytest.mark.parametrize("case", CASES)
 @V4V6
 def test_udp_echo(peers: Peers, case: str, v: int) -> None:
-    """Datagrams (v2ray 4.34 takes up to ~2 KiB) to IPv4 and IPv6 echoes come back whole over ws and h2."""
-    d = dialer_of(peers, node_of(case, v))
+    """Datagrams (v2ray 4.34 takes up to ~2 KiB) to IPv4 and IPv6 echoes come back whole over ws and h2.
 
-    async def run() -> None:
-        u = await d.datagrams()
-        try:
-            await udp_round(u, [DEST[4], DEST[6]], (1, 700, 1400))
-        finally:
-            u.close()
+    trojan's run on a v2ray of their own, one datagram in flight at a time: v2ray 4.34 writes
+    each destination's replies from its own goroutine, and over ws and h2 (unlike tcp) two
+    writes at once panic the server ("concurrent write to websocket connection", "short
+    write"; common.Must in proxy/trojan/server.go handleUDPPayload), taking down the whole
+    process, every other inbound with it (seen in about one run in three).
+    """
+    with ExitStack() as stack:
+        if case in P_LONE:
+            lone = V2ray(peers.lab, [_inbound(case, P_LONE[case])], peers.ca)
+            stack.callback(lone.stop)
+            lone.start()
+            node = trojan.parse_link(link_of(case, v).replace(f":{PORTS[case]}?", f":{P_LONE[case]}?"))
+        else:
+            node = node_of(case, v)
+        d = dialer_of(peers, node)
 
-    in_router(peers.lab, run())
+        async def run() -> None:
+            u = await d.datagrams()
+            try:
+                if case in P_LONE:
+                    for dest in (DEST[4], DEST[6]):
+                        for size in (1, 700, 1400):
+                            await udp_round(u, [dest], (size,))
+                else:
+                    await udp_round(u, [DEST[4], DEST[6]], (1, 700, 1400))
+            finally:
+                u.close()
+
+        in_router(peers.lab, run())
 
 
 # -- what fails -------------------------------------------------------------------------------
