@@ -130,6 +130,12 @@ def tls_context(node: object, transport: Transport, allow_insecure: bool, ca_fil
                           ca_file=ca_file, alpn=DEFAULT_ALPN[transport.kind])
 
 
+def _alpn(stream: Stream) -> str | None:
+    """The ALPN protocol a TlsStream's server chose (None: none, or no TLS)."""
+    tls = getattr(stream, "_tls", None)  # TlsStream's SSLObject: tls.py has no accessor of its own
+    return tls.selected_alpn_protocol() if tls is not None else None
+
+
 async def open_stream(via: Dialer, host: str, port: int, transport: Transport, ctx: ssl.SSLContext | None,
                       sni: str, timeout: float, half_close: bool, request: bytes, protocol: str) -> Stream:
     """A proxy server's stream for one request, `request` sent first: through `via`, in TLS when `ctx`
@@ -146,6 +152,14 @@ async def open_stream(via: Dialer, host: str, port: int, transport: Transport, c
     if ctx is not None:
         stream = await start_tls(stream, ctx, server_name(host, sni), timeout, False)
     try:
+        chosen = _alpn(stream)
+        if transport.kind == "ws" and chosen == "h2":
+            # A link's alpn=h2,http/1.1 on a ws node: the server (a CDN, often) took HTTP/2,
+            # where no WebSocket upgrade of HTTP/1.1 can follow.
+            raise DialError("the server chose HTTP/2 (ALPN h2), which cannot carry this WebSocket: "
+                            "leave h2 out of the node's alpn")
+        if transport.kind == "h2" and chosen not in (None, "h2"):
+            raise DialError(f"the server chose ALPN {chosen}, not h2")
         if transport.kind == "ws":
             return await open_websocket(
                 stream, host=transport.host or _share.netloc(host, port), path=transport.path or "/",
@@ -154,6 +168,7 @@ async def open_stream(via: Dialer, host: str, port: int, transport: Transport, c
         return await open_http2(stream, hosts=transport.hosts, path=transport.path or "/", timeout=timeout,
                                 early_data=request)
     except DialError as e:
+        stream.close()
         raise DialError(f"{protocol} over {transport.kind}: {e}") from None
     except OSError as e:
         stream.close()

@@ -335,10 +335,16 @@ def test_wrong_h2_path_or_host(peers: Peers, case: str, what: str) -> None:
 
 
 def test_ws_to_a_server_that_is_not_ws(peers: Peers) -> None:
-    """ws to v2ray's h2 (TLS, HTTP/2 only) inbound, and to a server answering plain HTTP: clear DialErrors."""
+    """ws to v2ray's h2 inbound (over HTTP/1.1, and with ALPN h2 chosen), and to a server answering plain HTTP:
+    clear DialErrors."""
     node = vless.parse_link(link_of("vless-ws-tls", 4).replace(str(PORTS["vless-ws-tls"]), str(PORTS["vless-h2"])))
     got = in_router(peers.lab, outcome(dialer_of(peers, node)), timeout=10)
-    assert got.startswith("DialError"), got
+    # v2ray's h2 inbound takes HTTP/1.1 too, where the upgrade's path is not its own
+    assert got == "DialError vless over ws: websocket: the server refused the upgrade: HTTP 404 (wrong path?)", got
+    node = vless.parse_link(node.link().replace("security=tls&", "security=tls&alpn=h2,http%2F1.1&"))
+    assert node.alpn == ("h2", "http/1.1")
+    got = in_router(peers.lab, outcome(dialer_of(peers, node)), timeout=10)
+    assert "the server chose HTTP/2 (ALPN h2), which cannot carry this WebSocket" in got, got
 
     async def not_ws(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
