@@ -13,9 +13,10 @@ ARCH=$(dpkg --print-architecture)
 # python3-bpfcc: BCC for Debian's python3 (PyPI's "bcc" is something else).
 # iperf3, dnsperf: the benchmarks. dnsmasq-base, unbound: the DNS peers (run by the tests
 # in the lab, never as a system service); shadowsocks-libev, v2ray, trojan, dante-server,
-# tinyproxy, simple-obfs, shadowsocks-v2ray-plugin: the proxy peers and plugins (likewise); nftables, iptables: the TPROXY peer of bench/proxy_path.py.
+# tinyproxy, simple-obfs, shadowsocks-v2ray-plugin, openssh-server (ssh -D: socks4a): the proxy peers
+# and plugins (likewise); nftables, iptables: the TPROXY peer of bench/proxy_path.py.
 PKGS="python3-bpfcc python3-venv iproute2 linux-headers-$ARCH iperf3 bpftool tmux dnsmasq-base unbound dnsperf
-shadowsocks-libev v2ray trojan dante-server tinyproxy simple-obfs shadowsocks-v2ray-plugin nftables iptables"
+shadowsocks-libev v2ray trojan dante-server tinyproxy simple-obfs shadowsocks-v2ray-plugin openssh-server nftables iptables"
 
 missing=""
 for p in $PKGS; do

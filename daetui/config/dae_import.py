@@ -775,6 +775,17 @@ class _Converter:
         for name in _REQUIRED_SECTIONS:
             if name not in seen:
                 raise self.err(None, f"no `{name}` section: dae requires one")
+        if "dns" not in seen:
+            # dae's DNS defaults hold without a dns section too.
+            table = tomlkit.table()
+            for key, spec in dae_keys.DNS.items():
+                if spec.dae_default is not None:
+                    table.add(_comment_item("# dae's default, written out so that daetui does as dae did"))
+                    table.add(key, tomlkit.boolean(spec.dae_default))
+            if _body(self.tail):
+                self.tail.add(tomlkit.nl())
+            self.doc.add("dns", table)
+            self.tail = table
         self.comments(self.tail, self.root.dangling)
         out = self.doc.as_string()
         return out if out.endswith("\n") else out + "\n"

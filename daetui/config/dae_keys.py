@@ -91,7 +91,8 @@ DNS: dict[str, DaeKey] = {
     "upstream": DaeKey("block", "v0"),
     "routing": DaeKey("block", "v0"),
     "bind": DaeKey("str", "v1.1.0"),
-    "optimistic_cache": DaeKey("bool", "v2.0.0"),     # on by default in dae and daetui
+    # dae serves stale answers by default; daetui only when asked (the import writes dae's default out).
+    "optimistic_cache": DaeKey("bool", "v2.0.0", dae_default="true"),
     "optimistic_cache_ttl": DaeKey("seconds", "v2.0.0"),
     # dae's 0 is "no limit"; daetui's cache is always bounded (the import keeps daetui's bound for 0).
     "max_cache_size": DaeKey("int", "v2.0.0", daetui="cache_size"),

@@ -18,6 +18,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
+
+import dns.message
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
 
 from daetui.abi.flowrecord import FlowKey
 from daetui.config.model import Config
@@ -31,6 +37,7 @@ from daetui.dns.state import DnsTrace
 from daetui.dns.upstream import bootstrap_resolve
 from daetui.net.stream import Dialer
 from daetui.outbound.manager import Outbounds
+from daetui.routing.dns_rules import LookupFacts
 
 log = logging.getLogger("daetui.control")
 
@@ -214,6 +221,23 @@ class DnsService:
 
     def flush(self) -> int:
         return self.controller.flush()
+
+    async def resolve_own(self, host: str, facts: LookupFacts) -> str:
+        """A name of daetui's own lookups (a subscription's or a node's server): through the upstream a
+        sub()/node()/subnode() request rule names for it (dae v2), else through the bootstrap resolver."""
+        compiled = self.config.dns.compiled
+        name = compiled.request.internal_upstream(facts) if compiled is not None else None
+        up = self.controller.upstreams.get(name) if name else None
+        if up is None:
+            return await self.bootstrap_resolve(host)
+        log.debug("dns: %s %s resolved through upstream %s (dns rule)", facts.kind, host, name)
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            question = dns.name.from_text(host).to_wire() + struct.pack("!HH", rdtype, dns.rdataclass.IN)
+            msg = dns.message.from_wire(await up.query(question))
+            for rrset in msg.answer:
+                if rrset.rdtype == rdtype:
+                    return str(next(iter(rrset)))
+        raise OSError(f"{host}: upstream {name} knows no address for it")
 
     async def bootstrap_resolve(self, host: str) -> str:
         """A name's address from global.fallback_resolver (subscriptions' servers)."""

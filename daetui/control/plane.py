@@ -89,6 +89,7 @@ class ControlPlane:
         self.decider = Decider(self.sync, self.names, g.dial_mode)
         self.dns = DnsService(config, self.sync, self.decider, self.outbounds)
         self.outbounds.resolve = self.dns.bootstrap_resolve
+        self.outbounds.resolve_own = self.dns.resolve_own
         self.pipeline = Pipeline(self.decider, self.outbounds, self.dialer, self.connections, self.events,
                                  g.sniffing_timeout)
         self.reloader = Reloader(self)

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from daetui.config.model import Config, GroupSpec
+from daetui.net.address import is_address
+from daetui.net.address import resolve as resolve_name
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
@@ -30,6 +33,7 @@ from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
 from daetui.outbound.state import GroupState, NodeState
 from daetui.outbound.subscription import Resolve, Subscription, SubscriptionResult
 from daetui.redact import redact
+from daetui.routing.dns_rules import LookupFacts
 
 log = logging.getLogger("daetui.outbound")
 
@@ -41,12 +45,36 @@ log = logging.getLogger("daetui.outbound")
 CHECK_CONCURRENCY = 32
 
 
+class NamedDirect:
+    """The direct dialer with a node server's name looked up by `resolve` (dae v2's node()/subnode() DNS
+    rules say which upstream); everything else is the direct dialer's."""
+
+    def __init__(self, direct: DirectDialer, resolve: Callable[[str], Awaitable[str]]) -> None:
+        self.direct = direct
+        self.resolve = resolve
+
+    async def connect(self, host: str, port: int) -> Any:
+        if not is_address(host):
+            try:
+                host = await self.resolve(host)
+            except Exception as e:   # the upstream's own words: a dial error, not a crash
+                raise DialError(f"resolving {host}: {e}") from None
+        return await self.direct.connect(host, port)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.direct, name)
+
+
 class Outbounds:
     """Nodes, groups and health; `dialer()` answers which dialer a new flow uses."""
 
     def __init__(self, config: Config, direct: DirectDialer, resolve: Resolve | None = None) -> None:
         self.direct = direct
         self.resolve = resolve  # how subscriptions find their server's address (None: the system's resolver)
+        # dae v2's sub()/node()/subnode() DNS rules: daetui's own lookups through the upstream they name
+        # (the control plane's DnsService.resolve_own); None: subscriptions by `resolve`, nodes by the system.
+        self.resolve_own: Callable[[str, LookupFacts], Awaitable[str]] | None = None
+        self._node_sub: dict[str, str] = {}
         self.nodes: dict[str, Any] = {}
         self.health: dict[str, NodeHealth] = {}
         self.groups: dict[str, Group] = {}
@@ -87,8 +115,8 @@ class Outbounds:
         # as text, as tests do, keeps them in the temp dir).
         config_dir = source.resolve().parent if source.is_file() else Path(tempfile.gettempdir())
         state = config_dir / "persist.d" if source.is_file() else config_dir / "daetui-persist.d"
-        return Subscription(tag, url, state, mark=g.so_mark_from_dae,
-                            resolve=self.resolve if g.resolver else None,
+        resolve = functools.partial(self._resolve_subscription, facts=LookupFacts("sub", tag, link=url))
+        return Subscription(tag, url, state, mark=g.so_mark_from_dae, resolve=resolve,
                             config_dir=config_dir, taken=[t.tag for t in self.config.nodes],
                             interval=g.subscription_interval)
 
@@ -103,11 +131,13 @@ class Outbounds:
                 log.error("node %s: %s (left out)", tagged.tag, e)
                 continue
             refs.append(NodeRef(tagged.tag))
+        self._node_sub = {}
         for tag, sub_nodes in self._sub_nodes.items():
             for name, node in sub_nodes:
                 if name not in nodes:
                     nodes[name] = node
                     refs.append(NodeRef(name, tag))
+                    self._node_sub[name] = tag
         if config.global_.allow_insecure:
             nodes = {n: with_allow_insecure(node) for n, node in nodes.items()}
         groups: dict[str, Group] = {}
@@ -156,10 +186,29 @@ class Outbounds:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    async def _resolve_subscription(self, host: str, facts: LookupFacts) -> str:
+        """A subscription server's address, asked when it is fetched (so the resolvers the control plane
+        installs after making this object count): a sub() DNS rule's upstream, the bootstrap resolver, or
+        the system's."""
+        if self.resolve_own is not None and self._internal_rules():
+            return await self.resolve_own(host, facts)
+        if self.resolve is not None and self.config.global_.resolver:
+            return await self.resolve(host)
+        return await resolve_name(host, 0)
+
+    def _internal_rules(self) -> bool:
+        compiled = self.config.dns.compiled
+        return compiled is not None and bool(compiled.request.internal)
+
     def _dialer_of(self, node: str) -> Dialer:
         d = self._dialers.get(node)
         if d is None:
-            d = self._dialers[node] = self.nodes[node].dialer(self.direct)
+            via: Any = self.direct
+            if self.resolve_own is not None and self._internal_rules():
+                link = self.nodes[node].link() if hasattr(self.nodes[node], "link") else ""
+                facts = LookupFacts("node", tag=self._node_sub.get(node, ""), name=node, link=link)
+                via = NamedDirect(self.direct, functools.partial(self.resolve_own, facts=facts))
+            d = self._dialers[node] = self.nodes[node].dialer(via)
         return d
 
     def dialer(self, outbound: str, family: int = 4) -> tuple[Dialer, str | None]:

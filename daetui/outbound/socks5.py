@@ -94,8 +94,10 @@ def parse_link(link: str, name: str = "") -> Socks5Node:
     them) base64 of `user:password`.
     """
     parts = split_link(link, ("socks5",), DEFAULT_PORT)
-    if parts.query:
-        raise ValueError(f"socks5 links take no parameters; got {', '.join(parts.query)}")
+    # Parameters (`?remarks=...` of some apps) mean nothing to a socks5 node: ignored, as dae's
+    # ParseSocksURL and daetui's http:// links ignore them; but one asking for TLS is never half-accepted.
+    if parts.query.get("tls", "").lower() in ("1", "true") or parts.query.get("security", "").lower() == "tls":
+        raise ValueError("socks5 over TLS is not supported (plain socks5 only)")
     return Socks5Node(name or parts.name or f"{parts.host_text}:{parts.port}", parts.host, parts.port,
                       parts.username, parts.password)
 

@@ -23,7 +23,7 @@ def test_validate_masks_the_secret_a_link_error_quotes(tmp_path):
     cfg.chmod(0o600)
     out = validate(cfg)
     assert out.returncode == 1
-    assert "node typo: vless:// link: id '***' is not a UUID" in out.stderr
+    assert "node.typo: vless:// link: id '***' is not a UUID" in out.stderr
     assert TYPO_UUID not in out.stderr + out.stdout
 
 

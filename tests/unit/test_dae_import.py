@@ -136,6 +136,7 @@ def test_rich_dns(rich):
             "!qname(geosite:cn) && ip(geoip:private) -> googledns",
             "fallback: accept",
         ],
+        **DAE_DNS_DEFAULTS,
     }
 
 
@@ -242,11 +243,13 @@ def convert(text: str) -> dict:
 
 # Where dae's default differs from daetui's, the conversion writes dae's out (dae_keys.py).
 DAE_DEFAULTS = {"auto_config_kernel_parameter": False, "sniffing_timeout": "30ms"}
+DAE_DNS_DEFAULTS = {"optimistic_cache": True}
 
 
 def test_minimal():
     d = convert(GLOBAL + ROUTING)
-    assert d == {"global": {"tproxy_port": 12345, **DAE_DEFAULTS}, "routing": {"rules": [], "fallback": "direct"}}
+    assert d == {"global": {"tproxy_port": 12345, **DAE_DEFAULTS}, "routing": {"rules": [], "fallback": "direct"},
+                 "dns": DAE_DNS_DEFAULTS}
 
 
 def test_dae_defaults_are_written_only_where_the_file_says_nothing():
@@ -321,7 +324,8 @@ dns {
     d = tomllib.loads(out)
     assert d["routing"] == {"rules": ["domain(geosite:cn) -> direct"], "fallback": "my_group"}
     assert d["group"] == {"my_group": {"policy": "min_avg10"}}
-    assert d["dns"] == {"upstream": {"googledns": "tcp+udp://dns.google:53"}, "request": ["fallback: googledns"]}
+    assert d["dns"] == {"upstream": {"googledns": "tcp+udp://dns.google:53"}, "request": ["fallback: googledns"],
+                        **DAE_DNS_DEFAULTS}
     above(out, "# fallback first, everything on few lines.", "[global]")
     trails(out, 'fallback = "my_group"', "# the default")
 
@@ -340,7 +344,7 @@ def test_untagged_names_skip_explicit_tags():
 
 def test_empty_sections():
     d = convert(GLOBAL + ROUTING + "subscription {}\nnode {\n}\ngroup {\n}\ndns {}\n")
-    assert d["subscription"] == {} and d["node"] == {} and d["group"] == {} and d["dns"] == {}
+    assert d["subscription"] == {} and d["node"] == {} and d["group"] == {} and d["dns"] == DAE_DNS_DEFAULTS
 
 
 def test_hash_inside_a_bare_word_is_not_a_comment():

@@ -101,7 +101,6 @@ BAD_LINKS = [
     ("socks5://@203.0.113.11:1080", "empty credentials"),
     ("socks5://" + "u" * 256 + ":p@203.0.113.11:1080", "username is longer than 255 bytes"),
     ("socks5://203.0.113.11:1080/some/path", "unexpected path /some/path"),
-    ("socks5://203.0.113.11:1080?udp=1", "socks5 links take no parameters"),
     ("http://203.0.113.11:8888?sni=proxy.lab.test", "for https:// links only"),
     ("http://203.0.113.11:8888?allow_insecure=1", "for https:// links only"),
     ("https://203.0.113.11?allow_insecure=maybe", "expected 1/true or 0/false"),
@@ -109,8 +108,14 @@ BAD_LINKS = [
     ("https://203.0.113.11?sni=bad%20name", "neither an IP address nor a hostname"),
     ("https://203.0.113.11?sni=a.test&sni=a.test", "given twice"),
     ("http://:pw@203.0.113.11", "a password without a username"),
-    ("socks4://203.0.113.11:1080", "unknown scheme"),
+    ("gopher://203.0.113.11:70", "unknown scheme"),
 ]
+
+
+def test_socks5_parameters_are_ignored_as_dae_ignores_them() -> None:
+    node = parse_link("socks5://203.0.113.11:1080?remarks=home&udp=1#n")
+    assert (node.host, node.port, node.name) == ("203.0.113.11", 1080, "n")
+    assert parse_link(node.link()) == node
 
 
 @pytest.mark.parametrize(("link", "reason"), BAD_LINKS)

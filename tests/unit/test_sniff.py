@@ -722,7 +722,7 @@ def flip(data: bytes, index: int, bit: int = 1) -> bytes:
     (flip(RFC9001_CLIENT_INITIAL, 0, 0x04), "fails authentication"),  # protected bits, hence the AAD
     (flip(RFC9001_CLIENT_INITIAL, 4, 0x02), "unsupported QUIC version 0x00000003"),
     (b"\xc0\x00\x00\x00\x00\x08" + bytes(30), "version negotiation"),
-    (b"\xc0\xff\x00\x00\x1d\x08" + bytes(30), "unsupported QUIC version"),  # draft-29
+    (b"\xc0\xff\x00\x00\x1a\x08" + bytes(30), "unsupported QUIC version"),  # draft-26: no salt known
     (b"\xc0\x00\x00\x00\x01\x15" + bytes(40), "longer than 20"),
     (b"\xc0\x00\x00\x00\x01\x08" + bytes(8) + b"\x15" + bytes(40), "source connection id"),
     (b"\xc0\x00\x00\x00\x01\x08" + bytes(8), "source connection id"),

@@ -126,7 +126,8 @@ def test_sip008() -> None:
         assert (node.host, node.port, node.password) == ("203.0.113.30", 8388, "lab-secret")
         node2 = dict(parsed.nodes)["Server 2"]
         assert (node2.host, node2.port) == ("2001:db8::30", 8389)
-    assert "with plugin" not in names(parsed)  # daetui runs no SIP003 plugins
+    # SIP003 plugins are carried into the node (simple-obfs here).
+    assert dict(parsed.nodes)["with plugin"].plugin.name == "obfs-local"
 
 
 @pytest.mark.parametrize("doc, reason", [
@@ -140,12 +141,12 @@ def test_json_that_is_not_sip008(doc: str, reason: str) -> None:
     assert reason in parsed.errors[0]
 
 
-def test_clash_yaml_refused_with_reason() -> None:
+def test_clash_yaml_is_read() -> None:
+    """A clash/mihomo YAML subscription (tests/unit/test_clash_subscription.py has the whole of it)."""
     yaml = ("mixed-port: 7890\nproxies:\n  - {name: a, type: socks5, server: 203.0.113.1, port: 1080}\n"
             "proxy-groups:\n  - {name: g, type: url-test, url: 'http://cp.example/generate_204'}\n")
     parsed = parse_subscription(yaml, "sub")
-    assert parsed.nodes == []
-    assert "clash YAML" in parsed.errors[0] and "not supported" in parsed.errors[0]
+    assert [(n, node.host, node.port) for n, node in parsed.nodes] == [("a", "203.0.113.1", 1080)]
 
 
 # -- broken input ----------------------------------------------------------------------------------------
