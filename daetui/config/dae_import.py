@@ -1079,10 +1079,7 @@ class _Converter:
                 continue
             group = written[i][1]
             if node.kind == "block" and len(group) > 1:
-                node = _Node("block", node.first, node.last, key=node.key, open=node.open, close=node.close,
-                             leading=node.leading, header=node.header, blank=node.blank, toks=node.toks,
-                             children=[c for g in group for c in g.children],
-                             dangling=[c for g in group for c in g.dangling])
+                node = _joined(group)
             spec = keys[name]
             if name == "routing":
                 self.dns_routing(table, node)
@@ -1135,10 +1132,7 @@ class _Converter:
         for name, group in blocks.items():
             node = group[0]
             if len(group) > 1:   # dae joins a block given twice
-                node = _Node("block", node.first, node.last, key=node.key, open=node.open, close=node.close,
-                             leading=node.leading, header=node.header, blank=node.blank, toks=node.toks,
-                             children=[c for g in group for c in g.children],
-                             dangling=[c for g in group for c in g.dangling])
+                node = _joined(group)
             assert node.key is not None
             rules, fallback = self.rules(node, name)
             if fallback is None:
@@ -1356,6 +1350,15 @@ def _gather(text: str, name: str, read_includes: bool) -> tuple[_Source, list[tu
     return entry_src, files, warnings
 
 
+def _joined(blocks: list[_Node]) -> _Node:
+    """One block holding the items (and end comments) of `blocks`, in order, with the first one's place
+    and comments: dae reads a block given twice as one."""
+    b = blocks[0]
+    return _Node("block", b.first, b.last, key=b.key, open=b.open, close=b.close, leading=list(b.leading),
+                 header=list(b.header), blank=b.blank, toks=b.toks,
+                 children=[c for g in blocks for c in g.children], dangling=[c for g in blocks for c in g.dangling])
+
+
 def _merged(files: list[tuple[_Source, _Node]]) -> _Node:
     """One root holding each section once, in order of first appearance: dae merges sections of the
     same name, within a file and across included files, by joining their items."""
@@ -1368,9 +1371,7 @@ def _merged(files: list[tuple[_Source, _Node]]) -> _Node:
             if name == "include":
                 continue
             if name not in by_name:
-                merged = _Node("block", sec.first, sec.last, key=sec.key, open=sec.open, close=sec.close,
-                               leading=list(sec.leading), header=list(sec.header), blank=sec.blank, toks=sec.toks,
-                               children=list(sec.children), dangling=list(sec.dangling))
+                merged = _joined([sec])
                 by_name[name] = merged
                 root.children.append(merged)
                 continue

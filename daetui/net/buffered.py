@@ -26,6 +26,19 @@ class Buffered:
         self.buf += data
         return True
 
+    async def hold(self, n: int, closed: str) -> None:
+        """At least n bytes in the buffer; DialError(`closed`) if the stream ends (or is reset) first.
+
+        A reply's first bytes: "closed" is the reason a peer that ends without one gives, while a
+        transport's own DialError below (an h2 refusal) passes as it is, saying more."""
+        while len(self.buf) < n:
+            try:
+                more = await self.fill()
+            except ConnectionError:  # reset
+                more = False
+            if not more:
+                raise DialError(closed)
+
     async def read_exactly(self, n: int, what: str = "data") -> bytes:
         """Exactly n bytes; DialError naming `what` if the stream ends first."""
         while len(self.buf) < n:

@@ -139,14 +139,7 @@ def _addons_length(head: bytes) -> int:
 
 async def read_response(reader: Buffered) -> None:
     """Read and check the server's response header; DialError if it is not one."""
-    # A transport's own DialError (an h2 refusal) says more than "closed": only the end is translated.
-    while len(reader.buf) < 2:
-        try:
-            more = await reader.fill()
-        except ConnectionError:  # reset
-            more = False
-        if not more:
-            raise DialError(_NO_RESPONSE)
+    await reader.hold(2, _NO_RESPONSE)
     head = await reader.read_exactly(2)
     if n := _addons_length(head):
         await reader.read_exactly(n, "the vless response addons")

@@ -318,14 +318,7 @@ def _check_response(req: Request, sealed: bytes | bytearray) -> None:
 
 async def read_response(reader: Buffered, req: Request) -> None:
     """Read, open and check the server's response header."""
-    # A transport's own DialError (an h2 refusal) says more than "closed": only the end is translated.
-    while len(reader.buf) < 2 + TAG:
-        try:
-            more = await reader.fill()
-        except ConnectionError:  # reset
-            more = False
-        if not more:
-            raise DialError(_NO_RESPONSE)
+    await reader.hold(2 + TAG, _NO_RESPONSE)
     sealed_len = await reader.read_exactly(2 + TAG)
     _check_response(req, await reader.read_exactly(_response_length(req, sealed_len) + TAG,
                                                    "the vmess response header"))
