@@ -30,6 +30,19 @@ starts; ss-local would start the same one, but takes SOCKS, which TPROXY cannot 
 Those rounds have a table of their own. A process's CPU counts its children's: obfs-local
 is ss-redir's, obfs-server ss-server's. --obfs none leaves them out.
 
+With --vmess-ws, each round also runs both sides of vmess over WebSocket (no TLS, security
+aes-128-gcm, alterId 0) against v2ray 4.34 (Debian's /usr/bin/v2ray, 203.0.113.11) with a
+vmess inbound on ws: daetui with a node given by a vmess:// link (net=ws, a path and host),
+and v2ray itself as the client in the router namespace, a dokodemo-door inbound
+(`followRedirect`, `sockopt.tproxy`) on ss-redir's port fed by the same TPROXY rule and
+policy routing, its vmess outbound over ws to the same server (access log off, warnings only,
+`policy.levels.0.uplinkOnly` 0: see V2rayRedir).
+Their connections/s are fragile: about one connection in 1500-4000 through the v2ray server
+gets no answer at all (with daetui and with v2ray's client alike; nothing in v2ray's logs, cause
+not found), and _cps.py waits out its 5 s timeout on it, so a round that meets one counts only
+the connections made before it. Read that row over several rounds.
+Those rounds have a table of their own too; the ratio there is daetui / the v2ray client.
+
 After an ss-redir round its rules are checked gone by listing them, not by a
 direct connection: the router keeps ss-redir's TIME_WAIT sockets (it closes
 first towards the client) for a minute, and the kernel's early demux hands
@@ -40,17 +53,19 @@ TIME_WAIT socket to the listener.
 
     .venv/bin/python bench/proxy_path.py [--seconds 5] [--rounds 3] [--method aes-256-gcm]
                                          [--firewall nft|iptables|iptables-legacy] [--obfs http|tls|none]
+                                         [--vmess-ws]
                                          [--profile /path/to/py-spy]
 
 --profile adds one more daetui round, not counted, with py-spy sampling the
 daemon through an upload, a download and the new connections, and prints
 where its time goes.
-Needs iperf3, shadowsocks-libev, simple-obfs (for --obfs), and nftables (or iptables).
+Needs iperf3, shadowsocks-libev, simple-obfs (for --obfs), v2ray (for --vmess-ws), and nftables (or iptables).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import json
 import os
@@ -61,15 +76,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# bench/ (for _lab) goes last on the path, not first where Python puts it when it runs this file:
+# its dns.py would hide dnspython's `dns`, which testkit.peers.v2ray imports (by way of
+# daetui.lab.dnspeers). As bench/dns.py does it: `remove` takes the first occurrence, the one in front.
+sys.path.append(str(Path(__file__).resolve().parent))
+sys.path.remove(str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _lab
 from _lab import cps_server, end, iperf_server, require_root
 
+from daetui.lab.peer import LabPeer
 from daetui.lab.topology import ADDR, Lab
 from daetui.net.netns import netns
 from testkit.configs import LAB_CHECKS
@@ -81,11 +103,17 @@ PASSWORD = "daetui bench"
 SS_PORT = 8388
 SS_OBFS_PORT = 8389              # the second ss-server, behind obfs-server
 OBFS_HOST = "cdn.bench.test"
-REDIR_PORT = 12345               # ss-redir's listener in the router namespace (127.0.0.1)
+REDIR_PORT = 12345               # ss-redir's (or the v2ray client's) listener in the router namespace (127.0.0.1)
 # The TPROXY peer's policy routing; clear of daetui's (mark 0x2000000, table 2024, pref 1000).
 REDIR_MARK, REDIR_TABLE, REDIR_PREF = 0x100, 2026, 1100
 NFT_TABLE = "daetui_bench_redir"
 SS_REDIR = "/usr/bin/ss-redir"
+# --vmess-ws: v2ray's vmess inbound over ws on the wan's second address (ss-server has the third).
+V2RAY_ADDR4, V2RAY_ADDR6 = ADDR.hosts4[1], ADDR.hosts6[1]
+VMESS_PORT = 10086
+VMESS_UUID = "6f1c2b9e-3d4a-4e5f-8a7b-9c0d1e2f3a4b"
+VMESS_SECURITY = "aes-128-gcm"
+WS_PATH, WS_HOST = "/bench", "ws.bench.test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CONFIG = """
@@ -98,7 +126,7 @@ check_interval = "600s"
 {checks}
 
 [node]
-ss = "{link}"
+bench = "{link}"
 
 [group.proxy]
 policy = "fixed(0)"
@@ -163,7 +191,7 @@ class Round:
     up: float = 0.0       # Gbit/s, LAN -> wan
     down: float = 0.0     # Gbit/s, wan -> LAN
     cps: float = 0.0      # new connections per second
-    # % of one core: "proxy", "ss-server" during iperf3; "proxy cps", "ss-server cps" during the connections
+    # % of one core: "proxy", "server" during iperf3; "proxy cps", "server cps" during the connections
     cpu: dict[str, float] = field(default_factory=dict)
 
 
@@ -193,26 +221,42 @@ class Redir:
     """ss-redir in the router namespace, and the TPROXY rule and policy routing that feed it the LAN's TCP.
 
     Everything it adds it records, and `stop` deletes exactly that, then ends ss-redir by its pid.
+    Subclasses run another TPROXY client on the same port (`V2rayRedir`): they write its config
+    (`_argv`) and say what its log shows once it listens (`_ready_text`).
     """
 
+    kind = "ss-redir"
+
     def __init__(self, lab: Lab, method: str, firewall: str, port: int = SS_PORT, obfs: str | None = None) -> None:
-        self.lab = lab
-        self.firewall = firewall
-        self.undo: list[list[str]] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix="daetui-bench-redir-"))
+        self.method, self.port, self.obfs = method, port, obfs
+        self._bring_up(lab, firewall)
+
+    def _argv(self) -> list[str]:
+        """Write the client's config into self.tmp; its command line."""
         conf = self.tmp / "ss-redir.json"
+        obfs = self.obfs
         plugin = {"plugin": "obfs-local", "plugin_opts": f"obfs={obfs};obfs-host={OBFS_HOST}"} if obfs else {}
         conf.write_text(json.dumps({
-            "server": ADDR.hosts4[2], "server_port": port, "password": PASSWORD, "method": method,
+            "server": ADDR.hosts4[2], "server_port": self.port, "password": PASSWORD, "method": self.method,
             "local_address": "127.0.0.1", "local_port": REDIR_PORT, "mode": "tcp_only", "timeout": 60,
             "no_delay": True, "fast_open": False,
         } | plugin))
         conf.chmod(0o600)
-        self.log = self.tmp / "ss-redir.log"
+        return [SS_REDIR, "-c", str(conf), "-T"]
+
+    _ready_text = f"listening at 127.0.0.1:{REDIR_PORT}"
+
+    def _bring_up(self, lab: Lab, firewall: str) -> None:
+        self.lab = lab
+        self.firewall = firewall
+        self.undo: list[list[str]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"daetui-bench-{self.kind}-"))
+        self.log = self.tmp / f"{self.kind}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         try:
+            argv = self._argv()
             with open(self.log, "wb") as logf:
-                self.proc = subprocess.Popen(["ip", "netns", "exec", lab.router, SS_REDIR, "-c", str(conf), "-T"],
+                self.proc = subprocess.Popen(["ip", "netns", "exec", lab.router, *argv],
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
             self._wait_listening()
             self._route()
@@ -229,9 +273,9 @@ class Redir:
     def _wait_listening(self, timeout: float = 5.0) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while f"listening at 127.0.0.1:{REDIR_PORT}" not in self.log.read_text(errors="replace"):
+        while self._ready_text not in self.log.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ss-redir did not start:\n" + self.log.read_text(errors="replace"))
+                raise RuntimeError(f"{self.kind} did not start:\n" + self.log.read_text(errors="replace"))
             time.sleep(0.05)
 
     def _do(self, argv: list[str], undo: list[str], stdin: str | None = None) -> None:
@@ -276,7 +320,7 @@ class Redir:
             if out.returncode != 0:
                 errors.append(f"{' '.join(argv)}: {out.stderr.strip()}")
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:  # by its pid: `ip netns exec` execs ss-redir in place
+        if proc is not None and proc.poll() is None:  # by its pid: `ip netns exec` execs the client in place
             proc.terminate()
             try:
                 proc.wait(10)
@@ -286,7 +330,7 @@ class Redir:
         shutil.rmtree(self.tmp, ignore_errors=True)
         errors += self.leftovers()
         if errors:
-            raise RuntimeError("ss-redir's setup not undone: " + "; ".join(errors))
+            raise RuntimeError(f"{self.kind}'s setup not undone: " + "; ".join(errors))
 
     def leftovers(self) -> list[str]:
         """What of this setup is still in the router namespace (nothing, after `stop`)."""
@@ -305,6 +349,58 @@ class Redir:
         elif f"--on-port {REDIR_PORT}" in run(self.firewall, "-w", "-t", "mangle", "-S", "PREROUTING").stdout:
             out.append(f"{self.firewall} TPROXY rule")
         return out
+
+
+class V2rayRedir(Redir):
+    """v2ray 4.34 as the TPROXY client: dokodemo-door (followRedirect, sockopt tproxy), vmess over ws out.
+
+    The same port, TPROXY rule and policy routing as ss-redir's; the server is the bench's v2ray
+    (vmess inbound on ws, `vmess_ws_server`), with the same id, security, path and Host as daetui's link.
+    """
+
+    kind = "v2ray-client"
+    _ready_text = "started"  # "V2Ray 4.34.0 started", logged once every inbound listens
+
+    def __init__(self, lab: Lab, firewall: str) -> None:
+        self._bring_up(lab, firewall)
+
+    def _argv(self) -> list[str]:
+        from testkit.peers.v2ray import V2RAY
+
+        conf = self.tmp / "config.json"
+        conf.write_text(json.dumps({
+            # Warnings to stdout (the log read above); no access log, as ss-redir without -v.
+            "log": {"loglevel": "warning", "access": "none"},
+            # dokodemo-door closes the LAN's connection only once both ways are done: after the
+            # server's end it waits for the client's, or uplinkOnly seconds (v4's default: 2), so
+            # with the default each short connection would last that long (the bench measured 1
+            # conn/s). 0 closes it when the answer is written, as ss-redir and daetui pass the end on.
+            "policy": {"levels": {"0": {"uplinkOnly": 0}}},
+            "inbounds": [{
+                "tag": "tproxy", "protocol": "dokodemo-door", "listen": "127.0.0.1", "port": REDIR_PORT,
+                "settings": {"network": "tcp", "followRedirect": True},
+                "streamSettings": {"sockopt": {"tproxy": "tproxy"}},
+            }],
+            "outbounds": [{
+                "tag": "vmess-ws", "protocol": "vmess",
+                "settings": {"vnext": [{"address": V2RAY_ADDR4, "port": VMESS_PORT, "users": [
+                    {"id": VMESS_UUID, "alterId": 0, "security": VMESS_SECURITY}]}]},
+                "streamSettings": {"network": "ws", "wsSettings": {"path": WS_PATH, "headers": {"Host": WS_HOST}}},
+            }],
+        }, indent=1))
+        conf.chmod(0o600)
+        check = subprocess.run([V2RAY, "-test", "-config", str(conf)], capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"v2ray rejects the client's config:\n{check.stdout}{check.stderr}")
+        return [V2RAY, "-config", str(conf)]
+
+
+def vmess_ws_link() -> str:
+    """daetui's node for the bench's v2ray: a v2rayN vmess:// link, net=ws with the path and Host header."""
+    obj = {"v": "2", "ps": "bench-vmess-ws", "add": V2RAY_ADDR4, "port": str(VMESS_PORT), "id": VMESS_UUID,
+           "aid": "0", "scy": VMESS_SECURITY, "net": "ws", "type": "none", "host": WS_HOST, "path": WS_PATH,
+           "tls": ""}
+    return "vmess://" + base64.b64encode(json.dumps(obj).encode()).decode()
 
 
 def start_daetui(lab: Lab, link: str) -> Daemon:
@@ -395,8 +491,10 @@ def _short(frame: str) -> str:
 
 # -- report ---------------------------------------------------------------------------------------------
 
-def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall: str, obfs: str = "") -> None:
-    d, s = rounds[f"daetui{obfs}"], rounds[f"ss-redir{obfs}"]
+def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall: str, obfs: str = "",
+           peer: str = "ss-redir", server: str = "ss-server") -> None:
+    """The table of daetui's rounds against the peer's (`daetui<obfs>` and `<peer><obfs>` in `rounds`)."""
+    d, s = rounds[f"daetui{obfs}"], rounds[f"{peer}{obfs}"]
 
     def med(rs: list[Round], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in rs)
@@ -404,29 +502,32 @@ def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall
     def cpu(rs: list[Round], who: str) -> float:
         return statistics.median(r.cpu[who] for r in rs)
 
-    behind = f" behind simple-obfs ({obfs.strip('+')})" if obfs else ""
-    print(f"\nproxied path, {method}, ss-server on {ADDR.hosts4[2]}{behind}; median of {len(d)} alternating rounds, "
-          f"{seconds:g}s each figure")
-    print(f"{'':34} {'daetui':>9} {'ss-redir':>9} {'ratio':>6}")
+    if peer == "ss-redir":
+        behind = f" behind simple-obfs ({obfs.strip('+')})" if obfs else ""
+        what = f"{method}, ss-server on {ADDR.hosts4[2]}{behind}"
+    else:
+        what = f"vmess ({VMESS_SECURITY}) over ws {WS_PATH}, v2ray 4.34 on {V2RAY_ADDR4}"
+    print(f"\nproxied path, {what}; median of {len(d)} alternating rounds, {seconds:g}s each figure")
+    print(f"{'':34} {'daetui':>9} {peer:>9} {'ratio':>6}")
     for label, attr, fmt in (("TCP upload, Gbit/s", "up", "9.2f"), ("TCP download, Gbit/s", "down", "9.2f"),
                              ("new connections/s", "cps", "9.0f")):
         a, b = med(d, attr), med(s, attr)
-        print(f"{label:34} {a:{fmt}} {b:{fmt}} {a / b:6.2f}")
-    for label, key in (("proxy CPU % during iperf3", "proxy"), ("ss-server CPU % during iperf3", "ss-server"),
+        print(f"{label:34} {a:{fmt}} {b:{fmt}} {a / b if b else float('nan'):6.2f}")
+    for label, key in (("proxy CPU % during iperf3", "proxy"), (f"{server} CPU % during iperf3", "server"),
                        ("proxy CPU % during connections", "proxy cps"),
-                       ("ss-server CPU % during connections", "ss-server cps")):
+                       (f"{server} CPU % during connections", "server cps")):
         print(f"{label:34} {cpu(d, key):9.0f} {cpu(s, key):9.0f}")
     # What each proxy spends for its bytes and connections: steadier than the rates when
     # other processes share the machine's cores.
     a, b = (statistics.median(r.cpu["proxy"] / ((r.up + r.down) / 2) for r in rs) for rs in (d, s))
     print(f"{'proxy CPU % per Gbit/s (iperf3)':34} {a:9.1f} {b:9.1f} {a / b:6.2f}")
     a, b = (statistics.median(1e4 * r.cpu["proxy cps"] / r.cps for r in rs) for rs in (d, s))
-    print(f"{'proxy CPU µs per connection':34} {a:9.0f} {b:9.0f} {a / b:6.2f}")
-    print(f"TPROXY rule for ss-redir: {firewall}")
+    print(f"{'proxy CPU µs per connection':34} {a:9.0f} {b:9.0f} {a / b if b else float('nan'):6.2f}")
+    print(f"TPROXY rule for {peer}: {firewall}")
     print("each round (upload / download Gbit/s, conn/s):")
     for i, (a, b) in enumerate(zip(d, s, strict=True)):
         print(f"  round {i + 1}: daetui {a.up:.2f} / {a.down:.2f}, {a.cps:.0f}   "
-              f"ss-redir {b.up:.2f} / {b.down:.2f}, {b.cps:.0f}")
+              f"{peer} {b.up:.2f} / {b.down:.2f}, {b.cps:.0f}")
 
 
 def main() -> int:
@@ -441,15 +542,19 @@ def main() -> int:
     ap.add_argument("--native", action="store_true", help="with --profile: C frames too (py-spy --native)")
     ap.add_argument("--obfs", default="http", choices=("http", "tls", "none"),
                     help="also measure both proxies through simple-obfs in this mode (none: not)")
+    ap.add_argument("--vmess-ws", action="store_true",
+                    help="also measure vmess over ws: daetui and v2ray's own client against a v2ray server")
     ap.add_argument("--lab", default="dtbenchpp")
     args = ap.parse_args()
     obfs = None if args.obfs == "none" else args.obfs
-    for tool in ("iperf3", SS_REDIR, args.firewall) + (("obfs-local", "obfs-server") if obfs else ()):
+    for tool in (("iperf3", SS_REDIR, args.firewall) + (("obfs-local", "obfs-server") if obfs else ())
+                 + (("v2ray",) if args.vmess_ws else ())):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found")
 
     from daetui.outbound.sip003 import parse_plugin
     from testkit.peers.shadowsocks import OBFS_SERVER, SsServer
+    from testkit.peers.v2ray import V2ray, vmess_inbound, ws_settings
 
     lab = Lab(args.lab)
     if lab.is_up():
@@ -461,56 +566,78 @@ def main() -> int:
     ss_obfs = SsServer(lab, args.method, PASSWORD, SS_OBFS_PORT, verbose=False, udp=False, plugin=OBFS_SERVER,
                        plugin_opts=f"obfs={obfs};obfs-host={OBFS_HOST}",
                        client_plugin=parse_plugin(f"obfs-local;obfs={obfs};obfs-host={OBFS_HOST}")) if obfs else None
+    # vmess over ws, no TLS; only warnings logged (access log to its file, the same for both clients).
+    v2 = V2ray(lab, [vmess_inbound(VMESS_PORT, VMESS_UUID, network="ws", transport=ws_settings(WS_PATH))],
+               address4=V2RAY_ADDR4, address6=V2RAY_ADDR6) if args.vmess_ws else None
     try:
         ns_exec(lab.lan, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         procs += [iperf_server(lab.wan, TARGET, IPERF_PORT), cps_server(lab.wan, TARGET, RR_PORT, answer=True)]
         ss.start()
         if ss_obfs is not None:
             ss_obfs.start()
+        if v2 is not None:
+            v2.start()
         link = ss.node(4).link()
         time.sleep(0.3)
         direct = ask_once(lab)
         if direct != ADDR.client4:
             raise RuntimeError(f"without a proxy the server saw {direct}, not the client {ADDR.client4}")
 
-        whos = ["daetui", "ss-redir"] + ([f"daetui+{obfs}", f"ss-redir+{obfs}"] if ss_obfs is not None else [])
+        # Who runs against which server, and how its proxy starts.
+        def ss_redir(port: int, plugin: str | None) -> Callable[[], Redir]:
+            return lambda: Redir(lab, args.method, args.firewall, port, plugin)
+
+        def daetui(link: str) -> Callable[[], Daemon]:
+            return lambda: start_daetui(lab, link)
+
+        sides: dict[str, tuple[LabPeer, Callable[[], Daemon | Redir]]] = {
+            "daetui": (ss, daetui(link)), "ss-redir": (ss, ss_redir(SS_PORT, None))}
+        if ss_obfs is not None:
+            sides |= {f"daetui+{obfs}": (ss_obfs, daetui(ss_obfs.node(4).link())),
+                      f"ss-redir+{obfs}": (ss_obfs, ss_redir(SS_OBFS_PORT, obfs))}
+        if v2 is not None:
+            sides |= {"daetui+vmess-ws": (v2, daetui(vmess_ws_link())),
+                      "v2ray+vmess-ws": (v2, lambda: V2rayRedir(lab, args.firewall))}
+        whos = list(sides)
         rounds: dict[str, list[Round]] = {who: [] for who in whos}
         print(f"proxied path: {args.rounds} alternating rounds, {args.method}, iperf3 and connections "
               f"{args.seconds:g}s each", flush=True)
         for i in range(args.rounds):
             for who in whos:
                 t0 = time.monotonic()
-                server = ss if "+" not in who else ss_obfs
-                assert server is not None
-                proxy: Daemon | Redir = (start_daetui(lab, server.node(4).link()) if who.startswith("daetui")
-                                         else Redir(lab, args.method, args.firewall, server.port,
-                                                    obfs if "+" in who else None))
+                server, start = sides[who]
+                proxy = start()
                 try:
                     pid = proxy.pid
                     seen = ask_once(lab)
                     if seen == ADDR.client4:
                         raise RuntimeError(f"{who}: the flow was not proxied (the server saw the client itself)")
-                    r = measure(lab, args.seconds, {"proxy": pid, "ss-server": server.pid or 0})
+                    r = measure(lab, args.seconds, {"proxy": pid, "server": server.pid or 0})
                 finally:
                     if isinstance(proxy, Daemon):
                         stop_daetui(proxy)
                     else:
                         proxy.stop()
                 rounds[who].append(r)
-                print(f"  round {i + 1} {who:13}: up {r.up:5.2f}  down {r.down:5.2f} Gbit/s  {r.cps:6.0f} conn/s  "
-                      f"CPU proxy {r.cpu['proxy']:3.0f}/{r.cpu['proxy cps']:3.0f}% ss-server {r.cpu['ss-server']:3.0f}/"
-                      f"{r.cpu['ss-server cps']:3.0f}%  "
+                print(f"  round {i + 1} {who:15}: up {r.up:5.2f}  down {r.down:5.2f} Gbit/s  {r.cps:6.0f} conn/s  "
+                      f"CPU proxy {r.cpu['proxy']:3.0f}/{r.cpu['proxy cps']:3.0f}% server {r.cpu['server']:3.0f}/"
+                      f"{r.cpu['server cps']:3.0f}%  "
                       f"({time.monotonic() - t0:.0f}s)", flush=True)
         if args.rounds:
             report(rounds, args.seconds, args.method, args.firewall)
             if ss_obfs is not None:
                 report(rounds, args.seconds, args.method, args.firewall, f"+{obfs}")
+            if v2 is not None:
+                report(rounds, args.seconds, args.method, args.firewall, "+vmess-ws", peer="v2ray",
+                       server="server")
         if args.profile:
             profile(lab, link, args.profile, args.seconds, args.native)
     finally:
         ss.stop()
         if ss_obfs is not None:
             ss_obfs.stop()
+        if v2 is not None:
+            v2.stop()
         end(procs)
         lab.down()
     return 0
