@@ -167,7 +167,7 @@ class Outbounds:
         """A subscription's nodes (fetched, or its saved copy): the groups are made again."""
         if result.tag not in self.subscriptions:
             return
-        log.info("subscription %s: %s", result.tag, result.summary())
+        log.info("%s", result.summary())   # the summary names the subscription
         for e in result.errors:
             log.warning("subscription %s: %s (skipped)", result.tag, e)
         if result.nodes or result.ok:

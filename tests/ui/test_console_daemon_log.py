@@ -2,8 +2,8 @@
 
 The daemon is started as `daetui --config F` starts one (launch.spawn_daemon),
 in the lab's router, with a config whose nodes hold a password, a UUID, a
-socks5 user's password, a UUID with a typo (left out, with an error), and a
-subscription URL with a token. A log left by an earlier run, over the bound,
+socks5 user's password, and a subscription URL with a token (its fetch fails,
+with an error). A config with a UUID typo'd is refused, the UUID masked. A log left by an earlier run, over the bound,
 is in the run dir. Then:
 
 - the log is rotated at start (the old one kept as daetui.log.1), the current
@@ -11,7 +11,7 @@ is in the run dir. Then:
 - none of the secrets is in the log, the snapshot (JSON, as `daetui status
   --json` prints it), the log lines the control socket serves, nor on the
   console's screen (Logs and Dialers, the node's details). A reload reports
-  the node with the typo again, once the console's feed is there to get it.
+  the subscription's failure again, once the console's feed is there to get it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,6 @@ check_interval = "10m"
 [node]
 ss1 = "ss://{SS_USERINFO}@{WEB4}:8388#ss1"
 vl = "vless://{UUID}@{WEB4}:8443?security=none&type=tcp#vl"
-typo = "vless://{TYPO_UUID}@{WEB4}:8443?security=none#typo"
 s5 = "socks5://alice:{SOCKS_PASSWORD}@{WEB4}:1081"
 
 [subscription]
@@ -97,7 +98,7 @@ def started(lab, tmp_path_factory):
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the daemon did not start and check its nodes")
-            # A reload reads the nodes again: the typo'd one is reported again, now to the console's feed too.
+            # A reload fetches again: the failure is reported again, now to the console's feed too.
             assert (await c.reload()).ok
         finally:
             await c.close()
@@ -124,7 +125,7 @@ def test_the_log_of_a_daemon_the_console_starts_is_rotated_and_bounded(started):
 def test_no_secret_in_the_log_the_snapshot_or_the_console(started):
     run, _, _ = started
     log = (run.root / "daetui.log").read_text()
-    assert "node typo:" in log                  # the node with the typo was reported (and left out)
+    assert "subscription sub: fetch failed" in log   # reported, without its URL's token
     leaked = [s for s in SECRETS if s in log]
     assert not leaked, f"secrets in the daemon's log: {leaked}"
 
@@ -136,7 +137,7 @@ def test_no_secret_in_the_log_the_snapshot_or_the_console(started):
 
     lines = call_once(run.control, lambda c: c.logs())
     served = "\n".join(line.message for line in lines)
-    assert "node typo:" in served
+    assert "subscription sub: fetch failed" in served
     leaked = [s for s in SECRETS if s in served]
     assert not leaked, f"secrets in the log lines the control socket serves: {leaked}"
 
@@ -150,7 +151,8 @@ def test_no_secret_in_the_log_the_snapshot_or_the_console(started):
         async with app.run_test(size=(200, 50)) as pilot:
             await until(pilot, lambda: app.snapshot is not None)
             await pilot.press("5")
-            screens.append(await until(pilot, lambda: (t := app_text(app)) and "node typo:" in t and t))
+            failed = "subscription sub: fetch failed"
+            screens.append(await until(pilot, lambda: (t := app_text(app)) and failed in t and t))
             await pilot.press("7")
             screens.append(await until(pilot, lambda: (t := app_text(app)) and "ss1" in t and t))
             for _ in range(4):   # each node's line and its details
@@ -162,3 +164,17 @@ def test_no_secret_in_the_log_the_snapshot_or_the_console(started):
     for screen in asyncio.run(console()):
         leaked = [s for s in SECRETS if s in screen]
         assert not leaked, f"secrets on the console: {leaked}\n{screen}"
+
+
+def test_a_node_with_a_typo_is_refused_at_load_with_its_secret_masked(tmp_path):
+    cfg = tmp_path / "daetui.toml"
+    cfg.write_text(CONFIG.replace("[subscription]", f'typo = "vless://{TYPO_UUID}@{WEB4}:8443?security=none#typo"\n\n'
+                                                    "[subscription]"))
+    r = subprocess.run([sys.executable, "-m", "daetui", "validate", str(cfg)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    line = next(n for n, t in enumerate(CONFIG.replace("[subscription]", "typo\n\n[subscription]").splitlines(), 1)
+                if t.startswith("typo"))
+    assert f"{cfg}:{line}:8: node.typo: vless:// link: id '***' is not a UUID" in r.stderr
+    leaked = [s for s in SECRETS if s in r.stdout + r.stderr]
+    assert not leaked, f"secrets in the loader's error: {leaked}"
