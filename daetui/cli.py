@@ -69,6 +69,7 @@ async def _serve(config: Config, run: RunPaths) -> int:
     loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     plane.on_stop_request = stop.set
     server = ControlServer(plane, run.control)
+    api = None
     try:
         await plane.claim()
         # Listening before the (slow) start: a console can watch it start.
@@ -78,12 +79,20 @@ async def _serve(config: Config, run: RunPaths) -> int:
         log.error("could not start: %s", e)
         await server.stop()
         return 1
+    g = config.global_
+    if g.external_controller:
+        from daetui.api.server import ApiServer
+
+        api = ApiServer(plane, g.external_controller, g.external_controller_secret, g.external_controller_cors)
+        await api.start()
     notify.ready(f"running: tproxy port {config.global_.tproxy_port}")  # systemd's Type=notify; else nothing
     watchdog = notify.start_watchdog()
     await stop.wait()
     notify.stopping()
     if watchdog is not None:
         watchdog.cancel()
+    if api is not None:
+        await api.stop()
     await plane.stop()
     await server.stop()
     return 0

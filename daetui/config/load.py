@@ -33,7 +33,7 @@ from daetui.config.schema import (
     KeySpec,
     parse_duration,
 )
-from daetui.redact import remember_link
+from daetui.redact import remember, remember_link
 from daetui.routing.dns_rules import DnsRules, compile_list
 from daetui.routing.errors import RuleError
 from daetui.routing.geodata import GeoData, default_search_path
@@ -290,6 +290,8 @@ class _Loader:
                               ("routing",), at_key=True)
         routing_part = parts["routing"][0] if parts["routing"] else _Part(self.main, {})
         routing = self._routing(routing_part, groups)
+        # The controller's secret is masked in every log line and error from now on.
+        remember(str(glob.get("external_controller_secret") or ""))
         if not glob.get("lan_interface") and not glob.get("wan_interface"):
             self.warnings.append("global.lan_interface and wan_interface are empty: no traffic will be routed")
         return Config(

@@ -46,6 +46,10 @@ class GlobalConfig:
     tcp_idle_timeout: float = 7440.0
     udp_buffer_bytes: int = 32 << 20
     udp_flow_buffer_bytes: int = 256 << 10
+    # issue 14: the controller API (daetui/api)
+    external_controller: str = ""
+    external_controller_secret: str = ""
+    external_controller_cors: tuple[str, ...] = ("*",)
 
     @property
     def resolver(self) -> str:

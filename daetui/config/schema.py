@@ -8,6 +8,8 @@ with a warning, so that a converted dae config loads.
 
 from __future__ import annotations
 
+import ipaddress
+
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -113,6 +115,21 @@ def _minute_or_more(v: float) -> str | None:
     return None if v >= 60 else "expected a duration of a minute or more"
 
 
+def _listen_address(v: str) -> str | None:
+    """"" (off), or host:port / [v6]:port with a port; the host an address (a name would listen who knows where)."""
+    if not v:
+        return None
+    host, sep, port = v.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected address:port, e.g. 127.0.0.1:9090 or [::1]:9090"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "expected an IP address before the port, e.g. 127.0.0.1:9090 or 0.0.0.0:9090"
+    return None
+
+
 GLOBAL: dict[str, KeySpec] = {
     "lan_interface": KeySpec("strlist", (), "LAN interfaces to bind lan_ingress/lan_egress to (names or wildcards: "
                              "veth*, wg+)", _ifnames(False)),
@@ -172,6 +189,14 @@ GLOBAL: dict[str, KeySpec] = {
                                 lambda v: None if v > 0 else "expected a number above zero"),
     "udp_flow_buffer_bytes": KeySpec("int", 256 << 10, "bytes of UDP held for one flow (daetui)",
                                      lambda v: None if v > 0 else "expected a number above zero"),
+    # -- issue 14: the clash-compatible controller API and /metrics (daetui/api) --
+    "external_controller": KeySpec("str", "", "address:port of the clash/mihomo-compatible controller API and "
+                                   "Prometheus /metrics, e.g. 127.0.0.1:9090; empty: off (daetui; at start)",
+                                   lambda v: _listen_address(v)),
+    "external_controller_secret": KeySpec("str", "", "the Bearer token the controller API asks for (?token= on "
+                                          "websockets); empty: none, only wise on 127.0.0.1 (daetui)"),
+    "external_controller_cors": KeySpec("strlist", ("*",), "origins a browser may call the controller API from "
+                                        "(mihomo's external-controller-cors allow-origins) (daetui)"),
 }
 
 # dae options with no meaning for daetui: accepted, with a warning saying why (dae_keys.py is their one table).

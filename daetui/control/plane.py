@@ -48,7 +48,7 @@ from daetui.control.pipeline import Pipeline
 from daetui.control.relayed import RelayedSweep
 from daetui.control.reload import Reloader
 from daetui.control.snapshot import build_snapshot, map_view
-from daetui.control.state import LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
+from daetui.control.state import ApiStatus, LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
 from daetui.control.udp import UdpNat
 from daetui.dataplane.cleanup import cleanup_leftovers
 from daetui.dataplane.dataplane import Dataplane
@@ -104,6 +104,8 @@ class ControlPlane:
         self.started = 0.0
         self.running = False
         self.on_stop_request: Callable[[], None] | None = None
+        # The controller API (daetui/api, above this layer) reports itself here for the snapshot.
+        self.api_status: Callable[[], ApiStatus] | None = None
         self._claimed = False
 
     @property

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from daetui.abi.constants import ABI
 from daetui.abi.flowrecord import RawFlows
 from daetui.control.budget import open_descriptors
-from daetui.control.state import Budgets, Health, InterfaceInfo, RuleInfo, Snapshot
+from daetui.control.state import ApiStatus, Budgets, Health, InterfaceInfo, RuleInfo, Snapshot
 from daetui.dataplane.mapview import MapView
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ def build_snapshot(plane: ControlPlane, raw_flows: RawFlows | None, with_dns: bo
         raw_flows=raw_flows, counters=prog.counters() if prog is not None else {},
         udp_nat_entries=len(plane.udp.entries) if plane.udp else 0, total_connections=plane.connections.total,
         devices=dict(plane.config.devices), dns=plane.dns.controller.state() if with_dns else None,
-        groups=groups, nodes=nodes, budgets=budgets(plane))
+        groups=groups, nodes=nodes, budgets=budgets(plane),
+        api=plane.api_status() if plane.api_status is not None else ApiStatus())
 
 
 _fds_cache: list[float] = [0.0, 0.0]   # (when, count): /proc/self/fd is listed at most once a second

@@ -16,7 +16,7 @@ from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dns.state import DnsState
 from daetui.outbound.state import GroupState, NodeState
 
-__all__ = ["Budgets", "Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult",
+__all__ = ["ApiStatus", "Budgets", "Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult",
            "RuleInfo", "Snapshot"]
 
 
@@ -99,6 +99,18 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class ApiStatus:
+    """The controller API (daetui/api) as the console shows it: where it listens and who is attached."""
+
+    address: str = ""               # "" : off (global.external_controller empty)
+    error: str = ""                 # why it is not listening, when it should
+    clients: int = 0                # websocket streams attached now
+    requests: int = 0               # HTTP requests answered since start
+    unauthorized: int = 0           # requests refused for a missing or wrong secret
+    dropped: int = 0                # websocket messages dropped for clients that do not read
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The state of the control plane at one moment."""
 
@@ -119,6 +131,7 @@ class Snapshot:
     groups: tuple[GroupState, ...] = ()                        # proxy groups and their choice
     nodes: tuple[NodeState, ...] = ()                          # proxy nodes and their health
     budgets: Budgets = field(default_factory=Budgets)          # the relay path's resources and bounds
+    api: ApiStatus = field(default_factory=ApiStatus)          # the controller API
 
     @cached_property
     def kernel_flows(self) -> list[KernelFlow]:
