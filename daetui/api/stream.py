@@ -96,7 +96,7 @@ class Stream:
                 await asyncio.wait_for(self.ws.send_str(text), 10)
             elif self.http is not None:
                 await asyncio.wait_for(self.http.write((text + "\n").encode()), 10)
-        except (ConnectionError, RuntimeError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, RuntimeError):
             self.closed.set()
             return False
         return True

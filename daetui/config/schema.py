@@ -9,7 +9,6 @@ with a warning, so that a converted dae config loads.
 from __future__ import annotations
 
 import ipaddress
-
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace

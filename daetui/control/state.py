@@ -16,8 +16,8 @@ from daetui.dataplane.mapinfo import MapEntries, MapInfo
 from daetui.dns.state import DnsState
 from daetui.outbound.state import GroupState, NodeState
 
-__all__ = ["ApiStatus", "Budgets", "Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo", "ReloadResult",
-           "RuleInfo", "Snapshot"]
+__all__ = ["ApiStatus", "Budgets", "Connection", "Health", "InterfaceInfo", "LogLine", "MapEntries", "MapInfo",
+           "ReloadResult", "RuleInfo", "Snapshot"]
 
 
 @dataclass(frozen=True)
