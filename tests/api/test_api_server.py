@@ -3,11 +3,14 @@ as mihomo does, and the console's snapshot says it is on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
+from drive import app_text, until
 
-from daetui.control.client import call_once
+from daetui.control.client import ControlClient, call_once
+from daetui.ui.app import DaetuiApp
 from testkit.api import ADDRESS, SECRET, ApiLab, api_config
 
 pytestmark = [pytest.mark.kernel]
@@ -73,3 +76,18 @@ def test_the_snapshot_says_where_the_api_listens_and_counts_refusals(api):
     assert snap.api.address == ADDRESS and snap.api.error == ""
     assert snap.api.unauthorized == before.unauthorized + 1
     assert snap.api.requests > before.requests
+
+
+def test_the_console_shows_where_the_api_listens(api):
+    async def console() -> str:
+        async def connect() -> ControlClient:
+            c = ControlClient(api.daemon.control_path)
+            await c.connect()
+            return c
+        app = DaetuiApp(connect, refresh=0.3)
+        async with app.run_test(size=(200, 50)) as pilot:
+            return await until(pilot, lambda: (t := app_text(app)) and f"API http://{ADDRESS}" in t and t)
+
+    text = asyncio.run(console())
+    line = next(ln for ln in text.splitlines() if f"API http://{ADDRESS}" in ln)
+    assert "requests" in line and "streams" in line

@@ -163,8 +163,21 @@ ran what was due (p99 over the last minute).
             f"tproxy :{h.tproxy_port} {'/'.join(h.listeners) or 'no listeners'}\n",
             f"fail-{'open' if h.fail_open else 'closed'} · kernel programs loaded in {h.kernel_load_seconds:.1f}s\n",
             f"relayed {fmt.count(snap.total_connections)} total · UDP NAT {snap.udp_nat_entries}\n",
+            *self._api(snap),
         ]
         return Text.assemble(*lines, *self._budgets(snap))
+
+    @staticmethod
+    def _api(snap: Snapshot) -> list[str | tuple[str, str] | Text]:
+        """The controller API: off, where it listens and who is attached, or why it does not listen."""
+        a = snap.api
+        if not a.address:
+            return ["controller API off\n"]
+        if a.error:
+            return [("controller API: ", "bold"), fmt.safe(a.error, style="red"), "\n"]
+        refused = f", {fmt.count(a.unauthorized)} refused" if a.unauthorized else ""
+        dropped = f" · {fmt.count(a.dropped)} dropped" if a.dropped else ""
+        return [f"API http://{a.address} · {a.clients} streams · {fmt.count(a.requests)} requests{refused}{dropped}\n"]
 
     @staticmethod
     def _budgets(snap: Snapshot) -> list[str | tuple[str, str]]:
