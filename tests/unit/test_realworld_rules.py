@@ -52,7 +52,8 @@ def test_dae_verdict_is_daetuis(case: dict, tmp_path: Path) -> None:
 
 
 def _rule(rule_id: str) -> dict:
-    return next(c for c in _cases() if c["id"] == rule_id)
+    # load_json skips the calling test where the corpus is absent (_cases() would be empty).
+    return next(c for c in load_json("rules.json") if c["id"] == rule_id)
 
 
 def test_contains_and_domain_keys_mean_keyword_and_suffix(tmp_path: Path) -> None:
