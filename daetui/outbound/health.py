@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import struct
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import dns.message
 
-from daetui.net.stream import Dialer, DialError
+from daetui.net.stream import Dialer, DialError, Stream
+from daetui.net.tls import start_tls
 
 CHECK_TIMEOUT = 5.0
 
@@ -81,3 +84,54 @@ async def udp_check(dialer: Dialer, check_dns: tuple[str, ...], family: int,
         finally:
             d.close()
     return time.monotonic() - t0
+
+
+async def url_check(dialer: Dialer, url: str, timeout: float = CHECK_TIMEOUT, *, method: str = "HEAD",
+                    expected: Callable[[int], bool] | None = None, tls: ssl.SSLContext | None = None) -> float:
+    """Seconds to the status line of `url` (http:// or https://) through `dialer`: mihomo's delay test.
+
+    As tcp_check, but for any URL a dashboard names: the node is asked for the URL's own host (the proxy
+    server resolves a name), TLS runs through the node for https:// (verified by `tls`), and any status
+    counts unless `expected` (a status -> bool) says which. Connection and TLS are in the time.
+    DialError (or TimeoutError) says why not.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise DialError("bad port in the test URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DialError("the test URL must be http:// or https:// with a host")
+    https = parts.scheme == "https"
+    if https and tls is None:
+        raise DialError("an https:// test needs a TLS context")
+    host = parts.hostname
+    port = port or (443 if https else 80)
+    shown = f"[{host}]" if ":" in host else host
+    authority = shown if port == (443 if https else 80) else f"{shown}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    t0 = time.monotonic()
+    async with asyncio.timeout(timeout):
+        stream: Stream = await dialer.connect(host, port)
+        if https:
+            assert tls is not None
+            stream = await start_tls(stream, tls, host, None, half_close=False)  # closes the stream if it fails
+        try:
+            await stream.write(f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
+                               f"User-Agent: daetui-check\r\nAccept: */*\r\n\r\n".encode())
+            head = b""
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = await stream.read(1024)
+                if not chunk:
+                    break
+                head += chunk
+        finally:
+            stream.close()
+    elapsed = time.monotonic() - t0
+    words = head.split(b"\r\n", 1)[0].split()
+    if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+        raise DialError(f"check answer {head[:40]!r}" if head else "check: closed without an answer")
+    status = int(words[1])
+    if expected is not None and not expected(status):
+        raise DialError(f"check answer: status {status}, not the one expected")
+    return elapsed

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
+import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +30,7 @@ from daetui.net.address import resolve as resolve_name
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.group import Group, NodeHealth, NodeRef, members, parse_filter
-from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check
+from daetui.outbound.health import CHECK_TIMEOUT, tcp_check, udp_check, url_check
 from daetui.outbound.links import LinkError, parse_link, with_allow_insecure
 from daetui.outbound.state import GroupState, NodeState
 from daetui.outbound.subscription import Resolve, Subscription, SubscriptionResult
@@ -43,6 +45,9 @@ log = logging.getLogger("daetui.outbound")
 # default check_interval of 30 s; dead nodes (5 s timeouts) only make the rounds slower, never the
 # relays' descriptors fewer.
 CHECK_CONCURRENCY = 32
+# One-off tests (the controller API's delay tests) at once, in slots of their own so that a dashboard
+# testing a thousand nodes never delays the scheduled checks; one connection each.
+PROBE_CONCURRENCY = 64
 
 
 class NamedDirect:
@@ -88,6 +93,9 @@ class Outbounds:
         self._closing: set[asyncio.Task[None]] = set()
         self._started = False
         self.on_health: Callable[[], None] | None = None   # told after checks: group liveness may have changed
+        self._probe_slots: asyncio.Semaphore | None = None   # PROBE_CONCURRENCY; made on the loop that probes
+        self._probe_tls: dict[bool, ssl.SSLContext] = {}     # by allow_insecure
+        self._refreshing: dict[str, asyncio.Task[SubscriptionResult]] = {}   # subscription fetches asked for now
         self.config = config
         self.configure(config)
 
@@ -321,6 +329,79 @@ class Outbounds:
                     last[n] = now
                     self._checks[n] = asyncio.get_running_loop().create_task(self.check_node(n))
             await asyncio.sleep(0.25)
+
+    # -- the controller API: one-off tests, a subscription fetched now --------------------------------
+    def node_source(self, node: str) -> str:
+        """The tag of the subscription `node` came from; "" for the config's own nodes."""
+        return self._node_sub.get(node, "")
+
+    def check_url(self, node: str) -> str:
+        """The URL the scheduled checks of `node` ask (its first group's tcp_check_url, else [global]'s)."""
+        return self._settings(node)[0][0]
+
+    async def probe(self, name: str | None, url: str, timeout: float,
+                    expected: Callable[[int], bool] | None = None) -> float:
+        """Seconds to `url`'s answer through node `name` now: a group's name means the node it picks now for
+        IPv4 (or direct, as dialer() says), None the direct dialer. See health.url_check.
+
+        A one-off (the controller API's delay test): nothing is recorded in the node's health, since the
+        URL and timeout are the caller's, not the group's; the scheduled checks alone decide which node
+        flows get. At most PROBE_CONCURRENCY at once; `timeout` covers the wait for a turn too.
+        DialError (or TimeoutError, OSError) says why not.
+        """
+        tls = await self._probe_context() if url[:6].lower() == "https:" else None
+        if self._probe_slots is None:
+            self._probe_slots = asyncio.Semaphore(PROBE_CONCURRENCY)
+        async with asyncio.timeout(timeout):
+            async with self._probe_slots:
+                if name is None:
+                    dialer: Dialer = self.direct
+                elif name in self.groups:
+                    dialer = self.dialer(name)[0]
+                elif name in self.nodes:
+                    dialer = self._dialer_of(name)
+                else:
+                    raise DialError(f"no node or group {name}")
+                return await url_check(dialer, url, timeout, expected=expected, tls=tls)
+
+    async def _probe_context(self) -> ssl.SSLContext:
+        insecure = self.config.global_.allow_insecure
+        ctx = self._probe_tls.get(insecure)
+        if ctx is None:
+            # Loading the system's CAs reads files: off the loop, once.
+            ctx = await asyncio.to_thread(ssl.create_default_context)
+            if insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._probe_tls[insecure] = ctx
+        return ctx
+
+    async def refresh_subscription(self, tag: str) -> SubscriptionResult:
+        """Fetch subscription `tag` now and take its nodes, as a scheduled refresh does (KeyError: no such
+        subscription). The schedule is kept. Asked again while a fetch is under way, the same fetch answers."""
+        sub = self.subscriptions[tag]
+        task = self._refreshing.get(tag)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._refresh(sub), name=f"refresh {tag}")
+            self._refreshing[tag] = task
+            self._closing.add(task)   # stop() cancels it with the rest
+
+            def done(t: asyncio.Task[SubscriptionResult]) -> None:
+                self._closing.discard(t)
+                if self._refreshing.get(tag) is t:
+                    del self._refreshing[tag]
+            task.add_done_callback(done)
+        return await asyncio.shield(task)   # a caller that gives up does not stop the fetch
+
+    async def _refresh(self, sub: Subscription) -> SubscriptionResult:
+        next_at = sub.result.next_at if sub.result is not None else None
+        result = await sub.fetch()
+        if next_at is not None:
+            result = dataclasses.replace(result, next_at=next_at)
+        if self.subscriptions.get(sub.tag) is sub:   # not replaced by a reload meanwhile
+            sub.result = result
+            self._take(result)
+        return result
 
     # -- the console -------------------------------------------------------------------------
     def state(self) -> tuple[tuple[GroupState, ...], tuple[NodeState, ...]]:
