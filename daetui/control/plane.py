@@ -352,6 +352,21 @@ class ControlPlane:
         """What reloading the file would change (nothing is applied)."""
         return await self.reloader.preview()
 
+    async def set_rules_enabled(self, changes: dict[int, bool], persist: bool = False) -> ReloadResult:
+        """Turn rules on (True) or off by index, flows kept: until the next reload, or in the file too with
+        `persist` (see Reloader.set_enabled). The controller API's PATCH /rules/disable."""
+        return await self.reloader.set_enabled(changes, persist)
+
+    def rules_in_force(self) -> tuple[RuleSet, dict[int | None, tuple[int, float | None]]]:
+        """The rules in force and each one's (hits, last hit) by index, None the fallback's: read together,
+        as the snapshot reads them (one batch read of the kernel's counters)."""
+        sync = self.sync
+        return sync.ruleset(sync.generation), sync.rule_hits()
+
+    def reload_counts(self) -> tuple[int, int]:
+        """Configs put in force since start (reloads, rule edits and toggles), and reloads refused."""
+        return self.reloader.applied, self.reloader.refused
+
     # -- the API: state -------------------------------------------------------------------------
     def raw_flows(self) -> RawFlows | None:
         """The kernel's flows as raw records (one batch syscall; safe from any thread)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from daetui.abi.flowrecord import FlowKey
@@ -37,8 +38,11 @@ class Reloader:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self._lock = asyncio.Lock()
+        self.applied = 0      # configs put in force since start (reloads, edits, runtime toggles): /metrics
+        self.refused = 0      # reloads refused (the config in force stayed)
 
     def _refused(self, why: str, publish: bool = True) -> ReloadResult:
+        self.refused += 1
         log.error("reload refused: %s", why)
         if publish:
             self.plane.events.publish("reload", ok=False, message=why)
@@ -101,17 +105,57 @@ class Reloader:
         log.info("rule edit (%s #%d) written to %s", op, index + 1, config.routing_file)
         return await self.apply(new)
 
-    async def apply(self, new: Config, abort: bool = False) -> ReloadResult:
+    async def set_enabled(self, changes: dict[int, bool], persist: bool = False) -> ReloadResult:
+        """Turn rules on (True) or off by index, without dropping a flow.
+
+        At runtime (mihomo's PATCH /rules/disable) the file is not touched: the
+        rules in force change until the next reload, which reads the file again.
+        With `persist` the change is written to the file (comments kept) and the
+        file applied; refused if the file no longer holds the rules in force.
+        """
+        if not persist:
+            return await self.apply(lambda config: with_enabled(config, changes))
+        config = self.plane.config
+
+        def write() -> Config:
+            ed = RulesEditor(config.routing_file)
+            for i, enabled in changes.items():
+                entry = config.routing.by_index(i)
+                if entry is None:
+                    raise EditError(f"there is no rule #{i + 1}")
+                if i >= len(ed) or ed.rule_text(i) != entry.rule.text:
+                    raise EditError(f"rule #{i + 1} in {ed.path} is not {entry.rule.text!r} as in force: the file "
+                                    "changed since it was loaded; reload it and try again")
+                ed.set_enabled(i, enabled)
+            return ed.save(config.source)
+
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(None, write)
+        except EditError as e:
+            log.error("rule toggle refused: %s", e)
+            return ReloadResult(False, str(e), self.plane.generation)
+        log.info("rules %s written to %s", ", ".join(f"#{i + 1} {'on' if on else 'off'}" for i, on in changes.items()),
+                 config.routing_file)
+        return await self.apply(new)
+
+    async def apply(self, new: Config | Callable[[Config], Config], abort: bool = False) -> ReloadResult:
         """Apply a new config without dropping a flow; on any problem change nothing and say why.
 
         The rules are compiled first, then written into the inactive generation,
         the names' bitmaps recomputed for it, and one write flips the kernel to
         it. Flows already decided keep their route; with `abort`, relayed flows
-        whose route changed are reset and UDP ones decided again.
+        whose route changed are reset and UDP ones decided again. `new` may be
+        a function of the config in force, called under the lock, so that no
+        other change lands between reading that config and replacing it.
         """
         async with self._lock:
             plane = self.plane
             old = plane.config
+            if callable(new):
+                try:
+                    new = new(old)
+                except EditError as e:
+                    return self._refused(str(e))
             problem = restart_needed(old, new)
             if problem:
                 return self._refused(problem)
@@ -155,6 +199,7 @@ class Reloader:
                      result.generation, len(result.added), len(result.removed), len(result.toggled),
                      f", {result.aborted} flows reset" if abort else "")
             plane.events.publish("reload", ok=True, message=result.message)
+            self.applied += 1
             return result
 
     def _abort_changed(self, old: RuleSet, new: RuleSet) -> tuple[int, int]:
@@ -182,6 +227,17 @@ class Reloader:
                 elif not f.closed:
                     kept += 1  # the kernel forwards it; nothing here can reset it
         return aborted, kept
+
+
+def with_enabled(config: Config, changes: dict[int, bool]) -> Config:
+    """`config` with rules turned on (True) or off by index; EditError for an index it has no rule at."""
+    rs = config.routing
+    for i in changes:
+        if rs.by_index(i) is None:
+            raise EditError(f"there is no rule #{i + 1} (the rules in force are {len(rs.entries)})")
+    entries = tuple(dataclasses.replace(e, enabled=changes[e.index]) if e.index in changes else e
+                    for e in rs.entries)
+    return dataclasses.replace(config, routing=dataclasses.replace(rs, entries=entries))
 
 
 def restart_needed(old: Config, new: Config) -> str | None:

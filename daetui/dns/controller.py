@@ -614,7 +614,8 @@ class DnsController:
             lat = list(st.latencies)
             ups.append(DnsUpstreamRow(up.name, up.spec.url, st.address, st.route, st.queries, st.errors,
                                       st.timeouts, st.mismatched, lat[-1] * 1000 if lat else None,
-                                      sum(lat) / len(lat) * 1000 if lat else None, st.last_error, st.malformed))
+                                      sum(lat) / len(lat) * 1000 if lat else None, st.last_error, st.malformed,
+                                      latency_counts=tuple(st.histogram.counts), latency_sum=st.histogram.total))
         c = self.c
         counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
                                c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The bounds, in seconds, of each upstream's latency histogram (DnsUpstreamRow.latency_counts): fixed, so
+# the counts take the same room however many answers come, and Prometheus' `le` buckets are these.
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 
 @dataclass(frozen=True)
 class DnsCacheRow:
@@ -43,6 +47,10 @@ class DnsUpstreamRow:
     avg_ms: float | None         # over the last 32 answers
     last_error: str
     malformed: int = 0           # answers that broke their transport's framing (DoQ, DoH3), dropped
+    # Answers by how long they took: one count per LATENCY_BUCKETS bound (at most that long, more than the one
+    # before), and one past the last; their sum in seconds. Failures are in `errors`, not here.
+    latency_counts: tuple[int, ...] = ()
+    latency_sum: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ breaks its transport's framing is malformed (counted, dropped).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import secrets
@@ -36,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from daetui.config.dns_upstream import UpstreamSpec
+from daetui.dns.state import LATENCY_BUCKETS
 from daetui.dns.wire import CLASS_IN, FLAG_QR, FLAG_RD, FLAG_TC, HEADER, OPT_RR
 from daetui.net.buffered import Buffered
 from daetui.net.stream import Dialer, DialError
@@ -79,6 +81,19 @@ Bootstrap = Callable[[str], Awaitable[str]]                  # hostname -> addre
 
 
 @dataclass
+class LatencyHistogram:
+    """How long answers took, counted per LATENCY_BUCKETS bound: constant room, unlike a list of every answer."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0           # seconds, all answers together
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: an answer exactly at a bound counts under it (Prometheus' `le`, "less or equal").
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+@dataclass
 class UpstreamStats:
     """What the console shows of an upstream."""
 
@@ -88,6 +103,7 @@ class UpstreamStats:
     mismatched: int = 0          # answers with the wrong ID or question
     malformed: int = 0           # answers that broke their transport's framing (DoQ, DoH3)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=32))  # seconds
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)  # every answer's, since start
     last_error: str = ""
     address: str = ""
     route: str = ""
@@ -200,7 +216,9 @@ class Upstream:
             text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self._failed(text)
             raise UpstreamError(f"{self.name}: {text}") from None
-        st.latencies.append(time.monotonic() - t0)
+        took = time.monotonic() - t0
+        st.latencies.append(took)
+        st.histogram.observe(took)
         return data
 
     def _failed(self, text: str) -> None:
