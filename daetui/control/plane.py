@@ -53,7 +53,9 @@ from daetui.control.udp import UdpNat
 from daetui.dataplane.cleanup import cleanup_leftovers
 from daetui.dataplane.dataplane import Dataplane
 from daetui.dataplane.monitor import InterfaceMonitor, Link
+from daetui.dns.controller import ClientInfo, Pending
 from daetui.dns.state import DnsTrace
+from daetui.logsetup import LEVELS
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
 from daetui.paths import RunPaths, pid_is_daetui
@@ -302,6 +304,20 @@ class ControlPlane:
     def dns_flush(self) -> int:
         return self.dns.flush()
 
+    async def dns_exchange(self, query: bytes) -> bytes | None:
+        """One DNS query (wire format) answered as a client's would be (rules, cache, upstreams): the reply's
+        wire, or None if the controller drops it. The controller API's /dns/query."""
+        controller, client = self.dns.controller, ClientInfo("api")
+        reply = controller.begin(query, client)
+        return await controller.complete(reply, client) if isinstance(reply, Pending) else reply
+
+    def names_of(self, addr: str) -> list[str]:
+        """The names DNS gave `addr`, the most recent last. Safe from a thread: one read of the book's entry."""
+        try:
+            return self.names.names(ipaddress.ip_address(addr))
+        except ValueError:
+            return []
+
     def learn_name(self, addr: str, name: str) -> None:
         """`addr` answers to `name` (no expiry): from now on the kernel routes its flows by domain rules.
 
@@ -386,6 +402,31 @@ class ControlPlane:
 
     def recent_logs(self) -> list[LogLine]:
         return list(self.log_handler.recent) if self.log_handler else []
+
+    @property
+    def log_level(self) -> str:
+        """The daemon's log level now: error, warn, info, debug, or silent."""
+        level = logging.getLogger().level
+        if level > logging.CRITICAL:
+            return "silent"
+        return next((name for name, n in LEVELS.items() if n == level), "info")
+
+    def set_log_level(self, level: str) -> None:
+        """Log at `level` from now on (global.log_level's names, or silent: nothing); the controller API's
+        PATCH /configs. The config file is not changed: a restart logs at its level again."""
+        root = logging.getLogger()
+        if level != "silent":
+            root.setLevel(LEVELS[level])
+            log.info("log level: %s", level)
+        else:
+            log.warning("log level: silent (nothing more is logged)")
+            root.setLevel(logging.CRITICAL + 1)
+        for name in ("pyroute2", "asyncio"):  # chatty at debug: their warnings only, as setup_logging keeps them
+            logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+    def kernel_rulesets(self) -> dict[int, RuleSet]:
+        """The rule set each kernel generation was written from: what a flow record's rule_index means."""
+        return {gen: self.sync.ruleset(gen) for gen in range(2)}
 
     def maps_info(self) -> list[MapInfo]:
         """Every map with type, size and fill. Blocking (syscalls): call off the loop."""

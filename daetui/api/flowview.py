@@ -1,0 +1,353 @@
+"""`GET /connections` as mihomo writes it, from daetui's flows: the relayed ones and the kernel's direct ones.
+
+mihomo lists the connections it tracks (tunnel/statistic/tracker.go):
+
+    {"downloadTotal": N, "uploadTotal": N, "memory": RSS, "connections": [
+      {"id": "...", "metadata": {"network": "tcp", "type": "TProxy", "sourceIP": ..., "destinationIP": ...,
+       "sourcePort": "40000", "destinationPort": "443", "host": ..., "sniffHost": ..., "process": ...,
+       "processPath": ..., "dnsMode": "normal", "inboundName": ..., ...},
+       "upload": N, "download": N, "start": "2025-01-01T12:00:00.000Z", "chains": ["node", "group"],
+       "rule": "DomainSuffix", "rulePayload": "example.com"}]}
+
+daetui has two kinds of flow, and lists both:
+
+- relayed: the connection table's open connections (the control plane holds
+  their sockets). `type` "TProxy", `inboundName` "tproxy"; `chains` is
+  [node, group] when a group's node carried it, else [outbound] ("direct");
+  bytes are the relay's (payload).
+- kernel-direct: the kernel's flow table's entries that `lan_ingress`
+  passed direct by itself: user space never saw them, no clash tool shows
+  them. `type` "Kernel", `inboundName` "kernel", `chains` ["direct"];
+  bytes are the kernel's counts (whole IP packets, headers included). A
+  TCP flow is listed until the kernel saw its FIN or RST (or it idled past
+  tcp_idle_timeout), a UDP flow until it idles UDP_IDLE.
+
+`rule`/`rulePayload` are the deciding rule's type and payload exactly as
+`GET /rules` lists them (routes_rules.mihomo_type), "Match" for the fallback,
+so a dashboard can find a connection's rule. `host` is the sniffed name
+(TLS SNI, HTTP Host, QUIC), else the name DNS last gave the destination;
+`sniffHost` only the sniffed one. `process`/`processPath` are the router's
+own flows' program. Every connection also carries `daetui` (ignored by
+dashboards): its path (relay/kernel), the stage that decided it, the rule's
+text, the client's MAC and device label.
+
+Ids are UUID-shaped and stable: a relayed connection's is the daemon's
+start time and its connection id (so DELETE finds it again); a kernel
+flow's is a hash of its 5-tuple and the moment the kernel first saw it
+(a new connection on the same 5-tuple is a new id).
+
+The totals grow by what every flow carried between two views (each flow's
+bytes are remembered from one view to the next, relayed ones closed or open,
+kernel-direct ones in the table or gone from the list): bytes carried while
+nobody watched are counted the next time someone looks, as long as the flow
+is still in the connection table's ring or the kernel's table.
+
+Building a view walks every flow: it runs in a thread (FlowEncoder.build),
+once per tick whoever asks, and keeps each flow's encoded JSON from one view
+to the next so that only new or changed flows are encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import FlowRecord, RawFlows
+from daetui.api.procinfo import process_path, rss_bytes
+from daetui.api.routes_rules import MATCH, mihomo_type
+from daetui.control.connections import Connection
+from daetui.control.state import Snapshot
+from daetui.routing.parser import parse_rule
+from daetui.routing.ruleset import DIRECT, RuleEntry, RuleSet, check_rule
+
+UDP_IDLE = 60.0          # a kernel-direct UDP flow with no packet for this long is no longer listed
+_CLOSING = ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST
+_MASK64 = (1 << 64) - 1
+
+
+def _uuid(hex32: str) -> str:
+    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:32]}"
+
+
+def relayed_id(tag: int, conn_id: int) -> str:
+    """The id of relayed connection `conn_id` of the daemon started at `tag` (ms since the epoch)."""
+    return _uuid(f"{tag & _MASK64:016x}{conn_id & _MASK64:016x}")
+
+
+def relayed_conn_id(tag: int, text: str) -> int | None:
+    """The connection id in `text` if it is a relayed connection's id of this daemon (`tag`), else None."""
+    h = text.replace("-", "").lower()
+    if len(h) != 32 or h[:16] != f"{tag & _MASK64:016x}":
+        return None
+    try:
+        return int(h[16:], 16)
+    except ValueError:
+        return None
+
+
+def kernel_id(ident: bytes) -> str:
+    """The id of a kernel flow: a name-based UUID (version 5 style) of its raw key and first-seen time."""
+    h = bytearray(hashlib.sha1(ident).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    return _uuid(h.hex())
+
+
+def rfc3339(t: float) -> str:
+    """A Unix time as mihomo's JSON writes a time.Time (RFC 3339, here UTC with milliseconds)."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b) if any(b) else ""
+
+
+def _ep(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _payload_of(text: str) -> str:
+    """A rule's text before its outbound: what runs when mihomo has no type of its own for it."""
+    return text.rpartition("->")[0].strip() or text
+
+
+class RuleLabels:
+    """(rule, rulePayload) of the rules that decided flows, worked out once per rule."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[int, str], tuple[str, str]] = {}
+
+    def of(self, index: int | None, text: str, rulesets: Mapping[int, RuleSet]) -> tuple[str, str]:
+        if index is None:
+            return MATCH, ""
+        key = (index, text)
+        got = self._memo.get(key)
+        if got is None:
+            if len(self._memo) > 8192:   # rules come and go with reloads: start again rather than grow
+                self._memo.clear()
+            got = self._memo[key] = self._work_out(index, text, rulesets)
+        return got
+
+    @staticmethod
+    def _work_out(index: int, text: str, rulesets: Mapping[int, RuleSet]) -> tuple[str, str]:
+        entry: RuleEntry | None = None
+        for rs in rulesets.values():
+            e = rs.by_index(index)
+            if e is not None and e.text == text:
+                entry = e
+                break
+        if entry is None:
+            # A rule of neither generation (reloaded twice since the flow began): read again from its text.
+            try:
+                rule = parse_rule(text)
+                entry = RuleEntry(index, rule, check_rule(rule))
+            except Exception:
+                return _payload_of(text).split("(", 1)[0].lstrip("!") or "rule", _payload_of(text)
+        kind, payload, _ = mihomo_type(entry)
+        return kind, payload
+
+
+@dataclass(frozen=True)
+class FlowView:
+    """One /connections answer, encoded, and what DELETE /connections needs of it."""
+
+    text: str                     # GET /connections' JSON
+    at: float                     # time.monotonic() when built
+    upload_total: int
+    download_total: int
+    memory: int
+    relayed: tuple[int, ...]      # the relayed connections' ids (the connection table's) in it
+    kernel: dict[str, str]        # the kernel-direct flows in it: id -> what it is ("tcp a:p -> b:q")
+
+    @property
+    def count(self) -> int:
+        return len(self.relayed) + len(self.kernel)
+
+
+class FlowEncoder:
+    """Builds FlowViews from snapshots, one at a time (the Shared that calls it sees to that).
+
+    `tag`: the daemon's start (ms since the epoch) for relayed ids; `names`:
+    the names DNS gave an address, most recent last (called from the thread).
+    """
+
+    def __init__(self, tag: int, names: Callable[[str], list[str]]) -> None:
+        self.tag = tag
+        self.names = names
+        self.labels = RuleLabels()
+        self.upload_total = 0
+        self.download_total = 0
+        # What is kept from view to view, in shapes the garbage collector does not track (ints, strings,
+        # bytes; no tuple per flow): with 10k flows alive, a build that made 10k containers would set off
+        # full collections, which stop the event loop's thread too.
+        # Each flow's bytes as last seen (up << 64 | down): relayed by connection id, kernel-direct by raw
+        # key + first-seen (its identity).
+        self._relay_seen: dict[int, int] = {}
+        self._kernel_seen: dict[bytes, int] = {}
+        # Each listed flow's JSON between the braces, but for its bytes, and what it was made from.
+        self._relay_basis: dict[int, str] = {}
+        self._relay_parts: dict[int, str] = {}
+        self._kernel_basis: dict[bytes, str] = {}
+        self._kernel_parts: dict[bytes, str] = {}
+        # Kernel entries by raw key: their raw value and its decoding (an unchanged entry is not decoded again).
+        self._decoded: dict[bytes, tuple[bytes, FlowRecord]] = {}
+        self._ids: dict[bytes, str] = {}
+
+    def build(self, snap: Snapshot, rulesets: Mapping[int, RuleSet], tcp_idle: float) -> FlowView:
+        """The view of `snap` (run in a thread: it walks every flow). `rulesets`: by kernel generation."""
+        now_wall = snap.time
+        devices = snap.devices
+        names: dict[str, str] = {}
+
+        def name_of(addr: str) -> str:
+            got = names.get(addr)
+            if got is None:
+                try:
+                    known = self.names(addr)
+                except Exception:   # the plane's book changed under us: no name this time
+                    known = []
+                got = names[addr] = known[-1] if known else ""
+            return got
+
+        parts: list[str] = []
+        relayed: list[int] = []
+        up_added = down_added = 0
+
+        # -- relayed connections: every one counts its bytes; the open ones are listed.
+        old_seen, old_basis, old_parts = self._relay_seen, self._relay_basis, self._relay_parts
+        relay_seen: dict[int, int] = {}
+        relay_basis: dict[int, str] = {}
+        relay_parts: dict[int, str] = {}
+        for c in snap.connections:
+            cid, up, down = c.id, c.up, c.down
+            prev = old_seen.get(cid, 0)
+            up_added += max(0, up - (prev >> 64))
+            down_added += max(0, down - (prev & _MASK64))
+            relay_seen[cid] = up << 64 | down
+            if c.state != "open":
+                continue
+            host = c.domain or name_of(c.dst[0])
+            basis = f"{c.rule_index}\x1f{c.rule}\x1f{c.outbound}\x1f{c.node}\x1f{c.domain}\x1f{host}\x1f{c.stage}" \
+                    f"\x1f{c.process}\x1f{c.mac}"
+            part = old_parts.get(cid) if old_basis.get(cid) == basis else None
+            if part is None:
+                part = self._relay_part(c, host, rulesets, devices)
+            relay_basis[cid], relay_parts[cid] = basis, part
+            parts.append(f'{{"upload":{up},"download":{down},{part}}}')
+            relayed.append(cid)
+        self._relay_seen, self._relay_basis, self._relay_parts = relay_seen, relay_basis, relay_parts
+
+        # -- the kernel's direct flows.
+        kernel: dict[str, str] = {}
+        raw = snap.raw_flows
+        kernel_seen: dict[bytes, int] = {}
+        kernel_basis: dict[bytes, str] = {}
+        kernel_parts: dict[bytes, str] = {}
+        decoded: dict[bytes, tuple[bytes, FlowRecord]] = {}
+        ids: dict[bytes, str] = {}
+        if raw is not None and raw.count:
+            decode = raw.decoder()
+            fs = _field_slice(raw, "first_seen_ns")
+            interfaces = {i.index: i.name for i in snap.interfaces}
+            direct = ABI.OUTBOUND_DIRECT
+            old_decoded, old_kseen, old_ids = self._decoded, self._kernel_seen, self._ids
+            old_kbasis, old_kparts = self._kernel_basis, self._kernel_parts
+            for kb, vb in raw.raw_entries():
+                hit = old_decoded.get(kb)
+                if hit is None or hit[0] != vb:
+                    hit = (vb, decode(kb, vb))
+                decoded[kb] = hit
+                rec = hit[1]
+                if rec.outbound != direct:
+                    continue   # relayed (listed above, with the relay's bytes), blocked or DNS: not here
+                ident = kb + vb[fs]
+                up, down = rec.bytes, rec.rx_bytes
+                prev = old_kseen.get(ident, 0)
+                up_added += max(0, up - (prev >> 64))
+                down_added += max(0, down - (prev & _MASK64))
+                kernel_seen[ident] = up << 64 | down
+                idle = now_wall - rec.last_seen
+                if rec.flags & _CLOSING or idle > (UDP_IDLE if rec.proto == "udp" else tcp_idle):
+                    continue
+                fid = old_ids.get(ident) or kernel_id(ident)
+                ids[ident] = fid
+                host = name_of(rec.dst)
+                basis = f"{host}\x1f{rec.generation}\x1f{rec.rule_index}"
+                part = old_kparts.get(ident) if old_kbasis.get(ident) == basis else None
+                if part is None:
+                    part = self._kernel_part(fid, rec, host, rulesets, devices, interfaces)
+                kernel_basis[ident], kernel_parts[ident] = basis, part
+                parts.append(f'{{"upload":{up},"download":{down},{part}}}')
+                kernel[fid] = f"{rec.proto} {_ep(rec.src, rec.sport)} -> {_ep(rec.dst, rec.dport)}"
+        self._kernel_seen, self._kernel_basis, self._kernel_parts = kernel_seen, kernel_basis, kernel_parts
+        self._decoded, self._ids = decoded, ids
+
+        self.upload_total += up_added
+        self.download_total += down_added
+        memory = rss_bytes()
+        text = (f'{{"downloadTotal":{self.download_total},"uploadTotal":{self.upload_total},'
+                f'"connections":[{",".join(parts)}],"memory":{memory}}}')
+        return FlowView(text, time.monotonic(), self.upload_total, self.download_total, memory, tuple(relayed),
+                        kernel)
+
+    # -- one flow's JSON, but for its byte counts --------------------------------------------------
+    def _relay_part(self, c: Connection, host: str, rulesets: Mapping[int, RuleSet],
+                    devices: Mapping[str, str]) -> str:
+        rule, payload = self.labels.of(c.rule_index, c.rule, rulesets)
+        chains = [c.node, c.outbound] if c.node else [c.outbound]   # mihomo's order: the node first
+        meta = _metadata(c.proto, "TProxy", "tproxy", c.src, c.dst, host, c.domain or "", c.pid or 0,
+                         c.process or "", c.dst[0] if not c.node and c.outbound == DIRECT else "")
+        extra = {"path": "relay", "stage": c.stage, "rule": c.rule if c.rule_index is not None else "fallback",
+                 "outbound": c.outbound, "mac": c.mac or "", "device": devices.get(c.mac or "", "")}
+        return _part(relayed_id(self.tag, c.id), meta, c.started, chains, rule, payload, extra)
+
+    def _kernel_part(self, fid: str, rec: FlowRecord, host: str, rulesets: Mapping[int, RuleSet],
+                     devices: Mapping[str, str], interfaces: Mapping[int, str]) -> str:
+        text = "fallback"
+        if rec.rule_index is not None:
+            rs = rulesets.get(rec.generation)
+            entry = rs.by_index(rec.rule_index) if rs is not None else None
+            text = entry.text if entry is not None else f"#{rec.rule_index + 1}"
+        rule, payload = self.labels.of(rec.rule_index, text, rulesets)
+        mac = _mac(rec.mac)
+        meta = _metadata(rec.proto, "Kernel", "kernel", (rec.src, rec.sport), (rec.dst, rec.dport), host, "",
+                         rec.pid, rec.process, rec.dst)
+        extra = {"path": "kernel", "stage": "kernel", "rule": text, "outbound": DIRECT, "mac": mac,
+                 "device": devices.get(mac, ""), "interface": interfaces.get(rec.ifindex, ""),
+                 "failOpen": bool(rec.flags & ABI.FLOW_FAIL_OPEN)}
+        return _part(fid, meta, rec.first_seen, [DIRECT], rule, payload, extra)
+
+
+def _field_slice(raw: RawFlows, name: str) -> slice:
+    for field_name, offset, fmt in raw.value_layout:
+        if field_name == name:
+            return slice(offset, offset + struct.calcsize("=" + fmt))
+    raise KeyError(name)
+
+
+def _metadata(network: str, kind: str, inbound: str, src: tuple[str, int], dst: tuple[str, int], host: str,
+              sniffed: str, pid: int, process: str, remote: str) -> dict[str, Any]:
+    """mihomo's C.Metadata (constant/metadata.go), ports as text as it writes them."""
+    return {
+        "network": network, "type": kind, "sourceIP": src[0], "destinationIP": dst[0],
+        "sourceGeoIP": None, "destinationGeoIP": None, "sourceIPASN": "", "destinationIPASN": "",
+        "sourcePort": str(src[1]), "destinationPort": str(dst[1]), "inboundIP": "", "inboundPort": "0",
+        "inboundName": inbound, "inboundUser": "", "host": host, "dnsMode": "normal", "uid": 0,
+        "process": process, "processPath": process_path(pid, process) if pid and process else "",
+        "specialProxy": "", "specialRules": "", "remoteDestination": remote, "dscp": 0, "sniffHost": sniffed,
+    }
+
+
+def _part(fid: str, meta: dict[str, Any], start: float, chains: list[str], rule: str, payload: str,
+          extra: dict[str, Any]) -> str:
+    """A connection's JSON without its braces and byte counts (json.dumps escapes what the network wrote)."""
+    body = json.dumps({"id": fid, "metadata": meta, "start": rfc3339(start), "chains": chains, "rule": rule,
+                       "rulePayload": payload, "daetui": extra}, separators=(",", ":"))
+    return body[1:-1]

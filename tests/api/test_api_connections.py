@@ -1,0 +1,347 @@
+"""The controller API's /connections and /traffic against the real daemon: relayed flows (through a real
+ss-server, and direct from user space) and the kernel's direct flows, as mihomo lists them; closing them.
+
+The first tests need no kernel: the encoder's JSON for a hand-made snapshot (ids, shape, escaping, totals).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import http_get, lan_connect, udp_exchange, wait_for
+
+from daetui.api.flowview import FlowEncoder, kernel_id, relayed_conn_id, relayed_id
+from daetui.control.client import call_once
+from daetui.control.connections import Connection
+from daetui.control.state import Health, Snapshot
+from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT
+from testkit.api import SECRET, ApiLab, api_config
+from testkit.peers.shadowsocks import SsServer
+
+RELAYED, DIRECT, SNIFFED = ADDR.hosts4    # rule 1's host (its echo port), rule 0's host, the sniffing one's
+SS_PORT = 8401
+NODE = "ss-node"
+RULES = f"""
+  "dip({DIRECT}) -> direct",
+  "dip({RELAYED}) && dport({ECHO_PORT}) -> proxy",
+  "domain(suffix: sniffed.test) -> proxy",
+"""
+DIRECT_NAME = "direct.example.test"
+
+
+# -- the encoder alone -------------------------------------------------------------------------------------------
+
+def _snapshot(*conns: Connection) -> Snapshot:
+    health = Health(pid=1, started=0.0, config="x.toml", tproxy_port=12345, generation=0, fallback="direct",
+                    fail_open=True)
+    return Snapshot(time=time.time(), health=health, connections=conns)
+
+
+def _conn(cid: int, **kw: Any) -> Connection:
+    fields: dict[str, Any] = dict(proto="tcp", src=("192.0.2.2", 40000 + cid), dst=("203.0.113.10", 443),
+                                  started=time.time(), rule_index=None, rule="fallback", outbound="direct",
+                                  stage="userspace")
+    fields.update(kw)
+    return Connection(id=cid, **fields)
+
+
+def test_relayed_ids_name_their_connection_and_daemon() -> None:
+    tag = int(time.time() * 1000)
+    fid = relayed_id(tag, 42)
+    assert len(fid) == 36 and fid.count("-") == 4
+    assert relayed_conn_id(tag, fid) == 42
+    assert relayed_conn_id(tag + 1, fid) is None          # another daemon's (or a restarted one's)
+    assert relayed_conn_id(tag, "not-an-id") is None
+    k = kernel_id(b"key" + b"first-seen")
+    assert k == kernel_id(b"key" + b"first-seen") != kernel_id(b"key" + b"another first-seen")
+    assert relayed_conn_id(tag, k) is None
+
+
+def test_the_encoder_writes_mihomos_shape_and_keeps_network_text_as_data() -> None:
+    hostile = 'evil.test","x":"\n\x1b[31m'
+    enc = FlowEncoder(1234, lambda addr: ["dns.example.test"] if addr == "203.0.113.10" else [])
+    open_conn = _conn(1, domain=hostile, sniffed="tls", up=10, down=20, node="n1", outbound="proxy")
+    plain = _conn(2, dst=("203.0.113.11", 80), up=5, down=6)
+    done = _conn(3, up=100, down=200, state="closed", ended=time.time())
+    view = enc.build(_snapshot(open_conn, plain, done), {}, 7440.0)
+    doc = json.loads(view.text)
+    assert set(doc) == {"downloadTotal", "uploadTotal", "connections", "memory"}
+    by_id = {c["id"]: c for c in doc["connections"]}
+    assert set(by_id) == {relayed_id(1234, 1), relayed_id(1234, 2)}          # the closed one is not listed
+    c1 = by_id[relayed_id(1234, 1)]
+    assert c1["metadata"]["sniffHost"] == hostile and c1["metadata"]["host"] == hostile
+    assert c1["chains"] == ["n1", "proxy"] and (c1["upload"], c1["download"]) == (10, 20)
+    assert c1["rule"] == "Match" and c1["rulePayload"] == ""
+    assert c1["metadata"]["sourcePort"] == "40001" and c1["metadata"]["destinationPort"] == "443"
+    c2 = by_id[relayed_id(1234, 2)]
+    assert c2["metadata"]["host"] == "" and c2["metadata"]["sniffHost"] == ""
+    assert by_id[relayed_id(1234, 1)]["start"].endswith("Z")
+    # Totals: every connection's bytes, closed ones too; a second view adds only what grew.
+    assert (doc["uploadTotal"], doc["downloadTotal"]) == (115, 226)
+    open_conn.up += 1000
+    view2 = enc.build(_snapshot(open_conn, plain, done), {}, 7440.0)
+    assert (view2.upload_total, view2.download_total) == (1115, 226)
+    assert {c["id"]: c["upload"] for c in json.loads(view2.text)["connections"]}[relayed_id(1234, 1)] == 1010
+
+
+# -- against the daemon ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ss(lab) -> Iterator[SsServer]:
+    server = SsServer(lab, "aes-256-gcm", "api connections password", port=SS_PORT)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(lab, ss, tmp_path_factory) -> Iterator[ApiLab]:
+    cfg = api_config(nodes=f'"{NODE}" = "{ss.node(4, NODE).link()}"',
+                     groups='[group.proxy]\npolicy = "fixed(0)"\n', rules=RULES, extra_global='dial_mode = "ip"')
+    a = ApiLab(lab, tmp_path_factory.mktemp("api-connections"), cfg).start()
+    try:
+        wait_for(lambda: _answers(a), timeout=10)
+        call_once(a.daemon.control_path, lambda c: c.learn_name(addr=DIRECT, name=DIRECT_NAME))
+        yield a
+    finally:
+        a.stop()
+
+
+def _answers(api: ApiLab) -> bool:
+    try:
+        return api.curl("GET", "/version", timeout=2).status == 200
+    except AssertionError:
+        return False
+
+
+def connections(api: ApiLab) -> dict[str, Any]:
+    r = api.curl("GET", "/connections")
+    assert r.status == 200 and r.headers["content-type"].startswith("application/json"), r.text[:300]
+    return r.json
+
+
+def of_socket(api: ApiLab, s: socket.socket, **want: Any) -> dict[str, Any]:
+    """The listed connection of the LAN client's socket `s`, waited for (and matching `want`, if given)."""
+    host, port = s.getsockname()[:2]
+
+    def find() -> dict[str, Any] | None:
+        for c in connections(api)["connections"]:
+            m = c["metadata"]
+            if m["sourceIP"] == host and m["sourcePort"] == str(port) and all(c.get(k) == v for k, v in want.items()):
+                return c
+        return None
+    return wait_for(find, timeout=10)
+
+
+def rules(api: ApiLab) -> list[dict[str, Any]]:
+    return api.curl("GET", "/rules").json["rules"]
+
+
+def echo(s: socket.socket, payload: bytes) -> None:
+    s.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = s.recv(65536)
+        assert chunk, "the echo ended"
+        got += chunk
+    assert got == payload
+
+
+@pytest.mark.kernel
+def test_a_kernel_direct_flow_is_listed_with_the_kernels_view(api, lab):
+    with lan_connect(lab, DIRECT, ECHO_PORT) as s:
+        echo(s, b"k" * 3000)
+        c = of_socket(api, s)
+        m = c["metadata"]
+        assert m["type"] == "Kernel" and m["inboundName"] == "kernel" and m["network"] == "tcp"
+        assert m["destinationIP"] == DIRECT and m["destinationPort"] == str(ECHO_PORT)
+        assert m["host"] == DIRECT_NAME and m["sniffHost"] == ""     # the name DNS (here: the test) gave it
+        assert c["chains"] == ["direct"]
+        rule0 = rules(api)[0]
+        assert (c["rule"], c["rulePayload"]) == (rule0["type"], rule0["payload"])
+        assert c["daetui"]["path"] == "kernel" and c["daetui"]["rule"].startswith(f"dip({DIRECT})")
+        # The kernel counts whole packets: at least the payload each way.
+        c = wait_for(lambda: (x := of_socket(api, s)) and x["upload"] >= 3000 and x["download"] >= 3000 and x)
+        # The same flow keeps its id from one answer to the next; another flow has another.
+        assert of_socket(api, s)["id"] == c["id"]
+        with lan_connect(lab, DIRECT, ECHO_PORT) as s2:
+            echo(s2, b"x")
+            assert of_socket(api, s2)["id"] != c["id"]
+        # It cannot be closed from here, and says why; the flow goes on.
+        r = api.curl("DELETE", f"/connections/{c['id']}")
+        assert r.status == 400 and "kernel" in r.json["message"]
+        echo(s, b"still here")
+    # Its FIN seen, it leaves the list.
+    wait_for(lambda: all(x["id"] != c["id"] for x in connections(api)["connections"]), timeout=10)
+
+
+@pytest.mark.kernel
+def test_a_kernel_direct_udp_flow_is_listed_while_it_lives(api, lab):
+    sport = 47011
+    assert udp_exchange(lab, DIRECT, b"u" * 100, ECHO_PORT, sport=sport, count=3) == [b"u" * 100] * 3
+
+    def listed() -> dict[str, Any] | None:
+        return next((c for c in connections(api)["connections"]
+                     if c["metadata"]["sourcePort"] == str(sport) and c["metadata"]["network"] == "udp"), None)
+    c = wait_for(listed)
+    assert c["metadata"]["type"] == "Kernel" and c["metadata"]["destinationIP"] == DIRECT
+    assert c["upload"] >= 300 and c["download"] >= 300 and c["chains"] == ["direct"]
+
+
+@pytest.mark.kernel
+def test_a_flow_relayed_through_a_node_and_closed_from_the_api(api, lab):
+    with lan_connect(lab, RELAYED, ECHO_PORT) as s:
+        echo(s, b"r" * 5000)
+        c = of_socket(api, s)
+        m = c["metadata"]
+        assert m["type"] == "TProxy" and m["inboundName"] == "tproxy" and m["destinationIP"] == RELAYED
+        assert c["chains"] == [NODE, "proxy"]
+        rule1 = rules(api)[1]
+        assert (c["rule"], c["rulePayload"]) == (rule1["type"], rule1["payload"])
+        # The relay counts payload: exactly what went each way.
+        wait_for(lambda: (x := of_socket(api, s)) and (x["upload"], x["download"]) == (5000, 5000))
+        assert api.curl("DELETE", f"/connections/{c['id']}").status == 204
+        s.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            while s.recv(65536):
+                pass
+    wait_for(lambda: all(x["id"] != c["id"] for x in connections(api)["connections"]))
+
+
+@pytest.mark.kernel
+def test_a_sniffed_name_routes_and_shows(api, lab):
+    with lan_connect(lab, SNIFFED, ECHO_PORT) as s:
+        echo(s, b"GET / HTTP/1.1\r\nHost: www.sniffed.test\r\n\r\n")
+        c = of_socket(api, s)
+        assert c["metadata"]["sniffHost"] == "www.sniffed.test" == c["metadata"]["host"]
+        assert c["chains"] == [NODE, "proxy"] and c["daetui"]["stage"] == "userspace"
+        rule2 = rules(api)[2]
+        assert (c["rule"], c["rulePayload"]) == (rule2["type"], rule2["payload"])
+    with lan_connect(lab, SNIFFED, ECHO_PORT) as s:
+        echo(s, b"GET / HTTP/1.1\r\nHost: plain.other.test\r\n\r\n")
+        c = of_socket(api, s)
+        assert c["metadata"]["sniffHost"] == "plain.other.test"
+        assert c["chains"] == ["direct"] and c["rule"] == rules(api)[-1]["type"]   # the fallback: "Match"
+        assert c["metadata"]["type"] == "TProxy"                                   # relayed, from user space
+
+
+@pytest.mark.kernel
+def test_delete_all_closes_every_relayed_connection_and_leaves_the_kernels(api, lab):
+    relayed = [lan_connect(lab, RELAYED, ECHO_PORT) for _ in range(2)]
+    kernel = lan_connect(lab, DIRECT, ECHO_PORT)
+    try:
+        for s in (*relayed, kernel):
+            echo(s, b"hello")
+            of_socket(api, s)
+        assert api.curl("DELETE", "/connections").status == 204
+        for s in relayed:
+            s.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                while s.recv(65536):
+                    pass
+        echo(kernel, b"the kernel's flow goes on")
+    finally:
+        for s in (*relayed, kernel):
+            s.close()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("fid", ["00000000-0000-0000-0000-000000000000", "nothing-of-ours", "%22%0a"])
+def test_closing_an_unknown_id_is_mihomos_204(api, fid):
+    assert api.curl("DELETE", f"/connections/{fid}").status == 204
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("interval", ["fast", "-5", "0", "1.5"])
+def test_a_bad_interval_is_a_json_400(api, interval):
+    r = api.curl("GET", f"/connections?interval={interval}")
+    assert r.status == 400 and "interval" in r.json["message"]
+
+
+@pytest.mark.kernel
+def test_totals_grow_by_what_flows_carry(api, lab):
+    before = connections(api)
+    n = 300_000
+    assert len(http_get(lab, DIRECT, f"/bytes/{n}", HTTP_PORT)) == n                        # kernel-direct
+    assert len(http_get(lab, SNIFFED, f"/bytes/{n}", HTTP_PORT, name="plain.other.test")) == n  # relayed
+    after = wait_for(lambda: (a := connections(api)) and a["downloadTotal"] - before["downloadTotal"] >= 2 * n and a)
+    assert after["uploadTotal"] > before["uploadTotal"]
+    assert after["memory"] > 0
+
+
+STREAM_CLIENT = """
+import asyncio, json, sys
+import aiohttp
+
+async def main(path, count):
+    out = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(BASE + path) as ws:
+            async for msg in ws:
+                out.append(json.loads(msg.data))
+                if len(out) >= count:
+                    break
+    print(json.dumps(out))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def ws_messages(api: ApiLab, path: str, count: int, timeout: float = 60) -> list[Any]:
+    code = STREAM_CLIENT.replace("sys.argv[1], int(sys.argv[2])", f"{path!r}, {count}")
+    r = api.python(code, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+@pytest.mark.kernel
+def test_the_websocket_streams_the_list_at_its_interval(api, lab):
+    with lan_connect(lab, RELAYED, ECHO_PORT) as s:
+        echo(s, b"streamed")
+        fid = of_socket(api, s)["id"]
+        msgs = ws_messages(api, f"/connections?token={SECRET}&interval=200", 4)
+    assert len(msgs) == 4
+    for m in msgs:
+        assert set(m) == {"downloadTotal", "uploadTotal", "connections", "memory"}
+        assert fid in {c["id"] for c in m["connections"]}
+    assert [m["downloadTotal"] for m in msgs] == sorted(m["downloadTotal"] for m in msgs)
+
+
+@pytest.mark.kernel
+def test_without_the_secret_no_stream(api):
+    code = STREAM_CLIENT.replace("sys.argv[1], int(sys.argv[2])", "'/connections?token=wrong', 1")
+    r = api.python(code)
+    assert r.returncode != 0 and "401" in r.stderr
+
+
+@pytest.mark.kernel
+def test_chunked_http_streams_one_json_a_line(api):
+    r = api.curl("GET", "/connections?interval=200", max_time=1.5)
+    lines = [ln for ln in r.text.splitlines() if ln.strip()]
+    assert r.status == 200 and len(lines) >= 2
+    assert all("connections" in json.loads(ln) for ln in lines)
+
+
+@pytest.mark.kernel
+def test_traffic_streams_rates_that_see_a_download(api, lab):
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(ws_messages(api, f"/traffic?token={SECRET}", 6)))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while reader.is_alive() and time.monotonic() < deadline:
+            http_get(lab, DIRECT, "/bytes/2000000", HTTP_PORT, timeout=20)
+            http_get(lab, SNIFFED, "/bytes/2000000", HTTP_PORT, name="plain.other.test", timeout=20)
+    finally:
+        reader.join(60)
+    assert len(got) == 6 and all(set(m) == {"up", "down"} for m in got)
+    assert max(m["down"] for m in got) > 100_000
+    assert all(m["up"] >= 0 and m["down"] >= 0 for m in got)
