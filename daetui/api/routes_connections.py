@@ -31,7 +31,7 @@ from aiohttp import web
 from daetui.api.context import ApiContext, Shared
 from daetui.api.errors import ApiError
 from daetui.api.flowview import FlowEncoder, FlowView, relayed_conn_id
-from daetui.api.stream import MAX_UNSENT, serve_stream, wants_websocket
+from daetui.api.stream import serve_stream, wants_websocket
 
 log = logging.getLogger("daetui.api")
 
@@ -58,19 +58,7 @@ def interval_of(request: web.Request) -> float:
 
 async def stream(request: web.Request, ctx: ApiContext, messages: Callable[[], AsyncIterator[Any]]
                  ) -> web.StreamResponse:
-    """serve_stream, with room in the transport's buffer for the messages it bounds itself.
-
-    asyncio pauses a transport at 64 KiB unsent; aiohttp then waits for the
-    client before it writes more, so a client that never reads would hold its
-    stream in a wait (until Stream's timeout closes it) and Stream never sees
-    MAX_UNSENT, above which it drops (and counts) messages instead. With the
-    pause above MAX_UNSENT plus a message, a non-reader costs its bounded
-    buffer and its messages are dropped; only a single message bigger than
-    the room still waits (and is closed after Stream's timeout).
-    """
-    transport = request.transport
-    if transport is not None:
-        transport.set_write_buffer_limits(high=4 * MAX_UNSENT, low=MAX_UNSENT)
+    """serve_stream with the API's stream counters (stream.py bounds what a client leaves unread)."""
     return await serve_stream(request, ctx.counters.streams, messages)
 
 

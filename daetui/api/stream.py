@@ -55,8 +55,15 @@ class Stream:
         if self.stats.open >= MAX_STREAMS:
             self.stats.refused += 1
             raise ApiError(503, f"too many streams open ({MAX_STREAMS})")
+        transport = self.request.transport
+        if transport is not None:
+            # asyncio pauses a transport at 64 KiB unsent and aiohttp then waits for the client: a
+            # non-reader would hold its stream in that wait and `send` would never see MAX_UNSENT, above
+            # which it drops (and counts) messages instead. The pause goes above MAX_UNSENT plus a message.
+            transport.set_write_buffer_limits(high=4 * MAX_UNSENT, low=MAX_UNSENT)
         if wants_websocket(self.request):
-            self.ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_INBOUND)
+            # No per-message compression: /connections with 10k flows is megabytes a second of CPU for it.
+            self.ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_INBOUND, compress=False)
             await self.ws.prepare(self.request)
             self._reader = asyncio.ensure_future(self._read())
         else:
