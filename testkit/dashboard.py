@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -84,7 +83,6 @@ def zashboard_dist(dest: Path) -> Path:
     root = dest / "dist"
     if not (root / "index.html").is_file():
         raise DashboardError(f"no dist/index.html in zashboard {manifest.get('dashboard_version')}")
-    # The PWA's service worker would cache the app across runs; this browser is fresh, but say it once.
     return root
 
 
@@ -247,7 +245,3 @@ class Chromium:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
-
-def remove_tree(path: Path) -> None:
-    """Remove what a dashboard run unpacked or wrote (profiles, archives)."""
-    shutil.rmtree(path, ignore_errors=True)

