@@ -16,7 +16,8 @@ ARCH=$(dpkg --print-architecture)
 # tinyproxy, simple-obfs, shadowsocks-v2ray-plugin, openssh-server (ssh -D: socks4a): the proxy peers
 # and plugins (likewise); nftables, iptables: the TPROXY peer of bench/proxy_path.py.
 PKGS="python3-bpfcc python3-venv iproute2 linux-headers-$ARCH iperf3 bpftool tmux dnsmasq-base unbound dnsperf
-shadowsocks-libev v2ray trojan dante-server tinyproxy simple-obfs shadowsocks-v2ray-plugin openssh-server nftables iptables"
+shadowsocks-libev v2ray trojan dante-server tinyproxy simple-obfs shadowsocks-v2ray-plugin openssh-server nftables iptables
+chromium fonts-liberation"
 
 missing=""
 for p in $PKGS; do
