@@ -39,6 +39,7 @@ DEFAULT_INTERVAL_MS = 1000
 MIN_INTERVAL_MS = 100        # a client asking for less gets this: views are built at most every VIEW_AGE anyway
 MAX_INTERVAL_MS = 3600_000
 VIEW_AGE = 0.5               # seconds a view is shared before the next one is built
+MAX_SAMPLE_GAP = 2.0         # seconds between /traffic samples above which the bytes are averaged over the gap
 TRAFFIC_AGE = 0.9            # seconds a /traffic sample is shared (clients tick each second, each at its phase)
 
 
@@ -63,7 +64,7 @@ async def stream(request: web.Request, ctx: ApiContext, messages: Callable[[], A
 
 
 class Traffic:
-    """mihomo's /traffic figure: the views' totals' growth per second since the last sample."""
+    """mihomo's /traffic figure: the bytes moved since the last sample, taken about once a second."""
 
     def __init__(self, views: Shared[FlowView]) -> None:
         self.views = views
@@ -77,8 +78,12 @@ class Traffic:
         last = self._last
         if last is not None and view.at > last.at:
             dt = view.at - last.at
-            self._rate = {"up": round((view.upload_total - last.upload_total) / dt),
-                          "down": round((view.download_total - last.download_total) / dt)}
+            # As mihomo's: the bytes moved since the last sample (about a second ago), so that a client's
+            # samples add up to the bytes moved whatever the samples' jitter. After a gap (nobody asked
+            # for a while) the bytes of the whole gap are spread over it instead.
+            per = dt if dt > MAX_SAMPLE_GAP else 1.0
+            self._rate = {"up": round((view.upload_total - last.upload_total) / per),
+                          "down": round((view.download_total - last.download_total) / per)}
         self._last = view
         return self._rate
 
