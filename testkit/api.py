@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,19 @@ class ApiLab:
         directory.mkdir(parents=True, exist_ok=True)
         self.daemon = Daemon.from_text(lab.router, config_text, directory)
 
-    def start(self) -> ApiLab:
+    def start(self, timeout: float = 10.0) -> ApiLab:
+        """Start the daemon, and return once its API answers (it listens just after the daemon runs)."""
         self.daemon.start()
-        return self
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.curl("GET", "/version", timeout=2).status in (200, 401):
+                    return self
+            except AssertionError:   # nothing listens yet: curl printed no response
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the controller API did not answer within {timeout:g}s:\n{self.daemon.log()}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.daemon.stop()

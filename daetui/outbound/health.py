@@ -35,6 +35,18 @@ def _family_address(values: tuple[str, ...], family: int) -> str | None:
     return None
 
 
+async def _ask(stream: Stream, request: str) -> bytes:
+    """Send an HTTP request; what came back up to its status line's end (at most 1 KiB read)."""
+    await stream.write(request.encode())
+    head = b""
+    while b"\r\n" not in head and len(head) < 1024:
+        chunk = await stream.read(1024)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 async def tcp_check(dialer: Dialer, check_url: tuple[str, ...], family: int, method: str = "HEAD",
                     timeout: float = CHECK_TIMEOUT) -> float:
     """Seconds to an HTTP status line through `dialer`; DialError (or TimeoutError) says why not."""
@@ -46,14 +58,8 @@ async def tcp_check(dialer: Dialer, check_url: tuple[str, ...], family: int, met
     async with asyncio.timeout(timeout):
         stream = await dialer.connect(addr, port)
         try:
-            await stream.write(f"{method} {url.path or '/'} HTTP/1.1\r\nHost: {host}\r\n"
-                               f"Connection: close\r\nUser-Agent: daetui-check\r\n\r\n".encode())
-            head = b""
-            while b"\r\n" not in head and len(head) < 1024:
-                chunk = await stream.read(1024)
-                if not chunk:
-                    break
-                head += chunk
+            head = await _ask(stream, f"{method} {url.path or '/'} HTTP/1.1\r\nHost: {host}\r\n"
+                                      f"Connection: close\r\nUser-Agent: daetui-check\r\n\r\n")
         finally:
             stream.close()
     parts = head.split(b"\r\n", 1)[0].split()
@@ -117,14 +123,8 @@ async def url_check(dialer: Dialer, url: str, timeout: float = CHECK_TIMEOUT, *,
             assert tls is not None
             stream = await start_tls(stream, tls, host, None, half_close=False)  # closes the stream if it fails
         try:
-            await stream.write(f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
-                               f"User-Agent: daetui-check\r\nAccept: */*\r\n\r\n".encode())
-            head = b""
-            while b"\r\n" not in head and len(head) < 1024:
-                chunk = await stream.read(1024)
-                if not chunk:
-                    break
-                head += chunk
+            head = await _ask(stream, f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
+                                      f"User-Agent: daetui-check\r\nAccept: */*\r\n\r\n")
         finally:
             stream.close()
     elapsed = time.monotonic() - t0

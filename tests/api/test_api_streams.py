@@ -33,17 +33,10 @@ def api(lab, tmp_path_factory) -> Iterator[ApiLab]:
     a = ApiLab(lab, tmp_path_factory.mktemp("api-streams"), api_config(groups="[group.proxy]\n", rules=RULES))
     a.start()
     try:
-        wait_for(lambda: _answers(a), timeout=10)
         yield a
     finally:
         a.stop()
 
-
-def _answers(api: ApiLab) -> bool:
-    try:
-        return api.curl("GET", "/version", timeout=2).status == 200
-    except AssertionError:
-        return False
 
 
 def snapshot(api: ApiLab) -> Snapshot:
