@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daetui.control.client import call_once
+from daetui.control.state import Snapshot
 from daetui.lab.topology import ADDR, Lab
 from testkit.configs import LAB_CHECKS
 from testkit.daemon import Daemon, ns_exec
@@ -100,6 +102,10 @@ class ApiLab:
 
     def stop(self) -> None:
         self.daemon.stop()
+
+    def snapshot(self, flows: bool = False, dns: bool = False) -> Snapshot:
+        """The daemon's own view, over its control socket (what the API's answers are checked against)."""
+        return call_once(self.daemon.control_path, lambda c: c.snapshot(flows=flows, dns=dns))
 
     def curl(self, method: str, path: str, body: Any = None, *, token: str | None = None,
              headers: dict[str, str] | None = None, raw_body: str | None = None, timeout: float = 20.0,

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from daetui.api.errors import bad_request
+from daetui.api.errors import bad_request, json_object
 from daetui.control.plane import ControlPlane
 
 # mihomo's level names (log.LogLevelMapping) and daetui's (global.log_level; "silent" is mihomo's only).
@@ -98,19 +98,6 @@ def general(plane: ControlPlane) -> dict[str, Any]:
                    "wan-interface": list(g.wan_interface), "dial-mode": g.dial_mode, "fallback": cfg.routing.fallback,
                    "log-level": plane.log_level},
     }
-
-
-def json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
-    """A request's body as a JSON object; 400 "Body invalid" for anything else (`empty_ok`: none is {})."""
-    if empty_ok and not body.strip():
-        return {}
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request() from None
-    if not isinstance(data, dict):
-        raise bad_request()
-    return data
 
 
 def plan_patch(plane: ControlPlane, body: bytes) -> tuple[str | None, dict[str, Any]]:

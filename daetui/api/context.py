@@ -66,17 +66,17 @@ class ApiContext:
         self.secret = secret
         self.counters = ApiCounters()
         self.started = time.time()
-        # With the kernel's flows (decoded in a thread: a syscall and a struct walk), for /connections.
-        self.with_flows: Shared[Snapshot] = Shared(lambda: self._snapshot(True), 0.5)
-        # Without them, for everything else (groups, nodes, rules, DNS): cheap.
-        self.without_flows: Shared[Snapshot] = Shared(lambda: self._snapshot(False), 0.2)
+        # Without the kernel's flows, for groups, nodes, rules and DNS: cheap, shared for a moment.
+        # (/connections shares its own views of the flows; /metrics builds one per scrape.)
+        self.without_flows: Shared[Snapshot] = Shared(lambda: self.build(flows=False, dns=True), 0.2)
 
-    async def _snapshot(self, flows: bool) -> Snapshot:
+    async def build(self, flows: bool, dns: bool) -> Snapshot:
+        """A snapshot of now; `flows`: with the kernel's flows, read in a thread (one batch syscall)."""
         loop = asyncio.get_running_loop()
         raw = await loop.run_in_executor(None, self.plane.raw_flows) if flows else None
-        return self.plane.snapshot(raw_flows=raw, with_kernel_flows=False, with_dns=not flows)
+        return self.plane.snapshot(raw_flows=raw, with_kernel_flows=False, with_dns=dns)
 
-    async def snapshot(self, flows: bool = False, fresh: bool = False) -> Snapshot:
-        """A snapshot at most a moment old (`fresh`: built now, for an answer right after a change)."""
-        shared = self.with_flows if flows else self.without_flows
-        return await shared.get(0.0 if fresh else None)
+    async def snapshot(self, fresh: bool = False) -> Snapshot:
+        """A snapshot without the kernel's flows, at most a moment old (`fresh`: built now, for an answer
+        right after a change)."""
+        return await self.without_flows.get(0.0 if fresh else None)

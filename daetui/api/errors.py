@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from aiohttp import web
 
 from daetui.redact import redact
@@ -33,3 +36,16 @@ def bad_request(message: str = BAD_REQUEST) -> ApiError:
 
 def not_found(message: str = NOT_FOUND) -> ApiError:
     return ApiError(404, message)
+
+
+def json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
+    """A request's body as a JSON object; 400 "Body invalid" for anything else (`empty_ok`: none is {})."""
+    if empty_ok and not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request() from None
+    if not isinstance(data, dict):
+        raise bad_request()
+    return data

@@ -63,6 +63,7 @@ from daetui.abi.flowrecord import FlowRecord, RawFlows
 from daetui.api.procinfo import process_path, rss_bytes
 from daetui.api.routes_rules import MATCH, mihomo_type
 from daetui.control.connections import Connection
+from daetui.control.decision import mac_text
 from daetui.control.state import Snapshot
 from daetui.routing.parser import parse_rule
 from daetui.routing.ruleset import DIRECT, RuleEntry, RuleSet, check_rule
@@ -103,10 +104,6 @@ def kernel_id(ident: bytes) -> str:
 def rfc3339(t: float) -> str:
     """A Unix time as mihomo's JSON writes a time.Time (RFC 3339, here UTC with milliseconds)."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b) if any(b) else ""
 
 
 def _ep(host: str, port: int) -> str:
@@ -316,7 +313,7 @@ class FlowEncoder:
             entry = rs.by_index(rec.rule_index) if rs is not None else None
             text = entry.text if entry is not None else f"#{rec.rule_index + 1}"
         rule, payload = self.labels.of(rec.rule_index, text, rulesets)
-        mac = _mac(rec.mac)
+        mac = mac_text(rec.mac) or ""
         meta = _metadata(rec.proto, "Kernel", "kernel", (rec.src, rec.sport), (rec.dst, rec.dport), host, "",
                          rec.pid, rec.process, rec.dst)
         extra = {"path": "kernel", "stage": "kernel", "rule": text, "outbound": DIRECT, "mac": mac,

@@ -46,6 +46,7 @@ from daetui.abi.constants import ABI
 from daetui.abi.flowrecord import FlowRecord
 from daetui.api.context import ApiContext
 from daetui.api.routes_basic import daetui_version
+from daetui.control.decision import mac_text
 from daetui.control.state import Snapshot
 from daetui.dns.state import LATENCY_BUCKETS
 
@@ -86,7 +87,7 @@ class TrafficTotals:
             for r in records:
                 if r.outbound >= ABI.OUTBOUND_FIRST_GROUP:
                     continue  # relayed (counted as a connection above) or answered by the DNS controller
-                mac = ":".join(f"{b:02x}" for b in r.mac) if any(r.mac) else ""
+                mac = mac_text(r.mac) or ""
                 own = bool(r.flags & ABI.FLOW_OWN)
                 device = (mac, snap.devices.get(mac, mac) if mac else ROUTER if own else UNKNOWN)
                 # By its 5-tuple: first_seen is worked out from the clock at each read, so it wobbles a little.
@@ -350,9 +351,7 @@ def routes(ctx: ApiContext) -> list[web.RouteDef]:
     traffic = TrafficTotals()
 
     async def metrics(request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        raw = await loop.run_in_executor(None, plane.raw_flows)   # one batch syscall, off the loop
-        snap = plane.snapshot(raw_flows=raw, with_kernel_flows=False, with_dns=True)
+        snap = await ctx.build(flows=True, dns=True)
         c, st = ctx.counters, ctx.counters.streams
         scrape = Scrape(snap, plane.reload_counts(),
                         (c.requests, c.unauthorized, c.errors, st.open, st.opened, st.refused, st.dropped), traffic)

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from daetui.api import configs
 from daetui.api.context import ApiContext, Shared
-from daetui.api.errors import ApiError, bad_request
+from daetui.api.errors import ApiError, bad_request, json_object
 from daetui.api.procinfo import memory_limit, rss_bytes
 from daetui.api.routes_connections import stream
 from daetui.control.state import LogLine
@@ -117,7 +117,7 @@ def routes(ctx: ApiContext) -> list[web.RouteDef]:
         return resp
 
     async def put_configs(request: web.Request) -> web.Response:
-        body = configs.json_object(await request.read(), empty_ok=True)
+        body = json_object(await request.read(), empty_ok=True)
         path, payload = body.get("path", ""), body.get("payload", "")
         if not isinstance(path, str) or not isinstance(payload, str):
             raise bad_request()

@@ -96,7 +96,7 @@ def routes(ctx: ApiContext) -> list[web.RouteDef]:
 
     async def build_view() -> FlowView:
         # A snapshot of now (its kernel flows read off the loop), then every flow walked in a thread.
-        snap = await ctx.snapshot(flows=True, fresh=True)
+        snap = await ctx.build(flows=True, dns=False)
         rulesets = plane.kernel_rulesets()
         tcp_idle = plane.config.global_.tcp_idle_timeout
         return await asyncio.get_running_loop().run_in_executor(None, encoder.build, snap, rulesets, tcp_idle)

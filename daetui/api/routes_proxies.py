@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from daetui.api.context import ApiContext
-from daetui.api.errors import TIMEOUT, ApiError, bad_request, not_found
+from daetui.api.errors import TIMEOUT, ApiError, bad_request, json_object, not_found
 from daetui.control.plane import ControlPlane
 from daetui.control.state import Snapshot
 from daetui.outbound.group import parse_policy
@@ -289,11 +289,8 @@ async def _json(payload: Any, big: bool = False) -> web.Response:
 
 async def _pinned_name(request: web.Request) -> str:
     """PUT /proxies/GROUP's body, `{"name": NODE}`; 400 Body invalid when it is not that."""
-    try:
-        body = json.loads(await request.read())
-    except ValueError:   # not JSON, not UTF-8
-        raise bad_request() from None
-    if not isinstance(body, dict) or not isinstance(body.get("name", ""), str):
+    body = json_object(await request.read())
+    if not isinstance(body.get("name", ""), str):
         raise bad_request()
     return str(body.get("name", ""))
 

@@ -45,7 +45,7 @@ from typing import Any
 from aiohttp import web
 
 from daetui.api.context import ApiContext
-from daetui.api.errors import ApiError, bad_request
+from daetui.api.errors import ApiError, bad_request, json_object
 from daetui.routing.domains import DomainSet
 from daetui.routing.functions import DOMAIN_KEY_ALIASES
 from daetui.routing.ruleset import CheckedCondition, RuleEntry, RuleSet
@@ -158,12 +158,7 @@ def rules_answer(rs: RuleSet, hits: Hits) -> dict[str, Any]:
 
 def parse_toggles(body: bytes) -> dict[int, bool]:
     """mihomo's body: a JSON object of rule index (as text) -> disabled; ApiError 400 for anything else."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request() from None
-    if not isinstance(data, dict):
-        raise bad_request()
+    data = json_object(body)
     out: dict[int, bool] = {}
     for k, v in data.items():
         # Go decodes map[int]bool keys with strconv: an optional sign and digits, nothing else.

@@ -61,7 +61,8 @@ def kernel_facts(flow: KernelFlow) -> FlowFacts:
     return key_facts(flow.key, flow.mac, flow.process or None)
 
 
-def _mac_text(mac: bytes) -> str | None:
+def mac_text(mac: bytes) -> str | None:
+    """A MAC as the kernel records it, as text (aa:bb:..); None when it is all zero (no MAC: an L3 link)."""
     return ":".join(f"{b:02x}" for b in mac) if any(mac) else None
 
 
@@ -95,7 +96,7 @@ class Decider:
         if kflow is not None:
             ruleset = self.sync.ruleset(kflow.generation)
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",
-                               _mac_text(kflow.mac), kflow.pid or None, kflow.process or None)
+                               mac_text(kflow.mac), kflow.pid or None, kflow.process or None)
         d = decide(self.ruleset, key_facts(key), with_trace=False)
         # Undecided (a domain rule, and no name for the address) as the kernel leaves it: sniffed, then
         # decided from that rule (with_name).

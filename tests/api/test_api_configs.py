@@ -11,7 +11,6 @@ import pytest
 from helpers import wait_for
 
 from daetui.config.load import load_config
-from daetui.control.client import call_once
 from daetui.control.state import Snapshot
 from daetui.lab.topology import ADDR
 from testkit.api import SECRET, ApiLab, api_config
@@ -35,7 +34,7 @@ def api(lab, tmp_path_factory) -> Iterator[ApiLab]:
 
 
 def snapshot(api: ApiLab) -> Snapshot:
-    return call_once(api.daemon.control_path, lambda c: c.snapshot(flows=False, dns=False))
+    return api.snapshot(flows=False, dns=False)
 
 
 def configs(api: ApiLab) -> dict[str, Any]:

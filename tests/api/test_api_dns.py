@@ -10,7 +10,6 @@ import dns.rdatatype
 import pytest
 from helpers import wait_for
 
-from daetui.control.client import call_once
 from daetui.control.state import Snapshot
 from daetui.lab.dnspeers import LAB_ZONE, Unbound
 from daetui.lab.topology import ADDR
@@ -50,7 +49,7 @@ def query(api: ApiLab, path: str) -> dict[str, Any]:
 
 
 def snapshot(api: ApiLab) -> Snapshot:
-    return call_once(api.daemon.control_path, lambda c: c.snapshot(flows=False, dns=True))
+    return api.snapshot(flows=False, dns=True)
 
 
 @pytest.mark.parametrize(("name", "rtype"), [("www.example.test", "A"), ("www.example.test", "AAAA"),

@@ -15,7 +15,6 @@ from prometheus_client.registry import CollectorRegistry
 
 from daetui.abi.constants import ABI
 from daetui.api.metrics import DaemonCollector, Scrape, TrafficTotals, render
-from daetui.control.client import call_once
 from daetui.control.state import Health, Snapshot
 from daetui.dns.state import LATENCY_BUCKETS, DnsState, DnsUpstreamRow
 from daetui.lab.topology import ADDR, LAN_MAC
@@ -54,7 +53,7 @@ def api(lab, peers, tmp_path_factory) -> Iterator[ApiLab]:
 
 
 def snapshot(api: ApiLab) -> Snapshot:
-    return call_once(api.daemon.control_path, lambda c: c.snapshot(flows=True, dns=True))
+    return api.snapshot(flows=True, dns=True)
 
 
 def scrape(api: ApiLab, **kw) -> dict[str, Metric]:

@@ -10,7 +10,6 @@ import pytest
 from helpers import echoes, http_get, lan_connect, wait_for
 
 from daetui.config.load import load_config
-from daetui.control.client import call_once
 from daetui.control.state import Snapshot
 from daetui.lab.topology import ADDR
 from testkit.api import ApiLab, api_config
@@ -39,7 +38,7 @@ def api(lab, tmp_path_factory) -> Iterator[ApiLab]:
 
 
 def snapshot(api: ApiLab, flows: bool = False) -> Snapshot:
-    return call_once(api.daemon.control_path, lambda c: c.snapshot(flows=flows, dns=False))
+    return api.snapshot(flows=flows)
 
 
 def rules(api: ApiLab) -> list[dict[str, Any]]:

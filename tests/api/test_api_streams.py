@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from helpers import lan_connect, udp_churn, wait_for
 
-from daetui.control.client import call_once
 from daetui.control.state import Snapshot
 from daetui.lab.topology import ADDR, ECHO_PORT
 from testkit.api import ADDRESS, SECRET, ApiLab, api_config
@@ -40,7 +39,7 @@ def api(lab, tmp_path_factory) -> Iterator[ApiLab]:
 
 
 def snapshot(api: ApiLab) -> Snapshot:
-    return call_once(api.daemon.control_path, lambda c: c.snapshot(flows=False, dns=False))
+    return api.snapshot(flows=False, dns=False)
 
 
 def echoes(lab, payload: bytes = b"still relayed") -> bool:
