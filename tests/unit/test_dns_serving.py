@@ -70,9 +70,12 @@ class FakeServer:
                 server._tasks.add(t)
                 t.add_done_callback(server._tasks.discard)
 
-        self._udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=(self.host, self.port))
-        self.port = self._udp.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port)
+        # Both sockets bound before either serves: the UDP port the kernel picks may be
+        # held by another test's TCP socket (it was, once, in CI).
+        u, t = udp_and_tcp_on_one_port(self.host)
+        self.port = u.getsockname()[1]
+        self._udp, _ = await loop.create_datagram_endpoint(Proto, sock=u)
+        self._tcp = await asyncio.start_server(self._tcp_client, sock=t)
         return self
 
     async def stop(self) -> None:
