@@ -155,6 +155,10 @@ class FlowRecord(NamedTuple):
     process: str = ""     # and its name (comm); empty for a LAN client's flow
 
 
+# What a live flow's value changes with every packet (RawFlows.stable leaves them out).
+_MOVING = frozenset(("last_seen_ns", "packets", "bytes", "rx_packets", "rx_bytes"))
+
+
 @dataclass(frozen=True)
 class RawFlows:
     """A batch of `routing_tuples` entries as the kernel holds them."""
@@ -213,6 +217,29 @@ class RawFlows:
         vs, _ = struct_for(self.value_layout, self.value_size)
         make = self._codec
         return lambda kb, vb: make(ks.unpack(kb), vs.unpack(vb))
+
+    def counters(self) -> Callable[[bytes], tuple[int, int, int]]:
+        """Reads only (last_seen_ns, bytes, rx_bytes) of an entry's value: what a carrying flow changes."""
+        picked = [f for f in self.value_layout if f[0] in ("last_seen_ns", "bytes", "rx_bytes")]
+        st, names = struct_for(picked, self.value_size)
+        order = operator.itemgetter(*(names.index(n) for n in ("last_seen_ns", "bytes", "rx_bytes")))
+        return lambda vb: order(st.unpack(vb))
+
+    def stable(self) -> Callable[[bytes], Any]:
+        """An entry's value but for its counters and last_seen (equal for two values: the same flow,
+        decided the same way, its flags unchanged; so an earlier decoding of it holds but for those)."""
+        moving = [(o, o + struct.calcsize("=" + f)) for n, o, f in self.value_layout if n in _MOVING]
+        cuts, pos = [], 0
+        for start, end in sorted(moving):
+            if start > pos:
+                cuts.append(slice(pos, start))
+            pos = max(pos, end)
+        if pos < self.value_size:
+            cuts.append(slice(pos, self.value_size))
+        if len(cuts) == 1:
+            only = cuts[0]
+            return lambda vb: vb[only]
+        return operator.itemgetter(*cuts)
 
     def records(self) -> Iterator[FlowRecord]:
         """Every entry as a plain tuple, addresses as text: the fast way through 10 000 flows."""

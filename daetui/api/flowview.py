@@ -44,7 +44,9 @@ is still in the connection table's ring or the kernel's table.
 
 Building a view walks every flow: it runs in a thread (FlowEncoder.build),
 once per tick whoever asks, and keeps each flow's encoded JSON from one view
-to the next so that only new or changed flows are encoded again.
+to the next so that only new or changed flows are encoded again; a kernel
+entry whose value moved only in its counters (every carrying flow, each
+view) has those read alone, not the whole entry decoded.
 """
 
 from __future__ import annotations
@@ -193,9 +195,12 @@ class FlowEncoder:
         self._relay_parts: dict[int, str] = {}
         self._kernel_basis: dict[bytes, str] = {}
         self._kernel_parts: dict[bytes, str] = {}
-        # Kernel entries by raw key: their raw value and its decoding (an unchanged entry is not decoded again).
-        self._decoded: dict[bytes, tuple[bytes, FlowRecord]] = {}
+        self._kernel_desc: dict[bytes, str] = {}
         self._ids: dict[bytes, str] = {}
+        # Kernel entries by raw key: their raw value as last seen, and its _shape (read again only when
+        # more than the counters changed).
+        self._values: dict[bytes, bytes] = {}
+        self._shapes: dict[bytes, str] = {}
 
     def build(self, snap: Snapshot, rulesets: Mapping[int, RuleSet], tcp_idle: float) -> FlowView:
         """The view of `snap` (run in a thread: it walks every flow). `rulesets`: by kernel generation."""
@@ -241,50 +246,60 @@ class FlowEncoder:
             relayed.append(cid)
         self._relay_seen, self._relay_basis, self._relay_parts = relay_seen, relay_basis, relay_parts
 
-        # -- the kernel's direct flows.
+        # -- the kernel's direct flows. An entry whose value changed only in its counters (a flow carrying
+        # packets: most of them, on a busy router) is not decoded again: its counters are read alone.
         kernel: dict[str, str] = {}
         raw = snap.raw_flows
         kernel_seen: dict[bytes, int] = {}
         kernel_basis: dict[bytes, str] = {}
         kernel_parts: dict[bytes, str] = {}
-        decoded: dict[bytes, tuple[bytes, FlowRecord]] = {}
+        kernel_desc: dict[bytes, str] = {}
+        values: dict[bytes, bytes] = {}
+        shapes: dict[bytes, str] = {}
         ids: dict[bytes, str] = {}
         if raw is not None and raw.count:
-            decode = raw.decoder()
+            decode, counters, stable = raw.decoder(), raw.counters(), raw.stable()
             fs = _field_slice(raw, "first_seen_ns")
+            off = raw.mono_offset
             interfaces = {i.index: i.name for i in snap.interfaces}
-            direct = ABI.OUTBOUND_DIRECT
-            old_decoded, old_kseen, old_ids = self._decoded, self._kernel_seen, self._ids
-            old_kbasis, old_kparts = self._kernel_basis, self._kernel_parts
+            old_values, old_shapes, old_kseen, old_ids = self._values, self._shapes, self._kernel_seen, self._ids
+            old_kbasis, old_kparts, old_kdesc = self._kernel_basis, self._kernel_parts, self._kernel_desc
+            idle_after = {"u": UDP_IDLE, "t": tcp_idle}
             for kb, vb in raw.raw_entries():
-                hit = old_decoded.get(kb)
-                if hit is None or hit[0] != vb:
-                    hit = (vb, decode(kb, vb))
-                decoded[kb] = hit
-                rec = hit[1]
-                if rec.outbound != direct:
+                rec: FlowRecord | None = None
+                was = old_values.get(kb)
+                if was is not None and (was == vb or stable(was) == stable(vb)):
+                    shape = old_shapes[kb]
+                else:
+                    rec = decode(kb, vb)
+                    shape = _shape(rec)
+                values[kb], shapes[kb] = vb, shape
+                if not shape:
                     continue   # relayed (listed above, with the relay's bytes), blocked or DNS: not here
+                last_ns, up, down = counters(vb)
                 ident = kb + vb[fs]
-                up, down = rec.bytes, rec.rx_bytes
                 prev = old_kseen.get(ident, 0)
                 up_added += max(0, up - (prev >> 64))
                 down_added += max(0, down - (prev & _MASK64))
                 kernel_seen[ident] = up << 64 | down
-                idle = now_wall - rec.last_seen
-                if rec.flags & _CLOSING or idle > (UDP_IDLE if rec.proto == "udp" else tcp_idle):
+                kind = shape[0]
+                if kind == "x" or now_wall - (last_ns / 1e9 + off) > idle_after[kind]:
                     continue
                 fid = old_ids.get(ident) or kernel_id(ident)
                 ids[ident] = fid
-                host = name_of(rec.dst)
-                basis = f"{host}\x1f{rec.generation}\x1f{rec.rule_index}"
+                basis = f"{name_of(shape.rpartition(_SEP)[2])}{_SEP}{shape}"
                 part = old_kparts.get(ident) if old_kbasis.get(ident) == basis else None
                 if part is None:
-                    part = self._kernel_part(fid, rec, host, rulesets, devices, interfaces)
-                kernel_basis[ident], kernel_parts[ident] = basis, part
+                    rec = rec or decode(kb, vb)
+                    part = self._kernel_part(fid, rec, basis.partition(_SEP)[0], rulesets, devices, interfaces)
+                    desc = f"{rec.proto} {_ep(rec.src, rec.sport)} -> {_ep(rec.dst, rec.dport)}"
+                else:
+                    desc = old_kdesc[ident]
+                kernel_basis[ident], kernel_parts[ident], kernel_desc[ident] = basis, part, desc
                 parts.append(f'{{"upload":{up},"download":{down},{part}}}')
-                kernel[fid] = f"{rec.proto} {_ep(rec.src, rec.sport)} -> {_ep(rec.dst, rec.dport)}"
+                kernel[fid] = desc
         self._kernel_seen, self._kernel_basis, self._kernel_parts = kernel_seen, kernel_basis, kernel_parts
-        self._decoded, self._ids = decoded, ids
+        self._kernel_desc, self._values, self._shapes, self._ids = kernel_desc, values, shapes, ids
 
         self.upload_total += up_added
         self.download_total += down_added
@@ -320,6 +335,19 @@ class FlowEncoder:
                  "device": devices.get(mac, ""), "interface": interfaces.get(rec.ifindex, ""),
                  "failOpen": bool(rec.flags & ABI.FLOW_FAIL_OPEN)}
         return _part(fid, meta, rec.first_seen, [DIRECT], rule, payload, extra)
+
+
+_SEP = "\x1f"
+
+
+def _shape(rec: FlowRecord) -> str:
+    """What the view needs of a kernel entry but its counters, as a string (no container per flow):
+    "" when it is not listed here (not direct), else its kind (t: TCP, u: UDP, x: closing), its rule's
+    generation and index, and its destination, _SEP between them."""
+    if rec.outbound != ABI.OUTBOUND_DIRECT:
+        return ""
+    kind = "x" if rec.flags & _CLOSING else "u" if rec.proto == "udp" else "t"
+    return f"{kind}{rec.generation}{_SEP}{rec.rule_index}{_SEP}{rec.dst}"
 
 
 def _field_slice(raw: RawFlows, name: str) -> slice:

@@ -6,17 +6,22 @@ The first tests need no kernel: the encoder's JSON for a hand-made snapshot (ids
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import http_get, lan_connect, udp_exchange, wait_for
 
-from daetui.api.flowview import FlowEncoder, kernel_id, relayed_conn_id, relayed_id
+from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import struct_for
+from daetui.api.flowview import FlowEncoder, FlowView, kernel_id, relayed_conn_id, relayed_id
+from daetui.control import wire
 from daetui.control.client import call_once
 from daetui.control.connections import Connection
 from daetui.control.state import Health, Snapshot
@@ -33,6 +38,8 @@ RULES = f"""
   "domain(suffix: sniffed.test) -> proxy",
 """
 DIRECT_NAME = "direct.example.test"
+V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+FIXTURE = Path(__file__).resolve().parents[1] / "ui" / "fixtures" / "lab.json"   # a real daemon's snapshot
 
 
 # -- the encoder alone -------------------------------------------------------------------------------------------
@@ -88,6 +95,79 @@ def test_the_encoder_writes_mihomos_shape_and_keeps_network_text_as_data() -> No
     view2 = enc.build(_snapshot(open_conn, plain, done), {}, 7440.0)
     assert (view2.upload_total, view2.download_total) == (1115, 226)
     assert {c["id"]: c["upload"] for c in json.loads(view2.text)["connections"]}[relayed_id(1234, 1)] == 1010
+
+
+def _kernel_snapshot(*values: dict[str, Any], at: int) -> Snapshot:
+    """A snapshot whose kernel table holds one entry per `values` (fields over a direct TCP flow's), laid out as
+    the console's lab fixture (a real daemon's layout); `at`: the kernel's clock (ns), first seen a second before."""
+    fixture = wire.decode(Snapshot, json.loads(FIXTURE.read_text())["snapshot"]).raw_flows
+    assert fixture is not None
+    ks, knames = struct_for(fixture.key_layout, fixture.key_size)
+    vs, vnames = struct_for(fixture.value_layout, fixture.value_size)
+    raw = dataclasses.replace(fixture, mono_offset=0.0, keys=b"", values=b"")
+    keys, vals = bytearray(), bytearray()
+    for i, v in enumerate(values):
+        key = dict(zip(knames, ks.unpack_from(fixture.keys, 0), strict=True))
+        key.update(sip=V4_MAPPED + bytes([192, 0, 2, 2]), dip=V4_MAPPED + bytes([203, 0, 113, 7]), sport=40000 + i,
+                   dport=443, l4proto=6)
+        value = dict(zip(vnames, vs.unpack_from(fixture.values, 0), strict=True))
+        value.update(outbound=ABI.OUTBOUND_DIRECT, rule_index=4, generation=1, flags=0, first_seen_ns=at - 10**9,
+                     last_seen_ns=at, packets=1, bytes=100, rx_packets=1, rx_bytes=200)
+        value.update(v)
+        keys += ks.pack(*(key[n] for n in knames))
+        vals += vs.pack(*(value[n] for n in vnames))
+    return dataclasses.replace(_snapshot(), raw_flows=dataclasses.replace(raw, keys=bytes(keys), values=bytes(vals)))
+
+
+def test_a_kernel_entry_is_decoded_again_only_when_more_than_its_counters_change() -> None:
+    enc = FlowEncoder(1, lambda addr: [])
+    at = int(time.time() * 1e9)
+
+    def view(*values: dict[str, Any]) -> tuple[dict[str, Any], FlowView]:
+        v = enc.build(_kernel_snapshot(*values, at=at), {}, 7440.0)
+        return {c["metadata"]["sourcePort"]: c for c in json.loads(v.text)["connections"]}, v
+
+    first, v1 = view({}, {})
+    assert set(first) == {"40000", "40001"} and (v1.upload_total, v1.download_total) == (200, 400)
+    assert first["40000"]["daetui"]["rule"] == "#5"
+    # The counters alone moved: the new bytes are listed, under the same id.
+    second, v2 = view({"bytes": 150, "rx_bytes": 260, "packets": 2}, {})
+    assert (second["40000"]["upload"], second["40000"]["download"]) == (150, 260)
+    assert second["40000"]["id"] == first["40000"]["id"] and second["40001"] == first["40001"]
+    assert (v2.upload_total, v2.download_total) == (250, 460)
+    # A reload re-decided it (another generation and rule): its rule is read again.
+    third, _ = view({"bytes": 150, "rx_bytes": 260, "rule_index": 6, "generation": 2}, {})
+    assert third["40000"]["daetui"]["rule"] == "#7" and third["40000"]["id"] == first["40000"]["id"]
+    # The kernel saw its FIN: no longer listed, though the bytes it carried meanwhile still count.
+    fourth, v4 = view({"bytes": 170, "rx_bytes": 260, "rule_index": 6, "generation": 2, "flags": ABI.FLOW_TCP_FIN}, {})
+    assert set(fourth) == {"40001"} and v4.upload_total == 270
+    # A new flow on the same 5-tuple (first seen later) is a new id.
+    fifth, _ = view({"first_seen_ns": at}, {})
+    assert fifth["40000"]["id"] != first["40000"]["id"]
+    # Idle past UDP's or TCP's idle time: not listed.
+    sixth, _ = view({"last_seen_ns": at - 8000 * 10**9}, {})
+    assert set(sixth) == {"40001"}
+
+
+def test_the_counter_reader_and_the_stable_part_agree_with_a_whole_decoding() -> None:
+    raw = _kernel_snapshot({"bytes": 7, "rx_bytes": 9, "last_seen_ns": 123456789}, at=10**18).raw_flows
+    assert raw is not None
+    (_, vb), = raw.raw_entries()
+    assert raw.counters()(vb) == (123456789, 7, 9)
+    stable = raw.stable()
+    vs, names = struct_for(raw.value_layout, raw.value_size)
+
+    def changed(**kw: Any) -> bytes:
+        fields = dict(zip(names, vs.unpack(vb), strict=True))
+        fields.update(kw)
+        return vs.pack(*(fields[n] for n in names))
+
+    for moving in ({"bytes": 8}, {"rx_bytes": 1}, {"packets": 5}, {"rx_packets": 5}, {"last_seen_ns": 1}):
+        assert stable(changed(**moving)) == stable(vb), moving
+    for kept in ({"flags": 1}, {"rule_index": 9}, {"generation": 3}, {"outbound": ABI.OUTBOUND_DIRECT + 1},
+                 {"first_seen_ns": 5},
+                 {"ifindex": 9}, {"mark": 1}):
+        assert stable(changed(**kept)) != stable(vb), kept
 
 
 # -- against the daemon ------------------------------------------------------------------------------------------
