@@ -225,12 +225,19 @@ class RawFlows:
         order = operator.itemgetter(*(names.index(n) for n in ("last_seen_ns", "bytes", "rx_bytes")))
         return lambda vb: order(st.unpack(vb))
 
+    def field_slice(self, name: str) -> slice:
+        """Where value field `name` lies in an entry's value bytes."""
+        for field_name, offset, fmt in self.value_layout:
+            if field_name == name:
+                return slice(offset, offset + struct.calcsize("=" + fmt))
+        raise KeyError(name)
+
     def stable(self) -> Callable[[bytes], Any]:
         """An entry's value but for its counters and last_seen (equal for two values: the same flow,
         decided the same way, its flags unchanged; so an earlier decoding of it holds but for those)."""
-        moving = [(o, o + struct.calcsize("=" + f)) for n, o, f in self.value_layout if n in _MOVING]
+        moving = [self.field_slice(n) for n, _, _ in self.value_layout if n in _MOVING]
         cuts, pos = [], 0
-        for start, end in sorted(moving):
+        for start, end in sorted((m.start, m.stop) for m in moving):
             if start > pos:
                 cuts.append(slice(pos, start))
             pos = max(pos, end)

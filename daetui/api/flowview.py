@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daetui.abi.constants import ABI
-from daetui.abi.flowrecord import FlowRecord, RawFlows
+from daetui.abi.flowrecord import FlowRecord
 from daetui.api.procinfo import process_path, rss_bytes
 from daetui.api.routes_rules import MATCH, mihomo_type
 from daetui.control.connections import Connection
@@ -259,7 +258,7 @@ class FlowEncoder:
         ids: dict[bytes, str] = {}
         if raw is not None and raw.count:
             decode, counters, stable = raw.decoder(), raw.counters(), raw.stable()
-            fs = _field_slice(raw, "first_seen_ns")
+            fs = raw.field_slice("first_seen_ns")
             off = raw.mono_offset
             interfaces = {i.index: i.name for i in snap.interfaces}
             old_values, old_shapes, old_kseen, old_ids = self._values, self._shapes, self._kernel_seen, self._ids
@@ -287,11 +286,13 @@ class FlowEncoder:
                     continue
                 fid = old_ids.get(ident) or kernel_id(ident)
                 ids[ident] = fid
-                basis = f"{name_of(shape.rpartition(_SEP)[2])}{_SEP}{shape}"
+                host = name_of(shape.rpartition(_SEP)[2])   # the shape ends with the destination
+                basis = f"{host}{_SEP}{shape}"
                 part = old_kparts.get(ident) if old_kbasis.get(ident) == basis else None
                 if part is None:
-                    rec = rec or decode(kb, vb)
-                    part = self._kernel_part(fid, rec, basis.partition(_SEP)[0], rulesets, devices, interfaces)
+                    if rec is None:
+                        rec = decode(kb, vb)
+                    part = self._kernel_part(fid, rec, host, rulesets, devices, interfaces)
                     desc = f"{rec.proto} {_ep(rec.src, rec.sport)} -> {_ep(rec.dst, rec.dport)}"
                 else:
                     desc = old_kdesc[ident]
@@ -348,13 +349,6 @@ def _shape(rec: FlowRecord) -> str:
         return ""
     kind = "x" if rec.flags & _CLOSING else "u" if rec.proto == "udp" else "t"
     return f"{kind}{rec.generation}{_SEP}{rec.rule_index}{_SEP}{rec.dst}"
-
-
-def _field_slice(raw: RawFlows, name: str) -> slice:
-    for field_name, offset, fmt in raw.value_layout:
-        if field_name == name:
-            return slice(offset, offset + struct.calcsize("=" + fmt))
-    raise KeyError(name)
 
 
 def _metadata(network: str, kind: str, inbound: str, src: tuple[str, int], dst: tuple[str, int], host: str,
