@@ -84,13 +84,36 @@ def run_console(run: RunPaths, config: str | None, theme: str | None = None, ref
         now = daemon_pid(run) or (child.pid if child else pid)
         print(f"daetui keeps routing headless (pid {now}). `daetui attach` comes back, `daetui stop` stops it.")
     elif result == "stop":
+        # The daemon undoes its changes (and removes its pid file) after it has answered the stop: say so
+        # only once it is gone.
+        gone = _wait_child(child, 60.0) if child is not None else (pid is None or _wait_gone(pid, 60.0))
+        if not gone:
+            print("daetui: the daemon still runs 60 s after it was asked to stop", file=sys.stderr)
+            return 1
         print("daetui stopped; every change it made is undone.")
     return 0
 
 
+def _wait_child(child: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until `pid` is no longer a daetui process (at most `timeout` s); whether it is gone."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_is_daetui(pid):
+        time.sleep(0.1)
+    return not pid_is_daetui(pid)
+
+
 def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
     """Ask the daemon of `run` to stop, and wait until it has."""
-    import time
 
     pid = daemon_pid(run)
     if pid is None:
@@ -102,10 +125,7 @@ def stop_daemon(run: RunPaths, timeout: float = 60.0) -> int:
     except ControlError as e:
         print(f"daetui stop: {e}; sending SIGTERM to {pid}", file=sys.stderr)
         os.kill(pid, 15)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_is_daetui(pid):
-        time.sleep(0.1)
-    if pid_is_daetui(pid):
+    if not _wait_gone(pid, timeout):
         print(f"daetui stop: pid {pid} still runs after {timeout:.0f}s", file=sys.stderr)
         return 1
     print(f"daetui (pid {pid}) stopped")
