@@ -232,21 +232,69 @@ class RawFlows:
                 return slice(offset, offset + struct.calcsize("=" + fmt))
         raise KeyError(name)
 
+    def _stable_spans(self) -> list[tuple[int, int]]:
+        """The (start, end) byte ranges of a value that are not _MOVING, in order."""
+        moving = [self.field_slice(n) for n, _, _ in self.value_layout if n in _MOVING]
+        spans, pos = [], 0
+        for start, end in sorted((m.start, m.stop) for m in moving):
+            if start > pos:
+                spans.append((pos, start))
+            pos = max(pos, end)
+        if pos < self.value_size:
+            spans.append((pos, self.value_size))
+        return spans
+
     def stable(self) -> Callable[[bytes], Any]:
         """An entry's value but for its counters and last_seen (equal for two values: the same flow,
         decided the same way, its flags unchanged; so an earlier decoding of it holds but for those)."""
-        moving = [self.field_slice(n) for n, _, _ in self.value_layout if n in _MOVING]
-        cuts, pos = [], 0
-        for start, end in sorted((m.start, m.stop) for m in moving):
-            if start > pos:
-                cuts.append(slice(pos, start))
-            pos = max(pos, end)
-        if pos < self.value_size:
-            cuts.append(slice(pos, self.value_size))
+        cuts = [slice(a, b) for a, b in self._stable_spans()]
         if len(cuts) == 1:
             only = cuts[0]
             return lambda vb: vb[only]
         return operator.itemgetter(*cuts)
+
+    def column(self, name: str) -> list[int]:
+        """Integer value field `name` of every entry, in entry order, read in one pass: for a reader that
+        wants one field of 10 000 entries, no slice, tuple or call per entry."""
+        offset, fmt = {n: (o, f) for n, o, f in self.value_layout}[name]
+        n, vs = self.count, self.value_size
+        size = struct.calcsize("=" + fmt)
+        values = memoryview(self.values)[:n * vs]
+        if fmt in _SCALAR.values() and offset % size == 0 and vs % size == 0:
+            # The native layout's field as a strided view of native items (memoryview reads them unaligned-safe).
+            return values.cast(fmt)[offset // size::vs // size].tolist()
+        one = struct.Struct(f"={offset}x{fmt}{vs - offset - size}x")
+        return [x for x, in one.iter_unpack(values)]
+
+    def stable_keys(self) -> list[bytes]:
+        """Every entry's key bytes, then its value's first_seen_ns bytes, then the rest of its stable() part:
+        equal for two entries when they are the same flow (key and first seen) holding the same value but for
+        its counters. Its first key_size + len(first_seen_ns) bytes are the flow's identity, the key and
+        `value[field_slice("first_seen_ns")]`.
+
+        Built for all entries at once (columns copied between strided views), so that a reader of 10 000
+        entries that only carried packets pays one slice per entry, not several slices and a tuple."""
+        n, ks, vs = self.count, self.key_size, self.value_size
+        fs = self.field_slice("first_seen_ns")
+        spans: list[tuple[bool, int, int]] = [(True, 0, ks), (False, fs.start, fs.stop)]
+        for a, b in self._stable_spans():   # first_seen is not moving: it lies inside one of these
+            spans += [(False, x, y) for x, y in ((a, min(b, fs.start)), (max(a, fs.stop), b)) if x < y]
+        rec = sum(b - a for _, a, b in spans)
+        # The widest item that every size and bound is a multiple of: fewer, wider column copies.
+        bounds = [ks, vs, *(a for _, a, _ in spans), *(b for _, _, b in spans)]
+        unit = next(u for u in (8, 4, 2, 1) if all(x % u == 0 for x in bounds))
+        fmt = _SCALAR[unit]
+        out = bytearray(n * rec)
+        dst = memoryview(out).cast(fmt)
+        keys = memoryview(self.keys)[:n * ks].cast(fmt)
+        values = memoryview(self.values)[:n * vs].cast(fmt)
+        col = 0
+        for from_key, a, b in spans:
+            src, stride = (keys, ks // unit) if from_key else (values, vs // unit)
+            for c in range(a // unit, b // unit):
+                dst[col::rec // unit] = src[c::stride]
+                col += 1
+        return [x for x, in struct.Struct(f"{rec}s").iter_unpack(out)]
 
     def records(self) -> Iterator[FlowRecord]:
         """Every entry as a plain tuple, addresses as text: the fast way through 10 000 flows."""

@@ -46,7 +46,8 @@ Building a view walks every flow: it runs in a thread (FlowEncoder.build),
 once per tick whoever asks, and keeps each flow's encoded JSON from one view
 to the next so that only new or changed flows are encoded again; a kernel
 entry whose value moved only in its counters (every carrying flow, each
-view) has those read alone, not the whole entry decoded.
+view) is found by its key and the rest of its value, not decoded again, and
+the counters of all entries are read at once.
 """
 
 from __future__ import annotations
@@ -183,23 +184,28 @@ class FlowEncoder:
         self.upload_total = 0
         self.download_total = 0
         # What is kept from view to view, in shapes the garbage collector does not track (ints, strings,
-        # bytes; no tuple per flow): with 10k flows alive, a build that made 10k containers would set off
-        # full collections, which stop the event loop's thread too.
-        # Each flow's bytes as last seen (up << 64 | down): relayed by connection id, kernel-direct by raw
-        # key + first-seen (its identity).
+        # bytes; no tuple per flow; a few lists, not one per flow): with 10k flows alive, a build that made
+        # 10k containers would set off full collections, which stop the event loop's thread too.
+        # Each relayed flow's bytes as last seen (up << 64 | down), by connection id.
         self._relay_seen: dict[int, int] = {}
-        self._kernel_seen: dict[bytes, int] = {}
-        # Each listed flow's JSON between the braces, but for its bytes, and what it was made from.
+        # Each listed relayed flow's JSON after '"download":N,' (_part), and what it was made from.
         self._relay_basis: dict[int, str] = {}
         self._relay_parts: dict[int, str] = {}
-        self._kernel_basis: dict[bytes, str] = {}
-        self._kernel_parts: dict[bytes, str] = {}
-        self._kernel_desc: dict[bytes, str] = {}
-        self._ids: dict[bytes, str] = {}
-        # Kernel entries by raw key: their raw value as last seen, and its _shape (read again only when
-        # more than the counters changed).
-        self._values: dict[bytes, bytes] = {}
-        self._shapes: dict[bytes, str] = {}
+        # The last view's kernel entries, each in a slot of these lists, found by its stable key
+        # (RawFlows.stable_keys: its key and value but for the counters, its identity first) and kept up to
+        # date in place: a flow that only carried packets costs a lookup and a few stores, no dict rebuilt
+        # per field per view.
+        self._slot: dict[bytes, int] = {}
+        self._kind: list[str] = []            # its _shape's kind ("" when not listed here)
+        self._shape: list[str] = []           # its _shape
+        self._dst: list[str] = []             # its destination (the end of its shape)
+        self._up: list[int] = []              # its bytes as last seen, up and down (0 unless direct): two
+        self._down: list[int] = []            # lists, no up << 64 | down to build and take apart per flow
+        self._part: list[str | None] = []     # its JSON after '"download":N,', None if not listed
+        self._host: list[str] = []            # the host that part was written with (with its shape, its basis)
+        self._fid: list[str] = []             # its id ("" until listed)
+        self._desc: list[str] = []            # what it is ("tcp a:p -> b:q")
+        self._free: list[int] = []            # slots that hold no entry
 
     def build(self, snap: Snapshot, rulesets: Mapping[int, RuleSet], tcp_idle: float) -> FlowView:
         """The view of `snap` (run in a thread: it walks every flow). `rulesets`: by kernel generation."""
@@ -217,7 +223,10 @@ class FlowEncoder:
                 got = names[addr] = known[-1] if known else ""
             return got
 
-        parts: list[str] = []
+        # The answer's text in pieces, joined once at the end (10 000 flows' JSON is megabytes: each copy
+        # counts): [head, then per listed flow ',{"upload":N,"download":N,' and its part, then the tail].
+        pieces: list[str] = [""]
+        add = pieces.append
         relayed: list[int] = []
         up_added = down_added = 0
 
@@ -241,76 +250,147 @@ class FlowEncoder:
             if part is None:
                 part = self._relay_part(c, host, rulesets, devices)
             relay_basis[cid], relay_parts[cid] = basis, part
-            parts.append(f'{{"upload":{up},"download":{down},{part}}}')
+            add(f',{{"upload":{up},"download":{down},')
+            add(part)
             relayed.append(cid)
         self._relay_seen, self._relay_basis, self._relay_parts = relay_seen, relay_basis, relay_parts
 
         # -- the kernel's direct flows. An entry whose value changed only in its counters (a flow carrying
-        # packets: most of them, on a busy router) is not decoded again: its counters are read alone.
+        # packets: most of them, on a busy router) is found by its stable key in its slot and not decoded
+        # again; the counters are read for every entry at once (RawFlows.column).
         kernel: dict[str, str] = {}
         raw = snap.raw_flows
-        kernel_seen: dict[bytes, int] = {}
-        kernel_basis: dict[bytes, str] = {}
-        kernel_parts: dict[bytes, str] = {}
-        kernel_desc: dict[bytes, str] = {}
-        values: dict[bytes, bytes] = {}
-        shapes: dict[bytes, str] = {}
-        ids: dict[bytes, str] = {}
-        if raw is not None and raw.count:
-            decode, counters, stable = raw.decoder(), raw.counters(), raw.stable()
+        if raw is None or not raw.count:
+            self._slot, self._free = {}, []
+            self._kind, self._shape, self._dst, self._host, self._fid, self._desc = [], [], [], [], [], []
+            self._up, self._down, self._part = [], [], []
+        else:
+            slot_of = self._slot
+            kinds, shapes, dsts, ups, downs = self._kind, self._shape, self._dst, self._up, self._down
+            kparts, hosts, fids, descs = self._part, self._host, self._fid, self._desc
+            stable_keys = raw.stable_keys()
             fs = raw.field_slice("first_seen_ns")
-            off = raw.mono_offset
+            idn = raw.key_size + fs.stop - fs.start   # a stable key's first idn bytes: the flow's identity
+            # The last view's entries whose stable key is gone, by identity (key and first-seen): the same flow
+            # with more than its counters changed finds its slot here (its bytes and, if its shape held, its
+            # part); the rest left the table. Worked out at the first entry not found (not at all when every
+            # flow only carried packets).
+            moved: dict[bytes, int] | None = None
+            decode = raw.decoder()
+            values, ks, vs = raw.values, raw.key_size, raw.value_size
             interfaces = {i.index: i.name for i in snap.interfaces}
-            old_values, old_shapes, old_kseen, old_ids = self._values, self._shapes, self._kernel_seen, self._ids
-            old_kbasis, old_kparts, old_kdesc = self._kernel_basis, self._kernel_parts, self._kernel_desc
-            idle_after = {"u": UDP_IDLE, "t": tcp_idle}
-            for kb, vb in raw.raw_entries():
+            # Listed only if last seen from these on (kernel clock), by kind: a closing flow never.
+            off = raw.mono_offset
+            fresh_from = {"t": _fresh_from(now_wall, off, tcp_idle), "u": _fresh_from(now_wall, off, UDP_IDLE),
+                          "x": 1 << 65}
+            listing: list[int] = []   # the listed flows' slots, in order
+            slot_get, names_get, listed = slot_of.get, names.get, listing.append
+            columns = zip(stable_keys, range(0, raw.count * vs, vs), raw.column("last_seen_ns"),
+                          raw.column("bytes"), raw.column("rx_bytes"), strict=True)
+            for sk, vo, last_ns, up, down in columns:
                 rec: FlowRecord | None = None
-                was = old_values.get(kb)
-                if was is not None and (was == vb or stable(was) == stable(vb)):
-                    shape = old_shapes[kb]
-                else:
-                    rec = decode(kb, vb)
+                s = slot_get(sk)
+                if s is None:   # new, or more than its counters changed: decoded
+                    rec = decode(sk[:ks], values[vo:vo + vs])
                     shape = _shape(rec)
-                values[kb], shapes[kb] = vb, shape
-                if not shape:
+                    if moved is None:
+                        moved = self._take_gone(stable_keys, idn)
+                    s = moved.pop(sk[:idn], None)
+                    if s is None:
+                        s = self._new_slot()
+                    elif shape != shapes[s]:
+                        kparts[s] = None   # written for another shape
+                    slot_of[sk] = s
+                    shapes[s], kinds[s], dsts[s] = shape, shape[:1], shape.rpartition(_SEP)[2]
+                    if not shape:
+                        ups[s] = downs[s] = 0
+                        kparts[s] = None
+                kind = kinds[s]
+                if not kind:
                     continue   # relayed (listed above, with the relay's bytes), blocked or DNS: not here
-                last_ns, up, down = counters(vb)
-                ident = kb + vb[fs]
-                prev = old_kseen.get(ident, 0)
-                up_added += max(0, up - (prev >> 64))
-                down_added += max(0, down - (prev & _MASK64))
-                kernel_seen[ident] = up << 64 | down
-                kind = shape[0]
-                if kind == "x" or now_wall - (last_ns / 1e9 + off) > idle_after[kind]:
+                # (max(0, x) spelled out: a call per flow counts at 10 000 flows)
+                if (d := up - ups[s]) > 0:
+                    up_added += d
+                if (d := down - downs[s]) > 0:
+                    down_added += d
+                ups[s], downs[s] = up, down
+                if last_ns < fresh_from[kind]:
+                    kparts[s] = None
                     continue
-                fid = old_ids.get(ident) or kernel_id(ident)
-                ids[ident] = fid
-                host = name_of(shape.rpartition(_SEP)[2])   # the shape ends with the destination
-                basis = f"{host}{_SEP}{shape}"
-                part = old_kparts.get(ident) if old_kbasis.get(ident) == basis else None
-                if part is None:
+                dst = dsts[s]
+                host = names_get(dst)
+                if host is None:
+                    host = name_of(dst)
+                part = kparts[s]
+                if part is None or host != hosts[s]:
                     if rec is None:
-                        rec = decode(kb, vb)
-                    part = self._kernel_part(fid, rec, host, rulesets, devices, interfaces)
-                    desc = f"{rec.proto} {_ep(rec.src, rec.sport)} -> {_ep(rec.dst, rec.dport)}"
-                else:
-                    desc = old_kdesc[ident]
-                kernel_basis[ident], kernel_parts[ident], kernel_desc[ident] = basis, part, desc
-                parts.append(f'{{"upload":{up},"download":{down},{part}}}')
-                kernel[fid] = desc
-        self._kernel_seen, self._kernel_basis, self._kernel_parts = kernel_seen, kernel_basis, kernel_parts
-        self._kernel_desc, self._values, self._shapes, self._ids = kernel_desc, values, shapes, ids
+                        rec = decode(sk[:ks], values[vo:vo + vs])
+                    if not fids[s]:
+                        fids[s] = kernel_id(sk[:idn])
+                        descs[s] = f"{rec.proto} {_ep(rec.src, rec.sport)} -> {_ep(rec.dst, rec.dport)}"
+                    part = kparts[s] = self._kernel_part(fids[s], rec, host, rulesets, devices, interfaces)
+                    hosts[s] = host
+                add(f',{{"upload":{up},"download":{down},')
+                add(part)
+                listed(s)
+            # (built in one go: inserted per flow inside the loop, it measured several times dearer)
+            kernel = {fids[s]: descs[s] for s in listing}
+            if moved is None and len(slot_of) != len(stable_keys):   # (the kernel's keys are unique in a batch)
+                moved = self._take_gone(stable_keys, idn)
+            for s in moved.values() if moved else ():   # left the table: its slot is free (and holds nothing)
+                self._release(s)
+            if len(kinds) > 2 * len(slot_of) + 1024:
+                self._compact()
 
         self.upload_total += up_added
         self.download_total += down_added
         memory = rss_bytes()
-        text = (f'{{"downloadTotal":{self.download_total},"uploadTotal":{self.upload_total},'
-                f'"connections":[{",".join(parts)}],"memory":{memory}}}')
-        return FlowView(text, time.monotonic(), self.upload_total, self.download_total, memory, tuple(relayed),
-                        kernel)
+        pieces[0] = f'{{"downloadTotal":{self.download_total},"uploadTotal":{self.upload_total},"connections":['
+        if len(pieces) > 1:
+            pieces[1] = pieces[1][1:]   # the first listed flow's has no comma before it
+        add(f'],"memory":{memory}}}')
+        return FlowView("".join(pieces), time.monotonic(), self.upload_total, self.download_total, memory,
+                        tuple(relayed), kernel)
 
-    # -- one flow's JSON, but for its byte counts --------------------------------------------------
+    # -- kernel entries' slots ---------------------------------------------------------------------
+    def _new_slot(self) -> int:
+        """A slot for an entry not in the last view: free, or a new one."""
+        if self._free:
+            return self._free.pop()
+        for column in (self._kind, self._shape, self._dst, self._host, self._fid, self._desc):
+            column.append("")
+        self._up.append(0)
+        self._down.append(0)
+        self._part.append(None)
+        return len(self._kind) - 1
+
+    def _take_gone(self, stable_keys: list[bytes], idn: int) -> dict[bytes, int]:
+        """The slots of the last view's entries not in `stable_keys`, taken out of the index, by identity."""
+        slot_of = self._slot
+        return {k[:idn]: slot_of.pop(k) for k in slot_of.keys() - stable_keys}
+
+    def _release(self, s: int) -> None:
+        self._kind[s] = self._shape[s] = self._dst[s] = self._host[s] = self._fid[s] = self._desc[s] = ""
+        self._up[s] = self._down[s] = 0
+        self._part[s] = None
+        self._free.append(s)
+
+    def _compact(self) -> None:
+        """The slots renumbered without the free ones, after a crowd of flows left the table."""
+        order = list(self._slot.values())
+        self._slot = dict(zip(self._slot, range(len(order)), strict=True))
+        self._kind = [self._kind[s] for s in order]
+        self._shape = [self._shape[s] for s in order]
+        self._dst = [self._dst[s] for s in order]
+        self._up = [self._up[s] for s in order]
+        self._down = [self._down[s] for s in order]
+        self._part = [self._part[s] for s in order]
+        self._host = [self._host[s] for s in order]
+        self._fid = [self._fid[s] for s in order]
+        self._desc = [self._desc[s] for s in order]
+        self._free = []
+
+    # -- one flow's JSON, but for its opening brace and byte counts ---------------------------------
     def _relay_part(self, c: Connection, host: str, rulesets: Mapping[int, RuleSet],
                     devices: Mapping[str, str]) -> str:
         rule, payload = self.labels.of(c.rule_index, c.rule, rulesets)
@@ -341,6 +421,25 @@ class FlowEncoder:
 _SEP = "\x1f"
 
 
+def _fresh_from(now_wall: float, mono_offset: float, idle: float) -> int:
+    """The least last_seen_ns (kernel clock) of a flow that has not idled past `idle` seconds at `now_wall`:
+    `last_ns < _fresh_from(...)` exactly when `now_wall - (last_ns / 1e9 + mono_offset) > idle`, that
+    expression being monotonic in last_ns, found once per view (64 steps) rather than in floats per flow."""
+    def idled(ns: int) -> bool:
+        return now_wall - (ns / 1e9 + mono_offset) > idle
+
+    lo, hi = 0, 1 << 64          # last_seen_ns is a u64: below hi
+    if not idled(lo):
+        return lo
+    while hi - lo > 1:           # idled(lo), and hi is past every idled value
+        mid = (lo + hi) // 2
+        if idled(mid):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def _shape(rec: FlowRecord) -> str:
     """What the view needs of a kernel entry but its counters, as a string (no container per flow):
     "" when it is not listed here (not direct), else its kind (t: TCP, u: UDP, x: closing), its rule's
@@ -366,7 +465,8 @@ def _metadata(network: str, kind: str, inbound: str, src: tuple[str, int], dst: 
 
 def _part(fid: str, meta: dict[str, Any], start: float, chains: list[str], rule: str, payload: str,
           extra: dict[str, Any]) -> str:
-    """A connection's JSON without its braces and byte counts (json.dumps escapes what the network wrote)."""
+    """A connection's JSON without its opening brace and byte counts (json.dumps escapes what the network
+    wrote): what follows '{"upload":N,"download":N,'."""
     body = json.dumps({"id": fid, "metadata": meta, "start": rfc3339(start), "chains": chains, "rule": rule,
                        "rulePayload": payload, "daetui": extra}, separators=(",", ":"))
-    return body[1:-1]
+    return body[1:]

@@ -19,7 +19,7 @@ import pytest
 from helpers import http_get, lan_connect, udp_exchange, wait_for
 
 from daetui.abi.constants import ABI
-from daetui.abi.flowrecord import struct_for
+from daetui.abi.flowrecord import RawFlows, struct_for
 from daetui.api.flowview import FlowEncoder, FlowView, kernel_id, relayed_conn_id, relayed_id
 from daetui.control import wire
 from daetui.control.client import call_once
@@ -168,6 +168,60 @@ def test_the_counter_reader_and_the_stable_part_agree_with_a_whole_decoding() ->
                  {"first_seen_ns": 5},
                  {"ifindex": 9}, {"mark": 1}):
         assert stable(changed(**kept)) != stable(vb), kept
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["daemon-layout", "packed-layout"])
+def test_columns_and_stable_keys_read_every_entry_as_one_at_a_time_would(packed: bool) -> None:
+    raw = _kernel_snapshot(*({"bytes": 7 + i, "rx_bytes": 9 * i, "last_seen_ns": 10**18 + i, "packets": i,
+                              "flags": i % 2} for i in range(5)), at=10**18).raw_flows
+    assert raw is not None
+    if packed:   # odd sizes and offsets: the per-entry fallbacks, a byte at a time
+        layout = [("flags", 0, "B"), ("first_seen_ns", 1, "Q"), ("last_seen_ns", 9, "Q"), ("packets", 17, "Q"),
+                  ("bytes", 25, "Q"), ("rx_packets", 33, "Q"), ("rx_bytes", 41, "Q"), ("mark", 49, "I")]
+        st, fields = struct_for(layout, 53)
+        rows = [{"flags": i % 2, "first_seen_ns": 10**18 - i, "last_seen_ns": 10**18 + i, "packets": i,
+                 "bytes": 7 + i, "rx_packets": 0, "rx_bytes": 9 * i, "mark": 0} for i in range(5)]
+        raw = RawFlows([("k", 0, "3s")], 3, layout, 53, keys=b"".join(bytes([1, 2, i]) for i in range(5)),
+                       values=b"".join(st.pack(*(r[n] for n in fields)) for r in rows))
+    vfmt, names = struct_for(raw.value_layout, raw.value_size)
+    entries = list(raw.raw_entries())
+    for name in ("last_seen_ns", "bytes", "rx_bytes", "packets", "flags"):
+        assert raw.column(name) == [vfmt.unpack(vb)[names.index(name)] for _, vb in entries], name
+    stable, fs = raw.stable(), raw.field_slice("first_seen_ns")
+    keys = raw.stable_keys()
+    assert [k[:raw.key_size + fs.stop - fs.start] for k in keys] == [kb + vb[fs] for kb, vb in entries]
+    assert len(set(keys)) == len(keys)
+    # Equal exactly when key and stable part are: the counters moving leaves them, anything else does not.
+    fields = [dict(zip(names, vfmt.unpack(vb), strict=True)) for _, vb in entries]
+    for change in ({"bytes": 1, "rx_bytes": 2, "packets": 3, "rx_packets": 4, "last_seen_ns": 5}, {"flags": 3},
+                   {"first_seen_ns": 6}, {"mark": 7}):
+        moved = dataclasses.replace(raw, values=b"".join(vfmt.pack(*({**f, **change}[n] for n in names))
+                                                         for f in fields))
+        after = moved.stable_keys()
+        same = [stable(vb) == stable(wb) for (_, vb), (_, wb) in zip(entries, moved.raw_entries(), strict=True)]
+        assert [a == b for a, b in zip(keys, after, strict=True)] == same, change
+        assert all(same) == ("bytes" in change), change
+
+
+def test_kernel_flows_keep_their_ids_and_bytes_through_a_crowd_leaving_and_coming_back() -> None:
+    """Many flows gone at once (their slots given back and the rest renumbered), one of the rest re-decided:
+    each listed flow still has its id and its own bytes, and the totals count only what was carried."""
+    enc = FlowEncoder(1, lambda addr: [])
+    at = int(time.time() * 1e9)
+
+    def view(*values: dict[str, Any]) -> tuple[dict[str, Any], FlowView]:
+        v = enc.build(_kernel_snapshot(*values, at=at), {}, 7440.0)
+        return {c["metadata"]["sourcePort"]: c for c in json.loads(v.text)["connections"]}, v
+
+    first, v1 = view(*[{}] * 2000)
+    assert len(first) == 2000 and v1.upload_total == 200_000
+    kept, v2 = view({"bytes": 150}, {"bytes": 130, "rule_index": 6, "generation": 2}, {})
+    assert set(kept) == {"40000", "40001", "40002"} and v2.upload_total == 200_080
+    assert all(kept[p]["id"] == first[p]["id"] for p in kept) and kept["40001"]["daetui"]["rule"] == "#7"
+    back, v3 = view({"bytes": 160}, {"bytes": 130, "rule_index": 6, "generation": 2}, *[{}] * 998)
+    assert len(back) == 1000 and [back[p]["upload"] for p in ("40000", "40001", "40002")] == [160, 130, 100]
+    assert v3.upload_total == 200_080 + 10 + 997 * 100 and back["40999"]["id"] == first["40999"]["id"]
+    assert v3.kernel == {c["id"]: f"tcp 192.0.2.2:{p} -> 203.0.113.7:443" for p, c in back.items()}
 
 
 # -- against the daemon ------------------------------------------------------------------------------------------
