@@ -38,6 +38,53 @@
 #define ROUTE_CHUNK 256
 #define GENERATIONS 2
 
+/* The programs of a new flow's decision, by their index in route_progs (tail calls). */
+#define PROG_CHUNK 0      /* route_chunk: the rule walk */
+#define PROG_CLASSIFY 1   /* route_classify: each field's class */
+#define PROG_MATCH 2      /* route_match: the first rule set in every field's bitmap */
+#define PROG_DECIDE 3     /* route_decide: records and carries out s->d_* */
+#define N_ROUTE_PROGS 4
+
+/* The rule classifier. Bit r of a bitmap is rule position r (the r-th enabled
+ * rule). Each field of a packet has a class: the bitmap of the rules whose
+ * functions on that field hold for it (negations folded in), plus at most one
+ * extra rule bit (so the many classes "the field's rule-less bitmap and the
+ * one rule naming this value" share one bitmap). A rule matches when its bit
+ * is set in every field's class; domain() and must_rules are applied to the
+ * candidates in rule order, as the walk applies them. */
+#define CLS_WORDS 64              /* MAX_RULES / 64: words of a whole bitmap */
+#define CLS_BLOCKS 2048           /* 64-word blocks of bitmaps per generation (1 MiB) */
+#define CLS_STEPS 64              /* words read or candidates tried per run of route_match */
+/* Runs of route_match before the walk takes over from the next untried rule: candidates turned down
+ * (must_rules, domain()) cost a step each, and tail calls are limited (33 a packet). */
+#define CLS_MAX_RUNS 8
+#define CLS_PORTS 65536
+#define CLS_MISC 256              /* l4proto (1 bit) x ipversion (1 bit) x dscp (6 bits) */
+#define CLS_KEYED_ENTRIES 8192    /* MACs, interfaces and process names named by rules, both generations */
+#define CLS_MAX_RULE_DOMAINS 32   /* domain() functions of one rule the classifier handles */
+/* A class, as the class maps hold it: the bitmap's first word (in the generation's
+ * blocks, a multiple of cls_gen.n_words) << CLS_EXTRA_BITS | (extra rule position + 1, 0: none). */
+#define CLS_EXTRA_BITS 13
+/* Fields, in route_state.cls */
+#define CLS_F_DPORT 0
+#define CLS_F_SPORT 1
+#define CLS_F_DIP 2
+#define CLS_F_SIP 3
+#define CLS_F_MISC 4       /* also clears the rules that can never match */
+#define CLS_F_MAC 5
+#define CLS_F_IFACE 6      /* the pair (LAN interface, WAN interface): one interface() may name both sides */
+#define CLS_F_PNAME 7
+#define CLS_FIELDS 8
+/* Kinds of cls_keyed entries: the class of a MAC or process name, the index (below CLS_IFACES, 0 for
+ * one no rule names) of a LAN or WAN interface in cls_ifaces */
+#define CLS_KEY_MAC 0
+#define CLS_KEY_LAN 1
+#define CLS_KEY_WAN 2
+#define CLS_KEY_PNAME 3
+#define CLS_IFACES 16      /* interfaces a side the classifier tells apart (15 named, and any other) */
+/* cls_rule.flags */
+#define CLS_RULE_MUST_RULES 1
+
 /* Outbounds as the kernel sees them. Every id from OUTBOUND_FIRST_GROUP up is
  * a group: the flow goes to the control plane. */
 #define OUTBOUND_DIRECT 0
@@ -244,7 +291,7 @@ struct params {
     __u32 active_gen;
     __u32 tproxy_mark;    /* set on packets for the control plane: policy routing makes them local */
     __u8 fail_open;       /* no listener: 1 pass the packet, 0 drop it */
-    __u8 pad;
+    __u8 walk;            /* 1: walk the rules even where the generation has a classifier (the reference) */
     __u8 own_mac[6];      /* daetui0's address: the destination of the own flows redirected into it */
     __u32 own_ifindex;    /* daetui0: the router's own flows for the control plane enter here (0: none) */
     __u32 so_mark;        /* so_mark_from_dae: packets carrying it are daetui's own, never caught */
@@ -274,6 +321,45 @@ struct gen_params {
     __u32 fallback_mark;
     __u8 fallback_outbound;
     __u8 pad[7];
+};
+
+/* A generation's classifier (cls_*): used when ok, else its rules are walked. */
+struct cls_gen {
+    __u8 ok;
+    __u8 has_wan;         /* interface() of a WAN side: the FIB is asked */
+    __u8 has_pname;
+    __u8 pad;
+    __u16 used;           /* bit CLS_F_*: some rule has a function on the field (else its class is every rule) */
+    __u16 pad2;
+    __u32 n_words;        /* words of a bitmap: a power of two, 1..CLS_WORDS */
+    __u32 dflt[CLS_FIELDS]; /* the class of a value no entry names (dip, sip, mac, pname) */
+};
+
+/* A rule position's rule. */
+struct cls_rule {
+    __u16 rule_index;
+    __u8 outbound;
+    __u8 must;
+    __u32 mark;
+    __u8 flags;           /* CLS_RULE_* */
+    __u8 dom_count;       /* its domain() functions: bits dom_first.. of domain_routing */
+    __u16 dom_first;
+    __u32 dom_negate;     /* bit i: domain function dom_first + i is negated */
+    __u16 ms_first;       /* its first match set: where the walk starts when it takes over */
+    __u16 pad;
+};
+
+/* cls_keyed: the class of a MAC (name[0..5]) or process name, the index of a LAN or WAN interface (ifindex). */
+struct cls_key {
+    __u8 gen;
+    __u8 kind;            /* CLS_KEY_* */
+    __u16 pad;
+    __u32 ifindex;
+    char name[PNAME_LEN];
+};
+
+struct cls_block {
+    __u64 w[CLS_WORDS];
 };
 
 struct rule_stat {
@@ -312,6 +398,20 @@ struct route_state {
     __u32 pid;            /* own flows: the socket's process, when the cgroup hooks saw it */
     char comm[PNAME_LEN];
     struct bpf_fib_lookup fib;
+    /* The classifier's run (route_classify, route_match), and the decision for route_decide: */
+    __u32 cls[CLS_FIELDS];  /* each field's class (see CLS_EXTRA_BITS) */
+    __u32 cls_w;          /* the next word to read */
+    __u64 cls_acc;        /* the candidates of word cls_w - 1 not tried yet */
+    __u64 dbits[DOMAIN_WORDS]; /* domain_routing[dip]'s bits of this generation, when dom_state is 2 */
+    __u8 dom_state;       /* 0: not looked up, 1: no name known, 2: known */
+    __u8 d_outbound;
+    __u8 d_must;
+    __u8 cls_runs;        /* runs of route_match so far */
+    __u32 cls_next;       /* the first rule position not yet turned down */
+    __u16 d_rule;
+    __u16 pad3;
+    __u32 d_mark;
+    struct cls_key ck;
 };
 
 BPF_TABLE("lru_hash", struct tuple_key, struct flow, routing_tuples, MAX_FLOWS);
@@ -334,7 +434,16 @@ BPF_TABLE("hash", struct ip_key, struct domain_entry, domain_routing, MAX_DOMAIN
 BPF_TABLE("hash", struct tuple_key, __u64, relayed_tuples, MAX_FLOWS);
 BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
 BPF_ARRAY(group_health, __u8, GENERATIONS * MAX_GROUPS);
-BPF_PROG_ARRAY(route_progs, 1);
+BPF_PROG_ARRAY(route_progs, N_ROUTE_PROGS);
+BPF_ARRAY(cls_gens, struct cls_gen, GENERATIONS);
+BPF_ARRAY(cls_blocks, struct cls_block, GENERATIONS * CLS_BLOCKS);
+BPF_ARRAY(cls_rules, struct cls_rule, GENERATIONS * MAX_RULES);
+BPF_ARRAY(cls_ports, __u32, GENERATIONS * 2 * CLS_PORTS);   /* [gen][dport, sport][port] */
+BPF_ARRAY(cls_misc, __u32, GENERATIONS * CLS_MISC);
+BPF_ARRAY(cls_ifaces, __u32, GENERATIONS * CLS_IFACES * CLS_IFACES);  /* [gen][lan index][wan index] */
+/* Key as ip_sets' (struct ip_set_key), set_id = gen << 2 | sip << 1 | IPv6: the class of the longest prefix. */
+BPF_LPM_TRIE(cls_ip, struct ip_set_key, __u32, MAX_IP_SET_ENTRIES);
+BPF_HASH(cls_keyed, struct cls_key, __u32, CLS_KEYED_ENTRIES);
 BPF_TABLE("lru_hash", __u64, struct sock_owner, sock_owner, MAX_FLOWS);
 /* Marks whose packets wan_egress never catches (global.bypass_marks), besides so_mark. */
 BPF_HASH(bypass_marks, __u32, __u8, 16);

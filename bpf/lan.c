@@ -4,8 +4,13 @@
  *              and carries out the decision for every packet: direct flows
  *              are passed and never reach user space, blocked ones dropped,
  *              the rest handed to the control plane with bpf_sk_assign.
- * route_chunk  evaluates ROUTE_CHUNK match sets per call and tail-calls
- *              itself, so thousands of rules fit the verifier's limits.
+ * route_classify looks up each field's class of a new flow's packet and
+ * route_match  finds the first rule set in every class's bitmap (the rule
+ *              classifier: a few lookups and word ANDs, whatever the rules);
+ * route_chunk  walks the rules instead (the reference, and what a generation
+ *              the classifier cannot hold uses): ROUTE_CHUNK match sets per
+ *              call, tail-calling itself, so thousands fit the verifier's limits;
+ * route_decide records the decision and carries it out.
  * lan_egress   counts the replies of the flows lan_ingress knows.
  * (*_l3: the same on an interface without Ethernet header: WireGuard, tun.)
  * wan_egress   decides the router's own new flows leaving by a WAN interface
@@ -471,13 +476,42 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     return act(skb, s, outbound, mark);
 }
 
+/* route_decide: decide() for every path (walk, classifier, fallback), so it is compiled once. */
+int route_decide(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    return decide(skb, s, s->d_outbound, s->d_rule, s->d_mark, s->d_must);
+}
+
+/* Decide by s->d_* (route_decide). */
+static __always_inline int to_decide(struct __sk_buff *skb, struct route_state *s)
+{
+    route_progs.call(skb, PROG_DECIDE);
+    /* Out of tail calls (cannot happen within the limits the loader checks): passed. */
+    count(CNT_CHUNK_LIMIT);
+    return TC_ACT_OK;
+}
+
+static __always_inline int decide_rule(struct __sk_buff *skb, struct route_state *s, __u8 outbound,
+                                       __u16 rule_index, __u32 mark, __u8 must)
+{
+    s->d_outbound = outbound;
+    s->d_rule = rule_index;
+    s->d_mark = mark;
+    s->d_must = must;
+    return to_decide(skb, s);
+}
+
 static __always_inline int decide_fallback(struct __sk_buff *skb, struct route_state *s)
 {
     __u32 g = s->gen;
     struct gen_params *gp = gen_params.lookup(&g);
     if (!gp)
         return TC_ACT_OK;
-    return decide(skb, s, gp->fallback_outbound, RULE_FALLBACK, gp->fallback_mark, 0);
+    return decide_rule(skb, s, gp->fallback_outbound, RULE_FALLBACK, gp->fallback_mark, 0);
 }
 
 static __always_inline __u8 mac_equal(const __u8 *a, const __u8 *b)
@@ -635,9 +669,228 @@ int route_chunk(struct __sk_buff *skb)
         }
     }
     if (decided)
-        return decide(skb, s, outbound, rule_index, mark, must);
-    route_progs.call(skb, 0);
+        return decide_rule(skb, s, outbound, rule_index, mark, must);
+    route_progs.call(skb, PROG_CHUNK);
     /* Out of tail calls: more match sets than the build supports. */
+    count(CNT_CHUNK_LIMIT);
+    return decide_fallback(skb, s);
+}
+
+/* -- the classifier ------------------------------------------------------------------------ */
+
+static __always_inline __u32 keyed_class(struct route_state *s, __u8 kind, __u32 dflt)
+{
+    s->ck.kind = kind;
+    __u32 *c = cls_keyed.lookup(&s->ck);
+    return c ? *c : dflt;
+}
+
+static __always_inline __u32 ip_class(struct route_state *s, __u8 sip, __u32 dflt)
+{
+    s->ipk.prefixlen = 32 + 128;
+    s->ipk.set_id = ((__u32)s->gen << 2) | (sip << 1) | (s->ipversion == 6 ? 1 : 0);
+    if (sip)
+        __builtin_memcpy(s->ipk.addr, s->key.sip, 16);
+    else
+        __builtin_memcpy(s->ipk.addr, s->key.dip, 16);
+    __u32 *c = cls_ip.lookup(&s->ipk);
+    return c ? *c : dflt;
+}
+
+static __always_inline __u32 array_class(void *map_lookup_result)
+{
+    return map_lookup_result ? *(__u32 *)map_lookup_result : 0;
+}
+
+/* Each field's class of the packet, then route_match. */
+int route_classify(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    __u32 g = s->gen & 1;
+    struct cls_gen *cg = cls_gens.lookup(&g);
+    if (!cg)
+        return decide_fallback(skb, s);
+    /* A field no rule uses has class 0 (bitmap 0: every rule); its lookup is skipped. */
+    __u32 used = cg->used, k;
+    __builtin_memset(s->cls, 0, sizeof(s->cls));
+    if (used & (1 << CLS_F_DPORT)) {
+        k = (g * 2) * CLS_PORTS + s->key.dport;
+        s->cls[CLS_F_DPORT] = array_class(cls_ports.lookup(&k));
+    }
+    if (used & (1 << CLS_F_SPORT)) {
+        k = (g * 2 + 1) * CLS_PORTS + s->key.sport;
+        s->cls[CLS_F_SPORT] = array_class(cls_ports.lookup(&k));
+    }
+    if (used & (1 << CLS_F_DIP))
+        s->cls[CLS_F_DIP] = ip_class(s, 0, cg->dflt[CLS_F_DIP]);
+    if (used & (1 << CLS_F_SIP))
+        s->cls[CLS_F_SIP] = ip_class(s, 1, cg->dflt[CLS_F_SIP]);
+    /* Always: its class also clears the positions past the last rule and the rules that never match. */
+    k = g * CLS_MISC + ((s->key.l4proto == IPPROTO_TCP ? 0 : 1) << 7) + ((s->ipversion == 6 ? 1 : 0) << 6) +
+        (s->dscp & 63);
+    s->cls[CLS_F_MISC] = array_class(cls_misc.lookup(&k));
+    if (used & ((1 << CLS_F_MAC) | (1 << CLS_F_IFACE) | (1 << CLS_F_PNAME))) {
+        __builtin_memset(&s->ck, 0, sizeof(s->ck));
+        s->ck.gen = g;
+    }
+    if (used & (1 << CLS_F_MAC)) {
+        __builtin_memcpy(s->ck.name, s->mac, 6);
+        s->cls[CLS_F_MAC] = keyed_class(s, CLS_KEY_MAC, cg->dflt[CLS_F_MAC]);
+        __builtin_memset(s->ck.name, 0, 6);
+    }
+    if (used & (1 << CLS_F_IFACE)) {
+        s->ck.ifindex = s->ifindex;
+        __u32 lan = keyed_class(s, CLS_KEY_LAN, 0), wan = 0;
+        if (cg->has_wan) {
+            s->ck.ifindex = wan_ifindex(skb, s);
+            wan = keyed_class(s, CLS_KEY_WAN, 0);
+        }
+        k = (g * CLS_IFACES + (lan & (CLS_IFACES - 1))) * CLS_IFACES + (wan & (CLS_IFACES - 1));
+        s->cls[CLS_F_IFACE] = array_class(cls_ifaces.lookup(&k));
+    }
+    if (used & (1 << CLS_F_PNAME)) {
+        s->cls[CLS_F_PNAME] = cg->dflt[CLS_F_PNAME];
+        if (s->own && s->comm[0]) {
+            s->ck.ifindex = 0;
+            __builtin_memcpy(s->ck.name, s->comm, PNAME_LEN);
+            s->cls[CLS_F_PNAME] = keyed_class(s, CLS_KEY_PNAME, cg->dflt[CLS_F_PNAME]);
+        }
+    }
+    s->cls_w = 0;
+    s->cls_acc = 0;
+    s->cls_runs = 0;
+    s->cls_next = 0;
+    s->dom_state = 0;
+    route_progs.call(skb, PROG_MATCH);
+    return decide_fallback(skb, s);
+}
+
+/* x, as something clang cannot reason about: keeps a branch-free expression from being turned back into
+ * a compare and branch (each branch doubles what the verifier explores). */
+static __always_inline __u64 opaque(__u64 x)
+{
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
+/* The position of a word's only set bit (a branch-free popcount of the bits below it). */
+static __always_inline __u32 bit_index(__u64 low)
+{
+    __u64 x = low - 1;
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+    return (x * 0x0101010101010101ULL) >> 56;
+}
+
+/* Whether every domain() function of a rule holds for the name's bits (s->dbits). */
+static __always_inline __u8 domains_hold(struct route_state *s, struct cls_rule *r)
+{
+    __u32 f = r->dom_first & (MAX_DOMAIN_FUNCTIONS - 1);
+    __u32 c = r->dom_count & 63;
+    __u32 off = f & 63, wi = f >> 6;
+    __u64 v = s->dbits[wi & (DOMAIN_WORDS - 1)] >> off;
+    if (off && off + c > 64 && wi + 1 < DOMAIN_WORDS)
+        v |= s->dbits[(wi + 1) & (DOMAIN_WORDS - 1)] << ((64 - off) & 63);
+    __u64 mask = c >= 64 ? ~0ULL : (1ULL << c) - 1;
+    return ((v ^ r->dom_negate) & mask) == mask;
+}
+
+/* The first rule set in every field's class bitmap (AND, word by word), and domain() and must_rules
+ * applied to each candidate in turn. CLS_STEPS words or candidates per run; the state is in s, so a
+ * longer search goes on in a tail call to itself. */
+int route_match(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    __u32 g = s->gen & 1;
+    struct cls_gen *cg = cls_gens.lookup(&g);
+    if (!cg)
+        return decide_fallback(skb, s);
+    __u32 nw = cg->n_words;
+    struct cls_block *b[CLS_FIELDS];
+    __u32 base[CLS_FIELDS];
+    __u32 ew[CLS_FIELDS];
+    __u64 eb[CLS_FIELDS];
+#pragma unroll
+    for (int f = 0; f < CLS_FIELDS; f++) {
+        __u32 c = s->cls[f];
+        __u32 off = c >> CLS_EXTRA_BITS;
+        __u32 bk = g * CLS_BLOCKS + ((off >> 6) & (CLS_BLOCKS - 1));
+        b[f] = cls_blocks.lookup(&bk);
+        if (!b[f])
+            return decide_fallback(skb, s);
+        base[f] = off & 63;
+        /* Branch-free (a branch per field would multiply the verifier's states): with no extra bit,
+         * ex - 1 wraps and its word is past any bitmap. */
+        __u32 ex = (c & ((1 << CLS_EXTRA_BITS) - 1)) - 1;
+        ew[f] = ex >> 6;
+        eb[f] = 1ULL << (ex & 63);
+    }
+    for (int k = 0; k < CLS_STEPS; k++) {
+        __u64 acc = s->cls_acc;
+        if (!acc) {
+            __u32 w = s->cls_w;
+            if (w >= nw || w >= CLS_WORDS)
+                return decide_fallback(skb, s);
+            acc = ~0ULL;
+#pragma unroll
+            for (int f = 0; f < CLS_FIELDS; f++) {
+                /* The extra bit when it is in word w, without a branch: x | -x has its top bit set unless x is 0. */
+                __u64 x = ew[f] ^ w;
+                __u64 in_word = (opaque(x | -x) >> 63) ^ 1;
+                acc &= b[f]->w[(base[f] + w) & (CLS_WORDS - 1)] | (eb[f] & -in_word);
+            }
+            s->cls_w = w + 1;
+            s->cls_acc = acc;
+            continue;
+        }
+        __u64 low = acc & -acc;
+        s->cls_acc = acc ^ low;
+        __u32 pos = ((s->cls_w - 1) << 6) | bit_index(low);
+        __u32 rk = g * MAX_RULES + (pos & (MAX_RULES - 1));
+        struct cls_rule *r = cls_rules.lookup(&rk);
+        if (!r)
+            continue;
+        s->cls_next = pos + 1;
+        if (r->dom_count) {
+            if (!s->dom_state) {
+                struct domain_entry *d = domain_routing.lookup((struct ip_key *)s->key.dip);
+                s->dom_state = d ? 2 : 1;
+                if (d) {
+#pragma unroll
+                    for (int i = 0; i < DOMAIN_WORDS; i++)
+                        s->dbits[i] = d->bits[g * DOMAIN_WORDS + i];
+                }
+            }
+            /* The rule needs the name of an address the kernel has no name for. */
+            if (s->dom_state == 1)
+                return decide_rule(skb, s, OUTBOUND_USERSPACE, r->rule_index, 0, 0);
+            if (!domains_hold(s, r))
+                continue;
+        }
+        if (r->flags & CLS_RULE_MUST_RULES) {
+            s->must = 1;  /* must_rules: note it and go on with the next rule */
+            continue;
+        }
+        return decide_rule(skb, s, r->outbound, r->rule_index, r->mark, r->must);
+    }
+    if (++s->cls_runs < CLS_MAX_RUNS)
+        route_progs.call(skb, PROG_MATCH);
+    /* Many candidates turned down: the walk goes on from the next rule, in what tail calls remain. */
+    __u32 nk = g * MAX_RULES + (s->cls_next & (MAX_RULES - 1));
+    struct cls_rule *next = cls_rules.lookup(&nk);
+    if (!next || s->cls_next >= MAX_RULES)
+        return decide_fallback(skb, s);
+    s->i = next->ms_first;
+    s->good = 0;
+    s->undecided = 0;
+    route_progs.call(skb, PROG_CHUNK);
     count(CNT_CHUNK_LIMIT);
     return decide_fallback(skb, s);
 }
@@ -670,7 +923,7 @@ static __always_inline struct flow *known_flow(struct __sk_buff *skb, struct rou
     return f;
 }
 
-/* Decide a new flow: walk the active generation's rules (route_chunk, by tail calls). */
+/* Decide a new flow: classify it (route_classify) or walk the active generation's rules (route_chunk). */
 static __always_inline int route_new(struct __sk_buff *skb, struct route_state *s)
 {
     __u32 zero = 0;
@@ -688,7 +941,10 @@ static __always_inline int route_new(struct __sk_buff *skb, struct route_state *
     s->good = 0;
     s->must = 0;
     s->undecided = 0;
-    route_progs.call(skb, 0);
+    struct cls_gen *cg = cls_gens.lookup(&gen);
+    if (cg && cg->ok && !p->walk)
+        route_progs.call(skb, PROG_CLASSIFY);
+    route_progs.call(skb, PROG_CHUNK);
     /* route_chunk is not installed: decide by the fallback. */
     count(CNT_CHUNK_LIMIT);
     return decide_fallback(skb, s);

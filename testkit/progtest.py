@@ -240,7 +240,7 @@ class Verdict:
 
 
 class RouteHarness:
-    """`lan_ingress` and `route_chunk` loaded once (BCC compiles for seconds), rules swapped at will.
+    """`lan_ingress` and the routing programs loaded once (BCC compiles for seconds), rules swapped at will.
 
         h = RouteHarness()                         # compiles, loads, makes a namespace
         h.load('''[routing]\\nrules = ["dport(53) -> block"]\\nfallback = "direct"''')
@@ -334,6 +334,16 @@ class RouteHarness:
         ruleset = parse_config(config, "harness.toml").routing if isinstance(config, str) else config
         # interface() names resolve in the harness's namespace, where the packets come in.
         return ruleset, compile_rules(ruleset, self.program.max_match_sets, lambda n: self.ns.ifindex.get(n, 0))
+
+    def set_walk(self, walk: bool) -> None:
+        """Decide new flows by the rule walk (True) or, where the generation has one, the classifier."""
+        self.program.set_walk(walk)
+
+    @property
+    def classified(self) -> bool:
+        """Whether the active generation's new flows are decided by the classifier (not the walk)."""
+        cls = self.program.classifiers.get(self.generation)
+        return bool(cls and cls.ok and not self.program.walk)
 
     def forget_flows(self) -> None:
         """Empty routing_tuples and relayed_tuples: every flow is new again."""

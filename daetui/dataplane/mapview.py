@@ -40,7 +40,15 @@ PURPOSE = {
     "if_stats": "per interface: packets and bytes (per CPU)",
     "scratch": "per-CPU scratch of one packet's routing",
     "listeners": "the transparent listeners flows are handed to",
-    "route_progs": "route_chunk, tail-called per 256 match sets",
+    "route_progs": "the programs of a new flow's decision (tail calls): walk, classify, match, decide",
+    "cls_gens": "per generation: whether the rule classifier decides (else the rules are walked), bitmap size",
+    "cls_blocks": "the classifier's rule bitmaps (bit r: rule position r), 64 words a block",
+    "cls_rules": "per generation and rule position: outbound, rule, mark, must_rules, domain() bits",
+    "cls_ports": "per generation: the class of every destination and source port",
+    "cls_misc": "per generation: the class of each l4proto x ipversion x dscp",
+    "cls_ifaces": "per generation: the class of each (LAN interface, WAN interface) pair",
+    "cls_ip": "per generation: the class of each dip/sip prefix (LPM trie)",
+    "cls_keyed": "per generation: the class of each MAC and process name, the index of each interface",
 }
 
 MATCH_NAMES = {v: k.lower() for k, v in ABI.prefixed("MATCH_").items()}
@@ -113,7 +121,15 @@ class MapView:
         if name == "listeners":
             return len(self.listeners())
         if name == "route_progs":
-            return 1
+            return ABI.N_ROUTE_PROGS
+        if name in ("cls_ip", "cls_keyed"):
+            return sum(1 for _ in p.bpf[name.encode()])
+        if name.startswith("cls_"):
+            used = [c for c in p.classifiers.values() if c.ok]
+            return {"cls_gens": len(used), "cls_blocks": sum(-(-len(c.words) // ABI.CLS_WORDS) for c in used),
+                    "cls_rules": sum(len(c.rules) for c in used), "cls_ports": 2 * ABI.CLS_PORTS * len(used),
+                    "cls_misc": ABI.CLS_MISC * len(used),
+                    "cls_ifaces": ABI.CLS_IFACES * ABI.CLS_IFACES * len(used)}.get(name, -1)
         if name in ("params",):
             return 1
         if name == "gen_params":
@@ -282,7 +298,21 @@ class MapView:
                                                 for s in range(ABI.N_LISTENERS)]
 
     def _rows_route_progs(self) -> tuple[list[str], list[list[str]]]:
-        return ["slot", "program"], [["0", f"route_chunk (fd {self.p.route.fd})"]]
+        p = self.p
+        progs = ((ABI.PROG_CHUNK, "route_chunk", p.route), (ABI.PROG_CLASSIFY, "route_classify", p.classify),
+                 (ABI.PROG_MATCH, "route_match", p.match), (ABI.PROG_DECIDE, "route_decide", p.decide))
+        return ["slot", "program"], [[str(i), f"{name} (fd {fn.fd})"] for i, name, fn in progs]
+
+    def _rows_cls_gens(self) -> tuple[list[str], list[list[str]]]:
+        rows = []
+        for gen in range(ABI.GENERATIONS):
+            c = self.p.classifiers.get(gen)
+            if c is None:
+                continue
+            how = "walked (params.walk)" if self.p.walk else "classified" if c.ok else f"walked: {c.why}"
+            rows.append([str(gen), how, str(c.n_rules), str(c.n_words), str(c.n_bitmaps) if c.ok else "",
+                         str(len(c.ip)), str(len(c.keyed))])
+        return ["gen", "new flows", "rules", "words", "bitmaps", "prefixes", "keyed"], rows
 
 
 def _bits(value: int) -> list[int]:

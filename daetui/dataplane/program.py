@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from daetui.dataplane.bpflink import (
     link_create,
 )
 from daetui.resources import bpf_dir
+from daetui.routing.classify import Classifier, build_classifier
 from daetui.routing.compile import KernelRules
 
 log = logging.getLogger("daetui.dataplane")
@@ -50,6 +52,15 @@ def _v6(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
 def _word(gen: int, w: int) -> int:
     """Where a generation's word sits in domain_entry.bits (flat: see bpf/daetui.h)."""
     return gen * ABI.DOMAIN_WORDS + w
+
+
+def _batch(table: Any, first: int, n: int, values: bytes) -> None:
+    """Write entries first..first+n-1 of an array map from `values` (their leaves back to back), in one call."""
+    if n == 0:
+        return
+    keys = (ct.c_uint32 * n)(*range(first, first + n))
+    leaves = (table.Leaf * n).from_buffer_copy(values)
+    table.items_update_batch(keys, leaves)
 
 
 def monotonic_to_wall(ns: int) -> float:
@@ -81,8 +92,16 @@ class KernelProgram:
         self.lookup = self.bpf.load_func(b"tproxy_lookup", BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP)
         self._lookup_link: int | None = None
         self._batch: tuple[Any, Any, int] | None = None
-        self.bpf[b"route_progs"][ct.c_int(0)] = ct.c_int(self.route.fd)
+        self.classify = self.bpf.load_func(b"route_classify", BPF.SCHED_CLS)
+        self.match = self.bpf.load_func(b"route_match", BPF.SCHED_CLS)
+        self.decide = self.bpf.load_func(b"route_decide", BPF.SCHED_CLS)
+        progs = self.bpf[b"route_progs"]
+        for index, fn in ((ABI.PROG_CHUNK, self.route), (ABI.PROG_CLASSIFY, self.classify),
+                          (ABI.PROG_MATCH, self.match), (ABI.PROG_DECIDE, self.decide)):
+            progs[ct.c_int(index)] = ct.c_int(fn.fd)
         self.max_match_sets = max_match_sets
+        self.walk = False
+        self.classifiers: dict[int, Classifier] = {}   # what each generation's cls_* maps hold
         self.max_flows = max_flows
         self.max_domain_ips = max_domain_ips
         self.relayed = self.bpf[b"relayed_tuples"]
@@ -115,6 +134,15 @@ class KernelProgram:
         p.fail_open = int(fail_open)
         p.so_mark = so_mark
         p.own_tgid = os.getpid()
+        p.walk = int(self.walk)
+        self.params[ct.c_int(0)] = p
+
+    def set_walk(self, walk: bool) -> None:
+        """Walk the rules (True) even where a generation has a classifier: the reference the classifier is
+        tested against."""
+        self.walk = walk
+        p = self.params[ct.c_int(0)]
+        p.walk = int(walk)
         self.params[ct.c_int(0)] = p
 
     def set_own_path(self, ifindex: int, mac: bytes) -> None:
@@ -215,11 +243,69 @@ class KernelProgram:
                 for j in range(16):
                     k.addr[j] = raw[j]
                 self.ip_sets[k] = one
+        self.write_classifier(gen, build_classifier(rules))
         gp = self.gen_params.Leaf()
         gp.n_match_sets = len(rules.match_sets)
         gp.fallback_outbound = rules.fallback_outbound
         gp.fallback_mark = rules.fallback_mark
         self.gen_params[ct.c_int(gen)] = gp
+
+    def write_classifier(self, gen: int, cls: Classifier) -> None:
+        """Write a generation's classifier (`gen` is not active); one that is not ok leaves its rules walked."""
+        gens = self.bpf[b"cls_gens"]
+        g = gens.Leaf()   # ok = 0 first: a half-written classifier is never used
+        gens[ct.c_int(gen)] = g
+        self.classifiers[gen] = cls
+        self._clear_classifier(gen)
+        if not cls.ok:
+            return
+        per_block = ABI.CLS_WORDS
+        words = array("Q", cls.words)
+        words.extend([0] * (-len(words) % per_block))
+        n_blocks = len(words) // per_block
+        _batch(self.bpf[b"cls_blocks"], gen * ABI.CLS_BLOCKS, n_blocks, words.tobytes())
+        rules_map = self.bpf[b"cls_rules"]
+        leaves = (rules_map.Leaf * len(cls.rules))()
+        for leaf, r in zip(leaves, cls.rules, strict=True):
+            leaf.rule_index, leaf.outbound, leaf.mark, leaf.must = r.rule_index, r.outbound, r.mark, r.must
+            leaf.flags = ABI.CLS_RULE_MUST_RULES if r.must_rules else 0
+            leaf.dom_first, leaf.dom_count, leaf.dom_negate = r.dom_first, r.dom_count, r.dom_negate
+            leaf.ms_first = r.ms_first
+        _batch(rules_map, gen * ABI.MAX_RULES, len(cls.rules), bytes(leaves))
+        for side, ports in enumerate(cls.ports):
+            _batch(self.bpf[b"cls_ports"], (gen * 2 + side) * ABI.CLS_PORTS, ABI.CLS_PORTS, ports.tobytes())
+        _batch(self.bpf[b"cls_misc"], gen * ABI.CLS_MISC, ABI.CLS_MISC, cls.misc.tobytes())
+        _batch(self.bpf[b"cls_ifaces"], gen * len(cls.ifaces), len(cls.ifaces), cls.ifaces.tobytes())
+        ip = self.bpf[b"cls_ip"]
+        for side, net, value in cls.ip:
+            k = ip.Key()
+            v6 = net.version == 6
+            k.set_id = gen << 2 | side << 1 | int(v6)
+            k.prefixlen = 32 + (net.prefixlen if v6 else 96 + net.prefixlen)
+            ct.memmove(ct.addressof(k) + type(k).addr.offset, _v6(net.network_address), 16)
+            ip[k] = ct.c_uint32(value)
+        keyed = self.bpf[b"cls_keyed"]
+        key_t = keyed.Key
+        for kind, ifindex, name, value in cls.keyed:
+            k = key_t()
+            k.gen, k.kind, k.ifindex = gen, kind, ifindex
+            ct.memmove(ct.addressof(k) + key_t.name.offset, name, min(len(name), ABI.PNAME_LEN))
+            keyed[k] = ct.c_uint32(value)
+        g.n_words = cls.n_words
+        g.has_wan, g.has_pname, g.used = int(cls.has_wan), int(cls.has_pname), cls.used
+        for i, d in enumerate(cls.defaults):
+            g.dflt[i] = d
+        g.ok = 1
+        gens[ct.c_int(gen)] = g
+
+    def _clear_classifier(self, gen: int) -> None:
+        """Remove a generation's prefixes and keyed classes (the arrays are written whole)."""
+        ip = self.bpf[b"cls_ip"]
+        for k in [k for k in ip if (k.set_id >> 2) == gen]:
+            del ip[k]
+        keyed = self.bpf[b"cls_keyed"]
+        for k in [k for k in keyed if k.gen == gen]:
+            del keyed[k]
 
     @staticmethod
     def _global_set_id(gen: int, set_id: int) -> int:
