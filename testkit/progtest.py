@@ -277,7 +277,8 @@ class RouteHarness:
         self._listeners: set[int] = set()    # sockmap slots filled
 
     def reset(self, fail_open: bool = True) -> None:
-        """Back to a just-loaded state, rules aside: no flows, names, dead groups or listeners."""
+        """Back to a just-loaded state, rules aside: no flows, names, dead groups or listeners; classified."""
+        self.set_walk(False)
         self.forget_flows()
         for ip in list(self._names):
             self.forget_name(str(ip))

@@ -1,8 +1,8 @@
 """4096 rules in the kernel: every one reachable, the last one decides, one more is refused with its reason.
 
-The walk itself (every chunk of ROUTE_CHUNK match sets and the tail call
-between them) runs on testkit's harness, on crafted packets; one flow of the
-lab, to a daemon holding the 4096 rules, is decided by the last of them.
+The walk (every chunk of ROUTE_CHUNK match sets and the tail call between
+them) and the classifier run on testkit's harness, on crafted packets; one flow
+of the lab, to a daemon holding the 4096 rules, is decided by the last of them.
 """
 
 from __future__ import annotations
@@ -37,10 +37,14 @@ def harness():
     return h
 
 
-def test_every_chunk_of_the_walk_reaches_its_rules_and_the_last_one_decides(harness):
+@pytest.mark.parametrize("walk", [True, False], ids=["walk", "classifier"])
+def test_every_chunk_of_the_walk_reaches_its_rules_and_the_last_one_decides(harness, walk):
     """Rules on both sides of every tail call (each ROUTE_CHUNK match sets), a sample in between,
-    the last rule, and the fallback after all 4096 match sets, not after running out of tail calls."""
+    the last rule, and the fallback after all 4096 match sets, not after running out of tail calls;
+    by the walk, and by the classifier (every word of its 64-word bitmaps, across its runs)."""
     assert len(harness.kernel_rules.match_sets) == N
+    harness.set_walk(walk)
+    assert harness.classified == (not walk)
     chunk = ABI.ROUTE_CHUNK
     indices = sorted({0, 1, *range(0, N - 1, 61), *(k * chunk - 1 for k in range(1, N // chunk)),
                       *(k * chunk for k in range(1, N // chunk)), N - 2})
@@ -50,6 +54,7 @@ def test_every_chunk_of_the_walk_reaches_its_rules_and_the_last_one_decides(harn
         v = harness.run(Packet("192.0.2.10", "203.0.113.11", 33000, dport, "udp"))
         assert (v.outbound, v.rule_index) == (outbound, index), dport
         assert "CHUNK_LIMIT" not in v.counters
+    harness.set_walk(False)
 
 
 @pytest.fixture(scope="module")
