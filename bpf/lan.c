@@ -26,16 +26,25 @@
  * Anything the programs cannot parse passes untouched: a router must never
  * lose traffic because daetui did not understand it.
  */
+/* The uapi headers only: the wire structs are all the programs need, and the kernel's own
+ * linux/ip.h, tcp.h, ... pull in most of the kernel, which was most of BCC's compile time
+ * (each of them ~1.3 s here, against ~0.2 s for its uapi twin): every start pays it. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/in6.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
-#include <linux/socket.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#ifndef AF_INET
+#define AF_INET 2       /* linux/socket.h's, not in uapi */
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 #include "daetui.h"
 
