@@ -422,7 +422,9 @@ BPF_ARRAY(gen_params, struct gen_params, GENERATIONS);
 BPF_ARRAY(heartbeat, struct heartbeat, 1);
 BPF_PERCPU_ARRAY(rule_stats, struct rule_stat, GENERATIONS * (MAX_RULES + 1));
 BPF_PERCPU_ARRAY(counters, __u64, N_COUNTERS);
-BPF_PERCPU_HASH(if_stats, __u32, struct if_stat, MAX_INTERFACES);
+/* By ifindex: an array below MAX_INTERFACES (a lookup per packet costs a few ns, a hash's ~20), a hash above. */
+BPF_PERCPU_ARRAY(if_stats, struct if_stat, MAX_INTERFACES);
+BPF_PERCPU_HASH(if_stats_far, __u32, struct if_stat, MAX_INTERFACES);
 BPF_PERCPU_ARRAY(scratch, struct route_state, 1);
 /* A plain hash, not an LRU: the control plane decides what leaves it (KernelSync), so what it
  * believes the kernel holds is what the kernel holds. */

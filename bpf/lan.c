@@ -73,14 +73,19 @@ static __always_inline void count_if(int cond, __u32 index)
 
 static __always_inline void if_count(__u32 ifindex, __u32 len, int egress)
 {
-    struct if_stat *st = if_stats.lookup(&ifindex);
-    if (!st) {
-        struct if_stat zero = {};
-        if_stats.update(&ifindex, &zero);
+    struct if_stat *st;
+    if (ifindex < MAX_INTERFACES) {
         st = if_stats.lookup(&ifindex);
-        if (!st)
-            return;
+    } else {
+        st = if_stats_far.lookup(&ifindex);
+        if (!st) {
+            struct if_stat zero = {};
+            if_stats_far.update(&ifindex, &zero);
+            st = if_stats_far.lookup(&ifindex);
+        }
     }
+    if (!st)
+        return;
     if (egress) {
         st->tx_packets += 1;
         st->tx_bytes += len;
@@ -121,6 +126,20 @@ static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
     return ipv6 ? LISTENER_UDP6 : LISTENER_UDP4;
 }
 
+/* len bytes at off of the packet into to: read in place when they are in the linear part (a plain
+ * copy), else by the helper (a call and a copy per header, a visible share of a forwarded packet's
+ * cost here). */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    if (off <= 0xffff && data + off + len <= end) {
+        __builtin_memcpy(to, data + off, len);
+        return 0;
+    }
+    return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* Parse Ethernet (none with l3), IPv4/IPv6 and the TCP/UDP ports into s: its
  * key, mac, l3, ipversion, tcp_flags and dscp (nothing else of s is touched). Counts and
  * returns NOT_OURS for anything that is to pass untouched. */
@@ -135,7 +154,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, i
         /* WireGuard, tun: the packet starts with its IP header. */
         eth.h_proto = skb->protocol;
     } else {
-        if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+        if (load(skb, 0, &eth, sizeof(eth)))
             goto unparsed;
         off = sizeof(struct ethhdr);
         /* Broadcast and multicast (ARP, DHCP, mDNS...) are never ours. */
@@ -149,7 +168,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, i
 
     if (eth.h_proto == bpf_htons(ETH_P_IP)) {
         struct iphdr ip;
-        if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+        if (load(skb, off, &ip, sizeof(ip)))
             goto unparsed;
         if (ip.ihl < 5)
             goto unparsed;
@@ -165,7 +184,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, i
         s->dscp = ip.tos >> 2;
     } else if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr ip6;
-        if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+        if (load(skb, off, &ip6, sizeof(ip6)))
             goto unparsed;
         __builtin_memcpy(key->sip, &ip6.saddr, 16);
         __builtin_memcpy(key->dip, &ip6.daddr, 16);
@@ -186,7 +205,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, i
             if (proto != IPPROTO_HOPOPTS && proto != IPPROTO_ROUTING && proto != IPPROTO_DSTOPTS)
                 break;
             __u8 ext[2];
-            if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+            if (load(skb, off, ext, sizeof(ext)))
                 goto unparsed;
             proto = ext[0];
             off += ((__u32)ext[1] + 1) * 8;
@@ -204,14 +223,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct route_state *s, i
 
     if (proto == IPPROTO_TCP) {
         __u8 hdr[14];
-        if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+        if (load(skb, off, hdr, sizeof(hdr)))
             goto unparsed;
         key->sport = ((__u16)hdr[0] << 8) | hdr[1];
         key->dport = ((__u16)hdr[2] << 8) | hdr[3];
         s->tcp_flags = hdr[13];
     } else if (proto == IPPROTO_UDP) {
         __u8 hdr[4];
-        if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+        if (load(skb, off, hdr, sizeof(hdr)))
             goto unparsed;
         key->sport = ((__u16)hdr[0] << 8) | hdr[1];
         key->dport = ((__u16)hdr[2] << 8) | hdr[3];

@@ -37,7 +37,8 @@ PURPOSE = {
     "gen_params": "per generation: match sets in use, fallback",
     "rule_stats": "per rule and generation: hits and last hit (per CPU)",
     "counters": "global packet counters (per CPU)",
-    "if_stats": "per interface: packets and bytes (per CPU)",
+    "if_stats": "per interface below index 256: packets and bytes (per CPU)",
+    "if_stats_far": "the same for interfaces of index 256 and up (per CPU)",
     "scratch": "per-CPU scratch of one packet's routing",
     "listeners": "the transparent listeners flows are handed to",
     "route_progs": "the programs of a new flow's decision (tail calls): walk, classify, match, decide",
@@ -117,7 +118,9 @@ class MapView:
         if name == "heartbeat":
             return 1
         if name == "if_stats":
-            return sum(1 for _ in p.if_stats_map)
+            return sum(1 for i in p.interface_stats() if i < ABI.MAX_INTERFACES)
+        if name == "if_stats_far":
+            return sum(1 for _ in p.bpf[b"if_stats_far"])
         if name == "listeners":
             return len(self.listeners())
         if name == "route_progs":

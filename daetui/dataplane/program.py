@@ -108,7 +108,7 @@ class KernelProgram:
         self.tuples = self.bpf[b"routing_tuples"]
         self._layouts: tuple[Any, ...] | None = None
         self._decode_one: tuple[float, Any] | None = None  # (rebuild after, decoder) for flow()
-        self._ncpu: int | None = None  # possible CPUs: the per-CPU maps' values come in this many
+        self._ncpu: int | None = None  # possible CPUs (_cpus())
         self.match_sets = self.bpf[b"match_sets"]
         self.ip_sets = self.bpf[b"ip_sets"]
         self.params = self.bpf[b"params"]
@@ -514,28 +514,48 @@ class KernelProgram:
 
     def _rule_stats_batch(self, start: int, n: int) -> list[tuple[int, int]]:
         """(hits, last hit ns) of entries start..start+n-1, summed over CPUs; [] when the kernel refuses."""
-        leaf_t = self.rule_stats_map.Leaf
-        if self._ncpu is None:
-            self._ncpu = len(self.rule_stats_map[ct.c_int(0)])
-        ncpu = self._ncpu
-        keys, values = (ct.c_uint32 * n)(), (leaf_t * (n * ncpu))()
-        # A batch starts after the key it is given: the one before `start` (none for 0).
-        before, token, cnt = ct.c_uint32(start - 1), ct.c_uint32(0), ct.c_uint32(n)
-        res = self._lib.bpf_lookup_batch(self.rule_stats_map.map_fd, ct.byref(before) if start else None,
-                                         ct.byref(token), keys, values, ct.byref(cnt))
-        if (res != 0 and ct.get_errno() != errno.ENOENT) or cnt.value != n:
+        words = self._percpu_batch(self.rule_stats_map, start, n)
+        if words is None:
             return []
-        words = memoryview(values).cast("B").cast("Q")  # two u64 per CPU per entry: hits, last_hit_ns
-        per_entry = 2 * ncpu
+        per_entry = 2 * self._cpus()  # two u64 per CPU per entry: hits, last_hit_ns
         return [(sum(words[i:i + per_entry:2]), max(words[i + 1:i + per_entry:2]))
                 for i in range(0, n * per_entry, per_entry)]
 
+    def _cpus(self) -> int:
+        """Possible CPUs: a per-CPU map's value comes in this many."""
+        if self._ncpu is None:
+            self._ncpu = len(self.rule_stats_map[ct.c_int(0)])
+        return self._ncpu
+
+    def _percpu_batch(self, table: Any, start: int, n: int) -> memoryview | None:
+        """Entries start..start+n-1 of a per-CPU array of u64 fields, as its u64 words (entry by entry, CPU by
+        CPU, field by field), in one syscall; None when the kernel refuses."""
+        keys, values = (ct.c_uint32 * n)(), (table.Leaf * (n * self._cpus()))()
+        # A batch starts after the key it is given: the one before `start` (none for 0).
+        before, token, cnt = ct.c_uint32(start - 1), ct.c_uint32(0), ct.c_uint32(n)
+        res = self._lib.bpf_lookup_batch(table.map_fd, ct.byref(before) if start else None,
+                                         ct.byref(token), keys, values, ct.byref(cnt))
+        if (res != 0 and ct.get_errno() != errno.ENOENT) or cnt.value != n:
+            return None
+        return memoryview(values).cast("B").cast("Q")
+
     def interface_stats(self) -> dict[int, dict[str, int]]:
-        """Packets and bytes per interface index, summed over CPUs."""
+        """Packets and bytes per interface index, summed over CPUs (interfaces with none left out)."""
+        fields = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
         out = {}
-        for k, per_cpu in self.if_stats_map.items():
-            out[int(k.value)] = {f: sum(int(getattr(x, f)) for x in per_cpu)
-                                 for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+        n = ABI.MAX_INTERFACES
+        words = self._percpu_batch(self.if_stats_map, 0, n)
+        if words is None:   # no batch lookups for arrays in this kernel: one entry at a time
+            rows = [[sum(int(getattr(x, f)) for x in self.if_stats_map[ct.c_int(i)]) for f in fields]
+                    for i in range(n)]
+        else:
+            per_entry, k = len(fields) * self._cpus(), len(fields)
+            rows = [[sum(words[i + j:i + per_entry:k]) for j in range(k)] for i in range(0, n * per_entry, per_entry)]
+        for ifindex, row in enumerate(rows):
+            if any(row):
+                out[ifindex] = dict(zip(fields, row, strict=True))
+        for key, per_cpu in self.bpf[b"if_stats_far"].items():
+            out[int(key.value)] = {f: sum(int(getattr(x, f)) for x in per_cpu) for f in fields}
         return out
 
     def attach_lookup(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -117,6 +118,26 @@ def test_the_contexts_ifindex_is_the_interface_lan_ingress_sees(h):
         assert v.flow is not None and v.flow.ifindex == h.ns.ifindex[iface]
     stats = h.program.interface_stats()
     assert all(stats[h.ns.ifindex[i]]["rx_packets"] >= 1 for i in ("lan0", "lan1", "wan0"))
+
+
+def test_an_interface_of_a_high_index_is_counted_too(h):
+    """Below MAX_INTERFACES an interface's counters are an array slot; above, a hash entry: both are read."""
+    index = ABI.MAX_INTERFACES + 44
+    subprocess.run(["ip", "-n", h.ns.name, "link", "add", "far0", "index", str(index), "type", "veth",
+                    "peer", "name", "far0p"],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        subprocess.run(["ip", "-n", h.ns.name, "link", "set", "far0", "up"], check=True, timeout=30)
+        h.ns.ifindex["far0"] = index
+        before = h.program.interface_stats().get(index, {}).get("rx_packets", 0)
+        for _ in range(3):
+            h.run(Packet(C4, H4, 40000, 1000), "far0")
+        stats = h.program.interface_stats()
+        assert stats[index]["rx_packets"] == before + 3
+        assert stats[h.ns.ifindex["lan0"]]["rx_packets"] >= 1   # the array's entries are still read
+    finally:
+        h.ns.ifindex.pop("far0", None)
+        subprocess.run(["ip", "-n", h.ns.name, "link", "del", "far0"], capture_output=True, timeout=30)
 
 
 # -- the fallback ---------------------------------------------------------------------------
