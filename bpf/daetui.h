@@ -296,6 +296,9 @@ struct params {
     __u32 own_ifindex;    /* daetui0: the router's own flows for the control plane enter here (0: none) */
     __u32 so_mark;        /* so_mark_from_dae: packets carrying it are daetui's own, never caught */
     __u32 own_tgid;       /* daetui's process: its sockets are never caught, marked or not */
+    __u8 domain_no_match; /* a domain() function of an address with no known name is false (dae's
+                           * kernel), instead of handing the flow over to have its name sniffed */
+    __u8 pad2[3];
 };
 
 /* The process behind a local socket, by socket cookie: written by the cgroup
@@ -393,7 +396,7 @@ struct route_state {
     __u8 undecided;       /* a domain function met an address with no known name */
     __u8 own;             /* the router's own flow (wan_egress): handed over by redirect, not sk_assign */
     __u8 l3;              /* the interface has no Ethernet header (WireGuard, tun) */
-    __u8 pad;
+    __u8 domain_no_match; /* params.domain_no_match, for this decision */
     __u32 wan_ifindex;    /* the FIB's answer, once asked: 0 not yet, ~0 none; own flows: the WAN it leaves by */
     __u32 pid;            /* own flows: the socket's process, when the cgroup hooks saw it */
     char comm[PNAME_LEN];

@@ -626,7 +626,7 @@ static __always_inline __u8 match_one(struct __sk_buff *skb, struct route_state 
     case MATCH_DOMAIN: {
         struct domain_entry *d = domain_routing.lookup((struct ip_key *)s->key.dip);
         if (!d) {
-            s->undecided = 1;
+            s->undecided = !s->domain_no_match;
             return 0;
         }
         __u32 bit = m->domain_bit & (MAX_DOMAIN_FUNCTIONS - 1);
@@ -889,12 +889,11 @@ int route_match(struct __sk_buff *skb)
         if (r->dom_count) {
             if (!s->dom_state) {
                 struct domain_entry *d = domain_routing.lookup((struct ip_key *)s->key.dip);
-                s->dom_state = d ? 2 : 1;
-                if (d) {
+                /* No name known and domain_no_match: as a name that matches no domain(). */
+                s->dom_state = d || s->domain_no_match ? 2 : 1;
 #pragma unroll
-                    for (int i = 0; i < DOMAIN_WORDS; i++)
-                        s->dbits[i] = d->bits[g * DOMAIN_WORDS + i];
-                }
+                for (int i = 0; i < DOMAIN_WORDS; i++)
+                    s->dbits[i] = d ? d->bits[g * DOMAIN_WORDS + i] : 0;
             }
             /* The rule needs the name of an address the kernel has no name for. */
             if (s->dom_state == 1)
@@ -969,6 +968,7 @@ static __always_inline int route_new(struct __sk_buff *skb, struct route_state *
     s->good = 0;
     s->must = 0;
     s->undecided = 0;
+    s->domain_no_match = p->domain_no_match;
     struct cls_gen *cg = cls_gens.lookup(&gen);
     if (cg && cg->ok && !p->walk)
         route_progs.call(skb, PROG_CLASSIFY);

@@ -149,7 +149,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     try:
-        print(printable_lines(explain(cfg.routing, q).text))
+        print(printable_lines(explain(cfg.routing, q, unknown_domain=cfg.global_.unknown_domain).text))
     except ExplainError as e:
         print(f"daetui explain: {printable_lines(e)}", file=sys.stderr)
         return 2

@@ -279,6 +279,7 @@ class RouteHarness:
     def reset(self, fail_open: bool = True) -> None:
         """Back to a just-loaded state, rules aside: no flows, names, dead groups or listeners; classified."""
         self.set_walk(False)
+        self.program.set_domain_no_match(False)
         self.forget_flows()
         for ip in list(self._names):
             self.forget_name(str(ip))

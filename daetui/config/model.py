@@ -25,6 +25,7 @@ class GlobalConfig:
     fail_open: bool = True
     dial_mode: str = "domain"
     sniffing_timeout: float = 0.1
+    unknown_domain: str = "sniff"     # or "no_match" (dae's kernel: a domain() with no name known is false)
     check_interval: float = 30.0
     check_tolerance: float = 0.0
     tcp_check_url: tuple[str, ...] = ("http://cp.cloudflare.com", "1.1.1.1", "2606:4700:4700::1111")

@@ -18,6 +18,7 @@ from daetui.config.dae_keys import without_meaning
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
 DIAL_MODES = ("ip", "domain", "domain+", "domain++")
+UNKNOWN_DOMAIN = ("sniff", "no_match")
 HTTP_METHODS = ("HEAD", "GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH")
 GROUP_POLICY = re.compile(r"^(random|min|min_avg10|min_moving_avg|fixed\(\d+\))$")
 NODE_SCHEMES = ("ss", "ssr", "socks5", "socks4", "socks4a", "http", "https", "trojan", "trojan-go", "vless",
@@ -147,6 +148,10 @@ GLOBAL: dict[str, KeySpec] = {
     "fail_open": KeySpec("bool", True, "pass flows as direct while the control plane is down"),
     "dial_mode": KeySpec("str", "domain", "ip, domain, domain+ or domain++ (as dae)", _one_of(DIAL_MODES)),
     "sniffing_timeout": KeySpec("duration", 0.1, "how long to wait for the first bytes to sniff a name", _nonneg),
+    "unknown_domain": KeySpec("str", "sniff", "a domain() function meeting an address DNS gave no name: sniff "
+                              "(the flow goes to the control plane, which reads its name and decides) or no_match "
+                              "(as dae's kernel: the function is false and the kernel decides on) (daetui)",
+                              _one_of(UNKNOWN_DOMAIN)),
     "check_interval": KeySpec("duration", 30.0, "health check interval of nodes", _positive),
     "check_tolerance": KeySpec("duration", 0.0, "switch node only when it is this much faster", _nonneg),
     "tcp_check_url": KeySpec("strlist", ("http://cp.cloudflare.com", "1.1.1.1", "2606:4700:4700::1111"),

@@ -163,7 +163,7 @@ class ControlPlane:
                     auto_config=g.auto_config_kernel_parameter, heartbeat_timeout=g.heartbeat_timeout,
                     flow_table_size=g.flow_table_size, domain_table_size=g.domain_table_size,
                     wan_interfaces=g.wan_interface, so_mark=g.so_mark_from_dae, bypass_marks=g.bypass_marks,
-                    cgroup=g.cgroup))
+                    cgroup=g.cgroup, domain_no_match=g.unknown_domain == "no_match"))
                 assert dp.program is not None
                 self.heartbeat = Heartbeat(dp.program.beat, g.heartbeat_timeout)
                 self.heartbeat.start()
@@ -343,7 +343,7 @@ class ControlPlane:
             ip = ipaddress.ip_address(addr)
             names = self.names.names(ip)
             bits = self.sync.domain_bits(ip)
-        return explain_rules(self.ruleset, q, addr, names, bits)
+        return explain_rules(self.ruleset, q, addr, names, bits, self.config.global_.unknown_domain)
 
     # -- the API: reload ------------------------------------------------------------------------
     async def reload_from_file(self, abort: bool = False) -> ReloadResult:

@@ -176,6 +176,7 @@ class Reloader:
                 plane.outbounds.configure(new)  # the new generation's groups, before their health is written
                 gen = await loop.run_in_executor(
                     plane.netlink, lambda: dp.load_rules(new.routing, compiled=compiled, before_flip=before_flip))
+                dp.program.set_domain_no_match(new.global_.unknown_domain == "no_match")
             else:
                 plane.outbounds.configure(new)
             sync.activated(gen, new.routing, new.global_.dead_group)

@@ -127,7 +127,8 @@ class KernelProgram:
         log.info("kernel programs compiled and loaded in %.1fs", self.load_seconds)
 
     # -- params and rules -------------------------------------------------------
-    def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int, so_mark: int = 0) -> None:
+    def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int, so_mark: int = 0,
+                   domain_no_match: bool = False) -> None:
         p = self.params.Leaf()
         p.active_gen = active_gen
         p.tproxy_mark = tproxy_mark
@@ -135,6 +136,14 @@ class KernelProgram:
         p.so_mark = so_mark
         p.own_tgid = os.getpid()
         p.walk = int(self.walk)
+        p.domain_no_match = int(domain_no_match)
+        self.params[ct.c_int(0)] = p
+
+    def set_domain_no_match(self, no_match: bool) -> None:
+        """global.unknown_domain: a domain() function of an address with no known name is false (True), or
+        the flow is handed over to have its name sniffed (False)."""
+        p = self.params[ct.c_int(0)]
+        p.domain_no_match = int(no_match)
         self.params[ct.c_int(0)] = p
 
     def set_walk(self, walk: bool) -> None:

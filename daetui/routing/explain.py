@@ -129,10 +129,14 @@ def render(ruleset: RuleSet, facts: FlowFacts, d: Decision, names: list[str] | N
 
 
 def explain(ruleset: RuleSet, q: Query, addr: str | None = None, names: list[str] | None = None,
-            domain_bits: int | None = None) -> ExplainResult:
-    """What the daemon would do with the flow `q` describes (facts not given are taken as not matching)."""
+            domain_bits: int | None = None, unknown_domain: str = "sniff") -> ExplainResult:
+    """What the daemon would do with the flow `q` describes (facts not given are taken as not matching).
+
+    `unknown_domain` is global.unknown_domain: with "no_match" the kernel takes a domain() function of an
+    address with no known name as false, and decides on."""
     facts = facts_for(q, addr, names, domain_bits)
-    d = decide(ruleset, facts, unknown_facts_match=False)
+    no_match = unknown_domain == "no_match"
+    d = decide(ruleset, facts, unknown_name_matches=False if no_match else None, unknown_facts_match=False)
     without = decide(ruleset, facts, d.rule_index or 0, unknown_name_matches=False, unknown_facts_match=False) \
         if d.undecided else None
     return ExplainResult(d.outbound if not d.undecided else None, d.rule_index,
