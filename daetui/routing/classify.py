@@ -32,7 +32,7 @@ why.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from daetui.abi.constants import ABI
@@ -147,11 +147,10 @@ class _Bitmaps:
 class _Field:
     """The rules with functions on one field: the ones with one function (the fast sums) and the rest."""
 
-    def __init__(self, n_rules: int, all_bits: int) -> None:
+    def __init__(self, all_bits: int) -> None:
         self.free = all_bits            # rules with no function on the field: true whatever the value
         self.single: dict[int, _Function] = {}
         self.multi: dict[int, list[_Function]] = {}
-        self.n_rules = n_rules
 
     def add(self, pos: int, fn: _Function) -> None:
         self.free &= ~(1 << pos)
@@ -167,33 +166,29 @@ class _Field:
         return bool(self.single or self.multi)
 
 
-def _discrete(fld: _Field, values_of: dict[int, set]) -> tuple[dict, int]:
-    """A field whose values are points (MAC, interface, name, protocol, ...): (point -> bitmap, default bitmap).
-
-    `values_of`: id(function) -> the points it names. A rule's bit is set for a point when each of its
-    functions on the field names the point XOR is negated.
-    """
+def _discrete(fld: _Field, points: Callable[[_Function], set[Hashable]]) -> tuple[dict[Hashable, int], int]:
+    """A field whose values are points (MAC, name, protocol, DSCP): (point -> bitmap, the bitmap of a point
+    no function names). A rule's bit is set for a point when each of its functions on the field names the
+    point XOR is negated; `points` says which points a function names."""
     neg = 0
-    members: dict = {}
+    members: dict[Hashable, int] = {}
     for pos, fn in fld.single.items():
         bit = 1 << pos
         if fn.negate:
             neg |= bit
-        for v in values_of[id(fn)]:
+        for v in points(fn):
             members[v] = members.get(v, 0) | bit
-    points = set(members)
-    for fns in fld.multi.values():
-        for fn in fns:
-            points |= values_of[id(fn)]
+    multi = {pos: [(points(fn), fn.negate) for fn in fns] for pos, fns in fld.multi.items()}
+    named = set(members).union(*(vals for fns in multi.values() for vals, _ in fns))
     default = fld.free | neg
-    for pos, fns in fld.multi.items():
-        if all(fn.negate for fn in fns):
+    for pos, fns in multi.items():
+        if all(negate for _, negate in fns):
             default |= 1 << pos
     out = {}
-    for p in points:
+    for p in named:
         bits = fld.free | (neg ^ members.get(p, 0))
-        for pos, fns in fld.multi.items():
-            if all((p in values_of[id(fn)]) != fn.negate for fn in fns):
+        for pos, fns in multi.items():
+            if all((p in vals) != negate for vals, negate in fns):
                 bits |= 1 << pos
         out[p] = bits
     return out, default
@@ -299,7 +294,7 @@ def _build(rules: KernelRules, max_rules: int, blocks: int) -> Classifier:
     all_bits = (1 << n) - 1
     bm.bitmap_id(bm.all)   # id 0: every bit, the class of a field no rule uses
 
-    fields = {t: _Field(n, all_bits) for t in (ABI.MATCH_DPORT, ABI.MATCH_SPORT, ABI.MATCH_DIP, ABI.MATCH_SIP,
+    fields = {t: _Field(all_bits) for t in (ABI.MATCH_DPORT, ABI.MATCH_SPORT, ABI.MATCH_DIP, ABI.MATCH_SIP,
                                                ABI.MATCH_L4PROTO, ABI.MATCH_IPVERSION, ABI.MATCH_DSCP,
                                                ABI.MATCH_MAC, ABI.MATCH_IFACE_LAN, ABI.MATCH_PNAME)}
     live = all_bits
@@ -332,11 +327,9 @@ def _build(rules: KernelRules, max_rules: int, blocks: int) -> Classifier:
     out.ports = (_ports(fields[ABI.MATCH_DPORT], bm), _ports(fields[ABI.MATCH_SPORT], bm))
 
     # Protocol x IP version x DSCP, and the rules that can never match.
-    l4, l4_default = _discrete(fields[ABI.MATCH_L4PROTO], _values(fields[ABI.MATCH_L4PROTO], _mask_points))
-    ipv, ipv_default = _discrete(fields[ABI.MATCH_IPVERSION],
-                                 _values(fields[ABI.MATCH_IPVERSION], _mask_points))
-    dscp_f = fields[ABI.MATCH_DSCP]
-    dscp, dscp_default = _discrete(dscp_f, _values(dscp_f, lambda fn: {m.dscp for m in fn.sets}))
+    l4, l4_default = _discrete(fields[ABI.MATCH_L4PROTO], _mask_points)
+    ipv, ipv_default = _discrete(fields[ABI.MATCH_IPVERSION], _mask_points)
+    dscp, dscp_default = _discrete(fields[ABI.MATCH_DSCP], lambda fn: {m.dscp for m in fn.sets})
     misc = array("I", bytes(4 * ABI.CLS_MISC))
     for udp, l4_point in enumerate((ABI.L4_TCP, ABI.L4_UDP)):
         for v6, ipv_point in enumerate((ABI.IPV_4, ABI.IPV_6)):
@@ -374,7 +367,7 @@ def _build(rules: KernelRules, max_rules: int, blocks: int) -> Classifier:
         fld = fields[mtype]
         if not fld.used:
             continue
-        by_point, default = _discrete(fld, _values(fld, points))
+        by_point, default = _discrete(fld, points)
         out.defaults[fidx] = bm.cls(default, fld.free)
         for p, bits in by_point.items():
             out.keyed.append((kind, 0, p, bm.cls(bits, fld.free)))
@@ -393,17 +386,12 @@ def _build(rules: KernelRules, max_rules: int, blocks: int) -> Classifier:
     return out
 
 
-def _mask_points(fn: _Function) -> set[int]:
+def _mask_points(fn: _Function) -> set[Hashable]:
     """The protocols (L4_*) or IP versions (IPV_*) a mask function names, one point each."""
     mask = 0
     for m in fn.sets:
         mask |= m.mask
     return {b for b in (1, 2) if mask & b}
-
-
-def _values(fld: _Field, points: object) -> dict[int, set]:
-    fns: Iterable[_Function] = list(fld.single.values()) + [f for fs in fld.multi.values() for f in fs]
-    return {id(fn): points(fn) for fn in fns}  # type: ignore[operator]
 
 
 def _ifaces(fld: _Field, bm: _Bitmaps) -> tuple[array, dict[int, int], dict[int, int]]:
