@@ -23,6 +23,7 @@ LAN's TCP to 203.0.113.10, everything else direct. In one run:
     the goal is >= 0.95. The daemon's CPU and what the streams carried are shown.
 
     .venv/bin/python bench/api.py [--flows 10000] [--relayed 200] [--requests 20] [--seconds 5] [--rounds 5]
+                                  [--summary FILE]
 
 Needs root, iperf3 and shadowsocks-libev. No figure is asserted: this prints.
 """
@@ -53,6 +54,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 sys.path.append(str(_HERE.parent / "tests"))
 sys.path.append(str(_HERE))
+
+import _summary  # noqa: E402
 
 PORT = 9090
 SECRET = "bench-api-secret"
@@ -211,6 +214,7 @@ def main() -> int:
     ap.add_argument("--method", default="aes-256-gcm")
     ap.add_argument("--lab", default="dtbenchapi")
     ap.add_argument("--dashboard", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # the client, internal
+    _summary.add_option(ap)
     args = ap.parse_args()
     if args.dashboard is not None:
         return dashboard_main(args.dashboard)
@@ -320,6 +324,7 @@ def main() -> int:
                 print(f"  round {i + 1} {who:15}: up {r.up:5.2f} down {r.down:5.2f} Gbit/s  daemon CPU "
                       f"{r.cpu:3.0f}%  streams {carried:7.1f} MB, dropped {r.dropped}", flush=True)
         report(timings, rounds, args)
+        summarize(args.summary, timings, rounds, args)
     finally:
         for s in socks:
             s.close()
@@ -331,6 +336,29 @@ def main() -> int:
         _lab.end(procs)
         lab.down()
     return 0
+
+
+def summarize(path: Path | None, timings: list[Timing], rounds: dict[str, list[Round]],
+              args: argparse.Namespace) -> None:
+    """bench/all.py's rows (issue 14's goals): report()'s p95 with the load, and the dashboard's ratio."""
+    record = _summary.record
+    idle, loaded, active = timings[1], timings[2], timings[3]
+    a, b = pct(loaded.ms, 95), pct(idle.ms, 95)
+    record(path, _summary.API_CONNECTIONS, a, "ms", baseline=b, baseline_of="idle (3 relayed flows)", ratio=a / b,
+           ratio_of="loaded/idle", met=a <= 100,
+           note=f"{loaded.label.split(', ', 1)[1]}; {args.requests} requests {args.interval:g}s apart")
+    record(path, "the same, every flow active", pct(active.ms, 95), "ms", parent=_summary.API_CONNECTIONS)
+    if not args.rounds:
+        return
+    w, d = rounds["without"], rounds["with dashboard"]
+    ratios = {k: statistics.median(getattr(r, k) for r in d) / statistics.median(getattr(r, k) for r in w)
+              for k in ("up", "down")}
+    k = min(ratios, key=lambda k: ratios[k])
+    a, b = statistics.median(getattr(r, k) for r in d), statistics.median(getattr(r, k) for r in w)
+    record(path, _summary.API_DASHBOARD, a, "Gbit/s", baseline=b, baseline_of="without", ratio=a / b,
+           ratio_of="with/without", met=a / b >= 0.95,
+           note=f"the lower of upload ({ratios['up']:.2f}) and download ({ratios['down']:.2f}): "
+                f"{'upload' if k == 'up' else 'download'}; median of {len(w)} alternating rounds")
 
 
 def report(timings: list[Timing], rounds: dict[str, list[Round]], args: argparse.Namespace) -> None:

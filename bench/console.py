@@ -9,7 +9,7 @@ flows plus a thousand relayed TCP connections held open):
     real console attached (`daetui attach` in tmux, on Connections, refreshing
     every second), in the same run, and their ratio.
 
-    .venv/bin/python bench/console.py [--flows 10000] [--held 1000] [--seconds 8]
+    .venv/bin/python bench/console.py [--flows 10000] [--held 1000] [--seconds 8] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _summary
 from _lab import end, iperf, iperf_server, require_root
 
 from daetui.control.client import ControlClient
@@ -117,6 +118,7 @@ def main() -> int:
     ap.add_argument("--refreshes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lab", default="dtbcon")
+    _summary.add_option(ap)
     args = ap.parse_args()
 
     lab = Lab(args.lab)
@@ -138,6 +140,10 @@ def main() -> int:
         print(f"Connections pane with {cost['rows']} live flows (median of {args.refreshes} refreshes):")
         print(f"  fetch + decode {cost['fetch'] * 1000:6.1f} ms   rows {cost['model'] * 1000:6.1f} ms   "
               f"draw {cost['draw'] * 1000:6.1f} ms   total {total * 1000:6.1f} ms")
+        _summary.record(args.summary, _summary.PANE_REFRESH, total * 1000, "ms", met=total * 1000 <= 50,
+                        note=f"{cost['rows']} rows ({args.flows} kernel UDP flows + {args.held} relayed TCP); "
+                             f"fetch + decode {cost['fetch'] * 1000:.0f}, rows {cost['model'] * 1000:.0f}, "
+                             f"draw {cost['draw'] * 1000:.0f} ms; median of {args.refreshes}")
 
         # Alternate: each round measures headless, then with a console attached,
         # so that drift of the machine falls on both sides alike.
@@ -156,6 +162,9 @@ def main() -> int:
         print(f"relayed TCP throughput (iperf3 through the control plane, {args.seconds:g}s, "
               f"median of {args.rounds} alternating rounds):")
         print(f"  headless {h:6.2f} Gbit/s   console attached {a:6.2f} Gbit/s   ratio {a / h:.2f}")
+        _summary.record(args.summary, "relayed throughput with the console attached", a, "Gbit/s", baseline=h,
+                        baseline_of="headless", ratio=a / h, ratio_of="attached/headless",
+                        parent=_summary.PANE_REFRESH)
         print(f"  (each round, headless/attached: "
               f"{', '.join(f'{x:.1f}/{y:.1f}' for x, y in zip(headless, attached, strict=True))})")
     finally:

@@ -10,7 +10,7 @@ The relayed flow's group is dialled with dial_mode "ip": the connection benchmar
 client sends nothing, so sniffing it for a name (dial_mode "domain", the default)
 would hold every connection for sniffing_timeout and measure only that (10/s).
 
-    .venv/bin/python bench/direct_path.py [--seconds 5] [--trials 3]
+    .venv/bin/python bench/direct_path.py [--seconds 5] [--trials 3] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _summary
 from _lab import cps, cps_server, end, iperf, iperf_server, require_root
 
 from daetui.lab.topology import ADDR, Lab
@@ -41,11 +42,31 @@ def measure(lab: Lab, host: str, seconds: float, trials: int) -> tuple[float, fl
     return gbps, rate
 
 
+def summarize(path: Path | None, base: tuple[float, float], direct: tuple[float, float],
+              relayed: tuple[float, float]) -> None:
+    """bench/all.py's rows: the direct path against no daetui; the relayed one against the kernel's direct path."""
+    record = _summary.record
+    record(path, _summary.DIRECT_THROUGHPUT, direct[0], "Gbit/s", baseline=base[0], baseline_of="no daetui",
+           ratio=direct[0] / base[0], ratio_of="daetui/no daetui", met=direct[0] / base[0] >= 0.97,
+           note="iperf3, one TCP stream, LAN to wan, the flow routed direct in the kernel")
+    record(path, _summary.DIRECT_CPS, direct[1], "conn/s", baseline=base[1], baseline_of="no daetui",
+           ratio=direct[1] / base[1], ratio_of="daetui/no daetui", met=direct[1] / base[1] >= 0.95)
+    record(path, _summary.RELAYED_CPS, relayed[1], "conn/s", baseline=direct[1],
+           baseline_of="daetui, routed direct in the kernel", ratio=relayed[1] / direct[1],
+           ratio_of="relayed/kernel", met=relayed[1] / direct[1] >= 0.5,
+           note=f"relayed by a group without nodes (its direct dialer), dial_mode ip: no sniffing (the client "
+                f"sends nothing); against no daetui {relayed[1] / base[1]:.2f}")
+    record(path, "relayed throughput against the kernel's direct path", relayed[0], "Gbit/s", baseline=direct[0],
+           baseline_of="daetui, routed direct in the kernel", ratio=relayed[0] / direct[0],
+           ratio_of="relayed/kernel", parent=_summary.RELAYED_CPS)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--lab", default="dtbench")
+    _summary.add_option(ap)
     args = ap.parse_args()
 
     lab = Lab(args.lab)
@@ -73,6 +94,7 @@ def main() -> int:
         print(f"{'':44} {'TCP Gbit/s':>11} {'ratio':>6} {'new conn/s':>11} {'ratio':>6}")
         for name, (g, c) in rows:
             print(f"{name:44} {g:11.2f} {g / base[0]:6.2f} {c:11.0f} {c / base[1]:6.2f}")
+        summarize(args.summary, base, with_daetui, relayed)
     finally:
         if daemon is not None:
             daemon.stop()

@@ -19,7 +19,7 @@ Figures:
     both servers must forward it), p50 and p90 in ms.
 Each figure is the median over --rounds rounds; ratios are daetui / dnsmasq.
 
-    .venv/bin/python bench/dns.py [--seconds 5] [--rounds 3] [--names 200] [--shared-address]
+    .venv/bin/python bench/dns.py [--seconds 5] [--rounds 3] [--names 200] [--shared-address] [--summary FILE]
 
 Needs dnsperf (Debian package `dnsperf`).
 """
@@ -48,6 +48,7 @@ sys.path.remove(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _summary
 from _lab import require_root
 
 from daetui.control.client import ControlClient
@@ -209,6 +210,7 @@ def main() -> int:
     ap.add_argument("--misses", type=int, default=500, help="cache misses per server per round")
     ap.add_argument("--shared-address", action="store_true", help="cached names all share one address")
     ap.add_argument("--lab", default="dtdnsbench")
+    _summary.add_option(ap)
     args = ap.parse_args()
     if shutil.which(DNSPERF) is None:
         sys.exit("bench/dns.py needs dnsperf: apt-get install --no-install-recommends dnsperf")
@@ -257,6 +259,7 @@ def main() -> int:
                 for w in servers), flush=True)
         after = daetui_counters(daemon), dnsmasq_counter(lab, "hits.bind")
         report(rounds, before, after, len(names), args.misses)
+        summarize(args.summary, rounds, args)
     finally:
         if daemon is not None:
             daemon.stop()
@@ -265,6 +268,28 @@ def main() -> int:
         lab.down()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def summarize(path: Path | None, rounds: list[Round], args: argparse.Namespace) -> None:
+    """bench/all.py's rows: the medians of report()'s table, daetui against dnsmasq."""
+    med = statistics.median
+    d, m = "daetui", "dnsmasq"
+    record = _summary.record
+    a, b = med(r.qps[d].qps for r in rounds), med(r.qps[m].qps for r in rounds)
+    record(path, _summary.DNS_CACHED, a, "q/s", baseline=b, baseline_of="dnsmasq", ratio=a / b,
+           ratio_of="daetui/dnsmasq", met=a / b >= 1.0,
+           note=f"dnsperf {args.seconds:g}s, {DNSPERF_INFLIGHT} in flight, {args.names} names; "
+                f"median of {len(rounds)} alternating rounds")
+    a, b = med(pct(r.hit_ms[d], .5) for r in rounds), med(pct(r.hit_ms[m], .5) for r in rounds)
+    record(path, "cached answer, one at a time, p50", a, "ms", baseline=b, baseline_of="dnsmasq", ratio=a / b,
+           ratio_of="daetui/dnsmasq", parent=_summary.DNS_CACHED)
+    a, b = med(pct(r.miss_ms[d], .5) for r in rounds), med(pct(r.miss_ms[m], .5) for r in rounds)
+    record(path, _summary.DNS_MISS, a, "ms", baseline=b, baseline_of="dnsmasq", ratio=a / b,
+           ratio_of="daetui/dnsmasq", met=a / b <= 1.5,
+           note=f"{args.misses} names new to both, one at a time, per round")
+    a, b = med(pct(r.miss_ms[d], .9) for r in rounds), med(pct(r.miss_ms[m], .9) for r in rounds)
+    record(path, "DNS miss latency p90", a, "ms", baseline=b, baseline_of="dnsmasq", ratio=a / b,
+           ratio_of="daetui/dnsmasq", parent=_summary.DNS_MISS)
 
 
 def report(rounds: list[Round], before: tuple[DnsCounters, int], after: tuple[DnsCounters, int],

@@ -54,7 +54,7 @@ TIME_WAIT socket to the listener.
     .venv/bin/python bench/proxy_path.py [--seconds 5] [--rounds 3] [--method aes-256-gcm]
                                          [--firewall nft|iptables|iptables-legacy] [--obfs http|tls|none]
                                          [--vmess-ws]
-                                         [--profile /path/to/py-spy]
+                                         [--profile /path/to/py-spy] [--summary FILE]
 
 --profile adds one more daetui round, not counted, with py-spy sampling the
 daemon through an upload, a download and the new connections, and prints
@@ -89,6 +89,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _lab
+import _summary
 from _lab import cps_server, end, iperf_server, require_root
 
 from daetui.lab.peer import LabPeer
@@ -530,6 +531,30 @@ def report(rounds: dict[str, list[Round]], seconds: float, method: str, firewall
               f"{peer} {b.up:.2f} / {b.down:.2f}, {b.cps:.0f}")
 
 
+def summarize(path: Path | None, d: list[Round], s: list[Round], method: str) -> None:
+    """bench/all.py's rows: daetui against ss-redir, the same ss-server (no plugin), medians as the table's."""
+    def med(rs: list[Round], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in rs)
+
+    record = _summary.record
+    a, b = med(d, "cps"), med(s, "cps")
+    record(path, _summary.PROXY_CPS, a, "conn/s", baseline=b, baseline_of="ss-redir", ratio=a / b if b else None,
+           ratio_of="daetui/ss-redir", met=bool(b) and a / b >= 1.0,
+           note=f"short request/answer connections, {method}, median of {len(d)} alternating rounds")
+    a, b = (statistics.median(1e4 * r.cpu["proxy cps"] / r.cps for r in rs) if all(r.cps for r in rs)
+            else float("nan") for rs in (d, s))
+    record(path, "proxy CPU per connection", a, "µs", baseline=b, baseline_of="ss-redir", ratio=a / b,
+           ratio_of="daetui/ss-redir", parent=_summary.PROXY_CPS)
+    a, b = ((med(rs, "up") + med(rs, "down")) / 2 for rs in (d, s))
+    record(path, _summary.PROXY_THROUGHPUT, a, "Gbit/s", baseline=b, baseline_of="ss-redir",
+           ratio=a / b if b else None, ratio_of="daetui/ss-redir", met=bool(b) and a / b >= 1.1,
+           note="iperf3, one stream: the mean of upload and download (each below)")
+    for label, k in (("upload", "up"), ("download", "down")):
+        a, b = med(d, k), med(s, k)
+        record(path, f"TCP {label}", a, "Gbit/s", baseline=b, baseline_of="ss-redir", ratio=a / b if b else None,
+               ratio_of="daetui/ss-redir", parent=_summary.PROXY_THROUGHPUT)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5)
@@ -545,6 +570,7 @@ def main() -> int:
     ap.add_argument("--vmess-ws", action="store_true",
                     help="also measure vmess over ws: daetui and v2ray's own client against a v2ray server")
     ap.add_argument("--lab", default="dtbenchpp")
+    _summary.add_option(ap)
     args = ap.parse_args()
     obfs = None if args.obfs == "none" else args.obfs
     for tool in (("iperf3", SS_REDIR, args.firewall) + (("obfs-local", "obfs-server") if obfs else ())
@@ -625,6 +651,7 @@ def main() -> int:
                       f"({time.monotonic() - t0:.0f}s)", flush=True)
         if args.rounds:
             report(rounds, args.seconds, args.method, args.firewall)
+            summarize(args.summary, rounds["daetui"], rounds["ss-redir"], args.method)
             if ss_obfs is not None:
                 report(rounds, args.seconds, args.method, args.firewall, f"+{obfs}")
             if v2 is not None:

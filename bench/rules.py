@@ -19,7 +19,7 @@ every later packet of a flow pays.
 
 Runs in a network namespace of its own (nothing reaches an interface).
 
-    .venv/bin/python bench/rules.py [--repeat 20000] [--trials 5]
+    .venv/bin/python bench/rules.py [--repeat 20000] [--trials 5] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+sys.path.append(str(_HERE))  # last: for _summary
+
+import _summary  # noqa: E402
 
 from testkit.packets import TCP_ACK, TCP_SYN, Packet  # noqa: E402
 from testkit.progtest import RouteHarness  # noqa: E402
@@ -91,10 +94,24 @@ def load_ms(h: RouteHarness, n: int, trials: int) -> float:
     return statistics.median(times)
 
 
+def summarize(path: Path | None, results: list[tuple[int, float, float, float]], established: float) -> None:
+    """bench/all.py's rows: the classifier's decision at the most rules (against the walk), the load at 1000."""
+    n, walked, classified, _ = results[-1]
+    _summary.record(path, _summary.KERNEL_DECISION, classified / 1000, "µs", baseline=walked / 1000,
+                    baseline_of="the rule walk", ratio=walked / classified, ratio_of="walk/classifier",
+                    met=n >= 4096 and classified <= 2000,
+                    note=f"{n} rules, a TCP SYN no rule matches; later packets of a flow {established:.0f} ns")
+    for n, _, _, load in results:
+        if n == 1000:
+            _summary.record(path, "compile + kernel write alone (bench/rules.py's harness, no daemon)", load,
+                            "ms", parent=_summary.RELOAD)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20000, help="runs per measurement (the kernel's loop)")
     ap.add_argument("--trials", type=int, default=5, help="measurements per figure; the median is shown")
+    _summary.add_option(ap)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/rules.py needs root (BPF)")
@@ -129,6 +146,7 @@ def main() -> int:
     print(f"goal: a new-flow decision at {last[0]} rules <= 2000 ns: "
           f"{'met' if last[2] <= 2000 else 'NOT met'} ({last[2]:.0f} ns classified)")
     print(f"a flow is decided once; its later packets cost {established:.0f} ns whatever the rules")
+    summarize(args.summary, results, established)
     h.close()
     return 0
 
