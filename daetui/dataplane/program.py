@@ -33,6 +33,7 @@ from daetui.dataplane.bpflink import (
     attach_sk_lookup,
     link_create,
 )
+from daetui.dataplane.compilermemory import release_compiler_memory
 from daetui.resources import bpf_dir
 from daetui.routing.classify import Classifier, build_classifier
 from daetui.routing.compile import KernelRules
@@ -125,6 +126,7 @@ class KernelProgram:
         self.load_seconds = time.monotonic() - t0
         self.loaded_at = time.time()
         log.info("kernel programs compiled and loaded in %.1fs", self.load_seconds)
+        release_compiler_memory()   # nothing is compiled again: ~110 MB of RSS back
 
     # -- params and rules -------------------------------------------------------
     def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int, so_mark: int = 0,
