@@ -730,6 +730,13 @@ static __always_inline __u32 array_class(void *map_lookup_result)
     return map_lookup_result ? *(__u32 *)map_lookup_result : 0;
 }
 
+/* The classifier of the generation deciding the packet (NULL: none). */
+static __always_inline struct cls_gen *classifier(struct route_state *s)
+{
+    __u32 g = s->gen & 1;
+    return cls_gens.lookup(&g);
+}
+
 /* Each field's class of the packet, then route_match. */
 int route_classify(struct __sk_buff *skb)
 {
@@ -738,7 +745,7 @@ int route_classify(struct __sk_buff *skb)
     if (!s)
         return TC_ACT_OK;
     __u32 g = s->gen & 1;
-    struct cls_gen *cg = cls_gens.lookup(&g);
+    struct cls_gen *cg = classifier(s);
     if (!cg)
         return decide_fallback(skb, s);
     /* A field no rule uses has class 0 (bitmap 0: every rule); its lookup is skipped. */
@@ -837,7 +844,7 @@ int route_match(struct __sk_buff *skb)
     if (!s)
         return TC_ACT_OK;
     __u32 g = s->gen & 1;
-    struct cls_gen *cg = cls_gens.lookup(&g);
+    struct cls_gen *cg = classifier(s);
     if (!cg)
         return decide_fallback(skb, s);
     __u32 nw = cg->n_words;

@@ -43,35 +43,33 @@ DOMAINS = ("suffix: example.test", "full: www.example.test", "keyword: sniffed",
 OUTBOUNDS = ("direct", "block", "ga", "gb", "must_rules", "must_direct", "ga(must)", "direct(mark: 0x20)", "must_gb")
 
 
+def _some(rng: random.Random, pool: tuple[str, ...], most: int = 2) -> str:
+    return ", ".join(rng.sample(pool, rng.randint(1, most)))
+
+
+# One random function of each kind, its values drawn from the pools above (dip and domain twice as likely).
+FUNCTIONS = {
+    "dip": lambda rng: f"dip({_some(rng, DIPS)})",
+    "sip": lambda rng: f"sip({_some(rng, SIPS)})",
+    "dport": lambda rng: f"dport({rng.choice(DPORTS)})",
+    "sport": lambda rng: f"sport({rng.choice(SPORTS)})",
+    "l4proto": lambda rng: f"l4proto({rng.choice(('tcp', 'udp'))})",
+    "ipversion": lambda rng: f"ipversion({rng.choice(('4', '6'))})",
+    "mac": lambda rng: f"mac({_some(rng, tuple(repr(m) for m in MACS))})",
+    "dscp": lambda rng: f"dscp({_some(rng, tuple(str(d) for d in DSCPS))})",
+    "lan": lambda rng: f"interface(lan: {rng.choice(('lan0', 'lan1', 'nosuch0'))})",
+    "wan": lambda rng: f"interface(wan: {rng.choice(('wan0', 'lan1'))})",
+    "sides": lambda rng: f"interface(lan: {rng.choice(('lan0', 'lan1'))}, wan: {rng.choice(('wan0', 'lan1'))})",
+    "domain": lambda rng: f"domain({rng.choice(DOMAINS)})",
+    "pname": lambda rng: "pname(curl)",
+}
+WEIGHTS = {"dip": 2, "dport": 2, "domain": 2}
+
+
 def function(rng: random.Random) -> str:
-    kind = rng.choice(("dport", "dport", "sport", "dip", "dip", "sip", "l4proto", "ipversion", "mac", "dscp",
-                       "lan", "wan", "sides", "domain", "domain", "pname"))
-    if kind in ("dip", "sip"):
-        pool = DIPS if kind == "dip" else SIPS
-        text = f"{kind}({', '.join(rng.sample(pool, rng.randint(1, 2)))})"
-    elif kind == "dport":
-        text = f"dport({rng.choice(DPORTS)})"
-    elif kind == "sport":
-        text = f"sport({rng.choice(SPORTS)})"
-    elif kind == "l4proto":
-        text = f"l4proto({rng.choice(('tcp', 'udp'))})"
-    elif kind == "ipversion":
-        text = f"ipversion({rng.choice(('4', '6'))})"
-    elif kind == "mac":
-        text = f"mac({', '.join(repr(m) for m in rng.sample(MACS, rng.randint(1, 2)))})"
-    elif kind == "dscp":
-        text = f"dscp({', '.join(str(d) for d in rng.sample(DSCPS, rng.randint(1, 2)))})"
-    elif kind == "lan":
-        text = f"interface(lan: {rng.choice(('lan0', 'lan1', 'nosuch0'))})"
-    elif kind == "wan":
-        text = f"interface(wan: {rng.choice(('wan0', 'lan1'))})"
-    elif kind == "sides":
-        text = f"interface(lan: {rng.choice(('lan0', 'lan1'))}, wan: {rng.choice(('wan0', 'lan1'))})"
-    elif kind == "domain":
-        text = f"domain({rng.choice(DOMAINS)})"
-    else:
-        text = "pname(curl)"
-    return ("!" if rng.random() < 0.25 else "") + text
+    kinds = list(FUNCTIONS)
+    kind = rng.choices(kinds, weights=[WEIGHTS.get(k, 1) for k in kinds])[0]
+    return ("!" if rng.random() < 0.25 else "") + FUNCTIONS[kind](rng)
 
 
 def rule_set(rng: random.Random) -> str:
