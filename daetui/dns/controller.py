@@ -11,7 +11,9 @@ domain map, so the client's next connection is routed by name in the kernel.
 An upstream that fails (error, timeout, unreadable answer) is followed by the
 next configured upstream while time is left (`total_timeout`); when none
 answers, the client gets SERVFAIL. Nothing a client or an upstream sends can
-make an entry in the cache without having been read whole by dnspython.
+make an entry in the cache without having been read whole: the common answer
+(addresses, a CNAME chain, an SOA) by `wire.read_answer`, which checks every
+byte as strictly as dnspython does, any other by dnspython itself.
 
 `asis` sends a query to the server the client addressed, which any LAN
 device may run itself. Such an answer is cached under the question *and that
@@ -64,12 +66,16 @@ from daetui.dns.wire import (
     RCODE_SERVFAIL,
     TYPE_A,
     TYPE_AAAA,
+    TYPE_CNAME,
+    AnswerRecords,
     Query,
     WireError,
     answer_from_template,
     as_template,
     error_for,
+    name_text,
     parse_query,
+    read_answer,
     reply,
     ttl_offsets,
 )
@@ -127,6 +133,8 @@ class _Counters:
 
 @dataclass
 class _Answer:
+    """What the cache keeps of an upstream's answer, and what the rules are told of it."""
+
     rcode: int
     template: bytes
     offsets: list[int]
@@ -136,6 +144,12 @@ class _Answer:
     ips: tuple[IPAddress, ...]
     names: tuple[str, ...]
     texts: tuple[str, ...] = field(default=())
+
+
+# rcode, least TTL of the answer section, the SOA's (TTL, minimum), whether qtype is there, addresses, texts,
+# names, template, TTL offsets: what `_read` makes its _Answer of.
+_ReadParts = tuple[int, int, "tuple[int, int] | None", bool, "list[IPAddress]", "list[str]", tuple[str, ...], bytes,
+                   "list[int]"]
 
 
 def _qtype_text(qtype: int) -> str:
@@ -455,8 +469,7 @@ class DnsController:
                 break
             t0 = loop.time()
             try:
-                async with asyncio.timeout(left):
-                    data = await up.query(question, tcp=client.tcp)
+                data = await up.query(question, tcp=client.tcp, deadline=deadline)
                 answer = self._read(data, qname, qtype)
             except (UpstreamError, TimeoutError) as e:
                 self.c.bad_answers += isinstance(e, MalformedAnswer)
@@ -515,7 +528,56 @@ class DnsController:
                           route=route)
 
     def _read(self, data: bytes, qname: str, qtype: int) -> _Answer:
-        """An upstream's answer, read whole; raises DNSException or ValueError when it cannot be."""
+        """An upstream's answer, every byte checked; raises DNSException or ValueError when it cannot be read.
+
+        The common answer is read by `wire.read_answer` (only what is needed, as strictly as
+        dnspython); any other, by dnspython whole.
+        """
+        got = read_answer(data)
+        parts = (self._read_records(got, qtype) if got is not None else None) or self._read_whole(data, qname, qtype)
+        rcode, min_ttl, soa, has_type, ips, texts, names, template, offsets = parts
+        negative = rcode == dns.rcode.NXDOMAIN or (rcode == dns.rcode.NOERROR and not has_type)
+        if negative:
+            lifetime = min(soa) if soa is not None else NEGATIVE_TTL
+            lifetime = min(lifetime, MAX_NEGATIVE_TTL)
+        else:
+            lifetime = min_ttl
+        fixed = self.fixed_ttl.get(qname)
+        if fixed is not None:
+            lifetime = fixed
+        lifetime = max(0, min(int(lifetime), MAX_TTL))
+        ttls = [min(struct.unpack_from("!I", template, o)[0], MAX_TTL) if fixed is None else fixed for o in offsets]
+        return _Answer(rcode, template, offsets, ttls, float(lifetime), negative, tuple(ips), names, tuple(texts))
+
+    @staticmethod
+    def _read_records(got: AnswerRecords, qtype: int) -> _ReadParts | None:
+        """`_read`'s parts from what `read_answer` found; None when dnspython must say (other records of qtype)."""
+        rrsets = got.rrsets
+        chain = [got.question]
+        for _ in range(16):  # follow the CNAME chain, boundedly
+            cname = rrsets.get((chain[-1], TYPE_CNAME))
+            if cname is None or qtype == TYPE_CNAME:
+                break
+            chain.append(next(iter(cname[1])))
+        ips: list[IPAddress] = []
+        has_type = False
+        for owner in chain:
+            rrset = rrsets.get((owner, qtype))
+            if rrset is not None:
+                if qtype == TYPE_A:
+                    ips += map(ipaddress.IPv4Address, rrset[1])
+                elif qtype == TYPE_AAAA:
+                    ips += map(ipaddress.IPv6Address, rrset[1])
+                else:
+                    return None  # their text is dnspython's to write
+                has_type = True
+        min_ttl = min((ttl for ttl, _ in rrsets.values()), default=MAX_TTL)
+        names = tuple(dict.fromkeys(name_text(n) for n in chain))
+        return (got.rcode, min(min_ttl, MAX_TTL), got.soa, has_type, ips, [str(ip) for ip in ips], names,
+                got.template, got.offsets)
+
+    def _read_whole(self, data: bytes, qname: str, qtype: int) -> _ReadParts:
+        """`_read`'s parts, by dnspython reading the whole message."""
         msg = dns.message.from_wire(data)
         rcode = msg.rcode()
         chain = [dns.name.from_text(qname or ".")]
@@ -537,32 +599,23 @@ class DnsController:
             if rrset is not None:
                 has_type = True
                 for rd in rrset:
-                    if rrset.rdtype in (TYPE_A, TYPE_AAAA):
+                    # An address only in class IN (another class's A is another record: CH's has no address).
+                    if rrset.rdtype in (TYPE_A, TYPE_AAAA) and rrset.rdclass == CLASS_IN:
                         ip = ipaddress.ip_address(rd.address)  # type: ignore[attr-defined]
                         ips.append(ip)
                         texts.append(str(ip))
                     else:
                         texts.append(rd.to_text())
-        negative = rcode == dns.rcode.NXDOMAIN or (rcode == dns.rcode.NOERROR and not has_type)
-        if negative:
-            soa = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
-            lifetime = min(soa.ttl, next(iter(soa)).minimum) if soa is not None else NEGATIVE_TTL  # type: ignore
-            lifetime = min(lifetime, MAX_NEGATIVE_TTL)
-        else:
-            lifetime = min_ttl
-        fixed = self.fixed_ttl.get(qname)
-        if fixed is not None:
-            lifetime = fixed
-        lifetime = max(0, min(int(lifetime), MAX_TTL))
+        soa_rrset = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
+        soa = (soa_rrset.ttl, next(iter(soa_rrset)).minimum) if soa_rrset is not None else None  # type: ignore
         template = as_template(data)
         if template is None:  # records after the OPT one: let dnspython render it without
             msg.id = 0
             msg.use_edns(False)
             template = msg.to_wire()
         offsets = ttl_offsets(template)
-        ttls = [min(struct.unpack_from("!I", template, o)[0], MAX_TTL) if fixed is None else fixed for o in offsets]
         names = tuple(dict.fromkeys(n.to_text(omit_final_dot=True).lower() for n in chain))
-        return _Answer(rcode, template, offsets, ttls, float(lifetime), negative, tuple(ips), names, tuple(texts))
+        return rcode, min_ttl, soa, has_type, ips, texts, names, template, offsets
 
     # -- the console ------------------------------------------------------------------------------
     async def lookup(self, name: str, qtype: str = "A") -> DnsTrace:

@@ -18,7 +18,9 @@ node per query; DNS over HTTPS, QUIC and HTTP/3 are not carried by nodes:
 they are dialled directly, and their route says so. Each query gets its own
 ID (DoH, DoQ, DoH3: ID 0, as their RFCs want); an answer whose ID or
 question does not match is not the answer (counted, ignored), and one that
-breaks its transport's framing is malformed (counted, dropped).
+breaks its transport's framing is malformed (counted, dropped). Plain UDP
+queries go out on a few kept sockets whose source ports keep changing
+(`daetui.dns.udp`), not on a socket each.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from dataclasses import dataclass, field
 
 from daetui.config.dns_upstream import UpstreamSpec
 from daetui.dns.state import LATENCY_BUCKETS
-from daetui.dns.wire import CLASS_IN, FLAG_QR, FLAG_RD, FLAG_TC, HEADER, OPT_RR
+from daetui.dns.udp import UdpPool
+from daetui.dns.wire import CLASS_IN, FLAG_TC, answers_question, query_wire
 from daetui.net.buffered import Buffered
 from daetui.net.stream import Dialer, DialError
 from daetui.net.tls import server_name, start_tls
@@ -48,7 +51,6 @@ NO_UDP_FOR = 600.0  # a node whose UDP went unanswered is asked over TCP this lo
 DOH_DIRECT = " (DoH: dialled direct, not through a node)"
 DIRECT_ONLY = {"https": "DNS over HTTPS", "quic": "DNS over QUIC", "h3": "DNS over HTTP/3"}
 QUIC_SCHEMES = ("quic", "h3")
-MAX_MESSAGE = 65535
 
 log = logging.getLogger("daetui.dns")
 
@@ -112,20 +114,7 @@ class UpstreamStats:
 def make_query(question: bytes) -> tuple[int, bytes]:
     """Our own query for a question: a fresh ID, RD, and an EDNS record of our size."""
     qid = secrets.randbits(16)
-    head = struct.pack("!HHHHHH", qid, FLAG_RD, 1, 0, 0, 1)
-    return qid, head + question + OPT_RR
-
-
-def answers_question(data: bytes, qid: int, question: bytes) -> bool:
-    """Is `data` a response to our query `qid` for `question`?"""
-    if len(data) < HEADER + len(question):
-        return False
-    rid, flags, qd = struct.unpack_from("!HHH", data)
-    if rid != qid or not flags & FLAG_QR or qd != 1:
-        return False
-    n = len(question) - 4
-    got = data[HEADER:HEADER + len(question)]
-    return got[:n].lower() == question[:n].lower() and got[n:] == question[n:]
+    return qid, query_wire(qid, question)
 
 
 def _ssl_context(ca_file: str) -> ssl.SSLContext:
@@ -176,6 +165,7 @@ class Upstream:
         self._no_udp: dict[str, float] = {}  # node -> until when it is asked over TCP (its UDP went unanswered)
         self._http = None
         self._quic = None  # daetui.dns.quic.QuicChannel, made on the first DoQ/DoH3 query
+        self._udp_pool: UdpPool | None = None  # made on the first plain UDP query
 
     @property
     def name(self) -> str:
@@ -193,15 +183,24 @@ class Upstream:
         self.stats.address = self._address
         return self._address
 
-    async def query(self, question: bytes, tcp: bool = False) -> bytes:
-        """The upstream's answer (wire) to `question` (name, type, class as bytes)."""
+    async def query(self, question: bytes, tcp: bool = False, deadline: float | None = None) -> bytes:
+        """The upstream's answer (wire) to `question` (name, type, class as bytes).
+
+        `deadline` (the loop's time): the caller's own limit. Reached before this upstream's
+        timeout, it raises TimeoutError, and the upstream is not blamed. (One timer serves both:
+        each costs a few microseconds of a cache miss.)
+        """
         st = self.stats
         st.queries += 1
         t0 = time.monotonic()
+        own = asyncio.get_running_loop().time() + self.timeout
+        limit = asyncio.timeout_at(own if deadline is None or deadline >= own else deadline)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with limit:
                 data = await self._query(question, tcp)
         except TimeoutError:
+            if deadline is not None and deadline < own and limit.expired():
+                raise  # the caller's time is up, not this upstream's
             st.errors += 1
             st.timeouts += 1
             self._failed(f"no answer in {self.timeout:g}s")
@@ -262,21 +261,16 @@ class Upstream:
         return data
 
     async def _udp(self, ip: str, question: bytes) -> bytes:
-        qid, wire = make_query(question)
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            _mark(sock, self.mark)
-            sock.setblocking(False)
-            sock.connect((ip, self.spec.port))  # a fresh socket: a random source port per query
-            sock.send(wire)
-            while True:
-                data = await loop.sock_recv(sock, MAX_MESSAGE)
-                if answers_question(data, qid, question):
-                    return data
-                self.stats.mismatched += 1  # a stray or forged answer: keep waiting for ours
-        finally:
-            sock.close()
+        pool = self._udp_pool
+        if pool is None or pool.ip != ip:
+            if pool is not None:
+                pool.close()
+            pool = self._udp_pool = UdpPool(ip, self.spec.port, self.mark, self._stray)
+        pool.mark = self.mark  # a reload may change it: new sockets take it
+        return await pool.exchange(question)
+
+    def _stray(self) -> None:
+        self.stats.mismatched += 1  # a stray or forged answer: ignored, ours is still awaited
 
     async def _open_stream(self, ip: str) -> _Stream:
         sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
@@ -416,6 +410,9 @@ class Upstream:
         return data
 
     async def close(self) -> None:
+        if self._udp_pool is not None:
+            self._udp_pool.close()  # its sockets close as their queries end
+            self._udp_pool = None
         if self._quic is not None:
             await self._quic.close()
             self._quic = None
@@ -440,11 +437,14 @@ async def bootstrap_resolve(resolver: str, host: str, mark: int = 0, timeout: fl
     ip = ip.strip("[]")
     spec = UpstreamSpec("bootstrap", f"udp://{resolver}", "udp", ip, int(port or 53))
     up = Upstream(spec, lambda *_: UpstreamRoute("direct", "bootstrap"), mark=mark, timeout=timeout)
-    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-        question = dns.name.from_text(host).to_wire() + struct.pack("!HH", rdtype, CLASS_IN)
-        data = await up.query(question)
-        msg = dns.message.from_wire(data)
-        for rrset in msg.answer:
-            if rrset.rdtype == rdtype:
-                return str(next(iter(rrset)))
+    try:
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            question = dns.name.from_text(host).to_wire() + struct.pack("!HH", rdtype, CLASS_IN)
+            data = await up.query(question)
+            msg = dns.message.from_wire(data)
+            for rrset in msg.answer:
+                if rrset.rdtype == rdtype:
+                    return str(next(iter(rrset)))
+    finally:
+        await up.close()  # its UDP socket
     raise UpstreamError(f"{host}: the bootstrap resolver {resolver} knows no address for it")

@@ -5,7 +5,13 @@ size) with bounds checks on every byte; anything malformed raises
 `WireError` carrying the rcode to answer with, or None to drop silently.
 Answers served from the cache are templates whose TTL fields are patched
 in place (`ttl_offsets`), so a cache hit never builds a message object.
-Upstream answers are parsed fully by dnspython before they are trusted.
+
+An upstream's answer is read by `read_answer` when it holds only the records
+a cache miss usually brings (A, AAAA, CNAME, NS, SOA of class IN, and an OPT
+without options as its last record): every byte of it is checked as strictly
+as dnspython checks it (names, compression pointers, record lengths, rdata,
+trailing bytes). Anything else, malformed or merely unusual, it leaves to
+dnspython (None), which reads it whole or rejects it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ OUR_EDNS_PAYLOAD = 1232
 TYPE_OPT = 41
 TYPE_SOA = 6
 TYPE_CNAME = 5
+TYPE_NS = 2
 TYPE_A = 1
 TYPE_AAAA = 28
 CLASS_IN = 1
@@ -30,6 +37,7 @@ FLAG_TC = 0x0200
 FLAG_RD = 0x0100
 FLAG_RA = 0x0080
 OPCODE_MASK = 0x7800
+RCODE_MASK = 0x000F
 
 RCODE_NOERROR = 0
 RCODE_FORMERR = 1
@@ -40,6 +48,8 @@ RCODE_REFUSED = 5
 
 _H = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
+_LABEL_PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in b".\\")  # written as they are by label_text
+_SOA_MINIMUM = struct.Struct("!16xI")
 OPT_RR = b"\x00" + struct.pack("!HHIH", TYPE_OPT, OUR_EDNS_PAYLOAD, 0, 0)
 
 
@@ -118,9 +128,12 @@ def _name_end(wire: bytes, off: int, allow_pointers: bool) -> tuple[int, list[by
 
 def label_text(labels: list[bytes]) -> str:
     """The name as text, lower case; bytes outside printable ASCII escaped as dnspython does."""
+    joined = b".".join(labels)
+    if joined.translate(None, _LABEL_PLAIN) == b"." * (len(labels) - 1):  # the usual name: nothing to escape
+        return joined.decode("ascii").lower()
     out = []
     for lab in labels:
-        if all(0x21 <= b <= 0x7E and b not in (0x2E, 0x5C) for b in lab):
+        if not lab.translate(None, _LABEL_PLAIN):
             out.append(lab.decode("ascii").lower())
         else:
             out.append("".join(chr(b).lower() if 0x21 <= b <= 0x7E and b not in (0x2E, 0x5C)
@@ -208,6 +221,23 @@ def as_template(wire: bytes) -> bytes | None:
     return _H.pack(0, flags, qd, an, ns, ar - (opt_at is not None)) + body
 
 
+def query_wire(qid: int, question: bytes) -> bytes:
+    """Our query to an upstream for `question` (name, type, class as bytes): ID `qid`, RD, EDNS of our size."""
+    return _H.pack(qid, FLAG_RD, 1, 0, 0, 1) + question + OPT_RR
+
+
+def answers_question(data: bytes, qid: int, question: bytes) -> bool:
+    """Is `data` a response to our query `qid` for `question`?"""
+    if len(data) < HEADER + len(question):
+        return False
+    rid, flags, qd = struct.unpack_from("!HHH", data)
+    if rid != qid or not flags & FLAG_QR or qd != 1:
+        return False
+    n = len(question) - 4
+    got = data[HEADER:HEADER + len(question)]
+    return got[:n].lower() == question[:n].lower() and got[n:] == question[n:]
+
+
 def answer_from_template(template: bytes, offsets: list[int], ttls: list[int], elapsed: int,
                          query: Query, udp: bool = True) -> bytes:
     """A cached answer for `query`: its ID, RD bit and question bytes; TTLs counted down by `elapsed`."""
@@ -266,3 +296,179 @@ def error_for(wire: bytes, rcode: int) -> bytes | None:
     out = _H.pack(qid, FLAG_QR | FLAG_RA | (flags & FLAG_RD) | (flags & OPCODE_MASK) | rcode,
                   1 if question else 0, 0, 0, 0)
     return out + question
+
+
+# -- upstream answers ------------------------------------------------------------------------------
+
+MAX_POINTER_HOPS = 16  # dnspython's MAX_COMPRESSION_POINTER_CHAIN
+MAX_SIGNED_TTL = 0x7FFFFFFF  # a larger TTL counts as 0 (RFC 2181 8; dnspython's reading too)
+ROOT = b"\x00"
+_PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in b'"().;\\@$')  # what dnspython writes unescaped
+
+
+class _Unread(Exception):
+    """Not for read_answer: dnspython reads it (or rejects it)."""
+
+
+class AnswerRecords:
+    """What the controller needs of an upstream's answer (`read_answer`). Names are lower case, in wire form."""
+
+    __slots__ = ("offsets", "question", "rcode", "rrsets", "soa", "template")
+
+    def __init__(self, rcode: int, question: bytes, rrsets: dict[tuple[bytes, int], tuple[int, dict[bytes, None]]],
+                 soa: tuple[int, int] | None, template: bytes, offsets: list[int]) -> None:
+        self.rcode = rcode            # with the OPT record's extended bits
+        self.question = question      # the question's name
+        # The answer section by (owner, type): the least TTL, and the rdatas in order, each once (A, AAAA: the
+        # address; CNAME, NS: the target name). CNAME is a singleton: its last record is kept (as dnspython).
+        self.rrsets = rrsets
+        self.soa = soa                # the authority section's first SOA: (its least TTL, its minimum), or None
+        self.template = template      # as `as_template` makes it
+        self.offsets = offsets        # as `ttl_offsets(template)` finds them
+
+
+def _name(wire: bytes, off: int, end: int) -> tuple[int, bytes]:
+    """A name at `off`, compressed or not, read no further than `end`: (offset after it, its wire form, lower case).
+
+    dnspython's rules: a pointer points before the part that points to it and what it points to ends
+    before that part; at most MAX_POINTER_HOPS of them; 255 bytes at most.
+    """
+    out = []
+    total = 1
+    start = biggest = off
+    after = -1
+    hops = 0
+    while True:
+        if off >= end:
+            raise _Unread
+        n = wire[off]
+        if n == 0:
+            break
+        if n < 64:
+            if off + 1 + n > end:
+                raise _Unread
+            out.append(wire[off:off + 1 + n])
+            total += n + 1
+            off += 1 + n
+        elif n >= 0xC0:
+            if off + 2 > end:
+                raise _Unread
+            ptr = (n & 0x3F) << 8 | wire[off + 1]
+            if after < 0:
+                after = off + 2
+            hops += 1
+            if ptr >= biggest or hops > MAX_POINTER_HOPS:
+                raise _Unread
+            end = start  # what it points to must end before the part that points to it
+            biggest = start = off = ptr
+        else:
+            raise _Unread
+    if total > MAX_NAME:
+        raise _Unread
+    return (after if after >= 0 else off + 1), b"".join(out).lower() + ROOT
+
+
+def read_answer(wire: bytes) -> AnswerRecords | None:
+    """An upstream's answer (one question, its ID and question already checked), or None: leave it to dnspython."""
+    try:
+        return _read_answer(wire)
+    except (_Unread, struct.error):
+        return None
+
+
+def _read_answer(wire: bytes) -> AnswerRecords:
+    size = len(wire)
+    if size < HEADER:
+        raise _Unread
+    _qid, flags, qd, an, ns, ar = _H.unpack_from(wire)
+    if flags & OPCODE_MASK or qd != 1:
+        raise _Unread  # another opcode is another kind of message to dnspython
+    off, question = _name(wire, HEADER, size)
+    off += 4
+    if off > size:
+        raise _Unread
+    rrsets: dict[tuple[bytes, int], tuple[int, dict[bytes, None]]] = {}
+    soa: tuple[bytes, int, int] | None = None   # owner, least TTL, minimum
+    offsets = []
+    opt_at = -1
+    ext_rcode = 0
+    last = an + ns + ar - 1
+    for i in range(an + ns + ar):
+        start = off
+        off, owner = _name(wire, off, size)
+        if off + 10 > size:
+            raise _Unread
+        rtype, rclass, ttl, rdlen = _RR.unpack_from(wire, off)
+        rdata = off + 10
+        off = rdata + rdlen
+        if off > size:
+            raise _Unread
+        if rtype == TYPE_OPT:
+            # EDNS: once, last (the template drops it), in the additional section, owned by the root; no options.
+            if i != last or i < an + ns or owner != ROOT or rdlen:
+                raise _Unread
+            opt_at = start
+            ext_rcode = (ttl >> 20) & 0xFF0
+            continue
+        if rclass != CLASS_IN:
+            raise _Unread
+        offsets.append(rdata - 6)
+        if rtype in (TYPE_A, TYPE_AAAA):
+            if rdlen != (4 if rtype == TYPE_A else 16):
+                raise _Unread
+            value = wire[rdata:off]
+        elif rtype in (TYPE_CNAME, TYPE_NS):
+            end, value = _name(wire, rdata, off)
+            if end != off:
+                raise _Unread
+        elif rtype == TYPE_SOA:
+            end, _mname = _name(wire, rdata, off)
+            end, _rname = _name(wire, end, off)
+            if end + 20 != off:
+                raise _Unread
+            if an <= i < an + ns:
+                ttl = 0 if ttl > MAX_SIGNED_TTL else ttl
+                if soa is None:
+                    soa = (owner, ttl, _SOA_MINIMUM.unpack_from(wire, end)[0])
+                elif soa[0] == owner:  # a singleton: the last record's minimum, the least TTL of all
+                    soa = (owner, min(soa[1], ttl), _SOA_MINIMUM.unpack_from(wire, end)[0])
+            value = b""
+        else:
+            raise _Unread
+        if i < an:
+            ttl = 0 if ttl > MAX_SIGNED_TTL else ttl
+            key = (owner, rtype)
+            had = rrsets.get(key)
+            if had is None:
+                rrsets[key] = (ttl, {value: None})
+            else:
+                if rtype in (TYPE_CNAME, TYPE_SOA):  # singletons: the last record stands
+                    had[1].clear()
+                had[1][value] = None
+                if ttl < had[0]:
+                    rrsets[key] = (ttl, had[1])
+    if off != size:
+        raise _Unread  # trailing bytes
+    if opt_at >= 0:
+        template = _H.pack(0, flags, qd, an, ns, ar - 1) + wire[HEADER:opt_at]
+    else:
+        template = _H.pack(0, flags, qd, an, ns, ar) + wire[HEADER:]
+    return AnswerRecords(ext_rcode | (flags & RCODE_MASK), question, rrsets,
+                         (soa[1], soa[2]) if soa is not None else None, template, offsets)
+
+
+def name_text(name: bytes) -> str:
+    """A name in wire form (uncompressed) as dnspython writes it without its final dot ("." for the root)."""
+    if name == ROOT:
+        return "."
+    out = []
+    off = 0
+    while name[off]:
+        lab = name[off + 1:off + 1 + name[off]]
+        off += 1 + name[off]
+        if not lab.translate(None, _PLAIN):
+            out.append(lab.decode("ascii"))
+        else:
+            out.append("".join(chr(b) if b in _PLAIN else (f"\\{chr(b)}" if 0x20 < b < 0x7F else f"\\{b:03d}")
+                               for b in lab))
+    return ".".join(out)
