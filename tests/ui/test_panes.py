@@ -152,3 +152,19 @@ async def test_connections_close_keys_reach_the_daemon(frozen, frozen_app, keys:
         await pilot.press(*keys)
         await pilot.pause(0.3)
         assert frozen.closed == (relayed[:1] if keys == ("x",) else relayed)
+
+
+@pytest.mark.parametrize("pane", ["overview", "dialers", "rules"])
+async def test_a_pane_fed_while_hidden_shows_as_if_fed_while_shown(frozen_app, pane: str) -> None:
+    """The panes fed every snapshot do not lay the screen out while hidden (show_text): once shown, their
+    widgets are laid out and drawn as those of a pane that was on the screen all along."""
+    async def drawn(start: str) -> list[tuple[str | None, object, list[str]]]:
+        app = frozen_app(start)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await settled(pilot)
+            app.action_pane(pane)
+            await pilot.pause(0.2)
+            return [(w.id, w.region, ["".join(s.text for s in line) for line in w.render_lines(w.region.reset_offset)])
+                    for w in app.panes[pane].query("Static")]
+
+    assert await drawn("connections") == await drawn(pane)

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from textual.visual import VisualType
+from textual.widget import Widget
+from textual.widgets import Static
+
 from daetui.control.state import Snapshot
 
 if TYPE_CHECKING:
@@ -64,3 +68,16 @@ class Pane(_Widget):
     def leave_filter(self) -> bool:
         """`esc`: leave the filter line, or clear it; False when there was nothing to leave."""
         return False
+
+
+def show_text(widget: Static, content: VisualType) -> None:
+    """`widget.update(content)`, laying the screen out again only if the widget is on it. The panes fed every
+    snapshot update their widgets while another pane is shown, and a layout is of the whole screen: once a
+    refresh, for nothing (showing the pane lays the screen out anyway, measuring the widget as it is then)."""
+    node: object = widget
+    while isinstance(node, Widget):
+        if not node.display:
+            widget.update(content, layout=False)
+            return
+        node = node.parent
+    widget.update(content)

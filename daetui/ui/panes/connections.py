@@ -14,7 +14,16 @@ from textual.widgets import Input, Static
 
 from daetui.control.state import Snapshot
 from daetui.ui import fmt
-from daetui.ui.flows import SORT_KEYS, FilterError, FlowBook, FlowRow, apply_filter, parse_filter, sort_rows
+from daetui.ui.flows import (
+    CLOSED_STATES,
+    SORT_KEYS,
+    FilterError,
+    FlowBook,
+    FlowRow,
+    apply_filter,
+    parse_filter,
+    sort_rows,
+)
 from daetui.ui.panes.base import PaletteEntry, Pane
 from daetui.ui.widgets.filterline import leave_filter, open_filter
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
@@ -164,6 +173,7 @@ opened them, `name[pid]`, in the Process column (blank for LAN clients' flows);
         self.sort_column = "start"
         self.sort_descending = True
         self.hide_closed = False
+        self._status = ""
         self.table = VirtualTable(columns_for(None), flow_cell, row_key=lambda r: r.key, id="flows")
         self.table.sort_column = self.sort_column
         self.table.sort_descending = True
@@ -195,14 +205,21 @@ opened them, `name[pid]`, in the Process column (blank for LAN clients' flows);
         rows = apply_filter(self.all_rows, self.terms, self.hide_closed)
         self.shown = sort_rows(rows, self.sort_column, self.sort_descending)
         self.table.set_rows(self.shown)
-        relayed = sum(1 for r in self.all_rows if r.path == "relay" and not r.closed)
+        relayed = sum(1 for r in self.all_rows if r.path == "relay" and r.state not in CLOSED_STATES)
         status = (f"{len(self.all_rows)} flows ({relayed} relayed open) · {len(self.shown)} shown · "
                   f"sort {self.sort_column} {'▼' if self.sort_descending else '▲'}")
         if self.filter_text:
             status += f" · filter: {fmt.markup(self.filter_text)}"
         if self.hide_closed:
             status += " · closed hidden"
-        self.query_one("#flow-status", Static).update(status)
+        self._show_status(status)
+
+    def _show_status(self, text: str) -> None:
+        """The status line, redrawn only when its text changed, and without a layout of the screen: one line
+        high whatever it says (.pane-status), where a layout would lay out every widget once a refresh."""
+        if text != self._status:
+            self._status = text
+            self.query_one("#flow-status", Static).update(text, layout=False)
 
     # -- actions ------------------------------------------------------------------------------
     def action_filter(self) -> None:
@@ -213,7 +230,7 @@ opened them, `name[pid]`, in the Process column (blank for LAN clients' flows);
         try:
             self.terms = parse_filter(event.value)
         except FilterError as e:
-            self.query_one("#flow-status", Static).update(f"[b]filter:[/] {fmt.markup(e)}")
+            self._show_status(f"[b]filter:[/] {fmt.markup(e)}")
             return
         self.filter_text = event.value.strip()
         self._apply()

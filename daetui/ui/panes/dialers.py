@@ -24,7 +24,7 @@ from textual.widgets import Static
 from daetui.control.state import Snapshot
 from daetui.outbound.state import GroupState, NodeState
 from daetui.ui import fmt
-from daetui.ui.panes.base import PaletteEntry, Pane
+from daetui.ui.panes.base import PaletteEntry, Pane, show_text
 from daetui.ui.widgets.vtable import Cell, Column, Pieces, VirtualTable
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -338,7 +338,7 @@ error. Checks also run by themselves every `check_interval`.
 
     def _show_detail(self, _cursor: int | None = None) -> None:
         width = max(20, self.size.width - 2)
-        self.query_one("#dialers-detail", Static).update(detail_text(self.table.current, width))
+        show_text(self.query_one("#dialers-detail", Static), detail_text(self.table.current, width))
 
     def on_resize(self) -> None:
         self._show_detail()

@@ -13,7 +13,7 @@ from textual.widgets import Sparkline, Static
 
 from daetui.control.state import InterfaceInfo, Snapshot
 from daetui.ui import fmt
-from daetui.ui.panes.base import Pane
+from daetui.ui.panes.base import Pane, show_text
 
 COUNTER_ORDER = [
     ("PACKETS", "packets in"), ("NEW_FLOWS", "new flows"), ("DECIDED_DIRECT", "→ direct"),
@@ -69,7 +69,7 @@ ran what was due (p99 over the last minute).
         # Which interface columns fit depends on the width: the first snapshot may come before the pane
         # has one, and a terminal may be resized between snapshots.
         if self._snap is not None:
-            self.query_one("#ov-interfaces", Static).update(self._interfaces(self._snap))
+            show_text(self.query_one("#ov-interfaces", Static), self._interfaces(self._snap))
 
     def compose(self) -> ComposeResult:
         yield Static("", id="ov-interfaces", classes="box")
@@ -82,9 +82,9 @@ ran what was due (p99 over the last minute).
 
     def update(self, snap: Snapshot) -> None:
         self._snap = snap
-        self.query_one("#ov-interfaces", Static).update(self._interfaces(snap))
-        self.query_one("#ov-health", Static).update(self._health(snap))
-        self.query_one("#ov-counters", Static).update(self._counters(snap))
+        show_text(self.query_one("#ov-interfaces", Static), self._interfaces(snap))
+        show_text(self.query_one("#ov-health", Static), self._health(snap))
+        show_text(self.query_one("#ov-counters", Static), self._counters(snap))
         total = sum(i.rx_bytes + i.tx_bytes for i in snap.interfaces if i.bound)
         if self._last is not None and snap.time > self._last[0]:
             self.history.append(max(0.0, (total - self._last[1]) / (snap.time - self._last[0])))
@@ -100,7 +100,7 @@ ran what was due (p99 over the last minute).
         else:
             rate_text = Text.assemble(("Throughput ", "bold"), f"{fmt.rate(now_rate) or '0 B/s'} now, ",
                                       f"peak {fmt.rate(peak) or '0 B/s'} over {len(self.history)} s")
-        self.query_one("#ov-rate", Static).update(rate_text)
+        show_text(self.query_one("#ov-rate", Static), rate_text)
 
     def _interfaces(self, snap: Snapshot) -> Table:
         rows: list[list[str | Text]] = []   # the wide table's cells: narrow leaves out since and packets

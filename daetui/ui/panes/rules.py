@@ -14,7 +14,7 @@ from textual.widgets import Static
 
 from daetui.control.state import RuleInfo, Snapshot
 from daetui.ui import fmt
-from daetui.ui.panes.base import PaletteEntry, Pane
+from daetui.ui.panes.base import PaletteEntry, Pane, show_text
 from daetui.ui.widgets.vtable import Cell, Column, VirtualTable
 
 COLUMNS = [
@@ -141,9 +141,9 @@ already running keep their route.
                             snap.time))
         self.table.set_rows(rows)
         on = sum(1 for r in snap.rules if r.enabled)
-        self.query_one("#rules-status", Static).update(
-            f"{len(snap.rules)} rules ({on} on) · generation {snap.health.generation} · "
-            f"{snap.health.match_sets} match sets in the kernel · config {fmt.markup(snap.health.config)}")
+        show_text(self.query_one("#rules-status", Static),
+                  f"{len(snap.rules)} rules ({on} on) · generation {snap.health.generation} · "
+                  f"{snap.health.match_sets} match sets in the kernel · config {fmt.markup(snap.health.config)}")
 
     def _current(self) -> RuleRow | None:
         row = self.table.current

@@ -34,4 +34,5 @@ class StatusBar(Static):
         parts += [f" │ {fmt.count(flows)} flows, {relayed} relayed │ gen {h.generation}"]
         if snap.counters.get("FAIL_OPEN"):
             parts += [" │ ", (f"fail-open {fmt.count(snap.counters['FAIL_OPEN'])}", "yellow")]
-        self.update(Text.assemble(*parts))
+        # One line high whatever it says (#status): no layout of the screen for it, once a refresh.
+        self.update(Text.assemble(*parts), layout=False)
