@@ -15,6 +15,7 @@ kernel's record and evaluates rules (routing.matcher).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from daetui.control.connections import Connection, Endpoint
 from daetui.control.kernel_sync import KernelSync
 from daetui.control.names import NameBook
 from daetui.dns.upstream import UpstreamRoute
-from daetui.net.address import is_address
+from daetui.net.address import ip_of, is_address
 from daetui.routing.matcher import FlowFacts, decide
 from daetui.routing.ruleset import BLOCK, DIRECT, USERSPACE, RuleSet
 from daetui.sniff import SniffResult
@@ -66,6 +67,10 @@ def mac_text(mac: bytes) -> str | None:
     return ":".join(f"{b:02x}" for b in mac) if any(mac) else None
 
 
+# Per relayed flow: a LAN has few MACs, and the join is a few microseconds (bounded).
+_flow_mac_text = functools.lru_cache(maxsize=1024)(mac_text)
+
+
 class Decider:
     """Routes flows by the kernel's records and the rules in force; `configure` takes a reload's."""
 
@@ -91,12 +96,12 @@ class Decider:
 
     def first(self, proto: str, client: Endpoint, dst: Endpoint) -> Route:
         """The route of a flow that just reached the control plane."""
-        key = FlowKey(ipaddress.ip_address(client[0]), client[1], ipaddress.ip_address(dst[0]), dst[1], proto)
+        key = FlowKey(ip_of(client[0]), client[1], ip_of(dst[0]), dst[1], proto)
         kflow = self.sync.flow(key)
         if kflow is not None:
             ruleset = self.sync.ruleset(kflow.generation)
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",
-                               mac_text(kflow.mac), kflow.pid or None, kflow.process or None)
+                               _flow_mac_text(kflow.mac), kflow.pid or None, kflow.process or None)
         d = decide(self.ruleset, key_facts(key), with_trace=False)
         # Undecided (a domain rule, and no name for the address) as the kernel leaves it: sniffed, then
         # decided from that rule (with_name).

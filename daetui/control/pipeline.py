@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -103,42 +104,60 @@ class Pipeline:
             self._accepting.append(asyncio.ensure_future(self._accept_loop(sock)))
 
     async def _accept_loop(self, lsock: socket.socket) -> None:
-        """Accept for as long as the listener has connections waiting; a task for each.
+        """Accept on `lsock` until cancelled: one connection, and its task, each time the loop finds it readable.
 
-        The listener stays registered with the loop, and a wake-up takes every waiting
-        connection: sock_accept registered and unregistered it (two epoll_ctl calls) and
-        made a future per connection.
+        The listener stays registered with the loop, whose callback accepts: no future, task step
+        or wake-up of a task per connection, and no EAGAIN (an exception, as costly as the accept)
+        after each, as draining the backlog in a task had. Connections still waiting keep the
+        listener readable, so each loop turn takes the next between the relays' work.
         """
         loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
         fd = lsock.fileno()
-        loop.add_reader(fd, wake.set)
+        accept = lsock._accept  # the fd and address: socket.accept's wrapper reads family and type as enums
+        family = lsock.family
+        paused: asyncio.TimerHandle | None = None
+
+        def resume() -> None:
+            nonlocal paused
+            paused = None
+            loop.add_reader(fd, ready)
+
+        def ready() -> None:
+            nonlocal paused
+            try:
+                cfd, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return  # gone (reset) before it was taken
+            except OSError as e:
+                log.error("accept: %s", e)
+                # E.g. EMFILE: the waiting connections keep the listener readable, so it leaves
+                # the loop for the pause, or the loop would spin on it.
+                loop.remove_reader(fd)
+                paused = loop.call_later(0.1, resume)
+                return
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM, 0, cfd)
+            except OSError as e:
+                os.close(cfd)
+                log.error("accept: %s", e)
+                return
+            if not self.budget.take(addr[0]):
+                # Over a budget: refused with a reset, before any work (counted in the budget).
+                reset_on_close(sock)
+                sock.close()
+                return
+            task = loop.create_task(self.handle_tcp(sock, (addr[0], addr[1])))
+            self._flows.add(task)
+            task.add_done_callback(self._flow_done(addr[0]))
+
+        loop.add_reader(fd, ready)
         try:
-            while True:
-                try:
-                    sock, addr = lsock.accept()
-                except (BlockingIOError, InterruptedError):
-                    wake.clear()
-                    await wake.wait()
-                    continue
-                except OSError as e:
-                    log.error("accept: %s", e)
-                    # E.g. EMFILE: the waiting connections keep the listener readable, so it leaves
-                    # the loop for the pause, or the loop would spin on it.
-                    loop.remove_reader(fd)
-                    await asyncio.sleep(0.1)
-                    loop.add_reader(fd, wake.set)
-                    continue
-                if not self.budget.take(addr[0]):
-                    # Over a budget: refused with a reset, before any work (counted in the budget).
-                    reset_on_close(sock)
-                    sock.close()
-                    continue
-                task = loop.create_task(self.handle_tcp(sock, (addr[0], addr[1])))
-                self._flows.add(task)
-                task.add_done_callback(self._flow_done(addr[0]))
+            await loop.create_future()  # until cancelled
         finally:
-            loop.remove_reader(fd)
+            if paused is not None:
+                paused.cancel()
+            else:
+                loop.remove_reader(fd)
 
     def _flow_done(self, client: str) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:

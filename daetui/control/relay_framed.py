@@ -206,8 +206,19 @@ class _Relay:
         if len(self.lost_sides) == 2:
             if self.watch is not None:
                 self.watch.cancel()
+                self.watch = None  # it holds this relay's method
             if not self.done.done():
                 self.done.set_result(self.error)
+
+    def unlink(self) -> None:
+        """Drop the references that make cycles (the relay and its sides, each side and its transport),
+        once both transports have reported their end: the connection's objects then go by reference
+        counting as it ends, instead of piling up for the cycle collector, whose passes a stream of
+        short connections would make frequent. Nothing calls a side after its connection_lost; a
+        timer still pending (the client's reset) finds no transport and touches no socket of another."""
+        for side in (self.client, self.destination):
+            side.transport = None
+            del side.relay, side.peer
 
     def watch_codec(self, interval: float) -> None:
         """Ask the codec every `interval` seconds whether the server is overdue.
@@ -215,14 +226,15 @@ class _Relay:
         The server's silence counts only while its side is read: while the client's full
         buffer holds reading back, the server is not late.
         """
-        def tick() -> None:
-            idle = 0.0 if self.destination.paused else self.loop.time() - self.progress
-            reason = self.codec.overdue(idle)
-            if reason is not None:
-                self.fail("destination", DialError(reason))
-            elif len(self.lost_sides) < 2:
-                self.watch = self.loop.call_later(interval, tick)
-        self.watch = self.loop.call_later(interval, tick)
+        self.watch = self.loop.call_later(interval, self._tick, interval)
+
+    def _tick(self, interval: float) -> None:
+        idle = 0.0 if self.destination.paused else self.loop.time() - self.progress
+        reason = self.codec.overdue(idle)
+        if reason is not None:
+            self.fail("destination", DialError(reason))
+        elif len(self.lost_sides) < 2:
+            self.watch = self.loop.call_later(interval, self._tick, interval)
 
 
 async def relay_framed(client: socket.socket, server: socket.socket, codec: Codec, on_up: Counter,
@@ -244,9 +256,21 @@ async def relay_framed(client: socket.socket, server: socket.socket, codec: Code
         first = b""
     except OSError as e:
         return f"client: {e}"
-    relay.destination.write(codec.encode(first))
+    head = codec.encode(first)
     if first:
         on_up(len(first))
+    if head:
+        # Sent now rather than on the transport's first turn: the server is at work on it (on the
+        # other core) while the transports are made. Whatever does not fit goes through the transport.
+        try:
+            sent = server.send(head, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            sent = len(head)
+            relay.fail("destination", e)  # carried out once the transports exist
+        if sent < len(head):
+            relay.destination.write(head[sent:])
     try:
         made: list[_Side] = []
         try:
@@ -265,7 +289,9 @@ async def relay_framed(client: socket.socket, server: socket.socket, codec: Code
         if interval is not None:
             relay.watch_codec(interval)
         # Shielded: cancelling this task must not cancel `done`, which the transports resolve.
-        return await asyncio.shield(done)
+        error = await asyncio.shield(done)
+        relay.unlink()
+        return error
     except BaseException as e:
         relay.fail("relay", e if isinstance(e, Exception) else asyncio.CancelledError("closed"))
         if len(relay.lost_sides) < 2:

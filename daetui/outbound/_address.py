@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from daetui.net.address import ip_of
 from daetui.net.stream import DialError
 
 # (IPv4, domain, IPv6) type bytes of each layout.
@@ -23,7 +24,7 @@ V2RAY_TYPES = (1, 2, 3)
 def _host_bytes(host: str, types: tuple[int, int, int]) -> bytes:
     """The type byte and the address bytes of host (an IP literal or a domain name)."""
     try:
-        ip = ipaddress.ip_address(host.strip("[]"))
+        ip = ip_of(host.strip("[]"))
     except ValueError:
         name = host.rstrip(".").encode("idna") if not host.isascii() else host.rstrip(".").encode()
         if not 0 < len(name) <= 255:

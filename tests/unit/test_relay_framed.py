@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -191,6 +192,32 @@ def test_a_tampered_chunk_resets_the_client_after_the_good_bytes(loop_factory):
 
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
+def test_a_server_gone_before_the_header_resets_the_client(loop_factory):
+    # The header (with what the client sent) goes out before the transports are made: a server
+    # that reset meanwhile fails the relay as a transport's failed write would.
+    async def main() -> None:
+        client, relay_client_side = tcp_pair()
+        relay_server_side, server_sock = tcp_pair()
+        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server_sock.close()  # a reset
+        await asyncio.sleep(0.05)
+        stream = SsStream(SocketStream(relay_server_side), METHOD, KEY, encode_address(*TARGET), "test")
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.05)
+        framing = stream.framed()
+        assert framing is not None
+        error = await asyncio.wait_for(relay_framed(relay_client_side, *framing, ByteCounter(), ByteCounter()), 10)
+        assert error is not None and error.startswith("destination: ") and "reset" in error.lower()
+        with pytest.raises(ConnectionResetError):
+            await read_all(client)
+        assert relay_client_side.fileno() == -1 and relay_server_side.fileno() == -1
+        client.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
 def test_a_server_stalling_inside_a_chunk_is_cut_off(loop_factory):
     async def scenario(client, server, task, up, down):
         loop = asyncio.get_running_loop()
@@ -249,6 +276,12 @@ def test_closing_the_relay_resets_the_client(loop_factory):
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(client, b"hello")
         assert await server.target() == TARGET
+        while len(server.buf) < 5:  # the header may have gone alone, before the client's bytes came
+            assert await server._more()
+        assert server.buf == b"hello"
+        # The header goes out before the transports are made: an answer read shows them made.
+        await server.send(b"hi")
+        assert await loop.sock_recv(client, 100) == b"hi"
         task.cancel()  # what "close the connection" in the console does
         with pytest.raises(asyncio.CancelledError):
             await task

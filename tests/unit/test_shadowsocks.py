@@ -122,6 +122,19 @@ def test_subkey(method: str) -> None:
     assert len(subkey(key, salt)) == size == method_of(method).key_size == method_of(method).salt_size
 
 
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(min_size=16, max_size=32), salt=st.binary(max_size=100), other=st.binary(max_size=100))
+def test_subkey_is_hkdf_sha1_as_openssl_computes_it(key: bytes, salt: bytes, other: bytes) -> None:
+    # The subkey's SHA-1 and HMAC are CPython's own: checked against cryptography's HKDF and the
+    # hmac module (OpenSSL), keys longer than SHA-1's block included (HMAC hashes those first).
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    assert subkey(key, salt) == HKDF(algorithm=hashes.SHA1(), length=len(key), salt=salt,
+                                     info=b"ss-subkey").derive(key)
+    assert ss._hmac_sha1(other, salt) == hmac.new(other, salt, "sha1").digest()
+
+
 # -- TCP chunks ----------------------------------------------------------------------------------
 
 @ALL
