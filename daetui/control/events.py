@@ -39,6 +39,11 @@ class Subscription:
     async def get(self) -> Event:
         return await self.queue.get()
 
+    def get_waiting(self) -> list[Event]:
+        """Every event queued now (no wait): at most the queue's bound."""
+        q = self.queue
+        return [q.get_nowait() for _ in range(q.qsize())]
+
     def close(self) -> None:
         self.bus._subs.discard(self)
 

@@ -35,6 +35,9 @@ MAX_IN_FLIGHT = 16  # requests answered at once per connection
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 1 << 20            # a request line longer than this closes the connection
 MAX_CLIENT_BUFFER = 32 << 20     # events are dropped while a client has this much unread
+# Events go to a client in one write at most this often: two a relayed connection (opened, closed)
+# were two writes and two wake-ups each (a console attached: ~60 µs of the daemon's CPU a connection).
+EVENT_BATCH = 0.02
 
 
 class ControlServer:
@@ -132,12 +135,15 @@ class ControlServer:
             await writer.drain()
 
     async def _forward(self, sub: Subscription, writer: asyncio.StreamWriter) -> None:
+        """The subscription's events to the client, those that come within EVENT_BATCH of each other in one write."""
         while True:
-            ev: Event = await sub.get()
+            events: list[Event] = [await sub.get()]
+            await asyncio.sleep(EVENT_BATCH)
+            events += sub.get_waiting()
             if writer.transport.get_write_buffer_size() > MAX_CLIENT_BUFFER:
-                sub.dropped += 1
+                sub.dropped += len(events)
                 continue
-            writer.write(wire.dumps({"event": ev}))
+            writer.write(b"".join(wire.dumps({"event": ev}) for ev in events))
 
     async def _dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
         command = COMMANDS.get(cmd)

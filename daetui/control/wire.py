@@ -134,7 +134,10 @@ def decode(tp: Any, data: Any) -> Any:
     return decoder(tp)(data)
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps would make one per call for the separators
+
+
 def dumps(obj: Any) -> bytes:
     """One line of the control protocol."""
-    return json.dumps(encode(obj), separators=(",", ":")).encode() + b"\n"
+    return _JSON.encode(encode(obj)).encode() + b"\n"
 

@@ -165,3 +165,44 @@ async def test_commands_travel_as_declared(tmp_path: Path) -> None:
     finally:
         await client.close()
         await server.stop()
+
+
+async def test_events_reach_a_subscriber_in_order_a_burst_in_one_write(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from daetui.control import server as server_module
+    from daetui.control.events import EventBus
+
+    plane = RecordingPlane()
+    plane.events = EventBus()  # type: ignore[attr-defined]
+    server = ControlServer(plane, tmp_path / "control.sock")  # type: ignore[arg-type]
+    writes = []
+    real_forward = server_module.ControlServer._forward
+
+    async def counting(self: ControlServer, sub: Any, writer: asyncio.StreamWriter) -> None:
+        write = writer.write
+        writer.write = lambda data: (writes.append(data.count(b"\n")), write(data))[1]  # type: ignore[method-assign]
+        await real_forward(self, sub, writer)
+
+    monkeypatch.setattr(server_module.ControlServer, "_forward", counting)
+    await server.start()
+    client = ControlClient(tmp_path / "control.sock")
+    await client.connect()
+    try:
+        events = client.events()
+        first = asyncio.ensure_future(events.__anext__())
+        while not plane.events._subs:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
+        for i in range(200):  # a stream of connections: opened and closed
+            plane.events.publish("conn.open" if i % 2 == 0 else "conn.close", id=i // 2)  # type: ignore[attr-defined]
+        got = [await asyncio.wait_for(first, 5)]
+        while len(got) < 200:
+            got.append(await asyncio.wait_for(events.__anext__(), 5))
+        assert [(e.kind, e.data["id"]) for e in got] == [
+            ("conn.open" if i % 2 == 0 else "conn.close", i // 2) for i in range(200)]
+        assert sum(writes) == 200 and len(writes) < 10  # batched, not a write per event
+        plane.events.publish("log", n=1)  # type: ignore[attr-defined]
+        late = await asyncio.wait_for(events.__anext__(), 5)  # a lone event still goes, within EVENT_BATCH
+        assert (late.kind, late.data) == ("log", {"n": 1})
+    finally:
+        await client.close()
+        await server.stop()
