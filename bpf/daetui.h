@@ -335,6 +335,7 @@ struct cls_gen {
     __u16 used;           /* bit CLS_F_*: some rule has a function on the field (else its class is every rule) */
     __u16 pad2;
     __u32 n_words;        /* words of a bitmap: a power of two, 1..CLS_WORDS */
+    __u32 n_rules;        /* rule positions: a hand-over to the walk past the last one is the fallback */
     __u32 dflt[CLS_FIELDS]; /* the class of a value no entry names (dip, sip, mac, pname) */
 };
 

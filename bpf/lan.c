@@ -518,7 +518,7 @@ int route_decide(struct __sk_buff *skb)
 static __always_inline int to_decide(struct __sk_buff *skb, struct route_state *s)
 {
     route_progs.call(skb, PROG_DECIDE);
-    /* Out of tail calls (cannot happen within the limits the loader checks): passed. */
+    /* Out of tail calls (KernelProgram refuses more match sets than fit the 33 a packet may make): passed. */
     count(CNT_CHUNK_LIMIT);
     return TC_ACT_OK;
 }
@@ -917,9 +917,11 @@ int route_match(struct __sk_buff *skb)
     if (++s->cls_runs < CLS_MAX_RUNS)
         route_progs.call(skb, PROG_MATCH);
     /* Many candidates turned down: the walk goes on from the next rule, in what tail calls remain. */
+    if (s->cls_next >= cg->n_rules || s->cls_next >= MAX_RULES)
+        return decide_fallback(skb, s);
     __u32 nk = g * MAX_RULES + (s->cls_next & (MAX_RULES - 1));
     struct cls_rule *next = cls_rules.lookup(&nk);
-    if (!next || s->cls_next >= MAX_RULES)
+    if (!next)
         return decide_fallback(skb, s);
     s->i = next->ms_first;
     s->good = 0;
@@ -980,7 +982,7 @@ static __always_inline int route_new(struct __sk_buff *skb, struct route_state *
     if (cg && cg->ok && !p->walk)
         route_progs.call(skb, PROG_CLASSIFY);
     route_progs.call(skb, PROG_CHUNK);
-    /* route_chunk is not installed: decide by the fallback. */
+    /* route_chunk is not installed (never, once loaded): the fallback, through route_decide. */
     count(CNT_CHUNK_LIMIT);
     return decide_fallback(skb, s);
 }

@@ -172,11 +172,12 @@ class Reloader:
                 def before_flip(g: int, kr: KernelRules) -> None:
                     # Every known name's bits, and the groups' health, for the new generation before packets see it.
                     sync.prepare(g, kr, new.routing, new.global_.dead_group)
+                    # unknown_domain too (a params field of its own): the new rules are never decided the old way.
+                    dp.program.set_domain_no_match(new.global_.unknown_domain == "no_match")
 
                 plane.outbounds.configure(new)  # the new generation's groups, before their health is written
                 gen = await loop.run_in_executor(
                     plane.netlink, lambda: dp.load_rules(new.routing, compiled=compiled, before_flip=before_flip))
-                dp.program.set_domain_no_match(new.global_.unknown_domain == "no_match")
             else:
                 plane.outbounds.configure(new)
             sync.activated(gen, new.routing, new.global_.dead_group)

@@ -25,8 +25,6 @@ def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.madvise.restype = ctypes.c_int
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim.restype = ctypes.c_int
     return libc
 
 
@@ -42,18 +40,24 @@ def compiler_mappings(maps: str) -> list[tuple[int, int, str]]:
 
 
 def release_compiler_memory() -> int:
-    """Page out the compiler's library pages and trim the heap; how many bytes of mappings were advised."""
+    """Page out the compiler's library pages and trim the heap; how many bytes of mappings were advised.
+
+    Only an optimisation: whatever fails here (no /proc, a libc without malloc_trim, as musl on
+    OpenWrt) is logged and the start goes on."""
     try:
         with open("/proc/self/maps") as f:
             mappings = compiler_mappings(f.read())
         libc = _libc()
-    except OSError as e:   # no /proc, no libc: nothing to give back, nothing broken
+        advised = 0
+        for start, end, _ in mappings:
+            # Advisory: a kernel without MADV_PAGEOUT says EINVAL and keeps the pages.
+            if libc.madvise(start, end - start, MADV_PAGEOUT) == 0:
+                advised += end - start
+        trim = getattr(libc, "malloc_trim", None)   # glibc's; musl has none
+        if trim is not None:
+            trim.argtypes = [ctypes.c_size_t]
+            trim(0)
+        return advised
+    except Exception as e:
         log.debug("compiler memory not released: %s", e)
         return 0
-    advised = 0
-    for start, end, _ in mappings:
-        # Advisory: a kernel without MADV_PAGEOUT says EINVAL and keeps the pages.
-        if libc.madvise(start, end - start, MADV_PAGEOUT) == 0:
-            advised += end - start
-    libc.malloc_trim(0)
-    return advised

@@ -76,6 +76,11 @@ class KernelProgram:
                  max_flows: int = ABI.MAX_FLOWS, max_domain_ips: int = ABI.MAX_DOMAIN_IPS) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so tests without it can still import us
 
+        # Tail calls a packet may make (33): the classifier's runs, a walk of every chunk after its
+        # hand-over, and route_decide must fit, or a decision would pass the packet undecided.
+        if 1 + ABI.CLS_MAX_RUNS + -(-max_match_sets // ABI.ROUTE_CHUNK) + 1 > 32:
+            raise ValueError(f"{max_match_sets} match sets need more tail calls than a packet may make")
+
         t0 = time.monotonic()
         cflags = [f"-I{source.parent}", f"-DMAX_MATCH_SETS={max_match_sets}", f"-DMAX_FLOWS={max_flows}",
                   f"-DMAX_DOMAIN_IPS={max_domain_ips}", "-Wno-unused-value",
@@ -266,10 +271,23 @@ class KernelProgram:
         gens = self.bpf[b"cls_gens"]
         g = gens.Leaf()   # ok = 0 first: a half-written classifier is never used
         gens[ct.c_int(gen)] = g
-        self.classifiers[gen] = cls
+        self.classifiers[gen] = Classifier(ok=False, why="not written yet")
         self._clear_classifier(gen)
         if not cls.ok:
+            self.classifiers[gen] = cls
             return
+        try:
+            self._write_tables(gen, cls, g)
+        except Exception as e:   # a map full or refused: the generation is walked, which decides the same
+            log.warning("rule classifier of generation %d not written (%s): its rules are walked", gen, e)
+            self.classifiers[gen] = Classifier(ok=False, why=f"not written: {e}")
+            return
+        g.ok = 1
+        gens[ct.c_int(gen)] = g
+        self.classifiers[gen] = cls
+
+    def _write_tables(self, gen: int, cls: Classifier, g: Any) -> None:
+        """The classifier's tables for `gen`, and its cls_gens entry's fields but ok."""
         per_block = ABI.CLS_WORDS
         words = array("Q", cls.words)
         words.extend([0] * (-len(words) % per_block))
@@ -306,8 +324,7 @@ class KernelProgram:
         g.has_wan, g.has_pname, g.used = int(cls.has_wan), int(cls.has_pname), cls.used
         for i, d in enumerate(cls.defaults):
             g.dflt[i] = d
-        g.ok = 1
-        gens[ct.c_int(gen)] = g
+        g.n_rules = cls.n_rules
 
     def _clear_classifier(self, gen: int) -> None:
         """Remove a generation's prefixes and keyed classes (the arrays are written whole)."""

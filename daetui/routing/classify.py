@@ -358,6 +358,9 @@ def _build(rules: KernelRules, max_rules: int, blocks: int) -> Classifier:
             out.ip.append((side, net, bm.cls(by_sets[sets], fld.free)))
         out.defaults[fidx] = bm.cls(in_sets(frozenset()), fld.free)
 
+    if len(out.ip) > ABI.MAX_IP_SET_ENTRIES // ABI.GENERATIONS:   # a set used by dip() and sip() counts twice
+        raise _Unfit(f"{len(out.ip)} address prefixes")
+
     # MACs and process names: hashed, with the class of any other.
     keyed = (
         (ABI.CLS_F_MAC, ABI.CLS_KEY_MAC, ABI.MATCH_MAC, lambda fn: {bytes(m.mac) for m in fn.sets}),

@@ -181,3 +181,22 @@ def test_hundreds_of_candidates_turned_down_hand_over_to_the_walk(harness):
     assert "CHUNK_LIMIT" not in v.counters
     walked, by_class = both(harness, pk, "lan0")
     assert walked == by_class
+
+
+def test_a_hand_over_after_the_last_rule_is_the_fallback(harness):
+    """Every rule a must_rules candidate turned down, none deciding: the fallback, as the walk decides,
+    whatever a longer rule set left in the positions after the last rule."""
+    rules = [f'  "dport(80) && sport({1000 + i}-65535) -> must_rules",' for i in range(700)]
+    longer = ('[global]\nlan_interface = ["lan0"]\n[group.ga]\n[routing]\nrules = [\n'
+              + "\n".join(rules + ['  "dport(80) -> block",'] * 2) + '\n]\nfallback = "ga"\n')
+    harness.reset()
+    harness.load(longer)          # both generations' positions past 700 hold rules
+    harness.load(longer)
+    config = ('[global]\nlan_interface = ["lan0"]\n[group.ga]\n[routing]\nrules = [\n' + "\n".join(rules)
+              + '\n]\nfallback = "ga"\n')
+    harness.load(config)
+    assert harness.classified
+    pk = Packet(src="192.0.2.10", dst="203.0.113.10", sport=40000, dport=80)
+    walked, by_class = both(harness, pk, "lan0")
+    assert by_class == walked and walked[2] == "ga" and walked[3] is None
+    assert "CHUNK_LIMIT" not in harness.run(pk).counters
