@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 
 from daetui.dns.wire import HEADER, answers_question, query_wire
+from daetui.net.sockopts import set_mark
 
 # A port in use is a port an off-path forger can look for (SAD DNS finds them by ICMP side channel):
 # each is used briefly, by few queries. dnsmasq likewise shares its random-port sockets.
@@ -124,8 +125,7 @@ class UdpPool:
         loop = asyncio.get_running_loop()
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
-            if self.mark:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)  # keeps it out of our own capture
+            set_mark(sock, self.mark)  # keeps it out of our own capture
             sock.setblocking(False)
             sock.connect((self.ip, self.port))  # a random source port, and only this upstream's datagrams
             s = _Socket(sock, loop)

@@ -161,6 +161,10 @@ class _Field:
         else:
             self.single[pos] = fn
 
+    def by_rule(self) -> list[tuple[int, list[_Function]]]:
+        """Each rule with functions on the field: (position, its functions on it)."""
+        return [(p, [f]) for p, f in self.single.items()] + list(self.multi.items())
+
     @property
     def used(self) -> bool:
         return bool(self.single or self.multi)
@@ -231,7 +235,7 @@ def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple
 def _ports(fld: _Field, bm: _Bitmaps) -> array:
     """The class of every port: a sweep over the boundaries of every rule's port intervals."""
     toggles: dict[int, int] = {0: 0}
-    for pos, fns in [(p, [f]) for p, f in fld.single.items()] + list(fld.multi.items()):
+    for pos, fns in fld.by_rule():
         spans = _intervals_of(fns[0])
         for fn in fns[1:]:
             spans = _intersect(spans, _intervals_of(fn))
@@ -345,7 +349,7 @@ def _build(rules: KernelRules, max_rules: int, blocks: int) -> Classifier:
         if not fld.used:
             continue
         nets_sets: dict[IPNetwork, set[int]] = {}
-        for fns in [[f] for f in fld.single.values()] + list(fld.multi.values()):
+        for _, fns in fld.by_rule():
             for fn in fns:
                 sid = fn.sets[0].ip_set
                 for net in rules.ip_sets.get(sid, ()):
@@ -403,7 +407,7 @@ def _ifaces(fld: _Field, bm: _Bitmaps) -> tuple[array, dict[int, int], dict[int,
     table = array("I", bytes(4 * ABI.CLS_IFACES * ABI.CLS_IFACES))
     if not fld.used:
         return table, {}, {}
-    by_rule = [(p, [f]) for p, f in fld.single.items()] + list(fld.multi.items())
+    by_rule = fld.by_rule()
     lan: dict[int, int] = {}
     wan: dict[int, int] = {}
     for _, fns in by_rule:
