@@ -17,7 +17,8 @@ address is the destination going out and the source coming back. (ss-server
 SIP003 plugins (simple-obfs, v2ray-plugin) wrap the connection to the server: see sip003.py.
 A plugin node's UDP goes to the server's port directly, as ss-local's and clash's do.
 
-Not here: SIP022 (shadowsocks 2022), stream ciphers.
+The other method families share this module's streams and dialer: shadowsocks 2022 (ss2022.py)
+and the old stream ciphers (ss_stream_ciphers.py); `method_of` finds a name in all three.
 
 Speed: this is the proxied path that is compared with ss-redir, so writes are
 cut into the largest chunks allowed and sealed straight into one output
@@ -39,7 +40,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote
 
 from cryptography.exceptions import InvalidTag
@@ -72,12 +73,33 @@ AEAD = AESGCM | ChaCha20Poly1305
 
 @dataclass(frozen=True)
 class Method:
-    """An AEAD cipher as shadowsocks names it."""
+    """An AEAD cipher as shadowsocks names it.
+
+    The other families (ss2022.Method2022, ss_stream_ciphers.StreamMethod) answer the same calls:
+    key_of, sealer, opener, datagrams, and have `name`, `kind`, `salt_size`.
+    """
 
     name: str
     key_size: int
     salt_size: int
     aead: Callable[[bytes], AEAD]
+    kind: ClassVar[str] = "aead"
+
+    def key_of(self, password: str) -> bytes:
+        """The master key: EVP_BytesToKey(password)."""
+        return master_key(password, self.key_size)
+
+    def sealer(self, key: bytes, salt: bytes) -> Sealer:
+        """The client's direction, after `salt`."""
+        return Sealer(self.aead(subkey(key, salt)))
+
+    def opener(self, key: bytes, salt: bytes, request_salt: bytes = b"") -> Opener:
+        """The server's direction, after its `salt`."""
+        return Opener(self.aead(subkey(key, salt)))
+
+    def datagrams(self, key: bytes) -> AeadPackets:
+        """The UDP codec (AEAD packets have no state across packets)."""
+        return AeadPackets(self, key)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -94,17 +116,18 @@ _STREAM_CIPHERS = {"rc4-md5", "aes-128-cfb", "aes-192-cfb", "aes-256-cfb", "aes-
                    "salsa20", "chacha20", "chacha20-ietf", "rc4", "des-cfb", "table"}
 
 
-def method_of(name: str) -> Method:
-    """The AEAD method called `name`; ValueError says why one is not supported."""
+def method_of(name: str) -> Any:
+    """The method called `name` (AEAD, 2022 or stream: see Method); ValueError says why one is not supported."""
+    from daetui.outbound import ss2022, ss_stream_ciphers  # they build on this module
+
     key = name.strip().lower()
     key = ALIASES.get(key, key)
-    if key in METHODS:
-        return METHODS[key]
-    supported = ", ".join(METHODS)
-    if key.startswith("2022-"):
-        raise ValueError(f"method {name!r}: shadowsocks 2022 (SIP022) is not supported; use one of {supported}")
+    for table in (METHODS, ss2022.METHODS, ss_stream_ciphers.METHODS):
+        if key in table:
+            return table[key]  # type: ignore[index]
+    supported = ", ".join((*METHODS, *ss2022.METHODS))
     if key in _STREAM_CIPHERS:
-        raise ValueError(f"method {name!r} is a stream cipher (insecure, not supported); use one of {supported}")
+        raise ValueError(f"method {name!r}: no client for this stream cipher here; use one of {supported}")
     if key == "xchacha20-ietf-poly1305":
         raise ValueError(f"method {name!r} is not supported (no XChaCha20 here); use one of {supported}")
     raise ValueError(f"unknown method {name!r}; supported: {supported}")
@@ -227,10 +250,15 @@ class Sealer:
     """One direction's encryption: chunks of up to MAX_PAYLOAD bytes, nonces counting up."""
 
     __slots__ = ("_aead", "_counter")
+    max_payload: ClassVar[int] = MAX_PAYLOAD
 
     def __init__(self, aead: AEAD) -> None:
         self._aead = aead
         self._counter = 0
+
+    def seal_first(self, header: bytes, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """The target address and the first bytes (in the same chunks)."""
+        return self.seal(header + data)
 
     def seal(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """The chunks carrying `data` (empty data: nothing; a zero-length chunk is not allowed)."""
@@ -239,14 +267,15 @@ class Sealer:
             return b""
         view = memoryview(data)
         n = self._counter
+        step = self.max_payload
         if _HAVE_INTO:
-            chunks = -(-size // MAX_PAYLOAD)
+            chunks = -(-size // step)
             out = bytearray(size + chunks * (LEN_FRAME + TAG_SIZE))
             ov = memoryview(out)
             seal_into = self._aead.encrypt_into
             o = 0
-            for i in range(0, size, MAX_PAYLOAD):
-                p = view[i:i + MAX_PAYLOAD]
+            for i in range(0, size, step):
+                p = view[i:i + step]
                 m = len(p)
                 seal_into(n.to_bytes(NONCE_SIZE, "little"), m.to_bytes(2, "big"), None, ov[o:o + LEN_FRAME])
                 o += LEN_FRAME
@@ -257,8 +286,8 @@ class Sealer:
             return out
         parts = []
         seal = self._aead.encrypt
-        for i in range(0, size, MAX_PAYLOAD):
-            p = view[i:i + MAX_PAYLOAD]
+        for i in range(0, size, step):
+            p = view[i:i + step]
             parts.append(seal(n.to_bytes(NONCE_SIZE, "little"), len(p).to_bytes(2, "big"), None))
             parts.append(seal((n + 1).to_bytes(NONCE_SIZE, "little"), p, None))
             n += 2
@@ -270,6 +299,7 @@ class Opener:
     """One direction's decryption: feed it ciphertext as it comes, get back the payload of every whole chunk."""
 
     __slots__ = ("_aead", "_buf", "_counter", "_length", "chunks", "failure")
+    max_payload: ClassVar[int] = MAX_PAYLOAD
 
     def __init__(self, aead: AEAD) -> None:
         self._aead = aead
@@ -331,8 +361,8 @@ class Opener:
                                                    view[pos:pos + LEN_FRAME], None), "big")
                     n += 1
                     pos += LEN_FRAME
-                    if not 0 < length <= MAX_PAYLOAD:
-                        raise AuthError(f"chunk length {length} out of range (1 to {MAX_PAYLOAD})")
+                    if not 0 < length <= self.max_payload:
+                        raise AuthError(f"chunk length {length} out of range (1 to {self.max_payload})")
                 if end - pos < length + TAG_SIZE:
                     break
                 out.append(opened(n.to_bytes(NONCE_SIZE, "little"), view[pos:pos + length + TAG_SIZE], None))
@@ -429,8 +459,12 @@ def parse_link(link: str, name: str = "") -> SsNode:
         userinfo = unquote(userinfo)
         if ":" not in userinfo:
             userinfo = _b64decode(userinfo)
-    else:  # the older form: base64(method:password@host:port)
-        userinfo, at, hostport = _b64decode(body).rpartition("@")
+    else:  # the older form: base64(method:password@host:port), the query inside it or after it
+        decoded, _, inner_query = _b64decode(body).partition("?")
+        if plugin_text is None and inner_query:
+            plugin_text = next((v for v in parse_qs(inner_query, keep_blank_values=True).get("plugin", []) if v),
+                               None)
+        userinfo, at, hostport = decoded.rstrip("/").rpartition("@")
         if not at:
             raise ValueError("no server address (expected method:password@host:port)")
     method, colon, password = userinfo.partition(":")
@@ -440,6 +474,10 @@ def parse_link(link: str, name: str = "") -> SsNode:
         raise ValueError("empty password")
     host, port = _host_port(hostport)
     m = method_of(method)
+    if m.kind == "2022":
+        # dae's check at parse (base64, long enough); a key that is longer than the method's, or
+        # identity keys with ChaCha20, are taken as dae takes them and fail at dial with the reason.
+        m.check_password(password)
     # After the method: a link refused for both says the cipher first (the weightier reason).
     plugin = parse_plugin(plugin_text) if plugin_text is not None else None
     return SsNode(name=name or unquote(tag) or f"{host}:{port}", host=host, port=port, method=m.name,
@@ -466,7 +504,7 @@ class SsStream:
 
     raw = None
 
-    def __init__(self, inner: Stream, method: Method, key: bytes, header: bytes, where: str,
+    def __init__(self, inner: Stream, method: Any, key: Any, header: bytes, where: str,
                  frame_timeout: float = 30.0, answer_timeout: float | None = None,
                  plugin: Plugin | None = None) -> None:
         self.inner = inner
@@ -478,10 +516,11 @@ class SsStream:
         self.answer_timeout = answer_timeout
         self._sent_at = 0.0
         salt = os.urandom(method.salt_size)
-        self._sealer = Sealer(method.aead(subkey(key, salt)))
+        self._request_salt = salt  # a 2022 server's reply must name it
+        self._sealer = method.sealer(key, salt)
         self._first: bytes | None = salt  # the salt, sent before the first chunk
         self._header: bytes | None = header
-        self._opener: Opener | None = None
+        self._opener: Any = None  # Opener, or a 2022 or stream method's
         self._salt = b""
         self._plain = b""  # opened but not yet read
         self._received = 0
@@ -492,9 +531,10 @@ class SsStream:
     def _seal(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Seal data, with the salt and the target address in front if they have not gone yet."""
         if self._header is not None:
-            data = self._header + data
+            sealed = self._sealer.seal_first(self._header, data)
             self._header = None
-        sealed = self._sealer.seal(data)
+        else:
+            sealed = self._sealer.seal(data)
         if self._first is not None:
             sealed = self._first + sealed
             self._first = None
@@ -637,7 +677,7 @@ class SsStream:
             if len(self._salt) < size:
                 return b""
             data = self._salt[size:]
-            self._opener = Opener(self.method.aead(subkey(self.key, self._salt[:size])))
+            self._opener = self.method.opener(self.key, self._salt[:size], self._request_salt)
             self._salt = b""
         try:
             plain = self._opener.feed(data)
@@ -709,6 +749,52 @@ def open_packet(method: Method, key: bytes, packet: bytes) -> tuple[bytes, str, 
     return plain[end:], host, port
 
 
+class AeadPackets:
+    """The UDP codec of an AEAD method: salt + AEAD(address + data) per packet."""
+
+    def __init__(self, method: Method, key: bytes) -> None:
+        self.method = method
+        self.key = key
+
+    def seal(self, address: bytes, data: bytes) -> bytes:
+        salt = os.urandom(self.method.salt_size)
+        return salt + self.method.aead(subkey(self.key, salt)).encrypt(ZERO_NONCE, address + data, None)
+
+    def open(self, packet: bytes) -> tuple[bytes, int]:
+        """(plain, offset of the source address in it); AuthError when the packet is not good."""
+        size = self.method.salt_size
+        if len(packet) < size + TAG_SIZE + 1:
+            raise AuthError(f"packet of {len(packet)} bytes is too short")
+        try:
+            aead = self.method.aead(subkey(self.key, packet[:size]))
+            return aead.decrypt(ZERO_NONCE, memoryview(packet)[size:], None), 0
+        except InvalidTag:
+            raise AuthError("packet failed authentication") from None
+
+
+class StreamPackets:
+    """The UDP codec of a stream cipher: a fresh IV per packet, no integrity."""
+
+    def __init__(self, method: Any, key: bytes) -> None:
+        self.method = method
+        self.key = key
+
+    def seal(self, address: bytes, data: bytes) -> bytes:
+        return self.method.seal_packet(self.key, address, data)
+
+    def open(self, packet: bytes) -> tuple[bytes, int]:
+        if len(packet) < self.method.salt_size + 1:
+            raise AuthError(f"packet of {len(packet)} bytes is too short")
+        return self.method.open_packet(self.key, packet), 0
+
+
+def packets_of(method: Any, key: Any) -> Any:
+    """The UDP codec of a method (AEAD, 2022 or stream) and key: `seal(address, data)`, `open(packet)`."""
+    if method.kind == "stream":
+        return StreamPackets(method, key)
+    return method.datagrams(key)
+
+
 @dataclass
 class SsDatagrams:
     """UDP through a shadowsocks server, over one UDP socket to it.
@@ -719,17 +805,22 @@ class SsDatagrams:
     """
 
     sock: socket.socket
-    method: Method
-    key: bytes
+    method: Any
+    key: Any
     where: str
     dropped: int = 0
     last_drop: str = ""
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    codec: Any = None  # packets_of(method, key): one per association (a 2022 session lives in it)
+
+    def __post_init__(self) -> None:
+        if self.codec is None:
+            self.codec = packets_of(self.method, self.key)
 
     async def send(self, data: bytes, host: str, port: int) -> None:
         """Send `data` to host:port."""
         try:
-            packet = seal_packet(self.method, self.key, host, port, data)
+            packet = self.codec.seal(encode_address(host, port), data)
         except ValueError as e:
             raise DialError(f"shadowsocks {self.where}: destination {host}:{port}: {e}") from None
         try:
@@ -745,8 +836,10 @@ class SsDatagrams:
             except OSError as e:
                 raise DialError(f"shadowsocks {self.where}: {e.strerror or e} (no UDP relay there?)") from None
             try:
-                return open_packet(self.method, self.key, packet)
-            except AuthError as e:
+                plain, at = self.codec.open(packet)
+                host, port, end = decode_address(plain, at)
+                return plain[end:], host, port
+            except (AuthError, ValueError) as e:
                 self.dropped += 1
                 self.last_drop = str(e)
                 log.debug("shadowsocks %s: UDP packet dropped: %s", self.where, e)
@@ -774,7 +867,15 @@ class SsDialer:
         self.frame_timeout = frame_timeout
         self.answer_timeout = answer_timeout
         self.method = method_of(node.method)
-        self.key = master_key(node.password, self.method.key_size)
+        if self.method.kind == "stream":
+            from daetui.outbound.ss_stream_ciphers import WARNING
+
+            log.warning("shadowsocks node %s: %s is %s", node.name, self.method.name, WARNING)
+        try:
+            self.key = self.method.key_of(node.password)
+            self.key_error = ""
+        except ValueError as e:  # a 2022 password that is not its keys: every dial says so
+            self.key, self.key_error = None, str(e)
         self.allow_insecure = allow_insecure
         self.ca_file = ca_file
         self.handshake_timeout = handshake_timeout
@@ -784,6 +885,8 @@ class SsDialer:
 
     async def connect(self, host: str, port: int) -> SsStream:
         """A stream to host:port (an address or a name the server resolves)."""
+        if self.key_error:
+            raise DialError(f"shadowsocks {self.where}: {self.key_error}")
         try:
             header = encode_address(host, port)
         except ValueError as e:
@@ -811,6 +914,8 @@ class SsDialer:
 
         A plugin carries TCP only: UDP goes to the server's port unwrapped (see sip003.py).
         """
+        if self.key_error:
+            raise DialError(f"shadowsocks {self.where}: {self.key_error}")
         udp_socket = getattr(self.via, "udp_socket", None)
         if udp_socket is None:
             raise DialError(f"shadowsocks {self.where}: UDP through a chain ({self.via.name}) is not supported")

@@ -352,8 +352,9 @@ def test_sip002_example_and_forms() -> None:
 @pytest.mark.parametrize(("link", "reason"), [
     ("ss://YWVzLTEyOC1nY206dGVzdA@h.test:8388/?plugin=kcptun%3Bmode%3Dfast#x",
      "plugin 'kcptun'.*not supported"),
-    ("ss://aes-256-cfb:pw@h.test:8388", "stream cipher"),
-    ("ss://2022-blake3-aes-128-gcm:pw@h.test:8388", "SIP022"),
+    ("ss://des-cfb:pw@h.test:8388", "no client for this stream cipher"),
+    ("ss://2022-blake3-aes-128-gcm:pw!@h.test:8388", "key 1 of the password is not base64"),
+    ("ss://2022-blake3-aes-256-gcm:MzMzMzMzMzMzMzMzMzMz@h.test:8388", "is 15 bytes; 2022-blake3-aes-256-gcm takes 32"),
     ("ss://xchacha20-ietf-poly1305:pw@h.test:8388", "XChaCha20"),
     ("ss://rot13:pw@h.test:8388", "unknown method 'rot13'"),
     ("ss://aes-128-gcm:pw@h.test", "no port"),
