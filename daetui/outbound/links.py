@@ -8,7 +8,7 @@ This table says which module reads which scheme; modules are imported only
 when a link of theirs is met.
 
 Schemes that name a protocol daetui has no client for (ssr://, tuic://,
-hysteria2://, ...) are in UNSUPPORTED: such a link is refused at parse with
+hysteria://, ...) are in UNSUPPORTED: such a link is refused at parse with
 the reason, never half-accepted as something else. `link_problem` is the
 question a config loader asks: None for a usable link, else why not.
 
@@ -36,12 +36,13 @@ MODULES = {
     "trojan": "daetui.outbound.trojan",
     "vless": "daetui.outbound.vless",
     "vmess": "daetui.outbound.vmess",
+    "hysteria2": "daetui.outbound.hysteria2",
 }
 
 
 # Other spellings of a scheme in MODULES, rewritten before the module sees the link.
 # dae (daeuniverse/outbound protocol/socks) and v2rayN both read socks:// as SOCKS5.
-ALIASES = {"socks": "socks5"}
+ALIASES = {"socks": "socks5", "hy2": "hysteria2"}
 
 # Protocols dae or mihomo read from share links that daetui has no client for: the reason a link is refused.
 UNSUPPORTED = {
@@ -50,8 +51,6 @@ UNSUPPORTED = {
     "trojan-go": "trojan-go",
     "tuic": "TUIC",
     "hysteria": "Hysteria",
-    "hysteria2": "Hysteria2",
-    "hy2": "Hysteria2",
     "juicity": "Juicity",
     "anytls": "AnyTLS",
     "shadowtls": "ShadowTLS",
@@ -119,7 +118,7 @@ def parse_link(link: str, name: str = "") -> Any:
     scheme = scheme_of(link)
     if scheme in ALIASES:
         rest = link.split("://", 1)[1]
-        if not _has_port(rest):
+        if scheme == "socks" and not _has_port(rest):
             # The foreign spellings always carry the port (v2rayN writes it; dae refuses one without):
             # only daetui's own socks5:// form defaults it.
             raise LinkError(f"{scheme}:// link without a port")

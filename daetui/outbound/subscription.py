@@ -422,7 +422,7 @@ def _check_yaml_size(root: Any) -> None:
 
 
 # clash `type:` values that name protocols daetui has no client for, as links.UNSUPPORTED spells them.
-_CLASH_NO_CLIENT = {"ssr": "ssr", "hysteria": "hysteria", "hysteria2": "hysteria2", "tuic": "tuic",
+_CLASH_NO_CLIENT = {"ssr": "ssr", "hysteria": "hysteria", "tuic": "tuic",
                     "wireguard": "wireguard", "snell": "snell", "ssh": "ssh", "mieru": "mieru", "anytls": "anytls",
                     "juicity": "juicity"}
 _CLASH_BUILTIN = ("direct", "reject", "reject-drop", "pass", "dns", "compatible")
@@ -655,8 +655,24 @@ def _clash_http(proxy: dict[str, Any], netloc: str, name: str) -> str:
     return f"{'https' if tls else 'http'}://{_userinfo(proxy)}{netloc}{_query(params)}{_share.fragment(name)}"
 
 
+def _clash_hysteria2(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    # up/down only tune the client's congestion control (Brutal), which daetui leaves to QUIC's own: left out.
+    if _text(proxy.get("ports")):
+        raise ValueError(f"ports {_text(proxy['ports'])!r} (port hopping) is not supported: one port only")
+    if _text(proxy.get("ca")) or _text(proxy.get("ca-str")):
+        raise ValueError("ca / ca-str (a CA of the node's own) is not supported: use daetui's ca_file")
+    alpn = _texts(proxy.get("alpn"))
+    if alpn and alpn != ["h3"]:
+        raise ValueError(f"alpn {','.join(alpn)} is not supported (hysteria2 runs over h3)")
+    params = [("obfs", _text(proxy.get("obfs"))), ("obfs-password", _text(proxy.get("obfs-password"))),
+              ("sni", _text(proxy.get("sni"))), ("insecure", "1" if _flag(proxy.get("skip-cert-verify")) else ""),
+              ("pinSHA256", _text(proxy.get("fingerprint")))]
+    password = quote(_text(proxy.get("password")), safe=":")
+    return f"hysteria2://{password}@{netloc}/{_query(params)}{_share.fragment(name)}"
+
+
 _CLASH_TYPES = {"ss": _clash_ss, "vmess": _clash_vmess, "vless": _clash_vless, "trojan": _clash_trojan,
-                "socks5": _clash_socks5, "http": _clash_http}
+                "socks5": _clash_socks5, "http": _clash_http, "hysteria2": _clash_hysteria2}
 
 
 def _add(link: str, where: str, subtag: str, names: _Names, out: SubscriptionNodes, name: str = "") -> None:

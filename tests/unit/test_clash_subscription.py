@@ -183,7 +183,6 @@ rules:
 """
 PROXIES: list[dict[str, Any]] = yaml.safe_load(CONFIG)["proxies"]
 REFUSED_TYPES = {
-    "KR 10 | hysteria2": "Hysteria2",
     "KR 11 | tuic": "TUIC",
     "old ssr": "ShadowsocksR",
     "wg": "WireGuard",

@@ -24,8 +24,8 @@ def test_schemes_without_a_client_are_refused_naming_the_protocol(scheme: str) -
 
 
 def test_a_chain_with_a_refused_hop_is_refused_for_it() -> None:
-    reason = link_problem("socks5://203.0.113.1:1080 -> hy2://pw@203.0.113.2:443")
-    assert reason is not None and "Hysteria2" in reason
+    reason = link_problem("socks5://203.0.113.1:1080 -> juicity://pw@203.0.113.2:443")
+    assert reason is not None and "Juicity" in reason
 
 
 @pytest.mark.parametrize(("link", "wanted"), [

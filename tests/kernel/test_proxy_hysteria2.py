@@ -1,0 +1,227 @@
+"""Hysteria2 against a real server: mihomo's hysteria2 listener (sing-quic), with and without Salamander.
+
+Every node is made from its share link and dialed from the router
+namespace straight to mihomo on ADDR.hosts4[1] / hosts6[1], which reaches the
+wan's echo, source and UDP echo servers. TLS certificates come from a
+throwaway LabCA. One mihomo serves the whole module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+from helpers import in_router, read_to_end
+
+from daetui.lab.dnspeers import LabCA
+from daetui.lab.servers import pattern_bytes
+from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
+from daetui.net.stream import Datagrams, DialError
+from daetui.outbound.direct import DirectDialer
+from daetui.outbound.hysteria2 import Hysteria2Dialer, Hysteria2Node, parse_link
+from daetui.outbound.links import parse_link as parse_any
+from testkit.peers.mihomo import Mihomo, tls
+
+pytestmark = pytest.mark.kernel
+
+SERVER = {4: ADDR.hosts4[1], 6: ADDR.hosts6[1]}
+DEST = {4: ADDR.hosts4[0], 6: ADDR.hosts6[0]}
+TLS_NAME = "proxy.lab.test"
+PASSWORD = "lab hy2 pass:word"
+OBFS_PASSWORD = "lab salamander key"
+# Our ports on mihomo's addresses (10750-10759 are this module's).
+PORT = 10750
+PORT_OBFS = 10751
+MB = 1 << 20
+ECHO = 256 << 10
+V4V6 = pytest.mark.parametrize("v", [4, 6])
+
+
+@dataclass
+class Peers:
+    lab: Lab
+    ca: LabCA
+    mihomo: Mihomo
+
+
+@pytest.fixture(scope="module")
+def peers(lab: Lab) -> Iterator[Peers]:
+    """mihomo with a hysteria2 listener, and one behind Salamander."""
+    with ExitStack() as stack:
+        ca = stack.enter_context(LabCA(TLS_NAME, (SERVER[4], SERVER[6])))
+        users = {"lab": PASSWORD}
+        m = Mihomo(lab, [
+            {"name": "hy2", "type": "hysteria2", "port": PORT, "users": users, **tls(ca)},
+            {"name": "hy2obfs", "type": "hysteria2", "port": PORT_OBFS, "users": users,
+             "obfs": "salamander", "obfs-password": OBFS_PASSWORD, **tls(ca)},
+        ])
+        stack.callback(m.stop)
+        m.start()
+        yield Peers(lab, ca, m)
+
+
+def link_of(v: int, *, password: str = PASSWORD, obfs: bool = False, scheme: str = "hysteria2") -> str:
+    """The share link a provider would hand out for the listener on its IPv`v` address."""
+    addr = f"[{SERVER[v]}]" if v == 6 else SERVER[v]
+    port = PORT_OBFS if obfs else PORT
+    query = f"sni={TLS_NAME}" + (f"&obfs=salamander&obfs-password={quote(OBFS_PASSWORD)}" if obfs else "")
+    return f"{scheme}://{quote(password)}@{addr}:{port}/?{query}"
+
+
+def node_of(v: int, **kw: object) -> Hysteria2Node:
+    """The node, parsed from its link as the config loader does (and its own link parsing back to it)."""
+    node = parse_any(link_of(v, **kw))  # type: ignore[arg-type]
+    assert isinstance(node, Hysteria2Node)
+    assert parse_link(node.link()) == node
+    return node
+
+
+def dialer_of(p: Peers, node: Hysteria2Node, **kw: object) -> Hysteria2Dialer:
+    return node.dialer(DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file, **kw)  # type: ignore[arg-type]
+
+
+async def download(d: Hysteria2Dialer, dest: str, n: int) -> bytes:
+    s = await d.connect(dest, SOURCE_PORT)
+    try:
+        await s.write(f"{n}\n".encode())
+        return await read_to_end(s)
+    finally:
+        s.close()
+
+
+async def echo(d: Hysteria2Dialer, dest: str, payload: bytes) -> bytes:
+    """`payload` through the wan's echo server, sent in uneven pieces while the answer is read."""
+    s = await d.connect(dest, ECHO_PORT)
+    try:
+        async def send() -> None:
+            for i in range(0, len(payload), 50_000):
+                await s.write(payload[i:i + 50_000])
+            await s.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        got = bytearray()
+        try:
+            while len(got) < len(payload):
+                data = await s.read(1 << 16)
+                assert data, f"echo ended after {len(got)} bytes"
+                got += data
+            await sender
+        finally:
+            sender.cancel()
+        return bytes(got)
+    finally:
+        s.close()
+
+
+async def udp_round(u: Datagrams, sizes: tuple[int, ...]) -> None:
+    """Datagrams of a few sizes to the IPv4 and IPv6 UDP echoes; all come back, senders named."""
+    sent = []
+    for dest in (DEST[4], DEST[6]):
+        for size in sizes:
+            data = f"{dest} {size} ".encode().ljust(size, b".")[:size]
+            sent.append((data, dest, ECHO_PORT))
+            await u.send(data, dest, ECHO_PORT)
+    got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
+    assert sorted(got) == sorted(sent)
+
+
+# -- TCP and UDP ----------------------------------------------------------------------------------
+
+@V4V6
+def test_tcp_and_udp(peers: Peers, v: int) -> None:
+    """Over IPv`v` to the server, one QUIC connection: 1 MB downloaded and 256 KB echoed to an IPv4 and an
+    IPv6 destination, at once; then datagrams (4000 bytes: fragments both ways) to both UDP echoes."""
+    d = dialer_of(peers, node_of(v))
+    payload = pattern_bytes(ECHO)[::-1]
+
+    async def run() -> None:
+        try:
+            got = await asyncio.gather(download(d, DEST[4], MB), echo(d, DEST[6], payload))
+            assert got[0] == pattern_bytes(MB)
+            assert got[1] == payload
+            u = await d.datagrams()
+            try:
+                await udp_round(u, (1, 700, 1400, 4000))
+            finally:
+                u.close()
+            assert d.handshakes == 1  # the streams and the session shared the connection
+        finally:
+            d.close()
+
+    in_router(peers.lab, run())
+
+
+def test_salamander(peers: Peers) -> None:
+    """The same through the Salamander listener (hy2:// spelling): TCP both ways and UDP."""
+    d = dialer_of(peers, node_of(6, obfs=True, scheme="hy2"))
+
+    async def run() -> None:
+        try:
+            assert await download(d, DEST[4], 300_000) == pattern_bytes(300_000)
+            u = await d.datagrams()
+            try:
+                await udp_round(u, (1, 1400))
+            finally:
+                u.close()
+        finally:
+            d.close()
+
+    in_router(peers.lab, run())
+
+
+# -- what fails -----------------------------------------------------------------------------------
+
+async def outcome(d: Hysteria2Dialer) -> str:
+    """What one request through the dialer comes to: data, or the DialError's words."""
+    try:
+        s = await d.connect(DEST[4], ECHO_PORT)
+        try:
+            await s.write(b"ping")
+            return f"data {await asyncio.wait_for(s.read(100), 5)!r}"
+        finally:
+            s.close()
+    except DialError as e:
+        return f"DialError {e}"
+    finally:
+        d.close()
+
+
+def test_wrong_password(peers: Peers) -> None:
+    """A wrong password: the server answers /auth as a web server would, and the error says authentication."""
+    got = in_router(peers.lab, outcome(dialer_of(peers, node_of(4, password="not the password"))), timeout=10)
+    assert got.startswith("DialError") and "authentication failed" in got, got
+
+
+def test_without_salamander_to_salamander(peers: Peers) -> None:
+    """No obfs to a Salamander listener: the handshake gets no answer, in the dialer's timeout."""
+    node = parse_link(link_of(4).replace(f":{PORT}/", f":{PORT_OBFS}/"))
+    got = in_router(peers.lab, outcome(dialer_of(peers, node, handshake_timeout=1.5)), timeout=10)
+    assert got == f"DialError hysteria2 {SERVER[4]}:{PORT_OBFS}: QUIC handshake: no answer in 1.5s", got
+
+
+def test_untrusted_certificate(peers: Peers) -> None:
+    """Without the lab's CA the certificate is refused, unless the link says insecure=1."""
+    node = node_of(4)
+    d = node.dialer(DirectDialer(mark=0, connect_timeout=3), handshake_timeout=3)
+    got = in_router(peers.lab, outcome(d), timeout=10)
+    assert got.startswith("DialError") and "QUIC handshake" in got, got
+    insecure = parse_link(node.link().replace("/?", "/?insecure=1&"))
+    d = insecure.dialer(DirectDialer(mark=0, connect_timeout=3))
+    assert in_router(peers.lab, outcome(d), timeout=10) == "data b'ping'"
+
+
+def test_pinned_certificate(peers: Peers) -> None:
+    """pinSHA256: the server's own certificate's hash passes; another one fails the dial, naming the pin."""
+    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(peers.ca.cert_file.read_text())).hexdigest()
+    node = parse_link(f"{link_of(4)}&pinSHA256={pin.upper()}")
+    assert node.pin_sha256 == pin
+    assert in_router(peers.lab, outcome(dialer_of(peers, node)), timeout=10) == "data b'ping'"
+    node = parse_link(f"{link_of(4)}&pinSHA256={'ab' * 32}")
+    got = in_router(peers.lab, outcome(dialer_of(peers, node)), timeout=10)
+    assert got.startswith("DialError") and "not the pinned one" in got, got
