@@ -21,7 +21,9 @@ destination gets its own connection; see _udp.py).
 
 The transport (`type`, `host`, `path`, `ed`) is transport.py's; refused
 with a reason: other transports (grpc, quic, kcp, xhttp, ...), `headerType=http`,
-`flow` (XTLS, xtls-rprx-vision), `security=reality`/`xtls`, `encryption` other than none.
+`flow` (XTLS, xtls-rprx-vision, also with REALITY), `security=xtls`, `encryption` other than none.
+
+`security=reality` (`pbk`, `sid`, `sni`, `fp`, `spx`; reality.py) runs over tcp only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from daetui.net.stream import Codec, CodecOver, Dialer, DialError, Stream, Wrapp
 from daetui.outbound import _share
 from daetui.outbound._address import v2ray_address
 from daetui.outbound._udp import PerDestination
+from daetui.outbound.reality import Reality
+from daetui.outbound.reality import from_params as reality_params
+from daetui.outbound.reality import open_session as reality_session
 from daetui.outbound.state import NodeProtocol
 from daetui.outbound.transport import TCP, Transport, open_stream, parse_type, tls_context
 
@@ -66,16 +71,21 @@ class VlessNode:
     allow_insecure: bool = False
     alpn: tuple[str, ...] = ()
     transport: Transport = TCP
+    reality: Reality | None = None  # security=reality (then `tls` is False)
 
     def link(self) -> str:
         """The share link of this node (parse_link(link()) == self)."""
         t = self.transport
-        params = [("encryption", "none"), ("security", "tls" if self.tls else "none"), ("type", t.kind),
+        params = [("encryption", "none"), ("security", self._security), ("type", t.kind),
                   ("host", t.host), ("path", t.link_path),
                   ("sni", self.sni), ("allowInsecure", "1" if self.allow_insecure else ""),
-                  ("alpn", ",".join(self.alpn))]
+                  ("alpn", ",".join(self.alpn)), *(self.reality.params() if self.reality else ())]
         return (f"vless://{self.uuid}@{_share.netloc(self.host, self.port)}"
                 f"{_share.query_text(params)}{_share.fragment(self.name)}")
+
+    @property
+    def _security(self) -> str:
+        return "reality" if self.reality else "tls" if self.tls else "none"
 
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> VlessDialer:
@@ -95,10 +105,13 @@ def parse_link(link: str, name: str = "") -> VlessNode:
     if params.get("flow"):
         raise ValueError(f"flow={params['flow']} (XTLS) is not supported (only no flow)")
     security = params.get("security", "none").lower() or "none"
+    if security not in ("none", "tls", "reality"):
+        raise ValueError(f"security={security} is not supported (none, tls or reality)")
+    reality = None
     if security == "reality":
-        raise ValueError("security=reality is not supported: no REALITY client here (supported: none or tls)")
-    if security not in ("none", "tls"):
-        raise ValueError(f"security={security} is not supported (none or tls)")
+        reality = reality_params(params)
+        if (params.get("type") or "tcp").strip().lower() != "tcp":
+            raise ValueError(f"security=reality over type={params['type']} is not supported (reality: tcp only)")
     transport = parse_type(params.get("type", ""), path=params.get("path", ""), host=params.get("host", ""),
                            ed=params.get("ed", ""), header_type=params.get("headerType", ""),
                            tls=security == "tls")
@@ -112,6 +125,7 @@ def parse_link(link: str, name: str = "") -> VlessNode:
         allow_insecure=_share.flag(params, "allowInsecure"),
         alpn=_share.alpn_list(params.get("alpn", "")),
         transport=transport,
+        reality=reality,
     )
 
 
@@ -231,6 +245,9 @@ class VlessDialer:
 
     async def _session(self, command: int, host: str, port: int) -> Stream:
         node = self.node
+        if node.reality is not None:
+            return await reality_session(self.via, node.host, node.port, node.reality, node.sni, node.alpn,
+                                         self.handshake_timeout, request(node.uuid, command, host, port), "vless")
         # vless servers are v2ray/xray, which keep answering after close_notify: a real half-close.
         return await open_stream(self.via, node.host, node.port, node.transport, self.ctx, node.sni,
                                  self.handshake_timeout, True, request(node.uuid, command, host, port), "vless")
