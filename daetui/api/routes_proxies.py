@@ -83,10 +83,10 @@ NOT_A_GROUP = "Must be a Selector"
 
 TYPES = {"ss": "Shadowsocks", "vmess": "Vmess", "vless": "Vless", "trojan": "Trojan", "socks5": "Socks5",
          "socks4": "Socks4", "socks4a": "Socks4", "http": "Http", "https": "Http", "hysteria2": "Hysteria2",
-         "chain": "Relay"}
+         "tuic": "Tuic", "chain": "Relay"}
 GROUP_TYPES = {"random": "LoadBalance", "fixed": "Selector", "min": "URLTest", "min_avg10": "URLTest",
                "min_moving_avg": "URLTest"}
-UDP = {"ss", "trojan", "vless", "vmess", "socks5", "hysteria2"}  # the protocols whose dialers carry datagrams
+UDP = {"ss", "trojan", "vless", "vmess", "socks5", "tuic", "hysteria2"}  # the protocols whose dialers carry datagrams
 # A chain's datagrams go through its last hop over the hops before it: only protocols that carry UDP
 # inside their TCP stream manage that (ss and socks5 need a UDP socket to their server).
 CHAIN_UDP = {"trojan", "vless", "vmess"}

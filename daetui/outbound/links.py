@@ -7,7 +7,7 @@ destinations through this node, its own connection made through `via`).
 This table says which module reads which scheme; modules are imported only
 when a link of theirs is met.
 
-Schemes that name a protocol daetui has no client for (ssr://, tuic://,
+Schemes that name a protocol daetui has no client for (ssr://, juicity://,
 hysteria://, ...) are in UNSUPPORTED: such a link is refused at parse with
 the reason, never half-accepted as something else. `link_problem` is the
 question a config loader asks: None for a usable link, else why not.
@@ -36,6 +36,7 @@ MODULES = {
     "trojan": "daetui.outbound.trojan",
     "vless": "daetui.outbound.vless",
     "vmess": "daetui.outbound.vmess",
+    "tuic": "daetui.outbound.tuic",
     "hysteria2": "daetui.outbound.hysteria2",
 }
 
@@ -49,7 +50,6 @@ UNSUPPORTED = {
     "ssr": "ShadowsocksR",
     "shadowsocksr": "ShadowsocksR",
     "trojan-go": "trojan-go",
-    "tuic": "TUIC",
     "hysteria": "Hysteria",
     "juicity": "Juicity",
     "anytls": "AnyTLS",

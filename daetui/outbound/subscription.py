@@ -422,7 +422,7 @@ def _check_yaml_size(root: Any) -> None:
 
 
 # clash `type:` values that name protocols daetui has no client for, as links.UNSUPPORTED spells them.
-_CLASH_NO_CLIENT = {"ssr": "ssr", "hysteria": "hysteria", "tuic": "tuic",
+_CLASH_NO_CLIENT = {"ssr": "ssr", "hysteria": "hysteria",
                     "wireguard": "wireguard", "snell": "snell", "ssh": "ssh", "mieru": "mieru", "anytls": "anytls",
                     "juicity": "juicity"}
 _CLASH_BUILTIN = ("direct", "reject", "reject-drop", "pass", "dns", "compatible")
@@ -671,8 +671,27 @@ def _clash_hysteria2(proxy: dict[str, Any], netloc: str, name: str) -> str:
     return f"hysteria2://{password}@{netloc}/{_query(params)}{_share.fragment(name)}"
 
 
+def _clash_tuic(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    # heartbeat-interval, request-timeout, reduce-rtt, fast-open, max-open-streams and
+    # max-udp-relay-packet-size only tune the client: left out.
+    uid, password = _text(proxy.get("uuid")), _text(proxy.get("password"))
+    if _text(proxy.get("token")) and not uid:
+        raise ValueError("token (TUIC v4) is not supported: TUIC v5 only (uuid and password)")
+    if not uid or not password:
+        raise ValueError("no uuid or password")
+    if _text(proxy.get("ip")):
+        raise ValueError(f"ip {_text(proxy['ip'])!r} (an address dialed instead of the server's) is not supported")
+    params = [("sni", _text(proxy.get("sni"))), ("alpn", ",".join(_texts(proxy.get("alpn")))),
+              ("congestion_control", _text(proxy.get("congestion-controller"))),
+              ("udp_relay_mode", _text(proxy.get("udp-relay-mode"))),
+              ("allow_insecure", "1" if _flag(proxy.get("skip-cert-verify")) else ""),
+              ("disable_sni", "1" if _flag(proxy.get("disable-sni")) else "")]
+    return f"tuic://{quote(uid, safe='')}:{quote(password, safe='')}@{netloc}{_query(params)}{_share.fragment(name)}"
+
+
 _CLASH_TYPES = {"ss": _clash_ss, "vmess": _clash_vmess, "vless": _clash_vless, "trojan": _clash_trojan,
-                "socks5": _clash_socks5, "http": _clash_http, "hysteria2": _clash_hysteria2}
+                "socks5": _clash_socks5, "http": _clash_http, "hysteria2": _clash_hysteria2,
+                "tuic": _clash_tuic}
 
 
 def _add(link: str, where: str, subtag: str, names: _Names, out: SubscriptionNodes, name: str = "") -> None:

@@ -183,7 +183,6 @@ rules:
 """
 PROXIES: list[dict[str, Any]] = yaml.safe_load(CONFIG)["proxies"]
 REFUSED_TYPES = {
-    "KR 11 | tuic": "TUIC",
     "old ssr": "ShadowsocksR",
     "wg": "WireGuard",
     "DIRECT-ish": "built-in outbound",
