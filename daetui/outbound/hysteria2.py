@@ -41,7 +41,7 @@ from urllib.parse import parse_qsl, quote, unquote
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from daetui.net.address import resolve
+from daetui.net.address import is_address, resolve
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
 from daetui.outbound._hy2_conn import STREAM_WINDOW, Hy2Connection, Hy2Datagrams, Hy2Stream, _Quic
@@ -232,7 +232,14 @@ class Hysteria2Dialer:
         if udp_socket is None:
             raise DialError(f"{self.where}: reached through {self.via.name}: QUIC needs a UDP socket of the "
                             "router's own (a hysteria2 node cannot follow another node in a chain)")
-        ip = await resolve(node.host, node.port, socket.SOCK_DGRAM)
+        named = getattr(self.via, "resolve", None)  # the manager's NamedDirect: node() DNS rules say the upstream
+        if callable(named) and not is_address(node.host):
+            try:
+                ip = await named(node.host)
+            except Exception as e:   # the upstream's own words: a dial error, not a crash
+                raise DialError(f"{self.where}: resolving {node.host}: {e}") from None
+        else:
+            ip = await resolve(node.host, node.port, socket.SOCK_DGRAM)
         try:
             sock = udp_socket(ip, node.port)
             peer = sock.getpeername()  # the form datagrams arrive from: QUIC's path is matched against it

@@ -23,10 +23,13 @@ from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.net.stream import Datagrams, DialError
+from daetui.outbound import trojan
+from daetui.outbound._hy2_conn import STREAM_WINDOW
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.hysteria2 import Hysteria2Dialer, Hysteria2Node, parse_link
 from daetui.outbound.links import parse_link as parse_any
 from testkit.peers.mihomo import Mihomo, tls
+from testkit.peers.trojan import TrojanGfw
 
 pytestmark = pytest.mark.kernel
 
@@ -38,6 +41,7 @@ OBFS_PASSWORD = "lab salamander key"
 # Our ports on mihomo's addresses (10750-10759 are this module's).
 PORT = 10750
 PORT_OBFS = 10751
+PORT_TROJAN = 10752    # trojan-gfw's, on the wan's own address (mihomo refuses a connection to itself)
 MB = 1 << 20
 ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
@@ -173,6 +177,61 @@ def test_salamander(peers: Peers) -> None:
             d.close()
 
     in_router(peers.lab, run())
+
+
+def test_a_slow_reader_holds_the_server_back(peers: Peers) -> None:
+    """A stream nobody reads holds at most its window (QUIC flow control tied to the reader); then all arrives."""
+    d = dialer_of(peers, node_of(4))
+    n = 6 * MB
+
+    async def run() -> tuple[int, bytes]:
+        try:
+            s = await d.connect(DEST[6], SOURCE_PORT)
+            await s.write(f"{n}\n".encode())
+            first = await s.read(1)
+            await asyncio.sleep(0.5)
+            held = len(s.buf)  # type: ignore[attr-defined]
+            return held, first + await read_to_end(s, limit=n)
+        finally:
+            d.close()
+
+    held, got = in_router(peers.lab, run())
+    assert STREAM_WINDOW // 2 < held <= STREAM_WINDOW
+    assert got == pattern_bytes(n)
+
+
+def test_a_connection_that_ended_is_opened_again(peers: Peers) -> None:
+    """The dialer's connection ends (closed under it): the next dial opens a new one, and works."""
+    d = dialer_of(peers, node_of(6))
+
+    async def run() -> int:
+        try:
+            assert await download(d, DEST[4], 1000) == pattern_bytes(1000)
+            assert d._conn is not None
+            d._conn.abort()
+            assert await download(d, DEST[4], 1000) == pattern_bytes(1000)
+            return d.handshakes
+        finally:
+            d.close()
+
+    assert in_router(peers.lab, run()) == 2
+
+
+def test_chain_trojan_through_hysteria2(peers: Peers) -> None:
+    """hysteria2 as the first hop of a chain: trojan's TLS runs inside a hysteria2 stream."""
+    first = dialer_of(peers, node_of(4))
+    tj = trojan.parse_link(f"trojan://{quote(PASSWORD)}@{DEST[4]}:{PORT_TROJAN}?sni={TLS_NAME}")
+    chained = tj.dialer(first, ca_file=peers.ca.ca_file)
+    server = TrojanGfw(peers.lab, peers.ca, [PASSWORD], address=DEST[4], port=PORT_TROJAN)
+
+    async def run() -> bytes:
+        try:
+            return await download(chained, DEST[6], 200_000)  # type: ignore[arg-type]
+        finally:
+            first.close()
+
+    with server:
+        assert in_router(peers.lab, run()) == pattern_bytes(200_000)
 
 
 # -- what fails -----------------------------------------------------------------------------------
