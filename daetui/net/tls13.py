@@ -141,7 +141,9 @@ class Direction:
             inner = self.aead.decrypt(self._nonce(), body, header)
         except InvalidTag:
             raise TlsError("TLS: a record failed to decrypt (bad_record_mac)") from None
-        end = len(inner.rstrip(b"\x00"))
+        # Padding (zeros after the content type) is rare: the last byte is the type in most records,
+        # and rstrip would copy a whole record to learn that.
+        end = len(inner) if inner[-1:] not in (b"", b"\x00") else len(inner.rstrip(b"\x00"))
         if end == 0:
             raise TlsError("TLS: a record with no content type (all padding)")
         if end - 1 > MAX_PLAINTEXT:

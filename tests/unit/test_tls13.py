@@ -278,3 +278,66 @@ async def test_a_tls12_only_server_is_named(ca: LabCA) -> None:
         # OpenSSL answers a TLS 1.3-only hello with alert protocol_version, or (asyncio's) just closes
         with pytest.raises(DialError, match=r"alert protocol_version|does not speak TLS 1\.3|closed the connection"):
             await tls13.handshake(await connect(port), "tls13.lab.test", lambda certs: None, timeout=5)
+
+
+# -- Tls13Stream over a Stream -------------------------------------------------------------------------
+
+class Chunks:
+    """A Stream below that reads out the given chunks, then its end; and keeps what is written."""
+
+    def __init__(self, *chunks: bytes, raw: socket.socket | None = None) -> None:
+        self.chunks = list(chunks)
+        self.written = b""
+        self.raw = raw
+
+    async def read(self, n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+    async def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_stream_hands_over_data_before_an_alert_then_fails() -> None:
+    session, write, _ = pair()
+    s = tls13.Tls13Stream(Chunks(write.seal(APPLICATION_DATA, b"good") + write.seal(ALERT, bytes((2, 40)))), session)
+    assert await s.read(100) == b"good"
+    with pytest.raises(TlsError, match="handshake_failure"):
+        await s.read(100)
+
+
+async def test_stream_ending_inside_a_record_is_an_error_between_records_the_end() -> None:
+    session, write, _ = pair()
+    record = write.seal(APPLICATION_DATA, b"whole")
+    s = tls13.Tls13Stream(Chunks(record, write.seal(APPLICATION_DATA, b"cut")[:10]), session)
+    assert await s.read(2) == b"wh" and await s.read(100) == b"ole"
+    with pytest.raises(TlsError, match="in the middle of a record"):
+        await s.read(100)
+    session, write, _ = pair()
+    s = tls13.Tls13Stream(Chunks(write.seal(APPLICATION_DATA, b"all")), session)
+    assert await s.read(100) == b"all" and await s.read(100) == b"" and session.server_ended
+
+
+async def test_stream_answers_a_key_update_and_offers_framing_when_nothing_is_held() -> None:
+    a, b = socket.socketpair()
+    try:
+        session, write, read = pair()
+        wire = write.seal(HANDSHAKE, bytes((tls13.KEY_UPDATE, 0, 0, 1, 1)))
+        write = write.next()
+        inner = Chunks(wire + write.seal(APPLICATION_DATA, b"0123456789"), raw=a)
+        s = tls13.Tls13Stream(inner, session)
+        assert s.framed() is not None
+        assert await s.read(4) == b"0123"
+        assert s.framed() is None  # plaintext held here: the stream's own reads must finish it
+        assert server_open(read, inner.written) == [(HANDSHAKE, bytes((tls13.KEY_UPDATE, 0, 0, 1, 0)))]
+        assert await s.read(100) == b"456789"
+        framed = s.framed()
+        assert framed is not None and framed[0] is a and framed[1] is session
+    finally:
+        a.close()
+        b.close()
