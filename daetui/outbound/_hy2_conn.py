@@ -68,6 +68,9 @@ SEND_BUFFER = 1 << 20          # unacknowledged bytes a writer may have on its s
 MAX_DATAGRAM_FRAME = 1156
 MAX_QUEUED_DATAGRAMS = 512     # QUIC datagrams waiting for the congestion window; more are dropped
 MAX_SESSIONS = 256             # UDP sessions on one connection
+# A PING this often while streams or sessions are open: a quiet TCP connection (an idle SSH session) must
+# not end with the QUIC connection at the idle timeout (hysteria's own client keeps alive every 10 s).
+KEEPALIVE = 10.0
 QUEUE_SIZE = 512               # datagrams received and not yet read, per session
 H3_NO_ERROR = 0x100
 H3_REQUEST_CANCELLED = 0x10C
@@ -146,6 +149,7 @@ class Hy2Connection(QuicConnectionProtocol):
         self.sessions: dict[int, Hy2Datagrams] = {}
         self.udp = False
         self._writers: list[asyncio.Future[None]] = []
+        self._keepalive: asyncio.TimerHandle | None = None
 
     @property
     def alive(self) -> bool:
@@ -196,6 +200,16 @@ class Hy2Connection(QuicConnectionProtocol):
             return
         self.udp = fields.get(b"hysteria-udp", b"").lower() == b"true"
         self.authed.set_result(self.udp)
+        self._keepalive = self._loop.call_later(KEEPALIVE, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        if self.ended:
+            return
+        if self.streams or self.sessions:
+            # Only while in use: a connection nobody uses is left to its idle timeout, and opened again later.
+            self._quic.send_ping(0)
+            self.transmit()
+        self._keepalive = self._loop.call_later(KEEPALIVE, self._keep_alive)
 
     # -- events -----------------------------------------------------------------------------
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -310,6 +324,8 @@ class Hy2Connection(QuicConnectionProtocol):
         if self.ended:
             return
         self.ended = why
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         err = DialError(f"{self.where}: {why}")
         for fut in (self.handshake, self.authed):
             if not fut.done():
@@ -434,7 +450,10 @@ class Hy2Stream:
         if self.closed or self.write_ended:
             raise DialError(f"{self.where}: the stream is closed")
         conn = self.conn
-        conn._quic.send_stream_data(self.sid, bytes(data))
+        try:
+            conn._quic.send_stream_data(self.sid, bytes(data))
+        except (ValueError, RuntimeError) as e:  # aioquic's words for a stream that can take no more
+            raise DialError(f"{self.where}: {e}") from None
         conn.transmit()
         # Back-pressure: what the server has not acknowledged yet is held here; wait while that is much.
         while conn.unacked(self.sid) > SEND_BUFFER and not (self.error or self.write_error or self.closed):

@@ -23,7 +23,7 @@ from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.net.stream import Datagrams, DialError
-from daetui.outbound import trojan
+from daetui.outbound import _hy2_conn, hysteria2, trojan
 from daetui.outbound._hy2_conn import STREAM_WINDOW
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.hysteria2 import Hysteria2Dialer, Hysteria2Node, parse_link
@@ -215,6 +215,28 @@ def test_a_connection_that_ended_is_opened_again(peers: Peers) -> None:
             d.close()
 
     assert in_router(peers.lab, run()) == 2
+
+
+def test_keepalive_while_in_use(peers: Peers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet stream outlives QUIC's idle timeout (PINGs keep the connection); unused, the connection ends."""
+    monkeypatch.setattr(hysteria2, "IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(_hy2_conn, "KEEPALIVE", 0.3)
+    d = dialer_of(peers, node_of(4))
+
+    async def run() -> str:
+        try:
+            s = await d.connect(DEST[4], ECHO_PORT)
+            await asyncio.sleep(1.5)
+            await s.write(b"still here")
+            assert await s.read(100) == b"still here"
+            s.close()
+            await asyncio.sleep(1.5)
+            assert d._conn is not None
+            return d._conn.ended
+        finally:
+            d.close()
+
+    assert "Idle timeout" in in_router(peers.lab, run())
 
 
 def test_chain_trojan_through_hysteria2(peers: Peers) -> None:
