@@ -67,11 +67,11 @@ SEND_BUFFER = 1 << 20          # unacknowledged bytes a writer may have on its s
 # 16-byte tag: 1200 - 1 - 20 - 4 - 16 - 3 (frame type and length).
 MAX_DATAGRAM_FRAME = 1156
 MAX_QUEUED_DATAGRAMS = 512     # QUIC datagrams waiting for the congestion window; more are dropped
-MAX_SESSIONS = 256             # UDP sessions on one connection
+MAX_SESSIONS = 4096            # UDP sessions on one connection (one per relayed UDP flow)
 # A PING this often while streams or sessions are open: a quiet TCP connection (an idle SSH session) must
 # not end with the QUIC connection at the idle timeout (hysteria's own client keeps alive every 10 s).
 KEEPALIVE = 10.0
-QUEUE_SIZE = 512               # datagrams received and not yet read, per session
+QUEUE_SIZE = 64                # datagrams received and not yet read, per session (the relay reads on)
 H3_NO_ERROR = 0x100
 H3_REQUEST_CANCELLED = 0x10C
 

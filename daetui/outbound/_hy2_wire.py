@@ -205,15 +205,21 @@ class _Partial:
 class Reassembler:
     """Fragments of one session's datagrams put back together, in any order.
 
-    At most `max_packets` datagrams are waiting for fragments (the oldest is
-    dropped for a new one: a fragment that never comes costs its datagram,
-    never memory), none larger than MAX_UDP_PACKET.
+    At most `max_packets` datagrams, of `max_bytes` together, are waiting for
+    fragments (the oldest is dropped for a new one: a fragment that never
+    comes costs its datagram, never memory), none larger than MAX_UDP_PACKET.
     """
 
-    def __init__(self, max_packets: int = 16) -> None:
+    def __init__(self, max_packets: int = 16, max_bytes: int = 128 << 10) -> None:
         self.max_packets = max_packets
+        self.max_bytes = max_bytes
         self.pending: OrderedDict[int, _Partial] = OrderedDict()
+        self.size = 0       # bytes held in pending
         self.dropped = 0
+
+    def _drop(self, packet: int) -> None:
+        self.size -= self.pending.pop(packet).size
+        self.dropped += 1
 
     def add(self, msg: UdpMessage) -> UdpMessage | None:
         """The whole datagram once `msg` completes one; None while fragments are missing."""
@@ -222,21 +228,23 @@ class Reassembler:
         p = self.pending.get(msg.packet)
         if p is None or p.count != msg.count:
             if p is not None:  # the same id for another datagram (ids wrap): the old one is lost
-                self.dropped += 1
+                self._drop(msg.packet)
             p = self.pending[msg.packet] = _Partial(msg)
             while len(self.pending) > self.max_packets:
-                self.pending.popitem(last=False)
-                self.dropped += 1
+                self._drop(next(iter(self.pending)))
         if msg.fragment in p.parts:
             return None  # a duplicate
         p.parts[msg.fragment] = msg.data
         p.size += len(msg.data)
+        self.size += len(msg.data)
         if p.size > MAX_UDP_PACKET:
-            del self.pending[msg.packet]
-            self.dropped += 1
+            self._drop(msg.packet)
             return None
         if len(p.parts) < p.count:
+            while self.size > self.max_bytes:
+                self._drop(next(iter(self.pending)))  # the oldest first: this one, if it is alone
             return None
+        self.size -= p.size
         del self.pending[msg.packet]
         data = b"".join(p.parts[i] for i in range(p.count))
         return UdpMessage(msg.session, msg.packet, 0, 1, p.host, p.port, data)

@@ -135,11 +135,28 @@ def test_reassembly_is_bounded() -> None:
             r.add(f)
         assert len(r.pending) <= 16
     assert r.dropped >= 1000 - 16
+    assert r.size == sum(p.size for p in r.pending.values()) <= r.max_bytes
     # a fragment claiming more than a datagram can hold ends its packet
     big = UdpMessage(1, 77, 0, 255, "h", 1, b"x" * (MAX_UDP_PACKET // 2 + 1))
     assert r.add(big) is None
     assert r.add(UdpMessage(1, 77, 1, 255, "h", 1, big.data)) is None
     assert 77 not in r.pending
+
+
+def test_reassembly_bytes_are_bounded() -> None:
+    r = Reassembler(max_packets=16, max_bytes=10_000)
+    for packet in range(10):  # 4000-byte datagrams, each missing a fragment: at most 10 000 bytes held
+        for f in _fragments(b"y" * 4000, packet=packet)[1:]:
+            r.add(f)
+            assert r.size <= 10_000
+    assert 0 < len(r.pending) < 10
+    # and what completes is handed out whole, its bytes no longer counted
+    for f in _fragments(b"w" * 4000, packet=99)[:-1]:
+        r.add(f)
+    held = r.size
+    whole = r.add(_fragments(b"w" * 4000, packet=99)[-1])
+    assert whole is not None and whole.data == b"w" * 4000
+    assert r.size == held - (4000 - len(_fragments(b"w" * 4000, packet=99)[-1].data))
 
 
 def test_too_large_to_fragment() -> None:
