@@ -14,10 +14,11 @@ import ssl
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from helpers import in_router, read_to_end
+from helpers import http_get, in_router, lan_connect, newest_conn, plane_in_lab, read_to_end, udp_exchange
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
@@ -28,6 +29,7 @@ from daetui.outbound._hy2_conn import STREAM_WINDOW
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.hysteria2 import Hysteria2Dialer, Hysteria2Node, parse_link
 from daetui.outbound.links import parse_link as parse_any
+from testkit.configs import LAB_CHECKS
 from testkit.peers.mihomo import Mihomo, tls
 from testkit.peers.trojan import TrojanGfw
 
@@ -306,3 +308,50 @@ def test_pinned_certificate(peers: Peers) -> None:
     node = parse_link(f"{link_of(4)}&pinSHA256={'ab' * 32}")
     got = in_router(peers.lab, outcome(dialer_of(peers, node)), timeout=10)
     assert got.startswith("DialError") and "not the pinned one" in got, got
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+def test_lan_flows_through_a_hysteria2_node(peers: Peers, tmp_path: Path) -> None:
+    """A LAN client's TCP and UDP, routed by the kernel to a group whose node is a hy2:// link in the config
+    (the lab's CA trusted through global allow_insecure): health checked, relayed, counted under the node."""
+    host = DEST[4]
+    cfg = f"""
+[global]
+lan_interface = ["lan0"]
+dial_mode = "ip"
+allow_insecure = true
+check_interval = "10m"
+{LAB_CHECKS}
+
+[node]
+hy = "{link_of(6, scheme="hy2")}"
+
+[group.proxy]
+policy = "fixed(0)"
+
+[routing]
+rules = ["dip({host}) -> proxy"]
+fallback = "direct"
+"""
+    with plane_in_lab(peers.lab, cfg, tmp_path) as runner:
+        assert http_get(peers.lab, host, f"/bytes/{MB}", timeout=20) == pattern_bytes(MB)
+        assert newest_conn(runner, (host, 80), "tcp").node == "hy"
+        payload = pattern_bytes(ECHO)[::-1]
+        s = lan_connect(peers.lab, host, ECHO_PORT, 20)
+        try:
+            s.sendall(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = s.recv(1 << 16)
+                assert chunk, f"echo ended after {len(got)} bytes"
+                got += chunk
+        finally:
+            s.close()
+        assert got == payload
+        conn = newest_conn(runner, (host, ECHO_PORT), "tcp")
+        assert conn.node == "hy" and conn.up == len(payload)
+        for size in (1, 700, 1400):
+            d = pattern_bytes(size)
+            assert udp_exchange(peers.lab, host, d, timeout=3) == [d]
+        assert newest_conn(runner, (host, ECHO_PORT), "udp").node == "hy"
