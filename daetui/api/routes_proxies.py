@@ -83,13 +83,14 @@ NOT_A_GROUP = "Must be a Selector"
 
 TYPES = {"ss": "Shadowsocks", "vmess": "Vmess", "vless": "Vless", "trojan": "Trojan", "socks5": "Socks5",
          "socks4": "Socks4", "socks4a": "Socks4", "http": "Http", "https": "Http", "hysteria2": "Hysteria2",
-         "tuic": "Tuic", "chain": "Relay"}
+         "tuic": "Tuic", "anytls": "AnyTLS", "chain": "Relay"}
 GROUP_TYPES = {"random": "LoadBalance", "fixed": "Selector", "min": "URLTest", "min_avg10": "URLTest",
                "min_moving_avg": "URLTest"}
-UDP = {"ss", "trojan", "vless", "vmess", "socks5", "tuic", "hysteria2"}  # the protocols whose dialers carry datagrams
+# the protocols whose dialers carry datagrams
+UDP = {"ss", "trojan", "vless", "vmess", "socks5", "tuic", "hysteria2", "anytls"}
 # A chain's datagrams go through its last hop over the hops before it: only protocols that carry UDP
 # inside their TCP stream manage that (ss and socks5 need a UDP socket to their server).
-CHAIN_UDP = {"trojan", "vless", "vmess"}
+CHAIN_UDP = {"trojan", "vless", "vmess", "anytls"}
 _ID_SPACE = uuid.UUID("6f1c1d7e-2b0a-4c55-9a51-6b1c0e7d2a14")
 
 Json = dict[str, Any]

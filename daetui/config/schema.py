@@ -22,7 +22,7 @@ UNKNOWN_DOMAIN = ("sniff", "no_match")
 HTTP_METHODS = ("HEAD", "GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH")
 GROUP_POLICY = re.compile(r"^(random|min|min_avg10|min_moving_avg|fixed\(\d+\))$")
 NODE_SCHEMES = ("ss", "ssr", "socks5", "socks4", "socks4a", "http", "https", "trojan", "trojan-go", "vless",
-                "vmess", "tuic", "hysteria2", "hy2", "juicity")
+                "vmess", "tuic", "hysteria2", "hy2", "juicity", "anytls")
 SUBSCRIPTION_SCHEMES = ("http", "https", "file", "http-file", "https-file")
 
 # Bits daetui uses for itself; so_mark_from_dae must stay clear of the first.

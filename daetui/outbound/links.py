@@ -36,6 +36,7 @@ MODULES = {
     "trojan": "daetui.outbound.trojan",
     "vless": "daetui.outbound.vless",
     "vmess": "daetui.outbound.vmess",
+    "anytls": "daetui.outbound.anytls",
     "tuic": "daetui.outbound.tuic",
     "hysteria2": "daetui.outbound.hysteria2",
 }
@@ -52,7 +53,6 @@ UNSUPPORTED = {
     "trojan-go": "trojan-go",
     "hysteria": "Hysteria",
     "juicity": "Juicity",
-    "anytls": "AnyTLS",
     "shadowtls": "ShadowTLS",
     "wireguard": "WireGuard",
     "wg": "WireGuard",

@@ -7,7 +7,7 @@ from typing import Literal
 
 # A node's protocol as its share link names it (`ss://`, `https://`, ...); a chain of nodes is "chain".
 NodeProtocol = Literal["socks5", "socks4", "socks4a", "http", "https", "ss", "trojan", "vless", "vmess", "hysteria2",
-                       "tuic", "chain"]
+                       "tuic", "anytls", "chain"]
 
 
 @dataclass(frozen=True)

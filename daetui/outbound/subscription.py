@@ -423,7 +423,7 @@ def _check_yaml_size(root: Any) -> None:
 
 # clash `type:` values that name protocols daetui has no client for, as links.UNSUPPORTED spells them.
 _CLASH_NO_CLIENT = {"ssr": "ssr", "hysteria": "hysteria",
-                    "wireguard": "wireguard", "snell": "snell", "ssh": "ssh", "mieru": "mieru", "anytls": "anytls",
+                    "wireguard": "wireguard", "snell": "snell", "ssh": "ssh", "mieru": "mieru",
                     "juicity": "juicity"}
 _CLASH_BUILTIN = ("direct", "reject", "reject-drop", "pass", "dns", "compatible")
 
@@ -689,9 +689,20 @@ def _clash_tuic(proxy: dict[str, Any], netloc: str, name: str) -> str:
     return f"tuic://{quote(uid, safe='')}:{quote(password, safe='')}@{netloc}{_query(params)}{_share.fragment(name)}"
 
 
+def _clash_anytls(proxy: dict[str, Any], netloc: str, name: str) -> str:
+    # client-fingerprint (uTLS imitation), udp and idle-session-check-interval only tune the client: left out.
+    if _text(proxy.get("fingerprint")):
+        raise ValueError("fingerprint (a pinned certificate) is not supported for anytls: use daetui's ca_file")
+    params = [("sni", _text(proxy.get("sni"))), ("insecure", "1" if _flag(proxy.get("skip-cert-verify")) else ""),
+              ("alpn", ",".join(_texts(proxy.get("alpn")))),
+              ("idleSessionTimeout", _text(proxy.get("idle-session-timeout"))),
+              ("minIdleSession", _text(proxy.get("min-idle-session")))]
+    return f"anytls://{quote(_text(proxy.get('password')), safe='')}@{netloc}/{_query(params)}{_share.fragment(name)}"
+
+
 _CLASH_TYPES = {"ss": _clash_ss, "vmess": _clash_vmess, "vless": _clash_vless, "trojan": _clash_trojan,
                 "socks5": _clash_socks5, "http": _clash_http, "hysteria2": _clash_hysteria2,
-                "tuic": _clash_tuic}
+                "tuic": _clash_tuic, "anytls": _clash_anytls}
 
 
 def _add(link: str, where: str, subtag: str, names: _Names, out: SubscriptionNodes, name: str = "") -> None:
