@@ -54,6 +54,9 @@ class Http2Stream:
         self.buf = bytearray()  # response body received, not yet read
         self.unacked = 0  # of it, bytes whose flow-control credit is returned as they are read
         self.status: int | None = None
+        self.headers: dict[bytes, bytes] = {}  # the response's headers (grpc.py reads its content-type, grpc-status)
+        self.trailers: dict[bytes, bytes] = {}  # the response's trailers, if it had any
+        self.not_found = "wrong path or host?"  # the hint to a 404: what the caller's request named
         self.ended = False  # the response body is complete
         self.error: DialError | None = None
         self._changed = asyncio.Event()  # something for a reader or a blocked writer
@@ -99,7 +102,7 @@ class Http2Stream:
 
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
-            headers = dict(event.headers or [])
+            headers = self.headers = dict(event.headers or [])
             status = headers.get(b":status", b"")
             try:
                 self.status = int(status)
@@ -107,7 +110,7 @@ class Http2Stream:
                 self._fail(f"h2: the response's status {status!r} is not a number")
                 return
             if self.status != 200:
-                hint = " (wrong path or host?)" if self.status == 404 else ""
+                hint = f" ({self.not_found})" if self.status == 404 else ""
                 self._fail(f"h2: the server answered HTTP {self.status}{hint}")
         elif isinstance(event, h2.events.DataReceived):
             if event.stream_id != STREAM_ID:
@@ -119,6 +122,8 @@ class Http2Stream:
             if self.status == 200:
                 self.buf += event.data or b""
                 self.unacked += len(event.data or b"")
+        elif isinstance(event, h2.events.TrailersReceived):
+            self.trailers = dict(event.headers or [])
         elif isinstance(event, h2.events.StreamEnded):
             if self.status is None:
                 self._fail("h2: the server ended the request without a response")
@@ -192,12 +197,16 @@ class Http2Stream:
 
 
 async def open_http2(stream: Stream, *, hosts: Sequence[str], path: str, timeout: float,
-                     early_data: bytes = b"") -> Http2Stream:
+                     early_data: bytes = b"", method: str = "PUT", scheme: str = "https",
+                     headers: Sequence[tuple[bytes, bytes]] = ((b"accept-encoding", b"identity"),),
+                     not_found: str = "wrong path or host?") -> Http2Stream:
     """A `PUT path` request over `stream` (TLS, ALPN h2), to a host picked from `hosts`; `early_data` sent with it.
 
     Only the connection preface and the request go out within `timeout`: the
     answer is read with the stream (see the module's docstring). DialError
-    when that fails; `stream` is closed then.
+    when that fails; `stream` is closed then. `method`, `scheme`, `headers`
+    (after the pseudo-headers) and `not_found` (the hint to a 404) are for
+    other requests than v2ray's h2 (grpc.py: a POST, over TLS or not).
     """
     config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
     conn = h2.connection.H2Connection(config)
@@ -211,13 +220,14 @@ async def open_http2(stream: Stream, *, hosts: Sequence[str], path: str, timeout
     target = path if path.startswith("/") else "/" + path
     try:
         conn.send_headers(STREAM_ID, [
-            (b":method", b"PUT"), (b":scheme", b"https"), (b":authority", host.encode("idna")),
-            (b":path", target.encode("ascii")), (b"accept-encoding", b"identity"),
+            (b":method", method.encode("ascii")), (b":scheme", scheme.encode("ascii")),
+            (b":authority", host.encode("idna")), (b":path", target.encode("ascii")), *headers,
         ])
     except (h2.exceptions.ProtocolError, UnicodeError, ValueError) as e:
         stream.close()
         raise DialError(f"h2: cannot make the request: {e}") from None
     h2s = Http2Stream(stream, conn)
+    h2s.not_found = not_found
     try:
         async with asyncio.timeout(timeout):
             await h2s._flush()

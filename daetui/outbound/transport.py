@@ -1,4 +1,4 @@
-"""A node's stream transport (tcp, ws, h2) and the one function that opens a proxy server's stream with it.
+"""A node's stream transport (tcp, ws, h2, grpc) and the one function that opens a proxy server's stream with it.
 
 Shared by trojan.py, vless.py and vmess.py. What runs over the transport
 (the protocol's request, then its framing) does not change with it:
@@ -8,9 +8,13 @@ Shared by trojan.py, vless.py and vmess.py. What runs over the transport
   upgrade to `path` with `host` as the Host header (net/websocket.py); the request rides
   in the upgrade's early data when `early_data` > 0 (Xray's `?ed=N`), else in the first message;
 - h2: TLS always (ALPN h2 unless the link names others), then one HTTP/2 `PUT path` to a host
-  picked from `host` (comma-separated; net/http2.py), the request as the start of its body.
+  picked from `host` (comma-separated; net/http2.py), the request as the start of its body;
+- grpc ("gun"): TLS (ALPN h2) or cleartext HTTP/2, then one gRPC call `POST /<serviceName>/Tun`
+  (`path` holds the service name, `host` the `:authority`, by default the SNI or the server's
+  address; net/grpc.py), the request as its first message. Tested against mihomo; its "multi"
+  mode (which mihomo does not serve) is refused.
 
-Transports with no server here to test against (grpc, quic, kcp, xhttp/splithttp, httpupgrade,
+Transports with no server here to test against (quic, kcp, xhttp/splithttp, httpupgrade,
 tcp's HTTP header obfuscation, REALITY) are refused when a link is parsed; see `parse_type`.
 """
 
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from daetui.net.grpc import open_grpc
 from daetui.net.http2 import open_http2
 from daetui.net.stream import Dialer, DialError, Stream
 from daetui.net.tls import client_context, server_name, start_tls
@@ -28,24 +33,26 @@ from daetui.net.websocket import EARLY_DATA_HEADER, open_websocket, split_early_
 from daetui.outbound import _share
 from daetui.outbound.session import node_context, open_session
 
-TransportKind = Literal["tcp", "ws", "h2"]
-KINDS: tuple[TransportKind, ...] = ("tcp", "ws", "h2")
-SUPPORTED = "tcp, ws, h2 (also called http)"
-DEFAULT_ALPN: dict[str, tuple[str, ...]] = {"tcp": (), "ws": ("http/1.1",), "h2": ("h2",)}
+TransportKind = Literal["tcp", "ws", "h2", "grpc"]
+KINDS: tuple[TransportKind, ...] = ("tcp", "ws", "h2", "grpc")
+SUPPORTED = "tcp, ws, h2 (also called http), grpc"
+DEFAULT_ALPN: dict[str, tuple[str, ...]] = {"tcp": (), "ws": ("http/1.1",), "h2": ("h2",), "grpc": ("h2",)}
+GRPC_MODES = ("", "gun")  # "multi" (TunMulti) has no server here: refused in parse_type
 # What links name that no server here can test: refused with the reason rather than half-accepted.
 UNSUPPORTED = {
-    "grpc": "grpc", "gun": "grpc", "quic": "quic", "kcp": "mkcp", "mkcp": "mkcp", "xhttp": "xhttp",
+    "quic": "quic", "kcp": "mkcp", "mkcp": "mkcp", "xhttp": "xhttp",
     "splithttp": "xhttp (splithttp)", "httpupgrade": "httpupgrade", "domainsocket": "domainsocket",
 }
 
 
 @dataclass(frozen=True)
 class Transport:
-    """How a node's stream travels: plain tcp, a WebSocket, or an HTTP/2 request.
+    """How a node's stream travels: plain tcp, a WebSocket, an HTTP/2 request or a gRPC call.
 
-    `path` is the ws/h2 path as sent (no `?ed=`); `host` the ws Host header
-    or the h2 hosts (comma-separated); `early_data` the most ws early data
-    bytes (0: none) and `early_data_header` its header ("": Sec-WebSocket-Protocol).
+    `path` is the ws/h2 path as sent (no `?ed=`), or grpc's service name; `host`
+    the ws Host header, the h2 hosts (comma-separated) or grpc's authority;
+    `early_data` the most ws early data bytes (0: none) and `early_data_header`
+    its header ("": Sec-WebSocket-Protocol).
     """
 
     kind: TransportKind = "tcp"
@@ -60,7 +67,13 @@ class Transport:
         if self.kind != "ws" and (self.early_data or self.early_data_header):
             raise ValueError("early data (ed=) is a ws setting")
         if self.kind == "tcp" and (self.path or self.host):
-            raise ValueError("path and host are ws/h2 settings")
+            raise ValueError("path and host are ws/h2/grpc settings")
+
+    def link_params(self) -> list[tuple[str, str]]:
+        """The transport as a vless/trojan share link's parameters (grpc: `serviceName`, `authority`)."""
+        if self.kind == "grpc":
+            return [("type", "grpc"), ("serviceName", self.path), ("authority", self.host)]
+        return [("type", self.kind), ("host", self.host), ("path", self.link_path)]
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -80,13 +93,25 @@ TCP = Transport()  # plain tcp: what a node has unless its link names another
 
 
 def parse_type(kind: str, *, path: str = "", host: str = "", ed: str = "", header_type: str = "",
-               tls: bool, key: str = "type", header_key: str = "headerType") -> Transport:
+               tls: bool, key: str = "type", header_key: str = "headerType", service_name: str = "",
+               authority: str = "", mode: str = "", mode_key: str = "mode") -> Transport:
     """The Transport a link names (`type=`/`net=`, `path`, `host`, `ed`, `headerType`); ValueError with the reason.
 
     `key` and `header_key` are the link's names for the transport and tcp's
     header type (vmess's JSON: `net` and `type`), so that a refusal quotes the link.
+    grpc's service name is `service_name` (vless/trojan's `serviceName`) or else
+    `path` (vmess's JSON), its authority `authority` or else `host`, its `mode`
+    (`mode_key`) gun or none.
     """
     kind = (kind or "tcp").strip().lower()
+    if kind in ("grpc", "gun"):
+        mode = (mode or "").strip().lower()
+        if mode not in GRPC_MODES and mode != "none":
+            what = "multi (TunMulti), which no server here serves" if mode == "multi" else repr(mode)
+            raise ValueError(f"{mode_key}={mode} is not supported: grpc mode {what} (only gun)")
+        if ed:
+            raise ValueError("early data (ed=) is a ws setting, not grpc's")
+        return Transport("grpc", service_name or path, authority or host)
     if kind in UNSUPPORTED:
         raise ValueError(f"{key}={kind} is not supported: no {UNSUPPORTED[kind]} transport "
                          f"(supported: {SUPPORTED})")
@@ -142,7 +167,7 @@ async def open_stream(via: Dialer, host: str, port: int, transport: Transport, c
     is given, over the transport; closed again if any of it fails.
 
     `half_close` is TLS's (session.open_session) and matters for tcp only:
-    ws has no half-close and h2 carries its own (the end of the request body).
+    ws has no half-close and h2 and grpc carry their own (the end of the request body).
     """
     if transport.kind == "tcp":
         return await open_session(via, host, port, ctx, sni, timeout, half_close, request, protocol)
@@ -158,13 +183,17 @@ async def open_stream(via: Dialer, host: str, port: int, transport: Transport, c
             # where no WebSocket upgrade of HTTP/1.1 can follow.
             raise DialError("the server chose HTTP/2 (ALPN h2), which cannot carry this WebSocket: "
                             "leave h2 out of the node's alpn")
-        if transport.kind == "h2" and chosen not in (None, "h2"):
+        if transport.kind in ("h2", "grpc") and chosen not in (None, "h2"):
             raise DialError(f"the server chose ALPN {chosen}, not h2")
         if transport.kind == "ws":
             return await open_websocket(
                 stream, host=transport.host or _share.netloc(host, port), path=transport.path or "/",
                 early_data=request, max_early_data=transport.early_data,
                 early_data_header=transport.early_data_header or EARLY_DATA_HEADER, timeout=timeout)
+        if transport.kind == "grpc":
+            return await open_grpc(stream, authority=transport.host or sni or _share.netloc(host, port),
+                                   service_name=transport.path, timeout=timeout, tls=ctx is not None,
+                                   early_data=request)
         return await open_http2(stream, hosts=transport.hosts, path=transport.path or "/", timeout=timeout,
                                 early_data=request)
     except DialError as e:

@@ -2,6 +2,7 @@
 
     trojan://PASSWORD@HOST:PORT?sni=NAME&allowInsecure=1&alpn=h2,http/1.1#NAME
     trojan://PASSWORD@HOST:443?sni=NAME&type=ws&host=CDN.NAME&path=%2Ftj#NAME   (also type=h2)
+    trojan://PASSWORD@HOST:443?sni=NAME&type=grpc&serviceName=SVC#NAME
 
 After the TLS handshake the client sends, in one write,
 
@@ -19,10 +20,10 @@ Half-close: the client's EOF is not passed on by default. TLS can carry it
 the destination still had to say, while v2ray keeps answering; with
 `half_close=True` (for servers known to keep answering) write_eof sends it.
 
-Over ws or h2 (transport.py) the same bytes travel inside TLS, then the
-WebSocket or the HTTP/2 request: trojan-go's and v2ray's ws/h2 trojan.
+Over ws, h2 or grpc (transport.py) the same bytes travel inside TLS, then the
+WebSocket, the HTTP/2 request or the gRPC call: trojan-go's, v2ray's and mihomo's.
 A half-close is then the transport's: none over ws, the end of the request
-body over h2. grpc, quic and other transports, and REALITY, are refused.
+body over h2 and grpc. quic and other transports, and REALITY, are refused.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class TrojanNode:
         params = [("sni", self.sni), ("allowInsecure", "1" if self.allow_insecure else ""),
                   ("alpn", ",".join(self.alpn))]
         if t.kind != "tcp":
-            params += [("type", t.kind), ("host", t.host), ("path", t.link_path)]
+            params += t.link_params()
         return (f"trojan://{quote(self.password, safe='')}@{_share.netloc(self.host, self.port)}"
                 f"{_share.query_text(params)}{_share.fragment(self.name)}")
 
@@ -101,7 +102,9 @@ def parse_link(link: str, name: str = "") -> TrojanNode:
     if params.get("flow"):
         raise ValueError(f"flow={params['flow']} is not supported (only no flow)")
     transport = parse_type(params.get("type", ""), path=params.get("path", ""), host=params.get("host", ""),
-                           ed=params.get("ed", ""), header_type=params.get("headerType", ""), tls=True)
+                           ed=params.get("ed", ""), header_type=params.get("headerType", ""), tls=True,
+                           service_name=params.get("serviceName", ""),
+                           authority=params.get("authority", ""), mode=params.get("mode", ""))
     return TrojanNode(
         name=name or unquote(parts.fragment),
         host=_share.host_of(parts),

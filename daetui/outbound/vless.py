@@ -1,8 +1,9 @@
-"""VLESS nodes over TCP, WebSocket or HTTP/2, with or without TLS (h2: always TLS).
+"""VLESS nodes over TCP, WebSocket, HTTP/2 or gRPC, with or without TLS (h2: always TLS).
 
     vless://UUID@HOST:PORT?encryption=none&security=tls&sni=NAME&type=tcp&allowInsecure=1#NAME
     vless://UUID@HOST:443?security=tls&sni=NAME&type=ws&host=CDN.NAME&path=%2Fray%3Fed%3D2048#NAME
     vless://UUID@HOST:443?security=tls&type=h2&host=A,B&path=%2Fray#NAME
+    vless://UUID@HOST:443?security=tls&sni=NAME&type=grpc&serviceName=SVC&mode=gun#NAME
 
 Request (client -> server), then the payload:
 
@@ -19,9 +20,10 @@ there as the server closing (DialError). UDP datagrams travel as a 2-byte
 length and the payload, for the one destination in the request (so each
 destination gets its own connection; see _udp.py).
 
-The transport (`type`, `host`, `path`, `ed`) is transport.py's; refused
-with a reason: other transports (grpc, quic, kcp, xhttp, ...), `headerType=http`,
-`flow` (XTLS, xtls-rprx-vision, also with REALITY), `security=xtls`, `encryption` other than none.
+The transport (`type`, `host`, `path`, `ed`; grpc's `serviceName`, `authority`, `mode`)
+is transport.py's; refused with a reason: other transports (quic, kcp, xhttp, ...), grpc's
+`mode=multi`, `headerType=http`, `flow` (XTLS, xtls-rprx-vision, also with REALITY),
+`security=xtls`, `encryption` other than none.
 
 `security=reality` (`pbk`, `sid`, `sni`, `fp`, `spx`; reality.py) runs over tcp only.
 """
@@ -58,7 +60,7 @@ MAX_DATAGRAM = 65535
 
 @dataclass(frozen=True)
 class VlessNode:
-    """A VLESS server and how to reach it (its transport: tcp, ws or h2)."""
+    """A VLESS server and how to reach it (its transport: tcp, ws, h2 or grpc)."""
 
     protocol: ClassVar[NodeProtocol] = "vless"
 
@@ -76,8 +78,7 @@ class VlessNode:
     def link(self) -> str:
         """The share link of this node (parse_link(link()) == self)."""
         t = self.transport
-        params = [("encryption", "none"), ("security", self._security), ("type", t.kind),
-                  ("host", t.host), ("path", t.link_path),
+        params = [("encryption", "none"), ("security", self._security), *t.link_params(),
                   ("sni", self.sni), ("allowInsecure", "1" if self.allow_insecure else ""),
                   ("alpn", ",".join(self.alpn)), *(self.reality.params() if self.reality else ())]
         return (f"vless://{self.uuid}@{_share.netloc(self.host, self.port)}"
@@ -114,7 +115,8 @@ def parse_link(link: str, name: str = "") -> VlessNode:
             raise ValueError(f"security=reality over type={params['type']} is not supported (reality: tcp only)")
     transport = parse_type(params.get("type", ""), path=params.get("path", ""), host=params.get("host", ""),
                            ed=params.get("ed", ""), header_type=params.get("headerType", ""),
-                           tls=security == "tls")
+                           tls=security == "tls", service_name=params.get("serviceName", ""),
+                           authority=params.get("authority", ""), mode=params.get("mode", ""))
     return VlessNode(
         name=name or unquote(parts.fragment),
         host=_share.host_of(parts),

@@ -1,11 +1,12 @@
-"""VMess nodes with the AEAD header (alterId 0), over TCP, WebSocket or HTTP/2, with or without TLS.
+"""VMess nodes with the AEAD header (alterId 0), over TCP, WebSocket, HTTP/2 or gRPC, with or without TLS.
 
     vmess://BASE64(JSON)     v2rayN's format: {"v": "2", "ps": NAME, "add": HOST, "port": "443",
                              "id": UUID, "aid": "0", "scy": "auto", "net": "tcp", "type": "none",
                              "host": "", "path": "", "tls": "tls", "sni": NAME, "alpn": ""}
 
 `net` is the transport (transport.py): tcp, ws (`host` the Host header,
-`path` with `?ed=N` for early data) or h2/http (`host` a comma-separated list).
+`path` with `?ed=N` for early data), h2/http (`host` a comma-separated list)
+or grpc (`path` the service name, `host` the authority, `type` the mode: gun).
 
 What goes over the connection, client first (as v2ray 4.34 reads it):
 
@@ -39,7 +40,7 @@ Security `auto` means aes-128-gcm (as v2ray picks on amd64);
 chacha20-poly1305 keys are MD5(key) | MD5(MD5(key)). Command 2 (UDP) sends
 one datagram per chunk, to the destination in the header; see _udp.py.
 Refused with a reason: alterId > 0 (the legacy MD5 header), transports
-other than tcp/ws/h2 (grpc, quic, kcp, ...), HTTP header obfuscation
+other than tcp/ws/h2/grpc (quic, kcp, ...), grpc's multi mode, HTTP header obfuscation
 (`type: http`), security none/zero.
 """
 
@@ -99,7 +100,9 @@ SECURITY_IDS = {"aes-128-gcm": 3, "chacha20-poly1305": 4}
 SECURITIES = ("auto", *SECURITY_IDS)
 TAG = 16
 MAX_PADDING = 64
-CHUNK_PAYLOAD = 1 << 14  # plaintext per chunk we send; the length field allows up to 64 KiB
+# Plaintext per chunk we send. The length field allows up to 64 KiB, but mihomo's server (sing-vmess) breaks
+# the connection on a chunk over ~4 KiB (measured: 4096 bytes pass, 4200 do not); v2ray's own writer stays under 8 KiB.
+CHUNK_PAYLOAD = 1 << 12
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -511,7 +514,7 @@ class VmessPackets:
 
 @dataclass(frozen=True)
 class VmessNode:
-    """A vmess server (AEAD header) and how to reach it (its transport: tcp, ws or h2)."""
+    """A vmess server (AEAD header) and how to reach it (its transport: tcp, ws, h2 or grpc)."""
 
     protocol: ClassVar[NodeProtocol] = "vmess"
 
@@ -531,7 +534,8 @@ class VmessNode:
         t = self.transport
         obj: dict[str, str] = {
             "v": "2", "ps": self.name, "add": self.host, "port": str(self.port), "id": self.uuid, "aid": "0",
-            "scy": self.security, "net": t.kind, "type": "none", "host": t.host, "path": t.link_path,
+            "scy": self.security, "net": t.kind, "type": "gun" if t.kind == "grpc" else "none", "host": t.host,
+            "path": t.link_path,
             "tls": "tls" if self.tls else "", "sni": self.sni, "alpn": ",".join(self.alpn),
         }
         if self.allow_insecure:
@@ -620,7 +624,8 @@ def parse_link(link: str, name: str = "") -> VmessNode:
     # v2rayN writes `type` for tcp's header obfuscation (and kcp/quic's): only tcp's matters here.
     transport = parse_type(net, path=_text(obj, "path"), host=_text(obj, "host"),
                            header_type=_text(obj, "type") if net == "tcp" else "", tls=tls == "tls",
-                           key="net", header_key="type")
+                           key="net", header_key="type", mode=_text(obj, "type") if net in ("grpc", "gun") else "",
+                           mode_key="type")
     return VmessNode(
         name=name or _text(obj, "ps"),
         host=host,

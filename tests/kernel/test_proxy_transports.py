@@ -7,10 +7,12 @@ echo, source and UDP echo servers. TLS certificates come from a throwaway LabCA.
 
 v2ray 4.34 has no WebSocket early data (checked: it ignores the
 Sec-WebSocket-Protocol header, with or without `maxEarlyData`, and waits for
-the request in the first message), so early data is covered by the unit
-tests (tests/unit/test_websocket.py) against a wsproto server, not here; the
-Host header likewise (v2ray's ws inbound does not check it; its h2 inbound
-does, and that is tested here).
+the request in the first message), so early data is lab-tested against
+mihomo in test_proxy_grpc.py (the request shown to ride in the upgrade) and
+covered by the unit tests (tests/unit/test_websocket.py) against a wsproto
+server; the Host header is not checked by v2ray's ws inbound (its h2 inbound
+does, and that is tested here). The gRPC transport is tested against
+mihomo too, in test_proxy_grpc.py.
 """
 
 from __future__ import annotations

@@ -78,14 +78,14 @@ def test_tcp_links_are_unchanged() -> None:
 
 
 REFUSED = [
-    (_vmess(net="grpc"), "net=grpc is not supported: no grpc transport (supported: tcp, ws, h2"),
+    (_vmess(net="grpc", type="multi"), "type=multi is not supported: grpc mode multi (TunMulti)"),
     (_vmess(net="quic"), "net=quic is not supported: no quic transport"),
     (_vmess(net="kcp"), "net=kcp is not supported: no mkcp transport"),
     (_vmess(net="tcp", type="http"), "type=http (HTTP header obfuscation of tcp) is not supported (only none)"),
     (_vmess(net="h2", path="/h2"), "transport h2 needs tls"),
     (_vmess(net="ws", tls="reality"), "tls=reality is not supported: no REALITY client here"),
     (_vmess(net="splithttp"), "net=splithttp is not supported: no xhttp (splithttp) transport"),
-    (f"vless://{UID}@h.test:443?type=grpc&serviceName=x", "type=grpc is not supported: no grpc transport"),
+    (f"vless://{UID}@h.test:443?type=grpc&serviceName=x&mode=multi", "mode=multi is not supported: grpc mode"),
     (f"vless://{UID}@h.test:443?type=mkcp", "type=mkcp is not supported: no mkcp transport"),
     (f"vless://{UID}@h.test:443?type=xhttp&path=/x", "type=xhttp is not supported: no xhttp transport"),
     (f"vless://{UID}@h.test:443?type=tcp&headerType=http", "headerType=http (HTTP header obfuscation of tcp)"),
@@ -98,7 +98,7 @@ REFUSED = [
     (f"vless://{UID}@h.test:443?type=ws&path=%2Fx%3Fed%3Dlots", "early data ed='lots' is not a number"),
     (f"vless://{UID}@h.test:443?security=tls&type=h2&path=%2Fx%3Fed%3D10", "early data (ed=) is a ws setting"),
     (f"vless://{UID}@h.test:443?type=wss", "type=wss is not supported (supported transports: tcp, ws, h2"),
-    ("trojan://pw@h.test:443?type=grpc&serviceName=x", "type=grpc is not supported: no grpc transport"),
+    ("trojan://pw@h.test:443?type=grpc&serviceName=x&ed=8", "early data (ed=) is a ws setting, not grpc's"),
     ("trojan://pw@h.test:443?type=httpupgrade", "type=httpupgrade is not supported: no httpupgrade transport"),
     ("trojan://pw@h.test:443?security=reality", "security=reality is not supported: no REALITY"),
 ]
@@ -115,10 +115,10 @@ def test_refused_with_the_reason(link: str, reason: str) -> None:
 def test_transport_checks_itself() -> None:
     with pytest.raises(ValueError, match="early data"):
         Transport("h2", "/x", early_data=10)
-    with pytest.raises(ValueError, match="ws/h2 settings"):
+    with pytest.raises(ValueError, match="ws/h2/grpc settings"):
         Transport("tcp", "/x")
     with pytest.raises(ValueError, match="not supported"):
-        Transport("grpc")  # type: ignore[arg-type]
+        Transport("quic")  # type: ignore[arg-type]
     assert Transport("h2", "/x", " a.test , b.test ").hosts == ("a.test", "b.test")
     assert Transport("ws", "/x?q=1", early_data=8).link_path == "/x?q=1&ed=8"
     assert Transport("ws", "", early_data=8, early_data_header="X-E").link_path == "/?ed=8&eh=X-E"
