@@ -458,6 +458,8 @@ class Hy2Stream:
         # Back-pressure: what the server has not acknowledged yet is held here; wait while that is much.
         while conn.unacked(self.sid) > SEND_BUFFER and not (self.error or self.write_error or self.closed):
             await conn.drained()
+        if self.error or self.write_error:
+            raise DialError(f"{self.where}: {self.error or self.write_error}")
 
     async def write_eof(self) -> None:
         """Half-close: the stream's FIN; the destination may still answer."""
