@@ -7,7 +7,8 @@ v2ray's GunService: one HTTP/2 request per connection (net/http2.py),
 
     POST /<service_name>/Tun    content-type: application/grpc, te: trailers
 
-and each direction a sequence of gRPC messages, one per write, each
+and each direction a sequence of gRPC messages (a write's data in messages
+of at most MESSAGE_DATA bytes), each
 
     compressed flag (0) | length (4, big-endian) | protobuf Hunk { bytes data = 1; }
 
@@ -39,7 +40,7 @@ from daetui.net.stream import DialError, Stream
 
 READ_SIZE = 1 << 16
 MESSAGE_DATA = 1 << 15  # the most data per message we send: a server's message limit (4 MiB in grpc-go) is far
-USER_AGENT = b"grpc-python-daetui/1"
+USER_AGENT = b"grpc-go/1.36.0"  # what mihomo's client sends: a name of our own would single our requests out
 DATA_TAG = 0x0A  # field 1, wire type 2 (length-delimited): Hunk.data
 STATUS_NAMES = {
     1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
@@ -172,6 +173,11 @@ class HunkDecoder:
         return after
 
 
+def _named(e: DialError) -> DialError:
+    """An HTTP/2 layer's DialError as this transport's, so that a grpc node's errors say grpc."""
+    return DialError("grpc: " + str(e).removeprefix("h2: "))
+
+
 def status_error(fields: dict[bytes, bytes]) -> DialError | None:
     """The DialError a `grpc-status` other than 0 in these headers or trailers stands for (None: 0 or none)."""
     raw = fields.get(b"grpc-status")
@@ -216,7 +222,10 @@ class GrpcStream:
         while not self.out:
             if self._ended:
                 return b""
-            data = await self.h2s.read(READ_SIZE)
+            try:
+                data = await self.h2s.read(READ_SIZE)
+            except DialError as e:
+                raise _named(e) from None
             self._check_headers()
             if not data:
                 self._ended = True
@@ -232,10 +241,14 @@ class GrpcStream:
     async def write(self, data: bytes) -> None:
         """`data` as messages of at most MESSAGE_DATA bytes each, in one write to the request."""
         if len(data) <= MESSAGE_DATA:
-            await self.h2s.write(message(data))
-            return
-        view = memoryview(data)
-        await self.h2s.write(b"".join(message(view[i:i + MESSAGE_DATA]) for i in range(0, len(view), MESSAGE_DATA)))
+            out = message(data)
+        else:
+            view = memoryview(data)
+            out = b"".join(message(view[i:i + MESSAGE_DATA]) for i in range(0, len(view), MESSAGE_DATA))
+        try:
+            await self.h2s.write(out)
+        except DialError as e:
+            raise _named(e) from None
 
     async def write_eof(self) -> None:
         """End the request (the server ends the upload and keeps answering)."""
@@ -249,10 +262,13 @@ async def open_grpc(stream: Stream, *, authority: str, service_name: str, timeou
                     early_data: bytes = b"") -> GrpcStream:
     """A `Tun` call over `stream` (TLS with ALPN h2, or cleartext HTTP/2 when `tls` is False), `early_data` its
     first message; DialError when the request cannot be sent within `timeout` (`stream` closed then)."""
-    h2s = await open_http2(
-        stream, hosts=(authority,), path=tun_path(service_name), timeout=timeout, method="POST",
-        scheme="https" if tls else "http", not_found="wrong serviceName?",
-        headers=((b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"user-agent", USER_AGENT)))
+    try:
+        h2s = await open_http2(
+            stream, hosts=(authority,), path=tun_path(service_name), timeout=timeout, method="POST",
+            scheme="https" if tls else "http", not_found="wrong serviceName?",
+            headers=((b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"user-agent", USER_AGENT)))
+    except DialError as e:
+        raise _named(e) from None
     g = GrpcStream(h2s)
     if early_data:
         try:
