@@ -33,7 +33,7 @@ from daetui.outbound._address import socks_address
 
 log = logging.getLogger(__name__)
 
-STREAM_BUFFER = 1 << 20      # a stream's unread bytes before the session's reader waits for it
+STREAM_BUFFER = 256 << 10    # a stream's unread bytes before the session's reader waits for it
 CONTROL_TIMEOUT = 5.0        # a FIN or heartbeat answer not written by then: the connection is stuck
 MAX_SESSIONS = 256           # open sessions per pool; a dial past that fails rather than opening more
 
@@ -142,13 +142,14 @@ class Session:
     """One TLS connection to the server and the streams on it."""
 
     def __init__(self, tls: Stream, seq: int, padding: Padding, client: str,
-                 on_idle: Callable[[Session], None]) -> None:
+                 on_idle: Callable[[Session], None], on_end: Callable[[Session], None]) -> None:
         self.tls = tls
         self.seq = seq
         self.padding = padding
         self.scheme = padding.scheme          # this session's own: a server's update is for the next ones
         self.client = client
-        self.on_idle = on_idle
+        self.on_idle = on_idle                # its last stream ended
+        self.on_end = on_end                  # it ended (the pool forgets it)
         self.loop = asyncio.get_running_loop()
         self.streams: dict[int, AnyStream] = {}
         self.next_sid = 1
@@ -259,6 +260,9 @@ class Session:
         except asyncio.CancelledError:
             self.fail(DialError("anytls: the session was closed"))
             raise
+        except Exception as e:  # a bug here must not leave the streams waiting forever
+            log.exception("anytls: the session's reader failed")
+            self.fail(DialError(f"anytls: the session failed: {e!r}"))
 
     def _ended_why(self, partial: bool) -> str:
         if not self.heard:
@@ -316,6 +320,7 @@ class Session:
             stream.end(error)
         self.streams.clear()
         self.tls.close()
+        self.on_end(self)
         if self._reader is not asyncio.current_task() and not self._reader.done():
             with contextlib.suppress(RuntimeError):  # its loop is gone: nothing to cancel
                 self._reader.cancel()
@@ -388,9 +393,13 @@ class SessionPool:
     async def _new(self) -> Session:
         tls = await self.connect(self.padding.scheme)
         self.seq += 1
-        s = Session(tls, self.seq, self.padding, self.client, self._idle)
+        s = Session(tls, self.seq, self.padding, self.client, self._idle, self._ended)
         self.sessions.append(s)
         return s
+
+    def _ended(self, session: Session) -> None:
+        with contextlib.suppress(ValueError):
+            self.sessions.remove(session)
 
     def _idle(self, session: Session) -> None:
         """A session's last stream ended: keep it for a while, within max_idle."""
@@ -426,7 +435,7 @@ class SessionPool:
 
     def close(self) -> None:
         """Close every session (and the streams on them)."""
-        for s in self.sessions:
+        for s in list(self.sessions):  # each one leaves the list as it ends
             s.close()
         self.sessions = []
         if self._timer is not None:

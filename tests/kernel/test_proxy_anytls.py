@@ -144,6 +144,7 @@ def test_tcp_and_udp(peers: Peers, v: int) -> None:
             assert d.pool.seq == 1, "every stream rode the first session"
             session = d.pool.sessions[0]
             assert session.peer_version == 2 and session.next_sid == 6
+            assert session.padding_updates == 0, "the server found our default scheme's md5 its own"
         finally:
             d.close()
 
