@@ -100,8 +100,9 @@ SECURITY_IDS = {"aes-128-gcm": 3, "chacha20-poly1305": 4}
 SECURITIES = ("auto", *SECURITY_IDS)
 TAG = 16
 MAX_PADDING = 64
-# Plaintext per chunk we send. The length field allows up to 64 KiB, but mihomo's server (sing-vmess, sing-box's
-# too) breaks the connection on a larger chunk (measured with mihomo 1.19.23, over tcp and grpc: 4096 pass, 4097 not).
+# Plaintext per chunk we send. The length field allows up to 64 KiB, but mihomo's server (its vmess
+# is sing-vmess) breaks the connection on a larger chunk (measured with mihomo 1.19.23, over tcp and
+# grpc: 4096 bytes pass, 4097 do not). Sealing 1 MB costs ~2.0 ms in 4 KiB chunks, ~1.5 ms in 16 KiB.
 CHUNK_PAYLOAD = 1 << 12
 HANDSHAKE_TIMEOUT = 10.0
 
