@@ -5,8 +5,9 @@
 
 (the link form is v2.hysteria.network/docs/developers/URI-Scheme/). A
 password of the `user:pass` form is sent as it is: that is what a server
-with userpass authentication reads. Port hopping (`HOST:443,5000-6000`,
-`mport=`) is refused: one port only.
+with userpass authentication reads. Port hopping (`HOST:443,5000-6000`, or
+`mport=5000-6000` as v2rayN writes it) sends to a random port of those,
+another every 30 seconds (_hy2_hop.py).
 
 The protocol (v2.hysteria.network/docs/developers/Protocol/): QUIC with TLS
 1.3 and ALPN h3 to the server, then an HTTP/3 `POST /auth` with the
@@ -45,6 +46,7 @@ from daetui.net.address import is_address, resolve
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
 from daetui.outbound._hy2_conn import STREAM_WINDOW, Hy2Connection, Hy2Datagrams, Hy2Stream, _Quic
+from daetui.outbound._hy2_hop import HOP_INTERVAL, Hopper, parse_ports
 from daetui.outbound._hy2_wire import Salamander
 from daetui.outbound.state import NodeProtocol
 
@@ -71,23 +73,30 @@ class Hysteria2Node:
     pin_sha256: str = ""            # hex SHA-256 of the server's certificate (DER), checked besides the chain
     obfs: str = ""                  # "" or "salamander"
     obfs_password: str = field(default="", repr=False)
+    hop_ports: str = ""             # port hopping: the ports to hop between ("443,5000-6000"); "" for `port` only
 
     def link(self) -> str:
         """The share link of this node (parse_link(link()) == self)."""
         params = [("obfs", self.obfs), ("obfs-password", self.obfs_password), ("sni", self.sni),
                   ("insecure", "1" if self.allow_insecure else ""), ("pinSHA256", self.pin_sha256)]
-        return (f"hysteria2://{quote(self.password, safe=':')}@{_share.netloc(self.host, self.port)}/"
+        netloc = _share.netloc(self.host, self.port)
+        if self.hop_ports and parse_ports(self.hop_ports)[0][0] == self.port:
+            netloc = f"{netloc.rpartition(':')[0]}:{self.hop_ports}"  # the spec's multi-port form
+        elif self.hop_ports:
+            params.append(("mport", self.hop_ports))
+        return (f"hysteria2://{quote(self.password, safe=':')}@{netloc}/"
                 f"{_share.query_text(params)}{_share.fragment(self.name)}")
 
     def dialer(self, via: Dialer, *, allow_insecure: bool = False, ca_file: str | Path | None = None,
-               handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Hysteria2Dialer:
+               handshake_timeout: float = HANDSHAKE_TIMEOUT, hop_interval: float = HOP_INTERVAL
+               ) -> Hysteria2Dialer:
         """A Dialer through this node, its UDP socket made by `via` (the direct dialer).
 
         `allow_insecure` (daetui's global setting, or the link's `insecure`) accepts any
         certificate; `ca_file` trusts those CAs instead of the system's.
         """
         return Hysteria2Dialer(self, via, allow_insecure=allow_insecure or self.allow_insecure, ca_file=ca_file,
-                               handshake_timeout=handshake_timeout)
+                               handshake_timeout=handshake_timeout, hop_interval=hop_interval)
 
 
 def _split_netloc(netloc: str) -> tuple[str, str, str]:
@@ -121,12 +130,18 @@ def parse_link(link: str, name: str = "") -> Hysteria2Node:
     if not host:
         raise ValueError("no server host")
     params = dict(parse_qsl(query, keep_blank_values=True))
-    if params.get("mport"):
-        raise ValueError(f"port hopping (mport={params['mport']}) is not supported: give the node one port")
+    hop_ports = ""
     if port_text and not port_text.isdigit():
-        if re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", port_text):
-            raise ValueError(f"port hopping (ports {port_text}) is not supported: give the node one port")
-        raise ValueError(f"bad port {port_text!r}")
+        if not re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", port_text):
+            raise ValueError(f"bad port {port_text!r}")
+        ranges = parse_ports(port_text)
+        hop_ports = port_text
+        port_text = str(ranges[0][0])
+    if params.get("mport"):
+        if hop_ports:
+            raise ValueError(f"ports {hop_ports} and mport={params['mport']}: one of them")
+        parse_ports(params["mport"])
+        hop_ports = params["mport"].replace(" ", "")
     port = int(port_text) if port_text else DEFAULT_PORT
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
@@ -156,6 +171,7 @@ def parse_link(link: str, name: str = "") -> Hysteria2Node:
         pin_sha256=_pin(params["pinSHA256"]) if params.get("pinSHA256") else "",
         obfs=obfs,
         obfs_password=obfs_password,
+        hop_ports=hop_ports,
     )
 
 
@@ -172,16 +188,21 @@ class Hysteria2Dialer:
     """Dials destinations through a Hysteria2 server, over one shared QUIC connection."""
 
     def __init__(self, node: Hysteria2Node, via: Dialer, *, allow_insecure: bool = False,
-                 ca_file: str | Path | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 ca_file: str | Path | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 hop_interval: float = HOP_INTERVAL) -> None:
         self.node = node
         self.name = node.name
         self.via = via
         self.allow_insecure = allow_insecure
         self.ca_file = str(ca_file) if ca_file else None
         self.handshake_timeout = handshake_timeout
-        self.where = f"hysteria2 {_share.netloc(node.host, node.port)}"
+        self.hop_interval = hop_interval
+        netloc = _share.netloc(node.host, node.port)
+        self.where = f"hysteria2 {netloc.rpartition(':')[0]}:{node.hop_ports}" if node.hop_ports \
+            else f"hysteria2 {netloc}"
         self._conn: Hy2Connection | None = None
         self._opening: asyncio.Task[Hy2Connection] | None = None
+        self.hopper: Hopper | None = None      # the port hopping of the last connection opened, if it hops
         self.handshakes = 0
 
     async def connect(self, host: str, port: int) -> Hy2Stream:
@@ -240,20 +261,19 @@ class Hysteria2Dialer:
                 raise DialError(f"{self.where}: resolving {node.host}: {e}") from None
         else:
             ip = await resolve(node.host, node.port, socket.SOCK_DGRAM)
-        try:
-            sock = udp_socket(ip, node.port)
-            peer = sock.getpeername()  # the form datagrams arrive from: QUIC's path is matched against it
-        except OSError as e:
-            raise DialError(f"{self.where}: {e.strerror or e}") from None
         obfs = Salamander(node.obfs_password) if node.obfs == "salamander" else None
         quic = _Quic(configuration=self._config())
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_datagram_endpoint(lambda: Hy2Connection(quic, self.where, node.password, obfs),
-                                                          sock=sock)
-        except BaseException:
-            sock.close()
-            raise
+            if node.hop_ports:
+                conn = Hy2Connection(quic, self.where, node.password, obfs)
+                hopper = self.hopper = Hopper(lambda port: udp_socket(ip, port), parse_ports(node.hop_ports),
+                                              self.hop_interval)
+                peer = await hopper.start(conn.datagram_received)
+                conn.connection_made(hopper)
+            else:
+                conn, peer = await self._endpoint(udp_socket(ip, node.port), obfs, quic)
+        except OSError as e:
+            raise DialError(f"{self.where}: {e.strerror or e}") from None
         step = "QUIC handshake"
         try:
             async with asyncio.timeout(self.handshake_timeout):
@@ -278,6 +298,18 @@ class Hysteria2Dialer:
             self._conn.abort()
         self._conn = conn
         return conn
+
+    async def _endpoint(self, sock: socket.socket, obfs: Salamander | None, quic: _Quic
+                        ) -> tuple[Hy2Connection, object]:
+        """The connection on its one socket, and the peer address datagrams come from."""
+        try:
+            peer = sock.getpeername()  # the form datagrams arrive from: QUIC's path is matched against it
+            _, conn = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: Hy2Connection(quic, self.where, self.node.password, obfs), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return conn, peer
 
     def _check_pin(self, quic: _Quic) -> None:
         pin = self.node.pin_sha256

@@ -656,9 +656,8 @@ def _clash_http(proxy: dict[str, Any], netloc: str, name: str) -> str:
 
 
 def _clash_hysteria2(proxy: dict[str, Any], netloc: str, name: str) -> str:
-    # up/down only tune the client's congestion control (Brutal), which daetui leaves to QUIC's own: left out.
-    if _text(proxy.get("ports")):
-        raise ValueError(f"ports {_text(proxy['ports'])!r} (port hopping) is not supported: one port only")
+    # up/down only tune the client's congestion control (Brutal), which daetui leaves to QUIC's own, and
+    # hop-interval the port hopping's pace: left out.
     if _text(proxy.get("ca")) or _text(proxy.get("ca-str")):
         raise ValueError("ca / ca-str (a CA of the node's own) is not supported: use daetui's ca_file")
     alpn = _texts(proxy.get("alpn"))
@@ -666,7 +665,7 @@ def _clash_hysteria2(proxy: dict[str, Any], netloc: str, name: str) -> str:
         raise ValueError(f"alpn {','.join(alpn)} is not supported (hysteria2 runs over h3)")
     params = [("obfs", _text(proxy.get("obfs"))), ("obfs-password", _text(proxy.get("obfs-password"))),
               ("sni", _text(proxy.get("sni"))), ("insecure", "1" if _flag(proxy.get("skip-cert-verify")) else ""),
-              ("pinSHA256", _text(proxy.get("fingerprint")))]
+              ("pinSHA256", _text(proxy.get("fingerprint"))), ("mport", _text(proxy.get("ports")).replace("/", ","))]
     password = quote(_text(proxy.get("password")), safe=":")
     return f"hysteria2://{password}@{netloc}/{_query(params)}{_share.fragment(name)}"
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import ssl
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ OBFS_PASSWORD = "lab salamander key"
 PORT = 10750
 PORT_OBFS = 10751
 PORT_TROJAN = 10752    # trojan-gfw's, on the wan's own address (mihomo refuses a connection to itself)
+HOP_PORTS = (10753, 10757)  # sent to PORT by the wan's firewall, as a port-hopping server's is told to
 MB = 1 << 20
 ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
@@ -217,6 +220,64 @@ def test_a_connection_that_ended_is_opened_again(peers: Peers) -> None:
             d.close()
 
     assert in_router(peers.lab, run()) == 2
+
+
+@pytest.fixture
+def hop_firewall(peers: Peers) -> Iterator[None]:
+    """The wan's nft DNAT of HOP_PORTS to the listener's PORT (what hysteria's docs tell a server to set up)."""
+    table = f"hy2hop{os.getpid()}"
+    low, high = HOP_PORTS
+    rules = f"""table inet {table} {{
+  chain pre {{
+    type nat hook prerouting priority dstnat;
+    ip daddr {SERVER[4]} udp dport {low}-{high} dnat ip to {SERVER[4]}:{PORT}
+    ip6 daddr {SERVER[6]} udp dport {low}-{high} dnat ip6 to [{SERVER[6]}]:{PORT}
+  }}
+}}
+"""
+    subprocess.run(["ip", "netns", "exec", peers.lab.wan, "nft", "-f", "-"], input=rules, text=True, check=True,
+                   timeout=10)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "exec", peers.lab.wan, "nft", "delete", "table", "inet", table], timeout=10,
+                       check=False)
+
+
+@V4V6
+def test_port_hopping(peers: Peers, hop_firewall: None, v: int) -> None:
+    """A node of ports 10753-10757: its packets go to one port, then another every hop; a TCP stream and a UDP
+    session carry on across the hops (mihomo's QUIC takes the client's new address each time)."""
+    addr = f"[{SERVER[v]}]" if v == 6 else SERVER[v]
+    node = parse_link(f"hy2://{quote(PASSWORD)}@{addr}:{HOP_PORTS[0]}-{HOP_PORTS[1]}/?sni={TLS_NAME}")
+    assert node.hop_ports == "10753-10757"
+    d = dialer_of(peers, node, hop_interval=0.25)
+    payload = pattern_bytes(50_000)
+
+    async def run() -> list[int]:
+        try:
+            s = await d.connect(DEST[v], ECHO_PORT)
+            u = await d.datagrams()
+            for _ in range(6):  # 6 rounds, ~0.3 s apart: over several hops
+                await s.write(payload)
+                got = bytearray()
+                while len(got) < len(payload):
+                    data = await asyncio.wait_for(s.read(1 << 16), 5)
+                    assert data
+                    got += data
+                assert got == payload
+                await udp_round(u, (1400,))
+                await asyncio.sleep(0.3)
+            s.close()
+            u.close()
+            assert d.hopper is not None and d.handshakes == 1
+            return d.hopper.ports
+        finally:
+            d.close()
+
+    ports = in_router(peers.lab, run())
+    assert len(ports) >= 5 and all(HOP_PORTS[0] <= p <= HOP_PORTS[1] for p in ports), ports
+    assert len(set(ports)) >= 2, ports
 
 
 def test_keepalive_while_in_use(peers: Peers, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from daetui.outbound import hysteria2
+from daetui.outbound._hy2_hop import parse_ports, pick_port
 from daetui.outbound.hysteria2 import Hysteria2Node
 from daetui.outbound.links import LinkError, link_problem, parse_link, with_allow_insecure
 from daetui.outbound.subscription import clash_link
@@ -29,6 +30,11 @@ PIN = "ab" * 32
      Hysteria2Node("", "h.test", 443, "pw", pin_sha256=PIN)),
     # obfs-password without obfs means nothing; unknown parameters (up, down) are the client's tuning
     ("hysteria2://pw@h.test:443/?obfs-password=x&upmbps=100", Hysteria2Node("", "h.test", 443, "pw")),
+    # port hopping: the spec's multi-port form (the first port is the node's port), and v2rayN's mport
+    ("hysteria2://pw@h.test:443,5000-6000/", Hysteria2Node("", "h.test", 443, "pw", hop_ports="443,5000-6000")),
+    ("hy2://pw@[2001:db8::1]:5000-6000", Hysteria2Node("", "2001:db8::1", 5000, "pw", hop_ports="5000-6000")),
+    ("hysteria2://pw@h.test:443/?mport=20000-30000,40000",
+     Hysteria2Node("", "h.test", 443, "pw", hop_ports="20000-30000,40000")),
 ])
 def test_links_parse(link: str, wanted: Hysteria2Node) -> None:
     node = parse_link(link)
@@ -52,9 +58,10 @@ def test_link_prints_the_spec_form() -> None:
 
 
 @pytest.mark.parametrize(("link", "reason"), [
-    ("hysteria2://pw@h.test:443,5000-6000/", "port hopping (ports 443,5000-6000) is not supported"),
-    ("hy2://pw@h.test:5000-6000", "port hopping (ports 5000-6000) is not supported"),
-    ("hysteria2://pw@h.test:443/?mport=5000-6000", "port hopping (mport=5000-6000) is not supported"),
+    ("hysteria2://pw@h.test:443,6000-5000/", "bad port range '6000-5000'"),
+    ("hy2://pw@h.test:5000-70000", "bad port range '5000-70000'"),
+    ("hysteria2://pw@h.test:443/?mport=5000-", "bad ports '5000-'"),
+    ("hysteria2://pw@h.test:443,444/?mport=5000", "ports 443,444 and mport=5000: one of them"),
     ("hysteria2://pw@h.test:port/", "bad port 'port'"),
     ("hysteria2://pw@h.test:70000/", "port 70000 out of range"),
     ("hysteria2://h.test:443/", "no password"),
@@ -112,8 +119,23 @@ def test_clash_hysteria2_becomes_its_link() -> None:
                                                    obfs_password="gawrgura")
 
 
+def test_clash_ports_are_port_hopping() -> None:
+    proxy = {"name": "h", "type": "hysteria2", "server": "h.test", "port": 443, "password": "p",
+             "ports": "443,5000-6000", "hop-interval": 10}
+    node = parse_link(clash_link(proxy)[0])
+    assert (node.port, node.hop_ports) == (443, "443,5000-6000")
+
+
+def test_port_ranges() -> None:
+    assert parse_ports("443, 5000-6000") == ((443, 443), (5000, 6000))
+    ranges = ((443, 443), (5000, 5002))
+    seen = {pick_port(ranges) for _ in range(400)}
+    assert seen == {443, 5000, 5001, 5002}
+    with pytest.raises(ValueError, match="more than 64"):
+        parse_ports(",".join(str(p) for p in range(1000, 1100)))
+
+
 @pytest.mark.parametrize(("extra", "reason"), [
-    ({"ports": "443,5000-6000"}, "port hopping"),
     ({"ca-str": "-----BEGIN CERTIFICATE-----"}, "ca / ca-str"),
     ({"alpn": ["h2"]}, "alpn h2 is not supported"),
 ])
