@@ -12,6 +12,12 @@ are watched (a `via` that records what is written to the server), and a
 destination that speaks first answers through a session whose only bytes
 sent were the upgrade request, which holds the vmess request in
 Sec-WebSocket-Protocol: mihomo took the request from there.
+
+What mihomo does not do, and so is not tested here: pass vmess's own end
+marker on (test_half_close runs vless and trojan), take vmess chunks over
+4096 bytes (test_vmess_chunks_mihomo_takes), serve grpc's multi mode
+(refused when a link is parsed), or relay a connection back to itself
+("reject loopback connection": no chain through one mihomo).
 """
 
 from __future__ import annotations
