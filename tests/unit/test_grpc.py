@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import re
 import socket
 import struct
@@ -72,6 +73,17 @@ def test_several_messages_in_one_read() -> None:
     d = HunkDecoder()
     assert d.feed(b"".join(message(p) for p in parts)) == b"".join(parts)
     assert d.at_boundary
+
+
+def test_random_messages_cut_at_random() -> None:
+    """Many messages of random sizes (varints of 1 to 3 bytes), the body cut at random places: the data whole."""
+    rng = random.Random(13)
+    parts = [rng.randbytes(rng.choice((0, 1, 127, 128, 300, 16383, 16384, 40_000))) for _ in range(200)]
+    body = b"".join(message(p) for p in parts)
+    cuts = sorted(rng.sample(range(1, len(body)), 500))
+    d = HunkDecoder()
+    got = b"".join(d.feed(body[a:b]) for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True))
+    assert got == b"".join(parts) and d.at_boundary
 
 
 def test_fields_other_than_data_are_skipped() -> None:
