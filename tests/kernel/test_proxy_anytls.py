@@ -28,9 +28,10 @@ from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.net.stream import Datagrams, DialError
 from daetui.outbound import _anytls_wire as wire
-from daetui.outbound import anytls, links
+from daetui.outbound import anytls, links, trojan
 from daetui.outbound.direct import DirectDialer
 from testkit.peers.mihomo import Mihomo, tls
+from testkit.peers.trojan import TrojanGfw
 
 pytestmark = pytest.mark.kernel
 
@@ -40,6 +41,7 @@ TLS_NAME = "anytls.lab.test"
 PASSWORD = "lab anytls password: with / and @"
 PORT = 10701   # 10700-10709 are this module's
 PORT_PADDING = 10702  # a listener with a padding scheme of its own
+PORT_TROJAN = 10703   # trojan-gfw, for chains
 PADDING = "stop=3\n0=10-20\n1=300-600,c,200-200\n2=50-900"
 MB = 1 << 20
 ECHO = 256 << 10
@@ -189,6 +191,33 @@ def test_idle_sessions_closed(peers: Peers) -> None:
             d.close()
 
     in_router(peers.lab, run())
+
+
+def test_chains_with_trojan(peers: Peers) -> None:
+    """anytls at each end of a chain with trojan-gfw (mihomo cannot be both hops: it refuses what comes
+    from its own outbound as a loop): trojan's TLS inside an anytls stream; anytls's session inside a
+    trojan stream, TCP and UDP through it."""
+    async def run() -> None:
+        first = dialer_of(peers, link_of(4))
+        tj = trojan.parse_link(f"trojan://{quote(PASSWORD, safe='')}@{DEST[4]}:{PORT_TROJAN}?sni={TLS_NAME}")
+        over_anytls = tj.dialer(first, ca_file=peers.ca.ca_file)
+        second = links.parse_link(link_of(6)).dialer(tj.dialer(DirectDialer(mark=0, connect_timeout=3),
+                                                                ca_file=peers.ca.ca_file),
+                                                      ca_file=peers.ca.ca_file, handshake_timeout=5)
+        try:
+            assert await download(over_anytls, DEST[6], 200_000) == pattern_bytes(200_000)
+            assert await download(second, DEST[4], 200_000) == pattern_bytes(200_000)
+            u = await second.datagrams()
+            try:
+                await udp_round(u, [DEST[4], DEST[6]], (700,))
+            finally:
+                u.close()
+        finally:
+            second.close()
+            first.close()
+
+    with TrojanGfw(peers.lab, peers.ca, [PASSWORD], address=DEST[4], port=PORT_TROJAN):
+        in_router(peers.lab, run())
 
 
 def test_wrong_password(peers: Peers) -> None:
