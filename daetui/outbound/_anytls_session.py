@@ -190,6 +190,9 @@ class Session:
             try:
                 for piece in pieces:
                     await self.tls.write(piece)
+            except DialError as e:  # the layer below's own words (a chain's stream that ended)
+                self.fail(e)
+                raise
             except OSError as e:
                 error = DialError(f"anytls: writing to the server: {e.strerror or e}")
                 self.fail(error)
