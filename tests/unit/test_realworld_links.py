@@ -7,10 +7,11 @@ verdict and the fields a parser must give. Here:
 - a link dae accepts is parsed by daetui with the `expect` fields equal, or
   refused for a thing daetui has no client for (a "no-server" thing, read
   from the link by this test on its own: a ShadowTLS or unknown SIP003 plugin,
-  Hysteria2, TUIC, the gRPC transport, REALITY, the XTLS vision flow), the
-  reason naming that thing; a link with such a thing is never accepted
-  (shadowsocks 2022 and the stream ciphers have clients now: tested against
-  mihomo and ss-server in tests/kernel/test_proxy_ss_methods.py);
+  gRPC's multi mode, REALITY that cannot be dialled (over another transport than
+  tcp, with `pqv`, or a key that is not one), the XTLS vision flow), the reason
+  naming that thing; a link with such a thing is never accepted (shadowsocks
+  2022, the stream ciphers, Hysteria2, TUIC, gRPC and REALITY have clients now,
+  each tested against mihomo or ss-server in tests/kernel/test_proxy_*.py);
 - a link dae rejects is rejected (unless the corpus says accepting it is a
   harmless leniency);
 - every link daetui accepts round-trips: parse, link(), parse gives an equal node;
@@ -68,7 +69,7 @@ def _cases(cases: list[dict[str, Any]], key: str) -> list[Any]:
 STREAM_CIPHERS = {"rc4", "des-cfb", "table"}
 # SIP003 plugins daetui runs (or will: simple-obfs and v2ray-plugin are being added to shadowsocks.py).
 KNOWN_PLUGINS = {"obfs-local", "simple-obfs", "v2ray-plugin"}
-NO_CLIENT_SCHEMES = {"hysteria2": "hysteria2", "hy2": "hysteria2", "tuic": "tuic"}
+NO_CLIENT_SCHEMES: dict[str, str] = {}  # hysteria2, hy2 and tuic have clients now
 
 
 def _b64(text: str) -> str:
@@ -102,6 +103,17 @@ def ss_things(method: str, plugin: str) -> list[str]:
     return things
 
 
+def _reality_dialable(scheme: str, transport: str, params: dict[str, str]) -> bool:
+    """vless over tcp with a real X25519 public key and short id, no post-quantum check: what daetui dials."""
+    pbk, sid = params.get("pbk", ""), params.get("sid", "")
+    try:
+        key = base64.urlsafe_b64decode(pbk + "=" * (-len(pbk) % 4))
+    except (binascii.Error, ValueError):
+        key = b""
+    return (scheme == "vless" and transport.lower() in ("", "tcp") and "pqv" not in params and len(key) == 32
+            and len(sid) <= 16 and len(sid) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in sid))
+
+
 def no_client_things(link: str) -> list[str]:
     """The words a refusal of this link must contain (any one): the things it asks for that have no client."""
     scheme, _, body = link.partition("://")
@@ -113,18 +125,21 @@ def no_client_things(link: str) -> list[str]:
     if scheme in ("vless", "trojan"):
         params = {k: v[-1] for k, v in parse_qs(body.partition("#")[0].partition("?")[2]).items()}
         transport, security, flow = params.get("type", ""), params.get("security", ""), params.get("flow", "")
+        mode = params.get("mode", "")
     elif scheme == "vmess":
         try:
             doc = json.loads(_b64(body.partition("#")[0]) or "{}")
         except ValueError:
             return []
         transport, security, flow = str(doc.get("net", "")), str(doc.get("tls", "")), ""
+        mode = str(doc.get("type", "")) if transport.lower() in ("grpc", "gun") else ""
+        params = {}
     else:
         return []
     things = []
-    if transport.lower() == "grpc":
-        things.append("grpc")
-    if security.lower() == "reality":
+    if transport.lower() in ("grpc", "gun") and mode.lower() not in ("", "gun", "none"):
+        things.append("mode=" + mode.lower())  # gun is dialled (tested against mihomo); multi is not
+    if security.lower() == "reality" and not _reality_dialable(scheme, transport, params):
         things.append("reality")
     if "vision" in flow.lower():
         things.append("vision")
