@@ -73,10 +73,12 @@ GLOBAL: dict[str, DaeKey] = {
     "tls_fragment_interval": DaeKey("str", "v1.1.0", None, "daetui does not fragment TLS ClientHellos"),
     "pprof_port": DaeKey("u16", "v0", None, "daetui has no pprof"),
     "mptcp": DaeKey("bool", "v0", None, "daetui does not dial with MPTCP"),
-    "bandwidth_max_tx": DaeKey("str", "v0", None, "hysteria2's bandwidth: hysteria2 nodes are refused here"),
-    "bandwidth_max_rx": DaeKey("str", "v0", None, "hysteria2's bandwidth: hysteria2 nodes are refused here"),
-    "udphop_interval": DaeKey("duration", "v1.1.0", None, "hysteria2's port hopping: hysteria2 nodes are "
-                                                           "refused here"),
+    "bandwidth_max_tx": DaeKey("str", "v0", None, "hysteria2's Brutal bandwidth: daetui's hysteria2 runs "
+                                                  "aioquic's congestion control, not Brutal"),
+    "bandwidth_max_rx": DaeKey("str", "v0", None, "hysteria2's Brutal bandwidth: daetui's hysteria2 runs "
+                                                  "aioquic's congestion control, not Brutal"),
+    "udphop_interval": DaeKey("duration", "v1.1.0", None, "hysteria2's port hopping: daetui hops every 30 s "
+                                                           "(hysteria's default), not settable yet"),
     # Keys of a dae development branch, never released; kept so that configs written for it convert.
     "dns_performance_level": DaeKey("str", "dev", None, "daetui's DNS controller has no performance levels"),
     "dns_ingress_manual": DaeKey("block", "dev", None, "daetui's DNS controller has no worker queue to size"),
