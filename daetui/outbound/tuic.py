@@ -22,10 +22,16 @@ close the connection (mihomo: "AuthenticationFailed"), which every stream
 and association on it then reports as a DialError saying so.
 
 UDP: one association (ASSOC_ID) per `datagrams()`, its Packets sent as QUIC
-datagrams (udp_relay_mode=native; fragmented to fit one QUIC packet) or each
-on a unidirectional stream of its own (quic); the server answers in the
-same mode. Fragments are put back together per association, a bounded
-number of packets at a time.
+datagrams (udp_relay_mode=native; fragmented to fit a QUIC packet of 1200
+bytes) or each on a unidirectional stream of its own (quic); the server
+answers in the same mode. Fragments are put back together per association,
+a bounded number of packets at a time. Known limits of mihomo's side (quic
+mode has neither): it reassembles each QUIC datagram in a goroutine of its
+own, so fragments of packets sent back to back may race there and lose the
+packet, as they do from mihomo's own client; and it sizes its fragments to
+the packets its path MTU discovery aims at, so a long answer in the first
+moments of a connection may be lost. (Offering smaller DATAGRAM frames than
+65535 does not help: with 1160, mihomo lost every fragmented answer from IPv6.)
 
 One QUIC connection per dialer carries every stream and association; a
 connection that ended (idle, the server closed it, a lost network) is
@@ -252,12 +258,9 @@ def packets(assoc_id: int, pkt_id: int, data: bytes, host: str, port: int, room:
     total = -(-len(data) // size)
     if size <= 0 or total > 255:
         raise DialError(f"datagram of {len(data)} bytes does not fit 255 fragments of {size}")
-    out = []
-    for i in range(total):
-        piece = data[i * size:(i + 1) * size]
-        out.append(struct.pack("!BBHHBBH", VERSION, PACKET, assoc_id, pkt_id, total, i, len(piece))
-                   + (addr if i == 0 else bytes((ATYP_NONE,))) + piece)
-    return out
+    return [struct.pack("!BBHHBBH", VERSION, PACKET, assoc_id, pkt_id, total, i, len(piece))
+            + (addr if i == 0 else bytes((ATYP_NONE,))) + piece
+            for i, piece in enumerate(data[k:k + size] for k in range(0, len(data), size))]
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,7 @@ class Reassembly:
         # pkt_id -> (fragment count, fragments so far, sender from the first fragment, bytes so far)
         self.partial: OrderedDict[int, tuple[int, dict[int, bytes], tuple[str, int] | None, int]] = OrderedDict()
         self.dropped = 0
+        self.reassembled = 0   # packets that came in fragments, put back together
 
     def feed(self, p: Packet) -> tuple[bytes, str, int] | None:
         """The whole datagram and its sender once `p` completes one; else None."""
@@ -327,6 +331,7 @@ class Reassembly:
         if sender is None:
             self.dropped += 1  # a first fragment without an address: nowhere to say it came from
             return None
+        self.reassembled += 1
         return b"".join(frags[i] for i in range(total)), sender[0], sender[1]
 
 
@@ -495,7 +500,12 @@ class _Connection(QuicConnectionProtocol):
         self.transmit()
         if not self.ready.done():
             self.ready.set_result(None)
-        self._beat = self._loop.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+        self._beat = self._loop.call_later(self._beat_interval(), self._heartbeat)
+
+    def _beat_interval(self) -> float:
+        # A third of the idle timeout both sides agreed on, when the server's is short (mihomo's default: 15 s).
+        idle = min(IDLE_TIMEOUT, self._quic._remote_max_idle_timeout or IDLE_TIMEOUT)
+        return max(1.0, min(HEARTBEAT_INTERVAL, idle / 3))
 
     def _heartbeat(self) -> None:
         self._beat = None
@@ -508,7 +518,7 @@ class _Connection(QuicConnectionProtocol):
             else:
                 self._quic.send_ping(0)
             self.transmit()
-        self._beat = self._loop.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+        self._beat = self._loop.call_later(self._beat_interval(), self._heartbeat)
 
     def _incoming(self, sid: int, data: bytes, end: bool) -> None:
         buf = self.incoming.setdefault(sid, bytearray())
@@ -557,13 +567,14 @@ class _Connection(QuicConnectionProtocol):
         return len(stream.sender._buffer) if stream is not None else 0
 
     def send_packets(self, commands: list[bytes], native: bool) -> None:
-        """Packet commands as QUIC datagrams or each on a unidirectional stream; dropped when queues are full."""
+        """Packet commands as QUIC datagrams (native) or each on a unidirectional stream of its own;
+        dropped, as a full socket buffer would drop them, when those queues are full."""
         if self.ended:
             raise DialError(self.ended)
         quic = self._quic
         if native:
             if len(quic._datagrams_pending) + len(commands) > MAX_QUEUED_DATAGRAMS:
-                return  # the congestion window is full: dropped, as a full socket buffer would
+                return  # the congestion window is full
             for c in commands:
                 quic.send_datagram_frame(c)
         else:
@@ -639,6 +650,7 @@ class TuicStream:
         self.eof = False
         self.error = ""
         self.write_error = ""
+        self.eof_sent = False
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._advertised = 0   # what the reader had taken when the window was last moved
@@ -708,6 +720,7 @@ class TuicStream:
             return
         with contextlib.suppress(ValueError, RuntimeError):
             self.conn._quic.send_stream_data(self.sid, b"", end_stream=True)
+            self.eof_sent = True
             self.conn.transmit()
 
     def close(self) -> None:
@@ -720,10 +733,10 @@ class TuicStream:
         if conn.ended:
             return
         with contextlib.suppress(Exception):
-            # Both ways ended now (the server drops the destination's connection); a stream both sides
-            # finished cleanly has nothing left to reset.
+            # Both ways ended now (the server drops the destination's connection). Our side, once ended
+            # with FIN, is left to QUIC to deliver: a reset would drop what is not acknowledged yet.
             stream = conn._quic._streams.get(self.sid)
-            if stream is not None and not stream.sender.is_finished:
+            if stream is not None and not self.eof_sent and not stream.sender.is_finished:
                 conn._quic.reset_stream(self.sid, 0)
             if stream is not None and not stream.receiver.is_finished:
                 conn._quic.stop_stream(self.sid, 0)

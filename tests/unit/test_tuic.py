@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import time
 import uuid
@@ -110,25 +111,43 @@ def test_commands() -> None:
 def test_packet_unfragmented() -> None:
     [cmd] = tuic.packets(7, 9, b"hello", "203.0.113.9", 53, None)
     assert cmd == b"\x05\x02\x00\x07\x00\x09\x01\x00\x00\x05\x01" + bytes([203, 0, 113, 9]) + b"\x00\x35hello"
-    p = tuic.parse_packet(cmd)
-    assert p == tuic.Packet(7, 9, 1, 0, "203.0.113.9", 53, b"hello")
+    assert tuic.parse_packet(cmd) == tuic.Packet(7, 9, 1, 0, "203.0.113.9", 53, b"hello")
+    assert tuic.packets(7, 9, b"x" * 1000, "203.0.113.9", 53, 1136) == tuic.packets(7, 9, b"x" * 1000, "203.0.113.9",
+                                                                                     53, None)
+    with pytest.raises(DialError):
+        tuic.packets(1, 2, b"x" * 65536, "203.0.113.9", 1, None)
 
 
 def test_packet_fragments() -> None:
     data = bytes(range(256)) * 12   # 3072 bytes
     cmds = tuic.packets(1, 2, data, "2001:db8::9", 5353, 1136)
     assert len(cmds) == 3 and all(len(c) <= 1136 for c in cmds)
-    parsed = [tuic.parse_packet(c) for c in cmds]
+    # As mihomo's server fragments (the first fragment's header the longest, every payload that size).
+    assert cmds == mihomo_fragments(1, 2, data, "2001:db8::9", 5353, 1136 - 10 - 19)
+
+
+def mihomo_fragments(assoc_id: int, pkt_id: int, data: bytes, host: str, port: int, size: int) -> list[bytes]:
+    """A datagram as mihomo's server fragments it (fragWriteNative): `size` bytes of payload each, the
+    address in the first only (the others: type none)."""
+    total = -(-len(data) // size)
+    out = []
+    for i in range(total):
+        piece = data[i * size:(i + 1) * size]
+        addr = tuic.encode_address(host, port) if i == 0 else bytes((tuic.ATYP_NONE,))
+        out.append(struct.pack("!BBHHBBH", 5, 2, assoc_id, pkt_id, total, i, len(piece)) + addr + piece)
+    return out
+
+
+def test_fragments_reassembled() -> None:
+    data = bytes(range(256)) * 12   # 3072 bytes
+    parsed = [tuic.parse_packet(c) for c in mihomo_fragments(1, 2, data, "2001:db8::9", 5353, 1100)]
     assert [(p.frag_total, p.frag_id) for p in parsed] == [(3, 0), (3, 1), (3, 2)]
     assert parsed[0].host == "2001:db8::9" and parsed[1].host is None and parsed[2].host is None
-    assert b"".join(p.data for p in parsed) == data
     r = tuic.Reassembly()
     # Any order, a duplicate among them.
     assert r.feed(parsed[2]) is None and r.feed(parsed[0]) is None and r.feed(parsed[2]) is None
     assert r.feed(parsed[1]) == (data, "2001:db8::9", 5353)
     assert not r.partial
-    with pytest.raises(DialError):
-        tuic.packets(1, 2, b"x" * 65536, "203.0.113.9", 1, None)
 
 
 @pytest.mark.parametrize("bad", [
