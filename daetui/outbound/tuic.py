@@ -96,7 +96,7 @@ DEFAULT_ALPN = ("h3",)          # what mihomo and tuic-client offer when the lin
 
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0             # QUIC's idle timeout we offer (the server's, when smaller, wins)
-HEARTBEAT_INTERVAL = 10.0       # while anything is relayed: well inside any server's idle timeout
+HEARTBEAT_INTERVAL = 10.0       # while anything is relayed (less when the server's idle timeout is short)
 MAX_DATAGRAM = 65535            # the largest UDP payload
 PACKET_HEADER = 10              # VER TYPE ASSOC_ID PKT_ID FRAG_TOTAL FRAG_ID SIZE, before the ADDR
 QUIC_PACKET = 1200              # QUIC's smallest max datagram size: fits every path
@@ -481,6 +481,9 @@ class _Connection(QuicConnectionProtocol):
 
     def _why_closed(self, event: ConnectionTerminated) -> str:
         phrase = event.reason_phrase or ""
+        if event.error_code == 0xFFFFFFF2:
+            return (f"tuic {self.where}: the server waited for our authentication in vain "
+                    f"({phrase or AUTH_ERRORS[event.error_code]})")
         if event.error_code in AUTH_ERRORS or "auth" in phrase.lower():
             what = phrase or AUTH_ERRORS[event.error_code]
             return (f"tuic {self.where}: authentication rejected by the server ({what}): "

@@ -369,3 +369,22 @@ def test_clash_tuic_refusals(extra: dict[str, object], reason: str) -> None:
     proxy = {"name": "t", "type": "tuic", "server": "203.0.113.5", "port": 443, "uuid": UID, "password": "p", **extra}
     with pytest.raises(ValueError, match=re.escape(reason)):
         links.parse_link(*clash_link(proxy))
+
+
+@pytest.mark.parametrize(("code", "phrase", "ready", "words"), [
+    (0xFFFFFFF1, "AuthenticationFailed", True, "authentication rejected by the server (AuthenticationFailed): "
+                                               "wrong uuid or password"),
+    (0xFFFFFFF1, "", True, "authentication rejected by the server (AuthenticationFailed)"),
+    (0xFFFFFFF2, "", True, "the server waited for our authentication in vain (AuthenticationTimeout)"),
+    (0x12A, "hostname 'x' doesn't match", False, "QUIC handshake failed: hostname 'x' doesn't match (error 0x12a)"),
+    (0, "", True, "QUIC connection closed: no reason given (error 0x0)"),
+])
+def test_why_a_connection_closed(code: int, phrase: str, ready: bool, words: str) -> None:
+    from types import SimpleNamespace
+
+    from aioquic.quic.events import ConnectionTerminated
+
+    conn = SimpleNamespace(where="n (203.0.113.7:443)", ready=SimpleNamespace(done=lambda: ready))
+    event = ConnectionTerminated(error_code=code, frame_type=None, reason_phrase=phrase)
+    got = tuic._Connection._why_closed(conn, event)  # type: ignore[arg-type]
+    assert got.startswith("tuic n (203.0.113.7:443): ") and words in got, got
