@@ -591,8 +591,8 @@ class SsStream:
     def _unanswered(self) -> str:
         if self.plugin is not None:
             # obfs-server hands what it does not take for its own to ss-server, which then stays silent.
-            why = ("wrong obfs-host or obfs mode?" if self.plugin.kind == "simple-obfs"
-                   else "mux=0 on one side only?")
+            why = {"simple-obfs": "wrong obfs-host or obfs mode?", "v2ray-plugin": "mux=0 on one side only?",
+                   "shadow-tls": "its shadowsocks server takes another cipher or password?"}[self.plugin.kind]
             return (f"no answer within {self.answer_timeout:g}s: wrong password or method, or the plugin server "
                     f"did not take the {self.plugin.describe()} framing ({why})")
         return (f"no answer within {self.answer_timeout:g}s: wrong password or method? "

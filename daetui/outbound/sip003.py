@@ -24,9 +24,12 @@ around the connection to the plugin server (the port the node's link names). Sup
       Found by running Debian's ss-v2ray-plugin (v2ray 4.34): its server, unless started with
       `mux=0`, reads every websocket as mux.cool ("invalid metalen" for bare bytes, then silence),
       and with `mux=0` reads bare bytes only; v2ray-plugin's own client defaults to mux=1.
+  shadow-tls (`shadow-tls`, `shadowtls`, `sstls`): `password=PW[;host=NAME][;version=3][;skipVerify=true]`
+      a real TLS 1.3 handshake with the site `host`, relayed by the ShadowTLS server, then the
+      node's bytes in HMAC-signed application-data records: see shadowtls.py. v3 only.
 
-Refused at parse, with the reason: v2ray-plugin's `mode=quic`, and every other plugin
-(shadow-tls, kcptun, gost-plugin, cloak, ...).
+Refused at parse, with the reason: v2ray-plugin's `mode=quic`, ShadowTLS v1 and v2, and every
+other plugin (kcptun, gost-plugin, cloak, restls, ...).
 
 UDP: a SIP003 plugin carries TCP only. ss-server started with a plugin still runs its UDP relay
 on the node's own port (the plugin takes the TCP port), and ss-local and clash send a plugin
@@ -50,21 +53,24 @@ from typing import Literal
 from daetui.net.stream import Codec, DialError, Stream, WrappedStream, framing_of
 from daetui.net.tls import client_context, start_tls
 from daetui.net.websocket import open_websocket
+from daetui.outbound.shadowtls import Settings as ShadowTlsSettings
+from daetui.outbound.shadowtls import open_shadowtls
 
-PluginKind = Literal["simple-obfs", "v2ray-plugin"]
+PluginKind = Literal["simple-obfs", "v2ray-plugin", "shadow-tls"]
 
 # The names links give each supported plugin (the binary's name, mostly).
 KINDS: dict[str, PluginKind] = {
     "obfs-local": "simple-obfs",
     "simple-obfs": "simple-obfs",
     "v2ray-plugin": "v2ray-plugin",
+    "shadow-tls": "shadow-tls",
+    "shadowtls": "shadow-tls",  # dae's name
+    "sstls": "shadow-tls",  # dae takes it too
 }
 
 # Plugins met in subscriptions that daetui does not speak, and why.
 REFUSED = {
     "obfs-server": "is a server-side plugin (the client side is obfs-local)",
-    "shadow-tls": "(a real TLS handshake relayed to another server) is not supported",
-    "shadowtls": "(shadow-tls: a real TLS handshake relayed to another server) is not supported",
     "kcptun": "(KCP over UDP) is not supported",
     "gost-plugin": "is not supported",
     "xray-plugin": "is not supported (v2ray-plugin is)",
@@ -156,6 +162,9 @@ class Plugin:
             uri = self.get("obfs-uri")
             if uri is not None and (not uri.startswith("/") or any(c.isspace() for c in uri)):
                 raise ValueError(f"plugin {self.name}: obfs-uri={uri!r} must be a path starting with /")
+        elif kind == "shadow-tls":
+            ShadowTlsSettings.of(self.get)
+            return
         else:
             mode = self.get("mode") or "websocket"
             if mode == "quic":
@@ -211,6 +220,9 @@ class Plugin:
         """A short form for logs and errors: `simple-obfs tls`, `v2ray-plugin websocket+tls`."""
         if self.kind == "simple-obfs":
             return f"simple-obfs {self.get('obfs')}"
+        if self.kind == "shadow-tls":
+            settings = ShadowTlsSettings.of(self.get)
+            return f"shadow-tls v{settings.version}" + (f" {settings.host}" if settings.host else "")
         return "v2ray-plugin websocket" + ("+tls" if self.flag("tls") else "")
 
 
@@ -235,6 +247,8 @@ def plugin_from_clash(name: str, opts: Mapping[str, object]) -> Plugin:
     `skip-cert-verify` have no SIP003 counterpart: ValueError says so rather than dropping them.
     """
     unknown = {"headers", "skip-cert-verify"} & {k for k, v in opts.items() if v}
+    if name in ("shadow-tls", "shadowtls"):
+        unknown.discard("skip-cert-verify")
     if unknown:
         raise ValueError(f"plugin {name}: clash's {', '.join(sorted(unknown))} not supported")
 
@@ -247,6 +261,13 @@ def plugin_from_clash(name: str, opts: Mapping[str, object]) -> Plugin:
         if host := text("host"):
             options.append(("obfs-host", host))
         return Plugin("obfs-local", tuple(options))
+    if name in ("shadow-tls", "shadowtls"):
+        # mihomo's own default is version 2 (refused, with the reason); its skip-cert-verify is dae's skipVerify.
+        options = [(k, v) for k in ("host", "password") if (v := text(k))]
+        options.append(("version", text("version") or "2"))
+        if opts.get("skip-cert-verify") in (True, "true", 1, "1"):
+            options.append(("skipVerify", "true"))
+        return Plugin("shadow-tls", tuple(options))
     if name == "v2ray-plugin":
         options = [("mode", text("mode") or "websocket")]
         if opts.get("tls") in (True, "true", 1, "1"):
@@ -570,10 +591,15 @@ async def open_plugin(plugin: Plugin, stream: Stream, server_host: str, server_p
     """`stream` (a connection to the plugin server) wrapped in the plugin's framing.
 
     simple-obfs sends nothing of its own before the first write; v2ray-plugin's TLS and
-    websocket handshakes are made here, within `timeout` each (see open_v2ray_plugin).
+    websocket handshakes are made here, within `timeout` each (see open_v2ray_plugin), and
+    so is shadow-tls's TLS handshake (shadowtls.open_shadowtls).
     """
     if plugin.kind == "simple-obfs":
         return CodecStream(stream, obfs_codec(plugin, server_port))
+    if plugin.kind == "shadow-tls":
+        below, codec = await open_shadowtls(ShadowTlsSettings.of(plugin.get), stream, allow_insecure=allow_insecure,
+                                            ca_file=ca_file, timeout=timeout)
+        return CodecStream(below, codec)
     return await open_v2ray_plugin(plugin, stream, server_port, allow_insecure=allow_insecure, ca_file=ca_file,
                                    timeout=timeout)
 

@@ -374,8 +374,8 @@ def test_bad_links(link: str, reason: str) -> None:
 
 
 def test_bad_link_through_the_table() -> None:
-    with pytest.raises(LinkError, match=r"ss:// link: plugin 'shadow-tls'.*not supported"):
-        parse_any_link("ss://aes-128-gcm:pw@h.test:8388?plugin=shadow-tls")
+    with pytest.raises(LinkError, match=r"ss:// link: plugin 'kcptun'.*not supported"):
+        parse_any_link("ss://aes-128-gcm:pw@h.test:8388?plugin=kcptun")
 
 
 # -- the stream on loopback, against a server written with the reference ---------------------------------
