@@ -42,6 +42,7 @@ TLS_NAME = "tuic.lab.test"
 UID = str(uuid.uuid4())
 PASSWORD = "lab tuic password"
 PORT = 10461   # 10460-10469 are this module's
+P_IDLE = 10462  # a listener that ends a connection idle for 3 s
 MB = 1 << 20
 ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
@@ -56,11 +57,13 @@ class Peers:
 
 @pytest.fixture(scope="module")
 def peers(lab: Lab) -> Iterator[Peers]:
-    """mihomo with one tuic listener (on both of its addresses)."""
+    """mihomo with two tuic listeners (each on both of its addresses), the second with a short idle timeout."""
     with ExitStack() as stack:
         ca = stack.enter_context(LabCA(TLS_NAME, (SERVER[4], SERVER[6])))
         m = Mihomo(lab, [{"name": "tuic", "type": "tuic", "port": PORT, "users": {UID: PASSWORD},
-                          "alpn": ["h3"], "congestion-controller": "bbr", **tls(ca)}])
+                          "alpn": ["h3"], "congestion-controller": "bbr", **tls(ca)},
+                         {"name": "tuic-idle", "type": "tuic", "port": P_IDLE, "users": {UID: PASSWORD},
+                          "alpn": ["h3"], "max-idle-time": 3000, **tls(ca)}])
         stack.callback(m.stop)
         m.start()
         yield Peers(lab, ca, m)
@@ -205,6 +208,28 @@ def test_half_close(peers: Peers) -> None:
             d.close()
 
     assert in_router(peers.lab, run()) == payload
+
+
+def test_heartbeat_keeps_an_idle_stream(peers: Peers) -> None:
+    """A server that ends connections idle for 3 s: a stream silent for 4 s still works, kept alive by
+    the heartbeats (every second: a third of that timeout), which mihomo takes without complaint."""
+    d = dialer_of(peers, link_of(4).replace(f":{PORT}?", f":{P_IDLE}?"))
+
+    async def run() -> bytes:
+        s = await d.connect(DEST[4], ECHO_PORT)
+        try:
+            await s.write(b"before")
+            first = await s.read(100)
+            assert d._conn is not None and d._conn._quic._remote_max_idle_timeout == 3.0
+            await asyncio.sleep(4)
+            await s.write(b"after")
+            return first + await asyncio.wait_for(s.read(100), 3)
+        finally:
+            s.close()
+            d.close()
+
+    assert in_router(peers.lab, run()) == b"beforeafter"
+    assert d.handshakes == 1
 
 
 def test_reconnect(peers: Peers) -> None:
