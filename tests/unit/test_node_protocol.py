@@ -25,6 +25,7 @@ NODES = {
     "tj": ("trojan://secret@203.0.113.5:443", "trojan"),
     "vl": (f"vless://{UID}@203.0.113.10:80", "vless"),
     "vm": (VMESS, "vmess"),
+    "tu": (f"tuic://{UID}:pw@203.0.113.12:443?sni=t.example.com", "tuic"),
     "any": ("anytls://pw@203.0.113.5/?sni=a.example", "anytls"),
     "two": ("socks5://203.0.113.11:1080 -> ss://YWVzLTEyOC1nY206cGFzcw@198.51.100.7:8388", "chain"),
 }
