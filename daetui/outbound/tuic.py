@@ -853,8 +853,9 @@ class TuicDialer:
         node = self.node
         cfg = QuicConfiguration(is_client=True, alpn_protocols=list(node.alpn or DEFAULT_ALPN),
                                 idle_timeout=IDLE_TIMEOUT, server_name=node.sni or node.host,
-                                max_datagram_frame_size=MAX_DATAGRAM,
-                                congestion_control_algorithm=CONGESTION.get(node.congestion_control, "cubic"))
+                                max_datagram_frame_size=MAX_DATAGRAM)
+        if hasattr(cfg, "congestion_control_algorithm"):  # aioquic 1.2 on; before it, reno only
+            cfg.congestion_control_algorithm = CONGESTION.get(node.congestion_control, "cubic")
         if self.allow_insecure:
             cfg.verify_mode = ssl.CERT_NONE
         elif self.ca_file:
