@@ -40,13 +40,16 @@ mihomo's default (outbound/subscription.py writes it out).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import random
 import ssl
 import string
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +319,29 @@ def _system_ca_file() -> str:
                          "(give the node a CA file, or skipVerify=true)")
 
 
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+@functools.lru_cache(maxsize=8)
+def _store(path: str, mtime_ns: int) -> verification.Store:
+    """The trust store of a CA file, parsed once per version of the file (a system bundle is ~150 certificates).
+
+    Certificates one by one: a system bundle may hold one that cryptography frowns on (a
+    serial of zero) or refuses; that one is left out rather than the whole bundle.
+    """
+    certificates = []
+    for block in Path(path).read_bytes().split(_PEM_END)[:-1]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                certificates.append(x509.load_pem_x509_certificate(block + _PEM_END))
+            except ValueError:
+                continue
+    if not certificates:
+        raise ValueError("no certificate in it")
+    return verification.Store(certificates)
+
+
 def chain_verifier(host: str, ca_file: str | None) -> tls13.Verify:
     """A tls13 `verify` that checks the site's chain against `ca_file` (else the system's CAs) and `host`."""
     if not host:
@@ -323,12 +349,10 @@ def chain_verifier(host: str, ca_file: str | None) -> tls13.Verify:
                              "(set host=, or skipVerify=true)")
     path = ca_file or _system_ca_file()
     try:
-        store = verification.Store(x509.load_pem_x509_certificates(Path(path).read_bytes()))
+        store = _store(path, Path(path).stat().st_mtime_ns)
     except (OSError, ValueError) as e:
         raise ShadowTlsError(f"ShadowTLS: CA file {path}: {e}") from None
     try:
-        import ipaddress
-
         subject: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         subject = x509.DNSName(host)

@@ -586,8 +586,15 @@ def _clash_plugin(proxy: dict[str, Any]) -> str:
         for key in ("host", "path"):
             if _text(opts.get(key)):
                 parts.append(f"{key}={_sip003_escape(_text(opts[key]))}")
+    elif plugin == "shadow-tls":
+        # mihomo's default version is 2 (which the ss:// parser refuses, saying so), not a link's 3: written out.
+        parts = ["shadow-tls"] + [f"{k}={_sip003_escape(_text(opts[k]))}" for k in ("host", "password")
+                                  if _text(opts.get(k))]
+        parts.append(f"version={_sip003_escape(_text(opts.get('version')) or '2')}")
+        if _flag(opts.get("skip-cert-verify")):
+            parts.append("skip-cert-verify=true")
     else:
-        # shadow-tls, restls, kcptun, gost-plugin, ...: passed on by name and options, for the ss:// parser
+        # restls, kcptun, gost-plugin, ...: passed on by name and options, for the ss:// parser
         # to run or refuse.
         parts = [plugin] + [f"{_sip003_escape(str(k))}={_sip003_escape(_text(v))}" for k, v in opts.items()
                             if not isinstance(v, (dict, list))]
