@@ -40,12 +40,14 @@ mihomo's default (outbound/subscription.py writes it out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
 import ipaddress
 import os
 import random
+import socket
 import ssl
 import string
 import struct
@@ -58,7 +60,7 @@ from cryptography import x509
 from cryptography.x509 import verification
 
 from daetui.net import tls13
-from daetui.net.stream import DialError, Stream, WrappedStream, framing_of
+from daetui.net.stream import Codec, DialError, Stream, WrappedStream, framing_of
 
 HANDSHAKE, ALERT, APPLICATION_DATA = 22, 21, 23
 SERVER_HELLO = 2
@@ -153,7 +155,8 @@ class HandshakeReader(WrappedStream):
     def __init__(self, inner: Stream, password: str) -> None:
         super().__init__(inner)
         self.password = password
-        self.buf = bytearray()
+        self.buf = bytearray()  # the server's bytes not yet cut into records
+        self._out = b""  # the record under way, rewritten, not all read yet
         self.server_random: bytes | None = None
         self.hmac: hmac.HMAC | None = None  # HMAC(password, ServerRandom, bodies so far)
         self.key = b""
@@ -161,17 +164,20 @@ class HandshakeReader(WrappedStream):
         self.unsigned = 0  # ... that did not (the site's own: no ShadowTLS server knew us)
 
     async def read(self, n: int) -> bytes:
-        while True:
+        while not self._out:
             if len(self.buf) >= 5:
                 length = int.from_bytes(self.buf[3:5])
                 if len(self.buf) >= 5 + length:
                     record = bytes(self.buf[:5 + length])
                     del self.buf[:5 + length]
-                    return self._rewrite(record)
+                    self._out = self._rewrite(record)
+                    break
             data = await self.inner.read(READ_SIZE)
             if not data:
                 return b""
             self.buf += data
+        out, self._out = self._out[:n], self._out[n:]
+        return out
 
     def _rewrite(self, record: bytes) -> bytes:
         content_type, body = record[0], record[5:]
@@ -195,7 +201,9 @@ class HandshakeReader(WrappedStream):
         return self.signed > 0 and self.unsigned == 0
 
     def leftover(self) -> bytes:
-        out = bytes(self.buf)
+        """What came after the last record read (the data phase's first bytes, if any)."""
+        out = self._out + bytes(self.buf)
+        self._out = b""
         self.buf.clear()
         return out
 
@@ -304,7 +312,8 @@ class _Prefixed(WrappedStream):
             return out
         return await self.inner.read(n)
 
-    def framed(self) -> object:
+    def framed(self) -> tuple[socket.socket, Codec] | None:
+        """The socket below for the framed relay, once the bytes put back are read."""
         return None if self.head else framing_of(self.inner)
 
 
@@ -410,7 +419,11 @@ async def open_shadowtls(settings: Settings, stream: Stream, *, allow_insecure: 
     def session_id(hello: bytes, hello_random: bytes, key: object) -> bytes:
         return sign_session_id(settings.password, hello)
 
-    session = await tls13.handshake(reader, settings.host, verify, alpn=ALPN, session_id=session_id,
+    sni = settings.host
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(sni)
+        sni = ""  # an address is never sent as SNI (RFC 6066), only checked against the certificate
+    session = await tls13.handshake(reader, sni, verify, alpn=ALPN, session_id=session_id,
                                     timeout=timeout, half_close=False)
     if not reader.authorized or reader.server_random is None or reader.hmac is None:
         try:

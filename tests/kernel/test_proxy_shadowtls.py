@@ -223,10 +223,13 @@ def test_framed_relay(peers: Peers) -> None:
 # -- the site's certificate ------------------------------------------------------------------------------
 
 def test_certificate_checked_without_skip_verify(peers: Peers) -> None:
-    """Without skipVerify the site's chain is checked against `host`: the LabCA passes it; the system's CAs,
-    or another host, do not."""
+    """Without skipVerify the site's chain is checked against `host` (a name or an address): the LabCA passes
+    it; the system's CAs, or another host, do not."""
     ca = str(peers.ca.ca_file)
     assert in_router(peers.lab, download(dialer_of(4, extra="", ca_file=ca), 4, 1000)) == pattern_bytes(1000)
+    # An address as host: no SNI sent, the certificate's IP address checked.
+    by_ip = dialer_of(4, extra="", host=SITE[4], ca_file=ca)
+    assert in_router(peers.lab, download(by_ip, 4, 1000)) == pattern_bytes(1000)
     with pytest.raises(DialError, match=r"shadow-tls v3 site\.lab\.test\): ShadowTLS: the handshake server's "
                                         r"certificate is not valid for site\.lab\.test"):
         in_router(peers.lab, download(dialer_of(4, extra=""), 4, 1000))
