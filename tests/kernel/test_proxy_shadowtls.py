@@ -265,3 +265,14 @@ def test_prober_sees_the_site(peers: Peers) -> None:
             writer.close()
 
     assert in_router(peers.lab, probe()) == PAGE
+
+
+def test_wrong_shadowsocks_password_behind_it(peers: Peers) -> None:
+    """ShadowTLS lets us through; mihomo's shadowsocks server behind it cannot decrypt us and closes the
+    connection at once (it does not stay silent as ss-server does): said without waiting for a timeout."""
+    node = parse_link(link_of(4))
+    wrong = type(node)(node.name, node.host, node.port, node.method, "not the password", node.plugin)
+    with pytest.raises(DialError, match=r"^shadowsocks stls-v4 \(203\.0\.113\.11:10861, shadow-tls v3 "
+                                        r"site\.lab\.test\): server closed the connection without answering: "
+                                        r"wrong password or method"):
+        in_router(peers.lab, download(wrong.dialer(DIRECT, answer_timeout=5), 4, 1000))
