@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEv
 
 from daetui.config.dns_upstream import UpstreamSpec
 from daetui.dns.upstream import MalformedAnswer, UpstreamError
+from daetui.net.quic import ConnectedTransport, system_ca
 
 DOQ_ALPN = ["doq"]
 # RFC 9250 4.3 error codes.
@@ -57,15 +56,6 @@ MAX_MESSAGE = 65535
 DNS_MESSAGE = "application/dns-message"
 
 
-def _system_ca() -> str | None:
-    """The system's CA bundle, as the tls:// and https:// upstreams use it (aioquic would take certifi's)."""
-    paths = ssl.get_default_verify_paths()
-    for path in (paths.cafile, paths.openssl_cafile):
-        if path and os.path.isfile(path):
-            return path
-    return None
-
-
 @dataclass
 class _Ask:
     """One query's stream: what has come back so far."""
@@ -74,33 +64,6 @@ class _Ask:
     body: bytearray = field(default_factory=bytearray)
     status: int | None = None        # DoH3: the response's :status
     content_type: str = ""
-
-
-class _Connected(asyncio.DatagramTransport):
-    """The transport of a connected UDP socket, taking aioquic's `sendto(data, addr)` as `sendto(data)`.
-
-    uvloop (libuv) refuses an address on a connected socket (EISCONN), where asyncio's own loop
-    ignores it; the path is the one the socket is connected to either way.
-    """
-
-    def __init__(self, transport: asyncio.DatagramTransport) -> None:
-        super().__init__()
-        self._t = transport
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: object = None) -> None:
-        self._t.sendto(data)
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._t.get_extra_info(name, default)
-
-    def close(self) -> None:
-        self._t.close()
-
-    def is_closing(self) -> bool:
-        return self._t.is_closing()
-
-    def abort(self) -> None:
-        self._t.abort()
 
 
 class _Client(QuicConnectionProtocol):
@@ -121,7 +84,7 @@ class _Client(QuicConnectionProtocol):
         return not self.ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_Connected(transport))  # type: ignore[arg-type]
+        super().connection_made(ConnectedTransport(transport))  # type: ignore[arg-type]
 
     # -- asking ---------------------------------------------------------------------------
     async def ask(self, wire: bytes) -> bytes:
@@ -274,7 +237,7 @@ class QuicChannel:
         self.spec = spec
         self.mark = mark
         self.timeout = timeout
-        self.ca_file = ca_file or _system_ca()
+        self.ca_file = ca_file or system_ca()
         self.h3 = spec.scheme == "h3"
         self._client: _Client | None = None
         self._opening: asyncio.Task[_Client] | None = None

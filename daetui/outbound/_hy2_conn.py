@@ -45,6 +45,7 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicFrameType
 
+from daetui.net.quic import ConnectedTransport
 from daetui.net.stream import DialError
 from daetui.outbound._hy2_wire import (
     MAX_PADDING,
@@ -106,31 +107,6 @@ class _Quic(QuicConnection):
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
 
-class _Connected(asyncio.DatagramTransport):
-    """The transport of our connected UDP socket: aioquic's `sendto(data, addr)` as `sendto(data)`
-    (uvloop refuses an address on a connected socket), Salamander applied when set."""
-
-    def __init__(self, transport: asyncio.DatagramTransport, obfs: Salamander | None) -> None:
-        super().__init__()
-        self._t = transport
-        self._obfs = obfs
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: object = None) -> None:
-        self._t.sendto(self._obfs.obfuscate(bytes(data)) if self._obfs is not None else data)
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._t.get_extra_info(name, default)
-
-    def close(self) -> None:
-        self._t.close()
-
-    def is_closing(self) -> bool:
-        return self._t.is_closing()
-
-    def abort(self) -> None:
-        self._t.abort()
-
-
 class Hy2Connection(QuicConnectionProtocol):
     """The asyncio side of one connection to the server: streams and sessions out, events in."""
 
@@ -156,7 +132,7 @@ class Hy2Connection(QuicConnectionProtocol):
         return not self.ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_Connected(transport, self._obfs))  # type: ignore[arg-type]
+        super().connection_made(ConnectedTransport(transport, self._obfs.obfuscate if self._obfs else None))  # type: ignore[arg-type]
 
     def datagram_received(self, data: bytes | str, addr: object) -> None:
         if self._obfs is not None:

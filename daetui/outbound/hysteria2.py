@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -43,6 +42,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from daetui.net.address import is_address, resolve
+from daetui.net.quic import KeptConnection, system_ca
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
 from daetui.outbound._hy2_conn import STREAM_WINDOW, Hy2Connection, Hy2Datagrams, Hy2Stream, _Quic
@@ -175,15 +175,6 @@ def parse_link(link: str, name: str = "") -> Hysteria2Node:
     )
 
 
-def _system_ca() -> str | None:
-    """The system's CA bundle, as the TLS nodes use it (aioquic would take certifi's)."""
-    paths = ssl.get_default_verify_paths()
-    for path in (paths.cafile, paths.openssl_cafile):
-        if path and os.path.isfile(path):
-            return path
-    return None
-
-
 class Hysteria2Dialer:
     """Dials destinations through a Hysteria2 server, over one shared QUIC connection."""
 
@@ -200,8 +191,7 @@ class Hysteria2Dialer:
         netloc = _share.netloc(node.host, node.port)
         self.where = f"hysteria2 {netloc.rpartition(':')[0]}:{node.hop_ports}" if node.hop_ports \
             else f"hysteria2 {netloc}"
-        self._conn: Hy2Connection | None = None
-        self._opening: asyncio.Task[Hy2Connection] | None = None
+        self._kept: KeptConnection[Hy2Connection] = KeptConnection(self._open)
         self.hopper: Hopper | None = None      # the port hopping of the last connection opened, if it hops
         self.handshakes = 0
 
@@ -217,22 +207,14 @@ class Hysteria2Dialer:
         """A UDP session through the server, on the dialer's QUIC connection."""
         return (await self._connection()).open_session()
 
+    @property
+    def connection(self) -> Hy2Connection | None:
+        """The connection kept to the server (None before the first dial), alive or not."""
+        return self._kept.current
+
     async def _connection(self) -> Hy2Connection:
         """The live connection: the kept one, or a new one."""
-        c = self._conn
-        if c is not None and c.alive:
-            return c
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_task(self._open())
-            # Retrieved even when every dial that waited for it has given up.
-            self._opening.add_done_callback(lambda t: t.cancelled() or t.exception())
-        task = self._opening
-        try:
-            # Shielded: one dial's cancellation does not end the handshake the others wait for.
-            return await asyncio.shield(task)
-        finally:
-            if task.done() and self._opening is task:
-                self._opening = None
+        return await self._kept.get()
 
     def _config(self) -> QuicConfiguration:
         node = self.node
@@ -242,7 +224,7 @@ class Hysteria2Dialer:
         if self.allow_insecure:
             cfg.verify_mode = ssl.CERT_NONE
         else:
-            ca = self.ca_file or _system_ca()
+            ca = self.ca_file or system_ca()
             if ca:
                 cfg.load_verify_locations(cafile=ca)
         return cfg
@@ -294,9 +276,6 @@ class Hysteria2Dialer:
             conn.abort()
             raise
         self.handshakes += 1
-        if self._conn is not None:
-            self._conn.abort()
-        self._conn = conn
         return conn
 
     async def _endpoint(self, sock: socket.socket, obfs: Salamander | None, quic: _Quic
@@ -323,10 +302,5 @@ class Hysteria2Dialer:
 
     def close(self) -> None:
         """Close the connection (and a handshake under way)."""
-        if self._opening is not None:
-            self._opening.cancel()
-            self._opening = None
-        if self._conn is not None:
-            self._conn.abort()
-            self._conn = None
+        self._kept.close()
 

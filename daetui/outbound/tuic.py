@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import random
 import socket
 import ssl
@@ -80,6 +79,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from daetui.net.address import resolve
+from daetui.net.quic import ConnectedTransport, KeptConnection, system_ca
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
 from daetui.outbound.state import NodeProtocol
@@ -396,29 +396,6 @@ class _Quic(QuicConnection):
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
 
-class _Connected(asyncio.DatagramTransport):
-    """A connected UDP socket's transport taking aioquic's `sendto(data, addr)` (uvloop refuses the address)."""
-
-    def __init__(self, transport: asyncio.DatagramTransport) -> None:
-        super().__init__()
-        self._t = transport
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: object = None) -> None:
-        self._t.sendto(data)
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._t.get_extra_info(name, default)
-
-    def close(self) -> None:
-        self._t.close()
-
-    def is_closing(self) -> bool:
-        return self._t.is_closing()
-
-    def abort(self) -> None:
-        self._t.abort()
-
-
 class _Connection(QuicConnectionProtocol):
     """One QUIC connection to the server: its streams and associations, authenticated once, kept alive."""
 
@@ -441,7 +418,7 @@ class _Connection(QuicConnectionProtocol):
         return not self.ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_Connected(transport))  # type: ignore[arg-type]
+        super().connection_made(ConnectedTransport(transport))  # type: ignore[arg-type]
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         super().datagram_received(data, addr)
@@ -798,15 +775,6 @@ class TuicDatagrams:
         self.fail("tuic: UDP association closed")
 
 
-def _system_ca() -> str | None:
-    """The system's CA bundle, as the TLS nodes use it (aioquic on its own would take certifi's)."""
-    paths = ssl.get_default_verify_paths()
-    for path in (paths.cafile, paths.openssl_cafile):
-        if path and os.path.isfile(path):
-            return path
-    return None
-
-
 class TuicDialer:
     """Dials destinations through a TUIC server, every stream and association on one QUIC connection."""
 
@@ -816,12 +784,11 @@ class TuicDialer:
         self.name = node.name
         self.via = via
         self.allow_insecure = allow_insecure
-        self.ca_file = str(ca_file) if ca_file is not None else _system_ca()
+        self.ca_file = str(ca_file) if ca_file is not None else system_ca()
         self.handshake_timeout = handshake_timeout
         host = f"[{node.host}]" if ":" in node.host else node.host
         self.where = f"{node.name} ({host}:{node.port})" if node.name else f"{host}:{node.port}"
-        self._conn: _Connection | None = None
-        self._opening: asyncio.Task[_Connection] | None = None
+        self._kept: KeptConnection[_Connection] = KeptConnection(self._open)
         self.handshakes = 0
 
     async def connect(self, host: str, port: int) -> TuicStream:
@@ -833,21 +800,13 @@ class TuicDialer:
         """A UDP association: datagrams to any destination (the link's udp_relay_mode)."""
         return TuicDatagrams(await self._connection(), self.node.udp_relay_mode == "native")
 
+    @property
+    def connection(self) -> _Connection | None:
+        """The connection kept to the server (None before the first dial), alive or not."""
+        return self._kept.current
+
     async def _connection(self) -> _Connection:
-        c = self._conn
-        if c is not None and c.alive:
-            return c
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_task(self._open())
-            # Retrieved even when every dial that waited for it has given up.
-            self._opening.add_done_callback(lambda t: t.cancelled() or t.exception())
-        task = self._opening
-        try:
-            # Shielded: one dial's cancellation does not end the handshake the others wait for.
-            return await asyncio.shield(task)
-        finally:
-            if task.done() and self._opening is task:
-                self._opening = None
+        return await self._kept.get()
 
     def _configuration(self) -> QuicConfiguration:
         node = self.node
@@ -902,16 +861,8 @@ class TuicDialer:
             conn.abort()
             raise
         self.handshakes += 1
-        if self._conn is not None:
-            self._conn.abort()
-        self._conn = conn
         return conn
 
     def close(self) -> None:
         """Close the connection (and a handshake under way)."""
-        if self._opening is not None:
-            self._opening.cancel()
-            self._opening = None
-        if self._conn is not None:
-            self._conn.abort()
-            self._conn = None
+        self._kept.close()

@@ -212,8 +212,8 @@ def test_a_connection_that_ended_is_opened_again(peers: Peers) -> None:
     async def run() -> int:
         try:
             assert await download(d, DEST[4], 1000) == pattern_bytes(1000)
-            assert d._conn is not None
-            d._conn.abort()
+            assert d.connection is not None
+            d.connection.abort()
             assert await download(d, DEST[4], 1000) == pattern_bytes(1000)
             return d.handshakes
         finally:
@@ -294,8 +294,8 @@ def test_keepalive_while_in_use(peers: Peers, monkeypatch: pytest.MonkeyPatch) -
             assert await s.read(100) == b"still here"
             s.close()
             await asyncio.sleep(1.5)
-            assert d._conn is not None
-            return d._conn.ended
+            assert d.connection is not None
+            return d.connection.ended
         finally:
             d.close()
 

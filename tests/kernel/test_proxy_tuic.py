@@ -220,7 +220,7 @@ def test_heartbeat_keeps_an_idle_stream(peers: Peers) -> None:
         try:
             await s.write(b"before")
             first = await s.read(100)
-            assert d._conn is not None and d._conn._quic._remote_max_idle_timeout == 3.0
+            assert d.connection is not None and d.connection._quic._remote_max_idle_timeout == 3.0
             await asyncio.sleep(4)
             await s.write(b"after")
             return first + await asyncio.wait_for(s.read(100), 3)
@@ -240,8 +240,8 @@ def test_reconnect(peers: Peers) -> None:
     async def run() -> None:
         try:
             s = await d.connect(DEST[4], ECHO_PORT)
-            assert d._conn is not None
-            d._conn.abort()
+            assert d.connection is not None
+            d.connection.abort()
             with pytest.raises(DialError, match="connection closed"):
                 await s.read(10)
             s.close()
