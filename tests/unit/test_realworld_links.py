@@ -6,7 +6,7 @@ verdict and the fields a parser must give. Here:
 
 - a link dae accepts is parsed by daetui with the `expect` fields equal, or
   refused for a thing daetui has no client for (a "no-server" thing, read
-  from the link by this test on its own: a ShadowTLS or unknown SIP003 plugin,
+  from the link by this test on its own: ShadowTLS v1/v2 or an unknown SIP003 plugin,
   gRPC's multi mode, REALITY that cannot be dialled (over another transport than
   tcp, with `pqv`, or a key that is not one), the XTLS vision flow), the reason
   naming that thing; a link with such a thing is never accepted (shadowsocks
@@ -67,8 +67,8 @@ def _cases(cases: list[dict[str, Any]], key: str) -> list[Any]:
 
 # Stream ciphers no server here speaks (ss-server 3.3.5 serves every other one, and so does daetui).
 STREAM_CIPHERS = {"rc4", "des-cfb", "table"}
-# SIP003 plugins daetui runs (or will: simple-obfs and v2ray-plugin are being added to shadowsocks.py).
-KNOWN_PLUGINS = {"obfs-local", "simple-obfs", "v2ray-plugin"}
+# SIP003 plugins daetui runs (ShadowTLS v3; its v1 and v2 are refused, and no corpus link asks for them).
+KNOWN_PLUGINS = {"obfs-local", "simple-obfs", "v2ray-plugin", "shadow-tls", "shadowtls", "sstls"}
 NO_CLIENT_SCHEMES: dict[str, str] = {}  # hysteria2, hy2 and tuic have clients now
 
 
