@@ -22,7 +22,8 @@ from daetui.control.plane import ControlPlane, Snapshot
 from daetui.control.runner import ControlPlaneThread
 from daetui.lab.topology import HTTP_PORT, Lab
 from daetui.net.netns import netns
-from daetui.net.stream import Dialer, Stream, WrappedStream
+from daetui.net.stream import Dialer, WrappedStream
+from testkit.proxycheck import read_to_end
 
 ROOT = testkit.daemon.ROOT  # the checkout
 T = TypeVar("T")
@@ -310,15 +311,6 @@ async def dial_http_get(dialer: Dialer, host: str, path: str, port: int = HTTP_P
     finally:
         stream.close()
     return head, body
-
-
-async def read_to_end(stream: Stream, limit: int = 4 << 20) -> bytes:
-    """What a dialer's stream gives until its end; more than `limit` bytes fails the test."""
-    out = bytearray()
-    while data := await stream.read(1 << 16):
-        out += data
-        assert len(out) <= limit, "more bytes than were asked for"
-    return bytes(out)
 
 
 

@@ -1,5 +1,7 @@
 """What every QUIC client here shares (DoQ/DoH3 upstreams, hysteria2 and tuic nodes): aioquic on a connected
-UDP socket of the router's own, the system's CAs, and one kept connection per server opened once.
+UDP socket of the router's own, the system's CAs, one kept connection per server opened once, and
+stream windows paced by their readers (which reaches into aioquic's internals:
+tests/unit/test_quic_internals.py fails when they move).
 
 aioquic writes with `sendto(data, addr)`; uvloop (libuv) refuses an address on a connected socket
 (EISCONN) where asyncio's own loop ignores it, and the path is the one the socket is connected to
@@ -13,7 +15,10 @@ import asyncio
 import os
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.packet import QuicFrameType
 
 
 def system_ca() -> str | None:
@@ -101,3 +106,61 @@ class KeptConnection(Generic[C]):
         if self.current is not None:
             self.current.abort()
             self.current = None
+
+
+class PacedQuic(QuicConnection):
+    """aioquic's connection with the receive window of chosen streams tied to their readers.
+
+    A stream given to `pace()` may receive `window` bytes beyond what its reader took (`took()`), never
+    more: aioquic on its own doubles a stream's window as data arrives, read or not, so a slow reader
+    behind a fast server would buffer without bound. Credit goes back in steps of a quarter window (not
+    a frame per read). Hysteria2's and TUIC's TCP streams are paced; their other streams are aioquic's.
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.read_limits: dict[int, int] = {}  # stream id -> the offset the peer may send up to
+        self._paced: dict[int, list[int]] = {}  # stream id -> [bytes its reader took, its window]
+
+    def pace(self, sid: int, window: int) -> None:
+        """Tie stream `sid`'s receive window to its reader."""
+        self.read_limits[sid] = window
+        self._paced[sid] = [0, window]
+
+    def took(self, sid: int, n: int) -> bool:
+        """The reader of `sid` took n more bytes: True when its window moved (transmit, to tell the peer)."""
+        paced = self._paced.get(sid)
+        if paced is None:
+            return False
+        paced[0] += n
+        taken, window = paced
+        if taken + window - self.read_limits[sid] < window // 4:
+            return False
+        self.read_limits[sid] = taken + window
+        return True
+
+    def forget(self, sid: int) -> None:
+        """Stream `sid` is done with."""
+        self.read_limits.pop(sid, None)
+        self._paced.pop(sid, None)
+
+    def unacked(self, sid: int) -> int:
+        """Bytes written on stream `sid` that the peer has not acknowledged yet."""
+        # aioquic keeps them in the sender's buffer until acknowledged, with no public count of them.
+        s = self._streams.get(sid)
+        return len(s.sender._buffer) if s is not None else 0
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        limit = self.read_limits.get(stream.stream_id)
+        if limit is None:
+            super()._write_stream_limits(builder=builder, space=space, stream=stream)
+            return
+        # As aioquic's own, without its doubling of the window as data arrives.
+        if limit > stream.max_stream_data_local:
+            stream.max_stream_data_local = limit
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(QuicFrameType.MAX_STREAM_DATA, capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                                      handler=self._on_max_stream_data_delivery, handler_args=(stream,))
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local

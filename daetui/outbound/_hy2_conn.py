@@ -33,7 +33,6 @@ import socket
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import HeadersReceived
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
     DatagramFrameReceived,
@@ -43,9 +42,8 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
-from aioquic.quic.packet import QuicFrameType
 
-from daetui.net.quic import ConnectedTransport
+from daetui.net.quic import ConnectedTransport, PacedQuic
 from daetui.net.stream import DialError
 from daetui.outbound._hy2_wire import (
     MAX_PADDING,
@@ -61,7 +59,6 @@ from daetui.outbound._hy2_wire import (
 
 AUTH_OK = 233
 STREAM_WINDOW = 2 << 20        # what a TCP stream may have received beyond what its reader took
-CREDIT_STEP = STREAM_WINDOW // 4  # credit is given back in steps this big, not a frame per read
 SEND_BUFFER = 1 << 20          # unacknowledged bytes a writer may have on its stream
 # Our QUIC packets are at most 1200 bytes (aioquic's default: no path MTU discovery, so the size every path
 # carries); a DATAGRAM frame fits one packet with a 20-byte connection id, a 4-byte packet number and the
@@ -77,12 +74,11 @@ H3_NO_ERROR = 0x100
 H3_REQUEST_CANCELLED = 0x10C
 
 
-class _Quic(QuicConnection):
-    """aioquic's connection with the receive window of TCP streams tied to their readers."""
+class _Quic(PacedQuic):
+    """aioquic's connection with paced TCP streams, and who closed it."""
 
     def __init__(self, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.read_limits: dict[int, int] = {}   # stream id -> the offset the server may send up to
+        super().__init__(*args, **kw)
         self.closed_by_peer = False
 
     def _handle_connection_close_frame(self, context, frame_type, buf) -> None:  # type: ignore[no-untyped-def]
@@ -90,21 +86,6 @@ class _Quic(QuicConnection):
         # must not read as "the server closed".
         self.closed_by_peer = True
         super()._handle_connection_close_frame(context, frame_type, buf)
-
-    def _write_stream_limits(self, builder, space, stream) -> None:  # type: ignore[no-untyped-def]
-        limit = self.read_limits.get(stream.stream_id)
-        if limit is None:
-            super()._write_stream_limits(builder, space, stream)
-            return
-        # As aioquic's own, without its doubling of the window as data arrives.
-        if limit > stream.max_stream_data_local:
-            stream.max_stream_data_local = limit
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(QuicFrameType.MAX_STREAM_DATA, capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                                      handler=self._on_max_stream_data_delivery, handler_args=(stream,))
-            buf.push_uint_var(stream.stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
 
 
 class Hy2Connection(QuicConnectionProtocol):
@@ -234,7 +215,7 @@ class Hy2Connection(QuicConnectionProtocol):
         if self.ended:
             raise DialError(f"{self.where}: {self.ended}")
         sid = self._quic.get_next_available_stream_id()
-        self._quic.read_limits[sid] = STREAM_WINDOW
+        self._quic.pace(sid, STREAM_WINDOW)
         stream = self.streams[sid] = Hy2Stream(self, sid, f"{self.where} to {host}:{port}")
         try:
             self._quic.send_stream_data(sid, tcp_request(host, port, padding(64, 512)))
@@ -246,13 +227,11 @@ class Hy2Connection(QuicConnectionProtocol):
 
     def forget(self, sid: int) -> None:
         self.streams.pop(sid, None)
-        self._quic.read_limits.pop(sid, None)
+        self._quic.forget(sid)
 
     def unacked(self, sid: int) -> int:
         """Bytes written on the stream the server has not acknowledged yet."""
-        # aioquic keeps them in the sender's buffer until acknowledged; it has no public count of them.
-        s = self._quic._streams.get(sid)
-        return len(s.sender._buffer) if s is not None else 0
+        return self._quic.unacked(sid)
 
     async def drained(self) -> None:
         """Wait for the next acknowledgements (or the end)."""
@@ -377,9 +356,7 @@ class Hy2Stream:
 
     def _took(self, n: int) -> None:
         self.consumed += n
-        limits = self.conn._quic.read_limits
-        if self.sid in limits and self.consumed + STREAM_WINDOW - limits[self.sid] >= CREDIT_STEP:
-            limits[self.sid] = self.consumed + STREAM_WINDOW
+        if self.conn._quic.took(self.sid, n):
             self.conn.transmit()
 
     # -- the response -----------------------------------------------------------------------

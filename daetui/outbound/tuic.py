@@ -63,7 +63,6 @@ from urllib.parse import quote, unquote
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
     DatagramFrameReceived,
@@ -73,13 +72,12 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
-from aioquic.quic.packet import QuicFrameType
 from aioquic.tls import Epoch, hkdf_expand_label
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from daetui.net.address import resolve
-from daetui.net.quic import ConnectedTransport, KeptConnection, system_ca
+from daetui.net.quic import ConnectedTransport, KeptConnection, PacedQuic, system_ca
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
 from daetui.outbound.state import NodeProtocol
@@ -359,14 +357,13 @@ def token(quic: _Quic, uid: str, password: str) -> bytes:
 
 # -- QUIC ----------------------------------------------------------------------------------------------
 
-class _Quic(QuicConnection):
+class _Quic(PacedQuic):
     """aioquic's connection, keeping what TUIC needs of it: the TLS exporter secret, bounded receive windows."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.exporter_secret: bytes | None = None
         self.exporter_hash: hashes.HashAlgorithm | None = None
-        self.consumed: dict[int, int] = {}  # stream id -> bytes its reader took (the streams whose window we move)
 
     def _update_traffic_key(self, direction: Any, epoch: Epoch, cipher_suite: Any, secret: bytes) -> None:
         # The first 1-RTT key is made right after the server's Finished, when the key schedule holds the
@@ -377,23 +374,6 @@ class _Quic(QuicConnection):
             self.exporter_secret = schedule.derive_secret(b"exp master")
             self.exporter_hash = schedule.algorithm
         super()._update_traffic_key(direction, epoch, cipher_suite, secret)
-
-    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        consumed = self.consumed.get(stream.stream_id)
-        if consumed is None or not stream.max_stream_data_local:
-            super()._write_stream_limits(builder=builder, space=space, stream=stream)
-            return
-        # Our streams: the window is what the reader took plus STREAM_WINDOW, raised once a quarter of
-        # it was used (aioquic's own doubles whenever half arrived, read or not).
-        wanted = consumed + STREAM_WINDOW
-        if wanted - stream.max_stream_data_local >= STREAM_WINDOW // 4:
-            stream.max_stream_data_local = wanted
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(QuicFrameType.MAX_STREAM_DATA, capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                                      handler=self._on_max_stream_data_delivery, handler_args=(stream,))
-            buf.push_uint_var(stream.stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
 
 
 class _Connection(QuicConnectionProtocol):
@@ -532,19 +512,18 @@ class _Connection(QuicConnectionProtocol):
         sid = self._quic.get_next_available_stream_id()
         stream = TuicStream(self, sid)
         self.streams[sid] = stream
-        self._quic.consumed[sid] = 0
+        self._quic.pace(sid, STREAM_WINDOW)
         self._quic.send_stream_data(sid, header)
         self.transmit()
         return stream
 
     def forget_stream(self, sid: int) -> None:
         self.streams.pop(sid, None)
-        self._quic.consumed.pop(sid, None)
+        self._quic.forget(sid)
 
     def unacked(self, sid: int) -> int:
         """Bytes written to the stream the server has not acknowledged yet."""
-        stream = self._quic._streams.get(sid)
-        return len(stream.sender._buffer) if stream is not None else 0
+        return self._quic.unacked(sid)
 
     def send_packets(self, commands: list[bytes], native: bool) -> None:
         """Packet commands as QUIC datagrams (native) or each on a unidirectional stream of its own;
@@ -633,7 +612,6 @@ class TuicStream:
         self.eof_sent = False
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
-        self._advertised = 0   # what the reader had taken when the window was last moved
 
     def feed(self, data: bytes, end: bool) -> None:
         self.buf += data
@@ -664,12 +642,8 @@ class TuicStream:
                 self._waiter = None
         data = bytes(self.buf[:n])
         del self.buf[:n]
-        quic = self.conn._quic
-        if self.sid in quic.consumed:
-            quic.consumed[self.sid] += len(data)
-            if quic.consumed[self.sid] - self._advertised >= STREAM_WINDOW // 4:
-                self._advertised = quic.consumed[self.sid]
-                self.conn.transmit()  # the server gets the window the reader made
+        if self.conn._quic.took(self.sid, len(data)):
+            self.conn.transmit()  # the server gets the window the reader made
         return data
 
     async def write(self, data: bytes) -> None:

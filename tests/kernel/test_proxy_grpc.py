@@ -41,11 +41,12 @@ from helpers import in_router, read_to_end, wan_listener
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
-from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
+from daetui.lab.topology import ADDR, ECHO_PORT, Lab
 from daetui.net.stream import Datagrams, Dialer, DialError, Stream, WrappedStream, framing_of
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound.direct import DirectDialer
 from testkit.peers.mihomo import Mihomo, tls
+from testkit.proxycheck import download, echo, outcome, udp_round
 
 pytestmark = pytest.mark.kernel
 
@@ -143,39 +144,6 @@ def dialer_of(p: Peers, node: Any, via: Dialer | None = None) -> Dialer:
     return node.dialer(via or DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file)
 
 
-async def download(d: Dialer, dest: str, n: int) -> bytes:
-    """n bytes from the wan's source server through the dialer."""
-    s = await d.connect(dest, SOURCE_PORT)
-    try:
-        await s.write(f"{n}\n".encode())
-        return await read_to_end(s)
-    finally:
-        s.close()
-
-
-async def echo(d: Dialer, dest: str, payload: bytes) -> bytes:
-    """`payload` through the wan's echo server, sent in uneven pieces while the answer is read."""
-    s = await d.connect(dest, ECHO_PORT)
-    try:
-        async def send() -> None:
-            for i in range(0, len(payload), 50_000):  # messages, frames and records end anywhere
-                await s.write(payload[i:i + 50_000])
-
-        sender = asyncio.ensure_future(send())
-        got = bytearray()
-        try:
-            while len(got) < len(payload):
-                data = await s.read(1 << 16)
-                assert data, f"echo ended after {len(got)} bytes"
-                got += data
-            await sender
-        finally:
-            sender.cancel()
-        return bytes(got)
-    finally:
-        s.close()
-
-
 # -- TCP -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", CASES)
@@ -238,17 +206,6 @@ def test_vmess_chunks_mihomo_takes(peers: Peers) -> None:
 
 # -- UDP --------------------------------------------------------------------------------------
 
-async def udp_round(u: Datagrams, dests: list[str], sizes: tuple[int, ...]) -> None:
-    """Datagrams of a few sizes to the UDP echo of each destination; all come back, senders named."""
-    sent = []
-    for dest in dests:
-        for size in sizes:
-            data = f"{dest} {size} ".encode().ljust(size, b".")[:size]
-            sent.append((data, dest, ECHO_PORT))
-            await u.send(data, dest, ECHO_PORT)
-    got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
-    assert sorted(got) == sorted(sent)
-
 
 @pytest.mark.parametrize("case", CASES)
 @V4V6
@@ -267,19 +224,6 @@ def test_udp_echo(peers: Peers, case: str, v: int) -> None:
 
 
 # -- what fails -------------------------------------------------------------------------------
-
-async def outcome(d: Dialer) -> str:
-    """What one request through the dialer comes to: data, or the DialError's words."""
-    try:
-        s = await d.connect(DEST[4], ECHO_PORT)
-        try:
-            await s.write(b"ping")
-            data = await asyncio.wait_for(s.read(1 << 16), 5)
-        finally:
-            s.close()
-        return f"data {data[:40]!r}"
-    except DialError as e:
-        return f"DialError {e}"
 
 
 @pytest.mark.parametrize("case", CASES)

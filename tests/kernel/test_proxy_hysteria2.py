@@ -25,7 +25,7 @@ from helpers import http_get, in_router, lan_connect, newest_conn, plane_in_lab,
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
-from daetui.net.stream import Datagrams, DialError
+from daetui.net.stream import DialError
 from daetui.outbound import _hy2_conn, hysteria2, trojan
 from daetui.outbound._hy2_conn import STREAM_WINDOW
 from daetui.outbound.direct import DirectDialer
@@ -34,6 +34,7 @@ from daetui.outbound.links import parse_link as parse_any
 from testkit.configs import LAB_CHECKS
 from testkit.peers.mihomo import Mihomo, tls
 from testkit.peers.trojan import TrojanGfw
+from testkit.proxycheck import download, echo, udp_round
 
 pytestmark = pytest.mark.kernel
 
@@ -95,51 +96,6 @@ def dialer_of(p: Peers, node: Hysteria2Node, **kw: object) -> Hysteria2Dialer:
     return node.dialer(DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file, **kw)  # type: ignore[arg-type]
 
 
-async def download(d: Hysteria2Dialer, dest: str, n: int) -> bytes:
-    s = await d.connect(dest, SOURCE_PORT)
-    try:
-        await s.write(f"{n}\n".encode())
-        return await read_to_end(s)
-    finally:
-        s.close()
-
-
-async def echo(d: Hysteria2Dialer, dest: str, payload: bytes) -> bytes:
-    """`payload` through the wan's echo server, sent in uneven pieces while the answer is read."""
-    s = await d.connect(dest, ECHO_PORT)
-    try:
-        async def send() -> None:
-            for i in range(0, len(payload), 50_000):
-                await s.write(payload[i:i + 50_000])
-            await s.write_eof()
-
-        sender = asyncio.ensure_future(send())
-        got = bytearray()
-        try:
-            while len(got) < len(payload):
-                data = await s.read(1 << 16)
-                assert data, f"echo ended after {len(got)} bytes"
-                got += data
-            await sender
-        finally:
-            sender.cancel()
-        return bytes(got)
-    finally:
-        s.close()
-
-
-async def udp_round(u: Datagrams, sizes: tuple[int, ...]) -> None:
-    """Datagrams of a few sizes to the IPv4 and IPv6 UDP echoes; all come back, senders named."""
-    sent = []
-    for dest in (DEST[4], DEST[6]):
-        for size in sizes:
-            data = f"{dest} {size} ".encode().ljust(size, b".")[:size]
-            sent.append((data, dest, ECHO_PORT))
-            await u.send(data, dest, ECHO_PORT)
-    got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
-    assert sorted(got) == sorted(sent)
-
-
 # -- TCP and UDP ----------------------------------------------------------------------------------
 
 @V4V6
@@ -151,12 +107,12 @@ def test_tcp_and_udp(peers: Peers, v: int) -> None:
 
     async def run() -> None:
         try:
-            got = await asyncio.gather(download(d, DEST[4], MB), echo(d, DEST[6], payload))
+            got = await asyncio.gather(download(d, DEST[4], MB), echo(d, DEST[6], payload, half_close=True))
             assert got[0] == pattern_bytes(MB)
             assert got[1] == payload
             u = await d.datagrams()
             try:
-                await udp_round(u, (1, 700, 1400, 4000))
+                await udp_round(u, [DEST[4], DEST[6]], (1, 700, 1400, 4000))
             finally:
                 u.close()
             assert d.handshakes == 1  # the streams and the session shared the connection
@@ -175,7 +131,7 @@ def test_salamander(peers: Peers) -> None:
             assert await download(d, DEST[4], 300_000) == pattern_bytes(300_000)
             u = await d.datagrams()
             try:
-                await udp_round(u, (1, 1400))
+                await udp_round(u, [DEST[4], DEST[6]], (1, 1400))
             finally:
                 u.close()
         finally:
@@ -266,7 +222,7 @@ def test_port_hopping(peers: Peers, hop_firewall: None, v: int) -> None:
                     assert data
                     got += data
                 assert got == payload
-                await udp_round(u, (1400,))
+                await udp_round(u, [DEST[4], DEST[6]], (1400,))
                 await asyncio.sleep(0.3)
             s.close()
             u.close()

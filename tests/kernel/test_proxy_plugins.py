@@ -22,7 +22,6 @@ UDP of a plugin node goes to ss-server's own UDP relay on the same port, unwrapp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
@@ -31,16 +30,15 @@ from contextlib import ExitStack
 import pytest
 from helpers import in_router, read_to_end
 
-from daetui.control.relay_framed import relay_framed
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, HTTP_PORT, SOURCE_PORT, Lab
-from daetui.net.stream import DialError, framing_of
+from daetui.net.stream import DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.shadowsocks import SsDialer, SsStream, parse_link
 from daetui.outbound.sip003 import parse_plugin
 from testkit.peers.shadowsocks import OBFS_SERVER, V2RAY_PLUGIN, SsServer
-from testkit.sockets import ByteCounter, tcp_pair
+from testkit.proxycheck import through_framed_relay
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 
@@ -174,36 +172,14 @@ def test_framed_relay(lab: Lab, servers: dict[str, SsServer], kind: str) -> None
     """The relay's framed path over the plugin: shadowsocks' Codec layered on the plugin's, 1 MB down, 256 KB echoed."""
     d = dialer(servers, kind, 6)
 
-    async def through_relay(dest_port: int, request: bytes, expect: int) -> tuple[bytes, int, int]:
-        s = await d.connect(target(6, 1 if dest_port == SOURCE_PORT else 0), dest_port)
-        framing = framing_of(s)
-        assert framing is not None, "a plugin's stream must offer the framed relay"
-        client, relay_side = tcp_pair()
-        up, down = ByteCounter(), ByteCounter()
-        task = asyncio.ensure_future(relay_framed(relay_side, *framing, up, down))
-        loop = asyncio.get_running_loop()
-        try:
-            sender = asyncio.ensure_future(loop.sock_sendall(client, request))
-            got = bytearray()
-            while len(got) < expect:
-                data = await loop.sock_recv(client, 1 << 16)
-                assert data, f"relay ended after {len(got)} bytes: {task.done() and task.result()}"
-                got += data
-            await sender
-            return bytes(got), up.n, down.n
-        finally:
-            client.close()
-            if kind == "v2ray-ws-nomux":
-                # A bare websocket cannot carry the client's end (see sip003.open_v2ray_plugin): the
-                # relay would wait for the server's idle timeout. Ended here instead.
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 5)
-
     payload = pattern_bytes(ECHO)[::-1]
-    got, up, down = in_router(lab, through_relay(ECHO_PORT, payload, ECHO))
+    # A bare websocket cannot carry the client's end (see sip003.open_v2ray_plugin): the relay would
+    # wait for the server's idle timeout, so it is ended at once there.
+    nomux = kind == "v2ray-ws-nomux"
+    got, up, down = in_router(lab, through_framed_relay(d, target(6), ECHO_PORT, payload, ECHO, cancel=nomux))
     assert got == payload and (up, down) == (ECHO, ECHO)
-    got, up, down = in_router(lab, through_relay(SOURCE_PORT, f"{MB}\n".encode(), MB))
+    got, up, down = in_router(lab, through_framed_relay(d, target(6, 1), SOURCE_PORT, f"{MB}\n".encode(), MB,
+                                                        cancel=nomux))
     assert got == pattern_bytes(MB) and down == MB
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import socket
 import time
 import uuid
@@ -36,12 +35,13 @@ from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.net import tls13
-from daetui.net.stream import Datagrams, Dialer, DialError, framing_of
+from daetui.net.stream import framing_of
 from daetui.outbound import reality, vless
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.vless import VlessDialer
 from testkit.peers.mihomo import Mihomo
 from testkit.peers.tls_site import PAGE, TlsSite
+from testkit.proxycheck import download, echo, outcome, through_framed_relay, udp_round
 from testkit.sockets import ByteCounter, read_all, tcp_pair
 
 pytestmark = pytest.mark.kernel
@@ -109,39 +109,6 @@ def dialer_of(p: Peers, v: int, **kw: str) -> VlessDialer:
     return node.dialer(DirectDialer(mark=0, connect_timeout=3))
 
 
-async def download(d: Dialer, dest: str, n: int) -> bytes:
-    """n bytes from the wan's source server through the dialer."""
-    s = await d.connect(dest, SOURCE_PORT)
-    try:
-        await s.write(f"{n}\n".encode())
-        return await read_to_end(s)
-    finally:
-        s.close()
-
-
-async def echo(d: Dialer, dest: str, payload: bytes) -> bytes:
-    """`payload` through the wan's echo server, sent in uneven pieces while the answer is read."""
-    s = await d.connect(dest, ECHO_PORT)
-    try:
-        async def send() -> None:
-            for i in range(0, len(payload), 50_000):  # records end anywhere
-                await s.write(payload[i:i + 50_000])
-
-        sender = asyncio.ensure_future(send())
-        got = bytearray()
-        try:
-            while len(got) < len(payload):
-                data = await s.read(1 << 16)
-                assert data, f"echo ended after {len(got)} bytes"
-                got += data
-            await sender
-        finally:
-            sender.cancel()
-        return bytes(got)
-    finally:
-        s.close()
-
-
 @V4V6
 def test_download_and_echo(peers: Peers, v: int) -> None:
     """1 MB downloaded and 256 KB echoed through the server on its IPv`v` address, to an IPv`v` destination."""
@@ -172,33 +139,10 @@ def test_framed_relay(peers: Peers) -> None:
     """A REALITY stream runs in the relay's framed path (its Session is the Codec): 256 KB echoed, 1 MB downloaded."""
     d = dialer_of(peers, 6)
 
-    async def through_relay(dest_port: int, request: bytes, expect: int) -> tuple[bytes, int, int]:
-        s = await d.connect(DEST[4], dest_port)
-        framing = framing_of(s)
-        assert framing is not None, "a vless+reality stream must offer the framed relay"
-        client, relay_side = tcp_pair()
-        up, down = ByteCounter(), ByteCounter()
-        task = asyncio.ensure_future(relay_framed(relay_side, *framing, up, down))
-        loop = asyncio.get_running_loop()
-        try:
-            sender = asyncio.ensure_future(loop.sock_sendall(client, request))
-            got = bytearray()
-            while len(got) < expect:
-                data = await loop.sock_recv(client, 1 << 16)
-                assert data, f"relay ended after {len(got)} bytes: {task.done() and task.result()}"
-                got += data
-            await sender
-            return bytes(got), up.n, down.n
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            client.close()
-
     payload = pattern_bytes(ECHO)[::-1]
-    got, up, down = in_router(peers.lab, through_relay(ECHO_PORT, payload, ECHO))
+    got, up, down = in_router(peers.lab, through_framed_relay(d, DEST[4], ECHO_PORT, payload, ECHO))
     assert got == payload and (up, down) == (ECHO, ECHO)
-    got, up, down = in_router(peers.lab, through_relay(SOURCE_PORT, f"{MB}\n".encode(), MB))
+    got, up, down = in_router(peers.lab, through_framed_relay(d, DEST[4], SOURCE_PORT, f"{MB}\n".encode(), MB))
     assert got == pattern_bytes(MB)
 
 
@@ -225,18 +169,6 @@ def test_relay_reads_to_end(peers: Peers) -> None:
     assert in_router(peers.lab, run()) == pattern_bytes(300_000)
 
 
-async def udp_round(u: Datagrams, dests: list[str], sizes: tuple[int, ...]) -> None:
-    """Datagrams of a few sizes to the UDP echo of each destination; all come back, senders named."""
-    sent = []
-    for dest in dests:
-        for size in sizes:
-            data = f"{dest} {size} ".encode().ljust(size, b".")[:size]
-            sent.append((data, dest, ECHO_PORT))
-            await u.send(data, dest, ECHO_PORT)
-    got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
-    assert sorted(got) == sorted(sent)
-
-
 @V4V6
 def test_udp_echo(peers: Peers, v: int) -> None:
     """Datagrams (vless carries UDP, one session per destination) to IPv4 and IPv6 echoes come back whole."""
@@ -253,19 +185,6 @@ def test_udp_echo(peers: Peers, v: int) -> None:
 
 
 # -- what fails -------------------------------------------------------------------------------
-
-async def outcome(d: Dialer) -> str:
-    """What one request through the dialer comes to: data, or the DialError's words."""
-    try:
-        s = await d.connect(DEST[4], ECHO_PORT)
-        try:
-            await s.write(b"ping")
-            data = await asyncio.wait_for(s.read(1 << 16), 5)
-        finally:
-            s.close()
-        return f"data {data[:40]!r}"
-    except DialError as e:
-        return f"DialError {e}"
 
 
 @pytest.mark.parametrize("wrong", ["pbk", "sid", "sni"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import os
 import ssl
@@ -33,16 +32,15 @@ from urllib.parse import quote
 import pytest
 from helpers import in_router, read_to_end
 
-from daetui.control.relay_framed import relay_framed
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
-from daetui.net.stream import DialError, framing_of
+from daetui.net.stream import DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.shadowsocks import SsDialer, parse_link
 from testkit.peers.mihomo import Mihomo
 from testkit.peers.tls_site import PAGE, TlsSite
-from testkit.sockets import ByteCounter, tcp_pair
+from testkit.proxycheck import through_framed_relay
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peer]
 
@@ -191,32 +189,11 @@ def test_framed_relay(peers: Peers) -> None:
     """The relay's framed path: shadowsocks' Codec layered on ShadowTLS's, 256 KB echoed, 1 MB down."""
     d = dialer_of(4)
 
-    async def through_relay(dest: str, port: int, request: bytes, expect: int) -> tuple[bytes, int, int]:
-        s = await d.connect(dest, port)
-        framing = framing_of(s)
-        assert framing is not None, "a shadow-tls stream must offer the framed relay"
-        client, relay_side = tcp_pair()
-        up, down = ByteCounter(), ByteCounter()
-        task = asyncio.ensure_future(relay_framed(relay_side, *framing, up, down))
-        loop = asyncio.get_running_loop()
-        try:
-            sender = asyncio.ensure_future(loop.sock_sendall(client, request))
-            got = bytearray()
-            while len(got) < expect:
-                data = await loop.sock_recv(client, 1 << 16)
-                assert data, f"relay ended after {len(got)} bytes: {task.done() and task.result()}"
-                got += data
-            await sender
-            return bytes(got), up.n, down.n
-        finally:
-            client.close()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 5)
-
     payload = pattern_bytes(ECHO)[::-1]
-    got, up, down = in_router(peers.lab, through_relay(DEST[4], ECHO_PORT, payload, ECHO))
+    got, up, down = in_router(peers.lab, through_framed_relay(d, DEST[4], ECHO_PORT, payload, ECHO, cancel=False))
     assert got == payload and (up, down) == (ECHO, ECHO)
-    got, up, down = in_router(peers.lab, through_relay(SOURCE[4], SOURCE_PORT, f"{MB}\n".encode(), MB))
+    request = f"{MB}\n".encode()
+    got, up, down = in_router(peers.lab, through_framed_relay(d, SOURCE[4], SOURCE_PORT, request, MB, cancel=False))
     assert got == pattern_bytes(MB) and down == MB
 
 

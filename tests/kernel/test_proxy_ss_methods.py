@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from helpers import in_router, read_to_end
+from helpers import in_router
 
 from daetui.lab.servers import pattern_bytes
-from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
+from daetui.lab.topology import ADDR, ECHO_PORT, Lab
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.links import parse_link
@@ -28,6 +27,7 @@ from daetui.outbound.shadowsocks import SsNode
 from daetui.outbound.ss_stream_ciphers import METHODS as STREAM_METHODS
 from testkit.peers.mihomo import Mihomo
 from testkit.peers.shadowsocks import SsServer
+from testkit.proxycheck import download, echo, udp_round
 
 pytestmark = pytest.mark.kernel
 
@@ -85,44 +85,18 @@ def ss2022_node(server: Mihomo, method: str, v: int, password: str = "") -> SsNo
 
 async def download_and_echo(d: Dialer, v: int) -> None:
     """1 MB from the source server, 256 KB through the echo, both intact."""
-    s = await d.connect(dest(v), SOURCE_PORT)
-    try:
-        await s.write(b"%d\n" % MB)
-        got = await asyncio.wait_for(read_to_end(s), 20)
-    finally:
-        s.close()
-    assert got == pattern_bytes(MB)
+    assert await asyncio.wait_for(download(d, dest(v), MB), 20) == pattern_bytes(MB)
     payload = os.urandom(ECHO)
-    s = await d.connect(dest(v), ECHO_PORT)
-    try:
-        async def send() -> None:
-            for i in range(0, ECHO, 50_000):
-                await s.write(payload[i:i + 50_000])
-
-        sender = asyncio.ensure_future(send())
-        back = bytearray()
-        while len(back) < ECHO and (data := await asyncio.wait_for(s.read(1 << 16), 10)):
-            back += data
-        await sender
-    finally:
-        s.close()
-    assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
+    assert await asyncio.wait_for(echo(d, dest(v), payload), 20) == payload
 
 
 async def udp_echo(d: Dialer) -> None:
     """Datagrams of 1, 700 and 1400 bytes to the IPv4 and IPv6 echoes come back, their sources named."""
     u = await d.datagrams()
     try:
-        sent = []
-        for v in (4, 6):
-            for size in (1, 700, 1400):
-                data = f"{v} {size} ".encode().ljust(size, b".")[:size]
-                sent.append((data, dest(v), ECHO_PORT))
-                await u.send(data, dest(v), ECHO_PORT)
-        got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
+        await udp_round(u, [dest(4), dest(6)], (1, 700, 1400))
     finally:
         u.close()
-    assert sorted(got) == sorted(sent)
 
 
 # -- stream ciphers against ss-server ------------------------------------------------------------------

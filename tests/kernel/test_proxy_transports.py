@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import socket
 import uuid
@@ -36,10 +35,11 @@ from daetui.control.relay_framed import relay_framed
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
-from daetui.net.stream import Datagrams, Dialer, DialError, framing_of
+from daetui.net.stream import Dialer, framing_of
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound.direct import DirectDialer
 from testkit.peers.v2ray import TLS_NAME, V2ray, h2_settings, trojan_inbound, vless_inbound, vmess_inbound, ws_settings
+from testkit.proxycheck import download, echo, outcome, through_framed_relay, udp_round
 from testkit.sockets import ByteCounter, read_all, tcp_pair
 
 pytestmark = pytest.mark.kernel
@@ -130,39 +130,6 @@ def dialer_of(p: Peers, node: Any, **kw: Any) -> Dialer:
     return node.dialer(DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file, **kw)
 
 
-async def download(d: Dialer, dest: str, n: int) -> bytes:
-    """n bytes from the wan's source server through the dialer."""
-    s = await d.connect(dest, SOURCE_PORT)
-    try:
-        await s.write(f"{n}\n".encode())
-        return await read_to_end(s)
-    finally:
-        s.close()
-
-
-async def echo(d: Dialer, dest: str, payload: bytes) -> bytes:
-    """`payload` through the wan's echo server, sent in uneven pieces while the answer is read."""
-    s = await d.connect(dest, ECHO_PORT)
-    try:
-        async def send() -> None:
-            for i in range(0, len(payload), 50_000):  # frames, chunks and records end anywhere
-                await s.write(payload[i:i + 50_000])
-
-        sender = asyncio.ensure_future(send())
-        got = bytearray()
-        try:
-            while len(got) < len(payload):
-                data = await s.read(1 << 16)
-                assert data, f"echo ended after {len(got)} bytes"
-                got += data
-            await sender
-        finally:
-            sender.cancel()
-        return bytes(got)
-    finally:
-        s.close()
-
-
 # -- TCP -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", CASES)
@@ -199,35 +166,10 @@ def test_framed_relay(peers: Peers, case: str) -> None:
     """WS (and TLS+WS) streams run in the relay's framed path: a client's 256 KB echoed and 1 MB downloaded."""
     d = dialer_of(peers, node_of(case, 6))
 
-    async def through_relay(dest_port: int, request: bytes, expect: int) -> tuple[bytes, int, int]:
-        s = await d.connect(DEST[4], dest_port)
-        framing = framing_of(s)
-        assert framing is not None, "a ws stream must offer the framed relay"
-        client, relay_side = tcp_pair()
-        up, down = ByteCounter(), ByteCounter()
-        task = asyncio.ensure_future(relay_framed(relay_side, *framing, up, down))
-        loop = asyncio.get_running_loop()
-        try:
-            sender = asyncio.ensure_future(loop.sock_sendall(client, request))
-            got = bytearray()
-            while len(got) < expect:
-                data = await loop.sock_recv(client, 1 << 16)
-                assert data, f"relay ended after {len(got)} bytes: {task.done() and task.result()}"
-                got += data
-            await sender
-            return bytes(got), up.n, down.n
-        finally:
-            # vless and trojan over ws cannot pass the client's end on (no half-close in WebSocket):
-            # the relay would wait for the destination's, which echo never sends. Ended here.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            client.close()
-
     payload = pattern_bytes(ECHO)[::-1]
-    got, up, down = in_router(peers.lab, through_relay(ECHO_PORT, payload, ECHO))
+    got, up, down = in_router(peers.lab, through_framed_relay(d, DEST[4], ECHO_PORT, payload, ECHO))
     assert got == payload and (up, down) == (ECHO, ECHO)
-    got, up, down = in_router(peers.lab, through_relay(SOURCE_PORT, f"{MB}\n".encode(), MB))
+    got, up, down = in_router(peers.lab, through_framed_relay(d, DEST[4], SOURCE_PORT, f"{MB}\n".encode(), MB))
     assert got == pattern_bytes(MB)
 
 
@@ -253,17 +195,6 @@ def test_chain(peers: Peers) -> None:
 
 
 # -- UDP --------------------------------------------------------------------------------------
-
-async def udp_round(u: Datagrams, dests: list[str], sizes: tuple[int, ...]) -> None:
-    """Datagrams of a few sizes to the UDP echo of each destination; all come back, senders named."""
-    sent = []
-    for dest in dests:
-        for size in sizes:
-            data = f"{dest} {size} ".encode().ljust(size, b".")[:size]
-            sent.append((data, dest, ECHO_PORT))
-            await u.send(data, dest, ECHO_PORT)
-    got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
-    assert sorted(got) == sorted(sent)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -303,19 +234,6 @@ def test_udp_echo(peers: Peers, case: str, v: int) -> None:
 
 
 # -- what fails -------------------------------------------------------------------------------
-
-async def outcome(d: Dialer) -> str:
-    """What one request through the dialer comes to: data, or the DialError's words."""
-    try:
-        s = await d.connect(DEST[4], ECHO_PORT)
-        try:
-            await s.write(b"ping")
-            data = await asyncio.wait_for(s.read(1 << 16), 5)
-        finally:
-            s.close()
-        return f"data {data[:40]!r}"
-    except DialError as e:
-        return f"DialError {e}"
 
 
 @pytest.mark.parametrize("case", ["vmess-ws", "vless-ws-tls", "trojan-ws"])

@@ -27,12 +27,13 @@ from helpers import in_router, read_to_end
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
-from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
+from daetui.lab.topology import ADDR, ECHO_PORT, Lab
 from daetui.net.netns import netns
 from daetui.net.stream import Datagrams, DialError
 from daetui.outbound import links, tuic
 from daetui.outbound.direct import DirectDialer
 from testkit.peers.mihomo import Mihomo, tls
+from testkit.proxycheck import download, echo, udp_round
 
 pytestmark = pytest.mark.kernel
 
@@ -81,50 +82,6 @@ def dialer_of(p: Peers, link: str) -> tuic.TuicDialer:
     node = links.parse_link(link)
     assert isinstance(node, tuic.TuicNode) and tuic.parse_link(node.link()) == node
     return node.dialer(DirectDialer(mark=0, connect_timeout=3), ca_file=p.ca.ca_file, handshake_timeout=5)
-
-
-async def download(d: tuic.TuicDialer, dest: str, n: int) -> bytes:
-    s = await d.connect(dest, SOURCE_PORT)
-    try:
-        await s.write(f"{n}\n".encode())
-        return await read_to_end(s)
-    finally:
-        s.close()
-
-
-async def echo(d: tuic.TuicDialer, dest: str, payload: bytes) -> bytes:
-    """`payload` through the wan's echo server, sent in pieces while the answer is read."""
-    s = await d.connect(dest, ECHO_PORT)
-    try:
-        async def send() -> None:
-            for i in range(0, len(payload), 50_000):
-                await s.write(payload[i:i + 50_000])
-
-        sender = asyncio.ensure_future(send())
-        got = bytearray()
-        try:
-            while len(got) < len(payload):
-                data = await s.read(1 << 16)
-                assert data, f"echo ended after {len(got)} bytes"
-                got += data
-            await sender
-        finally:
-            sender.cancel()
-        return bytes(got)
-    finally:
-        s.close()
-
-
-async def udp_round(u: Datagrams, dests: list[str], sizes: tuple[int, ...]) -> None:
-    """Datagrams of a few sizes to the UDP echo of each destination; all come back, senders named."""
-    sent = []
-    for dest in dests:
-        for size in sizes:
-            data = f"{dest} {size} ".encode().ljust(size, b".")[:size]
-            sent.append((data, dest, ECHO_PORT))
-            await u.send(data, dest, ECHO_PORT)
-    got = [await asyncio.wait_for(u.recv(), 5) for _ in sent]
-    assert sorted(got) == sorted(sent)
 
 
 class _Amplifier(asyncio.DatagramProtocol):

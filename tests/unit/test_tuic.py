@@ -320,7 +320,7 @@ def test_stream_window_moves_with_the_reader(tmp_path: Path) -> None:
     client, server = _pair(tmp_path)
     now = _pump(client, server, 0.0)
     sid = client.get_next_available_stream_id()
-    client.consumed[sid] = 0
+    client.pace(sid, tuic.STREAM_WINDOW)
     client.send_stream_data(sid, b"hello")
     now = _pump(client, server, now)
     server.send_stream_data(sid, b"d" * (8 << 20))
@@ -333,7 +333,7 @@ def test_stream_window_moves_with_the_reader(tmp_path: Path) -> None:
         now = _pump(client, server, now, rounds=200)
         got += arrived()
     assert tuic.STREAM_WINDOW // 2 <= got <= tuic.STREAM_WINDOW
-    client.consumed[sid] = 1 << 20
+    client.took(sid, 1 << 20)
     for _ in range(40):
         now = _pump(client, server, now, rounds=200)
         got += arrived()

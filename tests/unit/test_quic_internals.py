@@ -1,7 +1,7 @@
-"""What _hy2_conn.py takes from aioquic beyond its public API is still there (an upgrade must fail here, loudly).
+"""What daetui takes from aioquic beyond its public API is still there (an upgrade must fail here, loudly).
 
-_hy2_conn.py ties a stream's receive window to its reader by overriding
-`QuicConnection._write_stream_limits`, tells who closed by overriding
+net/quic.py's PacedQuic (hysteria2's and tuic's connections) ties a stream's receive window to its
+reader by overriding `QuicConnection._write_stream_limits`; _hy2_conn.py tells who closed by overriding
 `_handle_connection_close_frame`, bounds the datagram queue
 (`_datagrams_pending`), reads the peer's datagram size
 (`_remote_max_datagram_frame_size`), a stream's unacknowledged bytes
