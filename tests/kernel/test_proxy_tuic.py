@@ -8,7 +8,7 @@ module (its listener takes UDP relaying in both modes: it answers in the
 mode each association's first packet came in).
 
 That mihomo accepts our Authenticate command at all checks the token (the
-TLS exporter aioquic lacks, tuic.exporter): with a wrong one it closes the
+TLS exporter aioquic lacks, _tuic_wire.exporter): with a wrong one it closes the
 connection ("AuthenticationFailed"), as test_wrong_password shows.
 """
 

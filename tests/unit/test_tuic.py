@@ -1,4 +1,4 @@
-"""TUIC v5 (daetui/outbound/tuic.py) without a network: links, commands, fragments, the TLS exporter, windows.
+"""TUIC v5 (daetui/outbound/tuic.py, _tuic_*.py) offline: links, commands, fragments, the TLS exporter, windows.
 
 The exporter is checked against OpenSSL: vectors taken from `openssl s_server
 -keymatexport` with the client's EXPORTER_SECRET from Python's keylog (Python's
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from daetui.net.stream import DialError
-from daetui.outbound import links, tuic
+from daetui.outbound import _tuic_conn, _tuic_wire, links, tuic
 
 UID = "5f2e3a9c-1d4b-4c8e-9a7f-0b6d2e4f8a13"
 
@@ -97,30 +97,30 @@ def test_dialer_settings() -> None:
 
 def test_commands() -> None:
     token = bytes(range(32))
-    assert tuic.authenticate(UID, token) == b"\x05\x00" + uuid.UUID(UID).bytes + token
-    assert tuic.connect_header("203.0.113.9", 443) == b"\x05\x01\x01" + bytes([203, 0, 113, 9]) + b"\x01\xbb"
-    assert tuic.connect_header("2001:db8::1", 80) == \
+    assert _tuic_wire.authenticate(UID, token) == b"\x05\x00" + uuid.UUID(UID).bytes + token
+    assert _tuic_wire.connect_header("203.0.113.9", 443) == b"\x05\x01\x01" + bytes([203, 0, 113, 9]) + b"\x01\xbb"
+    assert _tuic_wire.connect_header("2001:db8::1", 80) == \
         b"\x05\x01\x02" + socket.inet_pton(socket.AF_INET6, "2001:db8::1") + b"\x00\x50"
-    assert tuic.connect_header("example.com.", 53) == b"\x05\x01\x00\x0bexample.com\x00\x35"
-    assert tuic.dissociate(0x1234) == b"\x05\x03\x12\x34"
-    assert tuic.heartbeat() == b"\x05\x04"
+    assert _tuic_wire.connect_header("example.com.", 53) == b"\x05\x01\x00\x0bexample.com\x00\x35"
+    assert _tuic_wire.dissociate(0x1234) == b"\x05\x03\x12\x34"
+    assert _tuic_wire.heartbeat() == b"\x05\x04"
     with pytest.raises(DialError):
-        tuic.connect_header("a" * 256, 1)
+        _tuic_wire.connect_header("a" * 256, 1)
 
 
 def test_packet_unfragmented() -> None:
-    [cmd] = tuic.packets(7, 9, b"hello", "203.0.113.9", 53, None)
+    [cmd] = _tuic_wire.packets(7, 9, b"hello", "203.0.113.9", 53, None)
     assert cmd == b"\x05\x02\x00\x07\x00\x09\x01\x00\x00\x05\x01" + bytes([203, 0, 113, 9]) + b"\x00\x35hello"
-    assert tuic.parse_packet(cmd) == tuic.Packet(7, 9, 1, 0, "203.0.113.9", 53, b"hello")
-    assert tuic.packets(7, 9, b"x" * 1000, "203.0.113.9", 53, 1136) == tuic.packets(7, 9, b"x" * 1000, "203.0.113.9",
-                                                                                     53, None)
+    assert _tuic_wire.parse_packet(cmd) == _tuic_wire.Packet(7, 9, 1, 0, "203.0.113.9", 53, b"hello")
+    assert _tuic_wire.packets(7, 9, b"x" * 1000, "203.0.113.9", 53, 1136) == \
+        _tuic_wire.packets(7, 9, b"x" * 1000, "203.0.113.9", 53, None)
     with pytest.raises(DialError):
-        tuic.packets(1, 2, b"x" * 65536, "203.0.113.9", 1, None)
+        _tuic_wire.packets(1, 2, b"x" * 65536, "203.0.113.9", 1, None)
 
 
 def test_packet_fragments() -> None:
     data = bytes(range(256)) * 12   # 3072 bytes
-    cmds = tuic.packets(1, 2, data, "2001:db8::9", 5353, 1136)
+    cmds = _tuic_wire.packets(1, 2, data, "2001:db8::9", 5353, 1136)
     assert len(cmds) == 3 and all(len(c) <= 1136 for c in cmds)
     # As mihomo's server fragments (the first fragment's header the longest, every payload that size).
     assert cmds == mihomo_fragments(1, 2, data, "2001:db8::9", 5353, 1136 - 10 - 19)
@@ -133,17 +133,17 @@ def mihomo_fragments(assoc_id: int, pkt_id: int, data: bytes, host: str, port: i
     out = []
     for i in range(total):
         piece = data[i * size:(i + 1) * size]
-        addr = tuic.encode_address(host, port) if i == 0 else bytes((tuic.ATYP_NONE,))
+        addr = _tuic_wire.encode_address(host, port) if i == 0 else bytes((_tuic_wire.ATYP_NONE,))
         out.append(struct.pack("!BBHHBBH", 5, 2, assoc_id, pkt_id, total, i, len(piece)) + addr + piece)
     return out
 
 
 def test_fragments_reassembled() -> None:
     data = bytes(range(256)) * 12   # 3072 bytes
-    parsed = [tuic.parse_packet(c) for c in mihomo_fragments(1, 2, data, "2001:db8::9", 5353, 1100)]
+    parsed = [_tuic_wire.parse_packet(c) for c in mihomo_fragments(1, 2, data, "2001:db8::9", 5353, 1100)]
     assert [(p.frag_total, p.frag_id) for p in parsed] == [(3, 0), (3, 1), (3, 2)]
     assert parsed[0].host == "2001:db8::9" and parsed[1].host is None and parsed[2].host is None
-    r = tuic.Reassembly()
+    r = _tuic_wire.Reassembly()
     # Any order, a duplicate among them.
     assert r.feed(parsed[2]) is None and r.feed(parsed[0]) is None and r.feed(parsed[2]) is None
     assert r.feed(parsed[1]) == (data, "2001:db8::9", 5353)
@@ -161,33 +161,33 @@ def test_fragments_reassembled() -> None:
 ])
 def test_malformed_packets(bad: bytes) -> None:
     with pytest.raises(ValueError):
-        tuic.parse_packet(bad)
+        _tuic_wire.parse_packet(bad)
 
 
 def test_reassembly_is_bounded() -> None:
     """At most max_partial packets in progress (the oldest dropped); a packet past 64 KiB, or whose
     fragments disagree on their count, or whose first fragment names no sender, is dropped."""
-    r = tuic.Reassembly(max_partial=4)
+    r = _tuic_wire.Reassembly(max_partial=4)
     for pkt in range(100):
-        assert r.feed(tuic.Packet(1, pkt, 2, 0, "203.0.113.9", 53, b"x" * 1000)) is None
+        assert r.feed(_tuic_wire.Packet(1, pkt, 2, 0, "203.0.113.9", 53, b"x" * 1000)) is None
         assert len(r.partial) <= 4
     assert r.dropped == 96 and set(r.partial) == {96, 97, 98, 99}
-    assert r.feed(tuic.Packet(1, 99, 2, 1, None, 0, b"y")) == (b"x" * 1000 + b"y", "203.0.113.9", 53)
-    assert r.feed(tuic.Packet(1, 20, 2, 1, None, 0, b"y")) is None  # its first fragment was dropped: waits again
+    assert r.feed(_tuic_wire.Packet(1, 99, 2, 1, None, 0, b"y")) == (b"x" * 1000 + b"y", "203.0.113.9", 53)
+    assert r.feed(_tuic_wire.Packet(1, 20, 2, 1, None, 0, b"y")) is None  # its first fragment was dropped: waits again
 
-    r = tuic.Reassembly()
+    r = _tuic_wire.Reassembly()
     for i in range(65):   # 65 x 1100 > 65535
-        r.feed(tuic.Packet(1, 5, 100, i, "203.0.113.9" if i == 0 else None, 53, b"z" * 1100))
+        r.feed(_tuic_wire.Packet(1, 5, 100, i, "203.0.113.9" if i == 0 else None, 53, b"z" * 1100))
     # The packet was dropped at the fragment that took it past 64 KiB; the later ones start over, bounded.
     assert r.dropped == 1
-    assert sum(len(f) for _, frags, _, _ in r.partial.values() for f in frags.values()) <= tuic.MAX_DATAGRAM
+    assert sum(len(f) for _, frags, _, _ in r.partial.values() for f in frags.values()) <= _tuic_wire.MAX_DATAGRAM
 
-    r = tuic.Reassembly()
-    assert r.feed(tuic.Packet(1, 1, 3, 0, "203.0.113.9", 53, b"a")) is None
-    assert r.feed(tuic.Packet(1, 1, 2, 1, None, 0, b"b")) is None and r.dropped == 1  # count changed
-    assert r.feed(tuic.Packet(1, 2, 2, 0, None, 0, b"a")) is None
-    assert r.feed(tuic.Packet(1, 2, 2, 1, None, 0, b"b")) is None and r.dropped == 2  # no sender named
-    assert r.feed(tuic.Packet(1, 3, 1, 0, None, 0, b"a")) is None   # unfragmented without a sender
+    r = _tuic_wire.Reassembly()
+    assert r.feed(_tuic_wire.Packet(1, 1, 3, 0, "203.0.113.9", 53, b"a")) is None
+    assert r.feed(_tuic_wire.Packet(1, 1, 2, 1, None, 0, b"b")) is None and r.dropped == 1  # count changed
+    assert r.feed(_tuic_wire.Packet(1, 2, 2, 0, None, 0, b"a")) is None
+    assert r.feed(_tuic_wire.Packet(1, 2, 2, 1, None, 0, b"b")) is None and r.dropped == 2  # no sender named
+    assert r.feed(_tuic_wire.Packet(1, 3, 1, 0, None, 0, b"a")) is None   # unfragmented without a sender
 
 
 # -- the TLS exporter ---------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ OPENSSL_VECTORS = [
 @pytest.mark.parametrize(("algorithm", "secret", "label", "expected"), OPENSSL_VECTORS)
 def test_exporter_matches_openssl_vectors(algorithm: hashes.HashAlgorithm, secret: str, label: bytes,
                                           expected: str) -> None:
-    assert tuic.exporter(algorithm, bytes.fromhex(secret), label, b"", 32).hex().upper() == expected
+    assert _tuic_wire.exporter(algorithm, bytes.fromhex(secret), label, b"", 32).hex().upper() == expected
 
 
 def _self_signed(tmp_path: Path, name: str = "tuic.test") -> tuple[Path, Path]:
@@ -261,24 +261,25 @@ def test_exporter_against_live_openssl(tmp_path: Path) -> None:
     secret = re.search(r"^EXPORTER_SECRET \S+ (\S+)$", (tmp_path / "keys.log").read_text(), re.M)
     assert secret
     algorithm = hashes.SHA384() if suite.endswith("SHA384") else hashes.SHA256()
-    assert tuic.exporter(algorithm, bytes.fromhex(secret[1]), b"daetui tuic", b"", 32).hex().upper() == exported[1]
+    exported_here = _tuic_wire.exporter(algorithm, bytes.fromhex(secret[1]), b"daetui tuic", b"", 32)
+    assert exported_here.hex().upper() == exported[1]
 
 
-def _pair(tmp_path: Path) -> tuple[tuic._Quic, tuic._Quic]:
+def _pair(tmp_path: Path) -> tuple[_tuic_conn._Quic, _tuic_conn._Quic]:
     cert, key = _self_signed(tmp_path)
     ccfg = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name="tuic.test",
                              max_datagram_frame_size=65536)
     ccfg.load_verify_locations(cafile=str(cert))
     scfg = QuicConfiguration(is_client=False, alpn_protocols=["h3"], max_datagram_frame_size=65536)
     scfg.load_cert_chain(str(cert), str(key))
-    client = tuic._Quic(configuration=ccfg)
-    server = tuic._Quic(configuration=scfg,
-                        original_destination_connection_id=client.original_destination_connection_id)
+    client = _tuic_conn._Quic(configuration=ccfg)
+    server = _tuic_conn._Quic(configuration=scfg,
+                              original_destination_connection_id=client.original_destination_connection_id)
     client.connect(("192.0.2.2", 443), now=0.0)
     return client, server
 
 
-def _pump(client: tuic._Quic, server: tuic._Quic, now: float, rounds: int = 50) -> float:
+def _pump(client: _tuic_conn._Quic, server: _tuic_conn._Quic, now: float, rounds: int = 50) -> float:
     """Datagrams both ways until neither side has any (timers run as time goes by)."""
     for _ in range(rounds):
         moved = False
@@ -296,7 +297,7 @@ def _pump(client: tuic._Quic, server: tuic._Quic, now: float, rounds: int = 50) 
     return now
 
 
-def _events(q: tuic._Quic) -> list[object]:
+def _events(q: _tuic_conn._Quic) -> list[object]:
     out = []
     while (e := q.next_event()) is not None:
         out.append(e)
@@ -309,9 +310,9 @@ def test_exporter_secret_agrees_across_a_handshake(tmp_path: Path) -> None:
     _pump(client, server, 0.0)
     assert any(isinstance(e, HandshakeCompleted) for e in _events(client))
     assert client.exporter_secret is not None and client.exporter_secret == server.exporter_secret
-    assert tuic.token(client, UID, "pw") == tuic.token(server, UID, "pw")
-    assert tuic.token(client, UID, "pw") != tuic.token(client, UID, "other")
-    assert len(tuic.token(client, UID, "pw")) == 32
+    assert _tuic_conn.token(client, UID, "pw") == _tuic_conn.token(server, UID, "pw")
+    assert _tuic_conn.token(client, UID, "pw") != _tuic_conn.token(client, UID, "other")
+    assert len(_tuic_conn.token(client, UID, "pw")) == 32
 
 
 def test_stream_window_moves_with_the_reader(tmp_path: Path) -> None:
@@ -320,7 +321,7 @@ def test_stream_window_moves_with_the_reader(tmp_path: Path) -> None:
     client, server = _pair(tmp_path)
     now = _pump(client, server, 0.0)
     sid = client.get_next_available_stream_id()
-    client.pace(sid, tuic.STREAM_WINDOW)
+    client.pace(sid, _tuic_conn.STREAM_WINDOW)
     client.send_stream_data(sid, b"hello")
     now = _pump(client, server, now)
     server.send_stream_data(sid, b"d" * (8 << 20))
@@ -332,13 +333,13 @@ def test_stream_window_moves_with_the_reader(tmp_path: Path) -> None:
     for _ in range(40):
         now = _pump(client, server, now, rounds=200)
         got += arrived()
-    assert tuic.STREAM_WINDOW // 2 <= got <= tuic.STREAM_WINDOW
+    assert _tuic_conn.STREAM_WINDOW // 2 <= got <= _tuic_conn.STREAM_WINDOW
     client.took(sid, 1 << 20)
     for _ in range(40):
         now = _pump(client, server, now, rounds=200)
         got += arrived()
-    assert got <= (1 << 20) + tuic.STREAM_WINDOW
-    assert got > tuic.STREAM_WINDOW
+    assert got <= (1 << 20) + _tuic_conn.STREAM_WINDOW
+    assert got > _tuic_conn.STREAM_WINDOW
 
 
 # -- clash YAML ---------------------------------------------------------------------------------------
@@ -386,5 +387,5 @@ def test_why_a_connection_closed(code: int, phrase: str, ready: bool, words: str
 
     conn = SimpleNamespace(where="n (203.0.113.7:443)", ready=SimpleNamespace(done=lambda: ready))
     event = ConnectionTerminated(error_code=code, frame_type=None, reason_phrase=phrase)
-    got = tuic._Connection._why_closed(conn, event)  # type: ignore[arg-type]
+    got = _tuic_conn._Connection._why_closed(conn, event)  # type: ignore[arg-type]
     assert got.startswith("tuic n (203.0.113.7:443): ") and words in got, got
