@@ -19,7 +19,10 @@ Figures:
     both servers must forward it), p50 and p90 in ms.
 Each figure is the median over --rounds rounds; ratios are daetui / dnsmasq.
 
-    .venv/bin/python bench/dns.py [--seconds 5] [--rounds 3] [--names 200] [--shared-address] [--summary FILE]
+    .venv/bin/python bench/dns.py [--seconds 5] [--rounds 3] [--names 200] [--shared-address] [--kernel-answers]
+                                  [--summary FILE]
+
+--kernel-answers turns dns.kernel_answers on: repeated queries are answered by the LAN program.
 
 Needs dnsperf (Debian package `dnsperf`).
 """
@@ -209,6 +212,8 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=200, help="cached names (at most 200)")
     ap.add_argument("--misses", type=int, default=500, help="cache misses per server per round")
     ap.add_argument("--shared-address", action="store_true", help="cached names all share one address")
+    ap.add_argument("--kernel-answers", action="store_true",
+                    help="dns.kernel_answers on: repeated queries answered by the LAN program")
     ap.add_argument("--lab", default="dtdnsbench")
     _summary.add_option(ap)
     args = ap.parse_args()
@@ -231,7 +236,9 @@ def main() -> int:
     try:
         unbound.start()
         dnsmasq.start()
-        daemon = Daemon.from_text(lab.router, CONFIG).start(timeout=90)
+        config = CONFIG.replace("cache_size = 65536", "cache_size = 65536\nkernel_answers = true") \
+            if args.kernel_answers else CONFIG
+        daemon = Daemon.from_text(lab.router, config).start(timeout=90)
 
         # Warm both caches; from here on every cached name is a hit for both.
         for server in servers.values():
@@ -323,7 +330,9 @@ def report(rounds: list[Round], before: tuple[DnsCounters, int], after: tuple[Dn
     sent = {w: sum(r.qps[w].sent for r in rounds) + len(rounds) * (names + misses) for w in (d, m)}
     print(f"who answered: daetui received {c1.queries - c0.queries} queries (its rounds sent {sent[d]}; "
           f"dnsmasq's rounds {sent[m]}, must_direct, not hijacked): cache hits +{c1.cache_hits - c0.cache_hits}, "
-          f"misses +{c1.cache_misses - c0.cache_misses}; dnsmasq cache hits +{after[1] - before[1]}")
+          f"misses +{c1.cache_misses - c0.cache_misses}; "
+          f"answered by the kernel +{c1.kernel_answered - c0.kernel_answered}; "
+          f"dnsmasq cache hits +{after[1] - before[1]}")
     print("both measured through the same router with daetui attached, in alternating order")
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@
 #define PROG_CLASSIFY 1   /* route_classify: each field's class */
 #define PROG_MATCH 2      /* route_match: the first rule set in every field's bitmap */
 #define PROG_DECIDE 3     /* route_decide: records and carries out s->d_* */
-#define N_ROUTE_PROGS 4
+#define PROG_DNS 4        /* dns_answer: a hijacked UDP query answered from dns_answers, or handed over */
+#define N_ROUTE_PROGS 5
 
 /* The rule classifier. Bit r of a bitmap is rule position r (the r-th enabled
  * rule). Each field of a packet has a class: the bitmap of the rules whose
@@ -197,6 +198,67 @@
 #define CNT_OWN_TO_CONTROL 27 /* redirected into daetui0 for the control plane */
 #define CNT_OWN_LOST 28       /* arrived on daetui0 with no flow to hand it to: dropped */
 #define N_COUNTERS 29
+
+/* Cached DNS answered in the kernel (dns_answer). The controller fills dns_answers with the answers
+ * that are every client's (daetui/dns/kernel_answers.py); a query they answer never reaches user space.
+ * Anything unusual goes to the controller, counted by reason in dns_stats. */
+#define DNS_QNAME_MAX 128        /* wire name, lower-cased: longer ones go to the controller */
+#define DNS_REST_MAX 512         /* answer, authority and additional sections of an entry */
+#define DNS_MAX_TTLS 16          /* records of an entry (each has a TTL to count down) */
+#define DNS_REPLY_MAX 512        /* a whole reply, our OPT record included: never truncated */
+/* dns_stats indices */
+#define DNS_ST_ANSWERED 0
+#define DNS_ST_NOT_PLAIN 1       /* no plain query: QR, opcode, TC, counts, an IPv4 option / IPv6 extension */
+#define DNS_ST_EDNS 2            /* an OPT record we cannot echo: options (ECS, cookie), DO, version, or other records */
+#define DNS_ST_NAME 3            /* a name longer than DNS_QNAME_MAX, compressed, or running past the end */
+#define DNS_ST_TRAILING 4        /* bytes after the question (and OPT) */
+#define DNS_ST_MISS 5            /* no entry */
+#define DNS_ST_EXPIRED 6
+#define DNS_ST_EPOCH 7           /* an entry from before the last reload or flush */
+#define DNS_ST_TOO_BIG 8         /* the reply would not fit DNS_REPLY_MAX */
+#define DNS_ST_ERROR 9           /* a helper failed: handed over before the packet changed, dropped after */
+#define DNS_ST_TRUNCATED 10      /* shorter than its headers say */
+#define N_DNS_STATS 11
+
+/* The question of a cached answer: its name as on the wire, lower-cased, zero-padded. */
+struct dns_key {
+    __u8 name[DNS_QNAME_MAX];
+    __u16 qtype;          /* host byte order */
+    __u16 qclass;
+};
+
+/* A cached answer, as the controller would send it from its cache. */
+struct dns_entry {
+    __u64 expires_ns;     /* bpf_ktime_get_ns(): not used from then on (never served stale) */
+    __u64 stored_ns;      /* when its TTLs were ttls[]: they are counted down by the whole seconds since */
+    __u32 epoch;          /* dns_conf.epoch it was filled under: any other is never used */
+    __u16 flags;          /* the reply's header flags, RD excepted (the query's is copied) */
+    __u16 ancount;
+    __u16 nscount;
+    __u16 arcount;        /* without our OPT record */
+    __u16 rest_len;       /* bytes of rest[] */
+    __u16 n_ttls;
+    __u16 ttl_off[DNS_MAX_TTLS];   /* offsets of the records' TTLs in rest[] */
+    __u32 ttls[DNS_MAX_TTLS];
+    __u8 rest[DNS_REST_MAX];       /* every section after the question */
+};
+
+struct dns_conf {
+    __u32 epoch;          /* bumped on every reload and cache flush, and when a name leaves the NameBook early */
+    __u8 enabled;         /* dns.kernel_answers */
+    __u8 pad[3];
+};
+
+/* dns_answer's per-CPU room (too big for the stack): the key, and the reply's question and sections as
+ * they go out, zero-padded, so each is checksummed by one bpf_csum_diff. */
+struct dns_scratch {
+    struct dns_key key;
+    __u8 question[2 * DNS_QNAME_MAX];   /* DNS_QNAME_MAX + 4 used: a power of two to mask lengths with */
+    __u8 rest[DNS_REST_MAX];
+    __u32 nlen;           /* the name's length, read back as a plain number: the verifier's paths out of
+                           * the label walk become one */
+    __u32 pad;
+};
 
 /* A UDP socket on the router and a peer it received from: what it then sends that peer is an
  * answer (a server's: WireGuard in user space, a DNS server for the WAN), not a new flow. */
@@ -454,5 +516,9 @@ BPF_TABLE("lru_hash", __u64, struct sock_owner, sock_owner, MAX_FLOWS);
 /* Marks whose packets wan_egress never catches (global.bypass_marks), besides so_mark. */
 BPF_HASH(bypass_marks, __u32, __u8, 16);
 BPF_TABLE("lru_hash", struct answered_key, __u8, answered, 16384);
+BPF_TABLE("lru_hash", struct dns_key, struct dns_entry, dns_answers, 4096);
+BPF_ARRAY(dns_conf, struct dns_conf, 1);
+BPF_PERCPU_ARRAY(dns_stats, __u64, N_DNS_STATS);
+BPF_PERCPU_ARRAY(dns_scratch, struct dns_scratch, 1);
 
 #endif /* DAETUI_H */

@@ -11,6 +11,8 @@
  *              the classifier cannot hold uses): ROUTE_CHUNK match sets per
  *              call, tail-calling itself, so thousands fit the verifier's limits;
  * route_decide records the decision and carries it out.
+ * dns_answer   answers a hijacked DNS query from the controller's hot answers
+ *              (dns_answers) in place, or hands it to the controller.
  * lan_egress   counts the replies of the flows lan_ingress knows.
  * (*_l3: the same on an interface without Ethernet header: WireGuard, tun.)
  * wan_egress   decides the router's own new flows leaving by a WAN interface
@@ -395,6 +397,299 @@ static __always_inline int own_redirect(struct __sk_buff *skb, struct route_stat
     return bpf_redirect(p->own_ifindex, BPF_F_INGRESS);
 }
 
+/* -- Cached DNS answered here (dns_answer) ------------------------------------------------------ */
+
+static __always_inline void dns_count(__u32 index)
+{
+    __u64 *v = dns_stats.lookup(&index);
+    if (v)
+        *v += 1;
+}
+
+/* The query is not one to answer here: to the DNS controller, as without dns_answers. */
+static __always_inline int dns_hand_over(struct __sk_buff *skb, struct route_state *s, __u32 why)
+{
+    __u32 zero = 0;
+    dns_count(why);
+    struct params *p = params.lookup(&zero);
+    if (!p)
+        return TC_ACT_OK;
+    return assign(skb, s, p, OUTBOUND_DNS);
+}
+
+/* The reply could not be finished once the packet was changed: dropped (the client asks again). */
+static __always_inline int dns_failed(void)
+{
+    dns_count(DNS_ST_ERROR);
+    return TC_ACT_SHOT;
+}
+
+static __always_inline __u16 csum_fold(__u64 sum)
+{
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return (__u16)~sum;
+}
+
+/* dns_answer: count why the query goes to the controller, and send it there (one exit, so assign() is
+ * inlined once). */
+#define HAND_OVER(reason) do { why = (reason); goto over; } while (0)
+
+/* A hijacked UDP query on an Ethernet LAN interface (act() tail-calls here): answered in place from
+ * dns_answers and sent back out of the interface it came in on, when it is a plain query whose answer
+ * the controller put there under the current epoch and that has not expired; else handed to the
+ * controller, counted by reason. The reply is the one the controller would send from its cache
+ * (wire.answer_from_template): the query's ID, RD bit and question as the client spelt it, the
+ * entry's flags and sections, its TTLs counted down by the whole seconds since it was stored, and our
+ * OPT record when the query had one. */
+int dns_answer(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    __u32 why;
+    struct route_state *s = scratch.lookup(&zero);
+    if (!s)
+        return TC_ACT_OK;
+    struct dns_scratch *ds = dns_scratch.lookup(&zero);
+    struct dns_conf *conf = dns_conf.lookup(&zero);
+    if (!ds || !conf)
+        HAND_OVER(DNS_ST_ERROR);
+    __u8 v6 = s->ipversion == 6;
+    struct iphdr ip = {};
+    struct ipv6hdr ip6 = {};
+    __u32 l4;
+    if (!v6) {
+        if (load(skb, ETH_HLEN, &ip, sizeof(ip)))
+            HAND_OVER(DNS_ST_TRUNCATED);
+        if (ip.ihl != 5 || ip.protocol != IPPROTO_UDP)
+            HAND_OVER(DNS_ST_NOT_PLAIN);
+        if (ETH_HLEN + (__u32)bpf_ntohs(ip.tot_len) > skb->len)
+            HAND_OVER(DNS_ST_TRUNCATED);
+        l4 = ETH_HLEN + sizeof(struct iphdr);
+    } else {
+        if (load(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+            HAND_OVER(DNS_ST_TRUNCATED);
+        if (ip6.nexthdr != IPPROTO_UDP)
+            HAND_OVER(DNS_ST_NOT_PLAIN);
+        if (ETH_HLEN + sizeof(struct ipv6hdr) + (__u32)bpf_ntohs(ip6.payload_len) > skb->len)
+            HAND_OVER(DNS_ST_TRUNCATED);
+        l4 = ETH_HLEN + sizeof(struct ipv6hdr);
+    }
+    struct udphdr uh;
+    if (load(skb, l4, &uh, sizeof(uh)))
+        HAND_OVER(DNS_ST_TRUNCATED);
+    __u32 ulen = bpf_ntohs(uh.len);
+    if (ulen < sizeof(uh) + 12 || l4 + ulen > skb->len)
+        HAND_OVER(DNS_ST_TRUNCATED);
+    __u32 d = l4 + sizeof(uh);          /* the DNS message */
+    __u32 dend = l4 + ulen;
+    __u8 h[12];
+    if (load(skb, d, h, sizeof(h)))
+        HAND_OVER(DNS_ST_TRUNCATED);
+    __u16 qflags = ((__u16)h[2] << 8) | h[3];
+    /* QR, opcode and TC clear; one question, no answer or authority records, at most an OPT. */
+    if ((qflags & 0xfa00) || h[4] || h[5] != 1 || h[6] || h[7] || h[8] || h[9] || h[10] || h[11] > 1)
+        HAND_OVER(DNS_ST_NOT_PLAIN);
+
+    /* The name: labels up to a root label, no compression, at most DNS_QNAME_MAX bytes. One pass per
+     * label (a single path on to the next, so the verifier's work grows with the label count only). */
+    __u32 q = d + 12;
+    __u32 off = 0;
+    __u32 nlen = 0;
+    for (int hop = 0; hop < DNS_QNAME_MAX / 2; hop++) {
+        if (off >= DNS_QNAME_MAX)
+            break;
+        __u8 b;
+        if (bpf_skb_load_bytes(skb, q + off, &b, 1))
+            break;
+        if (b == 0) {
+            nlen = off + 1;
+            break;
+        }
+        if (b & 0xc0)
+            break;
+        off += (__u32)b + 1;
+    }
+    *(volatile __u32 *)&ds->nlen = nlen;
+    nlen = *(volatile __u32 *)&ds->nlen;
+    if (nlen == 0 || nlen > DNS_QNAME_MAX)
+        HAND_OVER(DNS_ST_NAME);
+    if (q + nlen + 4 > dend)
+        HAND_OVER(DNS_ST_TRUNCATED);
+    __u8 tc[4];
+    if (bpf_skb_load_bytes(skb, q + nlen, tc, sizeof(tc)))
+        HAND_OVER(DNS_ST_TRUNCATED);
+    __u32 pos = q + nlen + 4;           /* just past the question */
+    __u8 has_opt = h[11];
+    if (has_opt) {
+        /* Only an OPT we can answer as the controller does without reading it: version 0, no
+         * extended rcode, DO and Z clear, no options (ECS, cookies: they would be lost). */
+        __u8 o[11];
+        if (pos + sizeof(o) > dend || bpf_skb_load_bytes(skb, pos, o, sizeof(o)))
+            HAND_OVER(DNS_ST_EDNS);
+        if (o[0] || o[1] || o[2] != 41 || o[5] || o[6] || o[7] || o[8] || o[9] || o[10])
+            HAND_OVER(DNS_ST_EDNS);
+        pos += sizeof(o);
+    }
+    if (pos != dend)
+        HAND_OVER(DNS_ST_TRAILING);
+
+    /* The key: the name lower-cased (as Python's bytes.lower(): length bytes are below 'A'), zero-padded. */
+    __builtin_memset(ds->key.name, 0, DNS_QNAME_MAX);
+    /* nlen is 1..DNS_QNAME_MAX (checked above); said again in a form the verifier keeps (the asm
+     * stops clang from dropping a mask it knows changes nothing). */
+    __u32 ln = nlen - 1;
+    asm volatile("" : "+r"(ln));
+    if (bpf_skb_load_bytes(skb, q, ds->key.name, (ln & (DNS_QNAME_MAX - 1)) + 1))
+        HAND_OVER(DNS_ST_TRUNCATED);
+    /* Eight bytes at a time: a byte's top bit in `upper` when it is 'A'..'Z' (a + b < 0x80 + 'A' - 1
+     * < z + b: the heptets never carry), then its 0x20 bit set. */
+    __u64 *w = (__u64 *)ds->key.name;
+#pragma unroll
+    for (int i = 0; i < DNS_QNAME_MAX / 8; i++) {
+        __u64 x = w[i];
+        __u64 low = x & 0x7f7f7f7f7f7f7f7fULL;
+        __u64 ge_a = low + 0x3f3f3f3f3f3f3f3fULL;   /* top bit: byte >= 'A' (0x41) */
+        __u64 gt_z = low + 0x2525252525252525ULL;   /* top bit: byte > 'Z' (0x5a) */
+        __u64 upper = (ge_a ^ gt_z) & ~x & 0x8080808080808080ULL;
+        w[i] = x | (upper >> 2);
+    }
+    ds->key.qtype = ((__u16)tc[0] << 8) | tc[1];
+    ds->key.qclass = ((__u16)tc[2] << 8) | tc[3];
+    struct dns_entry *e = dns_answers.lookup(&ds->key);
+    if (!e)
+        HAND_OVER(DNS_ST_MISS);
+    __u64 now = bpf_ktime_get_ns();
+    if (e->epoch != conf->epoch)
+        HAND_OVER(DNS_ST_EPOCH);
+    if (now >= e->expires_ns)
+        HAND_OVER(DNS_ST_EXPIRED);
+    __u32 rest_len = e->rest_len;
+    __u32 n_ttls = e->n_ttls;
+    __u32 newlen = 12 + nlen + 4 + rest_len + (has_opt ? 11 : 0);
+    if (rest_len > DNS_REST_MAX || newlen > DNS_REPLY_MAX || n_ttls > DNS_MAX_TTLS)
+        HAND_OVER(DNS_ST_TOO_BIG);
+    __u32 elapsed = now > e->stored_ns ? (now - e->stored_ns) / 1000000000ULL : 0;
+
+    /* The reply's sections in scratch: the entry's, with its TTLs counted down. */
+    __builtin_memcpy(ds->rest, e->rest, DNS_REST_MAX);
+#pragma unroll
+    for (int i = 0; i < DNS_MAX_TTLS; i++) {
+        if (i >= n_ttls)
+            continue;   /* not break: clang unrolls this */
+        __u32 t = e->ttls[i];
+        __u32 toff = e->ttl_off[i];
+        if (toff + 4 > rest_len)
+            HAND_OVER(DNS_ST_TOO_BIG);
+        t = t > elapsed ? t - elapsed : 0;
+        toff &= DNS_REST_MAX - 1;
+        if (toff > DNS_REST_MAX - 4)
+            HAND_OVER(DNS_ST_TOO_BIG);
+        ds->rest[toff] = t >> 24;
+        ds->rest[toff + 1] = t >> 16;
+        ds->rest[toff + 2] = t >> 8;
+        ds->rest[toff + 3] = t;
+    }
+    /* The question as the client spelt it (0x20 case randomisation), zero-padded. */
+    __builtin_memset(ds->question, 0, sizeof(ds->question));
+    __u32 qn = nlen + 3;   /* 4..DNS_QNAME_MAX + 4 bytes, said as the verifier keeps it */
+    asm volatile("" : "+r"(qn));
+    if (bpf_skb_load_bytes(skb, q, ds->question, (qn & (2 * DNS_QNAME_MAX - 1)) + 1))
+        HAND_OVER(DNS_ST_TRUNCATED);
+    __u16 flags = e->flags | (qflags & 0x0100);
+    __u16 arcount = e->arcount + has_opt;
+    __u8 hdr[12] = {h[0], h[1], flags >> 8, flags & 0xff, 0, 1,
+                    e->ancount >> 8, e->ancount & 0xff, e->nscount >> 8, e->nscount & 0xff,
+                    arcount >> 8, arcount & 0xff};
+    /* Our OPT record (wire.OPT_RR): root name, type 41, our UDP size 1232, no flags, no options; a
+     * zero byte more for bpf_csum_diff's multiple of 4. On the stack: BCC keeps no read-only data. */
+    __u8 opt[12] = {0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0, 0};
+
+    /* The UDP checksum (IPv6 needs one; IPv4 gets one too), summed by parts: a part that starts at an
+     * odd offset has its folded sum's bytes swapped (RFC 1071's byte-order independence). */
+    __u32 udp_len = sizeof(uh) + newlen;
+    __u64 sum = bpf_htons(IPPROTO_UDP) + bpf_htons(udp_len);
+    sum += uh.source + uh.dest + bpf_htons(udp_len);
+    sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)hdr, sizeof(hdr), 0);
+    sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)ds->question, sizeof(ds->question), 0);
+    __u16 part = ~csum_fold((__u32)bpf_csum_diff(0, 0, (__be32 *)ds->rest, DNS_REST_MAX, 0));
+    sum += (nlen & 1) ? (__u16)((part >> 8) | (part << 8)) : part;
+    if (has_opt) {
+        part = ~csum_fold((__u32)bpf_csum_diff(0, 0, (__be32 *)opt, sizeof(opt), 0));
+        sum += ((nlen + rest_len) & 1) ? (__u16)((part >> 8) | (part << 8)) : part;
+    }
+
+    /* From here the packet is the reply. */
+    if (bpf_skb_change_tail(skb, d + newlen, 0))
+        HAND_OVER(DNS_ST_ERROR);  /* the packet is unchanged: the controller answers it */
+    if (bpf_skb_store_bytes(skb, d, hdr, sizeof(hdr), BPF_F_RECOMPUTE_CSUM))
+        return dns_failed();
+    __u32 rest = q + nlen + 4;
+    __u32 rl = rest_len - 1;
+    asm volatile("" : "+r"(rl));
+    if (rest_len > 0 && bpf_skb_store_bytes(skb, rest, ds->rest, (rl & (DNS_REST_MAX - 1)) + 1, BPF_F_RECOMPUTE_CSUM))
+        return dns_failed();
+    if (has_opt && bpf_skb_store_bytes(skb, rest + rest_len, opt, 11, BPF_F_RECOMPUTE_CSUM))
+        return dns_failed();
+
+    /* Back the way it came: MACs, addresses and ports swapped, lengths and checksums made anew. */
+    struct ethhdr eth;
+    if (load(skb, 0, &eth, sizeof(eth)))
+        return dns_failed();
+    __u8 mac[6];
+    __builtin_memcpy(mac, eth.h_dest, 6);
+    __builtin_memcpy(eth.h_dest, eth.h_source, 6);
+    __builtin_memcpy(eth.h_source, mac, 6);
+    if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), BPF_F_RECOMPUTE_CSUM))
+        return dns_failed();
+    if (!v6) {
+        __be32 a = ip.saddr;
+        ip.saddr = ip.daddr;
+        ip.daddr = a;
+        ip.tot_len = bpf_htons(sizeof(struct iphdr) + udp_len);
+        ip.ttl = 64;
+        ip.check = 0;
+        __u16 *w = (__u16 *)&ip;
+        __u64 isum = 0;
+#pragma unroll
+        for (int i = 0; i < 10; i++)
+            isum += w[i];
+        ip.check = csum_fold(isum);
+        if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), BPF_F_RECOMPUTE_CSUM))
+            return dns_failed();
+        sum += (ip.saddr & 0xffff) + (ip.saddr >> 16) + (ip.daddr & 0xffff) + (ip.daddr >> 16);
+    } else {
+        struct in6_addr a = ip6.saddr;
+        ip6.saddr = ip6.daddr;
+        ip6.daddr = a;
+        ip6.payload_len = bpf_htons(udp_len);
+        ip6.hop_limit = 64;
+        if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), BPF_F_RECOMPUTE_CSUM))
+            return dns_failed();
+        __u16 *w = (__u16 *)&ip6.saddr;
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            sum += w[i];
+    }
+    __u16 check = csum_fold(sum);
+    if (check == 0)
+        check = 0xffff;
+    __u16 port = uh.source;
+    uh.source = uh.dest;
+    uh.dest = port;
+    uh.len = bpf_htons(udp_len);
+    uh.check = check;
+    if (bpf_skb_store_bytes(skb, l4, &uh, sizeof(uh), BPF_F_RECOMPUTE_CSUM))
+        return dns_failed();
+    dns_count(DNS_ST_ANSWERED);
+    return bpf_redirect(skb->ifindex, 0);
+
+over:
+    return dns_hand_over(skb, s, why);
+}
+#undef HAND_OVER
+
 static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u8 outbound, __u32 mark)
 {
     if (outbound == OUTBOUND_DIRECT) {
@@ -410,6 +705,12 @@ static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u
         return TC_ACT_OK;
     if (s->own)
         return own_redirect(skb, s, p, outbound);
+    if (outbound == OUTBOUND_DNS && !s->l3 && s->key.l4proto == IPPROTO_UDP) {
+        /* A LAN client's query over UDP on Ethernet: perhaps answered here (dns_answer). */
+        struct dns_conf *dc = dns_conf.lookup(&zero);
+        if (dc && dc->enabled)
+            route_progs.call(skb, PROG_DNS);
+    }
     return assign(skb, s, p, outbound);
 }
 

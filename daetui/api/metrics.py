@@ -277,8 +277,14 @@ class DaemonCollector(Collector):
                 ("bad_answers", "Upstream answers that could not be read", c.bad_answers),
                 ("stale_served", "Answers served after their TTL (optimistic_cache)", c.stale_served),
                 ("refreshes", "Background refreshes of stale entries", c.refreshes),
-                ("refresh_failures", "Background refreshes that got no answer", c.refresh_failures)):
+                ("refresh_failures", "Background refreshes that got no answer", c.refresh_failures),
+                ("kernel_answered", "DNS queries answered by the LAN program itself (dns.kernel_answers)",
+                 c.kernel_answered)):
             yield _counter(f"daetui_dns_{name}", doc, value)
+        yield _by(CounterMetricFamily("daetui_dns_kernel_handed_over",
+                                      "DNS queries the LAN program handed to the controller, by reason",
+                                      labels=["reason"]),
+                  (([reason.lower()], n) for reason, n in c.kernel_handed_over))
         yield _gauge("daetui_dns_cache_entries", "Answers in the DNS cache", d.cached)
         yield _gauge("daetui_dns_cache_capacity", "The DNS cache's bound (entries)", d.cache_size)
         yield _gauge("daetui_dns_kernel_names", "Addresses with a name in the kernel's domain map", c.kernel_names)

@@ -101,6 +101,8 @@ class DnsConfig:
     # for at most optimistic_cache_ttl after expiry (0: until the cache evicts them). dae's default is on.
     optimistic_cache: bool = False
     optimistic_cache_ttl: float = 60.0
+    # Repeated plain UDP queries answered by the LAN program from the controller's answers (dns/kernel_answers.py).
+    kernel_answers: bool = False
     # -- issue 11, DNS part: DNS-over-TCP clients' bounds (daetui/dns/serve.py) --
     tcp_connections: int = 256
     tcp_connections_per_client: int = 32

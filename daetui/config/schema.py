@@ -241,6 +241,8 @@ DNS: dict[str, KeySpec] = {
                                 "in the background (RFC 8767 serve-stale; dae's default is true)"),
     "optimistic_cache_ttl": KeySpec("duration", 60.0, "how long after expiry an entry may still be served stale "
                                     "(0: until the cache evicts it)", _nonneg),
+    "kernel_answers": KeySpec("bool", False, "answer repeated plain UDP queries from the LAN in the kernel, from the "
+                              "answers the cache gave (only answers that are every client's; never stale ones)"),
     # -- issue 11, DNS part: DNS-over-TCP clients' bounds (apart from UDP's pending queries) --
     "tcp_connections": KeySpec("int", 256, "DNS-over-TCP connections open at once, all LAN clients together",
                                lambda v: None if 1 <= v <= 65536 else "expected a number between 1 and 65536"),

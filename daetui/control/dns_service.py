@@ -91,7 +91,10 @@ class DnsService:
         self.controller = DnsController(config.dns, route=decider.upstream, feed=sync.feed,
                                         mark=g.so_mark_from_dae, bootstrap_resolver=g.resolver,
                                         kernel_names=lambda: sync.kernel_names, dial=self._upstream_dialer,
-                                        kernel_evicted=lambda: sync.domain_evicted)
+                                        kernel_evicted=lambda: sync.domain_evicted,
+                                        kernel_map=lambda: sync.program)
+        # A name that leaves the kernel's books early retires every answer the kernel gives itself.
+        sync.names_lost = self.controller.kernel.bump
         self.server: DnsServer | None = None
         self._bound: list[socket.socket] = []
         self._bound_at: list[BindTarget] = []
@@ -101,6 +104,7 @@ class DnsService:
     def start(self, listeners: Listeners) -> None:
         """Serve the hijacked flows' listeners and `dns.bind`; expire names from now on."""
         self.controller.start()
+        self.controller.kernel.bump()   # the kernel program is loaded now: dns_conf written
         self.server = DnsServer(self.controller, self._ifname)
         for sock in listeners.dns_udp.values():
             self.server.serve_udp(sock, hijacked=True)

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from daetui.abi.constants import ABI
@@ -52,6 +53,7 @@ class KernelSync:
         # class keeps within its size (oldest out first), so this is exactly the kernel's content.
         self._bits_written: OrderedDict[IPAddress, dict[int, int]] = OrderedDict()
         self.domain_evicted = 0       # addresses taken out of a full domain_routing
+        self.names_lost: Callable[[], None] | None = None   # called when a name left early (DNS kernel answers)
         self._health_written: dict[tuple[int, int], int] = {}
         # Rule hits of earlier generations, by rule id: a rule that survives a reload keeps its count.
         self._hits_carry: dict[str, tuple[int, float | None]] = {}
@@ -82,8 +84,10 @@ class KernelSync:
         """A reload wrote `generation`: its names' bits and groups' health, before packets see it."""
         self._kernel_rules[generation] = kernel_rules
         self._rulesets[generation] = ruleset
+        lost, evicted = self.names.lost, self.domain_evicted
         for ip in self.names.addresses():
             self.write_bits(ip)
+        self._check_lost(lost, evicted)
         for key in [k for k in self._health_written if k[0] == generation]:
             del self._health_written[key]
         self.write_group_health([generation], dead_group)
@@ -95,8 +99,15 @@ class KernelSync:
         self.dead_group = dead_group
 
     # -- names --------------------------------------------------------------------------------
+    def _check_lost(self, lost: int, evicted: int) -> None:
+        """A name left the NameBook or the kernel's domain map before its deadline: the kernel's DNS answers
+        may hand out an address whose name it no longer knows, so they are all retired (names_lost)."""
+        if (self.names.lost != lost or self.domain_evicted != evicted) and self.names_lost is not None:
+            self.names_lost()
+
     def feed(self, names: tuple[str, ...], ips: tuple[Any, ...], deadline: float) -> None:
         """A DNS answer's addresses and names, into the kernel before the reply leaves."""
+        lost, evicted = self.names.lost, self.domain_evicted
         for ip in ips:
             changed = False
             for name in names:
@@ -106,14 +117,17 @@ class KernelSync:
                     self.forget(old)
             if changed:
                 self.write_bits(ip)
+        self._check_lost(lost, evicted)
 
     def learn(self, addr: str, name: str) -> None:
         """`addr` answers to `name` with no expiry (tests and the control socket)."""
+        lost, evicted = self.names.lost, self.domain_evicted
         ip = ipaddress.ip_address(addr)
         _, dropped = self.names.learn(ip, name)
         for old in dropped:
             self.forget(old)
         self.write_bits(ip)
+        self._check_lost(lost, evicted)
 
     def expire(self, now: float | None = None) -> None:
         """Names whose TTL ran out leave the kernel's domain map."""

@@ -29,6 +29,7 @@ class NameBook:
         self._names: OrderedDict[IPAddress, dict[str, float]] = OrderedDict()  # name -> deadline
         self._deadlines: list[tuple[float, int, IPAddress, str]] = []          # a heap; stale ones skipped
         self._seq = 0
+        self.lost = 0    # names dropped before their deadline (bounds): the kernel's DNS answers are retired then
 
     def learn(self, addr: IPAddress, name: str, deadline: float = math.inf) -> tuple[bool, list[IPAddress]]:
         """Note that `addr` is `name` until `deadline` (time.monotonic()).
@@ -50,10 +51,12 @@ class NameBook:
         if len(names) > MAX_NAMES_PER_ADDRESS:
             # CDNs put many names on one address; the oldest learned go first.
             del names[next(iter(names))]
+            self.lost += 1
         dropped = []
         while len(self._names) > self.max_addresses:
             old_addr, _ = self._names.popitem(last=False)
             dropped.append(old_addr)
+            self.lost += 1
         return old is None, dropped
 
     def expire(self, now: float) -> tuple[list[IPAddress], list[IPAddress]]:

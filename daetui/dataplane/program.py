@@ -101,9 +101,11 @@ class KernelProgram:
         self.classify = self.bpf.load_func(b"route_classify", BPF.SCHED_CLS)
         self.match = self.bpf.load_func(b"route_match", BPF.SCHED_CLS)
         self.decide = self.bpf.load_func(b"route_decide", BPF.SCHED_CLS)
+        self.dns_answer = self.bpf.load_func(b"dns_answer", BPF.SCHED_CLS)
         progs = self.bpf[b"route_progs"]
         for index, fn in ((ABI.PROG_CHUNK, self.route), (ABI.PROG_CLASSIFY, self.classify),
-                          (ABI.PROG_MATCH, self.match), (ABI.PROG_DECIDE, self.decide)):
+                          (ABI.PROG_MATCH, self.match), (ABI.PROG_DECIDE, self.decide),
+                          (ABI.PROG_DNS, self.dns_answer)):
             progs[ct.c_int(index)] = ct.c_int(fn.fd)
         self.max_match_sets = max_match_sets
         self.walk = False
@@ -408,6 +410,54 @@ class KernelProgram:
         p = self.params[ct.c_int(0)]
         p.active_gen = gen
         self.params[ct.c_int(0)] = p
+
+    # -- cached DNS answered in the kernel (dns_answer) ------------------------------
+    def set_dns_conf(self, enabled: bool, epoch: int) -> None:
+        """dns.kernel_answers on or off, and the epoch an entry must carry to be used."""
+        c = self.bpf[b"dns_conf"].Leaf()
+        c.enabled = int(enabled)
+        c.epoch = epoch & 0xFFFFFFFF
+        self.bpf[b"dns_conf"][ct.c_int(0)] = c
+
+    def _dns_key(self, qname: bytes, qtype: int, qclass: int) -> Any:
+        k = self.bpf[b"dns_answers"].Key()
+        ct.memmove(k.name, qname, len(qname))
+        k.qtype = qtype
+        k.qclass = qclass
+        return k
+
+    def put_dns_answer(self, qname: bytes, qtype: int, qclass: int, *, expires_ns: int, stored_ns: int, epoch: int,
+                       flags: int, counts: tuple[int, int, int], rest: bytes, ttl_offsets: list[int],
+                       ttls: list[int]) -> None:
+        """dns_answers[(qname, qtype, qclass)]: `qname` lower-cased wire form, `rest` the sections after the
+        question (TTLs as of `stored_ns`), `ttl_offsets` relative to `rest`. The caller checked the bounds."""
+        table = self.bpf[b"dns_answers"]
+        v = table.Leaf()
+        v.expires_ns, v.stored_ns, v.epoch, v.flags = expires_ns, stored_ns, epoch & 0xFFFFFFFF, flags
+        v.ancount, v.nscount, v.arcount = counts
+        v.rest_len, v.n_ttls = len(rest), len(ttls)
+        ct.memmove(v.rest, rest, len(rest))
+        for i, (off, ttl) in enumerate(zip(ttl_offsets, ttls, strict=True)):
+            v.ttl_off[i], v.ttls[i] = off, ttl
+        table[self._dns_key(qname, qtype, qclass)] = v
+
+    def forget_dns_answer(self, qname: bytes, qtype: int, qclass: int) -> None:
+        try:
+            del self.bpf[b"dns_answers"][self._dns_key(qname, qtype, qclass)]
+        except KeyError:
+            pass
+
+    def clear_dns_answers(self) -> None:
+        self.bpf[b"dns_answers"].clear()
+
+    def dns_answer_count(self) -> int:
+        return sum(1 for _ in self.bpf[b"dns_answers"])
+
+    def dns_stats(self) -> dict[str, int]:
+        """dns_answer's counters by name (summed over CPUs): ANSWERED, MISS, EDNS, ..."""
+        names = {v: k for k, v in ABI.prefixed("DNS_ST_").items()}
+        table = self.bpf[b"dns_stats"]
+        return {names.get(i, str(i)): int(sum(table[ct.c_int(i)])) for i in range(ABI.N_DNS_STATS)}
 
     # -- listeners ---------------------------------------------------------------
     def set_listener(self, slot: int, sock: socket.socket) -> None:

@@ -55,6 +55,7 @@ import dns.rdatatype
 from daetui.config.dns_upstream import UpstreamSpec, parse_upstream
 from daetui.config.model import DnsConfig
 from daetui.dns.cache import MAX_NEGATIVE_TTL, MAX_TTL, NEGATIVE_TTL, STALE_TTL, CacheEntry, DnsCache
+from daetui.dns.kernel_answers import KernelAnswers, KernelDnsMap
 from daetui.dns.state import DnsCacheRow, DnsCounters, DnsServing, DnsState, DnsTrace, DnsUpstreamRow
 from daetui.dns.upstream import DialFn, MalformedAnswer, RouteFn, Upstream, UpstreamError, bootstrap_resolve
 from daetui.dns.wire import (
@@ -164,8 +165,11 @@ class DnsController:
 
     def __init__(self, config: DnsConfig, route: RouteFn, feed: NameFeed, mark: int = 0,
                  bootstrap_resolver: str = "", kernel_names: Callable[[], int] | None = None,
-                 dial: DialFn | None = None, kernel_evicted: Callable[[], int] | None = None) -> None:
+                 dial: DialFn | None = None, kernel_evicted: Callable[[], int] | None = None,
+                 kernel_map: Callable[[], KernelDnsMap | None] | None = None) -> None:
         self.route = route
+        # dns.kernel_answers: the answers the LAN program may give itself (kernel_answers.py).
+        self.kernel = KernelAnswers(kernel_map or (lambda: None))
         self.dial = dial
         self.feed = feed
         self.mark = mark
@@ -223,6 +227,8 @@ class DnsController:
         self.cache.serve_stale = config.optimistic_cache
         self.cache.stale_window = config.optimistic_cache_ttl
         self.fixed_ttl = {normalize(k): int(v) for k, v in config.fixed_domain_ttl.items()}
+        # Every reload retires what the kernel answers (its epoch): rules, upstreams or TTL policy may have changed.
+        self.kernel.configure(config.kernel_answers, rules.request.by_client or rules.response.by_client)
 
     def _upstream(self, spec: UpstreamSpec, ca_file: str) -> Upstream:
         return Upstream(spec, self.route, mark=self.mark, ca_file=ca_file, bootstrap=self._bootstrap, dial=self.dial,
@@ -297,7 +303,7 @@ class DnsController:
                 if e.expires <= now:
                     self._refresh(key, q.key, q.question, q.qname, q.qtype, choice, client)
                 self._feed(e, now)
-                return self._serve(e, q, client, now)
+                return self._serve(e, q, client, now, choice)
         return Pending(q, choice)
 
     async def complete(self, p: Pending, client: ClientInfo) -> bytes:
@@ -319,7 +325,7 @@ class DnsController:
             self.c.servfail += 1
             log.info("dns %s %s from %s: SERVFAIL: %s", q.qname, _qtype_text(q.qtype), client.addr, err)
             return reply(q, RCODE_SERVFAIL, udp=not client.tcp)
-        return self._serve(e, q, client, time.monotonic())
+        return self._serve(e, q, client, time.monotonic(), p.choice)
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """A reply for `wire`, or None when it gets none."""
@@ -336,9 +342,17 @@ class DnsController:
             return TYPE_AAAA
         return None
 
-    def _serve(self, e: CacheEntry, q: Query, client: ClientInfo, now: float) -> bytes:
+    def _serve(self, e: CacheEntry, q: Query, client: ClientInfo, now: float, choice: Choice | None = None) -> bytes:
         if e.expires <= now:  # stale (optimistic_cache): a short TTL, not one counted down past zero
             return answer_from_template(e.template, e.offsets, e.stale_ttls(), 0, q, udp=not client.tcp)
+        if choice is not None and self.kernel.enabled:
+            # The next time the kernel may answer it: only a configured upstream's answer for every client.
+            # Once the reply is on its way (a map write costs this client nothing then).
+            everyones = choice.target not in (ASIS, REJECT) and self._other_family(q.qtype) is None
+            try:
+                asyncio.get_running_loop().call_soon(self.kernel.offer, e, q, now, everyones)
+            except RuntimeError:  # no loop (a caller outside one): now
+                self.kernel.offer(e, q, now, everyones)
         return answer_from_template(e.template, e.offsets, e.ttls, int(now - e.stored), q, udp=not client.tcp)
 
     def _feed(self, e: CacheEntry, now: float | None = None) -> None:
@@ -647,8 +661,9 @@ class DnsController:
                         e.upstream if e is not None else "", route, was_cached, elapsed)
 
     def flush(self) -> int:
-        """Empty the cache (the kernel's names stay until their TTL)."""
+        """Empty the cache (the kernel's names stay until their TTL; its answers are retired)."""
         n = self.cache.flush()
+        self.kernel.bump()
         log.info("dns: cache flushed (%d entries)", n)
         return n
 
@@ -670,9 +685,12 @@ class DnsController:
                                       sum(lat) / len(lat) * 1000 if lat else None, st.last_error, st.malformed,
                                       latency_counts=tuple(st.histogram.counts), latency_sum=st.histogram.total))
         c = self.c
+        ks = self.kernel.stats() if self.kernel.enabled else {}
+        answered = ks.pop("ANSWERED", 0)
         counters = DnsCounters(c.queries, self.cache.hits, self.cache.misses, c.shared, c.rejected, c.servfail,
                                c.malformed, c.bad_answers, self.kernel_names(), c.asis_scoped,
-                               self.kernel_evicted(), self.cache.stale_hits, c.refreshes, c.refresh_failures)
+                               self.kernel_evicted(), self.cache.stale_hits, c.refreshes, c.refresh_failures,
+                               answered, tuple((k, v) for k, v in ks.items() if v))
         serving = self.serving() if self.serving is not None else DnsServing()
         return DnsState(tuple(rows), tuple(ups), counters, self.cache.max_entries, len(self.cache), serving)
 

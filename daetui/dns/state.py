@@ -71,6 +71,10 @@ class DnsCounters:
     stale_served: int = 0        # answers served after their TTL (optimistic_cache, RFC 8767)
     refreshes: int = 0           # background refreshes of stale entries started
     refresh_failures: int = 0    # ... that got no answer (the stale entry stays until its window ends)
+    # dns.kernel_answers: queries the LAN program answered itself (never counted in `queries`), and those it
+    # handed to the controller, by reason (MISS, EXPIRED, EPOCH, EDNS, NOT_PLAIN, ...: bpf/daetui.h DNS_ST_*).
+    kernel_answered: int = 0
+    kernel_handed_over: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

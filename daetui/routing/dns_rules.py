@@ -59,6 +59,10 @@ class DnsFacts:
 Test = Callable[[DnsFacts], bool]
 
 
+# Functions whose verdict depends on the client asking, not only on the question and answer.
+CLIENT_FUNCTIONS = frozenset({"interface"})
+
+
 @dataclass(frozen=True)
 class DnsRule:
     """One checked rule: its tests (all must pass) and its target."""
@@ -67,6 +71,7 @@ class DnsRule:
     text: str
     tests: tuple[Test, ...]
     target: str
+    by_client: bool = False    # looks at where the query came from (interface()): its verdict is not everyone's
 
     def matches(self, facts: DnsFacts) -> bool:
         return all(t(facts) for t in self.tests)
@@ -123,6 +128,11 @@ class DnsRuleList:
             if r.matches(facts):
                 return r.target
         return None
+
+    @property
+    def by_client(self) -> bool:
+        """Whether a verdict may differ between clients asking the same question (an interface() rule)."""
+        return any(r.by_client for r in self.rules)
 
     def choose(self, facts: DnsFacts) -> Choice:
         for r in self.rules:
@@ -271,7 +281,7 @@ def compile_list(kind: str, texts: tuple[str, ...], fallback: str, upstreams: di
         except RuleError as e:
             e.rule_index = i  # type: ignore[attr-defined]
             raise
-        out.append(DnsRule(i, str(rule), tests, target))
+        out.append(DnsRule(i, str(rule), tests, target, any(c.name in CLIENT_FUNCTIONS for c in rule.conditions)))
     if fallback not in allowed:
         e = RuleError(f"fallback: unknown target {fallback!r}: expected {', '.join(allowed)}",
                       len("fallback: "), len("fallback: ") + len(fallback))
