@@ -70,6 +70,14 @@ class DirectDialer:
             sock.close()
             raise
 
+    async def udp_address(self, host: str, port: int) -> str:
+        """The address a UDP socket of this dialer sends to for a server `host` (a name: the system's resolver).
+
+        A node whose UDP (or QUIC) goes to its server from a socket of ours asks this, so that the
+        manager's NamedDirect can answer by dae v2's node() DNS rules instead.
+        """
+        return await resolve(host, port, socket.SOCK_DGRAM)
+
     def udp_socket(self, host: str, port: int) -> socket.socket:
         """A connected, non-blocking UDP socket to host:port."""
         sock = socket.socket(_family(host), socket.SOCK_DGRAM)

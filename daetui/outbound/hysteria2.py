@@ -41,7 +41,6 @@ from urllib.parse import parse_qsl, quote, unquote
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from daetui.net.address import is_address, resolve
 from daetui.net.quic import KeptConnection, system_ca
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
@@ -235,14 +234,11 @@ class Hysteria2Dialer:
         if udp_socket is None:
             raise DialError(f"{self.where}: reached through {self.via.name}: QUIC needs a UDP socket of the "
                             "router's own (a hysteria2 node cannot follow another node in a chain)")
-        named = getattr(self.via, "resolve", None)  # the manager's NamedDirect: node() DNS rules say the upstream
-        if callable(named) and not is_address(node.host):
-            try:
-                ip = await named(node.host)
-            except Exception as e:   # the upstream's own words: a dial error, not a crash
-                raise DialError(f"{self.where}: resolving {node.host}: {e}") from None
-        else:
-            ip = await resolve(node.host, node.port, socket.SOCK_DGRAM)
+        try:
+            # The manager's NamedDirect answers by node() DNS rules; a DirectDialer by the system's resolver.
+            ip = await self.via.udp_address(node.host, node.port)  # type: ignore[attr-defined]
+        except DialError as e:
+            raise DialError(f"{self.where}: {e}") from None
         obfs = Salamander(node.obfs_password) if node.obfs == "salamander" else None
         quic = _Quic(configuration=self._config())
         try:

@@ -66,6 +66,15 @@ class NamedDirect:
                 raise DialError(f"resolving {host}: {e}") from None
         return await self.direct.connect(host, port)
 
+    async def udp_address(self, host: str, port: int) -> str:
+        """A node server's address for a UDP socket (its QUIC or UDP relay), by the node() DNS rules too."""
+        if is_address(host):
+            return host
+        try:
+            return await self.resolve(host)
+        except Exception as e:   # the upstream's own words: a dial error, not a crash
+            raise DialError(f"resolving {host}: {e}") from None
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.direct, name)
 

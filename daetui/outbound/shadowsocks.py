@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, quote, unquote
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from daetui.net.address import ip_of, resolve
+from daetui.net.address import ip_of
 from daetui.net.stream import Codec, Dialer, DialError, Stream, framing_of
 from daetui.outbound.sip003 import Layered, Plugin, open_plugin, parse_plugin
 from daetui.outbound.state import NodeProtocol
@@ -919,7 +919,10 @@ class SsDialer:
         udp_socket = getattr(self.via, "udp_socket", None)
         if udp_socket is None:
             raise DialError(f"shadowsocks {self.where}: UDP through a chain ({self.via.name}) is not supported")
-        host = await resolve(self.node.host, self.node.port, socket.SOCK_DGRAM)
+        try:
+            host = await self.via.udp_address(self.node.host, self.node.port)  # type: ignore[attr-defined]
+        except DialError as e:  # (node() DNS rules when `via` is the manager's NamedDirect)
+            raise DialError(f"shadowsocks {self.where}: {e}") from None
         try:
             sock = udp_socket(host, self.node.port)
         except OSError as e:

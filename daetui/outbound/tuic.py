@@ -17,7 +17,6 @@ of the link is accepted; aioquic has reno and cubic only, so bbr runs as cubic.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 from aioquic.quic.configuration import QuicConfiguration
-from cryptography import x509
 
-from daetui.net.address import resolve
 from daetui.net.quic import KeptConnection, system_ca
 from daetui.net.stream import Dialer, DialError
 from daetui.outbound import _share
@@ -163,7 +160,10 @@ class TuicDialer:
             # Read and checked here: aioquic would only open it inside the handshake, failing there unworded.
             try:
                 cadata = Path(self.ca_file).read_bytes()
-                x509.load_pem_x509_certificates(cadata)
+                # Not parsed with cryptography: the system's bundle holds certificates (serial 0) it
+                # warns about, and will refuse; aioquic's verification reads them as OpenSSL does.
+                if b"-----BEGIN CERTIFICATE-----" not in cadata:
+                    raise ValueError("no PEM certificate in it")
             except (OSError, ValueError) as e:
                 raise DialError(f"CA file {self.ca_file}: {getattr(e, 'strerror', None) or e}") from None
             cfg.load_verify_locations(cadata=cadata)
@@ -175,7 +175,10 @@ class TuicDialer:
         if udp_socket is None:
             raise DialError(f"tuic {self.where}: reaching the server through {self.via.name} is not supported "
                             "(QUIC needs a UDP socket of its own)")
-        ip = await resolve(node.host, node.port, socket.SOCK_DGRAM)
+        try:
+            ip = await self.via.udp_address(node.host, node.port)  # type: ignore[attr-defined]  (node() DNS rules)
+        except DialError as e:
+            raise DialError(f"tuic {self.where}: {e}") from None
         cfg = self._configuration()
         try:
             sock = udp_socket(ip, node.port)
