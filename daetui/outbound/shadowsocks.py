@@ -111,9 +111,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 # Other names clients print for the same ciphers.
 ALIASES = {"chacha20-poly1305": "chacha20-ietf-poly1305"}
 
-_STREAM_CIPHERS = {"rc4-md5", "aes-128-cfb", "aes-192-cfb", "aes-256-cfb", "aes-128-ctr", "aes-192-ctr",
-                   "aes-256-ctr", "camellia-128-cfb", "camellia-192-cfb", "camellia-256-cfb", "bf-cfb",
-                   "salsa20", "chacha20", "chacha20-ietf", "rc4", "des-cfb", "table"}
+# Stream ciphers old clients name that ss-server 3.3.5 does not serve either (the others: ss_stream_ciphers.py).
+_UNSERVED_STREAM_CIPHERS = {"rc4", "des-cfb", "table"}
 
 
 def method_of(name: str) -> Any:
@@ -126,7 +125,7 @@ def method_of(name: str) -> Any:
         if key in table:
             return table[key]  # type: ignore[index]
     supported = ", ".join((*METHODS, *ss2022.METHODS))
-    if key in _STREAM_CIPHERS:
+    if key in _UNSERVED_STREAM_CIPHERS:
         raise ValueError(f"method {name!r}: no client for this stream cipher here; use one of {supported}")
     if key == "xchacha20-ietf-poly1305":
         raise ValueError(f"method {name!r} is not supported (no XChaCha20 here); use one of {supported}")
@@ -728,36 +727,31 @@ class SsStream:
 # -- datagrams -----------------------------------------------------------------------------------
 
 def seal_packet(method: Method, key: bytes, host: str, port: int, data: bytes, salt: bytes | None = None) -> bytes:
-    """One UDP packet: salt + AEAD(address + data), zero nonce, under the salt's own subkey."""
-    salt = os.urandom(method.salt_size) if salt is None else salt
-    return salt + method.aead(subkey(key, salt)).encrypt(ZERO_NONCE, encode_address(host, port) + data, None)
+    """One UDP packet to host:port (AeadPackets.seal with the address encoded)."""
+    return AeadPackets(method, key).seal(encode_address(host, port), data, salt)
 
 
 def open_packet(method: Method, key: bytes, packet: bytes) -> tuple[bytes, str, int]:
     """(data, source host, source port) of a UDP packet from the server; AuthError when it is not good."""
-    size = method.salt_size
-    if len(packet) < size + TAG_SIZE + 1:
-        raise AuthError(f"packet of {len(packet)} bytes is too short")
+    plain, at = AeadPackets(method, key).open(packet)
     try:
-        plain = method.aead(subkey(key, packet[:size])).decrypt(ZERO_NONCE, memoryview(packet)[size:], None)
-    except InvalidTag:
-        raise AuthError("packet failed authentication") from None
-    try:
-        host, port, end = decode_address(plain)
+        host, port, end = decode_address(plain, at)
     except ValueError as e:
         raise AuthError(f"packet address: {e}") from None
     return plain[end:], host, port
 
 
 class AeadPackets:
-    """The UDP codec of an AEAD method: salt + AEAD(address + data) per packet."""
+    """The UDP codec of an AEAD method: salt + AEAD(address + data) per packet, zero nonce, under the salt's
+    own subkey. (Every method's `datagrams(key)` gives one of these shapes: `seal(address, data)`,
+    `open(packet) -> (plain, offset of the source address)`.)"""
 
     def __init__(self, method: Method, key: bytes) -> None:
         self.method = method
         self.key = key
 
-    def seal(self, address: bytes, data: bytes) -> bytes:
-        salt = os.urandom(self.method.salt_size)
+    def seal(self, address: bytes, data: bytes, salt: bytes | None = None) -> bytes:
+        salt = os.urandom(self.method.salt_size) if salt is None else salt
         return salt + self.method.aead(subkey(self.key, salt)).encrypt(ZERO_NONCE, address + data, None)
 
     def open(self, packet: bytes) -> tuple[bytes, int]:
@@ -770,29 +764,6 @@ class AeadPackets:
             return aead.decrypt(ZERO_NONCE, memoryview(packet)[size:], None), 0
         except InvalidTag:
             raise AuthError("packet failed authentication") from None
-
-
-class StreamPackets:
-    """The UDP codec of a stream cipher: a fresh IV per packet, no integrity."""
-
-    def __init__(self, method: Any, key: bytes) -> None:
-        self.method = method
-        self.key = key
-
-    def seal(self, address: bytes, data: bytes) -> bytes:
-        return self.method.seal_packet(self.key, address, data)
-
-    def open(self, packet: bytes) -> tuple[bytes, int]:
-        if len(packet) < self.method.salt_size + 1:
-            raise AuthError(f"packet of {len(packet)} bytes is too short")
-        return self.method.open_packet(self.key, packet), 0
-
-
-def packets_of(method: Any, key: Any) -> Any:
-    """The UDP codec of a method (AEAD, 2022 or stream) and key: `seal(address, data)`, `open(packet)`."""
-    if method.kind == "stream":
-        return StreamPackets(method, key)
-    return method.datagrams(key)
 
 
 @dataclass
@@ -811,11 +782,11 @@ class SsDatagrams:
     dropped: int = 0
     last_drop: str = ""
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    codec: Any = None  # packets_of(method, key): one per association (a 2022 session lives in it)
+    codec: Any = None  # method.datagrams(key): one per association (a 2022 session lives in it)
 
     def __post_init__(self) -> None:
         if self.codec is None:
-            self.codec = packets_of(self.method, self.key)
+            self.codec = self.method.datagrams(self.key)
 
     async def send(self, data: bytes, host: str, port: int) -> None:
         """Send `data` to host:port."""

@@ -91,15 +91,30 @@ class StreamMethod:
         """The decryption of the server's direction, after its `iv`."""
         return StreamOpener(self.make(key, iv, False))
 
-    def seal_packet(self, key: bytes, address: bytes, data: bytes) -> bytes:
-        """One UDP packet: a fresh IV, then address + data encrypted under it."""
-        iv = os.urandom(self.salt_size)
-        return iv + self.make(key, iv, True).update(address + data)
+    def datagrams(self, key: bytes) -> StreamPackets:
+        """The UDP codec (no state across packets)."""
+        return StreamPackets(self, key)
 
-    def open_packet(self, key: bytes, packet: bytes) -> bytes:
-        """The plain address + data of a packet from the server (garbage if it was not ours: no integrity)."""
-        iv = packet[:self.salt_size]
-        return self.make(key, iv, False).update(packet[self.salt_size:])
+
+class StreamPackets:
+    """The UDP codec of a stream cipher: a fresh IV, then address + data encrypted under it; no integrity."""
+
+    def __init__(self, method: StreamMethod, key: bytes) -> None:
+        self.method = method
+        self.key = key
+
+    def seal(self, address: bytes, data: bytes) -> bytes:
+        iv = os.urandom(self.method.salt_size)
+        return iv + self.method.make(self.key, iv, True).update(address + data)
+
+    def open(self, packet: bytes) -> tuple[bytes, int]:
+        """(plain, 0): the address + data of a packet from the server (garbage if it was not ours)."""
+        size = self.method.salt_size
+        if len(packet) < size + 1:
+            from daetui.outbound.shadowsocks import AuthError
+
+            raise AuthError(f"packet of {len(packet)} bytes is too short")
+        return self.method.make(self.key, packet[:size], False).update(packet[size:]), 0
 
 
 class StreamSealer:

@@ -23,7 +23,9 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,22 @@ class Mihomo(LabPeer):
     def __enter__(self) -> Mihomo:
         self.start()
         return self
+
+
+@dataclass
+class TlsMihomo:
+    """A running mihomo whose TLS listeners hold a LabCA's certificate for its addresses (clients trust
+    `ca.ca_file`), and the lab it runs in: what a protocol's lab test module shares between its tests."""
+
+    lab: Lab
+    ca: LabCA
+    mihomo: Mihomo
+
+
+@contextmanager
+def tls_mihomo(lab: Lab, tls_name: str, listeners: Callable[[LabCA], Sequence[Mapping[str, Any]]]
+               ) -> Iterator[TlsMihomo]:
+    """mihomo with `listeners(ca)` (give them `**tls(ca)`), a LabCA for `tls_name` and its addresses made first;
+    both gone at the end."""
+    with LabCA(tls_name, (ADDR.hosts4[1], ADDR.hosts6[1])) as ca, Mihomo(lab, listeners(ca)) as m:
+        yield TlsMihomo(lab, ca, m)

@@ -16,21 +16,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
 from helpers import in_router
 
-from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, Lab
 from daetui.net.stream import DialError
 from daetui.outbound import _anytls_wire as wire
 from daetui.outbound import anytls, links, trojan
 from daetui.outbound.direct import DirectDialer
-from testkit.peers.mihomo import Mihomo, tls
+from testkit.peers.mihomo import TlsMihomo, tls, tls_mihomo
 from testkit.peers.trojan import TrojanGfw
 from testkit.proxycheck import download, echo, udp_round
 
@@ -49,24 +46,18 @@ ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
 
 
-@dataclass
-class Peers:
-    lab: Lab
-    ca: LabCA
-    mihomo: Mihomo
+Peers = TlsMihomo
 
 
 @pytest.fixture(scope="module")
 def peers(lab: Lab) -> Iterator[Peers]:
     """mihomo with two anytls listeners (on both of its addresses): the default padding scheme, and one of its own."""
-    with ExitStack() as stack:
-        ca = stack.enter_context(LabCA(TLS_NAME, (SERVER[4], SERVER[6])))
-        m = Mihomo(lab, [{"name": "anytls", "type": "anytls", "port": PORT, "users": {"lab": PASSWORD}, **tls(ca)},
-                         {"name": "padded", "type": "anytls", "port": PORT_PADDING, "users": {"lab": PASSWORD},
-                          "padding-scheme": PADDING, **tls(ca)}])
-        stack.callback(m.stop)
-        m.start()
-        yield Peers(lab, ca, m)
+    with tls_mihomo(lab, TLS_NAME, lambda ca: [
+        {"name": "anytls", "type": "anytls", "port": PORT, "users": {"lab": PASSWORD}, **tls(ca)},
+        {"name": "padded", "type": "anytls", "port": PORT_PADDING, "users": {"lab": PASSWORD},
+         "padding-scheme": PADDING, **tls(ca)},
+    ]) as p:
+        yield p
 
 
 def link_of(v: int, *, password: str = PASSWORD, extra: str = "") -> str:

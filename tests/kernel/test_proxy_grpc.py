@@ -30,8 +30,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +43,7 @@ from daetui.lab.topology import ADDR, ECHO_PORT, Lab
 from daetui.net.stream import Datagrams, Dialer, DialError, Stream, WrappedStream, framing_of
 from daetui.outbound import trojan, vless, vmess
 from daetui.outbound.direct import DirectDialer
-from testkit.peers.mihomo import Mihomo, tls
+from testkit.peers.mihomo import TlsMihomo, tls, tls_mihomo
 from testkit.proxycheck import download, echo, outcome, udp_round
 
 pytestmark = pytest.mark.kernel
@@ -69,11 +67,7 @@ ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
 
 
-@dataclass
-class Peers:
-    lab: Lab
-    ca: LabCA
-    mihomo: Mihomo
+Peers = TlsMihomo
 
 
 def _listener(case: str, ca: LabCA) -> dict[str, Any]:
@@ -97,12 +91,8 @@ def _listener(case: str, ca: LabCA) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def peers(lab: Lab) -> Iterator[Peers]:
     """mihomo with a gRPC listener per case (vmess with and without TLS) and a vmess ws one."""
-    with ExitStack() as stack:
-        ca = stack.enter_context(LabCA(TLS_NAME, (SERVER[4], SERVER[6])))
-        mh = Mihomo(lab, [_listener(case, ca) for case in PORTS])
-        stack.callback(mh.stop)
-        mh.start()
-        yield Peers(lab, ca, mh)
+    with tls_mihomo(lab, TLS_NAME, lambda ca: [_listener(case, ca) for case in PORTS]) as p:
+        yield p
 
 
 def link_of(case: str, v: int, *, service: str = SERVICE, uid: str = UID) -> str:

@@ -14,15 +14,12 @@ import os
 import ssl
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from helpers import http_get, in_router, lan_connect, newest_conn, plane_in_lab, read_to_end, udp_exchange
 
-from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
 from daetui.net.stream import DialError
@@ -32,7 +29,7 @@ from daetui.outbound.direct import DirectDialer
 from daetui.outbound.hysteria2 import Hysteria2Dialer, Hysteria2Node, parse_link
 from daetui.outbound.links import parse_link as parse_any
 from testkit.configs import LAB_CHECKS
-from testkit.peers.mihomo import Mihomo, tls
+from testkit.peers.mihomo import TlsMihomo, tls, tls_mihomo
 from testkit.peers.trojan import TrojanGfw
 from testkit.proxycheck import download, echo, udp_round
 
@@ -53,27 +50,19 @@ ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
 
 
-@dataclass
-class Peers:
-    lab: Lab
-    ca: LabCA
-    mihomo: Mihomo
+Peers = TlsMihomo
 
 
 @pytest.fixture(scope="module")
 def peers(lab: Lab) -> Iterator[Peers]:
     """mihomo with a hysteria2 listener, and one behind Salamander."""
-    with ExitStack() as stack:
-        ca = stack.enter_context(LabCA(TLS_NAME, (SERVER[4], SERVER[6])))
-        users = {"lab": PASSWORD}
-        m = Mihomo(lab, [
-            {"name": "hy2", "type": "hysteria2", "port": PORT, "users": users, **tls(ca)},
-            {"name": "hy2obfs", "type": "hysteria2", "port": PORT_OBFS, "users": users,
-             "obfs": "salamander", "obfs-password": OBFS_PASSWORD, **tls(ca)},
-        ])
-        stack.callback(m.stop)
-        m.start()
-        yield Peers(lab, ca, m)
+    users = {"lab": PASSWORD}
+    with tls_mihomo(lab, TLS_NAME, lambda ca: [
+        {"name": "hy2", "type": "hysteria2", "port": PORT, "users": users, **tls(ca)},
+        {"name": "hy2obfs", "type": "hysteria2", "port": PORT_OBFS, "users": users,
+         "obfs": "salamander", "obfs-password": OBFS_PASSWORD, **tls(ca)},
+    ]) as p:
+        yield p
 
 
 def link_of(v: int, *, password: str = PASSWORD, obfs: bool = False, scheme: str = "hysteria2") -> str:

@@ -18,21 +18,18 @@ import asyncio
 import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
 from helpers import in_router, read_to_end
 
-from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, Lab
 from daetui.net.netns import netns
 from daetui.net.stream import Datagrams, DialError
 from daetui.outbound import links, tuic
 from daetui.outbound.direct import DirectDialer
-from testkit.peers.mihomo import Mihomo, tls
+from testkit.peers.mihomo import TlsMihomo, tls, tls_mihomo
 from testkit.proxycheck import download, echo, udp_round
 
 pytestmark = pytest.mark.kernel
@@ -49,25 +46,19 @@ ECHO = 256 << 10
 V4V6 = pytest.mark.parametrize("v", [4, 6])
 
 
-@dataclass
-class Peers:
-    lab: Lab
-    ca: LabCA
-    mihomo: Mihomo
+Peers = TlsMihomo
 
 
 @pytest.fixture(scope="module")
 def peers(lab: Lab) -> Iterator[Peers]:
     """mihomo with two tuic listeners (each on both of its addresses), the second with a short idle timeout."""
-    with ExitStack() as stack:
-        ca = stack.enter_context(LabCA(TLS_NAME, (SERVER[4], SERVER[6])))
-        m = Mihomo(lab, [{"name": "tuic", "type": "tuic", "port": PORT, "users": {UID: PASSWORD},
-                          "alpn": ["h3"], "congestion-controller": "bbr", **tls(ca)},
-                         {"name": "tuic-idle", "type": "tuic", "port": P_IDLE, "users": {UID: PASSWORD},
-                          "alpn": ["h3"], "max-idle-time": 3000, **tls(ca)}])
-        stack.callback(m.stop)
-        m.start()
-        yield Peers(lab, ca, m)
+    with tls_mihomo(lab, TLS_NAME, lambda ca: [
+        {"name": "tuic", "type": "tuic", "port": PORT, "users": {UID: PASSWORD}, "alpn": ["h3"],
+         "congestion-controller": "bbr", **tls(ca)},
+        {"name": "tuic-idle", "type": "tuic", "port": P_IDLE, "users": {UID: PASSWORD}, "alpn": ["h3"],
+         "max-idle-time": 3000, **tls(ca)},
+    ]) as p:
+        yield p
 
 
 def link_of(v: int, *, mode: str = "native", password: str = PASSWORD) -> str:
