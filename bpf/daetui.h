@@ -164,6 +164,14 @@
 #define LISTENER_DNS_UDP4 6
 #define LISTENER_DNS_UDP6 7
 #define N_LISTENERS 8
+/* Relay workers (global.relay_workers): worker w's TCP listeners sit at
+ * WORKER_SLOT0 + 2*w (IPv4) and + 1 (IPv6). A new TCP flow goes to a live
+ * worker picked by a hash of its tuple; a worker that dies closes its
+ * sockets, which leaves the sockmap, and the next live one is taken; with
+ * none, the main process's own listeners. */
+#define MAX_WORKERS 8
+#define WORKER_SLOT0 8
+#define N_LISTENER_SLOTS 24
 
 /* Indices of the global counters. */
 #define CNT_PACKETS 0         /* seen by lan_ingress */
@@ -360,7 +368,8 @@ struct params {
     __u32 own_tgid;       /* daetui's process: its sockets are never caught, marked or not */
     __u8 domain_no_match; /* a domain() function of an address with no known name is false (dae's
                            * kernel), instead of handing the flow over to have its name sniffed */
-    __u8 pad2[3];
+    __u8 workers;         /* relay workers (0: the main process relays every TCP flow) */
+    __u8 pad2[2];
 };
 
 /* The process behind a local socket, by socket cookie: written by the cgroup
@@ -500,7 +509,10 @@ BPF_TABLE("hash", struct ip_key, struct domain_entry, domain_routing, MAX_DOMAIN
  * mid-stream packet would be forwarded raw with the client's own address. The control plane
  * removes the entries of relays that ended (control/relayed.py). */
 BPF_TABLE("hash", struct tuple_key, __u64, relayed_tuples, MAX_FLOWS);
-BPF_TABLE("sockmap", __u32, __u32, listeners, N_LISTENERS);
+/* Values: a socket (an fd when written; its cookie when read from user space, which needs 8 bytes). */
+BPF_TABLE("sockmap", __u32, __u64, listeners, N_LISTENER_SLOTS);
+/* The relay workers' processes (tgid -> 1): their sockets are daetui's own, like own_tgid's. */
+BPF_HASH(own_tgids, __u32, __u8, MAX_WORKERS * 2);
 BPF_ARRAY(group_health, __u8, GENERATIONS * MAX_GROUPS);
 BPF_PROG_ARRAY(route_progs, N_ROUTE_PROGS);
 BPF_ARRAY(cls_gens, struct cls_gen, GENERATIONS);

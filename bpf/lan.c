@@ -128,6 +128,48 @@ static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
     return ipv6 ? LISTENER_UDP6 : LISTENER_UDP4;
 }
 
+/* The TCP listener a new relayed flow goes to: a live relay worker's, picked
+ * by a hash of the flow's tuple (the same flow, the same worker, while it
+ * lives), the next live one after a dead worker, else the main process's. */
+static __always_inline struct bpf_sock *tcp_listener(struct tuple_key *k, __u8 ipv6, struct params *p)
+{
+    __u32 lkey;
+    __u32 n = p ? p->workers : 0;
+    if (n > MAX_WORKERS)
+        n = MAX_WORKERS;
+    if (n) {
+        __u32 h, a;
+        __builtin_memcpy(&a, &k->sip[12], 4);
+        h = a ^ k->sport ^ ((__u32)k->dport << 16);
+        h ^= h >> 16;
+        h *= 0x45d9f3b;
+        h ^= h >> 16;
+        __u32 w = h % n;
+#pragma unroll
+        for (int i = 0; i < MAX_WORKERS; i++) {
+            if (i >= n)
+                break;
+            lkey = WORKER_SLOT0 + 2 * w + ipv6;
+            struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
+            if (sk)
+                return sk;
+            w = w + 1 < n ? w + 1 : 0;
+        }
+    }
+    lkey = ipv6 ? LISTENER_TCP6 : LISTENER_TCP4;
+    return (struct bpf_sock *)listeners.lookup(&lkey);
+}
+
+/* The listener for a flow handed to the control plane: TCP to a relay worker
+ * (or the main process), UDP and DNS to the main process. */
+static __always_inline struct bpf_sock *listener_for(struct tuple_key *k, __u8 ipv6, __u8 dns, struct params *p)
+{
+    if (k->l4proto == IPPROTO_TCP && !dns)
+        return tcp_listener(k, ipv6, p);
+    __u32 lkey = listener_key(k->l4proto, ipv6, dns);
+    return (struct bpf_sock *)listeners.lookup(&lkey);
+}
+
 /* len bytes at off of the packet into to: read in place when they are in the linear part (a plain
  * copy), else by the helper (a call and a copy per header, a visible share of a forwarded packet's
  * cost here). */
@@ -301,7 +343,6 @@ static __always_inline int give_up(struct params *p, __u32 counter)
 static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, struct params *p, __u8 outbound)
 {
     struct bpf_sock *sk = NULL;
-    __u32 lkey;
 
     if (s->key.l4proto == IPPROTO_TCP) {
         sk = flow_socket(skb, s);
@@ -314,13 +355,10 @@ static __always_inline int assign(struct __sk_buff *skb, struct route_state *s, 
             count(CNT_TO_CONTROL);
             return TC_ACT_OK;
         }
-        if (!sk) {
-            lkey = listener_key(IPPROTO_TCP, s->ipversion != 4, outbound == OUTBOUND_DNS);
-            sk = (struct bpf_sock *)listeners.lookup(&lkey);
-        }
+        if (!sk)
+            sk = listener_for(&s->key, s->ipversion != 4, outbound == OUTBOUND_DNS, p);
     } else {
-        lkey = listener_key(IPPROTO_UDP, s->ipversion != 4, outbound == OUTBOUND_DNS);
-        sk = (struct bpf_sock *)listeners.lookup(&lkey);
+        sk = listener_for(&s->key, s->ipversion != 4, outbound == OUTBOUND_DNS, p);
     }
     if (!sk)
         return give_up(p, CNT_FAIL_OPEN);
@@ -372,8 +410,7 @@ static __always_inline int orphan(struct __sk_buff *skb, struct route_state *s)
 static __always_inline int own_redirect(struct __sk_buff *skb, struct route_state *s, struct params *p,
                                         __u8 outbound)
 {
-    __u32 lkey = listener_key(s->key.l4proto, s->ipversion != 4, outbound == OUTBOUND_DNS);
-    struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
+    struct bpf_sock *sk = listener_for(&s->key, s->ipversion != 4, outbound == OUTBOUND_DNS, p);
     if (sk)
         bpf_sk_release(sk);
     if (!sk || !p->own_ifindex)
@@ -1435,7 +1472,7 @@ static __always_inline int wan_out(struct __sk_buff *skb, int l3)
     }
     __u64 cookie = bpf_get_socket_cookie(skb);
     struct sock_owner *o = sock_owner.lookup(&cookie);
-    if (o && o->pid == p->own_tgid) {
+    if (o && (o->pid == p->own_tgid || own_tgids.lookup(&o->pid))) {
         /* daetui's own socket without a mark (so_mark_from_dae = 0, as dae's default). */
         count(CNT_OWN_BYPASS);
         return TC_ACT_OK;
@@ -1582,8 +1619,9 @@ int tproxy_lookup(struct bpf_sk_lookup *ctx)
     struct flow *f = routing_tuples.lookup(&key);
     if (!f || f->outbound < OUTBOUND_FIRST_GROUP)
         return SK_PASS;
-    __u32 lkey = listener_key(IPPROTO_TCP, ctx->family != AF_INET, f->outbound == OUTBOUND_DNS);
-    struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&lkey);
+    __u32 zero = 0;
+    struct bpf_sock *sk = listener_for(&key, ctx->family != AF_INET, f->outbound == OUTBOUND_DNS,
+                                       params.lookup(&zero));
     if (!sk)
         return SK_PASS;
     bpf_sk_assign(ctx, sk, 0);

@@ -44,6 +44,7 @@ class GlobalConfig:
     # issue 11, part "budget": resource budgets of the relay path (schema.py says what each means)
     max_flows: int = 16384
     max_flows_per_client: int = 4096
+    relay_workers: int = 0
     tcp_idle_timeout: float = 7440.0
     udp_buffer_bytes: int = 32 << 20
     udp_flow_buffer_bytes: int = 256 << 10

@@ -185,6 +185,10 @@ GLOBAL: dict[str, KeySpec] = {
                          lambda v: None if v > 0 else "expected a number above zero"),
     "max_flows_per_client": KeySpec("int", 4096, "relayed flows at once from one LAN address (daetui)",
                                     lambda v: None if v > 0 else "expected a number above zero"),
+    "relay_workers": KeySpec("int", 0, "processes that accept and relay TCP flows besides the main one, which "
+                             "keeps rules, DNS and the console's view; the kernel spreads new flows over the live "
+                             "ones (0: the main process relays all); at start (daetui)",
+                             lambda v: None if 0 <= v <= 8 else "expected 0 to 8"),
     "tcp_idle_timeout": KeySpec("duration", 7440.0, "a relayed TCP connection with no byte either way for this "
                                 "long ends with a reset (daetui; dae's and OpenWrt's 2h4m)",
                                 lambda v: None if v > 0 else "expected a duration above zero"),

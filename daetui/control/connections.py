@@ -43,6 +43,7 @@ class Connection:
     node: str | None = None    # the proxy node of its group it went through (None: direct)
     pid: int | None = None     # the router's own traffic (WAN side): the process that opened it
     process: str | None = None  # and its name (comm), as pname() matches it
+    worker: int | None = None  # the relay worker that carries it (None: the main process)
 
     @property
     def duration(self) -> float:

@@ -52,7 +52,8 @@ class Listeners:
             table.clear()
 
 
-def _listener(version: int, kind: socket.SocketKind, port: int) -> socket.socket:
+def make_listener(version: int, kind: socket.SocketKind, port: int) -> socket.socket:
+    """A transparent listener on loopback:port (0: any port) for IP `version`, non-blocking."""
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     s = socket.socket(family, kind)
     try:
@@ -79,22 +80,22 @@ def open_listeners(port: int) -> Listeners:
     """TCP and UDP listeners on loopback:port; IPv6 ones only where IPv6 works."""
     out = Listeners(port)
     try:
-        out.tcp[4] = _listener(4, socket.SOCK_STREAM, port)
-        out.udp[4] = _listener(4, socket.SOCK_DGRAM, port)
+        out.tcp[4] = make_listener(4, socket.SOCK_STREAM, port)
+        out.udp[4] = make_listener(4, socket.SOCK_DGRAM, port)
     except OSError as e:
         out.close()
         raise OSError(e.errno, f"tproxy_port {port}: {e.strerror}") from None
     try:
-        out.dns_tcp[4] = _listener(4, socket.SOCK_STREAM, 0)
-        out.dns_udp[4] = _listener(4, socket.SOCK_DGRAM, 0)
+        out.dns_tcp[4] = make_listener(4, socket.SOCK_STREAM, 0)
+        out.dns_udp[4] = make_listener(4, socket.SOCK_DGRAM, 0)
     except OSError as e:
         out.close()
         raise OSError(e.errno, f"DNS listeners: {e.strerror}") from None
     try:
-        out.tcp[6] = _listener(6, socket.SOCK_STREAM, port)
-        out.udp[6] = _listener(6, socket.SOCK_DGRAM, port)
-        out.dns_tcp[6] = _listener(6, socket.SOCK_STREAM, 0)
-        out.dns_udp[6] = _listener(6, socket.SOCK_DGRAM, 0)
+        out.tcp[6] = make_listener(6, socket.SOCK_STREAM, port)
+        out.udp[6] = make_listener(6, socket.SOCK_DGRAM, port)
+        out.dns_tcp[6] = make_listener(6, socket.SOCK_STREAM, 0)
+        out.dns_udp[6] = make_listener(6, socket.SOCK_DGRAM, 0)
     except OSError as e:
         log.warning("no IPv6 listeners (%s): IPv6 flows for the control plane will pass as direct", e)
         for d in (out.tcp, out.udp, out.dns_tcp, out.dns_udp):

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from daetui.config.model import GlobalConfig
 from daetui.control.budget import FlowBudget, flows_for_descriptors, pipe_bound, raise_nofile_limit
 from daetui.control.connections import Connection, ConnectionTable, Endpoint
 from daetui.control.decision import Decider
 from daetui.control.events import EventBus
+from daetui.control.flowio import accept_loop, sniff_first
 from daetui.control.idle import IdleWatch
 from daetui.control.looplag import LoopLag
 from daetui.control.relay import HAVE_SPLICE, PipePool, relay
@@ -31,12 +32,15 @@ from daetui.net.stream import Datagrams, DialError, Stream
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.manager import Outbounds
 from daetui.routing.ruleset import BLOCK
-from daetui.sniff import SniffResult, sniff
+from daetui.sniff import sniff
 
 log = logging.getLogger("daetui.control")
 conn_log = logging.getLogger("daetui.conn")
 
-SNIFF_MAX = 16384  # a ClientHello or a request head fits; more is not waited for
+class RelayWorkersLike(Protocol):
+    """What the pipeline asks of the relay workers (workers.py, which builds on this module)."""
+
+    def close(self, conn_id: int, why: str) -> bool: ...
 
 
 class Pipeline:
@@ -59,6 +63,7 @@ class Pipeline:
         self.use_splice = use_splice
         self.running = False            # while True, a cancelled flow was closed on request (the plane goes on)
         self.udp: UdpNat | None = None  # the NAT table whose flows `close` may end too
+        self.workers: RelayWorkersLike | None = None  # the relay workers whose flows `close` may end too
         self._accepting: list[asyncio.Task[None]] = []
         self._flows: set[asyncio.Task[None]] = set()
         self._by_conn: dict[int, asyncio.Task[None]] = {}
@@ -91,73 +96,30 @@ class Pipeline:
             self.udp.configure(g.udp_buffer_bytes, g.udp_flow_buffer_bytes)
 
     def _expire_idle(self, conn_id: int) -> None:
+        timeout = self.idle.timeout if self.idle is not None else 0
+        why = f"idle for {timeout:g}s (tcp_idle_timeout)"
         task = self._by_conn.get(conn_id)
         if task is not None and not task.done():
-            timeout = self.idle.timeout if self.idle is not None else 0
-            self._ending[conn_id] = f"idle for {timeout:g}s (tcp_idle_timeout)"
+            self._ending[conn_id] = why
             task.cancel()
+        elif self.workers is not None:
+            self.workers.close(conn_id, why)
 
     # -- accepting ------------------------------------------------------------------------------
     def accept(self, listeners: list[socket.socket]) -> None:
         """Accept on these TCP listeners until stopped."""
         for sock in listeners:
-            self._accepting.append(asyncio.ensure_future(self._accept_loop(sock)))
+            self._accepting.append(asyncio.ensure_future(accept_loop(sock, self._accepted)))
 
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        """Accept on `lsock` until cancelled: one connection, and its task, each time the loop finds it readable.
-
-        The listener stays registered with the loop, whose callback accepts: no future, task step
-        or wake-up of a task per connection, and no EAGAIN (an exception, as costly as the accept)
-        after each, as draining the backlog in a task had. Connections still waiting keep the
-        listener readable, so each loop turn takes the next between the relays' work.
-        """
-        loop = asyncio.get_running_loop()
-        fd = lsock.fileno()
-        accept = lsock._accept  # the fd and address: socket.accept's wrapper reads family and type as enums
-        family = lsock.family
-        paused: asyncio.TimerHandle | None = None
-
-        def resume() -> None:
-            nonlocal paused
-            paused = None
-            loop.add_reader(fd, ready)
-
-        def ready() -> None:
-            nonlocal paused
-            try:
-                cfd, addr = accept()
-            except (BlockingIOError, InterruptedError):
-                return  # gone (reset) before it was taken
-            except OSError as e:
-                log.error("accept: %s", e)
-                # E.g. EMFILE: the waiting connections keep the listener readable, so it leaves
-                # the loop for the pause, or the loop would spin on it.
-                loop.remove_reader(fd)
-                paused = loop.call_later(0.1, resume)
-                return
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM, 0, cfd)
-            except OSError as e:
-                os.close(cfd)
-                log.error("accept: %s", e)
-                return
-            if not self.budget.take(addr[0]):
-                # Over a budget: refused with a reset, before any work (counted in the budget).
-                reset_on_close(sock)
-                sock.close()
-                return
-            task = loop.create_task(self.handle_tcp(sock, (addr[0], addr[1])))
-            self._flows.add(task)
-            task.add_done_callback(self._flow_done(addr[0]))
-
-        loop.add_reader(fd, ready)
-        try:
-            await loop.create_future()  # until cancelled
-        finally:
-            if paused is not None:
-                paused.cancel()
-            else:
-                loop.remove_reader(fd)
+    def _accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        if not self.budget.take(addr[0]):
+            # Over a budget: refused with a reset, before any work (counted in the budget).
+            reset_on_close(sock)
+            sock.close()
+            return
+        task = asyncio.get_running_loop().create_task(self.handle_tcp(sock, addr))
+        self._flows.add(task)
+        task.add_done_callback(self._flow_done(addr[0]))
 
     def _flow_done(self, client: str) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
@@ -196,6 +158,10 @@ class Pipeline:
                 n += 1
                 continue
             if self.udp is not None and self.udp.close_conn(cid):
+                n += 1
+                continue
+            if self.workers is not None and self.workers.close(cid, self._ending.pop(cid, None) or
+                                                               "closed from the console"):
                 n += 1
         return n
 
@@ -267,7 +233,7 @@ class TcpFlow:
         try:
             first = b""
             if p.decider.wants_name(conn):
-                first, sniffed = await self._sniff()
+                first, sniffed = await sniff_first(sock, p.sniffing_timeout)
                 p.decider.with_name(conn, sniffed)
             p.announce(conn)
             if conn.outbound == BLOCK:
@@ -296,26 +262,6 @@ class TcpFlow:
             sock.close()
             if self.upstream is not None:
                 self.upstream.close()
-
-    async def _sniff(self) -> tuple[bytes, SniffResult]:
-        """The client's first bytes (kept, to send on) and the name in them, within sniffing_timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.p.sniffing_timeout
-        data = b""
-        result = SniffResult(need_more=True)
-        while result.need_more and len(data) < SNIFF_MAX:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, SNIFF_MAX - len(data)), left)
-            except TimeoutError:
-                break  # the client waits for the server (SSH, SMTP): no name to find
-            if not chunk:
-                break
-            data += chunk
-            result = sniff(data, "tcp")
-        return data, result
 
     async def _dial(self, conn: Connection) -> Stream:
         """The upstream: the group's node for the flow's family (noting a failure), or direct."""

@@ -10,6 +10,7 @@ Its parts, each in a module of its own:
 - pipeline.py: every relayed flow from accept to finish (one TcpFlow per connection; UDP's first datagram);
 - decision.py: where a flow goes (the kernel's record, else the rules here; again by a sniffed name);
 - kernel_sync.py: the kernel's copy of names' domain bits, group health and rule generations;
+- workers.py: the relay worker processes (global.relay_workers), which carry TCP flows the pipeline plans;
 - dns_service.py: the DNS controller, its listeners and `dns.bind`;
 - reload.py: a new config (reload, rule edits, their preview, the abort of flows);
 - snapshot.py: what the console shows, as plain values.
@@ -50,6 +51,7 @@ from daetui.control.reload import Reloader
 from daetui.control.snapshot import build_snapshot, map_view
 from daetui.control.state import ApiStatus, LogLine, MapEntries, MapInfo, ReloadResult, Snapshot
 from daetui.control.udp import UdpNat
+from daetui.control.workers import RelayWorkers
 from daetui.dataplane.cleanup import cleanup_leftovers
 from daetui.dataplane.dataplane import Dataplane
 from daetui.dataplane.monitor import InterfaceMonitor, Link
@@ -100,6 +102,7 @@ class ControlPlane:
         self.monitor: InterfaceMonitor | None = None
         self.heartbeat: Heartbeat | None = None
         self.relayed: RelayedSweep | None = None
+        self.workers: RelayWorkers | None = None
         self.log_handler: EventLogHandler | None = None
         self.netlink = ThreadPoolExecutor(1, thread_name_prefix="daetui-netlink")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,7 +166,7 @@ class ControlPlane:
                     auto_config=g.auto_config_kernel_parameter, heartbeat_timeout=g.heartbeat_timeout,
                     flow_table_size=g.flow_table_size, domain_table_size=g.domain_table_size,
                     wan_interfaces=g.wan_interface, so_mark=g.so_mark_from_dae, bypass_marks=g.bypass_marks,
-                    cgroup=g.cgroup, domain_no_match=g.unknown_domain == "no_match"))
+                    cgroup=g.cgroup, domain_no_match=g.unknown_domain == "no_match", workers=g.relay_workers))
                 assert dp.program is not None
                 self.heartbeat = Heartbeat(dp.program.beat, g.heartbeat_timeout)
                 self.heartbeat.start()
@@ -175,6 +178,10 @@ class ControlPlane:
                                                 if "auto" in g.wan_interface else None)
                 self.monitor.start()
             self.pipeline.accept(list(self.listeners.tcp.values()))
+            if self.dataplane is not None and self.dataplane.program is not None and g.relay_workers:
+                self.workers = self.pipeline.workers = RelayWorkers(
+                    self.pipeline, self.dataplane.program, g.relay_workers, list(self.listeners.tcp), g)
+                await self.workers.start()
             self.udp = self.pipeline.udp = UdpNat(self.pipeline.open_udp, self.pipeline.finish,
                                                   idle_timeout=g.udp_timeout, budget=self.pipeline.budget,
                                                   buffer_bytes=g.udp_buffer_bytes,
@@ -225,6 +232,8 @@ class ControlPlane:
             for p in problems:
                 log.error("could not undo: %s", p)
         await self.pipeline.stop_accepting()
+        if self.workers is not None:
+            await self.workers.stop()
         if self.udp is not None:
             await self.udp.stop()
         await self.dns.stop()

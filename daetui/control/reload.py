@@ -185,6 +185,8 @@ class Reloader:
             plane.decider.configure(new.global_.dial_mode)
             plane.pipeline.sniffing_timeout = new.global_.sniffing_timeout
             plane.pipeline.configure(new.global_)
+            if plane.workers is not None:
+                plane.workers.configure(new.global_)
             plane.dialer.mark = new.global_.so_mark_from_dae
             if plane.heartbeat is not None:
                 plane.heartbeat.timeout = new.global_.heartbeat_timeout
@@ -248,8 +250,8 @@ def restart_needed(old: Config, new: Config) -> str | None:
         return "global.tproxy_port cannot change while daetui runs: restart it"
     if old.global_.fail_open != new.global_.fail_open:
         return "global.fail_open cannot change while daetui runs: restart it"
-    for key in ("flow_table_size", "domain_table_size"):
-        # The kernel's tables are sized when its programs are compiled, at start.
+    for key in ("flow_table_size", "domain_table_size", "relay_workers"):
+        # The kernel's tables are sized when its programs are compiled, and the workers started, at start.
         if getattr(old.global_, key) != getattr(new.global_, key):
             return f"global.{key} cannot change while daetui runs: restart it"
     if bool(old.global_.wan_interface) != bool(new.global_.wan_interface):

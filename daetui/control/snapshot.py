@@ -109,6 +109,8 @@ def map_view(plane: ControlPlane) -> MapView | None:
         return None
     held = {slot: "{}:{}".format(*sock.getsockname()[:2])
             for slot, sock in (plane.listeners.slots().items() if plane.listeners else [])}
+    if plane.workers is not None:
+        held.update(plane.workers.held_slots())
     monitor = plane.monitor
     # A copy: the monitor's thread changes its dict (and replaces it on a resync) while this one reads.
     return MapView(prog, plane.sync.ruleset, lambda: held,

@@ -82,7 +82,7 @@ class Dataplane:
               fail_open: bool = True, auto_config: bool = True, heartbeat_timeout: float = 0.0,
               flow_table_size: int | None = None, domain_table_size: int | None = None,
               wan_interfaces: tuple[str, ...] = (), so_mark: int = 0, bypass_marks: tuple[int, ...] = (),
-              cgroup: str | None = None, domain_no_match: bool = False) -> None:
+              cgroup: str | None = None, domain_no_match: bool = False, workers: int = 0) -> None:
         """Load, write the rules, route, then attach. On any failure, undo and raise.
 
         With `heartbeat_timeout`, the first beat is written before any packet is seen: the
@@ -94,7 +94,7 @@ class Dataplane:
             sizes = {k: v for k, v in (("max_flows", flow_table_size), ("max_domain_ips", domain_table_size)) if v}
             self.program = KernelProgram(**sizes)
             self.program.set_params(self.tproxy_mark, fail_open, active_gen=0, so_mark=so_mark,
-                                    domain_no_match=domain_no_match)
+                                    domain_no_match=domain_no_match, workers=workers)
             self.program.set_bypass_marks(bypass_marks)
             if heartbeat_timeout:
                 self.program.beat(heartbeat_timeout)

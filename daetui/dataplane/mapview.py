@@ -296,9 +296,12 @@ class MapView:
 
     def _rows_listeners(self) -> tuple[list[str], list[list[str]]]:
         names = {v: k.lower() for k, v in ABI.prefixed("LISTENER_").items()}
+        for w in range(ABI.MAX_WORKERS):
+            names[ABI.WORKER_SLOT0 + 2 * w] = f"worker{w}_tcp4"
+            names[ABI.WORKER_SLOT0 + 2 * w + 1] = f"worker{w}_tcp6"
         held = self.listeners()
         return ["slot", "listener", "socket"], [[str(s), names.get(s, "?"), held.get(s, "empty")]
-                                                for s in range(ABI.N_LISTENERS)]
+                                                for s in range(ABI.N_LISTENER_SLOTS)]
 
     def _rows_route_progs(self) -> tuple[list[str], list[list[str]]]:
         p = self.p

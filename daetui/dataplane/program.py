@@ -6,6 +6,7 @@ The ctypes of every map come from BCC, derived from the structs in
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import ipaddress
@@ -137,8 +138,9 @@ class KernelProgram:
 
     # -- params and rules -------------------------------------------------------
     def set_params(self, tproxy_mark: int, fail_open: bool, active_gen: int, so_mark: int = 0,
-                   domain_no_match: bool = False) -> None:
+                   domain_no_match: bool = False, workers: int = 0) -> None:
         p = self.params.Leaf()
+        p.workers = min(workers, ABI.MAX_WORKERS)
         p.active_gen = active_gen
         p.tproxy_mark = tproxy_mark
         p.fail_open = int(fail_open)
@@ -470,6 +472,24 @@ class KernelProgram:
     def clear_listener(self, slot: int) -> None:
         k = ct.c_uint32(slot)
         self._lib.bpf_delete_elem(self._listeners_fd, ct.byref(k))
+
+    def held_listeners(self) -> list[int]:
+        """The sockmap slots that hold a socket now (a relay worker's leave with its process)."""
+        held = []
+        for slot in range(ABI.N_LISTENER_SLOTS):
+            k, v = ct.c_uint32(slot), ct.c_uint64(0)
+            if self._lib.bpf_lookup_elem(self._listeners_fd, ct.byref(k), ct.byref(v)) == 0:
+                held.append(slot)
+        return held
+
+    def set_own_process(self, pid: int, own: bool) -> None:
+        """A relay worker's process (`own`), or one that ended: its sockets are daetui's own, never caught."""
+        table, k = self.bpf[b"own_tgids"], ct.c_uint32(pid)
+        if own:
+            table[k] = ct.c_uint8(1)
+        else:
+            with contextlib.suppress(KeyError):
+                del table[k]
 
     # -- flows -------------------------------------------------------------------
     def _key(self, key: FlowKey) -> Any:

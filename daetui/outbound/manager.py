@@ -217,14 +217,20 @@ class Outbounds:
         compiled = self.config.dns.compiled
         return compiled is not None and bool(compiled.request.internal)
 
+    def node_resolver(self, node: str) -> Callable[[str], Awaitable[str]] | None:
+        """How `node`'s server name is looked up: through dae v2's node() DNS rules (the control plane's
+        resolve_own), or None: the system's resolver, as the direct dialer does."""
+        if self.resolve_own is None or not self._internal_rules():
+            return None
+        link = self.nodes[node].link() if hasattr(self.nodes[node], "link") else ""
+        facts = LookupFacts("node", tag=self._node_sub.get(node, ""), name=node, link=link)
+        return functools.partial(self.resolve_own, facts=facts)
+
     def _dialer_of(self, node: str) -> Dialer:
         d = self._dialers.get(node)
         if d is None:
-            via: Any = self.direct
-            if self.resolve_own is not None and self._internal_rules():
-                link = self.nodes[node].link() if hasattr(self.nodes[node], "link") else ""
-                facts = LookupFacts("node", tag=self._node_sub.get(node, ""), name=node, link=link)
-                via = NamedDirect(self.direct, functools.partial(self.resolve_own, facts=facts))
+            resolver = self.node_resolver(node)
+            via: Any = self.direct if resolver is None else NamedDirect(self.direct, resolver)
             d = self._dialers[node] = self.nodes[node].dialer(via)
         return d
 

@@ -16,8 +16,7 @@ import pytest
 CHILD = textwrap.dedent("""
     import asyncio, logging, os, resource, socket, sys
     import uvloop
-    from daetui.control.budget import FlowBudget
-    from daetui.control.pipeline import Pipeline
+    from daetui.control.flowio import accept_loop
 
     logging.disable(logging.CRITICAL)
     wakes = 0
@@ -28,17 +27,12 @@ CHILD = textwrap.dedent("""
             wakes += 1
             return super()._accept()
 
-    class Flows:  # what _accept_loop uses of the pipeline: a task per connection, held open here
+    class Flows:  # what the pipeline does with an accepted connection: held open here
         def __init__(self):
-            self._flows, self.held = set(), []
-            self.budget = FlowBudget()
+            self.held = []
 
-        def _flow_done(self, client):
-            return lambda task: (self._flows.discard(task), self.budget.give(client))
-
-        async def handle_tcp(self, sock, addr):
+        def accepted(self, sock, addr):
             self.held.append(sock)
-            await asyncio.sleep(3600)
 
     async def main():
         listener = Listener(socket.AF_INET, socket.SOCK_STREAM)
@@ -49,7 +43,7 @@ CHILD = textwrap.dedent("""
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 20, hard))
         plane = Flows()
-        task = asyncio.ensure_future(Pipeline._accept_loop(plane, listener))
+        task = asyncio.ensure_future(accept_loop(listener, plane.accepted))
         await asyncio.sleep(0.5)  # accepted what fits, then EMFILE with connections still waiting
         global wakes
         wakes = 0
@@ -57,8 +51,6 @@ CHILD = textwrap.dedent("""
         print(len(plane.held), wakes)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        for t in plane._flows:
-            t.cancel()
         for s in plane.held + clients:
             s.close()
 
