@@ -47,11 +47,21 @@ def cps_server(ns: str, host: str, port: int, answer: bool = False) -> subproces
     return p
 
 
-def cps(ns: str, host: str, port: int, seconds: float, ask: bool = False) -> float:
-    """New connections per second from namespace `ns` to a cps_server, for `seconds`."""
-    out = ns_exec(ns, sys.executable, str(CPS), "client", host, str(port), f"{seconds:g}", *(["--ask"] if ask else []),
-                  timeout=seconds + 30)
-    return int(out.stdout.strip()) / seconds
+def cps(ns: str, host: str, port: int, seconds: float, ask: bool = False, clients: int = 1) -> float:
+    """New connections per second from namespace `ns` to a cps_server, for `seconds`, by `clients` processes
+    connecting at once (each one connection after the other)."""
+    if clients == 1:
+        out = ns_exec(ns, sys.executable, str(CPS), "client", host, str(port), f"{seconds:g}",
+                      *(["--ask"] if ask else []), timeout=seconds + 30)
+        return int(out.stdout.strip()) / seconds
+    argv = ["ip", "netns", "exec", ns, sys.executable, str(CPS), "client", host, str(port), f"{seconds:g}",
+            *(["--ask"] if ask else [])]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 30)
+        total += int(out.strip())
+    return total / seconds
 
 
 def end(procs: list[subprocess.Popen[str]]) -> None:

@@ -53,8 +53,12 @@ TIME_WAIT socket to the listener.
 
     .venv/bin/python bench/proxy_path.py [--seconds 5] [--rounds 3] [--method aes-256-gcm]
                                          [--firewall nft|iptables|iptables-legacy] [--obfs http|tls|none]
-                                         [--vmess-ws]
+                                         [--vmess-ws] [--workers N] [--clients K]
                                          [--profile /path/to/py-spy] [--summary FILE]
+
+--workers N runs daetui with N relay workers (global.relay_workers); --clients K makes the new
+connections from K client processes at once (each one after the other), which is what spreads
+over workers: one client's connections, one after the other, measure latency more than CPU.
 
 --profile adds one more daetui round, not counted, with py-spy sampling the
 daemon through an upload, a download and the new connections, and prints
@@ -122,6 +126,7 @@ CONFIG = """
 lan_interface = ["lan0"]
 log_level = "warn"
 dial_mode = "ip"
+relay_workers = {workers}
 # Checks stay inside the lab; fixed(0) uses the node whatever they find.
 check_interval = "600s"
 {checks}
@@ -136,6 +141,9 @@ policy = "fixed(0)"
 rules = ["dip({target}) -> proxy"]
 fallback = "direct"
 """
+
+
+OPTIONS = {"workers": 0, "clients": 1}   # --workers, --clients
 
 
 def ask_once(lab: Lab) -> str:
@@ -184,7 +192,7 @@ def iperf(lab: Lab, seconds: float, reverse: bool) -> float:
 
 def cps(lab: Lab, seconds: float) -> float:
     """Short request/answer connections (_cps.py --ask): what a proxy must carry, not only accept."""
-    return _lab.cps(lab.lan, TARGET, RR_PORT, seconds, ask=True)
+    return _lab.cps(lab.lan, TARGET, RR_PORT, seconds, ask=True, clients=OPTIONS["clients"])
 
 
 @dataclass
@@ -405,7 +413,7 @@ def vmess_ws_link() -> str:
 
 
 def start_daetui(lab: Lab, link: str) -> Daemon:
-    config = CONFIG.format(target=TARGET, checks=LAB_CHECKS, link=link)
+    config = CONFIG.format(target=TARGET, checks=LAB_CHECKS, link=link, workers=OPTIONS["workers"])
     old = os.umask(0o077)  # the config holds the node's password: readable by root only
     try:
         return Daemon.from_text(lab.router, config).start(timeout=90)
@@ -569,9 +577,13 @@ def main() -> int:
                     help="also measure both proxies through simple-obfs in this mode (none: not)")
     ap.add_argument("--vmess-ws", action="store_true",
                     help="also measure vmess over ws: daetui and v2ray's own client against a v2ray server")
+    ap.add_argument("--workers", type=int, default=0, help="daetui's global.relay_workers (default 0)")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client processes making the new connections at once (default 1: one after the other)")
     ap.add_argument("--lab", default="dtbenchpp")
     _summary.add_option(ap)
     args = ap.parse_args()
+    OPTIONS.update(workers=args.workers, clients=args.clients)
     obfs = None if args.obfs == "none" else args.obfs
     for tool in (("iperf3", SS_REDIR, args.firewall) + (("obfs-local", "obfs-server") if obfs else ())
                  + (("v2ray",) if args.vmess_ws else ())):

@@ -256,6 +256,10 @@ class DaemonCollector(Collector):
         yield _by(CounterMetricFamily("daetui_relay_refused", "Flows refused for a budget", labels=["budget"]),
                   ((["total"], b.refused), (["client"], b.refused_client)))
         yield _counter("daetui_relay_idle_closed", "TCP relays ended by tcp_idle_timeout", b.idle_closed)
+        yield _gauge("daetui_relay_workers", "Relay workers configured (global.relay_workers)", b.workers)
+        yield _gauge("daetui_relay_workers_live", "Relay workers ready, their listeners in the kernel's choice",
+                     b.workers_live)
+        yield _counter("daetui_relay_worker_deaths", "Relay workers that ended while the daemon ran", b.worker_deaths)
         yield _by(CounterMetricFamily("daetui_udp_dropped", "UDP datagrams dropped, by why", labels=["reason"]),
                   ((["buffer"], b.udp_buffer_drops), (["flow_budget"], b.udp_refused),
                    (["open_failed"], b.udp_open_failed)))

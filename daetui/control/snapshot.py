@@ -63,7 +63,7 @@ def _descriptors() -> int:
 
 def budgets(plane: ControlPlane) -> Budgets:
     """The relay path's resources now, and their bounds."""
-    p, udp = plane.pipeline, plane.udp
+    p, udp, w = plane.pipeline, plane.udp, plane.workers
     b = p.budget
     client, held = b.busiest()
     return Budgets(
@@ -76,7 +76,8 @@ def budgets(plane: ControlPlane) -> Budgets:
         udp_flow_buffer_limit=udp.flow_buffer_bytes if udp else 0,
         udp_buffer_drops=udp.buffer_drops if udp else 0, udp_refused=udp.refused if udp else 0,
         udp_open_failed=udp.dropped if udp else 0,
-        loop_lag_p99_ms=p.lag.p99() * 1000, loop_lag_max_ms=p.lag.max() * 1000)
+        loop_lag_p99_ms=p.lag.p99() * 1000, loop_lag_max_ms=p.lag.max() * 1000,
+        workers=w.count if w else 0, workers_live=w.live() if w else 0, worker_deaths=w.deaths if w else 0)
 
 
 def interfaces(plane: ControlPlane) -> tuple[InterfaceInfo, ...]:

@@ -96,6 +96,9 @@ class Budgets:
     udp_open_failed: int = 0         # datagrams dropped because their flow could not open (no session, no route)
     loop_lag_p99_ms: float = 0.0     # how late the event loop ran what was due, over the last minute
     loop_lag_max_ms: float = 0.0
+    workers: int = 0                 # relay workers configured (global.relay_workers)
+    workers_live: int = 0            # ready now: their listeners in the kernel's choice
+    worker_deaths: int = 0           # workers that ended while the daemon ran (each started again)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,10 @@ class RelayWorkers:
             if link.channel is not None:
                 link.channel.send(self._settings)
 
+    def live(self) -> int:
+        """Workers ready now (their listeners in the kernel's choice)."""
+        return sum(link.ready for link in self.links.values())
+
     def held_slots(self) -> dict[int, str]:
         """The sockmap slots the live workers' listeners hold, and what sits there (the map view)."""
         return {worker_slot(link.index, v): f"worker {link.index} (pid {link.pid})"

@@ -21,12 +21,33 @@ from helpers import Daemon, http_get, lan_connect, wait_for
 
 from daetui.control.client import call_once
 from daetui.lab.topology import ADDR
-from testkit.configs import RELAY_CONFIG, RELAYED4, RELAYED6
+from testkit.configs import LAB_CHECKS, RELAY_CONFIG, RELAYED4, RELAYED6
+from testkit.peers.shadowsocks import SsServer
 
 pytestmark = pytest.mark.kernel
 
 WORKERS = 2
 CONFIG = RELAY_CONFIG.replace('lan_interface = ["lan0"]', f'lan_interface = ["lan0"]\nrelay_workers = {WORKERS}')
+
+
+def ss_config(link: str, rule: str = "dip(203.0.113.10) -> proxy") -> str:
+    return f"""
+[global]
+lan_interface = ["lan0"]
+relay_workers = {WORKERS}
+check_interval = "600s"
+{LAB_CHECKS}
+
+[node]
+ss1 = "{link}"
+
+[group.proxy]
+policy = "fixed(0)"
+
+[routing]
+rules = ["{rule}"]
+fallback = "direct"
+"""
 
 
 def worker_pids(daemon: Daemon) -> list[int]:
@@ -148,10 +169,37 @@ def test_a_worker_killed_under_load_loses_only_its_flows_and_new_ones_go_to_the_
                         timeout=10)
         assert victim not in pids
         assert whoami(lab, RELAYED4) == ADDR.router_wan4
+        b = wait_for(lambda: (s := call_once(daemon.control_path, lambda c: c.snapshot(flows=False, dns=False)))
+                     and s.budgets.workers_live == WORKERS and s.budgets)
+        assert b.workers == WORKERS and b.worker_deaths == 1
     finally:
         stop.set()
         for s in [held, *others]:
             s.close()
+
+
+def test_flows_through_a_node_are_dialled_by_the_workers_and_a_reload_keeps_them_going(lab, daemon):  # type: ignore[no-untyped-def]
+    """The workers dial a node (a real ss-server) from the node object the main process sends them; after a
+    reload, whose rules and node objects are new, they dial the new ones, and the open flows go on."""
+    with SsServer(lab, "chacha20-ietf-poly1305", "worker pw", 8411, udp=False, verbose=False) as ss:
+        daemon.config_path.write_text(ss_config(ss.node().link()))
+        daemon.start()
+        wait_for(lambda: len(worker_pids(daemon)) == WORKERS or None, timeout=10)
+        held = lan_connect(lab, RELAYED4, 7)
+        try:
+            for _ in range(20):   # ss-server, in the wan namespace, dials from an address there: not the router's
+                assert whoami(lab, RELAYED4) not in (ADDR.router_wan4, ADDR.client4)
+            rows = [c for c in connections(daemon) if c.dst[1] == 80]
+            assert {c.worker for c in rows} == set(range(WORKERS)) and all(c.node == "ss1" for c in rows)
+            daemon.config_path.write_text(ss_config(ss.node().link(), "dip(203.0.113.10, 203.0.113.11) -> proxy"))
+            assert daemon.cli("reload").returncode == 0
+            for _ in range(10):
+                assert whoami(lab, ADDR.hosts4[1]) not in (ADDR.router_wan4, ADDR.client4)
+            assert all(c.node == "ss1" for c in connections(daemon) if c.dst[0] == ADDR.hosts4[1])
+            held.sendall(b"still")
+            assert held.recv(10) == b"still"
+        finally:
+            held.close()
 
 
 def test_the_workers_end_with_the_daemon(lab, started):  # type: ignore[no-untyped-def]
@@ -167,10 +215,14 @@ def test_a_daemon_killed_takes_its_workers_with_it_and_flows_fail_open(lab, star
     pids = worker_pids(daemon)
     daemon.signal(signal.SIGKILL)
     daemon.wait(10)
-    for pid in pids:   # their channel closed: they end
-        assert wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or None, timeout=5)
-    # No listener left in the sockmap: new flows pass (fail open), with the client's own address.
-    assert wait_for(lambda: _quietly(whoami, lab, RELAYED4, 1.0) == ADDR.client4 or None, timeout=5)
+    try:
+        for pid in pids:   # their channel closed: they end
+            assert wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or None, timeout=5)
+        # No listener left in the sockmap: new flows pass (fail open), with the client's own address.
+        assert wait_for(lambda: _quietly(whoami, lab, RELAYED4, 1.0) == ADDR.client4 or None, timeout=5)
+    finally:
+        out = daemon.cli("cleanup")   # what the killed daemon left (its programs, rules, routes)
+    assert out.returncode == 0 and "undone: tc filter ingress on lan0" in out.stdout, out.stdout + out.stderr
 
 
 def _quietly(fn, *args):  # type: ignore[no-untyped-def]

@@ -185,6 +185,9 @@ ran what was due (p99 over the last minute).
         refused = b.refused + b.refused_client
         udp_dropped = b.udp_buffer_drops + b.udp_refused + b.udp_open_failed
         busiest = f" · busiest {b.busiest_client} {b.busiest_flows}/{b.max_flows_per_client}" if b.busiest_flows else ""
+        workers: list[str | tuple[str, str]] = [
+            (f"\nrelay workers {b.workers_live}/{b.workers} live · ended {b.worker_deaths}",
+             "yellow" if b.workers_live < b.workers else "")] if b.workers else []
         return [
             ("Budgets ", "bold"), f"flows {fmt.count(b.flows)}/{fmt.count(b.max_flows)}{busiest}\n",
             ((f"refused {fmt.count(b.refused_client)} over a client's budget, {fmt.count(b.refused)} overall"
@@ -194,6 +197,7 @@ ran what was due (p99 over the last minute).
             (f"UDP held {fmt.size(b.udp_buffered) or '0 B'}/{fmt.size(b.udp_buffer_limit)}"
              f" · dropped {fmt.count(udp_dropped)}\n", "yellow" if udp_dropped else ""),
             f"loop lag p99 {b.loop_lag_p99_ms:.1f} ms (max {b.loop_lag_max_ms:.1f})",
+            *workers,
         ]
 
     def _counters(self, snap: Snapshot) -> Table:
