@@ -60,6 +60,7 @@ class Worker:
         self.pipes = PipePool()
         self._tags = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
+        self._asked: dict[int, float] = {}     # tag -> when asked (loop time)
         self._flows: dict[int, tuple[asyncio.Task[None], Connection]] = {}   # by the main process's conn id
         self._tasks: set[asyncio.Task[None]] = set()
         self._ending: dict[int, str] = {}
@@ -75,17 +76,18 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self._done.set)
         accepting = [asyncio.ensure_future(accept_loop(s, self._accepted)) for s in self.listeners]
         counts = asyncio.ensure_future(self._report_counts())
+        expiry = asyncio.ensure_future(self._expire_questions())
         self.channel.send(("ready", os.getpid()))
         try:
             await self._done.wait()
         finally:
-            for t in [*accepting, counts]:
+            for t in [*accepting, counts, expiry]:
                 t.cancel()
             for task, _ in list(self._flows.values()):
                 task.cancel()
             for t in list(self._tasks):
                 t.cancel()
-            await asyncio.gather(*accepting, counts, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*accepting, counts, expiry, *self._tasks, return_exceptions=True)
             self.pipes.close()
             self.channel.close()
 
@@ -116,13 +118,28 @@ class Worker:
         if self.channel.closed:
             raise ConnectionError("the main process is gone")
         tag = next(self._tags)
-        fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
         self._waiting[tag] = fut
+        self._asked[tag] = loop.time()
         self.channel.send((message[0], tag, *message[1:]))
         try:
-            return await asyncio.wait_for(fut, ANSWER_TIMEOUT)
+            return await fut
         finally:
             self._waiting.pop(tag, None)
+            self._asked.pop(tag, None)
+
+    async def _expire_questions(self) -> None:
+        """Fail what the main process left unanswered for ANSWER_TIMEOUT (one sweep for every question)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ANSWER_TIMEOUT / 4)
+            late = loop.time() - ANSWER_TIMEOUT
+            for tag in [t for t, at in self._asked.items() if at < late]:
+                fut = self._waiting.pop(tag, None)
+                self._asked.pop(tag, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(TimeoutError("the main process did not answer"))
 
     # -- flows ------------------------------------------------------------------------------------
     def _accepted(self, sock: socket.socket, client: tuple[str, int]) -> None:

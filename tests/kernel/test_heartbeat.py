@@ -38,9 +38,9 @@ def peers(lab):  # type: ignore[no-untyped-def]
         yield p
 
 
-def config(fail_open: bool) -> str:
+def config(fail_open: bool, workers: int = 0) -> str:
     return RELAY_CONFIG.replace('lan_interface = ["lan0"]', f'lan_interface = ["lan0"]\nheartbeat_timeout = '
-                                f'"{TIMEOUT:g}s"\nfail_open = {str(fail_open).lower()}')
+                                f'"{TIMEOUT:g}s"\nfail_open = {str(fail_open).lower()}\nrelay_workers = {workers}')
 
 
 def whoami(lab, host: str, timeout: float = 3.0) -> str:  # type: ignore[no-untyped-def]
@@ -62,8 +62,10 @@ def counters(daemon: Daemon) -> dict[str, int]:
     return dict(snap.counters)
 
 
-def test_a_stopped_daemon_fails_open_and_takes_its_flows_back_when_continued(lab, peers, daemon):  # type: ignore[no-untyped-def]
-    daemon.config_path.write_text(config(fail_open=True))
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "relay-workers"])
+def test_a_stopped_daemon_fails_open_and_takes_its_flows_back_when_continued(lab, peers, daemon, workers):  # type: ignore[no-untyped-def]
+    """With relay workers too: they keep running while the main process is stopped, but the beat is its."""
+    daemon.config_path.write_text(config(fail_open=True, workers=workers))
     daemon.start()
     assert whoami(lab, RELAYED4) == ADDR.router_wan4       # relayed by the daemon
     assert addresses(lan_query(lab, UNBOUND4, "www.example.test")) == ["203.0.113.10"]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from helpers import http_get, lan_connect, newest_conn, plane_in_lab, udp_exchange
+from helpers import http_get, lan_connect, newest_conn, plane_in_lab, udp_exchange, wait_for
 
 from daetui.lab.dnspeers import LabCA
 from daetui.lab.servers import pattern_bytes
@@ -123,7 +123,8 @@ def test_lan_flow_through_each_protocol(lab, daemon, name: str) -> None:
     assert last_conn(runner, (HOST4, HTTP_PORT), "tcp").node == name
     payload = os.urandom(256 * 1024)
     assert echo_exact(lab, HOST4, payload) == payload
-    conn = last_conn(runner, (HOST4, ECHO_PORT), "tcp")
+    # The row once the flow has ended (a relay worker reports counts every 0.5 s, and its end at once).
+    conn = wait_for(lambda: (c := last_conn(runner, (HOST4, ECHO_PORT), "tcp")).state != "open" and c)
     assert conn.node == name and conn.up == len(payload)
     # How the bytes went: spliced where the proxy's stream is the destination's own bytes, framed
     # on the loop's transports for the rest (their framing run as codecs: TLS, shadowsocks, vless's

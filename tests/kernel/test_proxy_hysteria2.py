@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from helpers import http_get, in_router, lan_connect, newest_conn, plane_in_lab, read_to_end, udp_exchange
+from helpers import http_get, in_router, lan_connect, newest_conn, plane_in_lab, read_to_end, udp_exchange, wait_for
 
 from daetui.lab.servers import pattern_bytes
 from daetui.lab.topology import ADDR, ECHO_PORT, SOURCE_PORT, Lab
@@ -355,7 +355,8 @@ fallback = "direct"
         finally:
             s.close()
         assert got == payload
-        conn = newest_conn(runner, (host, ECHO_PORT), "tcp")
+        # The row once the flow has ended (a relay worker reports counts every 0.5 s, and its end at once).
+        conn = wait_for(lambda: (c := newest_conn(runner, (host, ECHO_PORT), "tcp")).state != "open" and c)
         assert conn.node == "hy" and conn.up == len(payload)
         for size in (1, 700, 1400):
             d = pattern_bytes(size)

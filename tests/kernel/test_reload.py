@@ -158,9 +158,13 @@ def test_twenty_reloads_under_load(lab, daemon):
         assert daemon.stop() == 0
 
 
-def test_abort_resets_the_flows_whose_route_changed(lab, daemon):
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "relay-workers"])
+def test_abort_resets_the_flows_whose_route_changed(lab, daemon, workers):
+    """With relay workers too: the main process plans their flows, so a reload's abort reaches them."""
     cfg = daemon.config_path
-    cfg.write_text(BASE)
+    base = BASE.replace('lan_interface = ["lan0"]\n', f'lan_interface = ["lan0"]\nrelay_workers = {workers}\n')
+    assert workers == 0 or base != BASE
+    cfg.write_text(base)
     daemon.start()
     try:
         relayed = lan_connect(lab, ADDR.hosts4[0], 7)
@@ -169,7 +173,7 @@ def test_abort_resets_the_flows_whose_route_changed(lab, daemon):
         kept = lan_connect(lab, ADDR.hosts6[0], 7)  # still proxied after the change: untouched
         kept.sendall(b"v6")
         assert kept.recv(10) == b"v6"
-        cfg.write_text(BASE.replace("dip(203.0.113.10, '2001:db8:3::10') -> proxy",
+        cfg.write_text(base.replace("dip(203.0.113.10, '2001:db8:3::10') -> proxy",
                                     "dip('2001:db8:3::10') -> proxy"))
         out = daemon.cli("reload", "--abort", timeout=120)
         assert out.returncode == 0, out.stderr
