@@ -109,6 +109,9 @@ class Worker:
             if so_mark != self.direct.mark:
                 self.direct = DirectDialer(mark=so_mark)
                 self._nodes.clear()
+        elif kind == "ping":
+            if self.channel is not None:
+                self.channel.send(("pong",))
         elif kind == "stop":
             self._done.set()
 
@@ -240,7 +243,8 @@ class Worker:
                 if self._sent_counts.get(conn_id) != total:
                     self._sent_counts[conn_id] = total
                     moved.append((conn_id, conn.up, conn.down, conn.relay))
-            if moved and self.channel is not None:
+            # Not while the main process is not reading (stopped): the next report carries the totals.
+            if moved and self.channel is not None and not self.channel.congested():
                 self.channel.send(("counts", moved))
 
 

@@ -51,6 +51,7 @@ STOP_TIMEOUT = 3.0        # after "stop", before it is killed
 BACKOFF_FIRST = 0.5       # a dead worker is started again after this, doubled after each death in a row
 BACKOFF_MAX = 30.0
 STEADY = 60.0             # a worker that lived this long resets the back-off
+PULSE = 0.5               # how often each worker is pinged; one silent for heartbeat_timeout is ended
 
 
 class Slots(Protocol):
@@ -76,6 +77,7 @@ class WorkerLink:
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
     listeners: dict[int, socket.socket] = field(default_factory=dict)   # by IP version, held until it is ready
+    pinged: float | None = None     # when the ping it has not answered yet was sent
     conns: dict[int, Connection] = field(default_factory=dict)          # its open flows, by conn id
     sent: dict[str, Any] = field(default_factory=dict)                  # node name -> the node object it was sent
 
@@ -93,6 +95,7 @@ class RelayWorkers:
         self.deaths = 0
         self.restarts = 0
         self._settings = self._settings_of(g)
+        self.hang_timeout = g.heartbeat_timeout or 5.0
         self._backoff = dict.fromkeys(range(self.count), BACKOFF_FIRST)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ready_waits: dict[int, asyncio.Future[None]] = {}
@@ -106,6 +109,7 @@ class RelayWorkers:
         """Start every worker and wait (bounded) until each is ready: its listeners in the sockmap."""
         self.running = True
         await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
+        self._task(self._pulse(), "daetui-worker-pulse")
         waits = list(self._ready_waits.values())
         if waits:
             _, pending = await asyncio.wait(waits, timeout=READY_TIMEOUT)
@@ -117,7 +121,7 @@ class RelayWorkers:
         """Stop every worker (their flows end: "daetui stopped")."""
         self.running = False
         for t in list(self._tasks):
-            if t.get_name().startswith("daetui-worker-respawn"):
+            if t.get_name().startswith(("daetui-worker-respawn", "daetui-worker-pulse")):
                 t.cancel()
         links = list(self.links.values())
         for link in links:
@@ -133,8 +137,9 @@ class RelayWorkers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def configure(self, g: GlobalConfig) -> None:
-        """A reload: the settings workers use (sniffing_timeout)."""
+        """A reload: the settings workers use (sniffing_timeout), and how long one may be silent."""
         self._settings = self._settings_of(g)
+        self.hang_timeout = g.heartbeat_timeout or 5.0
         for link in self.links.values():
             if link.channel is not None:
                 link.channel.send(self._settings)
@@ -236,6 +241,28 @@ class RelayWorkers:
             self._backoff[link.index] = BACKOFF_FIRST
         self._respawn_later(link.index)
 
+    async def _pulse(self) -> None:
+        """Ping every ready worker; end one silent for heartbeat_timeout (stopped, hung): its listeners leave
+        the sockmap with it, so it no longer takes new flows it cannot serve, and it is started again."""
+        last = time.monotonic()
+        while self.running:
+            await asyncio.sleep(PULSE)
+            now = time.monotonic()
+            # This loop itself ran late (the main process stopped or stalled): no worker's silence is judged.
+            late, last = now - last > 4 * PULSE, now
+            for link in list(self.links.values()):
+                if not link.ready or link.channel is None:
+                    continue
+                if late or link.pinged is None:
+                    link.pinged = now
+                    link.channel.send(("ping",))
+                elif now - link.pinged > self.hang_timeout:
+                    log.error("relay worker %d (pid %d) silent for %.1fs: ending it", link.index, link.pid,
+                              now - link.pinged)
+                    link.ready = False
+                    with contextlib.suppress(ProcessLookupError):
+                        link.proc.kill()
+
     def _respawn_later(self, index: int) -> None:
         if not self.running:
             return
@@ -273,6 +300,8 @@ class RelayWorkers:
             self.pipeline.outbounds.failed(node, family, error)
         elif kind == "resolve":
             self._task(self._resolve(link, m[1], m[2], m[3]), "daetui-worker-resolve")
+        elif kind == "pong":
+            link.pinged = None
         elif kind == "ready":
             self._ready(link, m[1])
 

@@ -20,7 +20,7 @@ log = logging.getLogger("daetui.control")
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 16 << 20        # a frame: a turn's messages (plans, opens, ends, counts; a node's pickle is a few KB)
-HIGH_WATER = 4 << 20          # what may wait unsent before the sender is told (paused)
+HIGH_WATER = 4 << 20          # unsent bytes past which the other end counts as not reading (congested)
 
 
 class Channel(asyncio.Protocol):
@@ -50,7 +50,6 @@ class Channel(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport subclass
-        transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Queue one message, to leave at the end of this turn of the loop (dropped once the channel is
@@ -60,6 +59,10 @@ class Channel(asyncio.Protocol):
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(message)
+
+    def congested(self) -> bool:
+        """More than HIGH_WATER waits unsent: the other end is not reading (stopped, hung)."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > HIGH_WATER
 
     def _flush(self) -> None:
         batch, self._out = self._out, []
