@@ -132,7 +132,9 @@ def link_secrets(link: str) -> list[str]:
     out += [unquote(v) for k, v in re.findall(r"([^&;=?]+)=([^&;]+)", parts.query)
             if web or unquote(k).lower() in _SECRET_PARAMS]
     if web and parts.path not in ("", "/"):
-        out.append(parts.path.strip("/"))
+        path = parts.path.strip("/")
+        if "/" in path or _token_like(path):   # one word alone (`/subscribe`) is no secret: it would mask the word
+            out.append(path)
         out += [seg for seg in parts.path.split("/") if _token_like(seg)]
     return out
 
