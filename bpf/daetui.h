@@ -370,6 +370,7 @@ struct params {
                            * kernel), instead of handing the flow over to have its name sniffed */
     __u8 workers;         /* relay workers (0: the main process relays every TCP flow) */
     __u8 pad2[2];
+    __u32 worker_seed;    /* random at start: which worker a tuple goes to cannot be chosen from the LAN */
 };
 
 /* The process behind a local socket, by socket cookie: written by the cgroup

@@ -134,13 +134,11 @@ static __always_inline __u32 listener_key(__u8 l4proto, __u8 ipv6, __u8 dns)
 static __always_inline struct bpf_sock *tcp_listener(struct tuple_key *k, __u8 ipv6, struct params *p)
 {
     __u32 lkey;
-    __u32 n = p ? p->workers : 0;
-    if (n > MAX_WORKERS)
-        n = MAX_WORKERS;
-    if (n) {
+    if (p && p->workers) {
+        __u32 n = p->workers < MAX_WORKERS ? p->workers : MAX_WORKERS;
         __u32 h, a;
         __builtin_memcpy(&a, &k->sip[12], 4);
-        h = a ^ k->sport ^ ((__u32)k->dport << 16);
+        h = a ^ p->worker_seed ^ k->sport ^ ((__u32)k->dport << 16);
         h ^= h >> 16;
         h *= 0x45d9f3b;
         h ^= h >> 16;

@@ -42,6 +42,8 @@ from daetui.outbound.manager import NamedDirect
 log = logging.getLogger("daetui.worker")
 
 MAX_WAITING = 4096     # flows waiting for the main process's answer at once; more are reset
+MAX_WAITING_CLIENT = 256   # of those, from one LAN address: one device cannot take every slot
+EARLY_CLOSES = 4096    # closes kept for flows whose plan has not reached their task yet
 ANSWER_TIMEOUT = 30.0  # the main process did not answer (hung: the kernel fails new flows open meanwhile)
 COUNTS_EVERY = 0.5     # how often the byte counts of open flows go to the main process (its idle watch, the console)
 
@@ -64,7 +66,10 @@ class Worker:
         self._flows: dict[int, tuple[asyncio.Task[None], Connection]] = {}   # by the main process's conn id
         self._tasks: set[asyncio.Task[None]] = set()
         self._ending: dict[int, str] = {}
-        self._nodes: dict[str, Any] = {}       # node name -> dialer (made from the node the main process sent)
+        self._specs: dict[str, tuple[Any, bool]] = {}   # node name -> (the node the main process sent, via_main)
+        self._dialers: dict[str, Any] = {}     # node name -> its dialer (made from the spec, then kept)
+        self._early: dict[int, str] = {}       # conn id -> why: closed before its task took its plan
+        self._waiting_by: dict[str, int] = {}  # LAN address -> its flows waiting for a plan
         self._sent_counts: dict[int, int] = {}
         self._done = asyncio.Event()
 
@@ -95,20 +100,32 @@ class Worker:
     def _message(self, m: tuple[Any, ...]) -> None:
         kind = m[0]
         if kind == "plan" or kind == "resolved":
+            if kind == "plan" and m[3] == "dial" and m[7] is not None:
+                # A node, new or changed: kept whether or not the flow that asked still waits for it.
+                self._specs[m[4]] = (pickle.loads(m[7]), m[8])
+                self._dialers.pop(m[4], None)
             fut = self._waiting.pop(m[1], None)
             if fut is not None and not fut.done():
                 fut.set_result(m)
+            elif kind == "plan" and m[2] and m[3] in ("dial", "sniff") and self.channel is not None:
+                # Its flow gave up waiting (the main process was stalled): the row ends there.
+                self.channel.send(("done", m[2], 0, 0, "", "the main process answered too late"))
         elif kind == "close":
             for conn_id, why in m[1]:
                 held = self._flows.get(conn_id)
                 if held is not None and not held[0].done():
                     self._ending[conn_id] = why
                     held[0].cancel()
+                elif held is None:
+                    # Its plan is on its way to the flow's task, or in this very frame: closed when it lands.
+                    if len(self._early) >= EARLY_CLOSES:
+                        self._early.pop(next(iter(self._early)))
+                    self._early[conn_id] = why
         elif kind == "settings":
             _, so_mark, self.sniffing_timeout, self.use_splice = m
             if so_mark != self.direct.mark:
                 self.direct = DirectDialer(mark=so_mark)
-                self._nodes.clear()
+                self._dialers.clear()   # made again from their specs, on the new direct dialer
         elif kind == "ping":
             if self.channel is not None:
                 self.channel.send(("pong",))
@@ -146,13 +163,27 @@ class Worker:
 
     # -- flows ------------------------------------------------------------------------------------
     def _accepted(self, sock: socket.socket, client: tuple[str, int]) -> None:
-        if len(self._waiting) >= MAX_WAITING:
+        who = client[0]
+        if len(self._waiting) >= MAX_WAITING or self._waiting_by.get(who, 0) >= MAX_WAITING_CLIENT:
             reset_on_close(sock)
             sock.close()
             return
         task = asyncio.get_running_loop().create_task(self._flow(sock, client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _plan_of(self, client: tuple[str, int], message: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Ask for a flow's plan, counted against its client's share of the waiting slots."""
+        who = client[0]
+        self._waiting_by[who] = self._waiting_by.get(who, 0) + 1
+        try:
+            return await self._ask(message)
+        finally:
+            left = self._waiting_by[who] - 1
+            if left:
+                self._waiting_by[who] = left
+            else:
+                del self._waiting_by[who]
 
     async def _flow(self, sock: socket.socket, client: tuple[str, int]) -> None:
         sock.setblocking(False)
@@ -161,24 +192,26 @@ class Worker:
         try:
             name = sock.getsockname()
             dst = (name[0], name[1])
-            plan = await self._ask(("open", client, dst))
+            plan = await self._plan_of(client, ("open", client, dst))
             _, _, conn_id, action, *args = plan
             if conn_id:
                 conn = Connection(conn_id, "tcp", client, dst, time.time(), None, "", "", "")
                 self._flows[conn_id] = (asyncio.current_task(), conn)  # type: ignore[assignment]
+                self._closed_early(conn_id)
             first = b""
             if action == "sniff":
                 first, sniffed = await sniff_first(sock, self.sniffing_timeout)
-                plan = await self._ask(("named", conn_id, sniffed.name, sniffed.protocol))
+                plan = await self._plan_of(client, ("named", conn_id, sniffed.name, sniffed.protocol))
                 _, _, _, action, *args = plan
+                self._closed_early(conn_id)
             if action != "dial" or conn is None:
                 # Refused (a budget), blocked, or no node to dial: the main process has ended the flow.
                 reset_on_close(sock)
                 if conn is not None:
                     conn.state = "closed"
                 return
-            node, host, port, blob, via_main = args
-            dialer = self._dialer(node, blob, via_main)
+            node, host, port, _blob, _via_main = args
+            dialer = self._dialer(node)
             try:
                 upstream = await dialer.connect(host, port)
             except DialError as e:
@@ -214,17 +247,31 @@ class Worker:
         conn.state = "closed"
         self.channel.send(("done", conn.id, conn.up, conn.down, conn.relay, error))
 
-    def _dialer(self, node: str | None, blob: bytes | None, via_main: bool) -> Any:
+    def _closed_early(self, conn_id: int) -> None:
+        """A close that came before this flow's task took its plan: carried out now (as a cancel would be)."""
+        why = self._early.pop(conn_id, None)
+        if why is not None:
+            self._ending[conn_id] = why
+            raise asyncio.CancelledError
+
+    def _dialer(self, node: str | None) -> Any:
         """The direct dialer, or the dialer of a node (made from the node the main process sent, then kept)."""
         if node is None:
             return self.direct
-        if blob is not None:
-            spec = pickle.loads(blob)
+        d = self._dialers.get(node)
+        if d is None:
+            held = self._specs.get(node)
+            if held is None:
+                # Not sent, or lost with a worker restart of the main process's bookkeeping: ask again.
+                if self.channel is not None:
+                    self.channel.send(("unknown_node", node))
+                raise DialError(f"node {node}: not known to this relay worker yet")
+            spec, via_main = held
             via: Any = self.direct
             if via_main:
                 via = NamedDirect(self.direct, lambda host: self._resolve(node, host))
-            self._nodes[node] = spec.dialer(via)
-        return self._nodes[node]
+            d = self._dialers[node] = spec.dialer(via)
+        return d
 
     async def _resolve(self, node: str, host: str) -> str:
         """A node server's name, looked up by the main process (dae v2's node() DNS rules)."""
@@ -238,13 +285,14 @@ class Worker:
         while True:
             await asyncio.sleep(COUNTS_EVERY)
             moved = []
+            if self.channel is None or self.channel.congested():
+                continue   # the main process is not reading (stopped): a later report carries the totals
             for conn_id, (_, conn) in self._flows.items():
                 total = conn.up + conn.down
                 if self._sent_counts.get(conn_id) != total:
                     self._sent_counts[conn_id] = total
                     moved.append((conn_id, conn.up, conn.down, conn.relay))
-            # Not while the main process is not reading (stopped): the next report carries the totals.
-            if moved and self.channel is not None and not self.channel.congested():
+            if moved:
                 self.channel.send(("counts", moved))
 
 

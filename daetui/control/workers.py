@@ -52,6 +52,7 @@ BACKOFF_FIRST = 0.5       # a dead worker is started again after this, doubled a
 BACKOFF_MAX = 30.0
 STEADY = 60.0             # a worker that lived this long resets the back-off
 PULSE = 0.5               # how often each worker is pinged; one silent for heartbeat_timeout is ended
+MIN_SILENCE = 2.0         # but never sooner: a busy worker's loop may run a few pulses late
 
 
 class Slots(Protocol):
@@ -94,15 +95,15 @@ class RelayWorkers:
         self.running = False
         self.deaths = 0
         self.restarts = 0
-        self._settings = self._settings_of(g)
-        self.hang_timeout = g.heartbeat_timeout or 5.0
+        self._settings = self._settings_of(g, pipeline.use_splice)
+        self.hang_timeout = max(MIN_SILENCE, g.heartbeat_timeout or 5.0)
         self._backoff = dict.fromkeys(range(self.count), BACKOFF_FIRST)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ready_waits: dict[int, asyncio.Future[None]] = {}
 
     @staticmethod
-    def _settings_of(g: GlobalConfig) -> tuple[Any, ...]:
-        return ("settings", g.so_mark_from_dae, g.sniffing_timeout, True)
+    def _settings_of(g: GlobalConfig, use_splice: bool) -> tuple[Any, ...]:
+        return ("settings", g.so_mark_from_dae, g.sniffing_timeout, use_splice)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,8 +139,8 @@ class RelayWorkers:
 
     def configure(self, g: GlobalConfig) -> None:
         """A reload: the settings workers use (sniffing_timeout), and how long one may be silent."""
-        self._settings = self._settings_of(g)
-        self.hang_timeout = g.heartbeat_timeout or 5.0
+        self._settings = self._settings_of(g, self.pipeline.use_splice)
+        self.hang_timeout = max(MIN_SILENCE, g.heartbeat_timeout or 5.0)
         for link in self.links.values():
             if link.channel is not None:
                 link.channel.send(self._settings)
@@ -226,7 +227,7 @@ class RelayWorkers:
         wait = self._ready_waits.pop(link.index, None)
         if wait is not None and not wait.done():
             wait.set_result(None)
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
         why = "daetui stopped" if not self.running else f"relay worker {link.index} ended ({how})"
         lost = list(link.conns.values())
         for conn in lost:
@@ -280,9 +281,9 @@ class RelayWorkers:
     def _message(self, link: WorkerLink, m: tuple[Any, ...]) -> None:
         kind = m[0]
         if kind == "open":
-            self._open(link, m[1], m[2], m[3])
+            self._guarded(link, m[1], None, self._open, link, m[1], m[2], m[3])
         elif kind == "named":
-            self._named(link, m[1], m[2], m[3], m[4])
+            self._guarded(link, m[1], m[2], self._named, link, m[1], m[2], m[3], m[4])
         elif kind == "counts":
             for conn_id, up, down, relay_kind in m[1]:
                 conn = link.conns.get(conn_id)
@@ -295,6 +296,8 @@ class RelayWorkers:
                 conn.up, conn.down, conn.relay = up, down, relay_kind or conn.relay
                 self._forget(link, conn)
                 self.pipeline.finish(conn, error)
+        elif kind == "unknown_node":
+            link.sent.pop(m[1], None)   # sent with the next plan through it
         elif kind == "failed":
             _, node, family, error = m
             self.pipeline.outbounds.failed(node, family, error)
@@ -325,6 +328,23 @@ class RelayWorkers:
         wait = self._ready_waits.pop(link.index, None)
         if wait is not None and not wait.done():
             wait.set_result(None)
+
+    def _guarded(self, link: WorkerLink, tag: int, conn_id: int | None, step: Any, *args: Any) -> None:
+        """Run a planning step; if it fails, the flow ends (row finished, budget given back, the worker told),
+        as a flow in the main process would, and is not left waiting."""
+        before = set(link.conns)
+        try:
+            step(*args)
+        except Exception as e:
+            log.error("relay worker %d: planning a flow: %s: %s", link.index, type(e).__name__, e)
+            ids = ({conn_id} if conn_id else set(link.conns) - before)
+            for cid in ids:
+                conn = link.conns.get(cid)
+                if conn is not None:
+                    self._forget(link, conn)
+                    self.pipeline.finish(conn, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            if link.channel is not None:
+                link.channel.send(("plan", tag, next(iter(ids), 0), "fail"))
 
     def _forget(self, link: WorkerLink, conn: Connection) -> None:
         if link.conns.pop(conn.id, None) is not None:
@@ -406,3 +426,9 @@ def _level_name() -> str:
     return {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
             logging.ERROR: "error"}.get(level, "warn")
 
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:   # a realtime signal has no name here
+        return f"signal {number}"

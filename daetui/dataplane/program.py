@@ -141,6 +141,7 @@ class KernelProgram:
                    domain_no_match: bool = False, workers: int = 0) -> None:
         p = self.params.Leaf()
         p.workers = min(workers, ABI.MAX_WORKERS)
+        p.worker_seed = int.from_bytes(os.urandom(4), "little")
         p.active_gen = active_gen
         p.tproxy_mark = tproxy_mark
         p.fail_open = int(fail_open)
