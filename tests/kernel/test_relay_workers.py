@@ -205,7 +205,7 @@ def test_flows_through_a_node_are_dialled_by_the_workers_and_a_reload_keeps_them
 
 def test_a_stopped_worker_is_ended_within_the_heartbeat_and_new_flows_go_to_the_others(lab, daemon):  # type: ignore[no-untyped-def]
     """A worker that stops answering (SIGSTOP here; a hang) would keep its listeners, and its share of new
-    flows would wait on it: the main process ends it after heartbeat_timeout, and starts another."""
+    flows would wait on it: the main process ends it after heartbeat_timeout (at least 2 s), and starts another."""
     daemon.config_path.write_text(CONFIG.replace("relay_workers", 'heartbeat_timeout = "1s"\nrelay_workers'))
     daemon.start()
     victim = wait_for(lambda: len(p := worker_pids(daemon)) == WORKERS and p, timeout=10)[0]
@@ -213,7 +213,8 @@ def test_a_stopped_worker_is_ended_within_the_heartbeat_and_new_flows_go_to_the_
     try:
         t0 = time.monotonic()
         assert wait_for(lambda: not Path(f"/proc/{victim}").exists() or None, timeout=5)
-        print(f"[figure] a stopped worker ended {time.monotonic() - t0:.1f}s after SIGSTOP (heartbeat_timeout 1s)")
+        print(f"[figure] a stopped worker ended {time.monotonic() - t0:.1f}s after SIGSTOP (heartbeat_timeout 1s, "
+              "held to at least 2s for workers)")
         for _ in range(20):   # every new flow is accepted, whichever worker the hash picks
             assert whoami(lab, RELAYED4, timeout=2.0) == ADDR.router_wan4
         assert wait_for(lambda: len(p := worker_pids(daemon)) == WORKERS and victim not in p, timeout=10)
