@@ -41,8 +41,11 @@ from daetui.outbound.manager import NamedDirect
 
 log = logging.getLogger("daetui.worker")
 
-MAX_WAITING = 4096     # flows waiting for the main process's answer at once; more are reset
-MAX_WAITING_CLIENT = 256   # of those, from one LAN address: one device cannot take every slot
+# Flows waiting for the main process's answer, at once and from one LAN address: the flows' budgets
+# (max_flows, max_flows_per_client; the main process sends them) bound them as they bound open flows, so
+# a burst the budgets admit waits rather than being reset, and one device cannot take every slot.
+MAX_WAITING = 16384
+MAX_WAITING_CLIENT = 4096
 EARLY_CLOSES = 4096    # closes kept for flows whose plan has not reached their task yet
 ANSWER_TIMEOUT = 30.0  # the main process did not answer (hung: the kernel fails new flows open meanwhile)
 COUNTS_EVERY = 0.5     # how often the byte counts of open flows go to the main process (its idle watch, the console)
@@ -59,6 +62,7 @@ class Worker:
         self.direct = DirectDialer(mark=0)
         self.sniffing_timeout = 0.1
         self.use_splice = HAVE_SPLICE
+        self.max_waiting, self.max_waiting_client = MAX_WAITING, MAX_WAITING_CLIENT
         self.pipes = PipePool()
         self._tags = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
@@ -122,7 +126,7 @@ class Worker:
                         self._early.pop(next(iter(self._early)))
                     self._early[conn_id] = why
         elif kind == "settings":
-            _, so_mark, self.sniffing_timeout, self.use_splice = m
+            _, so_mark, self.sniffing_timeout, self.use_splice, self.max_waiting, self.max_waiting_client = m
             if so_mark != self.direct.mark:
                 self.direct = DirectDialer(mark=so_mark)
                 self._dialers.clear()   # made again from their specs, on the new direct dialer
@@ -164,7 +168,7 @@ class Worker:
     # -- flows ------------------------------------------------------------------------------------
     def _accepted(self, sock: socket.socket, client: tuple[str, int]) -> None:
         who = client[0]
-        if len(self._waiting) >= MAX_WAITING or self._waiting_by.get(who, 0) >= MAX_WAITING_CLIENT:
+        if len(self._waiting) >= self.max_waiting or self._waiting_by.get(who, 0) >= self.max_waiting_client:
             reset_on_close(sock)
             sock.close()
             return

@@ -103,7 +103,7 @@ class RelayWorkers:
 
     @staticmethod
     def _settings_of(g: GlobalConfig, use_splice: bool) -> tuple[Any, ...]:
-        return ("settings", g.so_mark_from_dae, g.sniffing_timeout, use_splice)
+        return ("settings", g.so_mark_from_dae, g.sniffing_timeout, use_splice, g.max_flows, g.max_flows_per_client)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -125,7 +125,7 @@ async def test_a_node_the_worker_was_never_sent_fails_the_flow_and_is_asked_for(
     assert done[1] == 14 and "not known" in done[5]
 
 
-@pytest.mark.parametrize("world", [{"MAX_WAITING_CLIENT": 3}], indirect=True)
+@pytest.mark.parametrize("world", [{"MAX_WAITING_CLIENT": 3}], indirect=True)   # max_flows_per_client's part
 async def test_one_client_holds_at_most_its_share_of_the_flows_waiting_for_a_plan(world) -> None:  # type: ignore[no-untyped-def]
     main, w, at, _echo = world
     held = [await connect(at) for _ in range(3)]
