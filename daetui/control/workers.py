@@ -39,6 +39,7 @@ from daetui.control.connections import Connection
 from daetui.control.listeners import make_listener
 from daetui.control.pipeline import Pipeline
 from daetui.control.workerwire import Channel
+from daetui.logsetup import LEVELS
 from daetui.net.address import resolve as resolve_name
 from daetui.net.stream import DialError
 from daetui.routing.ruleset import BLOCK
@@ -94,7 +95,6 @@ class RelayWorkers:
         self.links: dict[int, WorkerLink] = {}
         self.running = False
         self.deaths = 0
-        self.restarts = 0
         self._settings = self._settings_of(g, pipeline.use_splice)
         self.hang_timeout = max(MIN_SILENCE, g.heartbeat_timeout or 5.0)
         self._backoff = dict.fromkeys(range(self.count), BACKOFF_FIRST)
@@ -273,7 +273,6 @@ class RelayWorkers:
         async def again() -> None:
             await asyncio.sleep(delay)
             if self.running and index not in self.links:
-                self.restarts += 1
                 await self._spawn(index)
         self._task(again(), f"daetui-worker-respawn-{index}")
 
@@ -422,9 +421,9 @@ class RelayWorkers:
 
 
 def _level_name() -> str:
+    """The daemon's log level by its config name (logsetup.LEVELS), for the workers it starts."""
     level = logging.getLogger().level
-    return {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
-            logging.ERROR: "error"}.get(level, "warn")
+    return next((name for name, n in LEVELS.items() if n == level), "warn")
 
 
 def _signal_name(number: int) -> str:

@@ -474,15 +474,6 @@ class KernelProgram:
         k = ct.c_uint32(slot)
         self._lib.bpf_delete_elem(self._listeners_fd, ct.byref(k))
 
-    def held_listeners(self) -> list[int]:
-        """The sockmap slots that hold a socket now (a relay worker's leave with its process)."""
-        held = []
-        for slot in range(ABI.N_LISTENER_SLOTS):
-            k, v = ct.c_uint32(slot), ct.c_uint64(0)
-            if self._lib.bpf_lookup_elem(self._listeners_fd, ct.byref(k), ct.byref(v)) == 0:
-                held.append(slot)
-        return held
-
     def set_own_process(self, pid: int, own: bool) -> None:
         """A relay worker's process (`own`), or one that ended: its sockets are daetui's own, never caught."""
         table, k = self.bpf[b"own_tgids"], ct.c_uint32(pid)
