@@ -142,6 +142,10 @@
 #define FLOW_MUST 16       /* a must_* outbound or must_rules matched: DNS is not hijacked */
 #define FLOW_GROUP_DEAD 32 /* its group had no live node: dropped or passed direct, as configured */
 #define FLOW_OWN 64        /* the router's own flow (a local socket, seen by wan_egress), not a LAN client's */
+/* A direct flow whose 4-tuple a relay's socket here still held (TIME_WAIT) at its SYN: forwarded, every
+ * packet would be dropped (early demux ties it to that socket, and ip_forward drops a packet that has
+ * one), so the control plane relays it, direct. */
+#define FLOW_HELD_TUPLE 128
 
 /* group_health values (per generation and group): which families have no
  * live node, and what to do with a new flow then. Written by the control
@@ -205,7 +209,9 @@
 #define CNT_OWN_SERVER 26     /* UDP to a peer the socket received from first (a server answering): passed */
 #define CNT_OWN_TO_CONTROL 27 /* redirected into daetui0 for the control plane */
 #define CNT_OWN_LOST 28       /* arrived on daetui0 with no flow to hand it to: dropped */
-#define N_COUNTERS 29
+/* New direct TCP flows whose 4-tuple a relay's socket still held (FLOW_HELD_TUPLE): relayed direct by the control plane. */
+#define CNT_DIRECT_HELD 29
+#define N_COUNTERS 30
 
 /* Cached DNS answered in the kernel (dns_answer). The controller fills dns_answers with the answers
  * that are every client's (daetui/dns/kernel_answers.py); a query they answer never reaches user space.

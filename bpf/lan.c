@@ -725,9 +725,10 @@ over:
 }
 #undef HAND_OVER
 
-static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u8 outbound, __u32 mark)
+static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u8 outbound, __u32 mark,
+                               __u8 flags)
 {
-    if (outbound == OUTBOUND_DIRECT) {
+    if (outbound == OUTBOUND_DIRECT && !(flags & FLOW_HELD_TUPLE)) {
         if (mark)
             skb->mark = mark;
         return TC_ACT_OK;
@@ -772,6 +773,18 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
     }
     __u64 now = bpf_ktime_get_ns();
     __u8 stale = 0;
+    __u8 held = 0;
+    if (outbound == OUTBOUND_DIRECT && !s->own && s->key.l4proto == IPPROTO_TCP &&
+        (s->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN && !stalled(now)) {
+        /* A relay of this 4-tuple ended here lately (the server closed first: TIME_WAIT). Forwarded,
+         * the SYN would meet that socket in early demux and be dropped, for the minute TIME_WAIT
+         * lasts: the control plane takes the connection instead (assign() retires the old socket). */
+        struct bpf_sock *held_sk = flow_socket(skb, s);
+        if (held_sk) {
+            bpf_sk_release(held_sk);
+            held = 1;
+        }
+    }
     if (outbound >= OUTBOUND_FIRST_GROUP && stalled(now)) {
         /* The daemon is stopped or hung: its listeners are still there, so the
          * flow would wait on it for ever. As if it were gone: pass the flow
@@ -799,6 +812,10 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         f.flags |= FLOW_MUST;
     if (outbound >= OUTBOUND_FIRST_GROUP)
         f.flags |= FLOW_ASSIGNED;
+    if (held) {
+        f.flags |= FLOW_ASSIGNED | FLOW_HELD_TUPLE;
+        count(CNT_DIRECT_HELD);
+    }
     if (group_dead) {
         f.flags |= FLOW_GROUP_DEAD;
         count(CNT_GROUP_DEAD);
@@ -811,7 +828,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         __builtin_memcpy(f.comm, s->comm, PNAME_LEN);
     }
     routing_tuples.update(&s->key, &f);
-    if (outbound >= OUTBOUND_FIRST_GROUP && s->key.l4proto == IPPROTO_TCP) {
+    if ((outbound >= OUTBOUND_FIRST_GROUP || held) && s->key.l4proto == IPPROTO_TCP) {
         /* Remembered where no churn can evict it (see orphan()). */
         if (relayed_tuples.update(&s->key, &now))
             count(CNT_RELAYED_FULL);
@@ -837,7 +854,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         count(CNT_DNS_HIJACKED);
     else
         count(CNT_DECIDED_GROUP);
-    return act(skb, s, outbound, mark);
+    return act(skb, s, outbound, mark, f.flags);
 }
 
 /* route_decide: decide() for every path (walk, classifier, fallback), so it is compiled once. */
@@ -1344,7 +1361,7 @@ static __always_inline int lan_in(struct __sk_buff *skb, int l3)
     __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
     struct flow *f = known_flow(skb, s, bpf_ktime_get_ns(), is_tcp, is_syn);
     if (f)
-        return act(skb, s, f->outbound, f->mark);
+        return act(skb, s, f->outbound, f->mark, f->flags);
     if (is_tcp && !is_syn)
         return orphan(skb, s);  /* forgotten by the LRU, or older than daetui */
     return route_new(skb, s);
@@ -1458,7 +1475,7 @@ static __always_inline int wan_out(struct __sk_buff *skb, int l3)
     __u8 is_syn = is_tcp && (s->tcp_flags & TCP_FLAG_SYN) && !(s->tcp_flags & TCP_FLAG_ACK);
     struct flow *f = known_flow(skb, s, bpf_ktime_get_ns(), is_tcp, is_syn);
     if (f)
-        return act(skb, s, f->outbound, f->mark);
+        return act(skb, s, f->outbound, f->mark, f->flags);
     if (is_tcp && !is_syn) {
         /* A relayed flow the LRU forgot still goes to its relay (own_ingress
          * finds the socket); anything else (a connection older than daetui, a
@@ -1615,7 +1632,7 @@ int tproxy_lookup(struct bpf_sk_lookup *ctx)
     key.dport = ctx->local_port;
     key.l4proto = IPPROTO_TCP;
     struct flow *f = routing_tuples.lookup(&key);
-    if (!f || f->outbound < OUTBOUND_FIRST_GROUP)
+    if (!f || (f->outbound < OUTBOUND_FIRST_GROUP && !(f->flags & FLOW_HELD_TUPLE)))
         return SK_PASS;
     __u32 zero = 0;
     struct bpf_sock *sk = listener_for(&key, ctx->family != AF_INET, f->outbound == OUTBOUND_DNS,

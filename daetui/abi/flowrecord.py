@@ -127,7 +127,14 @@ class KernelFlow:
 
     @property
     def to_control_plane(self) -> bool:
-        return self.outbound >= ABI.OUTBOUND_FIRST_GROUP
+        """Handed to the control plane (which has the flow's row): see `relayed`."""
+        return relayed(self.outbound, self.flags)
+
+
+def relayed(outbound: int, flags: int) -> bool:
+    """Does a kernel entry with this outbound and these flags go through the control plane? A group's, DNS,
+    an undecided one, and a direct one whose 4-tuple a relay's socket still held (FLOW_HELD_TUPLE)."""
+    return outbound >= ABI.OUTBOUND_FIRST_GROUP or bool(flags & ABI.FLOW_HELD_TUPLE)
 
 
 class FlowRecord(NamedTuple):

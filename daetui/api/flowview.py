@@ -442,9 +442,9 @@ def _fresh_from(now_wall: float, mono_offset: float, idle: float) -> int:
 
 def _shape(rec: FlowRecord) -> str:
     """What the view needs of a kernel entry but its counters, as a string (no container per flow):
-    "" when it is not listed here (not direct), else its kind (t: TCP, u: UDP, x: closing), its rule's
+    "" when it is not listed here (not direct, or relayed), else its kind (t: TCP, u: UDP, x: closing), its rule's
     generation and index, and its destination, _SEP between them."""
-    if rec.outbound != ABI.OUTBOUND_DIRECT:
+    if rec.outbound != ABI.OUTBOUND_DIRECT or rec.flags & ABI.FLOW_HELD_TUPLE:  # (held: a relay's row)
         return ""
     kind = "x" if rec.flags & _CLOSING else "u" if rec.proto == "udp" else "t"
     return f"{kind}{rec.generation}{_SEP}{rec.rule_index}{_SEP}{rec.dst}"

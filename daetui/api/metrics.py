@@ -43,7 +43,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from daetui.abi.constants import ABI
-from daetui.abi.flowrecord import FlowRecord
+from daetui.abi.flowrecord import FlowRecord, relayed
 from daetui.api.context import ApiContext
 from daetui.api.routes_basic import daetui_version
 from daetui.control.decision import mac_text
@@ -85,7 +85,7 @@ class TrafficTotals:
                 device = (c.mac or "", snap.devices.get(c.mac, c.mac) if c.mac else ROUTER if c.pid else UNKNOWN)
                 self._add(seen, ("relayed", c.id), c.up, c.down, c.started, c.outbound, c.node, device)
             for r in records:
-                if r.outbound >= ABI.OUTBOUND_FIRST_GROUP:
+                if relayed(r.outbound, r.flags):
                     continue  # relayed (counted as a connection above) or answered by the DNS controller
                 mac = mac_text(r.mac) or ""
                 own = bool(r.flags & ABI.FLOW_OWN)
@@ -234,7 +234,7 @@ class DaemonCollector(Collector):
                 k = (c.outbound, c.stage, c.proto, "true")
                 counts[k] = counts.get(k, 0) + 1
         for r in s.records:
-            if r.outbound >= ABI.OUTBOUND_FIRST_GROUP or r.flags & (ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST):
+            if relayed(r.outbound, r.flags) or r.flags & (ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST):
                 continue
             k = (snap.outbounds.get(r.outbound, str(r.outbound)), "kernel", r.proto, "false")
             counts[k] = counts.get(k, 0) + 1

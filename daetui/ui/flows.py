@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 from daetui.abi.constants import ABI
+from daetui.abi.flowrecord import relayed
 from daetui.control.state import Snapshot
 from daetui.termtext import printable
 
@@ -205,7 +206,7 @@ class FlowBook:
         ks, vs, values, off = raw.key_size, raw.value_size, raw.values, raw.mono_offset
         decode = raw.decoder()
         closing = ABI.FLOW_TCP_FIN | ABI.FLOW_TCP_RST
-        block, first_group, stalled = ABI.OUTBOUND_BLOCK, ABI.OUTBOUND_FIRST_GROUP, ABI.FLOW_FAIL_OPEN
+        block, stalled = ABI.OUTBOUND_BLOCK, ABI.FLOW_FAIL_OPEN
         macs: dict[bytes, str] = {}
         out: list[FlowRow] = []
         add = out.append
@@ -257,7 +258,7 @@ class FlowBook:
                 f.rule_index, rules.get(f.rule_index, "") if f.rule_index is not None else "", "kernel",
                 # Passed direct (or dropped) because the daemon's heartbeat was stale: said on the flow.
                 snap.outbounds.get(f.outbound, f"#{f.outbound}") + (" (stalled)" if f.flags & stalled else ""),
-                "relay" if f.outbound >= first_group else "kernel", f.bytes, f.rx_bytes, state,
+                "relay" if relayed(f.outbound, f.flags) else "kernel", f.bytes, f.rx_bytes, state,
                 f.last_seen if state != "open" else now, None, "", 0.0, 0.0, f.packets, f.rx_packets,
                 f.ifindex, f.flags, f.generation, f.last_seen, pid=f.pid, process=f.process)
             # The rates against what was shown at its key last time: an earlier entry's row, or a relay's.

@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from helpers import http_get, lan_connect, lan_socket, wait_for
+from helpers import http_get, lan_connect, lan_socket, run_in, wait_for
 
 from daetui.lab.topology import ADDR
 
@@ -173,6 +173,9 @@ def test_abort_resets_the_flows_whose_route_changed(lab, daemon, workers):
         kept = lan_connect(lab, ADDR.hosts6[0], 7)  # still proxied after the change: untouched
         kept.sendall(b"v6")
         assert kept.recv(10) == b"v6"
+        # A relayed HTTP exchange the server ends first: the router keeps its 4-tuple in TIME_WAIT.
+        held_port = 47100 + workers
+        assert http_get(lab, ADDR.hosts4[0], "/whoami", sport=held_port).decode().strip() == ADDR.router_wan4
         cfg.write_text(base.replace("dip(203.0.113.10, '2001:db8:3::10') -> proxy",
                                     "dip('2001:db8:3::10') -> proxy"))
         out = daemon.cli("reload", "--abort", timeout=120)
@@ -186,6 +189,14 @@ def test_abort_resets_the_flows_whose_route_changed(lab, daemon, workers):
         assert kept.recv(10) == b"still"
         # New flows follow the new rules: 203.0.113.10 is direct now.
         assert http_get(lab, ADDR.hosts4[0], "/whoami").decode().strip() == ADDR.client4
+        # Also on the 4-tuple still in TIME_WAIT: forwarded, its SYN would meet that socket (early demux) and
+        # be dropped for a minute; the kernel hands it to the control plane, which relays it direct at once.
+        tw = run_in(lab.router, "ss", "-tan", "state", "time-wait", f"( sport = :80 and dport = :{held_port} )")
+        assert f":{held_port}" in tw, "the router holds no TIME_WAIT for the tuple: the test proves nothing"
+        held_before = status(daemon)["counters"].get("DIRECT_HELD", 0)
+        assert http_get(lab, ADDR.hosts4[0], "/whoami", timeout=2, sport=held_port).decode().strip() \
+            == ADDR.router_wan4
+        assert status(daemon)["counters"]["DIRECT_HELD"] == held_before + 1
         for sock in (relayed, kept):
             sock.close()
         # explain asks the daemon, which has the new rules.

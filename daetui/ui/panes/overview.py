@@ -22,7 +22,7 @@ COUNTER_ORDER = [
     ("NOT_IP", "not IP"), ("FRAGMENT", "fragments"), ("UNPARSED", "unparsed"), ("OTHER_L4", "other L4"),
     ("ASSIGN_ERROR", "assign err"), ("CHUNK_LIMIT", "rule limit"), ("EGRESS_PACKETS", "packets out"),
     ("STALLED", "stalled"), ("ORPHAN_TO_SOCKET", "orphan→socket"), ("ORPHAN_DROPPED", "orphan dropped"),
-    ("RELAYED_FULL", "relayed full"), ("V4_MAPPED_V6", "v4-mapped v6"),
+    ("RELAYED_FULL", "relayed full"), ("V4_MAPPED_V6", "v4-mapped v6"), ("DIRECT_HELD", "direct, tuple held"),
     # The router's own traffic (wan_egress, daetui0):
     ("OWN_PACKETS", "own packets"), ("OWN_TO_CONTROL", "own handed over"), ("OWN_BYPASS", "own passed (mark)"),
     ("OWN_SERVER", "own UDP server"), ("OWN_LOST", "own lost"),
