@@ -62,7 +62,7 @@ BENCHES = [
           [S.PROXY_CPS, S.PROXY_THROUGHPUT], 900),
     Bench("dns.py", [], ["--rounds", "1", "--seconds", "2", "--misses", "200"],
           [S.DNS_CACHED, S.DNS_MISS], 600),
-    Bench("direct_path.py", [], ["--trials", "1", "--seconds", "2"],
+    Bench("direct_path.py", [], ["--rounds", "1", "--seconds", "2"],
           [S.DIRECT_THROUGHPUT, S.DIRECT_CPS, S.RELAYED_CPS], 600),
     Bench("console.py", [], ["--refreshes", "5", "--rounds", "1", "--seconds", "2"],
           [S.PANE_REFRESH], 600),

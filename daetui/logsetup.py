@@ -74,6 +74,16 @@ def run_by_systemd() -> bool:
 class _RedactingFormatter(logging.Formatter):
     """Tracebacks and stack traces masked as the messages are (an exception's text may quote a link)."""
 
+    _second: int = -1
+    _stamp: str = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # A relayed connection logs its line: the timestamp (to the second) is worked out once a second.
+        second = int(record.created)
+        if second != self._second:
+            self._stamp, self._second = super().formatTime(record, datefmt), second
+        return self._stamp
+
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def,override]
         return _clean(super().formatException(ei))
 
@@ -151,6 +161,10 @@ def setup_logging(level: str = "info", stream: object = None, file: str | os.Pat
     stderr is the journal).
     """
     install_redaction()
+    # What no line of ours shows, not worked out for each record (a relayed connection logs one): the caller's
+    # file and line (a walk up the stack), and the thread, process and multiprocessing names.
+    logging._srcfile = None  # type: ignore[attr-defined]  # logging's documented switch for the caller lookup
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.setLevel(LEVELS.get(level, logging.INFO))
     if not any(getattr(h, "_daetui", False) for h in root.handlers):

@@ -36,6 +36,8 @@ _URL = re.compile(rf"(?i)\b(?:{_SCHEMES})://[^\s\"'<>`,]*")
 _UUID = re.compile(r"(?i)\b[0-9a-f]{6,10}(?:-[0-9a-f]{3,5}){3}-[0-9a-f]{10,14}\b")
 _KEYED = re.compile(r"(?i)\b(?:password|passwd|psk|secret|token|uuid|private[_-]?key|obfs[_-]password)"
                     r"(?:\s*=\s*|\"?\s*:\s*\"?)([^\s\"',&;}]+)")
+# Every _KEYED match holds one of these, case-folded (as (?i) matches: a long s, U+017F, is an s there too).
+_KEYED_WORDS = ("password", "passwd", "psk", "secret", "token", "uuid", "private")
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(:\d{1,5})?$")
 
@@ -207,11 +209,18 @@ def _url_spans(m: re.Match[str]) -> list[tuple[int, int]]:
 def secret_spans(text: str) -> list[tuple[int, int]]:
     """Where the secrets in `text` are: sorted, merged (start, end) offsets."""
     spans = _known_spans(text)
-    for m in _URL.finditer(text):
-        spans += _url_spans(m)
-    spans += [(m.start(), m.end()) for m in _UUID.finditer(text)]
-    spans += [(m.start(1), m.end(1)) for m in _KEYED.finditer(text)]
-    spans += [(m.start(), m.end()) for m in _PEM.finditer(text)]
+    # Each shape is looked for only where its fixed part is (a substring test is far cheaper than a pattern
+    # tried at every position: this runs for every log line, a relayed connection's included).
+    if "://" in text:
+        for m in _URL.finditer(text):
+            spans += _url_spans(m)
+    if text.count("-") >= 4:
+        spans += [(m.start(), m.end()) for m in _UUID.finditer(text)]
+    folded = text.casefold()
+    if any(word in folded for word in _KEYED_WORDS):
+        spans += [(m.start(1), m.end(1)) for m in _KEYED.finditer(text)]
+    if "PRIVATE KEY-----" in text:
+        spans += [(m.start(), m.end()) for m in _PEM.finditer(text)]
     return merge(spans)
 
 
