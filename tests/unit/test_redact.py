@@ -66,3 +66,31 @@ def test_a_connection_error_keeps_no_secret():
                   outbound="proxy", stage="kernel")
     table.finish(c, f"dial trojan://{PASSWORD}@203.0.113.10:443 failed")
     assert table.snapshot()[0].error == "dial trojan://***@203.0.113.10:443 failed"
+
+
+def test_the_shapes_are_found_wherever_the_unfiltered_scan_finds_them():
+    """secret_spans tries each pattern only where its fixed part is: on texts built of the shapes' pieces (and
+    of what is near them: a long s, which (?i) matches as an s; the Kelvin sign), it finds what trying every
+    pattern on every text finds."""
+    import random
+
+    from daetui import redact as r
+
+    def every_pattern(text: str) -> list[tuple[int, int]]:
+        spans = r._known_spans(text)
+        for m in r._URL.finditer(text):
+            spans += r._url_spans(m)
+        spans += [(m.start(), m.end()) for m in r._UUID.finditer(text)]
+        spans += [(m.start(1), m.end(1)) for m in r._KEYED.finditer(text)]
+        spans += [(m.start(), m.end()) for m in r._PEM.finditer(text)]
+        return r.merge(spans)
+
+    pieces = ["ss://", "vmess://eyJ", "trojan://pw@h:443", "https://x.y/sub?token=abc", "-", "\u017fecret=",
+              "SECRET:", "password = x", "Passwd:", "PSK=", "UUID:", "private_\u212aey=", "obfs-password=",
+              "-----BEGIN RSA PRIVATE KEY-----", "12345678-1234-1234-1234-123456789012",
+              "deadbeef-dead-beef-dead-beefd",
+              "\"", "'", ":", "=", " ", "abc", "/", "?", "&", "#", "\u0130"]
+    rng = random.Random(15)
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+        assert r.secret_spans(text) == every_pattern(text), text
