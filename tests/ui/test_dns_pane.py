@@ -99,3 +99,10 @@ async def test_what_the_bounds_held_off_is_shown_once_it_happened(frozen, frozen
         for want in ("tcp open 7/256", "tcp refused 3", "udp dropped 2", "tcp write timeouts 1",
                      "kept for the server asked 4"):
             assert want in shown, shown
+        assert not any(c.startswith("kernel answered") for c in shown)   # kernel_answers off: nothing to say
+        pane.update_state(replace(state, counters=replace(state.counters, kernel_answered=12000,
+                                                          kernel_handed_over=(("EDNS", 2), ("MISS", 30)))))
+        shown = pane._counters
+        at = shown.index("kernel answered 12.0k")
+        assert shown[at + 1:at + 3] == ["kernel passed on (miss) 30", "kernel passed on (edns) 2"], shown
+        assert "kernel passed on (miss) 30" in str(pane.query_one("#dns-counters").render())

@@ -169,6 +169,12 @@ how the routing rules send it, response rule.
 **Upstreams**: queries, errors, timeouts, last and average latency, and how the
 routing rules route the connection to each.
 
+**Counters** (the line under the upstreams): the controller's queries, cache hits
+and misses, and what its bounds held off. With `dns.kernel_answers` on: the
+queries the LAN program answered itself (they never reach the controller) and
+those it passed on, by reason (miss, expired, an entry from before a reload,
+EDNS options it cannot keep, not a plain query, ...).
+
 **Query box**: `name [type]`, `enter` resolves it through the controller as a LAN
 client would (so the answer is cached and named in the kernel too) and shows the
 answer and the way it went.
@@ -271,6 +277,12 @@ answer and the way it went.
                    ("udp cut", s.udp_truncated), ("tcp refused", s.tcp_refused), ("tcp evicted", s.tcp_evicted),
                    ("tcp idle closed", s.tcp_idle_closed), ("tcp write timeouts", s.tcp_write_timeouts)]
         self._counters += [f"{label} {fmt.count(n)}" for label, n in bounded if n]
+        # dns.kernel_answers: what the LAN program answered itself, and why it handed the rest on (most first).
+        if c.kernel_answered or c.kernel_handed_over:
+            self._counters.append(f"kernel answered {fmt.count(c.kernel_answered)}")
+            why = sorted(c.kernel_handed_over, key=lambda kv: -kv[1])
+            self._counters += [f"kernel passed on ({reason.lower().replace('_', ' ')}) {fmt.count(n)}"
+                               for reason, n in why]
         counters.update(self._counter_lines())
 
     def _counter_lines(self) -> str:
