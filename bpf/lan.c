@@ -725,6 +725,35 @@ over:
 }
 #undef HAND_OVER
 
+/* The interface the router would send this flow out of, asked of the FIB once. */
+static __always_inline __u32 wan_ifindex(struct __sk_buff *skb, struct route_state *s)
+{
+    if (s->wan_ifindex)
+        return s->wan_ifindex;
+    __builtin_memset(&s->fib, 0, sizeof(s->fib));
+    if (s->ipversion == 4) {
+        s->fib.family = AF_INET;
+        __builtin_memcpy(&s->fib.ipv4_src, &s->key.sip[12], 4);
+        __builtin_memcpy(&s->fib.ipv4_dst, &s->key.dip[12], 4);
+    } else {
+        s->fib.family = AF_INET6;
+        __builtin_memcpy(s->fib.ipv6_src, s->key.sip, 16);
+        __builtin_memcpy(s->fib.ipv6_dst, s->key.dip, 16);
+    }
+    s->fib.l4_protocol = s->key.l4proto;
+    s->fib.sport = bpf_htons(s->key.sport);
+    s->fib.dport = bpf_htons(s->key.dport);
+    s->fib.tot_len = s->pkt_len;
+    s->fib.ifindex = s->ifindex;
+    long rc = bpf_fib_lookup(skb, &s->fib, sizeof(s->fib), 0);
+    /* No neighbour yet still names the interface; anything else: no route out. */
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+        s->wan_ifindex = s->fib.ifindex;
+    else
+        s->wan_ifindex = 0xffffffff;
+    return s->wan_ifindex;
+}
+
 static __always_inline int act(struct __sk_buff *skb, struct route_state *s, __u8 outbound, __u32 mark,
                                __u8 flags)
 {
@@ -782,7 +811,9 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         struct bpf_sock *held_sk = flow_socket(skb, s);
         if (held_sk) {
             bpf_sk_release(held_sk);
-            held = 1;
+            /* Only a flow the router forwards: one to the router itself (its web UI, ssh) meets its own
+             * TIME_WAIT socket, which the stack retires on a new SYN as it should. */
+            held = wan_ifindex(skb, s) != 0xffffffff;
         }
     }
     if (outbound >= OUTBOUND_FIRST_GROUP && stalled(now)) {
@@ -911,35 +942,6 @@ static __always_inline __u8 names_equal(const char *a, const char *b)
             return 1;
     }
     return 1;
-}
-
-/* The interface the router would send this flow out of, asked of the FIB once. */
-static __always_inline __u32 wan_ifindex(struct __sk_buff *skb, struct route_state *s)
-{
-    if (s->wan_ifindex)
-        return s->wan_ifindex;
-    __builtin_memset(&s->fib, 0, sizeof(s->fib));
-    if (s->ipversion == 4) {
-        s->fib.family = AF_INET;
-        __builtin_memcpy(&s->fib.ipv4_src, &s->key.sip[12], 4);
-        __builtin_memcpy(&s->fib.ipv4_dst, &s->key.dip[12], 4);
-    } else {
-        s->fib.family = AF_INET6;
-        __builtin_memcpy(s->fib.ipv6_src, s->key.sip, 16);
-        __builtin_memcpy(s->fib.ipv6_dst, s->key.dip, 16);
-    }
-    s->fib.l4_protocol = s->key.l4proto;
-    s->fib.sport = bpf_htons(s->key.sport);
-    s->fib.dport = bpf_htons(s->key.dport);
-    s->fib.tot_len = s->pkt_len;
-    s->fib.ifindex = s->ifindex;
-    long rc = bpf_fib_lookup(skb, &s->fib, sizeof(s->fib), 0);
-    /* No neighbour yet still names the interface; anything else: no route out. */
-    if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-        s->wan_ifindex = s->fib.ifindex;
-    else
-        s->wan_ifindex = 0xffffffff;
-    return s->wan_ifindex;
 }
 
 /* Does one value of a function match this packet? */

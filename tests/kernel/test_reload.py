@@ -20,6 +20,7 @@ import pytest
 from helpers import http_get, lan_connect, lan_socket, run_in, wait_for
 
 from daetui.lab.topology import ADDR
+from daetui.net.netns import netns
 
 pytestmark = pytest.mark.kernel
 
@@ -100,6 +101,32 @@ class Streams:
             t.join(15)
         for s in [*self.tcp, self.direct, self.udp]:
             s.close()
+
+
+def local_service_peer(lab, port: int, sport: int) -> str:
+    """Connect from the LAN client (port `sport`) to a service of the router itself on `port` that names the peer
+    it saw and closes first (leaving the tuple in TIME_WAIT on the router)."""
+    with netns(lab.router):
+        ls = socket.create_server((ADDR.router_lan4, port))
+    peer: list[str] = []
+
+    def serve() -> None:
+        c, addr = ls.accept()
+        peer.append(addr[0])
+        c.sendall(addr[0].encode())
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        s = lan_connect(lab, ADDR.router_lan4, port, timeout=2, sport=sport)
+        with s:
+            got = s.recv(100).decode()
+        t.join(5)
+        assert peer == [got]
+        return got
+    finally:
+        ls.close()
 
 
 def status(daemon) -> dict:
@@ -196,6 +223,10 @@ def test_abort_resets_the_flows_whose_route_changed(lab, daemon, workers):
         held_before = status(daemon)["counters"].get("DIRECT_HELD", 0)
         assert http_get(lab, ADDR.hosts4[0], "/whoami", timeout=2, sport=held_port).decode().strip() \
             == ADDR.router_wan4
+        assert status(daemon)["counters"]["DIRECT_HELD"] == held_before + 1
+        # The router's own services are not relays: a client reusing a tuple one of them holds in TIME_WAIT
+        # reaches it as before (the stack retires that socket), and sees its own address there.
+        assert [local_service_peer(lab, 47111, sport=47110) for _ in range(2)] == [ADDR.client4] * 2
         assert status(daemon)["counters"]["DIRECT_HELD"] == held_before + 1
         for sock in (relayed, kept):
             sock.close()
