@@ -44,6 +44,7 @@ class Connection:
     pid: int | None = None     # the router's own traffic (WAN side): the process that opened it
     process: str | None = None  # and its name (comm), as pname() matches it
     worker: int | None = None  # the relay worker that carries it (None: the main process)
+    mark: int = 0              # direct(mark: ..): the mark its direct dial carries (0: so_mark_from_dae)
 
     @property
     def duration(self) -> float:

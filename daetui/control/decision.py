@@ -43,6 +43,7 @@ class Route:
     mac: str | None = None   # the LAN client's MAC, as the kernel saw it
     pid: int | None = None   # the router's own flow: its process, as the cgroup hooks saw it
     process: str | None = None
+    mark: int = 0            # direct(mark: ..): the mark of its direct dial
 
 
 def facts_of(conn: Connection, domain: str | None = None) -> FlowFacts:
@@ -90,9 +91,9 @@ class Decider:
         self._upstream_routes.clear()
 
     def _route(self, ruleset: RuleSet, rule_index: int | None, outbound: str, stage: str,
-               mac: str | None = None, pid: int | None = None, process: str | None = None) -> Route:
+               mac: str | None = None, pid: int | None = None, process: str | None = None, mark: int = 0) -> Route:
         entry = ruleset.by_index(rule_index) if rule_index is not None else None
-        return Route(rule_index, entry.text if entry else "fallback", outbound, stage, mac, pid, process)
+        return Route(rule_index, entry.text if entry else "fallback", outbound, stage, mac, pid, process, mark)
 
     def first(self, proto: str, client: Endpoint, dst: Endpoint) -> Route:
         """The route of a flow that just reached the control plane."""
@@ -101,11 +102,12 @@ class Decider:
         if kflow is not None:
             ruleset = self.sync.ruleset(kflow.generation)
             return self._route(ruleset, kflow.rule_index, ruleset.outbound_name(kflow.outbound), "kernel",
-                               _flow_mac_text(kflow.mac), kflow.pid or None, kflow.process or None)
+                               _flow_mac_text(kflow.mac), kflow.pid or None, kflow.process or None, kflow.mark)
         d = decide(self.ruleset, key_facts(key), with_trace=False)
         # Undecided (a domain rule, and no name for the address) as the kernel leaves it: sniffed, then
         # decided from that rule (with_name).
-        return self._route(self.ruleset, d.rule_index, USERSPACE if d.outbound is None else d.outbound, "userspace")
+        return self._route(self.ruleset, d.rule_index, USERSPACE if d.outbound is None else d.outbound, "userspace",
+                           mark=d.mark)
 
     def wants_name(self, conn: Connection) -> bool:
         """Sniff this flow? When the kernel could not decide, or dial_mode wants the name of a proxied flow."""
@@ -128,8 +130,9 @@ class Decider:
             return
         start = (conn.rule_index or 0) if undecided else 0
         d = decide(self.ruleset, facts_of(conn, result.name), start, unknown_name_matches=False, with_trace=False)
-        r = self._route(self.ruleset, d.rule_index, d.outbound or self.ruleset.fallback, "userspace")
+        r = self._route(self.ruleset, d.rule_index, d.outbound or self.ruleset.fallback, "userspace", mark=d.mark)
         conn.rule_index, conn.rule, conn.outbound, conn.stage = r.rule_index, r.rule, r.outbound, r.stage
+        conn.mark = r.mark
 
     def dial_host(self, conn: Connection, node: str | None) -> str:
         """What a proxied flow asks its node for: the address, or (dial_mode) the sniffed name.

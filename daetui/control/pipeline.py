@@ -171,7 +171,7 @@ class Pipeline:
         r = self.decider.first(proto, client, dst)
         return self.connections.add(proto=proto, src=client, dst=dst, rule_index=r.rule_index, rule=r.rule,
                                     outbound=r.outbound, stage=r.stage, mac=r.mac, relay=relay_kind, pid=r.pid,
-                                    process=r.process)
+                                    process=r.process, mark=r.mark)
 
     def announce(self, conn: Connection) -> None:
         if conn_log.isEnabledFor(logging.INFO):  # describe() is work: skipped when nobody reads it
@@ -196,10 +196,10 @@ class Pipeline:
             return None
         family = 6 if ":" in dst[0] else 4
         try:
-            dialer, node = self.outbounds.dialer(conn.outbound, family)
+            dialer, node = self.outbounds.dialer(conn.outbound, family, conn.mark)
             conn.node = node
             if node is None:
-                return self.direct.udp_socket(*dst), conn
+                return self.outbounds.direct_for(conn.mark).udp_socket(*dst), conn
             return await dialer.datagrams(), conn
         except (OSError, DialError) as e:
             if conn.node is not None:
@@ -266,7 +266,7 @@ class TcpFlow:
     async def _dial(self, conn: Connection) -> Stream:
         """The upstream: the group's node for the flow's family (noting a failure), or direct."""
         family = 6 if ":" in conn.dst[0] else 4
-        dialer, node = self.p.outbounds.dialer(conn.outbound, family)
+        dialer, node = self.p.outbounds.dialer(conn.outbound, family, conn.mark)
         conn.node = node
         try:
             return await dialer.connect(self.p.decider.dial_host(conn, node), conn.dst[1])

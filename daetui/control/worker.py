@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -214,8 +215,8 @@ class Worker:
                 if conn is not None:
                     conn.state = "closed"
                 return
-            node, host, port, _blob, _via_main = args
-            dialer = self._dialer(node)
+            node, host, port, _blob, _via_main, mark = args
+            dialer = self._dialer(node, mark)
             try:
                 upstream = await dialer.connect(host, port)
             except DialError as e:
@@ -258,10 +259,11 @@ class Worker:
             self._ending[conn_id] = why
             raise asyncio.CancelledError
 
-    def _dialer(self, node: str | None) -> Any:
-        """The direct dialer, or the dialer of a node (made from the node the main process sent, then kept)."""
+    def _dialer(self, node: str | None, mark: int = 0) -> Any:
+        """The direct dialer (with a direct(mark: ..) rule's mark), or the dialer of a node (made from the node the
+        main process sent, then kept)."""
         if node is None:
-            return self.direct
+            return dataclasses.replace(self.direct, mark=mark) if mark else self.direct
         d = self._dialers.get(node)
         if d is None:
             held = self._specs.get(node)

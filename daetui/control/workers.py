@@ -391,7 +391,7 @@ class RelayWorkers:
             return
         family = 6 if ":" in conn.dst[0] else 4
         try:
-            _, node = p.outbounds.dialer(conn.outbound, family)
+            _, node = p.outbounds.dialer(conn.outbound, family, conn.mark)
         except DialError as e:
             self._forget(link, conn)
             p.finish(conn, str(e))
@@ -406,7 +406,7 @@ class RelayWorkers:
                 blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
                 link.sent[node] = spec
         channel.send(("plan", tag, conn.id, "dial", node, p.decider.dial_host(conn, node), conn.dst[1], blob,
-                      via_main))
+                      via_main, conn.mark))
 
     async def _resolve(self, link: WorkerLink, tag: int, node: str, host: str) -> None:
         """A worker's node server name, looked up as the main process would (node() DNS rules, else the system)."""

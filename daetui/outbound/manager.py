@@ -48,6 +48,8 @@ CHECK_CONCURRENCY = 32
 # One-off tests (the controller API's delay tests) at once, in slots of their own so that a dashboard
 # testing a thousand nodes never delays the scheduled checks; one connection each.
 PROBE_CONCURRENCY = 64
+# Direct dialers kept by mark (direct(mark: ..) rules): more marks than this in the rules, and they are made anew.
+MAX_MARKED_DIALERS = 256
 
 
 class NamedDirect:
@@ -94,6 +96,7 @@ class Outbounds:
         self.groups: dict[str, Group] = {}
         self._specs: dict[str, GroupSpec] = {}
         self._dialers: dict[str, Dialer] = {}
+        self._marked: dict[int, DirectDialer] = {}
         self._checker: asyncio.Task[None] | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._check_slots: asyncio.Semaphore | None = None   # CHECK_CONCURRENCY; made on the loop that checks
@@ -234,11 +237,25 @@ class Outbounds:
             d = self._dialers[node] = self.nodes[node].dialer(via)
         return d
 
-    def dialer(self, outbound: str, family: int = 4) -> tuple[Dialer, str | None]:
-        """The dialer for a flow routed to `outbound`, and the node it goes through (None: direct)."""
+    def direct_for(self, mark: int) -> DirectDialer:
+        """The direct dialer of a flow a `direct(mark: ..)` rule routed: its sockets carry that mark instead of
+        so_mark_from_dae, as dae's do, for the policy routing that picks a WAN by it (wan_egress still knows
+        them for daetui's by the process)."""
+        if not mark or mark == self.direct.mark:
+            return self.direct
+        d = self._marked.get(mark)
+        if d is None:
+            if len(self._marked) >= MAX_MARKED_DIALERS:   # marks come from the rules: a reload's worth
+                self._marked.clear()
+            d = self._marked[mark] = dataclasses.replace(self.direct, mark=mark)
+        return d
+
+    def dialer(self, outbound: str, family: int = 4, mark: int = 0) -> tuple[Dialer, str | None]:
+        """The dialer for a flow routed to `outbound` (with its rule's `mark`, for direct), and the node it goes
+        through (None: direct)."""
         g = self.groups.get(outbound)
         if g is None or not g.members:
-            return self.direct, None
+            return self.direct_for(mark), None
         node = g.select(self.health, family)
         if node is None:
             # As the kernel does for the flows it decides (global.dead_group): direct, or refused.

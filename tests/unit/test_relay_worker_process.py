@@ -79,7 +79,7 @@ async def test_a_flow_is_planned_relayed_counted_and_reported_done(world) -> Non
     reader, writer = await connect(at)
     _, tag, client, dst = await main.next("open")
     assert dst == at and client == writer.get_extra_info("sockname")
-    main.send(("plan", tag, 11, "dial", None, echo[0], echo[1], None, False))
+    main.send(("plan", tag, 11, "dial", None, echo[0], echo[1], None, False, 0))
     writer.write(b"x" * 100_000)
     got = await reader.readexactly(100_000)
     assert got == b"x" * 100_000
@@ -96,7 +96,7 @@ async def test_a_close_that_comes_before_the_plan_is_carried_out_when_the_plan_l
     reader, _writer = await connect(at)
     _, tag, *_ = await main.next("open")
     main.send(("close", [(12, "closed from the console")]))   # the same frame as the plan
-    main.send(("plan", tag, 12, "dial", None, echo[0], echo[1], None, False))
+    main.send(("plan", tag, 12, "dial", None, echo[0], echo[1], None, False, 0))
     done = await main.next("done")
     assert done[1] == 12 and done[5] == "closed from the console"
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
@@ -110,7 +110,7 @@ async def test_a_plan_that_comes_after_the_flow_gave_up_ends_its_row(world) -> N
     _, tag, *_ = await main.next("open")
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
         await asyncio.wait_for(reader.readexactly(1), 5)     # given up: the client is reset
-    main.send(("plan", tag, 13, "dial", None, echo[0], echo[1], None, False))
+    main.send(("plan", tag, 13, "dial", None, echo[0], echo[1], None, False, 0))
     done = await main.next("done")
     assert done[1] == 13 and "too late" in done[5]
 
@@ -119,7 +119,7 @@ async def test_a_node_the_worker_was_never_sent_fails_the_flow_and_is_asked_for(
     main, _, at, _echo = world
     _reader, _writer = await connect(at)
     _, tag, *_ = await main.next("open")
-    main.send(("plan", tag, 14, "dial", "n1", "203.0.113.10", 443, None, False))
+    main.send(("plan", tag, 14, "dial", "n1", "203.0.113.10", 443, None, False, 0))
     assert (await main.next("unknown_node"))[1] == "n1"
     done = await main.next("done")
     assert done[1] == 14 and "not known" in done[5]
