@@ -74,14 +74,17 @@ def run_by_systemd() -> bool:
 class _RedactingFormatter(logging.Formatter):
     """Tracebacks and stack traces masked as the messages are (an exception's text may quote a link)."""
 
-    _second: int = -1
+    _last: tuple[int, str | None] = (-1, None)
     _stamp: str = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        # A relayed connection logs its line: the timestamp (to the second) is worked out once a second.
-        second = int(record.created)
-        if second != self._second:
-            self._stamp, self._second = super().formatTime(record, datefmt), second
+        # A relayed connection logs its line: a timestamp to the second (a datefmt: without one, logging adds
+        # milliseconds) is worked out once a second.
+        if datefmt is None:
+            return super().formatTime(record, datefmt)
+        key = (int(record.created), datefmt)
+        if key != self._last:
+            self._stamp, self._last = super().formatTime(record, datefmt), key
         return self._stamp
 
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def,override]

@@ -38,6 +38,8 @@ _KEYED = re.compile(r"(?i)\b(?:password|passwd|psk|secret|token|uuid|private[_-]
                     r"(?:\s*=\s*|\"?\s*:\s*\"?)([^\s\"',&;}]+)")
 # Every _KEYED match holds one of these, case-folded (as (?i) matches: a long s, U+017F, is an s there too).
 _KEYED_WORDS = ("password", "passwd", "psk", "secret", "token", "uuid", "private")
+# ... and the two letters (?i) takes for an i that case folding leaves apart: dotless i, dotted capital I.
+_DOTTED_I = {0x130: "i", 0x131: "i"}
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(:\d{1,5})?$")
 
@@ -216,7 +218,7 @@ def secret_spans(text: str) -> list[tuple[int, int]]:
             spans += _url_spans(m)
     if text.count("-") >= 4:
         spans += [(m.start(), m.end()) for m in _UUID.finditer(text)]
-    folded = text.casefold()
+    folded = text.translate(_DOTTED_I).casefold()
     if any(word in folded for word in _KEYED_WORDS):
         spans += [(m.start(1), m.end(1)) for m in _KEYED.finditer(text)]
     if "PRIVATE KEY-----" in text:

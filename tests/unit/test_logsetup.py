@@ -118,3 +118,24 @@ def test_run_by_systemd_is_a_unit_s_output_not_a_terminal(tmp_path):
         os.close(slave)
         os.close(master)
     assert out.stdout.strip() == b"False"
+
+
+def test_the_timestamp_is_the_records_own_second() -> None:
+    """The formatted time is kept for a second: a record of the next second, or another datefmt, gets its own."""
+    import logging
+    import time
+
+    from daetui.logsetup import DATEFMT, _RedactingFormatter
+
+    f = _RedactingFormatter("%(asctime)s %(message)s", DATEFMT)
+    base = time.mktime((2026, 12, 6, 21, 0, 0, 0, 0, -1))
+
+    def at(t: float) -> logging.LogRecord:
+        r = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        r.created, r.msecs = t, (t % 1) * 1000
+        return r
+
+    assert f.format(at(base + 0.1)) == "2026-12-06 21:00:00 m" == f.format(at(base + 0.9))
+    assert f.format(at(base + 1.0)) == "2026-12-06 21:00:01 m"
+    assert f.formatTime(at(base + 1.5), "%H:%M") == "21:00"
+    assert _RedactingFormatter("%(asctime)s").format(at(base + 2.25)).endswith(":02,250")   # no datefmt: ms

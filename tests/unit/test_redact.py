@@ -89,7 +89,7 @@ def test_the_shapes_are_found_wherever_the_unfiltered_scan_finds_them():
               "SECRET:", "password = x", "Passwd:", "PSK=", "UUID:", "private_\u212aey=", "obfs-password=",
               "-----BEGIN RSA PRIVATE KEY-----", "12345678-1234-1234-1234-123456789012",
               "deadbeef-dead-beef-dead-beefd",
-              "\"", "'", ":", "=", " ", "abc", "/", "?", "&", "#", "\u0130"]
+              "\"", "'", ":", "=", " ", "abc", "/", "?", "&", "#", "\u0130", "uu\u0131d=", "pr\u0130vate_key="]
     rng = random.Random(15)
     for _ in range(20000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
