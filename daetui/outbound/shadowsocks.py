@@ -68,7 +68,52 @@ ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 3, 4
 # cryptography >= 45 seals into a caller's buffer: one allocation and no join per write.
 _HAVE_INTO = hasattr(AESGCM, "encrypt_into")
 
-AEAD = AESGCM | ChaCha20Poly1305
+
+
+class XChaCha20Poly1305:
+    """XChaCha20-Poly1305 (libsodium's crypto_aead_xchacha20poly1305_ietf: shadowsocks' xchacha20-ietf-poly1305)
+    answering `cryptography`'s AEAD calls, which has no XChaCha20 (pycryptodomex's here).
+
+    Its nonce is 24 bytes; shadowsocks' is a little-endian counter, so the 12 bytes the chunk code counts in
+    are that counter with 12 zero bytes after (UDP's all-zero nonce likewise).
+    """
+
+    __slots__ = ("_key", "_new")
+
+    def __init__(self, key: bytes) -> None:
+        from Cryptodome.Cipher import ChaCha20_Poly1305  # only for nodes of this method
+
+        if len(key) != 32:
+            raise ValueError("XChaCha20-Poly1305 takes a 32-byte key")
+        self._key = bytes(key)
+        self._new = ChaCha20_Poly1305.new
+
+    def encrypt(self, nonce: bytes, data: bytes | bytearray | memoryview, aad: bytes | None) -> bytes:
+        c = self._new(key=self._key, nonce=bytes(nonce) + _NONCE_PAD)
+        if aad:
+            c.update(aad)
+        sealed, tag = c.encrypt_and_digest(data)
+        return sealed + tag
+
+    def encrypt_into(self, nonce: bytes, data: bytes | bytearray | memoryview, aad: bytes | None,
+                     buf: memoryview) -> None:
+        buf[:] = self.encrypt(nonce, data, aad)
+
+    def decrypt(self, nonce: bytes, data: bytes | bytearray | memoryview, aad: bytes | None) -> bytes:
+        view = memoryview(data)
+        if len(view) < TAG_SIZE:
+            raise InvalidTag
+        c = self._new(key=self._key, nonce=bytes(nonce) + _NONCE_PAD)
+        if aad:
+            c.update(aad)
+        try:
+            return c.decrypt_and_verify(view[:-TAG_SIZE], view[-TAG_SIZE:])
+        except ValueError:  # pycryptodome's word for a bad tag
+            raise InvalidTag from None
+
+
+_NONCE_PAD = bytes(24 - NONCE_SIZE)
+AEAD = AESGCM | ChaCha20Poly1305 | XChaCha20Poly1305
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("aes-192-gcm", 24, 24, AESGCM),
     Method("aes-256-gcm", 32, 32, AESGCM),
     Method("chacha20-ietf-poly1305", 32, 32, ChaCha20Poly1305),
+    Method("xchacha20-ietf-poly1305", 32, 32, XChaCha20Poly1305),
 )}
 # Other names clients print for the same ciphers.
 ALIASES = {"chacha20-poly1305": "chacha20-ietf-poly1305"}
@@ -127,8 +173,6 @@ def method_of(name: str) -> Any:
     supported = ", ".join((*METHODS, *ss2022.METHODS))
     if key in _UNSERVED_STREAM_CIPHERS:
         raise ValueError(f"method {name!r}: no client for this stream cipher here; use one of {supported}")
-    if key == "xchacha20-ietf-poly1305":
-        raise ValueError(f"method {name!r} is not supported (no XChaCha20 here); use one of {supported}")
     raise ValueError(f"unknown method {name!r}; supported: {supported}")
 
 

@@ -32,10 +32,11 @@ from daetui.net.stream import DialError
 from daetui.outbound.direct import DirectDialer
 from daetui.outbound.shadowsocks import METHODS, Sealer, SsNode, SsStream, master_key, subkey
 from testkit.peers.shadowsocks import SsServer
+from testkit.xchacha import RefXChaCha20Poly1305
 
 pytestmark = pytest.mark.kernel
 
-CIPHERS = ("aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305")
+CIPHERS = ("aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305", "xchacha20-ietf-poly1305")
 PASSWORD = "lab pässword:@/#?"  # the separators a link must carry, and UTF-8
 BASE_PORT = 8388
 UNUSED_PORT = 8399
@@ -168,7 +169,7 @@ def test_udp_echo(lab: Lab, servers: dict[str, SsServer], method: str, v: int) -
 
 # -- the known-answer recipe, against the server ---------------------------------------------------------
 
-def recipe_aead(method: str, salt: bytes) -> AESGCM | ChaCha20Poly1305:
+def recipe_aead(method: str, salt: bytes) -> AESGCM | ChaCha20Poly1305 | RefXChaCha20Poly1305:
     """EVP_BytesToKey, HKDF-SHA1 "ss-subkey", step by step (as tests/unit/test_shadowsocks.py derives them)."""
     size = METHODS[method].key_size
     d, key = b"", b""
@@ -176,10 +177,12 @@ def recipe_aead(method: str, salt: bytes) -> AESGCM | ChaCha20Poly1305:
         d = hashlib.md5(d + PASSWORD.encode()).digest()
         key += d
     sub = HKDF(algorithm=hashes.SHA1(), length=size, salt=salt, info=b"ss-subkey").derive(key[:size])
+    if method.startswith("xchacha"):
+        return RefXChaCha20Poly1305(sub)
     return (AESGCM if method.endswith("gcm") else ChaCha20Poly1305)(sub)
 
 
-def recipe_chunk(aead: AESGCM | ChaCha20Poly1305, n: int, payload: bytes) -> bytes:
+def recipe_chunk(aead: AESGCM | ChaCha20Poly1305 | RefXChaCha20Poly1305, n: int, payload: bytes) -> bytes:
     return (aead.encrypt(n.to_bytes(12, "little"), len(payload).to_bytes(2, "big"), None)
             + aead.encrypt((n + 1).to_bytes(12, "little"), payload, None))
 

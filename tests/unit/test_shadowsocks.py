@@ -3,7 +3,9 @@
 Known answers are computed here step by step, independently of the module:
 EVP_BytesToKey as its MD5 chain (anchored on MD5("password")), HKDF-SHA1 from
 HMAC (checked against RFC 5869's SHA-1 test case), and every chunk sealed with
-the AEAD primitive and a nonce built by hand. The kernel test sends a request
+the AEAD primitive and a nonce built by hand (XChaCha20-Poly1305 from
+cryptography's ChaCha20 and ChaCha20-Poly1305, its HChaCha20 checked against
+the draft's test vector). The kernel test sends a request
 made by the same recipe to the real ss-server.
 """
 
@@ -42,9 +44,18 @@ from daetui.outbound.shadowsocks import (
     subkey,
 )
 from testkit.sockets import tcp_pair
+from testkit.xchacha import RefXChaCha20Poly1305, ref_hchacha20
+
+
+def test_reference_hchacha20_is_the_drafts() -> None:
+    """draft-irtf-cfrg-xchacha-03, 2.2.1: the reference XChaCha20-Poly1305 is checked against."""
+    nonce = bytes.fromhex("000000090000004a0000000031415927")
+    assert ref_hchacha20(bytes(range(32)), nonce).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc")
+
 
 CIPHERS = {"aes-128-gcm": (16, AESGCM), "aes-192-gcm": (24, AESGCM), "aes-256-gcm": (32, AESGCM),
-           "chacha20-ietf-poly1305": (32, ChaCha20Poly1305)}
+           "chacha20-ietf-poly1305": (32, ChaCha20Poly1305), "xchacha20-ietf-poly1305": (32, RefXChaCha20Poly1305)}
 ALL = pytest.mark.parametrize("method", list(CIPHERS))
 
 
@@ -355,7 +366,6 @@ def test_sip002_example_and_forms() -> None:
     ("ss://des-cfb:pw@h.test:8388", "no client for this stream cipher"),
     ("ss://2022-blake3-aes-128-gcm:pw!@h.test:8388", "key 1 of the password is not base64"),
     ("ss://2022-blake3-aes-256-gcm:MzMzMzMzMzMzMzMzMzMz@h.test:8388", "is 15 bytes; 2022-blake3-aes-256-gcm takes 32"),
-    ("ss://xchacha20-ietf-poly1305:pw@h.test:8388", "XChaCha20"),
     ("ss://rot13:pw@h.test:8388", "unknown method 'rot13'"),
     ("ss://aes-128-gcm:pw@h.test", "no port"),
     ("ss://aes-128-gcm:pw@h.test:0", "bad server port"),
