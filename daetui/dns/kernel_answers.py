@@ -65,6 +65,7 @@ class KernelAnswers:
         self.epoch = 1
         self.filled = 0
         self._offered: dict[bytes, float] = {}   # cache key -> stored time of the entry put there (this epoch)
+        self._written_off = False                # the kernel was last told "off"
 
     def configure(self, enabled: bool, by_client: bool) -> None:
         """A config (start or reload): whatever was filled before is retired."""
@@ -76,11 +77,16 @@ class KernelAnswers:
         """Retire every entry: the kernel uses none filled before (reload, flush, a name lost early)."""
         self.epoch = (self.epoch + 1) & 0xFFFFFFFF or 1
         self._offered.clear()
+        if not self.enabled and self._written_off:
+            # Off, and the kernel told so: nothing there to retire, and no write per lost name (a CDN's many
+            # names on one address lose one with each new name: a map write per query for nothing).
+            return
         k = self._kernel()
         if k is not None:
             # The old entries stay until overwritten or evicted (an LRU): the epoch alone retires them, in
             # one write the kernel sees whole, with no window where an old one could still be used.
             k.set_dns_conf(self.enabled, self.epoch)
+            self._written_off = not self.enabled
 
     def offer(self, e: CacheEntry, q: Query, now: float, everyones: bool) -> bool:
         """Put `e` (just served to `q`, fresh) into the kernel when it may answer any client; whether it did.

@@ -28,6 +28,7 @@ class FakeMap:
 
     def set_dns_conf(self, enabled: bool, epoch: int) -> None:
         self.conf = (enabled, epoch)
+        self.conf_writes = getattr(self, "conf_writes", 0) + 1
 
     def put_dns_answer(self, qname: bytes, qtype: int, qclass: int, **kw: Any) -> None:
         self.entries[(qname, qtype, qclass)] = kw
@@ -137,3 +138,20 @@ def test_kernel_sync_retires_kernel_answers_when_a_name_leaves_early():
     assert bumps == [1]
     sync.expire(30.0)                          # by deadline: the kernel's entries expired with it
     assert bumps == [1]
+
+
+def test_while_off_a_lost_name_writes_nothing_to_the_kernel():
+    """Each new name of a CDN's shared address loses an old one (a bump): with kernel answers off, once the
+    kernel was told so, that costs no map write; turned on, the kernel hears of every bump again."""
+    fake = FakeMap()
+    k = KernelAnswers(lambda: fake)
+    k.configure(False, by_client=False)
+    assert fake.conf == (False, k.epoch) and fake.conf_writes == 1
+    for _ in range(3):
+        k.bump()
+    assert fake.conf_writes == 1
+    k.configure(True, by_client=False)
+    k.bump()
+    assert fake.conf == (True, k.epoch) and fake.conf_writes == 3
+    k.configure(False, by_client=False)
+    assert fake.conf == (False, k.epoch) and fake.conf_writes == 4
