@@ -103,6 +103,15 @@ class Streams:
             s.close()
 
 
+def free_port(ns: str) -> int:
+    """A TCP port nothing in namespace `ns` uses now (the kernel's pick)."""
+    with netns(ns):
+        s = socket.socket()
+    with s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
 def local_service_peer(lab, port: int, sport: int) -> str:
     """Connect from the LAN client (port `sport`) to a service of the router itself on `port` that names the peer
     it saw and closes first (leaving the tuple in TIME_WAIT on the router)."""
@@ -201,7 +210,7 @@ def test_abort_resets_the_flows_whose_route_changed(lab, daemon, workers):
         kept.sendall(b"v6")
         assert kept.recv(10) == b"v6"
         # A relayed HTTP exchange the server ends first: the router keeps its 4-tuple in TIME_WAIT.
-        held_port = 47100 + workers
+        held_port = free_port(lab.lan)   # fixed numbers met a port an earlier test still held there
         assert http_get(lab, ADDR.hosts4[0], "/whoami", sport=held_port).decode().strip() == ADDR.router_wan4
         cfg.write_text(base.replace("dip(203.0.113.10, '2001:db8:3::10') -> proxy",
                                     "dip('2001:db8:3::10') -> proxy"))
@@ -226,7 +235,8 @@ def test_abort_resets_the_flows_whose_route_changed(lab, daemon, workers):
         assert status(daemon)["counters"]["DIRECT_HELD"] == held_before + 1
         # The router's own services are not relays: a client reusing a tuple one of them holds in TIME_WAIT
         # reaches it as before (the stack retires that socket), and sees its own address there.
-        assert [local_service_peer(lab, 47111, sport=47110) for _ in range(2)] == [ADDR.client4] * 2
+        service, client_port = free_port(lab.router), free_port(lab.lan)
+        assert [local_service_peer(lab, service, sport=client_port) for _ in range(2)] == [ADDR.client4] * 2
         assert status(daemon)["counters"]["DIRECT_HELD"] == held_before + 1
         for sock in (relayed, kept):
             sock.close()
