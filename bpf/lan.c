@@ -812,8 +812,13 @@ static __always_inline int decide(struct __sk_buff *skb, struct route_state *s, 
         if (held_sk) {
             bpf_sk_release(held_sk);
             /* Only a flow the router forwards: one to the router itself (its web UI, ssh) meets its own
-             * TIME_WAIT socket, which the stack retires on a new SYN as it should. */
-            held = wan_ifindex(skb, s) != 0xffffffff;
+             * TIME_WAIT socket, which the stack retires on a new SYN as it should. The FIB (main rules,
+             * no mark) routing it out says so; where it does not (the router's own address, or a
+             * destination only the flow's mark routes), the tuple's last flow having gone through the
+             * control plane says the socket is a relay's. */
+            struct flow *prev = routing_tuples.lookup(&s->key);
+            held = wan_ifindex(skb, s) != 0xffffffff ||
+                   (prev && (prev->outbound >= OUTBOUND_FIRST_GROUP || (prev->flags & FLOW_HELD_TUPLE)));
         }
     }
     if (outbound >= OUTBOUND_FIRST_GROUP && stalled(now)) {

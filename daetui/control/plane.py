@@ -168,6 +168,10 @@ class ControlPlane:
                     wan_interfaces=g.wan_interface, so_mark=g.so_mark_from_dae, bypass_marks=g.bypass_marks,
                     cgroup=g.cgroup, domain_no_match=g.unknown_domain == "no_match", workers=g.relay_workers))
                 assert dp.program is not None
+                self.outbounds.marks_on_dials = dp.own_sockets_known
+                if not dp.own_sockets_known and any(e.rule.outbound.mark for e in self.ruleset.entries):
+                    log.warning("direct(mark: ..) rules: the flows daetui dials itself carry so_mark_from_dae, not "
+                                "the rule's mark (wan_egress could not tell them from the router's own flows)")
                 self.heartbeat = Heartbeat(dp.program.beat, g.heartbeat_timeout)
                 self.heartbeat.start()
                 self.relayed = RelayedSweep(dp.program, lambda: self.connections.open.values(), self.netlink)

@@ -69,6 +69,10 @@ class Dataplane:
         self.state_file = state_file
         self.tproxy_mark = tproxy_mark
         self.program: KernelProgram | None = None
+        # wan_egress tells daetui's own sockets by their process (not only by so_mark_from_dae): true unless
+        # the router's own flows are steered and the socket hooks are missing or miss daetui's cgroup. Only
+        # then may a dial carry another mark (a direct(mark: ..) rule's) without being caught again.
+        self.own_sockets_known = True
         self.changes: SystemChanges | None = None
         self.state = DataplaneState()
         self.wanted: tuple[str, ...] = ()        # lan_interface: names and wildcards
@@ -155,10 +159,14 @@ class Dataplane:
                                    "would catch them; set so_mark_from_dae") from None
             log.warning("socket hooks not attached to cgroup %s (%s): pname() will match nothing and the "
                         "console shows no process for the router's own flows", cgroup, e)
+            self.own_sockets_known = False
             return
-        if not so_mark and not holds_self(cgroup):
-            raise SystemError_(f"so_mark_from_dae is 0 and daetui does not run inside cgroup {cgroup}: its own dials "
-                               "could not be told from the router's; set so_mark_from_dae or a cgroup that holds it")
+        if not holds_self(cgroup):
+            if not so_mark:
+                raise SystemError_(f"so_mark_from_dae is 0 and daetui does not run inside cgroup {cgroup}: its own "
+                                   "dials could not be told from the router's; set so_mark_from_dae or a cgroup "
+                                   "that holds it")
+            self.own_sockets_known = False
 
     def stop(self) -> list[str]:
         """Detach, unroute, restore sysctls, unload. Returns what could not be undone."""

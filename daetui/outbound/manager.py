@@ -97,6 +97,7 @@ class Outbounds:
         self._specs: dict[str, GroupSpec] = {}
         self._dialers: dict[str, Dialer] = {}
         self._marked: dict[int, DirectDialer] = {}
+        self.marks_on_dials = True   # False: wan_egress knows daetui's sockets by so_mark_from_dae alone (plane)
         self._checker: asyncio.Task[None] | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._check_slots: asyncio.Semaphore | None = None   # CHECK_CONCURRENCY; made on the loop that checks
@@ -241,7 +242,7 @@ class Outbounds:
         """The direct dialer of a flow a `direct(mark: ..)` rule routed: its sockets carry that mark instead of
         so_mark_from_dae, as dae's do, for the policy routing that picks a WAN by it (wan_egress still knows
         them for daetui's by the process)."""
-        if not mark or mark == self.direct.mark:
+        if not mark or mark == self.direct.mark or not self.marks_on_dials:
             return self.direct
         d = self._marked.get(mark)
         if d is None:

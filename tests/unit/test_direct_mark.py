@@ -66,3 +66,13 @@ def test_an_unmarked_direct_flow_keeps_daetuis_own_mark() -> None:
     assert (conn.outbound, conn.rule_index, conn.mark) == ("direct", None, 0)
     assert outbounds.dialer(conn.outbound, 4, conn.mark)[0] is outbounds.direct
     assert outbounds.direct.mark == 0x80
+
+
+def test_no_rule_mark_on_a_dial_wan_egress_could_not_tell_from_the_routers_own() -> None:
+    """Where wan_egress knows daetui's sockets by so_mark_from_dae alone (no socket hooks on its cgroup), a dial
+    carrying another mark would be caught again as the router's own flow: it keeps daetui's mark."""
+    decider, outbounds, table = setup()
+    outbounds.marks_on_dials = False
+    conn = open_conn(decider, table, 8080)
+    assert conn.mark == 0x200
+    assert outbounds.dialer(conn.outbound, 4, conn.mark)[0] is outbounds.direct
