@@ -350,7 +350,7 @@ class DnsController:
             # Once the reply is on its way (a map write costs this client nothing then).
             everyones = choice.target not in (ASIS, REJECT) and self._other_family(q.qtype) is None
             try:
-                asyncio.get_running_loop().call_soon(self.kernel.offer, e, q, now, everyones)
+                asyncio.get_running_loop().call_soon(self.kernel.offer, e, q, now, everyones, self.kernel.epoch)
             except RuntimeError:  # no loop (a caller outside one): now
                 self.kernel.offer(e, q, now, everyones)
         return answer_from_template(e.template, e.offsets, e.ttls, int(now - e.stored), q, udp=not client.tcp)

@@ -88,13 +88,17 @@ class KernelAnswers:
             k.set_dns_conf(self.enabled, self.epoch)
             self._written_off = not self.enabled
 
-    def offer(self, e: CacheEntry, q: Query, now: float, everyones: bool) -> bool:
+    def offer(self, e: CacheEntry, q: Query, now: float, everyones: bool, epoch: int | None = None) -> bool:
         """Put `e` (just served to `q`, fresh) into the kernel when it may answer any client; whether it did.
 
         `everyones`: the request rule chose a configured upstream (not asis or reject) and the type is
         not rewritten by ipversion_prefer -- what the controller alone knows of the query's path.
+        `epoch`: the epoch it was served in, when the offer comes later: a bump since (a reload, a flush, a
+        name lost) retired it, and it must not go in under the new one.
         """
         if not self.enabled or self.by_client or not everyones or not e.trusted or e.scope:
+            return False
+        if epoch is not None and epoch != self.epoch:
             return False
         if self._offered.get(e.key) == e.stored:
             return False   # already there, this epoch

@@ -155,3 +155,17 @@ def test_while_off_a_lost_name_writes_nothing_to_the_kernel():
     assert fake.conf == (True, k.epoch) and fake.conf_writes == 3
     k.configure(False, by_client=False)
     assert fake.conf == (False, k.epoch) and fake.conf_writes == 4
+
+
+def test_an_offer_made_before_a_bump_is_not_filled_under_the_new_epoch():
+    """The controller offers an answer once its reply is on the way (call_soon): a reload, flush or lost name
+    in between retired what it was served under, so it does not go in stamped with the new epoch."""
+    fake = FakeMap()
+    k = KernelAnswers(lambda: fake)
+    k.configure(True, by_client=False)
+    e, q = answer()
+    served_in = k.epoch
+    k.bump()
+    assert not k.offer(e, q, 101.0, everyones=True, epoch=served_in)
+    assert fake.entries == {}
+    assert k.offer(e, q, 101.0, everyones=True, epoch=k.epoch)
