@@ -199,7 +199,8 @@ class Pipeline:
             dialer, node = self.outbounds.dialer(conn.outbound, family, conn.mark)
             conn.node = node
             if node is None:
-                return self.outbounds.direct_for(conn.mark).udp_socket(*dst), conn
+                assert isinstance(dialer, DirectDialer)   # dialer() gives direct_for(mark) when there is no node
+                return dialer.udp_socket(*dst), conn
             return await dialer.datagrams(), conn
         except (OSError, DialError) as e:
             if conn.node is not None:

@@ -406,7 +406,7 @@ class RelayWorkers:
                 blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
                 link.sent[node] = spec
         channel.send(("plan", tag, conn.id, "dial", node, p.decider.dial_host(conn, node), conn.dst[1], blob,
-                      via_main, conn.mark if p.outbounds.marks_on_dials else 0))
+                      via_main, p.outbounds.dial_mark(conn.mark)))
 
     async def _resolve(self, link: WorkerLink, tag: int, node: str, host: str) -> None:
         """A worker's node server name, looked up as the main process would (node() DNS rules, else the system)."""

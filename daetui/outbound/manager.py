@@ -238,11 +238,16 @@ class Outbounds:
             d = self._dialers[node] = self.nodes[node].dialer(via)
         return d
 
+    def dial_mark(self, mark: int) -> int:
+        """The mark a direct dial of a `direct(mark: ..)` flow carries: the rule's, as dae's do, for the policy
+        routing that picks a WAN by it (wan_egress knows daetui's sockets by the process); 0, so_mark_from_dae,
+        where it could not (marks_on_dials) or the rule has none."""
+        return mark if self.marks_on_dials and mark != self.direct.mark else 0
+
     def direct_for(self, mark: int) -> DirectDialer:
-        """The direct dialer of a flow a `direct(mark: ..)` rule routed: its sockets carry that mark instead of
-        so_mark_from_dae, as dae's do, for the policy routing that picks a WAN by it (wan_egress still knows
-        them for daetui's by the process)."""
-        if not mark or mark == self.direct.mark or not self.marks_on_dials:
+        """The direct dialer of a flow a `direct(mark: ..)` rule routed (see dial_mark)."""
+        mark = self.dial_mark(mark)
+        if not mark:
             return self.direct
         d = self._marked.get(mark)
         if d is None:
